@@ -1,0 +1,325 @@
+import { EventEmitter } from 'node:events';
+import { nanoid } from 'nanoid';
+import { io, type Socket } from 'socket.io-client';
+import {
+  Channel,
+  decodeWeights,
+  DEFAULT_FRAMING,
+  encodeTensor,
+  ErrorCode,
+  errorCodeName,
+  fedunlearn,
+  layerView,
+  layoutOf,
+  PROTOCOL_VERSION,
+  type FramingLimits,
+  type WeightLayout,
+} from '@fedunlearn/protocol';
+import { initBackend, type BackendChoice, type BackendName } from './backend.js';
+import { assertDataset, type LocalDataset } from './dataset.js';
+import { Trainer, type ModelFactory } from './trainer.js';
+
+export const SDK_VERSION = '0.1.0';
+
+const { TaskKind, JobState } = fedunlearn.v1;
+
+export interface FederatedClientOptions {
+  /** The coordinator, e.g. http://localhost:8080. */
+  url: string;
+  clientId: string;
+  /** The credential this client enrolled with (or was issued); sent only inside the hello. */
+  secret: string;
+  /** Local training data; a function is called for every task, so an app may serve fresh data. */
+  data: LocalDataset | (() => LocalDataset);
+  /** Builds the model from the coordinator's topology; defaults to tfjs's own deserialisation. */
+  modelFactory?: ModelFactory;
+  /** Backends to try, best first; default tensorflow (tfjs-node), wasm, cpu. */
+  backends?: BackendName[];
+  /** Reconnection back-off: socket.io's exponential delay with jitter. */
+  reconnect?: { delayMs?: number; maxDelayMs?: number; attempts?: number };
+  framing?: FramingLimits;
+}
+
+export interface TaskInfo {
+  taskId: string;
+  kind: 'train' | 'calibrate' | 'evaluate';
+  round: number;
+  jobId: string;
+  metrics: Record<string, number>;
+  trainMs: number;
+}
+
+/** Progress and result of a forget job, as the coordinator reports it. */
+export interface JobUpdate {
+  jobId: string;
+  state: 'queued' | 'running' | 'done' | 'failed';
+  step: number;
+  totalSteps: number;
+  message: string;
+  modelVersionBefore: string;
+  modelVersionAfter: string;
+  sha256Before: string;
+  sha256After: string;
+  /** The job's report (certificate), once done. */
+  report: unknown;
+}
+
+export interface ClientEvents {
+  connected: [{ sessionId: string; backend: BackendName }];
+  disconnected: [string];
+  task: [TaskInfo];
+  job: [JobUpdate];
+  /** An error the coordinator sent (a refused update, a refused hello, ...). */
+  serverError: [{ code: string; message: string; ref: string }];
+  error: [Error];
+}
+
+/**
+ * A device's membership in a federation: connects (and reconnects with back-off), introduces itself, trains on its
+ * own data when asked, answers calibration and evaluation work, and can ask to be forgotten.
+ */
+export class FederatedClient extends EventEmitter<ClientEvents> {
+  private socket: Socket | null = null;
+  private channel: Channel | null = null;
+  private backend: BackendChoice | null = null;
+  private trainer: Trainer | null = null;
+  private work: Promise<void> = Promise.resolve();
+  private welcomed: { resolve(): void; reject(e: Error): void } | null = null;
+  private readonly receipts = new Map<string, { resolve(jobId: string): void; reject(e: Error): void }>();
+  private readonly jobs = new Map<string, JobUpdate>();
+  private closed = false;
+  sessionId = '';
+
+  constructor(private readonly opts: FederatedClientOptions) {
+    super();
+  }
+
+  get backendName(): BackendName | null {
+    return this.backend?.name ?? null;
+  }
+
+  /** Starts the backend and connects; resolves once the coordinator has welcomed this client. */
+  async connect(timeoutMs = 30_000): Promise<void> {
+    this.backend = await initBackend(this.opts.backends);
+    this.trainer ??= new Trainer({ tf: this.backend.tf, ...(this.opts.modelFactory ? { modelFactory: this.opts.modelFactory } : {}) });
+    const r = this.opts.reconnect ?? {};
+    const socket = io(this.opts.url, {
+      transports: ['websocket'],
+      reconnection: true,
+      reconnectionDelay: r.delayMs ?? 500,
+      reconnectionDelayMax: r.maxDelayMs ?? 10_000,
+      reconnectionAttempts: r.attempts ?? Infinity,
+      randomizationFactor: 0.5,
+    });
+    this.socket = socket;
+    this.channel = new Channel(socket, { message: (env) => this.onMessage(env) }, this.opts.framing ?? DEFAULT_FRAMING);
+    socket.on('connect', () => this.hello());
+    socket.on('disconnect', (reason) => this.emit('disconnected', String(reason)));
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.welcomed = null;
+        reject(new Error(`no welcome from ${this.opts.url} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.welcomed = {
+        resolve: () => {
+          clearTimeout(t);
+          resolve();
+        },
+        reject: (e) => {
+          clearTimeout(t);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  /** Asks the coordinator to forget this client; resolves with the job id once the request is accepted. */
+  forget(reason = ''): Promise<string> {
+    const channel = this.requireChannel();
+    const requestId = nanoid();
+    return new Promise<string>((resolve, reject) => {
+      this.receipts.set(requestId, { resolve, reject });
+      channel.send({ forgetRequest: { requestId, reason } });
+    });
+  }
+
+  /** Resolves with the job's final status (done or failed), following its progress events. */
+  waitForJob(jobId: string): Promise<JobUpdate> {
+    const known = this.jobs.get(jobId);
+    if (known && (known.state === 'done' || known.state === 'failed')) return Promise.resolve(known);
+    return new Promise((resolve) => {
+      const on = (j: JobUpdate) => {
+        if (j.jobId === jobId && (j.state === 'done' || j.state === 'failed')) {
+          this.off('job', on);
+          resolve(j);
+        }
+      };
+      this.on('job', on);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.socket?.disconnect();
+    this.channel?.close();
+    await this.work.catch(() => undefined);
+    this.trainer?.dispose();
+    this.trainer = null;
+  }
+
+  private requireChannel(): Channel {
+    if (!this.channel || !this.socket?.connected) throw new Error('not connected');
+    return this.channel;
+  }
+
+  private data(): LocalDataset {
+    const d = typeof this.opts.data === 'function' ? this.opts.data() : this.opts.data;
+    assertDataset(d);
+    return d;
+  }
+
+  private hello(): void {
+    this.channel?.send({
+      hello: {
+        clientId: this.opts.clientId,
+        secret: this.opts.secret,
+        sdkVersion: SDK_VERSION,
+        numExamples: this.data().count,
+        backend: this.backend?.name ?? 'cpu',
+        protocolVersion: PROTOCOL_VERSION,
+      },
+    });
+  }
+
+  private onMessage(env: fedunlearn.v1.Envelope): void {
+    switch (env.body) {
+      case 'welcome':
+        this.sessionId = env.welcome!.sessionId ?? '';
+        this.emit('connected', { sessionId: this.sessionId, backend: this.backend!.name });
+        this.welcomed?.resolve();
+        this.welcomed = null;
+        return;
+      case 'task': {
+        const task = env.task as fedunlearn.v1.Task;
+        // One task at a time: tasks share the trainer's model.
+        this.work = this.work.then(() => this.runTask(task)).catch((e: unknown) => {
+          this.emit('error', e as Error);
+        });
+        return;
+      }
+      case 'forgetReceipt': {
+        const r = env.forgetReceipt as fedunlearn.v1.ForgetReceipt;
+        this.receipts.get(r.requestId)?.resolve(r.jobId);
+        this.receipts.delete(r.requestId);
+        return;
+      }
+      case 'jobStatus': {
+        const s = env.jobStatus as fedunlearn.v1.JobStatus;
+        const update: JobUpdate = {
+          jobId: s.jobId,
+          state: stateName(s.state),
+          step: s.step,
+          totalSteps: s.totalSteps,
+          message: s.message,
+          modelVersionBefore: s.modelVersionBefore,
+          modelVersionAfter: s.modelVersionAfter,
+          sha256Before: s.sha256Before,
+          sha256After: s.sha256After,
+          report: s.reportJson ? JSON.parse(s.reportJson) : null,
+        };
+        this.jobs.set(update.jobId, update);
+        this.emit('job', update);
+        return;
+      }
+      case 'error': {
+        const e = env.error as fedunlearn.v1.Error;
+        const info = { code: errorCodeName(e.code), message: e.message, ref: e.ref };
+        if (this.welcomed) {
+          this.welcomed.reject(new Error(`${info.code}: ${info.message}`));
+          this.welcomed = null;
+          this.socket?.disconnect();
+        }
+        for (const [id, r] of this.receipts) {
+          if (e.ref === id) {
+            r.reject(new Error(`${info.code}: ${info.message}`));
+            this.receipts.delete(id);
+          }
+        }
+        this.emit('serverError', info);
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  private async runTask(task: fedunlearn.v1.Task): Promise<void> {
+    if (this.closed) return;
+    const channel = this.channel!;
+    const trainer = this.trainer!;
+    const deadline = Number(task.deadlineUnixMs);
+    if (deadline > 0 && Date.now() > deadline) return;
+    const decodeStart = performance.now();
+    const layout: WeightLayout = layoutOf(task.weights.map((t) => ({ name: t.name ?? '', shape: (t.shape ?? []).map(Number) })));
+    let start: Float32Array;
+    try {
+      start = decodeWeights(task.weights, layout);
+    } catch (e) {
+      channel.sendError(ErrorCode.INVALID_ARGUMENT, `task weights: ${(e as Error).message}`, task.taskId);
+      return;
+    }
+    const decodeMs = performance.now() - decodeStart;
+    const data = this.data();
+    const kind = task.kind === TaskKind.EVALUATE ? 'evaluate' : task.kind === TaskKind.CALIBRATE ? 'calibrate' : 'train';
+    try {
+      if (kind === 'evaluate') {
+        const ev = await trainer.evaluate(task.topologyJson, start, data, task.hyper?.batchSize || undefined);
+        const metrics = { loss: ev.loss, accuracy: ev.accuracy };
+        channel.send({ update: { taskId: task.taskId, numExamples: data.count, metrics, timings: { decodeMs } } });
+        this.emit('task', { taskId: task.taskId, kind, round: task.round, jobId: task.jobId, metrics, trainMs: 0 });
+        return;
+      }
+      const h = task.hyper as fedunlearn.v1.HyperParameters;
+      const out = await trainer.train(task.topologyJson, start, data, {
+        learningRate: h.learningRate,
+        batchSize: h.batchSize,
+        epochs: h.localEpochs,
+        seed: h.seed,
+      });
+      const encodeStart = performance.now();
+      const delta = layout.specs.map((s, i) => encodeTensor(s.name, s.shape, layerView(layout, out.delta, i)));
+      const metrics = {
+        loss: out.metrics.loss,
+        accuracy: out.metrics.accuracy,
+        steps: out.metrics.steps,
+        samples: Math.round(out.metrics.sampleEpochs * out.numExamples),
+      };
+      channel.send({
+        update: {
+          taskId: task.taskId,
+          delta,
+          numExamples: out.numExamples,
+          metrics,
+          timings: { trainMs: out.trainMs, encodeMs: performance.now() - encodeStart, decodeMs },
+        },
+      });
+      this.emit('task', { taskId: task.taskId, kind, round: task.round, jobId: task.jobId, metrics, trainMs: out.trainMs });
+    } catch (e) {
+      channel.sendError(ErrorCode.TRAINING_FAILED, (e as Error).message, task.taskId);
+      this.emit('error', e as Error);
+    }
+  }
+}
+
+function stateName(s: fedunlearn.v1.JobState): JobUpdate['state'] {
+  switch (s) {
+    case JobState.QUEUED:
+      return 'queued';
+    case JobState.RUNNING:
+      return 'running';
+    case JobState.DONE:
+      return 'done';
+    default:
+      return 'failed';
+  }
+}

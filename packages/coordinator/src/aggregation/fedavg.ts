@@ -1,0 +1,41 @@
+import type { WeightLayout } from '@fedunlearn/protocol';
+import type { Aggregation, AggregationStrategy } from './strategy.js';
+
+/** FedAvg (McMahan et al. 2017): the example-weighted mean of the updates, as a running weighted sum. */
+export class FedAvg implements AggregationStrategy {
+  readonly name = 'fedavg';
+
+  begin(layout: WeightLayout): Aggregation {
+    return new FedAvgAggregation(layout.totalSize);
+  }
+}
+
+class FedAvgAggregation implements Aggregation {
+  private readonly sum: Float32Array;
+  count = 0;
+  totalExamples = 0;
+
+  constructor(size: number) {
+    this.sum = new Float32Array(size);
+  }
+
+  add(update: Float32Array, numExamples: number): void {
+    if (update.length !== this.sum.length) throw new RangeError(`update of ${update.length} values, model has ${this.sum.length}`);
+    if (!(numExamples > 0)) throw new RangeError(`numExamples must be positive, got ${numExamples}`);
+    const sum = this.sum;
+    const w = numExamples;
+    for (let i = 0; i < sum.length; i++) sum[i]! += w * update[i]!;
+    this.count++;
+    this.totalExamples += numExamples;
+  }
+
+  apply(base: Float32Array): Float32Array {
+    if (this.count === 0) throw new Error('no update to aggregate');
+    if (base.length !== this.sum.length) throw new RangeError(`base of ${base.length} values, model has ${this.sum.length}`);
+    const out = new Float32Array(base.length);
+    const inv = 1 / this.totalExamples;
+    const sum = this.sum;
+    for (let i = 0; i < out.length; i++) out[i] = base[i]! + sum[i]! * inv;
+    return out;
+  }
+}

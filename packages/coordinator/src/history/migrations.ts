@@ -1,0 +1,117 @@
+import type Database from 'better-sqlite3';
+
+/**
+ * The history schema, as an append-only list of migrations: migration i brings a database from user_version i to
+ * i + 1. Never edit a released step; add one.
+ *
+ * Blobs live in files; rows name them by a path relative to the blobs directory. Model-version references are NULL
+ * (not '') when unknown so that foreign keys check every known one.
+ */
+export const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE models (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,           -- creation order
+    version    TEXT NOT NULL UNIQUE,
+    parent     TEXT REFERENCES models(version),
+    cause      TEXT NOT NULL CHECK (cause IN ('init', 'round', 'unlearning')),
+    round      INTEGER NOT NULL CHECK (round >= 0),
+    job_id     TEXT,
+    lineage    TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    blob       TEXT NOT NULL UNIQUE,
+    bytes      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+  );
+  CREATE INDEX models_by_lineage ON models (lineage, seq);
+
+  CREATE TABLE federation (
+    id               INTEGER PRIMARY KEY CHECK (id = 1),    -- one federation per data directory
+    topology_json    TEXT NOT NULL,
+    layout_json      TEXT NOT NULL,
+    history_interval INTEGER NOT NULL CHECK (history_interval >= 1),
+    retention        TEXT NOT NULL CHECK (retention IN ('fp32', 'fp16', 'int8', 'norms')),
+    created_at       INTEGER NOT NULL,
+    head             TEXT NOT NULL REFERENCES models(version)
+  );
+
+  CREATE TABLE rounds (
+    round_id       TEXT PRIMARY KEY,
+    lineage        TEXT NOT NULL,
+    round          INTEGER NOT NULL CHECK (round >= 1),
+    model_before   TEXT REFERENCES models(version),
+    model_after    TEXT REFERENCES models(version),
+    updates_stored INTEGER NOT NULL,
+    metrics_json   TEXT NOT NULL,
+    started_at     INTEGER NOT NULL,
+    closed_at      INTEGER NOT NULL,
+    UNIQUE (lineage, round)
+  );
+
+  CREATE TABLE participants (
+    round_id     TEXT NOT NULL REFERENCES rounds(round_id),
+    client_id    TEXT NOT NULL,
+    ord          INTEGER NOT NULL,                          -- order the caller listed them in
+    num_examples INTEGER NOT NULL CHECK (num_examples >= 0),
+    norms        BLOB NOT NULL,                             -- float64 little-endian, layout order: exact
+    metrics_json TEXT,
+    PRIMARY KEY (round_id, client_id)
+  );
+  CREATE INDEX participants_by_client ON participants (client_id);
+
+  CREATE TABLE updates (
+    round_id    TEXT NOT NULL,
+    client_id   TEXT NOT NULL,
+    encoding    TEXT NOT NULL CHECK (encoding IN ('fp32', 'fp16', 'int8')),
+    blob        TEXT NOT NULL UNIQUE,
+    bytes       INTEGER NOT NULL,
+    blob_sha256 TEXT NOT NULL,                              -- of the whole file: any flipped byte is caught
+    PRIMARY KEY (round_id, client_id),
+    FOREIGN KEY (round_id, client_id) REFERENCES participants (round_id, client_id)
+  );
+  CREATE INDEX updates_by_client ON updates (client_id);
+
+  CREATE TABLE jobs (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id          TEXT NOT NULL UNIQUE,
+    kind            TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+    client_ids_json TEXT NOT NULL,
+    requested_by    TEXT NOT NULL,
+    method          TEXT NOT NULL,
+    params_json     TEXT NOT NULL,
+    progress_json   TEXT NOT NULL,
+    checkpoint_json TEXT,
+    report_json     TEXT,
+    error           TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+  );
+  CREATE INDEX jobs_by_state ON jobs (state, seq);
+
+  CREATE TABLE clients (
+    client_id    TEXT PRIMARY KEY,
+    secret_hash  TEXT,
+    num_examples INTEGER NOT NULL,
+    first_seen   INTEGER NOT NULL,
+    last_seen    INTEGER NOT NULL,
+    forgotten    INTEGER NOT NULL DEFAULT 0
+  );
+  `,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/** Brings the database up to SCHEMA_VERSION, each step in its own transaction; refuses a newer database. */
+export function migrate(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > SCHEMA_VERSION) {
+    throw new Error(`history database schema version ${current} is newer than this coordinator's ${SCHEMA_VERSION}`);
+  }
+  for (let v = current; v < SCHEMA_VERSION; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!);
+      // PRAGMA takes no bound parameters; v is a loop integer.
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}

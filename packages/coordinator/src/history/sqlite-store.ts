@@ -1,0 +1,1031 @@
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
+import Database from 'better-sqlite3';
+import { nanoid } from 'nanoid';
+import { layoutOf, sameLayout, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
+import {
+  BlobFormatError,
+  blobPayload,
+  decodeBlob,
+  encodeBlob,
+  ensureDirSync,
+  fsyncDirSync,
+  readBlobHeader,
+  sha256Hex,
+  unlinkDurable,
+  weightsSha256,
+  writeFileDurable,
+  writeFileDurableSync,
+  type BlobEncoding,
+} from './blob-files.js';
+import { migrate } from './migrations.js';
+import {
+  HistoryError,
+  keepsUpdatesUnder,
+  type ClientRecord,
+  type CommitUnlearningInput,
+  type FederationMeta,
+  type HistoryConfig,
+  type HistoryStats,
+  type HistoryStore,
+  type JobRecord,
+  type ModelCause,
+  type ModelVersion,
+  type Participant,
+  type ParticipantInput,
+  type PurgeSummary,
+  type RoundRecord,
+} from './store.js';
+
+/**
+ * The embedded history store: SQLite (WAL, synchronous=FULL) for metadata, one file per blob under <dataDir>/blobs.
+ *
+ * Crash safety rests on one ordering: a blob is durable (written, fsynced, renamed, directory fsynced) before any
+ * transaction refers to it, and files no committed row refers to are deleted when the store is opened. So a crash at
+ * any point leaves either a whole commit or none of it, plus garbage that the next open removes.
+ *
+ * One process per data directory: open() deletes unreferenced blobs, which would include another process's staged ones.
+ */
+
+export interface SqliteHistoryOptions {
+  /** Clock for createdAt / closedAt / updatedAt (unix ms). */
+  now?: () => number;
+}
+
+export const DB_FILE = 'history.db';
+export const BLOBS_DIR = 'blobs';
+
+export function openSqliteHistory(dataDir: string, opts: SqliteHistoryOptions = {}): HistoryStore {
+  return new SqliteHistoryStore(dataDir, opts);
+}
+
+const RETENTIONS = new Set(['fp32', 'fp16', 'int8', 'norms']);
+
+interface ModelRow {
+  version: string;
+  parent: string | null;
+  cause: ModelCause;
+  round: number;
+  job_id: string | null;
+  lineage: string;
+  sha256: string;
+  blob: string;
+  bytes: number;
+  created_at: number;
+}
+interface FederationRow {
+  topology_json: string;
+  layout_json: string;
+  history_interval: number;
+  retention: HistoryConfig['retention'];
+  created_at: number;
+  head: string;
+}
+interface RoundRow {
+  round_id: string;
+  lineage: string;
+  round: number;
+  model_before: string | null;
+  model_after: string | null;
+  updates_stored: number;
+  metrics_json: string;
+  started_at: number;
+  closed_at: number;
+}
+interface ParticipantRow {
+  round_id: string;
+  client_id: string;
+  num_examples: number;
+  norms: Buffer;
+  metrics_json: string | null;
+  has_update: number;
+}
+interface UpdateRow {
+  round_id: string;
+  client_id: string;
+  encoding: BlobEncoding;
+  blob: string;
+  bytes: number;
+  blob_sha256: string;
+}
+interface JobRow {
+  job_id: string;
+  kind: string;
+  state: JobRecord['state'];
+  client_ids_json: string;
+  requested_by: string;
+  method: string;
+  params_json: string;
+  progress_json: string;
+  checkpoint_json: string | null;
+  report_json: string | null;
+  error: string | null;
+  created_at: number;
+  updated_at: number;
+}
+interface ClientRow {
+  client_id: string;
+  secret_hash: string | null;
+  num_examples: number;
+  first_seen: number;
+  last_seen: number;
+  forgotten: number;
+}
+
+/** An update written to disk for a round that has not committed yet. Each staging owns its own file. */
+interface StagedUpdate {
+  rel: string;
+  encoding: BlobEncoding;
+  bytes: number;
+  blobSha: string;
+  /** False while the file is being written: a commit only takes finished stagings. */
+  done: boolean;
+}
+
+/** A model version about to be committed, its blob already durable. */
+interface PlannedModel {
+  row: ModelRow;
+}
+
+function prepareStatements(db: Database.Database) {
+  return {
+    federation: db.prepare<[], FederationRow>('SELECT * FROM federation WHERE id = 1'),
+    insertFederation: db.prepare(
+      `INSERT INTO federation (id, topology_json, layout_json, history_interval, retention, created_at, head)
+       VALUES (1, @topology_json, @layout_json, @history_interval, @retention, @created_at, @head)`,
+    ),
+    setHead: db.prepare<[string]>('UPDATE federation SET head = ? WHERE id = 1'),
+    model: db.prepare<[string], ModelRow>('SELECT * FROM models WHERE version = ?'),
+    models: db.prepare<[], ModelRow>('SELECT * FROM models ORDER BY seq'),
+    modelsOfLineage: db.prepare<[string], ModelRow>('SELECT * FROM models WHERE lineage = ? ORDER BY seq'),
+    insertModel: db.prepare(
+      `INSERT INTO models (version, parent, cause, round, job_id, lineage, sha256, blob, bytes, created_at)
+       VALUES (@version, @parent, @cause, @round, @job_id, @lineage, @sha256, @blob, @bytes, @created_at)`,
+    ),
+    roundById: db.prepare<[string], RoundRow>('SELECT * FROM rounds WHERE round_id = ?'),
+    roundsOfLineage: db.prepare<[string, number, number], RoundRow>(
+      'SELECT * FROM rounds WHERE lineage = ? AND round BETWEEN ? AND ? ORDER BY round',
+    ),
+    participantsOfLineage: db.prepare<[string, number, number], ParticipantRow>(
+      `SELECT p.round_id, p.client_id, p.num_examples, p.norms, p.metrics_json, (u.round_id IS NOT NULL) AS has_update
+       FROM participants p JOIN rounds r ON r.round_id = p.round_id
+       LEFT JOIN updates u ON u.round_id = p.round_id AND u.client_id = p.client_id
+       WHERE r.lineage = ? AND r.round BETWEEN ? AND ? ORDER BY r.round, p.ord`,
+    ),
+    insertRound: db.prepare(
+      `INSERT INTO rounds (round_id, lineage, round, model_before, model_after, updates_stored, metrics_json, started_at, closed_at)
+       VALUES (@round_id, @lineage, @round, @model_before, @model_after, @updates_stored, @metrics_json, @started_at, @closed_at)`,
+    ),
+    insertParticipant: db.prepare(
+      `INSERT INTO participants (round_id, client_id, ord, num_examples, norms, metrics_json)
+       VALUES (@round_id, @client_id, @ord, @num_examples, @norms, @metrics_json)`,
+    ),
+    insertUpdate: db.prepare(
+      `INSERT INTO updates (round_id, client_id, encoding, blob, bytes, blob_sha256)
+       VALUES (@round_id, @client_id, @encoding, @blob, @bytes, @blob_sha256)`,
+    ),
+    update: db.prepare<[string, string], UpdateRow>('SELECT * FROM updates WHERE round_id = ? AND client_id = ?'),
+    updatesOfClient: db.prepare<[string], UpdateRow>('SELECT * FROM updates WHERE client_id = ?'),
+    deleteUpdatesOfClient: db.prepare<[string]>('DELETE FROM updates WHERE client_id = ?'),
+    deleteParticipantsOfClient: db.prepare<[string]>('DELETE FROM participants WHERE client_id = ?'),
+    referencedBlobs: db.prepare<[], { blob: string }>('SELECT blob FROM models UNION ALL SELECT blob FROM updates'),
+    modelStats: db.prepare<[], { n: number; bytes: number | null }>('SELECT COUNT(*) AS n, SUM(bytes) AS bytes FROM models'),
+    updateStats: db.prepare<[], { encoding: BlobEncoding; n: number; bytes: number }>(
+      'SELECT encoding, COUNT(*) AS n, SUM(bytes) AS bytes FROM updates GROUP BY encoding',
+    ),
+    roundCount: db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM rounds'),
+    job: db.prepare<[string], JobRow>('SELECT * FROM jobs WHERE job_id = ?'),
+    jobs: db.prepare<[], JobRow>('SELECT * FROM jobs ORDER BY seq'),
+    jobsInState: db.prepare<[string], JobRow>('SELECT * FROM jobs WHERE state = ? ORDER BY seq'),
+    insertJob: db.prepare(
+      `INSERT INTO jobs (job_id, kind, state, client_ids_json, requested_by, method, params_json, progress_json,
+                         checkpoint_json, report_json, error, created_at, updated_at)
+       VALUES (@job_id, @kind, @state, @client_ids_json, @requested_by, @method, @params_json, @progress_json,
+               @checkpoint_json, @report_json, @error, @created_at, @updated_at)`,
+    ),
+    updateJob: db.prepare(
+      `UPDATE jobs SET state = @state, progress_json = @progress_json, checkpoint_json = @checkpoint_json,
+                       report_json = @report_json, error = @error, updated_at = @updated_at WHERE job_id = @job_id`,
+    ),
+    client: db.prepare<[string], ClientRow>('SELECT * FROM clients WHERE client_id = ?'),
+    clients: db.prepare<[], ClientRow>('SELECT * FROM clients ORDER BY client_id'),
+    putClient: db.prepare(
+      `INSERT OR REPLACE INTO clients (client_id, secret_hash, num_examples, first_seen, last_seen, forgotten)
+       VALUES (@client_id, @secret_hash, @num_examples, @first_seen, @last_seen, @forgotten)`,
+    ),
+  };
+}
+
+// --- row <-> record -------------------------------------------------------------------------------------------
+
+function toModel(r: ModelRow): ModelVersion {
+  return {
+    version: r.version,
+    parent: r.parent,
+    cause: r.cause,
+    round: r.round,
+    jobId: r.job_id,
+    lineage: r.lineage,
+    sha256: r.sha256,
+    createdAt: r.created_at,
+  };
+}
+
+function toJob(r: JobRow): JobRecord {
+  return {
+    jobId: r.job_id,
+    kind: r.kind,
+    state: r.state,
+    clientIds: JSON.parse(r.client_ids_json) as string[],
+    requestedBy: r.requested_by,
+    method: r.method,
+    params: JSON.parse(r.params_json) as Record<string, unknown>,
+    progress: JSON.parse(r.progress_json) as JobRecord['progress'],
+    checkpoint: r.checkpoint_json === null ? null : (JSON.parse(r.checkpoint_json) as unknown),
+    report: r.report_json === null ? null : (JSON.parse(r.report_json) as unknown),
+    error: r.error,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+function toClient(r: ClientRow): ClientRecord {
+  return {
+    clientId: r.client_id,
+    secretHash: r.secret_hash,
+    numExamples: r.num_examples,
+    firstSeen: r.first_seen,
+    lastSeen: r.last_seen,
+    forgotten: r.forgotten !== 0,
+  };
+}
+
+/** JSON for metrics that keeps NaN and ±Infinity (a diverging round still commits, and reads back as it was). */
+function metricsToJson(m: Record<string, number>): string {
+  return JSON.stringify(m, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v));
+}
+function metricsFromJson(s: string): Record<string, number> {
+  return JSON.parse(s, (_k, v: unknown) => (v === 'NaN' || v === 'Infinity' || v === '-Infinity' ? Number(v) : v)) as Record<string, number>;
+}
+
+/** Norms as float64 little-endian: exact, and a tenth of their JSON size. */
+function normsToBlob(norms: Float64Array): Buffer {
+  const b = Buffer.alloc(norms.length * 8);
+  for (let i = 0; i < norms.length; i++) b.writeDoubleLE(norms[i]!, i * 8);
+  return b;
+}
+function normsFromBlob(b: Buffer): number[] {
+  const out: number[] = [];
+  for (let i = 0; i + 8 <= b.length; i += 8) out.push(b.readDoubleLE(i));
+  return out;
+}
+
+/** A file-name-safe, collision-free rendering of an id (ids are nanoids in practice; anything else is hashed). */
+function safeName(id: string): string {
+  return /^[A-Za-z0-9_-]{1,64}$/.test(id) ? id : `~${sha256Hex(Buffer.from(id, 'utf8')).slice(0, 40)}`;
+}
+
+function layoutSpecs(layout: WeightLayout): WeightSpec[] {
+  return layout.specs.map((s) => ({ name: s.name, shape: [...s.shape] }));
+}
+
+class SqliteHistoryStore implements HistoryStore {
+  private readonly db: Database.Database;
+  private readonly blobsDir: string;
+  private readonly now: () => number;
+  private readonly q: ReturnType<typeof prepareStatements>;
+  private fed: FederationMeta | null = null;
+  /** roundId -> clientId -> the current staging of that client's update. */
+  private readonly staged = new Map<string, Map<string, StagedUpdate>>();
+  private closed = false;
+
+  constructor(dataDir: string, opts: SqliteHistoryOptions) {
+    ensureDirSync(path.resolve(dataDir));
+    this.blobsDir = path.join(dataDir, BLOBS_DIR);
+    ensureDirSync(this.blobsDir);
+    this.now = opts.now ?? Date.now;
+    this.db = new Database(path.join(dataDir, DB_FILE));
+    try {
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = FULL');
+      this.db.pragma('foreign_keys = ON');
+      migrate(this.db);
+      this.q = prepareStatements(this.db);
+    } catch (e) {
+      this.db.close();
+      throw e;
+    }
+  }
+
+  // --- federation ---------------------------------------------------------------------------------------------
+
+  open(init: { topologyJson: string; layout: WeightLayout; initialWeights: Float32Array; config: HistoryConfig }): {
+    meta: FederationMeta;
+    head: ModelVersion;
+    resumed: boolean;
+  } {
+    this.requireNotClosed();
+    if (this.fed) throw new HistoryError('the history store is already open');
+    checkConfig(init.config);
+    const topology = parseTopology(init.topologyJson);
+    const row = this.q.federation.get();
+    if (row) {
+      const meta = metaOf(row);
+      if (!isDeepStrictEqual(parseTopology(row.topology_json), topology)) {
+        throw new HistoryError('this data directory holds a federation with a different topology; use another data directory');
+      }
+      if (!sameLayout(meta.layout, init.layout)) {
+        throw new HistoryError(
+          `this data directory holds a federation whose model layout differs (${describeLayout(meta.layout)} stored, ${describeLayout(init.layout)} given)`,
+        );
+      }
+      if (meta.config.historyInterval !== init.config.historyInterval || meta.config.retention !== init.config.retention) {
+        throw new HistoryError(
+          `this federation keeps history with historyInterval ${meta.config.historyInterval} / retention ${meta.config.retention}; ` +
+            `${init.config.historyInterval} / ${init.config.retention} was given (the schedule cannot change mid-history)`,
+        );
+      }
+      this.fed = meta;
+      this.collectGarbage();
+      const head = this.head();
+      const headRow = this.q.model.get(head.version)!;
+      if (!fs.existsSync(this.abs(headRow.blob))) throw new HistoryError(`the head model ${head.version} has no blob file (${headRow.blob})`);
+      return { meta, head, resumed: true };
+    }
+
+    const layout = layoutOf(layoutSpecs(init.layout));
+    const createdAt = this.now();
+    const meta: FederationMeta = { topologyJson: init.topologyJson, layout, config: { ...init.config }, createdAt };
+    // A crash while creating may have left an initial blob behind.
+    this.collectGarbage();
+    const planned = this.planModel(layout, init.initialWeights, { parent: null, cause: 'init', round: 0, jobId: null, lineage: nanoid() }, createdAt);
+    this.commitWithBlobs([planned], () => {
+      this.q.insertModel.run(planned.row);
+      this.q.insertFederation.run({
+        topology_json: init.topologyJson,
+        layout_json: JSON.stringify(layoutSpecs(layout)),
+        history_interval: init.config.historyInterval,
+        retention: init.config.retention,
+        created_at: createdAt,
+        head: planned.row.version,
+      });
+    });
+    this.fed = meta;
+    return { meta, head: toModel(planned.row), resumed: false };
+  }
+
+  meta(): FederationMeta {
+    return this.requireOpen();
+  }
+
+  head(): ModelVersion {
+    this.requireOpen();
+    const row = this.q.federation.get()!;
+    return toModel(this.q.model.get(row.head)!);
+  }
+
+  keepsUpdates(round: number): boolean {
+    return keepsUpdatesUnder(this.requireOpen().config, round);
+  }
+
+  // --- staging ------------------------------------------------------------------------------------------------
+
+  async stageUpdate(roundId: string, clientId: string, update: Float32Array): Promise<void> {
+    const meta = this.requireOpen();
+    if (meta.config.retention === 'norms') return;
+    if (this.q.roundById.get(roundId)) throw new HistoryError(`round ${roundId} is already committed; its updates can no longer change`);
+    let encoded;
+    try {
+      encoded = encodeBlob(meta.layout, update, meta.config.retention);
+    } catch (e) {
+      throw new HistoryError(`update of ${clientId} for round ${roundId}: ${(e as Error).message}`);
+    }
+    const entry: StagedUpdate = {
+      rel: `updates/${safeName(roundId)}/${safeName(clientId)}.${nanoid(10)}.bin`,
+      encoding: encoded.encoding,
+      bytes: encoded.bytes.byteLength,
+      blobSha: sha256Hex(encoded.bytes),
+      done: false,
+    };
+    let byClient = this.staged.get(roundId);
+    if (!byClient) this.staged.set(roundId, (byClient = new Map()));
+    const previous = byClient.get(clientId);
+    byClient.set(clientId, entry);
+    try {
+      await writeFileDurable(this.abs(entry.rel), encoded.bytes);
+    } catch (e) {
+      if (this.stagedEntry(roundId, clientId) === entry) {
+        if (previous) byClient.set(clientId, previous);
+        else this.dropStaged(roundId, clientId);
+      }
+      throw e;
+    }
+    if (this.stagedEntry(roundId, clientId) !== entry) {
+      // Superseded, discarded or taken over by a commit while writing: this file belongs to no one.
+      fs.rmSync(this.abs(entry.rel), { force: true });
+      if (!this.closed && this.q.roundById.get(roundId)) {
+        throw new HistoryError(`round ${roundId} committed while the update of ${clientId} was being staged; it was not included`);
+      }
+      return;
+    }
+    entry.done = true;
+    if (previous?.done) fs.rmSync(this.abs(previous.rel), { force: true });
+  }
+
+  discardStaged(roundId: string, clientId?: string): void {
+    const byClient = this.staged.get(roundId);
+    if (!byClient) return;
+    for (const [c, entry] of [...byClient]) {
+      if (clientId !== undefined && c !== clientId) continue;
+      this.dropStaged(roundId, c);
+      // An unfinished staging removes its own file when it sees it is no longer current.
+      if (entry.done) fs.rmSync(this.abs(entry.rel), { force: true });
+    }
+  }
+
+  private stagedEntry(roundId: string, clientId: string): StagedUpdate | undefined {
+    return this.staged.get(roundId)?.get(clientId);
+  }
+
+  private dropStaged(roundId: string, clientId: string): void {
+    const byClient = this.staged.get(roundId);
+    if (!byClient) return;
+    byClient.delete(clientId);
+    if (byClient.size === 0) this.staged.delete(roundId);
+  }
+
+  /** After a commit: the committed stagings now belong to rows; every other staging of the round is garbage. */
+  private releaseStaged(roundId: string, committed: ReadonlySet<string>): void {
+    const byClient = this.staged.get(roundId);
+    if (!byClient) return;
+    this.staged.delete(roundId);
+    for (const [clientId, entry] of byClient) {
+      if (!committed.has(clientId) && entry.done) fs.rmSync(this.abs(entry.rel), { force: true });
+    }
+  }
+
+  // --- commits ------------------------------------------------------------------------------------------------
+
+  commitRound(input: {
+    round: number;
+    roundId: string;
+    modelBefore: string;
+    weights: Float32Array;
+    participants: ParticipantInput[];
+    metrics: Record<string, number>;
+    startedAt: number;
+  }): ModelVersion {
+    const meta = this.requireOpen();
+    const head = this.head();
+    if (input.round !== head.round + 1) {
+      throw new HistoryError(`round ${input.round} is out of order: lineage ${head.lineage} has completed ${head.round} rounds, the next is ${head.round + 1}`);
+    }
+    if (input.modelBefore !== head.version) {
+      throw new HistoryError(`round ${input.round} started from model ${input.modelBefore}, but the head is ${head.version}`);
+    }
+    this.checkNewRoundId(input.roundId);
+    const participants = this.checkParticipants(input.participants, `round ${input.round}`);
+    const closedAt = this.now();
+    const planned = this.planModel(meta.layout, input.weights, { parent: head.version, cause: 'round', round: input.round, jobId: null, lineage: head.lineage }, closedAt);
+    const keep = this.keepsUpdates(input.round);
+    const updates = keep ? this.finishedStagings(input.roundId, participants) : [];
+    this.commitWithBlobs([planned], () => {
+      this.q.insertModel.run(planned.row);
+      this.insertRound(
+        { ...input, lineage: head.lineage, modelBefore: head.version, modelAfter: planned.row.version, updatesStored: keep, closedAt },
+        participants,
+        updates,
+      );
+      this.q.setHead.run(planned.row.version);
+    });
+    this.releaseStaged(input.roundId, new Set(updates.map((u) => u.clientId)));
+    return toModel(planned.row);
+  }
+
+  commitUnlearning(input: CommitUnlearningInput): ModelVersion {
+    const meta = this.requireOpen();
+    const oldHead = this.head();
+    const rounds = input.rounds;
+    const ctx = `unlearning job ${input.jobId}`;
+    const seenIds = new Set<string>();
+    rounds.forEach((r, i) => {
+      if (!Number.isInteger(r.round) || r.round < 1) throw new HistoryError(`${ctx}: round number ${r.round} is not a positive integer`);
+      const prev = rounds[i - 1];
+      if (prev && r.round <= prev.round) throw new HistoryError(`${ctx}: rounds must ascend (${prev.round} then ${r.round})`);
+      if (seenIds.has(r.roundId)) throw new HistoryError(`${ctx}: round id ${r.roundId} is given twice`);
+      seenIds.add(r.roundId);
+      this.checkNewRoundId(r.roundId);
+    });
+    const participants = rounds.map((r) => this.checkParticipants(r.participants, `${ctx}, round ${r.round}`));
+
+    const intermediates = new Map<number, Float32Array>();
+    const last = rounds[rounds.length - 1];
+    for (const m of input.intermediateModels ?? []) {
+      if (!rounds.some((r) => r.round === m.round)) throw new HistoryError(`${ctx}: intermediate model for round ${m.round}, which is not replayed`);
+      if (m.round === last?.round) throw new HistoryError(`${ctx}: the model after the last replayed round is the job's result, not an intermediate model`);
+      if (intermediates.has(m.round)) throw new HistoryError(`${ctx}: two intermediate models for round ${m.round}`);
+      intermediates.set(m.round, m.weights);
+    }
+
+    const lineage = nanoid();
+    const now = this.now();
+    const base = { cause: 'unlearning' as const, jobId: input.jobId, lineage };
+    const planned: PlannedModel[] = [];
+    const resolved: { before: string | null; after: string | null }[] = [];
+    try {
+      let previousAfter: string | null = null;
+      rounds.forEach((r, i) => {
+        const isLast = i === rounds.length - 1;
+        let before: string | null;
+        if (r.modelBefore === '') before = previousAfter;
+        else {
+          this.requireModel(r.modelBefore, `${ctx}, round ${r.round}`);
+          if (previousAfter !== null && previousAfter !== r.modelBefore) {
+            throw new HistoryError(`${ctx}: round ${r.round} starts from ${r.modelBefore}, but the replayed round before it ended at ${previousAfter}`);
+          }
+          before = r.modelBefore;
+        }
+        const explicitAfter = r.modelAfter ?? '';
+        let after: string | null;
+        const weights = isLast ? input.weights : intermediates.get(r.round);
+        if (weights) {
+          if (explicitAfter !== '') {
+            throw new HistoryError(`${ctx}: round ${r.round} names modelAfter ${explicitAfter} but its model is created by this commit`);
+          }
+          const parent = isLast ? oldHead.version : (before ?? oldHead.version);
+          const p = this.planModel(meta.layout, weights, { ...base, parent, round: r.round }, now);
+          planned.push(p);
+          after = p.row.version;
+        } else if (explicitAfter !== '') {
+          this.requireModel(explicitAfter, `${ctx}, round ${r.round}`);
+          after = explicitAfter;
+        } else after = null;
+        resolved.push({ before, after });
+        previousAfter = after;
+      });
+      if (!last) planned.push(this.planModel(meta.layout, input.weights, { ...base, parent: oldHead.version, round: 0 }, now));
+    } catch (e) {
+      this.unlinkPlanned(planned);
+      throw e;
+    }
+    const result = planned[planned.length - 1]!;
+
+    const keep = meta.config.retention !== 'norms';
+    const updates = rounds.map((r, i) => (keep ? this.finishedStagings(r.roundId, participants[i]!) : []));
+    this.commitWithBlobs(planned, () => {
+      for (const p of planned) this.q.insertModel.run(p.row);
+      rounds.forEach((r, i) => {
+        const { before, after } = resolved[i]!;
+        this.insertRound(
+          { ...r, lineage, modelBefore: before, modelAfter: after, updatesStored: keep },
+          participants[i]!,
+          updates[i]!,
+        );
+      });
+      this.q.setHead.run(result.row.version);
+    });
+    rounds.forEach((r, i) => this.releaseStaged(r.roundId, new Set(updates[i]!.map((u) => u.clientId))));
+    return toModel(result.row);
+  }
+
+  private insertRound(
+    r: {
+      round: number;
+      roundId: string;
+      lineage: string;
+      modelBefore: string | null;
+      modelAfter: string | null;
+      updatesStored: boolean;
+      metrics: Record<string, number>;
+      startedAt: number;
+      closedAt: number;
+    },
+    participants: CheckedParticipant[],
+    updates: { clientId: string; staged: StagedUpdate }[],
+  ): void {
+    this.q.insertRound.run({
+      round_id: r.roundId,
+      lineage: r.lineage,
+      round: r.round,
+      model_before: r.modelBefore,
+      model_after: r.modelAfter,
+      updates_stored: r.updatesStored ? 1 : 0,
+      metrics_json: metricsToJson(r.metrics),
+      started_at: r.startedAt,
+      closed_at: r.closedAt,
+    });
+    participants.forEach((p, ord) =>
+      this.q.insertParticipant.run({
+        round_id: r.roundId,
+        client_id: p.clientId,
+        ord,
+        num_examples: p.numExamples,
+        norms: normsToBlob(p.norms),
+        metrics_json: p.metrics === undefined ? null : metricsToJson(p.metrics),
+      }),
+    );
+    for (const u of updates) {
+      this.q.insertUpdate.run({
+        round_id: r.roundId,
+        client_id: u.clientId,
+        encoding: u.staged.encoding,
+        blob: u.staged.rel,
+        bytes: u.staged.bytes,
+        blob_sha256: u.staged.blobSha,
+      });
+    }
+  }
+
+  private finishedStagings(roundId: string, participants: CheckedParticipant[]): { clientId: string; staged: StagedUpdate }[] {
+    const out: { clientId: string; staged: StagedUpdate }[] = [];
+    for (const p of participants) {
+      const staged = this.stagedEntry(roundId, p.clientId);
+      if (staged?.done) out.push({ clientId: p.clientId, staged });
+    }
+    return out;
+  }
+
+  /** Validates weights and writes their blob durably; the row is returned for the commit transaction to insert. */
+  private planModel(
+    layout: WeightLayout,
+    weights: Float32Array,
+    m: { parent: string | null; cause: ModelCause; round: number; jobId: string | null; lineage: string },
+    createdAt: number,
+  ): PlannedModel {
+    if (!(weights instanceof Float32Array) || weights.length !== layout.totalSize) {
+      throw new HistoryError(`model weights hold ${weights.length} values, the layout ${layout.totalSize}`);
+    }
+    let encoded;
+    try {
+      encoded = encodeBlob(layout, weights, 'fp32');
+    } catch (e) {
+      throw new HistoryError(`model weights: ${(e as Error).message}`);
+    }
+    const version = nanoid();
+    const rel = `models/${version}.bin`;
+    writeFileDurableSync(this.abs(rel), encoded.bytes);
+    return {
+      row: {
+        version,
+        parent: m.parent,
+        cause: m.cause,
+        round: m.round,
+        job_id: m.jobId,
+        lineage: m.lineage,
+        sha256: weightsSha256(weights),
+        blob: rel,
+        bytes: encoded.bytes.byteLength,
+        created_at: createdAt,
+      },
+    };
+  }
+
+  /** Runs the commit transaction; if it fails, the blobs written for it are removed (they would be garbage). */
+  private commitWithBlobs(planned: PlannedModel[], body: () => void): void {
+    try {
+      this.db.transaction(body)();
+    } catch (e) {
+      this.unlinkPlanned(planned);
+      throw e;
+    }
+  }
+
+  private unlinkPlanned(planned: PlannedModel[]): void {
+    for (const p of planned) fs.rmSync(this.abs(p.row.blob), { force: true });
+  }
+
+  // --- reads --------------------------------------------------------------------------------------------------
+
+  listRounds(opts: { lineage?: string; from?: number; to?: number } = {}): RoundRecord[] {
+    this.requireOpen();
+    const lineage = opts.lineage ?? this.head().lineage;
+    const from = opts.from ?? 1;
+    const to = opts.to ?? Number.MAX_SAFE_INTEGER;
+    const byRound = new Map<string, Participant[]>();
+    for (const p of this.q.participantsOfLineage.all(lineage, from, to)) {
+      let list = byRound.get(p.round_id);
+      if (!list) byRound.set(p.round_id, (list = []));
+      const participant: Participant = { clientId: p.client_id, numExamples: p.num_examples, norms: normsFromBlob(p.norms), hasUpdate: p.has_update !== 0 };
+      if (p.metrics_json !== null) participant.metrics = metricsFromJson(p.metrics_json);
+      list.push(participant);
+    }
+    return this.q.roundsOfLineage.all(lineage, from, to).map((r) => ({
+      round: r.round,
+      roundId: r.round_id,
+      lineage: r.lineage,
+      modelBefore: r.model_before ?? '',
+      modelAfter: r.model_after ?? '',
+      participants: byRound.get(r.round_id) ?? [],
+      updatesStored: r.updates_stored !== 0,
+      metrics: metricsFromJson(r.metrics_json),
+      startedAt: r.started_at,
+      closedAt: r.closed_at,
+    }));
+  }
+
+  getRound(round: number, lineage?: string): RoundRecord | null {
+    return this.listRounds({ lineage: lineage ?? this.head().lineage, from: round, to: round })[0] ?? null;
+  }
+
+  async readUpdate(roundId: string, clientId: string): Promise<Float32Array | null> {
+    const meta = this.requireOpen();
+    const row = this.q.update.get(roundId, clientId);
+    if (!row) return null;
+    const bytes = await this.readBlobFile(row.blob, `update of ${clientId} in round ${roundId}`);
+    if (sha256Hex(bytes) !== row.blob_sha256) {
+      throw new HistoryError(`update of ${clientId} in round ${roundId} is corrupted (sha256 mismatch in ${row.blob})`);
+    }
+    try {
+      return decodeBlob(meta.layout, bytes).values;
+    } catch (e) {
+      throw new HistoryError(`update of ${clientId} in round ${roundId}: ${(e as Error).message}`);
+    }
+  }
+
+  listModels(opts: { lineage?: string } = {}): ModelVersion[] {
+    this.requireNotClosed();
+    const rows = opts.lineage === undefined ? this.q.models.all() : this.q.modelsOfLineage.all(opts.lineage);
+    return rows.map(toModel);
+  }
+
+  getModel(version: string): ModelVersion | null {
+    this.requireNotClosed();
+    const row = this.q.model.get(version);
+    return row ? toModel(row) : null;
+  }
+
+  async readModel(version: string): Promise<Float32Array> {
+    const meta = this.requireOpen();
+    const row = this.q.model.get(version);
+    if (!row) throw new HistoryError(`unknown model version ${version}`);
+    const bytes = await this.readBlobFile(row.blob, `model ${version}`);
+    let payload: Uint8Array;
+    try {
+      if (readBlobHeader(meta.layout, bytes).encoding !== 'fp32') throw new BlobFormatError('model blob is not fp32');
+      payload = blobPayload(meta.layout, bytes);
+    } catch (e) {
+      throw new HistoryError(`model ${version} is corrupted: ${(e as Error).message}`);
+    }
+    if (sha256Hex(payload) !== row.sha256) throw new HistoryError(`model ${version} is corrupted (sha256 mismatch in ${row.blob})`);
+    if (!littleEndian) return decodeBlob(meta.layout, bytes).values;
+    // Copy into fresh, aligned memory: the payload sits at an arbitrary offset of the file buffer.
+    const out = new Float32Array(payload.byteLength / 4);
+    new Uint8Array(out.buffer).set(payload);
+    return out;
+  }
+
+  private async readBlobFile(rel: string, what: string): Promise<Uint8Array> {
+    try {
+      return await fsp.readFile(this.abs(rel));
+    } catch (e) {
+      throw new HistoryError(`${what}: cannot read its blob ${rel}: ${(e as Error).message}`);
+    }
+  }
+
+  private requireModel(version: string, ctx: string): void {
+    if (!this.q.model.get(version)) throw new HistoryError(`${ctx}: unknown model version ${version}`);
+  }
+
+  // --- purge --------------------------------------------------------------------------------------------------
+
+  async purgeClients(clientIds: string[]): Promise<PurgeSummary> {
+    this.requireNotClosed();
+    const ids = [...new Set(clientIds)];
+    const files: string[] = [];
+    let updatesDeleted = 0;
+    let participantRowsDeleted = 0;
+    const now = this.now();
+    // Rows first: once they are gone the files are unreferenced, so a crash before the unlinks leaves only garbage
+    // that the next open deletes.
+    this.db.transaction(() => {
+      for (const id of ids) {
+        for (const u of this.q.updatesOfClient.all(id)) files.push(this.abs(u.blob));
+        updatesDeleted += this.q.deleteUpdatesOfClient.run(id).changes;
+        participantRowsDeleted += this.q.deleteParticipantsOfClient.run(id).changes;
+        const c = this.q.client.get(id);
+        this.q.putClient.run({
+          client_id: id,
+          secret_hash: null,
+          num_examples: 0,
+          first_seen: c?.first_seen ?? now,
+          last_seen: c?.last_seen ?? now,
+          forgotten: 1,
+        });
+      }
+    })();
+    for (const [roundId, byClient] of [...this.staged]) {
+      for (const id of ids) {
+        const entry = byClient.get(id);
+        if (!entry) continue;
+        this.dropStaged(roundId, id);
+        if (entry.done) files.push(this.abs(entry.rel));
+      }
+    }
+    const bytesDeleted = await unlinkDurable(files);
+    return { clientIds: ids, updatesDeleted, bytesDeleted, participantRowsDeleted };
+  }
+
+  stats(): HistoryStats {
+    this.requireNotClosed();
+    const m = this.q.modelStats.get()!;
+    const updateBytesByDtype: Record<string, number> = {};
+    let updateBytes = 0;
+    let updates = 0;
+    for (const u of this.q.updateStats.all()) {
+      updateBytesByDtype[u.encoding] = u.bytes;
+      updateBytes += u.bytes;
+      updates += u.n;
+    }
+    return { modelBytes: m.bytes ?? 0, updateBytes, updateBytesByDtype, updates, rounds: this.q.roundCount.get()!.n, models: m.n };
+  }
+
+  // --- jobs ---------------------------------------------------------------------------------------------------
+
+  createJob(job: Omit<JobRecord, 'createdAt' | 'updatedAt'>): JobRecord {
+    this.requireNotClosed();
+    if (this.q.job.get(job.jobId)) throw new HistoryError(`job ${job.jobId} already exists`);
+    const t = this.now();
+    this.q.insertJob.run({
+      job_id: job.jobId,
+      kind: job.kind,
+      state: job.state,
+      client_ids_json: JSON.stringify(job.clientIds),
+      requested_by: job.requestedBy,
+      method: job.method,
+      params_json: JSON.stringify(job.params),
+      progress_json: JSON.stringify(job.progress),
+      checkpoint_json: job.checkpoint === null ? null : JSON.stringify(job.checkpoint),
+      report_json: job.report === null ? null : JSON.stringify(job.report),
+      error: job.error,
+      created_at: t,
+      updated_at: t,
+    });
+    return toJob(this.q.job.get(job.jobId)!);
+  }
+
+  updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): JobRecord {
+    this.requireNotClosed();
+    const row = this.q.job.get(jobId);
+    if (!row) throw new HistoryError(`unknown job ${jobId}`);
+    const cur = toJob(row);
+    const next = { ...cur, ...patch };
+    this.q.updateJob.run({
+      job_id: jobId,
+      state: next.state,
+      progress_json: JSON.stringify(next.progress),
+      checkpoint_json: next.checkpoint === null || next.checkpoint === undefined ? null : JSON.stringify(next.checkpoint),
+      report_json: next.report === null || next.report === undefined ? null : JSON.stringify(next.report),
+      error: next.error ?? null,
+      updated_at: this.now(),
+    });
+    return toJob(this.q.job.get(jobId)!);
+  }
+
+  getJob(jobId: string): JobRecord | null {
+    this.requireNotClosed();
+    const row = this.q.job.get(jobId);
+    return row ? toJob(row) : null;
+  }
+
+  listJobs(opts: { state?: JobRecord['state'] } = {}): JobRecord[] {
+    this.requireNotClosed();
+    return (opts.state === undefined ? this.q.jobs.all() : this.q.jobsInState.all(opts.state)).map(toJob);
+  }
+
+  // --- clients ------------------------------------------------------------------------------------------------
+
+  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean }): ClientRecord {
+    this.requireNotClosed();
+    const cur = this.q.client.get(c.clientId);
+    this.q.putClient.run({
+      client_id: c.clientId,
+      secret_hash: c.secretHash !== undefined ? c.secretHash : (cur?.secret_hash ?? null),
+      num_examples: c.numExamples ?? cur?.num_examples ?? 0,
+      first_seen: cur ? Math.min(cur.first_seen, c.seenAt) : c.seenAt,
+      last_seen: cur ? Math.max(cur.last_seen, c.seenAt) : c.seenAt,
+      forgotten: c.forgotten !== undefined ? (c.forgotten ? 1 : 0) : (cur?.forgotten ?? 0),
+    });
+    return toClient(this.q.client.get(c.clientId)!);
+  }
+
+  getClient(clientId: string): ClientRecord | null {
+    this.requireNotClosed();
+    const row = this.q.client.get(clientId);
+    return row ? toClient(row) : null;
+  }
+
+  listClients(): ClientRecord[] {
+    this.requireNotClosed();
+    return this.q.clients.all().map(toClient);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    // Staged files are left to the next open's garbage collection, like after a crash.
+    this.staged.clear();
+    this.db.close();
+  }
+
+  // --- internals ----------------------------------------------------------------------------------------------
+
+  private abs(rel: string): string {
+    return path.join(this.blobsDir, rel);
+  }
+
+  private requireNotClosed(): void {
+    if (this.closed) throw new HistoryError('the history store is closed');
+  }
+
+  private requireOpen(): FederationMeta {
+    this.requireNotClosed();
+    if (!this.fed) throw new HistoryError('the history store is not open: call open() first');
+    return this.fed;
+  }
+
+  private checkNewRoundId(roundId: string): void {
+    if (typeof roundId !== 'string' || roundId === '') throw new HistoryError('a round needs a non-empty roundId');
+    if (this.q.roundById.get(roundId)) throw new HistoryError(`round id ${roundId} is already committed`);
+  }
+
+  private checkParticipants(ps: ParticipantInput[], ctx: string): CheckedParticipant[] {
+    const layers = this.requireOpen().layout.specs.length;
+    const seen = new Set<string>();
+    return ps.map((p) => {
+      if (seen.has(p.clientId)) throw new HistoryError(`${ctx}: client ${p.clientId} is listed twice`);
+      seen.add(p.clientId);
+      if (!Number.isInteger(p.numExamples) || p.numExamples < 0) throw new HistoryError(`${ctx}: client ${p.clientId} has numExamples ${p.numExamples}`);
+      const norms = Float64Array.from(p.norms);
+      if (norms.length !== layers) throw new HistoryError(`${ctx}: client ${p.clientId} has ${norms.length} norms for ${layers} layers`);
+      if (norms.some((n) => !Number.isFinite(n) || n < 0)) throw new HistoryError(`${ctx}: client ${p.clientId} has a negative or non-finite norm`);
+      return p.metrics === undefined ? { clientId: p.clientId, numExamples: p.numExamples, norms } : { clientId: p.clientId, numExamples: p.numExamples, norms, metrics: p.metrics };
+    });
+  }
+
+  /**
+   * Deletes every blob file that no committed row refers to (stagings of rounds that never committed, temporary files
+   * of interrupted writes, blobs of commits whose transaction never landed) and empty round directories.
+   */
+  private collectGarbage(): void {
+    const referenced = new Set(this.q.referencedBlobs.all().map((r) => r.blob));
+    const sweep = (relDir: string): boolean => {
+      const dir = this.abs(relDir);
+      if (!fs.existsSync(dir)) return true;
+      let changed = false;
+      let remaining = 0;
+      for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
+        const rel = relDir === '' ? ent.name : `${relDir}/${ent.name}`;
+        if (ent.isDirectory()) {
+          if (sweep(rel) && relDir === 'updates') {
+            fs.rmdirSync(this.abs(rel));
+            changed = true;
+          } else remaining++;
+        } else if (!referenced.has(rel)) {
+          fs.rmSync(this.abs(rel), { force: true });
+          changed = true;
+        } else remaining++;
+      }
+      if (changed) fsyncDirSync(dir);
+      return remaining === 0;
+    };
+    sweep('models');
+    sweep('updates');
+  }
+}
+
+interface CheckedParticipant {
+  clientId: string;
+  numExamples: number;
+  norms: Float64Array;
+  metrics?: Record<string, number>;
+}
+
+const littleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+function checkConfig(c: HistoryConfig): void {
+  if (!Number.isInteger(c.historyInterval) || c.historyInterval < 1) throw new HistoryError(`historyInterval must be a positive integer, got ${c.historyInterval}`);
+  if (!RETENTIONS.has(c.retention)) throw new HistoryError(`unknown retention ${String(c.retention)}`);
+}
+
+function parseTopology(json: string): unknown {
+  try {
+    return JSON.parse(json) as unknown;
+  } catch {
+    throw new HistoryError('topologyJson is not valid JSON');
+  }
+}
+
+function metaOf(row: FederationRow): FederationMeta {
+  return {
+    topologyJson: row.topology_json,
+    layout: layoutOf(JSON.parse(row.layout_json) as WeightSpec[]),
+    config: { historyInterval: row.history_interval, retention: row.retention },
+    createdAt: row.created_at,
+  };
+}
+
+function describeLayout(l: WeightLayout): string {
+  return `${l.specs.length} layers, ${l.totalSize} values`;
+}

@@ -1,0 +1,226 @@
+import type { WeightLayout } from '@fedunlearn/protocol';
+
+/**
+ * The coordinator's durable history: model versions, round records with per-client update norms, full client
+ * updates every Δt rounds, unlearning jobs and the client registry. Unlearning replays what is stored here, so
+ * every read returns exactly what was committed (or throws): nothing is approximated except the declared
+ * quantisation of full updates under the 'fp16' / 'int8' retention.
+ */
+
+/** A request the store refuses (out-of-order round, unknown version, mismatched federation, corrupted blob, ...). */
+export class HistoryError extends Error {
+  override name = 'HistoryError';
+}
+
+export type ModelCause = 'init' | 'round' | 'unlearning';
+
+export interface ModelVersion {
+  /** Id (nanoid) of this model version. */
+  version: string;
+  /** The version it was derived from: null for 'init'; for 'round' the round's modelBefore; for the final model of an
+   *  unlearning job the head it replaced (so the old lineage stays reachable); for an intermediate replay model the
+   *  model its replayed round started from (or the replaced head when that is unknown). */
+  parent: string | null;
+  cause: ModelCause;
+  /** Training rounds completed in its lineage when it was made (init: 0; unlearning: the number of the last replayed round). */
+  round: number;
+  /** Unlearning job that produced it. */
+  jobId: string | null;
+  /** Lineage id: the history (rounds) this model belongs to; unlearning starts a new lineage. */
+  lineage: string;
+  /** sha256 of the float32 little-endian weight bytes, hex. */
+  sha256: string;
+  /** Unix ms. */
+  createdAt: number;
+}
+
+export interface ParticipantInput {
+  clientId: string;
+  numExamples: number;
+  /** Per-layer L2 norms of the update, layout order (kept in float64, exactly). */
+  norms: Float64Array | number[];
+  metrics?: Record<string, number>;
+}
+
+export interface Participant extends ParticipantInput {
+  norms: number[];
+  /** Whether this client's full update is stored (false on rounds that keep norms only, and after a purge). */
+  hasUpdate: boolean;
+}
+
+export interface RoundRecord {
+  /** 1-based within the lineage. */
+  round: number;
+  roundId: string;
+  lineage: string;
+  /** Version the clients started from (M^t). '' when unknown: an unlearning round whose model was not kept. */
+  modelBefore: string;
+  /** Version committed with this round. '' when unknown: an unlearning round whose model was not kept. */
+  modelAfter: string;
+  participants: Participant[];
+  /** True on rounds whose full updates are kept by policy: keepsUpdates(round) for training rounds, and every replayed
+   *  round of an unlearning lineage unless the retention is 'norms'. Participant.hasUpdate says what is actually there. */
+  updatesStored: boolean;
+  /** E.g. aggregate train loss, accuracy reported by the caller. Non-finite values survive storage. */
+  metrics: Record<string, number>;
+  startedAt: number;
+  closedAt: number;
+}
+
+/** How full updates are kept ('norms': not at all). */
+export type Retention = 'fp32' | 'fp16' | 'int8' | 'norms';
+
+export interface HistoryConfig {
+  /** Δt: full updates kept on rounds 1, 1+Δt, 1+2Δt, ... (a positive integer). */
+  historyInterval: number;
+  retention: Retention;
+}
+
+export interface FederationMeta {
+  topologyJson: string;
+  layout: WeightLayout;
+  config: HistoryConfig;
+  createdAt: number;
+}
+
+/** Unlearning jobs, persisted; the engine owns the meaning of params/progress/checkpoint/report. */
+export interface JobRecord {
+  jobId: string;
+  kind: string;
+  state: 'queued' | 'running' | 'done' | 'failed';
+  clientIds: string[];
+  requestedBy: string;
+  method: string;
+  params: Record<string, unknown>;
+  progress: { step: number; total: number; message?: string };
+  /** Opaque JSON: where a restarted coordinator resumes the job. */
+  checkpoint: unknown | null;
+  report: unknown | null;
+  error: string | null;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export interface ClientRecord {
+  clientId: string;
+  secretHash: string | null;
+  numExamples: number;
+  firstSeen: number;
+  lastSeen: number;
+  /** Set by purgeClients, which leaves only this tombstone (no secret, no example count) behind. */
+  forgotten: boolean;
+}
+
+export interface PurgeSummary {
+  clientIds: string[];
+  updatesDeleted: number;
+  bytesDeleted: number;
+  participantRowsDeleted: number;
+}
+
+export interface HistoryStats {
+  modelBytes: number;
+  updateBytes: number;
+  /** updateBytes split by the encoding each blob was actually written in ('fp32' | 'fp16' | 'int8'). */
+  updateBytesByDtype: Record<string, number>;
+  updates: number;
+  rounds: number;
+  models: number;
+}
+
+/** One replayed round of an unlearning job, as the engine applied it. */
+export interface UnlearningRoundInput {
+  round: number;
+  /** A fresh id: round ids are unique across lineages, so the replay cannot reuse the original round's id. */
+  roundId: string;
+  /** An existing version, or '' to take the intermediate model of the previous replayed round (or "unknown"). */
+  modelBefore: string;
+  /** An existing version, or ''/absent to take this round's intermediate model (the new head for the last round). */
+  modelAfter?: string;
+  participants: ParticipantInput[];
+  metrics: Record<string, number>;
+  startedAt: number;
+  closedAt: number;
+}
+
+export interface CommitUnlearningInput {
+  jobId: string;
+  /** The unlearned model: becomes the head (cause 'unlearning', parent = the head it replaces). */
+  weights: Float32Array;
+  /** The replayed rounds, ascending by round number; they become the whole history of the new lineage. */
+  rounds: UnlearningRoundInput[];
+  /** Models after replayed rounds other than the last (whose result is `weights`), kept as versions of the new lineage. */
+  intermediateModels?: { round: number; weights: Float32Array }[];
+}
+
+export interface HistoryStore {
+  /** Opens an existing federation or creates one with this initial model; returns its meta and the head. On resume the
+   *  topology, layout and config must match the stored ones (else a clear error) and initialWeights is ignored. */
+  open(init: { topologyJson: string; layout: WeightLayout; initialWeights: Float32Array; config: HistoryConfig }): {
+    meta: FederationMeta;
+    head: ModelVersion;
+    resumed: boolean;
+  };
+  meta(): FederationMeta;
+  /** Current global model version (the latest committed). */
+  head(): ModelVersion;
+  /** Whether round `round` (1-based) keeps full updates under the config (Δt); always false under retention 'norms'. */
+  keepsUpdates(round: number): boolean;
+  /** Durably writes one client's full update for an open round BEFORE the round commits (off the commit's critical
+   *  path). Idempotent per (roundId, clientId): staging again replaces the previous staging. Must resolve before the
+   *  commit that should include it. A no-op under retention 'norms'. */
+  stageUpdate(roundId: string, clientId: string, update: Float32Array): Promise<void>;
+  /** Drops staged updates of a round that will not commit (or of a client dropped from it). */
+  discardStaged(roundId: string, clientId?: string): void;
+  /** Atomically: the round record with its participants, its staged updates (only those of listed participants, and
+   *  only when keepsUpdates(round)), and the new model version (cause 'round', parent = modelBefore, round =
+   *  record.round). After a crash either all of it is there or none. round must be head.round + 1 and modelBefore the
+   *  head. Other staged updates of the round are discarded. */
+  commitRound(input: {
+    round: number;
+    roundId: string;
+    modelBefore: string;
+    weights: Float32Array;
+    participants: ParticipantInput[];
+    metrics: Record<string, number>;
+    startedAt: number;
+  }): ModelVersion;
+  /** Rounds of a lineage (default: the head's), ascending; from/to are inclusive round numbers. */
+  listRounds(opts?: { lineage?: string; from?: number; to?: number }): RoundRecord[];
+  getRound(round: number, lineage?: string): RoundRecord | null;
+  /** A stored full update, decoded to float32 (dequantised if fp16/int8), or null if not kept / purged. Throws if the
+   *  blob is corrupted. */
+  readUpdate(roundId: string, clientId: string): Promise<Float32Array | null>;
+  /** Model versions in creation order (default: every lineage). */
+  listModels(opts?: { lineage?: string }): ModelVersion[];
+  getModel(version: string): ModelVersion | null;
+  /** Verifies sha256 on read; a mismatch throws (corruption is never served). */
+  readModel(version: string): Promise<Float32Array>;
+  /** Commits the result of an unlearning job atomically: a new model version (cause 'unlearning', parent = the head at
+   *  the time, jobId) in a NEW lineage whose rounds are `rounds` (the replayed rounds with the updates actually applied,
+   *  staged beforehand with stageUpdate under their roundIds), making it the head. The old lineage stays readable. */
+  commitUnlearning(input: CommitUnlearningInput): ModelVersion;
+  /** Deletes every stored update and participant row of these clients, in every lineage, durably (files unlinked and
+   *  dirs fsynced), and reduces their client records to tombstones (forgotten: true). */
+  purgeClients(clientIds: string[]): Promise<PurgeSummary>;
+  /** Storage statistics: bytes of model blobs, update blobs (by encoding), rows. */
+  stats(): HistoryStats;
+  // jobs
+  createJob(job: Omit<JobRecord, 'createdAt' | 'updatedAt'>): JobRecord;
+  updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): JobRecord;
+  getJob(jobId: string): JobRecord | null;
+  /** Jobs in creation order. */
+  listJobs(opts?: { state?: JobRecord['state'] }): JobRecord[];
+  // clients
+  /** Creates or refreshes a client: lastSeen moves forward only; absent fields keep their stored values. */
+  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean }): ClientRecord;
+  getClient(clientId: string): ClientRecord | null;
+  listClients(): ClientRecord[];
+  close(): void;
+}
+
+/** Full updates are kept on rounds 1, 1+Δt, 1+2Δt, ... (the FedEraser schedule t_{j+1} = t_j + Δt). */
+export function keepsUpdatesUnder(config: HistoryConfig, round: number): boolean {
+  if (config.retention === 'norms') return false;
+  return Number.isInteger(round) && round >= 1 && (round - 1) % config.historyInterval === 0;
+}

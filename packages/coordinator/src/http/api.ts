@@ -1,0 +1,167 @@
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { ProtocolError } from '@fedunlearn/protocol';
+import type { Coordinator } from '../coordinator.js';
+import type { JobRecord } from '../history/store.js';
+import { METHOD_NAMES, type MethodName, type MethodParams } from '../unlearning/method.js';
+
+export interface HttpApiOptions {
+  operatorToken?: string | undefined;
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const createJobSchema = {
+  body: {
+    type: 'object',
+    required: ['clientIds'],
+    additionalProperties: false,
+    properties: {
+      clientIds: { type: 'array', minItems: 1, maxItems: 1000, items: { type: 'string', minLength: 1, maxLength: 128 } },
+      method: { type: 'string', enum: [...METHOD_NAMES] },
+      params: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          calibrationRatio: { type: 'number', exclusiveMinimum: 0, maximum: 10 },
+          reuseFirstRound: { type: 'boolean' },
+          tuneRounds: { type: 'integer', minimum: 0, maximum: 1000 },
+        },
+      },
+    },
+  },
+} as const;
+
+/** The operator API, versioned under /v1; the clients' socket.io endpoint shares its HTTP server. */
+export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyInstance {
+  const app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
+
+  app.setErrorHandler((raw: unknown, _req, reply) => {
+    const err = raw as Error & { statusCode?: number; validation?: unknown; code?: string };
+    if (raw instanceof ProtocolError) return reply.code(raw.codeName === 'UNKNOWN_CLIENT' ? 404 : 400).send({ error: { code: raw.codeName, message: raw.message } });
+    if (err instanceof HttpError) return reply.code(err.status).send({ error: { code: err.code, message: err.message } });
+    if (err.validation) return reply.code(400).send({ error: { code: 'INVALID_ARGUMENT', message: err.message } });
+    if (err instanceof RangeError) return reply.code(400).send({ error: { code: 'INVALID_ARGUMENT', message: err.message } });
+    if (err.statusCode && err.statusCode < 500) return reply.code(err.statusCode).send({ error: { code: err.code ?? 'BAD_REQUEST', message: err.message } });
+    coord.log.error({ err }, 'operator API error');
+    return reply.code(500).send({ error: { code: 'INTERNAL', message: 'internal error' } });
+  });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url}` } }));
+
+  const operator = async (req: FastifyRequest, _reply: FastifyReply) => {
+    if (!opts.operatorToken) return;
+    if (req.headers.authorization !== `Bearer ${opts.operatorToken}`) throw new HttpError(401, 'UNAUTHENTICATED', 'operator token required');
+  };
+
+  app.get('/healthz', async () => ({ ok: true }));
+
+  app.register(
+    async (v1) => {
+      v1.addHook('onRequest', operator);
+
+      v1.get('/status', async () => {
+        const head = coord.store.head();
+        const jobs = coord.store.listJobs();
+        return {
+          model: head,
+          connectedClients: coord.registry.size,
+          jobs: countBy(jobs, (j) => j.state),
+          uptimeMs: Date.now() - coord.startedAt,
+        };
+      });
+
+      v1.get('/clients', async () => {
+        const connected = new Map(coord.registry.connected().map((s) => [s.clientId, s]));
+        return {
+          clients: coord.store.listClients().map(({ secretHash: _hidden, ...c }) => ({
+            ...c,
+            connected: connected.has(c.clientId),
+            backend: connected.get(c.clientId)?.backend ?? null,
+          })),
+        };
+      });
+
+      v1.get('/rounds', async (req) => {
+        const q = req.query as { lineage?: string };
+        return { rounds: coord.store.listRounds(q.lineage ? { lineage: q.lineage } : undefined) };
+      });
+
+      v1.get('/rounds/:round', async (req) => {
+        const { round } = req.params as { round: string };
+        const r = coord.store.getRound(Number(round));
+        if (!r) throw new HttpError(404, 'NOT_FOUND', `no round ${round} in the current lineage`);
+        return r;
+      });
+
+      v1.get('/models', async () => ({ head: coord.store.head().version, models: coord.store.listModels() }));
+
+      v1.get('/models/:version', async (req) => {
+        const { version } = req.params as { version: string };
+        const m = coord.store.getModel(version);
+        if (!m) throw new HttpError(404, 'NOT_FOUND', `no model version ${version}`);
+        return m;
+      });
+
+      v1.get('/models/:version/weights', async (req, reply) => {
+        const { version } = req.params as { version: string };
+        if (!coord.store.getModel(version)) throw new HttpError(404, 'NOT_FOUND', `no model version ${version}`);
+        const w = await coord.store.readModel(version);
+        const meta = coord.store.meta();
+        reply.header('content-type', 'application/octet-stream');
+        reply.header('x-fedunlearn-layout', JSON.stringify(meta.layout.specs));
+        return Buffer.from(w.buffer, w.byteOffset, w.byteLength);
+      });
+
+      v1.get('/history/stats', async () => coord.store.stats());
+
+      v1.post('/jobs', { schema: createJobSchema }, async (req, reply) => {
+        const body = req.body as { clientIds: string[]; method?: MethodName; params?: MethodParams };
+        const job = coord.forget({
+          clientIds: body.clientIds,
+          ...(body.method ? { method: body.method } : {}),
+          ...(body.params ? { params: body.params } : {}),
+          requestedBy: 'operator',
+        });
+        return reply.code(202).send(publicJob(job));
+      });
+
+      v1.get('/jobs', async () => ({ jobs: coord.store.listJobs().map(publicJob) }));
+
+      v1.get('/jobs/:id', async (req) => {
+        const { id } = req.params as { id: string };
+        const job = coord.store.getJob(id);
+        if (!job) throw new HttpError(404, 'NOT_FOUND', `no job ${id}`);
+        return publicJob(job);
+      });
+
+      v1.get('/jobs/:id/report', async (req) => {
+        const { id } = req.params as { id: string };
+        const job = coord.store.getJob(id);
+        if (!job) throw new HttpError(404, 'NOT_FOUND', `no job ${id}`);
+        if (!job.report) throw new HttpError(409, 'NOT_READY', `job ${id} is ${job.state}; its report is written when it is done`);
+        return job.report;
+      });
+    },
+    { prefix: '/v1' },
+  );
+  return app;
+}
+
+/** A job as operators see it: the resume checkpoint is internal. */
+function publicJob(job: JobRecord): Omit<JobRecord, 'checkpoint'> {
+  const { checkpoint: _internal, ...rest } = job;
+  return rest;
+}
+
+function countBy<T>(items: T[], key: (t: T) => string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const i of items) out[key(i)] = (out[key(i)] ?? 0) + 1;
+  return out;
+}

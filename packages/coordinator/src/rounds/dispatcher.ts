@@ -1,0 +1,241 @@
+import { nanoid } from 'nanoid';
+import {
+  decodeWeights,
+  encodeWeights,
+  ErrorCode,
+  fedunlearn,
+  ProtocolError,
+  type FlatWeights,
+} from '@fedunlearn/protocol';
+import type { ClientRegistry } from '../transport/client-registry.js';
+import type { ClientSession } from '../transport/session.js';
+
+export const TaskKind = fedunlearn.v1.TaskKind;
+export type TaskKind = fedunlearn.v1.TaskKind;
+
+export interface HyperParameters {
+  learningRate: number;
+  batchSize: number;
+  /** May be fractional (calibration: r * E). */
+  localEpochs: number;
+}
+
+/** What every client of one dispatch is asked to do. */
+export interface TaskSpec {
+  kind: TaskKind;
+  round: number;
+  modelVersion: string;
+  topologyJson: string;
+  weights: FlatWeights;
+  hyper: HyperParameters;
+  /** Per-dispatch seed; each client's task seed is derived from it and the client id. */
+  seed: number;
+  jobId?: string;
+}
+
+/** One client's accepted answer. `delta` is null for EVALUATE. */
+export interface Answer {
+  clientId: string;
+  taskId: string;
+  delta: Float32Array | null;
+  numExamples: number;
+  metrics: Record<string, number>;
+  bytesIn: number;
+}
+
+export interface Missing {
+  clientId: string;
+  reason: 'offline' | 'disconnected' | 'deadline' | 'rejected' | 'failed';
+  detail?: string;
+}
+
+export interface DispatchResult {
+  answered: string[];
+  missing: Missing[];
+  bytesOut: number;
+  bytesIn: number;
+}
+
+export interface DispatchOptions {
+  deadlineMs: number;
+  /** Called for each valid answer, one at a time, in arrival order; a throw rejects that answer. */
+  onAnswer(answer: Answer): Promise<void> | void;
+  signal?: AbortSignal;
+}
+
+interface Pending {
+  taskId: string;
+  clientId: string;
+  kind: TaskKind;
+  spec: TaskSpec;
+  settle(outcome: { answer?: Answer; missing?: Missing }): void;
+}
+
+/** Counts the dispatcher reports for metrics and tests; never reset. */
+export interface DispatcherCounters {
+  accepted: number;
+  rejected: Record<string, number>;
+}
+
+/**
+ * Sends tasks to clients and collects their answers: every task has a deadline, a client that disconnects is missing
+ * at once, and an answer is accepted only from the client the task was given to, once, before the deadline, with a
+ * delta of exactly the model's shape and finite values.
+ */
+export class TaskDispatcher {
+  private readonly pending = new Map<string, Pending>();
+  /** Task ids that were answered or expired, so that a late or replayed update is told it is stale. */
+  private readonly closed = new Map<string, string>();
+  readonly counters: DispatcherCounters = { accepted: 0, rejected: {} };
+
+  constructor(private readonly registry: ClientRegistry) {
+    registry.on('left', (session, reason) => {
+      for (const p of this.pending.values()) {
+        if (p.clientId === session.clientId) p.settle({ missing: { clientId: p.clientId, reason: 'disconnected', detail: reason } });
+      }
+    });
+  }
+
+  async dispatch(clientIds: string[], spec: TaskSpec, opts: DispatchOptions): Promise<DispatchResult> {
+    const result: DispatchResult = { answered: [], missing: [], bytesOut: 0, bytesIn: 0 };
+    const wireWeights = encodeWeights(spec.weights);
+    const deadline = Date.now() + opts.deadlineMs;
+    // Answers are processed strictly one after another, so that aggregation and history writes never interleave.
+    let chain: Promise<void> = Promise.resolve();
+    const waits: Promise<void>[] = [];
+    for (const clientId of clientIds) {
+      const session = this.registry.get(clientId);
+      if (!session) {
+        result.missing.push({ clientId, reason: 'offline' });
+        continue;
+      }
+      const taskId = nanoid();
+      let resolveWait!: () => void;
+      waits.push(new Promise<void>((r) => (resolveWait = r)));
+      let settled = false;
+      const timer = setTimeout(() => pending.settle({ missing: { clientId, reason: 'deadline' } }), Math.max(0, deadline - Date.now()));
+      const pending: Pending = {
+        taskId,
+        clientId,
+        kind: spec.kind,
+        spec,
+        settle: (outcome) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          this.pending.delete(taskId);
+          this.closed.set(taskId, clientId);
+          if (this.closed.size > 100_000) this.closed.delete(this.closed.keys().next().value as string);
+          if (outcome.missing) {
+            result.missing.push(outcome.missing);
+            resolveWait();
+            return;
+          }
+          const answer = outcome.answer!;
+          chain = chain
+            .then(() => opts.onAnswer(answer))
+            .then(
+              () => {
+                result.answered.push(clientId);
+                result.bytesIn += answer.bytesIn;
+                this.counters.accepted++;
+              },
+              (err: unknown) => {
+                this.count('CALLBACK_REJECTED');
+                result.missing.push({ clientId, reason: 'rejected', detail: String((err as Error)?.message ?? err) });
+              },
+            )
+            .finally(resolveWait);
+        },
+      };
+      this.pending.set(taskId, pending);
+      try {
+        result.bytesOut += session.channel.send({
+          task: {
+            taskId,
+            kind: spec.kind,
+            round: spec.round,
+            modelVersion: spec.modelVersion,
+            topologyJson: spec.topologyJson,
+            weights: wireWeights,
+            hyper: {
+              learningRate: spec.hyper.learningRate,
+              batchSize: spec.hyper.batchSize,
+              localEpochs: spec.hyper.localEpochs,
+              seed: taskSeed(spec.seed, clientId),
+              optimizer: 'sgd',
+            },
+            deadlineUnixMs: deadline,
+            jobId: spec.jobId ?? '',
+          },
+        });
+      } catch (e) {
+        pending.settle({ missing: { clientId, reason: 'failed', detail: (e as Error).message } });
+      }
+    }
+    const onAbort = () => {
+      for (const p of [...this.pending.values()]) if (p.spec === spec) p.settle({ missing: { clientId: p.clientId, reason: 'deadline', detail: 'aborted' } });
+    };
+    opts.signal?.addEventListener('abort', onAbort);
+    try {
+      await Promise.all(waits);
+      await chain;
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+    return result;
+  }
+
+  /** Handles an Update from an authenticated session. Errors are sent back to that client and counted. */
+  receiveUpdate(session: ClientSession, update: fedunlearn.v1.IUpdate, bytesIn: number): void {
+    const taskId = update.taskId ?? '';
+    try {
+      const p = this.pending.get(taskId);
+      if (!p) {
+        if (this.closed.has(taskId)) {
+          throw new ProtocolError(ErrorCode.STALE_TASK, `task ${taskId} is closed (answered, expired or replaced)`, taskId);
+        }
+        throw new ProtocolError(ErrorCode.UNKNOWN_TASK, `no task ${taskId}`, taskId);
+      }
+      if (p.clientId !== session.clientId) {
+        throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `task ${taskId} was not given to ${session.clientId}`, taskId);
+      }
+      const numExamples = update.numExamples ?? 0;
+      if (!(numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `numExamples must be positive, got ${numExamples}`, taskId);
+      let delta: Float32Array | null = null;
+      if (p.kind !== TaskKind.EVALUATE) {
+        try {
+          delta = decodeWeights(update.delta ?? [], p.spec.weights.layout);
+        } catch (e) {
+          // A bad update closes the task: the client is told why and counts as missing for this round.
+          p.settle({ missing: { clientId: p.clientId, reason: 'rejected', detail: (e as Error).message } });
+          throw e instanceof ProtocolError ? new ProtocolError(e.code, e.message, taskId) : e;
+        }
+      }
+      const metrics: Record<string, number> = {};
+      for (const [k, v] of Object.entries(update.metrics ?? {})) if (Number.isFinite(v)) metrics[k] = v;
+      p.settle({ answer: { clientId: p.clientId, taskId, delta, numExamples, metrics, bytesIn } });
+    } catch (e) {
+      const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, String(e), taskId);
+      this.count(err.codeName);
+      session.channel.sendError(err.code, err.message, err.ref);
+    }
+  }
+
+  /** A client reports it could not do a task (e.g. training failed on the device). */
+  receiveFailure(session: ClientSession, taskId: string, message: string): void {
+    const p = this.pending.get(taskId);
+    if (p && p.clientId === session.clientId) p.settle({ missing: { clientId: p.clientId, reason: 'failed', detail: message } });
+  }
+
+  private count(reason: string): void {
+    this.counters.rejected[reason] = (this.counters.rejected[reason] ?? 0) + 1;
+  }
+}
+
+/** A stable per-client seed, so that a task given again with the same dispatch seed is reproducible. */
+export function taskSeed(seed: number, clientId: string): number {
+  let h = (seed >>> 0) ^ 0x9e3779b9;
+  for (let i = 0; i < clientId.length; i++) h = Math.imul(h ^ clientId.charCodeAt(i), 0x01000193) >>> 0;
+  return h >>> 0;
+}

@@ -1,0 +1,140 @@
+import { nanoid } from 'nanoid';
+import type { FlatWeights } from '@fedunlearn/protocol';
+import type { AggregationStrategy } from '../aggregation/strategy.js';
+import type { HistoryStore, ModelVersion } from '../history/store.js';
+import type { Logger } from '../logger.js';
+import type { ClientRegistry } from '../transport/client-registry.js';
+import type { HyperParameters, Missing, TaskDispatcher } from './dispatcher.js';
+import { federatedStep, type WorkCost } from './federated-step.js';
+import { selectClients } from './selection.js';
+
+export interface FederationConfig {
+  /** K: clients asked to train in each round. */
+  clientsPerRound: number;
+  /** The quorum: a round commits only when at least this many updates were accepted. */
+  minClients: number;
+  /** A round closes at this deadline with whoever answered. */
+  roundDeadlineMs: number;
+  /** Seeds client selection and the clients' shuffles. */
+  seed: number;
+  hyper: HyperParameters;
+  /** Attempts of one round below quorum before runRound gives up (the next call starts again). */
+  maxRoundAttempts: number;
+  /** How long a round waits for enough clients to connect. */
+  waitForClientsMs: number;
+}
+
+export interface RoundOutcome {
+  round: number;
+  roundId: string;
+  model: ModelVersion;
+  participants: string[];
+  missing: Missing[];
+  metrics: Record<string, number>;
+  cost: WorkCost;
+  attempts: number;
+  durationMs: number;
+}
+
+export class QuorumError extends Error {
+  constructor(
+    readonly round: number,
+    readonly answered: number,
+    readonly needed: number,
+  ) {
+    super(`round ${round}: ${answered} of the ${needed} updates needed for quorum`);
+    this.name = 'QuorumError';
+  }
+}
+
+/** Holds the current global model in memory, so that a round does not read it back from the store. */
+export interface ModelCache {
+  version: string;
+  weights: FlatWeights;
+}
+
+/**
+ * The coordinator's training round: select K connected clients (seeded), send TRAIN tasks, fold updates into a
+ * streaming aggregation, stage every Δt-th round's updates durably, and commit the round with its new model version
+ * atomically. A round that misses its quorum is retried with a fresh selection; nothing of it is committed.
+ */
+export class RoundEngine {
+  constructor(
+    private readonly deps: {
+      store: HistoryStore;
+      registry: ClientRegistry;
+      dispatcher: TaskDispatcher;
+      strategy: AggregationStrategy;
+      config: FederationConfig;
+      log: Logger;
+      isEligible(clientId: string): boolean;
+    },
+  ) {}
+
+  async runRound(current: ModelCache, signal?: AbortSignal): Promise<RoundOutcome> {
+    const { store, registry, dispatcher, strategy, config, log } = this.deps;
+    const head = store.head();
+    if (head.version !== current.version) throw new Error(`model cache ${current.version} is not the head ${head.version}`);
+    const round = head.round + 1;
+    const started = Date.now();
+    const meta = store.meta();
+    let lastAnswered = 0;
+    for (let attempt = 1; attempt <= config.maxRoundAttempts; attempt++) {
+      if (signal?.aborted) throw new Error('round aborted');
+      await registry.waitFor(config.minClients, config.waitForClientsMs, signal);
+      const candidates = registry.connected().map((s) => s.clientId).filter((id) => this.deps.isEligible(id));
+      if (candidates.length < config.minClients) {
+        log.warn({ round, connected: candidates.length, needed: config.minClients }, 'not enough clients for a round');
+        lastAnswered = 0;
+        continue;
+      }
+      const selected = selectClients(candidates, config.clientsPerRound, config.seed, `${head.lineage}/${round}/${attempt}`);
+      const roundId = nanoid();
+      const keep = store.keepsUpdates(round);
+      log.info({ round, roundId, attempt, selected: selected.length }, 'round started');
+      const step = await federatedStep(dispatcher, strategy, {
+        clientIds: selected,
+        model: current.weights,
+        modelVersion: current.version,
+        topologyJson: meta.topologyJson,
+        round,
+        hyper: config.hyper,
+        seed: config.seed * 1_000_003 + round * 101 + attempt,
+        deadlineMs: config.roundDeadlineMs,
+        ...(keep ? { stageAs: { store, roundId } } : {}),
+        ...(signal ? { signal } : {}),
+      });
+      if (!step.weights || step.participants.length < config.minClients) {
+        store.discardStaged(roundId);
+        lastAnswered = step.participants.length;
+        log.warn({ round, attempt, answered: step.participants.length, missing: step.missing }, 'round below quorum, retrying');
+        continue;
+      }
+      const model = store.commitRound({
+        round,
+        roundId,
+        modelBefore: current.version,
+        weights: step.weights,
+        participants: step.participants,
+        metrics: step.metrics,
+        startedAt: started,
+      });
+      const outcome: RoundOutcome = {
+        round,
+        roundId,
+        model,
+        participants: step.participants.map((p) => p.clientId),
+        missing: step.missing,
+        metrics: step.metrics,
+        cost: step.cost,
+        attempts: attempt,
+        durationMs: Date.now() - started,
+      };
+      current.version = model.version;
+      current.weights = { layout: current.weights.layout, values: step.weights };
+      log.info({ round, version: model.version, participants: outcome.participants.length, missing: step.missing.length, ms: outcome.durationMs }, 'round committed');
+      return outcome;
+    }
+    throw new QuorumError(round, lastAnswered, config.minClients);
+  }
+}

@@ -1,0 +1,61 @@
+import { EventEmitter } from 'node:events';
+import type { ClientSession } from './session.js';
+
+export interface RegistryEvents {
+  joined: [ClientSession];
+  left: [ClientSession, string];
+}
+
+/** The clients connected right now, one session per client id (a reconnect replaces the older session). */
+export class ClientRegistry extends EventEmitter<RegistryEvents> {
+  private readonly sessions = new Map<string, ClientSession>();
+
+  add(session: ClientSession): void {
+    const old = this.sessions.get(session.clientId);
+    this.sessions.set(session.clientId, session);
+    if (old && old !== session) {
+      this.emit('left', old, 'replaced by a newer connection');
+      old.disconnect('replaced by a newer connection');
+    }
+    this.emit('joined', session);
+  }
+
+  /** Removes the session if it is still the current one for its client. */
+  remove(session: ClientSession, reason: string): void {
+    if (this.sessions.get(session.clientId) !== session) return;
+    this.sessions.delete(session.clientId);
+    this.emit('left', session, reason);
+  }
+
+  get(clientId: string): ClientSession | undefined {
+    return this.sessions.get(clientId);
+  }
+
+  connected(): ClientSession[] {
+    return [...this.sessions.values()];
+  }
+
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  /** Resolves once at least `n` clients are connected, or with false after `timeoutMs` / on abort. */
+  waitFor(n: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    if (this.sessions.size >= n) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.off('joined', check);
+        signal?.removeEventListener('abort', abort);
+        resolve(ok);
+      };
+      const check = () => {
+        if (this.sessions.size >= n) done(true);
+      };
+      const abort = () => done(false);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.on('joined', check);
+      signal?.addEventListener('abort', abort);
+    });
+  }
+}

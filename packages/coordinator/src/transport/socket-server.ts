@@ -1,0 +1,184 @@
+import type { Server as HttpServer } from 'node:http';
+import { nanoid } from 'nanoid';
+import { Server, type Socket } from 'socket.io';
+import {
+  Channel,
+  ErrorCode,
+  fedunlearn,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  socketBufferBytes,
+  type FramingLimits,
+} from '@fedunlearn/protocol';
+import type { Logger } from '../logger.js';
+import type { ClientRegistry } from './client-registry.js';
+import type { ClientSession } from './session.js';
+
+export interface Authenticator {
+  /** Returns normally when `hello` proves the client's identity; throws ProtocolError (UNAUTHENTICATED, ...) otherwise. */
+  authenticate(hello: fedunlearn.v1.Hello): void;
+}
+
+/** What an authenticated client may ask of the coordinator besides answering tasks. */
+export interface SessionHandlers {
+  update(session: ClientSession, update: fedunlearn.v1.Update, bytes: number): void;
+  forgetRequest(session: ClientSession, req: fedunlearn.v1.ForgetRequest): void;
+  clientError(session: ClientSession, err: fedunlearn.v1.Error): void;
+}
+
+export interface SocketServerOptions {
+  framing: FramingLimits;
+  helloTimeoutMs: number;
+  heartbeatIntervalMs: number;
+  coordinatorVersion: string;
+}
+
+export interface TransportCounters {
+  connections: number;
+  refused: Record<string, number>;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/**
+ * The client-facing socket.io endpoint: a connection must introduce itself with a Hello within `helloTimeoutMs`;
+ * only an authenticated session reaches the registry.
+ */
+export class SocketServer {
+  readonly io: Server;
+  readonly counters: TransportCounters = { connections: 0, refused: {}, bytesIn: 0, bytesOut: 0 };
+
+  constructor(
+    http: HttpServer,
+    private readonly registry: ClientRegistry,
+    private readonly auth: Authenticator,
+    private readonly handlers: SessionHandlers,
+    private readonly opts: SocketServerOptions,
+    private readonly log: Logger,
+  ) {
+    this.io = new Server(http, {
+      maxHttpBufferSize: socketBufferBytes(opts.framing.chunkBytes),
+      pingInterval: opts.heartbeatIntervalMs,
+      pingTimeout: opts.heartbeatIntervalMs * 2,
+      serveClient: false,
+      cors: { origin: true },
+    });
+    this.io.on('connection', (socket) => this.accept(socket));
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.io.close(() => resolve());
+    });
+  }
+
+  private refuse(reason: string): void {
+    this.counters.refused[reason] = (this.counters.refused[reason] ?? 0) + 1;
+  }
+
+  private accept(socket: Socket): void {
+    this.counters.connections++;
+    let session: ClientSession | null = null;
+    const helloTimer = setTimeout(() => {
+      this.refuse('HELLO_TIMEOUT');
+      channel.sendError(ErrorCode.UNAUTHENTICATED, `no hello within ${this.opts.helloTimeoutMs} ms`);
+      socket.disconnect(true);
+    }, this.opts.helloTimeoutMs);
+
+    const channel: Channel = new Channel(
+      socket,
+      {
+        message: (env) => {
+          try {
+            if (!session) {
+              session = this.handshake(socket, channel, env);
+              clearTimeout(helloTimer);
+              return;
+            }
+            this.route(session, env, channel);
+          } catch (e) {
+            const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
+            if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'session handler failed');
+            this.refuse(err.codeName);
+            channel.sendError(err.code, err.message, err.ref);
+            if (!session) {
+              clearTimeout(helloTimer);
+              socket.disconnect(true);
+            }
+          }
+        },
+        protocolError: (err) => this.refuse(err.codeName),
+      },
+      this.opts.framing,
+    );
+
+    socket.on('disconnect', (reason) => {
+      clearTimeout(helloTimer);
+      this.counters.bytesIn += channel.stats.bytesIn;
+      this.counters.bytesOut += channel.stats.bytesOut;
+      channel.close();
+      if (session) {
+        this.log.info({ clientId: session.clientId, reason }, 'client disconnected');
+        this.registry.remove(session, reason);
+      }
+    });
+  }
+
+  private handshake(socket: Socket, channel: Channel, env: fedunlearn.v1.Envelope): ClientSession {
+    if (env.body !== 'hello' || !env.hello) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `the first message must be hello, got ${env.body}`);
+    const hello = env.hello as fedunlearn.v1.Hello;
+    if (hello.protocolVersion !== PROTOCOL_VERSION) {
+      throw new ProtocolError(ErrorCode.PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
+    }
+    if (!/^[A-Za-z0-9_.:-]{1,128}$/.test(hello.clientId)) {
+      throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'client id must be 1-128 characters of [A-Za-z0-9_.:-]');
+    }
+    if (!(hello.numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'numExamples must be positive');
+    this.auth.authenticate(hello);
+    const now = Date.now();
+    const session: ClientSession = {
+      clientId: hello.clientId,
+      sessionId: nanoid(),
+      numExamples: hello.numExamples,
+      backend: hello.backend,
+      sdkVersion: hello.sdkVersion,
+      connectedAt: now,
+      lastSeen: now,
+      channel,
+      disconnect: () => socket.disconnect(true),
+    };
+    channel.send({
+      welcome: {
+        clientId: session.clientId,
+        sessionId: session.sessionId,
+        coordinatorVersion: this.opts.coordinatorVersion,
+        maxMessageBytes: this.opts.framing.maxMessageBytes,
+        chunkBytes: this.opts.framing.chunkBytes,
+        heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
+        protocolVersion: PROTOCOL_VERSION,
+      },
+    });
+    this.log.info({ clientId: session.clientId, backend: session.backend, numExamples: session.numExamples }, 'client joined');
+    this.registry.add(session);
+    return session;
+  }
+
+  private route(session: ClientSession, env: fedunlearn.v1.Envelope, channel: Channel): void {
+    session.lastSeen = Date.now();
+    switch (env.body) {
+      case 'update':
+        this.handlers.update(session, env.update as fedunlearn.v1.Update, channel.lastMessageBytes);
+        return;
+      case 'forgetRequest':
+        this.handlers.forgetRequest(session, env.forgetRequest as fedunlearn.v1.ForgetRequest);
+        return;
+      case 'heartbeat':
+        return;
+      case 'error':
+        this.handlers.clientError(session, env.error as fedunlearn.v1.Error);
+        return;
+      default:
+        throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `a client may not send ${env.body}`);
+    }
+  }
+}

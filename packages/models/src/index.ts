@@ -1,0 +1,2 @@
+export * from './architectures.js';
+export * from './definition.js';

@@ -1,0 +1,111 @@
+import { nanoid } from 'nanoid';
+import { frameMessage, Reassembler, type FramingLimits } from './chunking.js';
+import { DEFAULT_CHUNK_BYTES, DEFAULT_MAX_MESSAGE_BYTES, WIRE_EVENT } from './constants.js';
+import { encodeEnvelope, type Envelope } from './envelope.js';
+import { ErrorCode, ProtocolError } from './errors.js';
+import type { fedunlearn } from './gen/proto.js';
+
+/** The part of a socket.io socket (server or client side) a channel needs. */
+export interface WireSocket {
+  emit(event: string, ...args: unknown[]): unknown;
+  on(event: string, listener: (...args: any[]) => void): unknown;
+  off(event: string, listener: (...args: any[]) => void): unknown;
+}
+
+export interface ChannelHandlers {
+  message(env: fedunlearn.v1.Envelope): void;
+  /** A frame that could not be accepted; the channel has already told the peer. */
+  protocolError?(err: ProtocolError): void;
+}
+
+export interface ChannelStats {
+  bytesIn: number;
+  bytesOut: number;
+  messagesIn: number;
+  messagesOut: number;
+}
+
+export const DEFAULT_FRAMING: FramingLimits = {
+  chunkBytes: DEFAULT_CHUNK_BYTES,
+  maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
+  maxOpenStreams: 4,
+};
+
+/**
+ * One peer-to-peer stream of protobuf envelopes over a socket.io socket: large messages are chunked on the way out and
+ * reassembled on the way in; anything malformed is answered with an Error envelope and never reaches the handler.
+ */
+export class Channel {
+  readonly stats: ChannelStats = { bytesIn: 0, bytesOut: 0, messagesIn: 0, messagesOut: 0 };
+  /** Wire bytes of the last complete message received (all its chunks). */
+  lastMessageBytes = 0;
+  private partialBytes = 0;
+  private readonly reassembler: Reassembler;
+  private readonly onFrame = (frame: unknown) => this.receive(frame);
+
+  constructor(
+    private readonly socket: WireSocket,
+    private readonly handlers: ChannelHandlers,
+    private readonly limits: FramingLimits = DEFAULT_FRAMING,
+  ) {
+    this.reassembler = new Reassembler(limits);
+    socket.on(WIRE_EVENT, this.onFrame);
+  }
+
+  /** Encodes and sends one message; returns the bytes put on the wire. Throws MESSAGE_TOO_LARGE over the cap. */
+  send(msg: Envelope): number {
+    const encoded = encodeEnvelope(msg);
+    const frames = frameMessage(encoded, nanoid(10), this.limits);
+    let n = 0;
+    for (const f of frames) {
+      this.socket.emit(WIRE_EVENT, f);
+      n += f.byteLength;
+    }
+    this.stats.bytesOut += n;
+    this.stats.messagesOut++;
+    return n;
+  }
+
+  sendError(code: ErrorCode, message: string, ref = ''): void {
+    this.send({ error: { code, message, ref } });
+  }
+
+  close(): void {
+    this.socket.off(WIRE_EVENT, this.onFrame);
+    this.reassembler.clear();
+  }
+
+  private receive(raw: unknown): void {
+    // Node peers receive Buffers, browsers ArrayBuffers.
+    const frame = raw instanceof ArrayBuffer ? new Uint8Array(raw) : raw;
+    if (!(frame instanceof Uint8Array)) {
+      const err = new ProtocolError(ErrorCode.MALFORMED_MESSAGE, 'payload is not a binary protobuf envelope');
+      this.reject(err);
+      return;
+    }
+    this.stats.bytesIn += frame.byteLength;
+    this.partialBytes += frame.byteLength;
+    let env: fedunlearn.v1.Envelope | null;
+    try {
+      env = this.reassembler.accept(frame);
+    } catch (e) {
+      this.partialBytes = 0;
+      this.reject(e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.MALFORMED_MESSAGE, String(e)));
+      return;
+    }
+    if (!env) return;
+    this.lastMessageBytes = this.partialBytes;
+    this.partialBytes = 0;
+    this.stats.messagesIn++;
+    this.handlers.message(env);
+  }
+
+  private reject(err: ProtocolError): void {
+    this.handlers.protocolError?.(err);
+    try {
+      this.sendError(err.code, err.message, err.ref);
+    } catch {
+      // The peer is gone or the error itself cannot be sent: nothing else to do for a frame we refuse.
+    }
+  }
+}

@@ -1,0 +1,113 @@
+import { fedunlearn } from './gen/proto.js';
+import { decodeEnvelope, encodeEnvelope } from './envelope.js';
+import { ErrorCode, ProtocolError } from './errors.js';
+
+export interface FramingLimits {
+  /** Envelopes larger than this are split into Chunk envelopes. */
+  chunkBytes: number;
+  /** The largest reassembled message accepted; a larger one is refused before any of it is buffered. */
+  maxMessageBytes: number;
+  /** How many partially received messages one peer may have open at once. */
+  maxOpenStreams: number;
+}
+
+/**
+ * Turns one encoded envelope into the frames to send: itself when small, else Chunk envelopes. Refuses a message
+ * over `maxMessageBytes` on the sending side too, so that an over-cap message is an explicit error, never a silent
+ * disconnect.
+ */
+export function frameMessage(encoded: Uint8Array, streamId: string, limits: Pick<FramingLimits, 'chunkBytes' | 'maxMessageBytes'>): Uint8Array[] {
+  if (encoded.byteLength > limits.maxMessageBytes) {
+    throw new ProtocolError(ErrorCode.MESSAGE_TOO_LARGE, `message of ${encoded.byteLength} bytes exceeds the ${limits.maxMessageBytes}-byte cap`);
+  }
+  if (encoded.byteLength <= limits.chunkBytes) return [encoded];
+  const total = Math.ceil(encoded.byteLength / limits.chunkBytes);
+  const frames: Uint8Array[] = [];
+  for (let seq = 0; seq < total; seq++) {
+    const data = encoded.subarray(seq * limits.chunkBytes, Math.min(encoded.byteLength, (seq + 1) * limits.chunkBytes));
+    frames.push(encodeEnvelope({ chunk: { streamId, seq, total, totalBytes: encoded.byteLength, data } }));
+  }
+  return frames;
+}
+
+interface OpenStream {
+  total: number;
+  totalBytes: number;
+  nextSeq: number;
+  written: number;
+  buffer: Uint8Array;
+}
+
+/**
+ * Reassembles Chunk envelopes from one peer. Frames of one stream must arrive in order (socket.io preserves the
+ * order of one connection); streams may interleave.
+ */
+export class Reassembler {
+  private readonly open = new Map<string, OpenStream>();
+
+  constructor(private readonly limits: FramingLimits) {}
+
+  /**
+   * Accepts one received frame. Returns the complete envelope when one is ready, or null while a chunked message is
+   * still arriving. Throws ProtocolError (and forgets the stream) on anything malformed or over the cap.
+   */
+  accept(frame: Uint8Array): fedunlearn.v1.Envelope | null {
+    const env = decodeEnvelope(frame);
+    if (env.body !== 'chunk') return env;
+    // Decoded messages are class instances: every scalar field holds its value or the proto3 default.
+    const c = env.chunk as fedunlearn.v1.Chunk;
+    const id = c.streamId;
+    const totalBytes = Number(c.totalBytes);
+    const existing = this.open.get(id);
+    try {
+      let s: OpenStream;
+      if (existing) {
+        s = existing;
+      } else {
+        if (c.seq !== 0) throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `stream ${id} starts at chunk ${c.seq}`, id);
+        if (totalBytes > this.limits.maxMessageBytes) {
+          throw new ProtocolError(ErrorCode.MESSAGE_TOO_LARGE, `message of ${totalBytes} bytes exceeds the ${this.limits.maxMessageBytes}-byte cap`, id);
+        }
+        if (c.total < 1 || totalBytes < 1 || c.total > totalBytes) {
+          throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `stream ${id}: ${c.total} chunks for ${totalBytes} bytes`, id);
+        }
+        if (this.open.size >= this.limits.maxOpenStreams) {
+          throw new ProtocolError(ErrorCode.RATE_LIMITED, `more than ${this.limits.maxOpenStreams} chunked messages open at once`, id);
+        }
+        s = { total: c.total, totalBytes, nextSeq: 0, written: 0, buffer: new Uint8Array(totalBytes) };
+        this.open.set(id, s);
+      }
+      if (c.seq !== s.nextSeq || c.total !== s.total || totalBytes !== s.totalBytes) {
+        throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `stream ${id}: chunk ${c.seq}/${c.total} out of order (expected ${s.nextSeq}/${s.total})`, id);
+      }
+      if (s.written + c.data.byteLength > s.totalBytes) {
+        throw new ProtocolError(ErrorCode.MESSAGE_TOO_LARGE, `stream ${id}: more bytes than the declared ${s.totalBytes}`, id);
+      }
+      s.buffer.set(c.data, s.written);
+      s.written += c.data.byteLength;
+      s.nextSeq++;
+      if (s.nextSeq < s.total) return null;
+      this.open.delete(id);
+      if (s.written !== s.totalBytes) {
+        throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `stream ${id}: ${s.written} bytes, declared ${s.totalBytes}`, id);
+      }
+      const inner = decodeEnvelope(s.buffer);
+      if (inner.body === 'chunk') throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `stream ${id}: nested chunk`, id);
+      return inner;
+    } catch (e) {
+      this.open.delete(id);
+      throw e;
+    }
+  }
+
+  /** Bytes currently buffered for incomplete messages. */
+  get bufferedBytes(): number {
+    let n = 0;
+    for (const s of this.open.values()) n += s.totalBytes;
+    return n;
+  }
+
+  clear(): void {
+    this.open.clear();
+  }
+}

@@ -1,0 +1,18 @@
+/** The one socket.io event name; its payload is always one encoded `Envelope`. */
+export const WIRE_EVENT = 'fu';
+
+export const PROTOCOL_VERSION = 1;
+
+/** Messages larger than this travel as `Chunk` envelopes. Well under socket.io's 1 MB default buffer. */
+export const DEFAULT_CHUNK_BYTES = 512 * 1024;
+
+/**
+ * The largest reassembled message either side accepts: a 10M-parameter float32 model (40 MB) plus framing.
+ * Anything larger is refused with MESSAGE_TOO_LARGE before it is buffered.
+ */
+export const DEFAULT_MAX_MESSAGE_BYTES = 48 * 1024 * 1024;
+
+/** socket.io's own per-packet cap; one chunk plus the envelope header must fit. */
+export function socketBufferBytes(chunkBytes: number): number {
+  return chunkBytes + 64 * 1024;
+}

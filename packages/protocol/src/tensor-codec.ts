@@ -1,0 +1,130 @@
+import { getFloat16, setFloat16 } from '@petamoriken/float16';
+import { fedunlearn } from './gen/proto.js';
+import { ErrorCode, ProtocolError } from './errors.js';
+import { layerView, sizeOf, type FlatWeights, type WeightLayout } from './weights.js';
+
+export const DType = fedunlearn.v1.DType;
+export type DType = fedunlearn.v1.DType;
+export type WireTensor = fedunlearn.v1.ITensor;
+
+const littleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+export function bytesPerElement(dtype: DType): number {
+  switch (dtype) {
+    case DType.FLOAT32:
+      return 4;
+    case DType.FLOAT16:
+      return 2;
+    case DType.INT8:
+      return 1;
+    default:
+      throw new ProtocolError(ErrorCode.DTYPE_MISMATCH, `unsupported dtype ${dtype}`);
+  }
+}
+
+/** Encodes float32 values as a wire tensor. FLOAT32 shares the caller's memory until the message is encoded. */
+export function encodeTensor(name: string, shape: readonly number[], values: Float32Array, dtype: DType = DType.FLOAT32): WireTensor {
+  if (values.length !== sizeOf(shape)) {
+    throw new ProtocolError(ErrorCode.SHAPE_MISMATCH, `tensor ${name}: ${values.length} values for shape [${shape.join(',')}]`);
+  }
+  const base = { name, dtype, shape: [...shape] };
+  switch (dtype) {
+    case DType.FLOAT32: {
+      if (littleEndian) return { ...base, data: new Uint8Array(values.buffer, values.byteOffset, values.byteLength) };
+      const out = new Uint8Array(values.length * 4);
+      const dv = new DataView(out.buffer);
+      for (let i = 0; i < values.length; i++) dv.setFloat32(i * 4, values[i]!, true);
+      return { ...base, data: out };
+    }
+    case DType.FLOAT16: {
+      const out = new Uint8Array(values.length * 2);
+      const dv = new DataView(out.buffer);
+      for (let i = 0; i < values.length; i++) setFloat16(dv, i * 2, values[i]!, true);
+      return { ...base, data: out };
+    }
+    case DType.INT8: {
+      let maxAbs = 0;
+      for (let i = 0; i < values.length; i++) maxAbs = Math.max(maxAbs, Math.abs(values[i]!));
+      const scale = maxAbs > 0 ? maxAbs / 127 : 1;
+      const q = new Int8Array(values.length);
+      for (let i = 0; i < values.length; i++) q[i] = Math.round(values[i]! / scale);
+      return { ...base, scale, data: new Uint8Array(q.buffer) };
+    }
+    default:
+      throw new ProtocolError(ErrorCode.DTYPE_MISMATCH, `tensor ${name}: unsupported dtype ${dtype}`);
+  }
+}
+
+/**
+ * Decodes a wire tensor into `target` (float32, exactly the tensor's size), checking shape, byte length and
+ * finiteness. Throws a ProtocolError naming the tensor; `target` may be partly written on error.
+ */
+export function decodeTensorInto(t: WireTensor, expectedShape: readonly number[], target: Float32Array): void {
+  const name = t.name ?? '';
+  const shape = t.shape ?? [];
+  if (shape.length !== expectedShape.length || shape.some((d, i) => d !== expectedShape[i])) {
+    throw new ProtocolError(ErrorCode.SHAPE_MISMATCH, `tensor ${name}: shape [${shape.join(',')}], expected [${expectedShape.join(',')}]`);
+  }
+  const n = sizeOf(expectedShape);
+  if (target.length !== n) throw new RangeError(`target holds ${target.length} values, tensor ${name} has ${n}`);
+  const dtype = (t.dtype ?? DType.DTYPE_UNSPECIFIED) as DType;
+  const width = bytesPerElement(dtype);
+  const data = t.data ?? new Uint8Array(0);
+  if (data.byteLength !== n * width) {
+    throw new ProtocolError(ErrorCode.SHAPE_MISMATCH, `tensor ${name}: ${data.byteLength} bytes, expected ${n * width} for ${DType[dtype]}`);
+  }
+  switch (dtype) {
+    case DType.FLOAT32:
+      if (littleEndian) {
+        // One copy into aligned memory: the wire bytes may sit at any offset of the message buffer.
+        new Uint8Array(target.buffer, target.byteOffset, target.byteLength).set(data);
+      } else {
+        const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+        for (let i = 0; i < n; i++) target[i] = dv.getFloat32(i * 4, true);
+      }
+      break;
+    case DType.FLOAT16: {
+      const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+      for (let i = 0; i < n; i++) target[i] = getFloat16(dv, i * 2, true);
+      break;
+    }
+    case DType.INT8: {
+      const scale = t.scale ?? 0;
+      if (!Number.isFinite(scale) || scale <= 0) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `tensor ${name}: int8 scale ${scale}`);
+      const q = new Int8Array(data.buffer, data.byteOffset, data.byteLength);
+      for (let i = 0; i < n; i++) target[i] = q[i]! * scale;
+      break;
+    }
+  }
+  for (let i = 0; i < n; i++) {
+    if (!Number.isFinite(target[i]!)) {
+      throw new ProtocolError(ErrorCode.NON_FINITE_VALUES, `tensor ${name}: non-finite value at index ${i}`);
+    }
+  }
+}
+
+/** Encodes every layer of a flat buffer (views, no copies for FLOAT32). */
+export function encodeWeights(w: FlatWeights, dtype: DType = DType.FLOAT32): WireTensor[] {
+  return w.layout.specs.map((s, i) => encodeTensor(s.name, s.shape, layerView(w.layout, w.values, i), dtype));
+}
+
+/**
+ * Decodes a full set of wire tensors against a layout into `target` (allocated if absent). The tensors must name
+ * exactly the layout's layers, in order.
+ */
+export function decodeWeights(tensors: readonly WireTensor[], layout: WeightLayout, target?: Float32Array): Float32Array {
+  if (tensors.length !== layout.specs.length) {
+    throw new ProtocolError(ErrorCode.SHAPE_MISMATCH, `${tensors.length} tensors, the model has ${layout.specs.length}`);
+  }
+  const out = target ?? new Float32Array(layout.totalSize);
+  if (out.length !== layout.totalSize) throw new RangeError(`target holds ${out.length} values, layout ${layout.totalSize}`);
+  for (let i = 0; i < tensors.length; i++) {
+    const t = tensors[i]!;
+    const spec = layout.specs[i]!;
+    if ((t.name ?? '') !== spec.name) {
+      throw new ProtocolError(ErrorCode.SHAPE_MISMATCH, `tensor ${i} is named ${t.name}, expected ${spec.name}`);
+    }
+    decodeTensorInto(t, spec.shape, layerView(layout, out, i));
+  }
+  return out;
+}
