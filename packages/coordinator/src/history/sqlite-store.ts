@@ -311,6 +311,8 @@ class SqliteHistoryStore implements HistoryStore {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = FULL');
       this.db.pragma('foreign_keys = ON');
+      // Deleted rows (a purged client's norms) are overwritten, not left in free pages.
+      this.db.pragma('secure_delete = ON');
       migrate(this.db);
       this.q = prepareStatements(this.db);
     } catch (e) {
@@ -425,7 +427,8 @@ class SqliteHistoryStore implements HistoryStore {
     if (this.stagedEntry(roundId, clientId) !== entry) {
       // Superseded, discarded or taken over by a commit while writing: this file belongs to no one.
       fs.rmSync(this.abs(entry.rel), { force: true });
-      if (!this.closed && this.q.roundById.get(roundId)) {
+      if (this.closed) throw new HistoryError(`the history store closed while the update of ${clientId} for round ${roundId} was being staged`);
+      if (this.q.roundById.get(roundId)) {
         throw new HistoryError(`round ${roundId} committed while the update of ${clientId} was being staged; it was not included`);
       }
       return;
@@ -815,6 +818,8 @@ class SqliteHistoryStore implements HistoryStore {
         });
       }
     })();
+    // The WAL still holds pre-purge copies of the pages; fold it into the database and empty it.
+    this.db.pragma('wal_checkpoint(TRUNCATE)');
     for (const [roundId, byClient] of [...this.staged]) {
       for (const id of ids) {
         const entry = byClient.get(id);

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { nanoid } from 'nanoid';
 import type { AggregationStrategy } from '../aggregation/strategy.js';
@@ -358,8 +357,4 @@ function normaliseParams(p: MethodParams): MethodParams {
     out.tuneRounds = p.tuneRounds;
   }
   return out;
-}
-
-export function sha256Hex(values: Float32Array): string {
-  return createHash('sha256').update(new Uint8Array(values.buffer, values.byteOffset, values.byteLength)).digest('hex');
 }

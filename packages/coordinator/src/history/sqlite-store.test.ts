@@ -1,0 +1,682 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { createHash } from 'node:crypto';
+import { layerNorms, layoutOf } from '@fedunlearn/protocol';
+import { openSqliteHistory } from './sqlite-store.js';
+import type { HistoryConfig, HistoryStore, ParticipantInput, Retention } from './store.js';
+
+const layout = layoutOf([
+  { name: 'conv/kernel', shape: [3, 3, 1, 2] },
+  { name: 'conv/bias', shape: [2] },
+  { name: 'dense/kernel', shape: [6, 4] },
+  { name: 'dense/bias', shape: [4] },
+]);
+const topologyJson = JSON.stringify({ name: 'tiny', layers: ['conv', 'dense'] });
+
+function tmpDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-history-'));
+}
+
+/** mulberry32: a small seeded generator, so every figure a test compares against is recomputed, not remembered. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomWeights(r: () => number, scale = 1): Float32Array {
+  const v = new Float32Array(layout.totalSize);
+  for (let i = 0; i < v.length; i++) v[i] = (r() * 2 - 1) * scale;
+  return v;
+}
+
+function filesUnder(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+}
+
+function bytesOf(v: Float32Array): Uint8Array {
+  return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+}
+
+interface Ledger {
+  init: Float32Array;
+  models: Map<string, Float32Array>; // version -> weights
+  updates: Map<string, Float32Array>; // `${roundId}/${clientId}` -> the update staged
+  participants: Map<string, ParticipantInput[]>; // roundId -> as committed
+}
+
+function open(dir: string, config: HistoryConfig, init: Float32Array, now?: () => number) {
+  const store = openSqliteHistory(dir, now ? { now } : {});
+  const opened = store.open({ topologyJson, layout, initialWeights: init, config });
+  return { store, ...opened };
+}
+
+/** Trains `rounds` rounds with `clients`, staging updates where the policy keeps them, and records what was sent. */
+async function train(store: HistoryStore, ledger: Ledger, r: () => number, rounds: number, clients: string[], tag = 'r'): Promise<void> {
+  for (let k = 0; k < rounds; k++) {
+    const head = store.head();
+    const round = head.round + 1;
+    const roundId = `${tag}${round}-${head.lineage.slice(0, 6)}`;
+    const participants: ParticipantInput[] = [];
+    for (const clientId of clients) {
+      const update = randomWeights(r, 0.1);
+      if (store.keepsUpdates(round)) {
+        await store.stageUpdate(roundId, clientId, update);
+        ledger.updates.set(`${roundId}/${clientId}`, update);
+      }
+      participants.push({ clientId, numExamples: 10 + Math.floor(r() * 90), norms: layerNorms(layout, update), metrics: { loss: r() } });
+    }
+    const weights = randomWeights(r);
+    const mv = store.commitRound({ round, roundId, modelBefore: head.version, weights, participants, metrics: { loss: r(), acc: r() }, startedAt: 1000 + round });
+    ledger.models.set(mv.version, weights);
+    ledger.participants.set(roundId, participants);
+  }
+}
+
+function newLedger(init: Float32Array): Ledger {
+  return { init, models: new Map(), updates: new Map(), participants: new Map() };
+}
+
+test('keepsUpdates follows Δt and retention', () => {
+  const dir = tmpDir();
+  try {
+    const cases: [HistoryConfig, number[]][] = [
+      [{ historyInterval: 1, retention: 'fp32' }, [1, 2, 3, 4, 5, 6, 7]],
+      [{ historyInterval: 2, retention: 'int8' }, [1, 3, 5, 7]],
+      [{ historyInterval: 3, retention: 'fp16' }, [1, 4, 7]],
+      [{ historyInterval: 2, retention: 'norms' }, []],
+    ];
+    for (const [i, [config, kept]] of cases.entries()) {
+      const { store } = open(path.join(dir, String(i)), config, randomWeights(rng(1)));
+      const got = [1, 2, 3, 4, 5, 6, 7].filter((t) => store.keepsUpdates(t));
+      assert.deepEqual(got, kept, JSON.stringify(config));
+      assert.equal(store.keepsUpdates(0), false);
+      store.close();
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('committed rounds read back bit-exact after reopening (fp32)', async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(7);
+    const config: HistoryConfig = { historyInterval: 2, retention: 'fp32' };
+    const init = randomWeights(r);
+    let clock = 5000;
+    const first = open(dir, config, init, () => clock++);
+    assert.equal(first.resumed, false);
+    assert.equal(first.head.cause, 'init');
+    assert.equal(first.head.round, 0);
+    assert.equal(first.head.parent, null);
+    const ledger = newLedger(init);
+    ledger.models.set(first.head.version, init);
+    await train(first.store, ledger, r, 5, ['alice', 'bob', 'carol']);
+    const roundsBefore = first.store.listRounds();
+    const modelsBefore = first.store.listModels();
+    first.store.close();
+
+    const { store, resumed, head, meta } = open(dir, config, randomWeights(rng(99)));
+    assert.equal(resumed, true);
+    assert.equal(head.round, 5);
+    assert.deepEqual(meta.layout, layout);
+    assert.equal(meta.topologyJson, topologyJson);
+    assert.deepEqual(meta.config, config);
+    assert.deepEqual(store.listRounds(), roundsBefore);
+    assert.deepEqual(store.listModels(), modelsBefore);
+    assert.equal(modelsBefore.length, 6);
+
+    // Every model: bytes identical, hash = sha256 of its float32 little-endian bytes, parents chain to the init model.
+    for (const m of store.listModels()) {
+      const expected = ledger.models.get(m.version)!;
+      const got = await store.readModel(m.version);
+      assert.deepEqual(bytesOf(got), bytesOf(expected));
+      assert.equal(m.sha256, createHash('sha256').update(bytesOf(expected)).digest('hex'));
+    }
+    const rounds = store.listRounds();
+    assert.deepEqual(rounds.map((x) => x.round), [1, 2, 3, 4, 5]);
+    let prev = first.head.version;
+    for (const rec of rounds) {
+      assert.equal(rec.modelBefore, prev);
+      const after = store.getModel(rec.modelAfter)!;
+      assert.equal(after.parent, prev);
+      assert.equal(after.round, rec.round);
+      assert.equal(after.cause, 'round');
+      assert.equal(after.lineage, first.head.lineage);
+      prev = rec.modelAfter;
+      assert.equal(rec.updatesStored, rec.round % 2 === 1);
+      const sent = ledger.participants.get(rec.roundId)!;
+      assert.deepEqual(
+        rec.participants.map((p) => ({ clientId: p.clientId, numExamples: p.numExamples, norms: p.norms, metrics: p.metrics })),
+        sent.map((p) => ({ clientId: p.clientId, numExamples: p.numExamples, norms: Array.from(p.norms), metrics: p.metrics })),
+      );
+      for (const p of rec.participants) {
+        assert.equal(p.hasUpdate, rec.updatesStored);
+        const u = await store.readUpdate(rec.roundId, p.clientId);
+        if (rec.updatesStored) assert.deepEqual(bytesOf(u!), bytesOf(ledger.updates.get(`${rec.roundId}/${p.clientId}`)!));
+        else assert.equal(u, null);
+      }
+    }
+    assert.equal(prev, head.version);
+    assert.deepEqual(store.getRound(3), rounds[2]);
+    assert.equal(store.getRound(6), null);
+    assert.deepEqual(store.listRounds({ from: 2, to: 3 }).map((x) => x.round), [2, 3]);
+
+    const s = store.stats();
+    assert.equal(s.models, 6);
+    assert.equal(s.rounds, 5);
+    assert.equal(s.updates, 9); // rounds 1, 3, 5 × 3 clients
+    const onDisk = filesUnder(path.join(dir, 'blobs', 'updates')).reduce((n, f) => n + fs.statSync(f).size, 0);
+    assert.equal(s.updateBytes, onDisk);
+    assert.deepEqual(s.updateBytesByDtype, { fp32: onDisk });
+    store.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+for (const retention of ['fp16', 'int8'] as const satisfies readonly Retention[]) {
+  test(`${retention} retention reads updates back within quantisation error and in less space`, async () => {
+    const dir = tmpDir();
+    try {
+      const r = rng(retention === 'fp16' ? 3 : 4);
+      const config: HistoryConfig = { historyInterval: 1, retention };
+      const init = randomWeights(r);
+      const first = open(dir, config, init);
+      const ledger = newLedger(init);
+      await train(first.store, ledger, r, 2, ['a', 'b']);
+      first.store.close();
+      const { store } = open(dir, config, init);
+      for (const rec of store.listRounds()) {
+        for (const p of rec.participants) {
+          const sent = ledger.updates.get(`${rec.roundId}/${p.clientId}`)!;
+          const got = (await store.readUpdate(rec.roundId, p.clientId))!;
+          for (let l = 0; l < layout.specs.length; l++) {
+            const off = layout.offsets[l]!;
+            const end = off + layout.sizes[l]!;
+            let maxAbs = 0;
+            for (let i = off; i < end; i++) maxAbs = Math.max(maxAbs, Math.abs(sent[i]!));
+            for (let i = off; i < end; i++) {
+              const err = Math.abs(got[i]! - sent[i]!);
+              const bound = retention === 'fp16' ? Math.abs(sent[i]!) * 1e-3 + 1e-7 : maxAbs / 127;
+              assert.ok(err <= bound, `${retention} layer ${l} index ${i}: ${sent[i]} -> ${got[i]}`);
+            }
+          }
+          // The stored norms stay those of the exact update, not of its quantised copy.
+          assert.deepEqual(p.norms, Array.from(layerNorms(layout, sent)));
+        }
+      }
+      const s = store.stats();
+      const width = retention === 'fp16' ? 2 : 1;
+      assert.ok(s.updateBytes < 4 * 4 * layout.totalSize, 'smaller than 4 fp32 payloads');
+      assert.ok(s.updateBytes >= 4 * width * layout.totalSize);
+      assert.deepEqual(Object.keys(s.updateBytesByDtype), [retention]);
+      store.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+test('staged but uncommitted updates vanish after reopening, and the round can still commit afterwards', async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(11);
+    const config: HistoryConfig = { historyInterval: 1, retention: 'fp32' };
+    const init = randomWeights(r);
+    const first = open(dir, config, init);
+    const ledger = newLedger(init);
+    await train(first.store, ledger, r, 1, ['a', 'b']);
+    const committedFiles = filesUnder(path.join(dir, 'blobs')).sort();
+    await first.store.stageUpdate('open-round', 'a', randomWeights(r));
+    await first.store.stageUpdate('open-round', 'b', randomWeights(r));
+    assert.equal(filesUnder(path.join(dir, 'blobs')).length, committedFiles.length + 2);
+    fs.writeFileSync(path.join(dir, 'blobs', 'models', 'x.bin.tmp-deadbeef'), 'half-written'); // an interrupted write
+    first.store.close();
+
+    const { store, head } = open(dir, config, init);
+    assert.deepEqual(filesUnder(path.join(dir, 'blobs')).sort(), committedFiles);
+    assert.equal(fs.existsSync(path.join(dir, 'blobs', 'updates', 'open-round')), false);
+    const u = randomWeights(r);
+    await store.stageUpdate('open-round', 'a', u);
+    store.commitRound({
+      round: 2,
+      roundId: 'open-round',
+      modelBefore: head.version,
+      weights: randomWeights(r),
+      participants: [{ clientId: 'a', numExamples: 5, norms: layerNorms(layout, u) }],
+      metrics: {},
+      startedAt: 0,
+    });
+    assert.deepEqual(await store.readUpdate('open-round', 'a'), u);
+    assert.equal(await store.readUpdate('open-round', 'b'), null);
+    assert.deepEqual(store.getRound(2)!.participants.map((p) => [p.clientId, p.hasUpdate]), [['a', true]]);
+    store.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('staging is idempotent per client; discarded and unlisted stagings leave no file; a committed round refuses more', async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(12);
+    const { store, head } = open(dir, { historyInterval: 1, retention: 'fp32' }, randomWeights(r));
+    const roundDir = path.join(dir, 'blobs', 'updates', 'R1');
+    const first = randomWeights(r);
+    const second = randomWeights(r);
+    await store.stageUpdate('R1', 'a', first);
+    await store.stageUpdate('R1', 'a', second);
+    assert.equal(filesUnder(roundDir).length, 1);
+    await store.stageUpdate('R1', 'dropped', randomWeights(r));
+    await store.stageUpdate('R1', 'unlisted', randomWeights(r));
+    assert.equal(filesUnder(roundDir).length, 3);
+    store.discardStaged('R1', 'dropped');
+    assert.equal(filesUnder(roundDir).length, 2);
+    store.commitRound({
+      round: 1,
+      roundId: 'R1',
+      modelBefore: head.version,
+      weights: randomWeights(r),
+      participants: [{ clientId: 'a', numExamples: 1, norms: layerNorms(layout, second) }],
+      metrics: {},
+      startedAt: 0,
+    });
+    assert.equal(filesUnder(roundDir).length, 1, 'only the listed participant is kept');
+    assert.deepEqual(await store.readUpdate('R1', 'a'), second);
+    assert.equal(await store.readUpdate('R1', 'unlisted'), null);
+    await assert.rejects(store.stageUpdate('R1', 'late', randomWeights(r)), /already committed/);
+    assert.equal(filesUnder(roundDir).length, 1);
+
+    await store.stageUpdate('R2', 'a', randomWeights(r));
+    store.discardStaged('R2');
+    assert.equal(filesUnder(path.join(dir, 'blobs', 'updates', 'R2')).length, 0);
+    const bad = randomWeights(r);
+    bad[2] = Number.POSITIVE_INFINITY;
+    await assert.rejects(store.stageUpdate('R2', 'a', bad), /non-finite/);
+    await assert.rejects(store.stageUpdate('R2', 'a', new Float32Array(3)), /values for a layout/);
+    store.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('commitRound refuses out-of-order rounds, stale models and bad participants, and leaves nothing behind', async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(13);
+    const { store, head } = open(dir, { historyInterval: 1, retention: 'fp32' }, randomWeights(r));
+    const ok = (round: number, modelBefore: string, roundId = `id${round}`) => ({
+      round,
+      roundId,
+      modelBefore,
+      weights: randomWeights(r),
+      participants: [{ clientId: 'a', numExamples: 3, norms: [1, 2, 3, 4] }],
+      metrics: {},
+      startedAt: 0,
+    });
+    const filesAtStart = filesUnder(path.join(dir, 'blobs')).length;
+    assert.throws(() => store.commitRound(ok(2, head.version)), /out of order/);
+    assert.throws(() => store.commitRound(ok(0, head.version)), /out of order/);
+    assert.throws(() => store.commitRound(ok(1, 'nope')), /head is/);
+    assert.throws(() => store.commitRound({ ...ok(1, head.version), participants: [{ clientId: 'a', numExamples: 1, norms: [1] }] }), /1 norms for 4 layers/);
+    assert.throws(() => store.commitRound({ ...ok(1, head.version), weights: new Float32Array(2) }), /values, the layout/);
+    assert.deepEqual(store.head(), head);
+    assert.equal(store.listRounds().length, 0);
+    assert.equal(filesUnder(path.join(dir, 'blobs')).length, filesAtStart);
+
+    const v1 = store.commitRound(ok(1, head.version));
+    assert.throws(() => store.commitRound(ok(1, head.version, 'other')), /out of order/);
+    assert.throws(() => store.commitRound(ok(2, v1.version, 'id1')), /already committed/);
+    assert.throws(() => store.commitRound(ok(2, head.version)), /head is/);
+    assert.equal(store.commitRound(ok(2, v1.version)).round, 2);
+    store.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('readModel and readUpdate detect a flipped byte and never serve it', async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(14);
+    const config: HistoryConfig = { historyInterval: 1, retention: 'int8' };
+    const first = open(dir, config, randomWeights(r));
+    await train(first.store, newLedger(new Float32Array()), r, 1, ['a']);
+    const round = first.store.getRound(1)!;
+    first.store.close();
+    const { store } = open(dir, config, randomWeights(r));
+    const flip = (file: string, at: number) => {
+      const b = fs.readFileSync(file);
+      b[at] = b[at]! ^ 0x01;
+      fs.writeFileSync(file, b);
+    };
+    const modelFile = path.join(dir, 'blobs', 'models', `${round.modelAfter}.bin`);
+    const size = fs.statSync(modelFile).size;
+    await store.readModel(round.modelAfter); // intact: reads
+    flip(modelFile, size - 5); // inside the weights
+    await assert.rejects(store.readModel(round.modelAfter), /corrupted \(sha256 mismatch/);
+    flip(modelFile, size - 5);
+    await store.readModel(round.modelAfter);
+    flip(modelFile, 0); // the header
+    await assert.rejects(store.readModel(round.modelAfter), /corrupted/);
+
+    const [updateFile] = filesUnder(path.join(dir, 'blobs', 'updates'));
+    await store.readUpdate(round.roundId, 'a');
+    flip(updateFile!, 20); // an int8 scale: the decoded values would look plausible, so only the hash can tell
+    await assert.rejects(store.readUpdate(round.roundId, 'a'), /corrupted/);
+    fs.rmSync(updateFile!);
+    await assert.rejects(store.readUpdate(round.roundId, 'a'), /cannot read/);
+    await assert.rejects(store.readModel('unknown'), /unknown model/);
+    store.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('commitUnlearning starts a new lineage that listRounds follows, keeps the old one, and training continues on it', async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(15);
+    const config: HistoryConfig = { historyInterval: 2, retention: 'fp32' };
+    const init = randomWeights(r);
+    const first = open(dir, config, init);
+    const initVersion = first.head.version;
+    const ledger = newLedger(init);
+    await train(first.store, ledger, r, 4, ['u', 'k1', 'k2']);
+    const oldHead = first.store.head();
+    const oldRounds = first.store.listRounds();
+    const store = first.store;
+
+    // Replay stored rounds 1 and 3 without u: calibrated updates staged under fresh round ids.
+    const replay = [1, 3].map((round) => {
+      const updates = new Map(['k1', 'k2'].map((c) => [c, randomWeights(r, 0.05)] as const));
+      return { round, roundId: `replay-${round}`, updates };
+    });
+    for (const rp of replay) for (const [c, u] of rp.updates) await store.stageUpdate(rp.roundId, c, u);
+    const mid = randomWeights(r);
+    const result = randomWeights(r);
+    const job = 'job-1';
+    const unlearned = store.commitUnlearning({
+      jobId: job,
+      weights: result,
+      rounds: replay.map((rp, i) => ({
+        round: rp.round,
+        roundId: rp.roundId,
+        modelBefore: i === 0 ? initVersion : '',
+        participants: [...rp.updates].map(([clientId, u]) => ({ clientId, numExamples: 20, norms: layerNorms(layout, u) })),
+        metrics: { calibrated: 2 },
+        startedAt: 10 + i,
+        closedAt: 20 + i,
+      })),
+      intermediateModels: [{ round: 1, weights: mid }],
+    });
+    assert.equal(unlearned.cause, 'unlearning');
+    assert.equal(unlearned.jobId, job);
+    assert.equal(unlearned.parent, oldHead.version);
+    assert.equal(unlearned.round, 3);
+    assert.notEqual(unlearned.lineage, oldHead.lineage);
+    assert.deepEqual(store.head(), unlearned);
+
+    const check = async (s: HistoryStore) => {
+      const rounds = s.listRounds();
+      assert.deepEqual(rounds.map((x) => [x.round, x.roundId, x.lineage]), [
+        [1, 'replay-1', unlearned.lineage],
+        [3, 'replay-3', unlearned.lineage],
+      ]);
+      const [r1, r3] = rounds as [(typeof rounds)[0], (typeof rounds)[0]];
+      assert.equal(r1.modelBefore, initVersion);
+      assert.equal(r3.modelBefore, r1.modelAfter);
+      assert.equal(r3.modelAfter, unlearned.version);
+      const midModel = s.getModel(r1.modelAfter)!;
+      assert.deepEqual([midModel.cause, midModel.jobId, midModel.lineage, midModel.round, midModel.parent], ['unlearning', job, unlearned.lineage, 1, initVersion]);
+      assert.deepEqual(await s.readModel(r1.modelAfter), mid);
+      assert.deepEqual(await s.readModel(unlearned.version), result);
+      assert.deepEqual(s.listModels({ lineage: unlearned.lineage }).map((m) => m.version), [r1.modelAfter, unlearned.version]);
+      for (const [i, rec] of rounds.entries()) {
+        assert.equal(rec.updatesStored, true);
+        assert.deepEqual(rec.participants.map((p) => p.clientId), ['k1', 'k2']);
+        for (const [c, u] of replay[i]!.updates) assert.deepEqual(await s.readUpdate(rec.roundId, c), u);
+      }
+      // The old lineage stays readable for audit, u included.
+      assert.deepEqual(s.listRounds({ lineage: oldHead.lineage }), oldRounds);
+      assert.deepEqual(await s.readModel(oldHead.version), ledger.models.get(oldHead.version));
+    };
+    await check(store);
+
+    // Training resumes on the new lineage, numbered after its last round.
+    assert.throws(
+      () => store.commitRound({ round: 5, roundId: 'x', modelBefore: unlearned.version, weights: result, participants: [], metrics: {}, startedAt: 0 }),
+      /out of order/,
+    );
+    await train(store, ledger, r, 1, ['k1', 'k2'], 'after');
+    const resumedRound = store.getRound(4)!;
+    assert.equal(resumedRound.lineage, unlearned.lineage);
+    assert.equal(resumedRound.modelBefore, unlearned.version);
+    assert.equal(resumedRound.updatesStored, false); // 4 is not 1 + kΔt
+    store.close();
+
+    const { store: reopened, head } = open(dir, config, init);
+    assert.equal(head.lineage, unlearned.lineage);
+    assert.equal(head.round, 4);
+    assert.deepEqual(reopened.listRounds().map((x) => x.round), [1, 3, 4]);
+    reopened.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('commitUnlearning rejects inconsistent replays without leaving blobs', async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(16);
+    const { store, head } = open(dir, { historyInterval: 1, retention: 'fp32' }, randomWeights(r));
+    const files = filesUnder(path.join(dir, 'blobs')).length;
+    const round = (n: number, modelBefore = '') => ({ round: n, roundId: `x${n}`, modelBefore, participants: [], metrics: {}, startedAt: 0, closedAt: 0 });
+    const w = randomWeights(r);
+    assert.throws(() => store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(2), round(1)] }), /ascend/);
+    assert.throws(() => store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1, 'missing')] }), /unknown model/);
+    assert.throws(
+      () => store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1), round(2)], intermediateModels: [{ round: 2, weights: w }] }),
+      /last replayed round/,
+    );
+    assert.throws(
+      () => store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1), round(2, head.version)], intermediateModels: [{ round: 1, weights: w }] }),
+      /ended at/,
+    );
+    assert.deepEqual(store.head(), head);
+    assert.equal(filesUnder(path.join(dir, 'blobs')).length, files);
+    // Without intermediate models the chain is simply unknown ('').
+    const v = store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1, head.version), round(2)] });
+    assert.deepEqual(store.listRounds().map((x) => [x.modelBefore, x.modelAfter]), [
+      [head.version, ''],
+      ['', v.version],
+    ]);
+    store.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('purgeClients removes a client from every lineage, on disk too, and leaves the others intact', async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(17);
+    const config: HistoryConfig = { historyInterval: 1, retention: 'fp16' };
+    const init = randomWeights(r);
+    const first = open(dir, config, init);
+    const store = first.store;
+    const ledger = newLedger(init);
+    store.upsertClient({ clientId: 'u', secretHash: 'h-u', numExamples: 50, seenAt: 100 });
+    await train(store, ledger, r, 2, ['u', 'k']);
+    // An unlearning that (deliberately, for this test) still lists u, so u has rows in two lineages.
+    const u = randomWeights(r, 0.1);
+    await store.stageUpdate('replay-1', 'u', u);
+    await store.stageUpdate('replay-1', 'k', u);
+    store.commitUnlearning({
+      jobId: 'j',
+      weights: randomWeights(r),
+      rounds: [
+        {
+          round: 1,
+          roundId: 'replay-1',
+          modelBefore: first.head.version,
+          participants: ['u', 'k'].map((clientId) => ({ clientId, numExamples: 1, norms: layerNorms(layout, u) })),
+          metrics: {},
+          startedAt: 0,
+          closedAt: 0,
+        },
+      ],
+    });
+    await store.stageUpdate('open', 'u', u); // staged in a round still open: purged too
+
+    const lineages = [...new Set(store.listModels().map((m) => m.lineage))];
+    assert.equal(lineages.length, 2);
+    const rowsOf = (c: string) => lineages.flatMap((l) => store.listRounds({ lineage: l }).flatMap((x) => x.participants.filter((p) => p.clientId === c)));
+    const uFiles = filesUnder(path.join(dir, 'blobs', 'updates')).filter((f) => path.basename(f).startsWith('u.'));
+    assert.equal(uFiles.length, 4); // rounds 1, 2, replay-1, open
+    const uBytes = uFiles.reduce((n, f) => n + fs.statSync(f).size, 0);
+    const kRowsBefore = rowsOf('k');
+    // u's norms as the database stores them (float64 little-endian), to look for in its files.
+    const uNorms = Buffer.from(new Float64Array(rowsOf('u')[0]!.norms).buffer);
+    const dbBytes = () => Buffer.concat(['history.db', 'history.db-wal'].filter((f) => fs.existsSync(path.join(dir, f))).map((f) => fs.readFileSync(path.join(dir, f))));
+    assert.ok(dbBytes().includes(uNorms), 'the search finds the norms before the purge');
+    const statsBefore = store.stats();
+
+    const summary = await store.purgeClients(['u', 'u']);
+    assert.deepEqual(summary, { clientIds: ['u'], updatesDeleted: 3, bytesDeleted: uBytes, participantRowsDeleted: 3 });
+    for (const f of uFiles) assert.equal(fs.existsSync(f), false, f);
+    assert.deepEqual(rowsOf('u'), []);
+    assert.ok(!dbBytes().includes(uNorms), 'no copy of the norms is left in the database files');
+    assert.deepEqual(rowsOf('k'), kRowsBefore);
+    for (const roundId of ['r1-', 'r2-']) {
+      const id = store.listRounds({ lineage: first.head.lineage }).find((x) => x.roundId.startsWith(roundId))!.roundId;
+      assert.equal(await store.readUpdate(id, 'u'), null);
+      assert.notEqual(await store.readUpdate(id, 'k'), null);
+    }
+    assert.equal(await store.readUpdate('replay-1', 'u'), null);
+    assert.equal(store.stats().updates, statsBefore.updates - 3);
+    const tomb = store.getClient('u')!;
+    assert.deepEqual([tomb.forgotten, tomb.secretHash, tomb.numExamples], [true, null, 0]);
+    store.close();
+
+    const { store: reopened } = open(dir, config, init);
+    assert.equal(filesUnder(path.join(dir, 'blobs', 'updates')).filter((f) => path.basename(f).startsWith('u.')).length, 0);
+    assert.equal(reopened.getClient('u')!.forgotten, true);
+    reopened.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('reopening with another topology, layout or history config is refused with a clear error', () => {
+  const dir = tmpDir();
+  try {
+    const config: HistoryConfig = { historyInterval: 2, retention: 'fp32' };
+    open(dir, config, randomWeights(rng(1))).store.close();
+    const attempt = (init: Partial<Parameters<HistoryStore['open']>[0]>) => {
+      const s = openSqliteHistory(dir);
+      try {
+        s.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config, ...init });
+      } finally {
+        s.close();
+      }
+    };
+    assert.throws(() => attempt({ topologyJson: JSON.stringify({ name: 'other' }) }), /different topology/);
+    assert.throws(() => attempt({ layout: layoutOf([{ name: 'conv/kernel', shape: [3, 3, 1, 3] }]) }), /layout differs/);
+    assert.throws(() => attempt({ config: { historyInterval: 1, retention: 'fp32' } }), /historyInterval 2/);
+    // Same topology written with other whitespace / key order is the same federation.
+    const s = openSqliteHistory(dir);
+    assert.equal(s.open({ topologyJson: '{ "layers": ["conv","dense"], "name": "tiny" }', layout, initialWeights: new Float32Array(0), config }).resumed, true);
+    s.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('jobs and clients persist across reopening', () => {
+  const dir = tmpDir();
+  try {
+    let clock = 1_000;
+    const config: HistoryConfig = { historyInterval: 1, retention: 'norms' };
+    const { store } = open(dir, config, randomWeights(rng(2)), () => clock++);
+    const created = store.createJob({
+      jobId: 'j1',
+      kind: 'forget',
+      state: 'queued',
+      clientIds: ['u'],
+      requestedBy: 'operator',
+      method: 'federaser',
+      params: { r: 0.5, dt: 2 },
+      progress: { step: 0, total: 5 },
+      checkpoint: null,
+      report: null,
+      error: null,
+    });
+    store.createJob({ ...created, jobId: 'j2', state: 'queued' });
+    assert.throws(() => store.createJob({ ...created }), /already exists/);
+    const updated = store.updateJob('j1', { state: 'running', progress: { step: 2, total: 5, message: 'round 3' }, checkpoint: { j: 2, model: 'abc' } });
+    assert.ok(updated.updatedAt > updated.createdAt);
+    store.updateJob('j2', { state: 'failed', error: 'client offline', report: { partial: true } });
+    assert.throws(() => store.updateJob('nope', { state: 'done' }), /unknown job/);
+    store.upsertClient({ clientId: 'c1', secretHash: 'h1', numExamples: 10, seenAt: 50 });
+    store.upsertClient({ clientId: 'c1', seenAt: 40 }); // an older sighting neither rewinds lastSeen nor clears fields
+    store.upsertClient({ clientId: 'c2', seenAt: 60, numExamples: 3 });
+    store.upsertClient({ clientId: 'c2', seenAt: 70, secretHash: 'h2' });
+    const jobs = store.listJobs();
+    const clients = store.listClients();
+    store.close();
+
+    const { store: again } = open(dir, config, new Float32Array(0));
+    assert.deepEqual(again.listJobs(), jobs);
+    assert.deepEqual(again.getJob('j1'), updated);
+    assert.deepEqual(again.listJobs({ state: 'failed' }).map((j) => [j.jobId, j.error, j.report]), [['j2', 'client offline', { partial: true }]]);
+    assert.deepEqual(again.listJobs({ state: 'done' }), []);
+    assert.deepEqual(again.listClients(), clients);
+    assert.deepEqual(again.getClient('c1'), { clientId: 'c1', secretHash: 'h1', numExamples: 10, firstSeen: 40, lastSeen: 50, forgotten: false });
+    assert.deepEqual(again.getClient('c2'), { clientId: 'c2', secretHash: 'h2', numExamples: 3, firstSeen: 60, lastSeen: 70, forgotten: false });
+    assert.equal(again.getClient('nobody'), null);
+    again.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("retention 'norms' keeps no update files but every norm, and metrics keep non-finite values", async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(18);
+    const { store, head } = open(dir, { historyInterval: 1, retention: 'norms' }, randomWeights(r));
+    const u = randomWeights(r);
+    await store.stageUpdate('R1', 'a', u);
+    store.commitRound({
+      round: 1,
+      roundId: 'R1',
+      modelBefore: head.version,
+      weights: randomWeights(r),
+      participants: [{ clientId: 'a', numExamples: 1, norms: layerNorms(layout, u), metrics: { loss: Number.NaN } }],
+      metrics: { loss: Number.POSITIVE_INFINITY, acc: 0.5 },
+      startedAt: 0,
+    });
+    assert.equal(filesUnder(path.join(dir, 'blobs', 'updates')).length, 0);
+    const rec = store.getRound(1)!;
+    assert.equal(rec.updatesStored, false);
+    assert.deepEqual(rec.participants[0]!.norms, Array.from(layerNorms(layout, u)));
+    assert.deepEqual(rec.metrics, { loss: Number.POSITIVE_INFINITY, acc: 0.5 });
+    assert.ok(Number.isNaN(rec.participants[0]!.metrics!.loss));
+    assert.equal(await store.readUpdate('R1', 'a'), null);
+    store.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

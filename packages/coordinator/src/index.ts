@@ -1,0 +1,15 @@
+export * from './coordinator.js';
+export * from './logger.js';
+export * from './aggregation/strategy.js';
+export * from './aggregation/fedavg.js';
+export * from './history/store.js';
+export { openSqliteHistory, type SqliteHistoryOptions } from './history/sqlite-store.js';
+export * from './rounds/dispatcher.js';
+export * from './rounds/federated-step.js';
+export * from './rounds/round-engine.js';
+export * from './rounds/selection.js';
+export * from './transport/client-registry.js';
+export type { ClientSession } from './transport/session.js';
+export * from './unlearning/method.js';
+export * from './unlearning/engine.js';
+export * from './unlearning/calibration.js';

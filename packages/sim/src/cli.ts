@@ -1,0 +1,76 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import type { MethodName } from '@fedunlearn/coordinator';
+import { DEFAULT_CONFIG, type SimConfig } from './config.js';
+import type { DatasetName } from './data/datasets.js';
+import { runSimulation } from './run.js';
+
+const list = (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean);
+const ints = (v: string) => list(v).map((s) => Number(s));
+const d = DEFAULT_CONFIG;
+
+const program = new Command('fedunlearn-sim')
+  .description('Federated training with N virtual clients on real data, then unlearning side by side')
+  .addOption(new Option('--dataset <name>', 'data set').choices(['mnist', 'fashion-mnist']).default(d.dataset))
+  .addOption(new Option('--model <name>', 'architecture').choices(['mlp', 'cnn']).default(d.model))
+  .option('--clients <n>', 'virtual clients', Number, d.clients)
+  .option('--clients-per-round <k>', 'clients per round (default: all)', Number)
+  .option('--rounds <t>', 'training rounds', Number, d.rounds)
+  .option('--local-epochs <e>', 'local epochs per round', Number, d.localEpochs)
+  .option('--batch-size <b>', 'local batch size', Number, d.batchSize)
+  .option('--lr <x>', 'SGD learning rate', Number, d.lr)
+  .option('--partition <spec>', 'iid | dirichlet:ALPHA | shards:S', d.partition)
+  .option('--seed <s>', 'seed of data split, partition, model and schedule', Number, d.seed)
+  .option('--history-interval <dt>', 'keep full client updates every DT rounds (FedEraser Δt)', Number, d.historyInterval)
+  .addOption(new Option('--retention <kind>', 'how stored updates are kept').choices(['fp32', 'fp16', 'int8', 'norms']).default(d.retention))
+  .option('--out <dir>', 'output directory (report.json, plots)', d.out)
+  .option('--forget <i,j>', 'indices of the clients to forget after training', ints, d.forget)
+  .option('--methods <list>', 'unlearning methods: federaser,replay,retrain,rollback', list, d.methods)
+  .option('--tune-rounds <n,m>', 'ordinary rounds after each approximate method (a row per value)', ints, d.tuneRounds)
+  .option('--calibration-ratio <r>', 'FedEraser calibration ratio r (epochs r*E)', Number, d.calibrationRatio)
+  .option('--reuse-first-round', 'FedEraser: apply the first stored round as stored', d.reuseFirstRound)
+  .option('--backdoor', 'the forgotten clients also hold triggered, relabelled copies of their images', d.backdoor)
+  .option('--noise-floor', 'a second exact retrain with other shuffles, for fidelity', d.noiseFloor)
+  .option('--limit-per-class <n>', 'use at most N examples of each class', Number)
+  .option('--threads <n>', 'worker threads for the fleet', Number)
+  .option('--round-deadline-ms <ms>', 'per-round deadline', Number, d.roundDeadlineMs)
+  .option('--quiet', 'no progress output', false);
+
+program.parse();
+const o = program.opts();
+const config: SimConfig = {
+  ...d,
+  dataset: o.dataset as DatasetName,
+  model: o.model,
+  clients: o.clients,
+  clientsPerRound: o.clientsPerRound ?? o.clients,
+  rounds: o.rounds,
+  localEpochs: o.localEpochs,
+  batchSize: o.batchSize,
+  lr: o.lr,
+  partition: o.partition,
+  seed: o.seed,
+  historyInterval: o.historyInterval,
+  retention: o.retention,
+  out: o.out,
+  forget: o.forget,
+  methods: o.methods as MethodName[],
+  tuneRounds: o.tuneRounds,
+  calibrationRatio: o.calibrationRatio,
+  reuseFirstRound: Boolean(o.reuseFirstRound),
+  backdoor: Boolean(o.backdoor),
+  noiseFloor: Boolean(o.noiseFloor),
+  ...(o.limitPerClass ? { limitPerClass: o.limitPerClass } : {}),
+  ...(o.threads ? { threads: o.threads } : {}),
+  roundDeadlineMs: o.roundDeadlineMs,
+  quiet: Boolean(o.quiet),
+};
+
+runSimulation(config).then(
+  () => process.exit(0),
+  (e: unknown) => {
+    process.stderr.write(`fedunlearn-sim: ${(e as Error).message}\n`);
+    if (process.env.DEBUG) console.error(e);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,94 @@
+import type { MethodName } from '@fedunlearn/coordinator';
+import { DATASET_NAMES, type DatasetName } from './data/datasets.js';
+import { parsePartitionSpec } from './data/partition.js';
+
+/** Everything a simulation run depends on; report.json records it, so that a run is reproducible from it. */
+export interface SimConfig {
+  dataset: DatasetName;
+  model: 'mlp' | 'cnn';
+  clients: number;
+  clientsPerRound: number;
+  rounds: number;
+  localEpochs: number;
+  batchSize: number;
+  lr: number;
+  partition: string;
+  seed: number;
+  historyInterval: number;
+  retention: 'fp32' | 'fp16' | 'int8' | 'norms';
+  out: string;
+  /** Indices of the clients to forget (empty: train only). */
+  forget: number[];
+  methods: MethodName[];
+  /** One row per value for each approximate method. */
+  tuneRounds: number[];
+  calibrationRatio: number;
+  reuseFirstRound: boolean;
+  backdoor: boolean;
+  noiseFloor: boolean;
+  /** Use at most this many examples of each class (quick runs and tests). */
+  limitPerClass?: number;
+  /** Worker threads for the fleet. */
+  threads?: number;
+  roundDeadlineMs: number;
+  /** No progress bars (non-interactive runs still print the final tables). */
+  quiet: boolean;
+}
+
+export const DEFAULT_CONFIG: SimConfig = {
+  dataset: 'mnist',
+  model: 'mlp',
+  clients: 20,
+  clientsPerRound: 20,
+  rounds: 10,
+  localEpochs: 1,
+  batchSize: 32,
+  lr: 0.2,
+  partition: 'iid',
+  seed: 1,
+  historyInterval: 2,
+  retention: 'fp32',
+  out: 'out/sim',
+  forget: [],
+  methods: ['federaser', 'replay', 'retrain', 'rollback'],
+  tuneRounds: [0],
+  calibrationRatio: 0.5,
+  reuseFirstRound: false,
+  backdoor: false,
+  noiseFloor: false,
+  roundDeadlineMs: 120_000,
+  quiet: false,
+};
+
+/** Checks a config and says which field is wrong and what is allowed. */
+export function validateConfig(c: SimConfig): SimConfig {
+  const fail = (field: string, msg: string): never => {
+    throw new RangeError(`--${field}: ${msg}`);
+  };
+  if (!DATASET_NAMES.includes(c.dataset)) fail('dataset', `'${c.dataset}' is not one of ${DATASET_NAMES.join(', ')}`);
+  if (c.model !== 'mlp' && c.model !== 'cnn') fail('model', `'${c.model}' is not one of mlp, cnn`);
+  const posInt = (field: string, v: number) => (Number.isInteger(v) && v > 0 ? v : fail(field, `must be a positive integer, got ${v}`));
+  posInt('clients', c.clients);
+  posInt('clients-per-round', c.clientsPerRound);
+  posInt('rounds', c.rounds);
+  posInt('batch-size', c.batchSize);
+  posInt('history-interval', c.historyInterval);
+  if (c.clientsPerRound > c.clients) fail('clients-per-round', `${c.clientsPerRound} is more than --clients ${c.clients}`);
+  if (!(c.localEpochs > 0)) fail('local-epochs', `must be positive, got ${c.localEpochs}`);
+  if (!(c.lr > 0)) fail('lr', `must be positive, got ${c.lr}`);
+  if (!(c.calibrationRatio > 0)) fail('calibration-ratio', `must be positive, got ${c.calibrationRatio}`);
+  try {
+    parsePartitionSpec(c.partition);
+  } catch (e) {
+    fail('partition', (e as Error).message);
+  }
+  for (const i of c.forget) if (!Number.isInteger(i) || i < 0 || i >= c.clients) fail('forget', `client index ${i} is outside 0..${c.clients - 1}`);
+  if (c.forget.length >= c.clients) fail('forget', 'at least one client must remain');
+  for (const m of c.methods) if (!['federaser', 'replay', 'retrain', 'rollback'].includes(m)) fail('methods', `'${m}' is not one of federaser, replay, retrain, rollback`);
+  for (const t of c.tuneRounds) if (!Number.isInteger(t) || t < 0) fail('tune-rounds', `must be non-negative integers, got ${t}`);
+  return c;
+}
+
+export function clientId(i: number): string {
+  return `client-${String(i).padStart(3, '0')}`;
+}

@@ -1,0 +1,83 @@
+import { EventEmitter } from 'node:events';
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import type { FromWorker, ToWorker, VirtualClientSpec } from './messages.js';
+
+export interface FleetEvents {
+  task: [{ clientId: string; kind: string; round: number; trainMs: number }];
+  failure: [string];
+}
+
+/**
+ * Many virtual clients on one machine: real SDK instances talking real socket.io on loopback, spread over worker
+ * threads (one TensorFlow.js backend per thread) so that training uses every core.
+ */
+export class Fleet extends EventEmitter<FleetEvents> {
+  private readonly workers: Worker[] = [];
+  private readonly owner = new Map<string, number>();
+  backend = '';
+  private nextRequest = 1;
+
+  constructor(private readonly threads = Math.max(1, Math.min(availableParallelism(), 4))) {
+    super();
+  }
+
+  /** Starts the workers and connects every client to `url`; resolves when all are welcomed. */
+  async connect(url: string, clients: VirtualClientSpec[]): Promise<void> {
+    const n = Math.min(this.threads, clients.length);
+    const shares: VirtualClientSpec[][] = Array.from({ length: n }, () => []);
+    clients.forEach((c, i) => {
+      shares[i % n]!.push(c);
+      this.owner.set(c.clientId, i % n);
+    });
+    for (let i = 0; i < n; i++) {
+      const w = new Worker(new URL('./worker.js', import.meta.url), { env: { ...process.env } });
+      w.on('message', (m: FromWorker) => {
+        if (m.type === 'task') this.emit('task', m);
+        else if (m.type === 'failed' && m.requestId === undefined) this.emit('failure', m.message);
+      });
+      w.on('error', (e) => this.emit('failure', e.message));
+      this.workers.push(w);
+    }
+    await Promise.all(this.workers.map((w, i) => this.request(w, { type: 'connect', url, clients: shares[i]! }, 'connected')));
+  }
+
+  /** Moves every client to another coordinator (new connections, same identities and data). */
+  async reconnect(url: string): Promise<void> {
+    await Promise.all(this.workers.map((w) => this.request(w, { type: 'reconnect', url }, 'connected')));
+  }
+
+  /** Has one client ask, through its SDK, to be forgotten; resolves when the job is done, with its report. */
+  async forget(clientId: string): Promise<{ jobId: string; report: unknown; state: string }> {
+    const w = this.workers[this.owner.get(clientId) ?? -1];
+    if (!w) throw new Error(`unknown virtual client ${clientId}`);
+    const requestId = this.nextRequest++;
+    const m = await this.request(w, { type: 'forget', clientId, requestId }, 'forgotten', requestId);
+    return m as { jobId: string; report: unknown; state: string };
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.workers.map((w) => this.request(w, { type: 'stop' }, 'stopped').catch(() => undefined)));
+    await Promise.all(this.workers.map((w) => w.terminate()));
+    this.workers.length = 0;
+  }
+
+  private request(w: Worker, msg: ToWorker, expect: FromWorker['type'], requestId?: number): Promise<FromWorker> {
+    return new Promise((resolve, reject) => {
+      const on = (m: FromWorker) => {
+        if (m.type === 'failed' && (requestId === undefined || m.requestId === requestId)) {
+          w.off('message', on);
+          reject(new Error(m.message));
+          return;
+        }
+        if (m.type !== expect) return;
+        if (requestId !== undefined && 'requestId' in m && m.requestId !== requestId) return;
+        w.off('message', on);
+        if (m.type === 'connected') this.backend = m.backend;
+        resolve(m);
+      };
+      w.on('message', on);
+      w.postMessage(msg);
+    });
+  }
+}

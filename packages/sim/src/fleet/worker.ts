@@ -1,0 +1,71 @@
+import { parentPort } from 'node:worker_threads';
+import { FederatedClient } from '@fedunlearn/client';
+import type { FromWorker, ToWorker, VirtualClientSpec } from './messages.js';
+
+/**
+ * A fleet worker: hosts a share of the virtual clients, each a real SDK instance with its own socket, all sharing
+ * this thread's TensorFlow.js backend.
+ */
+const port = parentPort;
+if (!port) throw new Error('fleet worker must run in a worker thread');
+const post = (m: FromWorker) => port.postMessage(m);
+
+let specs: VirtualClientSpec[] = [];
+let clients: FederatedClient[] = [];
+
+async function connectAll(url: string): Promise<void> {
+  clients = specs.map(
+    (s) =>
+      new FederatedClient({
+        url,
+        clientId: s.clientId,
+        secret: s.secret,
+        data: s.data,
+        reconnect: { delayMs: 200, maxDelayMs: 2000 },
+      }),
+  );
+  clients.forEach((c, i) => {
+    const clientId = specs[i]!.clientId;
+    c.on('task', (t) => post({ type: 'task', clientId, kind: t.kind, round: t.round, trainMs: t.trainMs }));
+    c.on('error', (e) => post({ type: 'failed', message: `${clientId}: ${e.message}` }));
+  });
+  await Promise.all(clients.map((c) => c.connect()));
+  post({ type: 'connected', backend: clients[0]?.backendName ?? 'none', count: clients.length });
+}
+
+async function closeAll(): Promise<void> {
+  await Promise.all(clients.map((c) => c.close()));
+  clients = [];
+}
+
+port.on('message', (msg: ToWorker) => {
+  void (async () => {
+    try {
+      switch (msg.type) {
+        case 'connect':
+          specs = msg.clients;
+          await connectAll(msg.url);
+          return;
+        case 'reconnect':
+          await closeAll();
+          await connectAll(msg.url);
+          return;
+        case 'forget': {
+          const i = specs.findIndex((s) => s.clientId === msg.clientId);
+          const c = clients[i];
+          if (!c) throw new Error(`no virtual client ${msg.clientId} in this worker`);
+          const jobId = await c.forget('simulation');
+          const done = await c.waitForJob(jobId);
+          post({ type: 'forgotten', requestId: msg.requestId, jobId, report: done.report, state: done.state });
+          return;
+        }
+        case 'stop':
+          await closeAll();
+          post({ type: 'stopped' });
+          return;
+      }
+    } catch (e) {
+      post({ type: 'failed', message: (e as Error).message, ...('requestId' in msg ? { requestId: msg.requestId } : {}) });
+    }
+  })();
+});

@@ -1,0 +1,14 @@
+export * from './config.js';
+export * from './run.js';
+export * from './evaluate.js';
+export * from './fleet/fleet.js';
+export type { VirtualClientSpec } from './fleet/messages.js';
+export * from './data/types.js';
+export * from './data/rng.js';
+export * from './data/split.js';
+export * from './data/datasets.js';
+export * from './data/partition.js';
+export * from './data/backdoor.js';
+export * from './report/plot.js';
+export * from './report/table.js';
+export * from './verify/metrics.js';

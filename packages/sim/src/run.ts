@@ -1,0 +1,274 @@
+import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { initBackend, Trainer } from '@fedunlearn/client';
+import { Coordinator, createLogger, openSqliteHistory, type JobReport, type MethodName, type RoundOutcome } from '@fedunlearn/coordinator';
+import { builtInDefinition, type ModelDefinition } from '@fedunlearn/models';
+import { clientId, validateConfig, type SimConfig } from './config.js';
+import { makeTrigger, stamp, withBackdoor } from './data/backdoor.js';
+import { loadDataset } from './data/datasets.js';
+import { partition } from './data/partition.js';
+import { concat, subset, type LocalDataset } from './data/types.js';
+import { Evaluator, type ModelFigures } from './evaluate.js';
+import { Fleet } from './fleet/fleet.js';
+import type { VirtualClientSpec } from './fleet/messages.js';
+import { Progress } from './progress.js';
+import { writeReport } from './report/write.js';
+import { displacementCosine, fitLossThreshold, l2Distance, predictionDissimilarity } from './verify/metrics.js';
+
+export interface RoundRow {
+  round: number;
+  testAccuracy: number;
+  testLoss: number;
+  participants: number;
+  missing: number;
+  durationMs: number;
+  trainLoss: number | null;
+}
+
+export interface UnlearningRow extends ModelFigures {
+  method: MethodName;
+  tuneRounds: number;
+  /** How the job was requested: through the forgotten client's SDK or the operator API. */
+  requestedBy: string;
+  jobId: string;
+  distanceToRetrain: { l2: number; cosine: number } | null;
+  pDiss: number | null;
+  fidelity: number | null;
+  wallTimeMs: number;
+  clientSampleEpochs: number;
+  bytesOnWire: number;
+  speedupWall: number | null;
+  speedupSampleEpochs: number | null;
+  modelBefore: string;
+  modelAfter: string;
+  roundsReplayed: number;
+  clientsMissing: number;
+}
+
+export interface SimReport {
+  config: SimConfig;
+  backend: string;
+  model: { name: string; parameters: number };
+  data: { train: number; test: number; perClient: number[] };
+  rounds: RoundRow[];
+  finalTestAccuracy: number;
+  wallTimeMs: number;
+  trainingWallTimeMs: number;
+  storedBytes: number;
+  forgotten: string[];
+  original: ModelFigures | null;
+  unlearning: UnlearningRow[];
+  noiseFloor: { l2BetweenRetrains: number } | null;
+  jobs: JobReport[];
+  notes: string[];
+}
+
+/**
+ * One simulation: a coordinator and N virtual clients train on real data; then, if clients are to be forgotten,
+ * every method unlearns them from a copy of the same trained state (same seed, same schedule), so that the rows of
+ * the final table are measured side by side in one run.
+ */
+export async function runSimulation(input: SimConfig): Promise<SimReport> {
+  const cfg = validateConfig(input);
+  const t0 = Date.now();
+  const out = resolve(cfg.out);
+  mkdirSync(out, { recursive: true });
+  const work = join(out, 'data');
+  rmSync(work, { recursive: true, force: true });
+  const progress = new Progress(cfg.quiet);
+  const notes: string[] = [];
+
+  const loaded = loadDataset(cfg.dataset, { seed: cfg.seed, layout: cfg.model === 'cnn' ? 'image' : 'flat', ...(cfg.limitPerClass ? { limitPerClass: cfg.limitPerClass } : {}) });
+  const parts = partition(loaded.train, cfg.clients, cfg.partition, cfg.seed);
+  const trigger = makeTrigger({});
+  const forgottenIds = cfg.forget.map(clientId);
+  const specs: VirtualClientSpec[] = parts.map((data, i) => ({
+    clientId: clientId(i),
+    secret: `sim-secret-${cfg.seed}-${i}`,
+    data: cfg.backdoor && cfg.forget.includes(i) ? withBackdoor(data, trigger) : data,
+  }));
+  const forgottenClean = cfg.forget.length > 0 ? concat(cfg.forget.map((i) => parts[i]!)) : null;
+  const nonTarget = Array.from(loaded.test.y.keys()).filter((i) => loaded.test.y[i] !== trigger.targetClass);
+  const triggered = cfg.backdoor ? stamp(subset(loaded.test, nonTarget), trigger) : null;
+  const nonMembers = forgottenClean ? subset(loaded.test, Array.from({ length: Math.min(forgottenClean.count, loaded.test.count) }, (_, i) => i)) : null;
+
+  const def = builtInDefinition(cfg.model, { inputShape: loaded.train.inputShape, numClasses: loaded.train.numClasses, seed: cfg.seed });
+  const backend = await initBackend();
+  const trainer = new Trainer({ tf: backend.tf });
+  const evaluator = new Evaluator(trainer, def.topologyJson, { test: loaded.test, forgotten: forgottenClean, triggered, nonMembers, targetClass: trigger.targetClass });
+
+  const fleet = new Fleet(cfg.threads);
+  fleet.on('failure', (m) => notes.push(`client failure: ${m}`));
+  const rounds: RoundRow[] = [];
+  const jobs: JobReport[] = [];
+  let storedBytes = 0;
+  let trainingWallTimeMs = 0;
+  try {
+    // Training.
+    const trainDir = join(work, 'train');
+    const coord = await startCoordinator(cfg, def, trainDir, cfg.seed);
+    progress.log(`backend: ${backend.name} (tried ${backend.tried.map((t) => t.name + (t.error ? ' ✗' : ' ✓')).join(', ')}); ${cfg.clients} clients on ${cfg.dataset}, model ${cfg.model} (${def.initial.layout.totalSize.toLocaleString()} parameters)`);
+    const tTrain = Date.now();
+    await fleet.connect(coord.url, specs);
+    progress.start('training', cfg.rounds, 'round');
+    await coord.coordinator.runRounds(cfg.rounds, async (r: RoundOutcome) => {
+      const m = await evaluator.test(coord.coordinator.model().weights);
+      rounds.push({ round: r.round, testAccuracy: m.accuracy, testLoss: m.loss, participants: r.participants.length, missing: r.missing.length, durationMs: r.durationMs, trainLoss: r.metrics.loss ?? null });
+      progress.tick({ acc: m.accuracy });
+    });
+    progress.stop();
+    trainingWallTimeMs = Date.now() - tTrain;
+    storedBytes = statsBytes(coord.coordinator);
+    const trained = coord.coordinator.model().weights;
+    await coord.coordinator.stop();
+
+    let original: ModelFigures | null = null;
+    const rows: UnlearningRow[] = [];
+    let noiseFloor: SimReport['noiseFloor'] = null;
+    if (forgottenIds.length > 0) {
+      const orig = await evaluator.figures(trained, null);
+      const threshold = orig.predictions.memberLoss && orig.predictions.nonMemberLoss ? fitLossThreshold(orig.predictions.memberLoss, orig.predictions.nonMemberLoss) : null;
+      original = (await evaluator.figures(trained, threshold)).figures;
+
+      const plan: { method: MethodName; tune: number; seed: number; noise?: boolean }[] = [];
+      for (const m of orderMethods(cfg.methods)) {
+        const exact = m === 'retrain' || m === 'rollback';
+        for (const tune of exact ? [0] : cfg.tuneRounds) plan.push({ method: m, tune, seed: cfg.seed });
+      }
+      if (cfg.noiseFloor) plan.push({ method: 'retrain', tune: 0, seed: cfg.seed + 7919, noise: true });
+
+      const results: { plan: (typeof plan)[number]; report: JobReport; weights: Float32Array }[] = [];
+      let sdkUsed = false;
+      for (const [i, p] of plan.entries()) {
+        const dir = join(work, `${i}-${p.method}-${p.tune}${p.noise ? '-noise' : ''}`);
+        cpSync(trainDir, dir, { recursive: true });
+        const c = await startCoordinator(cfg, def, dir, p.seed);
+        await fleet.reconnect(c.url);
+        progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}`, 1, 'step');
+        c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total));
+        let jobId: string;
+        // The first single-client federaser job is asked for the way a device would: through its SDK.
+        if (!sdkUsed && p.method === 'federaser' && p.tune === 0 && forgottenIds.length === 1 && !cfg.reuseFirstRound && cfg.calibrationRatio === 0.5) {
+          sdkUsed = true;
+          const pending = fleet.forget(forgottenIds[0]!);
+          const started = await waitForQueued(c.coordinator);
+          await c.coordinator.runPendingJobs();
+          jobId = (await pending).jobId;
+          if (jobId !== started) throw new Error(`SDK job ${jobId} is not the queued job ${started}`);
+        } else {
+          const job = c.coordinator.forget({
+            clientIds: forgottenIds,
+            method: p.method,
+            params: { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune },
+            requestedBy: 'operator:sim',
+          });
+          jobId = job.jobId;
+          await c.coordinator.runPendingJobs();
+        }
+        progress.stop();
+        const done = c.coordinator.store.getJob(jobId)!;
+        if (done.state !== 'done') throw new Error(`${p.method} job ${jobId} ${done.state}: ${done.error}`);
+        const report = done.report as JobReport;
+        jobs.push(report);
+        results.push({ plan: p, report, weights: c.coordinator.model().weights });
+        await c.coordinator.stop();
+      }
+
+      const retrain = results.find((r) => r.plan.method === 'retrain' && !r.plan.noise);
+      const second = results.find((r) => r.plan.noise);
+      const retrainProbs = retrain ? (await evaluator.figures(retrain.weights, threshold)).predictions.forgottenProbs : null;
+      const floor = retrain && second ? l2Distance(retrain.weights, second.weights) : null;
+      if (floor !== null) noiseFloor = { l2BetweenRetrains: floor };
+      for (const r of results.filter((x) => !x.plan.noise)) {
+        const f = await evaluator.figures(r.weights, threshold);
+        const l2 = retrain ? l2Distance(r.weights, retrain.weights) : null;
+        rows.push({
+          method: r.plan.method,
+          tuneRounds: r.plan.tune,
+          requestedBy: r.report.requestedBy,
+          jobId: r.report.jobId,
+          ...f.figures,
+          distanceToRetrain: retrain && l2 !== null ? { l2, cosine: displacementCosine(r.weights, retrain.weights, def.initial.values) } : null,
+          pDiss: retrainProbs && f.predictions.forgottenProbs ? predictionDissimilarity(f.predictions.forgottenProbs, retrainProbs, loaded.test.numClasses) : null,
+          fidelity: floor && l2 !== null ? l2 / floor : null,
+          wallTimeMs: r.report.wallTimeMs,
+          clientSampleEpochs: r.report.cost.clientSampleEpochs,
+          bytesOnWire: r.report.cost.bytesOnWire,
+          speedupWall: retrain ? retrain.report.wallTimeMs / Math.max(1, r.report.wallTimeMs) : null,
+          speedupSampleEpochs: retrain && r.report.cost.clientSampleEpochs > 0 ? retrain.report.cost.clientSampleEpochs / r.report.cost.clientSampleEpochs : null,
+          modelBefore: r.report.modelBefore.sha256,
+          modelAfter: r.report.modelAfter.sha256,
+          roundsReplayed: r.report.roundsReplayed.length,
+          clientsMissing: r.report.roundsReplayed.reduce((n, x) => n + x.missing.length, 0),
+        });
+      }
+    }
+    const report: SimReport = {
+      config: cfg,
+      backend: backend.name,
+      model: { name: cfg.model, parameters: def.initial.layout.totalSize },
+      data: { train: loaded.train.count, test: loaded.test.count, perClient: specs.map((s) => s.data.count) },
+      rounds,
+      finalTestAccuracy: rounds.at(-1)?.testAccuracy ?? NaN,
+      wallTimeMs: Date.now() - t0,
+      trainingWallTimeMs,
+      storedBytes,
+      forgotten: forgottenIds,
+      original,
+      unlearning: rows,
+      noiseFloor,
+      jobs,
+      notes,
+    };
+    await writeReport(out, report, progress);
+    return report;
+  } finally {
+    progress.stop();
+    await fleet.stop();
+    trainer.dispose();
+  }
+}
+
+function orderMethods(methods: MethodName[]): MethodName[] {
+  // retrain first: every other row is measured against it.
+  return [...new Set(methods)].sort((a, b) => (a === 'retrain' ? -1 : b === 'retrain' ? 1 : 0));
+}
+
+async function startCoordinator(cfg: SimConfig, def: ModelDefinition, dir: string, seed: number): Promise<{ coordinator: Coordinator; url: string }> {
+  const coordinator = await Coordinator.create({
+    store: openSqliteHistory(dir),
+    dataDir: dir,
+    model: def,
+    historyInterval: cfg.historyInterval,
+    retention: cfg.retention,
+    federation: {
+      clientsPerRound: cfg.clientsPerRound,
+      minClients: Math.max(1, Math.ceil(cfg.clientsPerRound / 2)),
+      roundDeadlineMs: cfg.roundDeadlineMs,
+      seed,
+      hyper: { learningRate: cfg.lr, batchSize: cfg.batchSize, localEpochs: cfg.localEpochs },
+      maxRoundAttempts: 3,
+      waitForClientsMs: 60_000,
+    },
+    logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
+  });
+  const { url } = await coordinator.listen(0);
+  return { coordinator, url };
+}
+
+function waitForQueued(c: Coordinator): Promise<string> {
+  return new Promise((resolve) => {
+    const on = (job: { jobId: string }) => {
+      c.off('job', on);
+      resolve(job.jobId);
+    };
+    c.on('job', on);
+  });
+}
+
+function statsBytes(c: Coordinator): number {
+  const s = c.store.stats();
+  return s.modelBytes + s.updateBytes;
+}
+
+export type { LocalDataset };
