@@ -1,9 +1,8 @@
 import seedrandom from 'seedrandom';
 import type { LayersModel, Scalar, Tensor, Variable } from '@tensorflow/tfjs';
 import { layerView, layoutOf, type WeightLayout } from '@fedunlearn/protocol';
+import type { Tf } from './backend.js';
 import { assertDataset, featureSize, type LocalDataset } from './dataset.js';
-
-type Tf = typeof import('@tensorflow/tfjs');
 
 export interface TrainOptions {
   learningRate: number;
@@ -93,15 +92,20 @@ export class Trainer {
     return this.serial(() => this.predictNow(topologyJson, weights, x, count));
   }
 
-  /** Frees every cached model's variables; the trainer rebuilds models if used again. */
+  /**
+   * Frees every cached model's variables once the calls already made have finished; the trainer rebuilds models
+   * if used again.
+   */
   dispose(): void {
-    const models = [...this.models.values()];
-    this.models.clear();
-    for (const m of models) void m.then((model) => model.dispose()).catch(() => undefined);
+    void this.serial(async () => {
+      const models = [...this.models.values()];
+      this.models.clear();
+      for (const m of models) (await m.catch(() => undefined))?.dispose();
+    });
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
+    const run = this.queue.then(fn);
     this.queue = run.catch(() => undefined);
     return run;
   }

@@ -35,6 +35,7 @@ interface OpenStream {
   totalBytes: number;
   nextSeq: number;
   written: number;
+  /** Grows with the bytes received, up to totalBytes: a declared size costs nothing until the bytes arrive. */
   buffer: Uint8Array;
 }
 
@@ -74,7 +75,9 @@ export class Reassembler {
         if (this.open.size >= this.limits.maxOpenStreams) {
           throw new ProtocolError(ErrorCode.RATE_LIMITED, `more than ${this.limits.maxOpenStreams} chunked messages open at once`, id);
         }
-        s = { total: c.total, totalBytes, nextSeq: 0, written: 0, buffer: new Uint8Array(totalBytes) };
+        // Allocating the declared size up front would let a peer that sent a few tiny frames (before it even said
+        // hello) pin maxOpenStreams x maxMessageBytes of memory; the buffer grows as data arrives instead.
+        s = { total: c.total, totalBytes, nextSeq: 0, written: 0, buffer: new Uint8Array(0) };
         this.open.set(id, s);
       }
       if (c.seq !== s.nextSeq || c.total !== s.total || totalBytes !== s.totalBytes) {
@@ -82,6 +85,12 @@ export class Reassembler {
       }
       if (s.written + c.data.byteLength > s.totalBytes) {
         throw new ProtocolError(ErrorCode.MESSAGE_TOO_LARGE, `stream ${id}: more bytes than the declared ${s.totalBytes}`, id);
+      }
+      const needed = s.written + c.data.byteLength;
+      if (needed > s.buffer.byteLength) {
+        const grown = new Uint8Array(Math.min(s.totalBytes, Math.max(needed, 2 * s.buffer.byteLength)));
+        grown.set(s.buffer.subarray(0, s.written));
+        s.buffer = grown;
       }
       s.buffer.set(c.data, s.written);
       s.written += c.data.byteLength;
@@ -100,10 +109,10 @@ export class Reassembler {
     }
   }
 
-  /** Bytes currently buffered for incomplete messages. */
+  /** Bytes currently allocated for incomplete messages (at most twice the bytes received so far). */
   get bufferedBytes(): number {
     let n = 0;
-    for (const s of this.open.values()) n += s.totalBytes;
+    for (const s of this.open.values()) n += s.buffer.byteLength;
     return n;
   }
 

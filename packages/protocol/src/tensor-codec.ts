@@ -8,6 +8,7 @@ export type DType = fedunlearn.v1.DType;
 export type WireTensor = fedunlearn.v1.ITensor;
 
 const littleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+const MIN_NORMAL_FLOAT32 = 2 ** -126;
 
 export function bytesPerElement(dtype: DType): number {
   switch (dtype) {
@@ -45,9 +46,14 @@ export function encodeTensor(name: string, shape: readonly number[], values: Flo
     case DType.INT8: {
       let maxAbs = 0;
       for (let i = 0; i < values.length; i++) maxAbs = Math.max(maxAbs, Math.abs(values[i]!));
-      const scale = maxAbs > 0 ? maxAbs / 127 : 1;
+      // A NaN would otherwise fall through to scale 1 and quantise every value to a whole number, silently.
+      if (!Number.isFinite(maxAbs)) throw new ProtocolError(ErrorCode.NON_FINITE_VALUES, `tensor ${name}: non-finite values cannot be quantised`);
+      // The scale travels as a float32: quantise with exactly the value the receiver will multiply by, and keep it
+      // at least the smallest normal float32 so that a tensor of tiny values never sends a scale that rounds to 0
+      // (which the receiver must refuse) or a subnormal so coarse that maxAbs / scale would overflow int8.
+      const scale = maxAbs > 0 ? Math.max(Math.fround(maxAbs / 127), MIN_NORMAL_FLOAT32) : 1;
       const q = new Int8Array(values.length);
-      for (let i = 0; i < values.length; i++) q[i] = Math.round(values[i]! / scale);
+      for (let i = 0; i < values.length; i++) q[i] = Math.max(-127, Math.min(127, Math.round(values[i]! / scale)));
       return { ...base, scale, data: new Uint8Array(q.buffer) };
     }
     default:

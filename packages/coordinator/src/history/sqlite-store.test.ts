@@ -298,13 +298,21 @@ test('staging is idempotent per client; discarded and unlisted stagings leave no
     await assert.rejects(store.stageUpdate('R1', 'late', randomWeights(r)), /already committed/);
     assert.equal(filesUnder(roundDir).length, 1);
 
-    await store.stageUpdate('R2', 'a', randomWeights(r));
-    store.discardStaged('R2');
+    // A staging still in flight when its round commits is not part of the commit, and cleans up after itself.
+    const v1 = store.head();
+    const inFlight = store.stageUpdate('R2', 'slow', randomWeights(r));
+    store.commitRound({ round: 2, roundId: 'R2', modelBefore: v1.version, weights: randomWeights(r), participants: [{ clientId: 'slow', numExamples: 1, norms: [0, 0, 0, 0] }], metrics: {}, startedAt: 0 });
+    await assert.rejects(inFlight, /was not included/);
+    assert.equal(store.getRound(2)!.participants[0]!.hasUpdate, false);
     assert.equal(filesUnder(path.join(dir, 'blobs', 'updates', 'R2')).length, 0);
+
+    await store.stageUpdate('R3', 'a', randomWeights(r));
+    store.discardStaged('R3');
+    assert.equal(filesUnder(path.join(dir, 'blobs', 'updates', 'R3')).length, 0);
     const bad = randomWeights(r);
     bad[2] = Number.POSITIVE_INFINITY;
-    await assert.rejects(store.stageUpdate('R2', 'a', bad), /non-finite/);
-    await assert.rejects(store.stageUpdate('R2', 'a', new Float32Array(3)), /values for a layout/);
+    await assert.rejects(store.stageUpdate('R3', 'a', bad), /non-finite/);
+    await assert.rejects(store.stageUpdate('R3', 'a', new Float32Array(3)), /values for a layout/);
     store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

@@ -1,0 +1,140 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { layoutOf } from '@fedunlearn/protocol';
+import { FedAvg } from './fedavg.js';
+
+/** mulberry32: every figure compared against is recomputed from the seed, never remembered. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const layout = layoutOf([
+  { name: 'dense_1/kernel', shape: [40, 25] },
+  { name: 'dense_1/bias', shape: [25] },
+  { name: 'dense_2/kernel', shape: [25, 10] },
+  { name: 'dense_2/bias', shape: [10] },
+]);
+
+function random(r: () => number, scale: number): Float32Array {
+  const v = new Float32Array(layout.totalSize);
+  for (let i = 0; i < v.length; i++) v[i] = (r() * 2 - 1) * scale;
+  return v;
+}
+
+/** The example-weighted mean applied to `base`, straight from the definition, in float64. */
+function reference(base: Float32Array, updates: Float32Array[], counts: number[]): Float64Array {
+  const total = counts.reduce((a, b) => a + b, 0);
+  const out = Float64Array.from(base);
+  for (let i = 0; i < out.length; i++) {
+    let s = 0;
+    for (let k = 0; k < updates.length; k++) s += (counts[k]! / total) * updates[k]![i]!;
+    out[i]! += s;
+  }
+  return out;
+}
+
+test('FedAvg matches a float64 example-weighted mean of random updates to 1e-5', () => {
+  for (const seed of [1, 2, 3, 4, 5]) {
+    const r = rng(seed);
+    const k = 2 + Math.floor(r() * 19);
+    // Counts spread over three orders of magnitude, as uneven partitions make them.
+    const counts = Array.from({ length: k }, () => 1 + Math.floor(10 ** (r() * 4)));
+    const updates = Array.from({ length: k }, () => random(r, 0.5));
+    const base = random(r, 1);
+    const agg = new FedAvg().begin(layout);
+    for (let j = 0; j < k; j++) agg.add(updates[j]!, counts[j]!);
+    assert.equal(agg.count, k);
+    assert.equal(agg.totalExamples, counts.reduce((a, b) => a + b, 0));
+    const got = agg.apply(base);
+    const want = reference(base, updates, counts);
+    assert.equal(got.length, want.length);
+    let worst = 0;
+    for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
+    assert.ok(worst <= 1e-5, `seed ${seed}: max error ${worst} over ${k} updates`);
+  }
+});
+
+test('one update moves the base by exactly that update; equal counts give the plain mean', () => {
+  const r = rng(7);
+  const base = random(r, 1);
+  const u = random(r, 0.1);
+  const one = new FedAvg().begin(layout);
+  one.add(u, 37);
+  const got = one.apply(base);
+  for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - (base[i]! + u[i]!)) <= 1e-6);
+
+  const v = random(r, 0.1);
+  const two = new FedAvg().begin(layout);
+  two.add(u, 5);
+  two.add(v, 5);
+  const mean = two.apply(base);
+  for (let i = 0; i < mean.length; i++) assert.ok(Math.abs(mean[i]! - (base[i]! + (u[i]! + v[i]!) / 2)) <= 1e-6);
+});
+
+test('the weights follow the example counts, not the order of arrival', () => {
+  const r = rng(8);
+  const base = random(r, 1);
+  const a = random(r, 1);
+  const b = random(r, 1);
+  const ab = new FedAvg().begin(layout);
+  ab.add(a, 900);
+  ab.add(b, 100);
+  const ba = new FedAvg().begin(layout);
+  ba.add(b, 100);
+  ba.add(a, 900);
+  const x = ab.apply(base);
+  const y = ba.apply(base);
+  for (let i = 0; i < x.length; i++) {
+    assert.ok(Math.abs(x[i]! - y[i]!) <= 1e-6);
+    assert.ok(Math.abs(x[i]! - (base[i]! + 0.9 * a[i]! + 0.1 * b[i]!)) <= 1e-5);
+  }
+});
+
+test('the caller may reuse an update buffer after add, and apply leaves base untouched', () => {
+  const r = rng(9);
+  const base = random(r, 1);
+  const baseCopy = base.slice();
+  const u = random(r, 1);
+  const expected = Float32Array.from(base, (x, i) => x + u[i]!);
+  const agg = new FedAvg().begin(layout);
+  agg.add(u, 3);
+  u.fill(1e6); // the streaming sum must have copied what it needed
+  const got = agg.apply(base);
+  for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - expected[i]!) <= 1e-6);
+  assert.notEqual(got, base);
+  assert.deepEqual(base, baseCopy);
+});
+
+test('apply throws when nothing was added', () => {
+  const agg = new FedAvg().begin(layout);
+  assert.throws(() => agg.apply(new Float32Array(layout.totalSize)), /no update/);
+});
+
+test('a size mismatch throws, for an update and for the base', () => {
+  const agg = new FedAvg().begin(layout);
+  assert.throws(() => agg.add(new Float32Array(layout.totalSize - 1), 1), RangeError);
+  assert.throws(() => agg.add(new Float32Array(layout.totalSize + 1), 1), RangeError);
+  assert.equal(agg.count, 0, 'a refused update is not counted');
+  agg.add(new Float32Array(layout.totalSize), 1);
+  assert.throws(() => agg.apply(new Float32Array(layout.totalSize + 1)), RangeError);
+});
+
+test('a non-positive or NaN example count is refused and changes nothing', () => {
+  const r = rng(10);
+  const base = random(r, 1);
+  const u = random(r, 1);
+  const agg = new FedAvg().begin(layout);
+  agg.add(u, 4);
+  for (const n of [0, -3, NaN]) assert.throws(() => agg.add(random(r, 100), n), RangeError);
+  assert.equal(agg.count, 1);
+  assert.equal(agg.totalExamples, 4);
+  const got = agg.apply(base);
+  for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - (base[i]! + u[i]!)) <= 1e-6);
+});

@@ -1,0 +1,489 @@
+#!/usr/bin/env node
+import { createRequire } from 'node:module';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import type { ServiceConfig, ServiceConfigInput } from './config.js';
+import type { Coordinator } from './coordinator.js';
+import type { ClientRecord, JobRecord, ModelVersion, RoundRecord } from './history/store.js';
+import type { JobReport } from './unlearning/engine.js';
+
+/**
+ * `fedunlearn-coordinator`: `serve` runs the service; every other command is an operator talking to a running
+ * service over its HTTP API. Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration.
+ */
+
+const NAME = 'fedunlearn-coordinator';
+const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
+/** How long a stop may take (a round in flight is aborted, sockets close) before the process gives up on it. */
+const STOP_TIMEOUT_MS = 15_000;
+
+/** A failure to report in one line, with the exit code it deserves. */
+class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+  ) {
+    super(message);
+  }
+}
+
+// --- serve ------------------------------------------------------------------------------------------------------
+
+/** Numbers stay strings when they do not parse, so that the config schema rejects them naming the field. */
+const numberArg = (v: string): number | string => (v.trim() !== '' && Number.isFinite(Number(v)) ? Number(v) : v);
+
+interface ServeFlags extends Record<string, unknown> {
+  config?: string;
+}
+
+async function serve(flags: ServeFlags): Promise<void> {
+  // Loaded here, not at the top: the operator commands need neither the config parsers (a quarter second of startup)
+  // nor TensorFlow.js and the server stack.
+  const { ConfigError, coordinatorOptionsOf, loadConfig, modelOf } = await import('./config.js');
+  const { config: file, ...overrides } = flags;
+  let cfg: ServiceConfig;
+  try {
+    cfg = loadConfig({ file, overrides: overrides as ServiceConfigInput });
+  } catch (e) {
+    throw e instanceof ConfigError ? new CliError(e.message, 2) : e;
+  }
+  const [{ Coordinator: CoordinatorClass }, { openSqliteHistory }, { createLogger }, { builtInDefinition }] = await Promise.all([
+    import('./coordinator.js'),
+    import('./history/sqlite-store.js'),
+    import('./logger.js'),
+    import('@fedunlearn/models'),
+  ]);
+  const log = createLogger({ level: cfg.logLevel });
+  const options = coordinatorOptionsOf(cfg);
+  const { name, options: arch } = modelOf(cfg);
+  const model = builtInDefinition(name, arch);
+  const store = openSqliteHistory(options.dataDir);
+  let coordinator: Coordinator;
+  try {
+    coordinator = await CoordinatorClass.create({ ...options, store, model, logger: log });
+  } catch (e) {
+    store.close();
+    throw e;
+  }
+  // The round loop logs its own failures; without a listener EventEmitter would turn them into a crash.
+  coordinator.on('error', () => undefined);
+  let url: string;
+  try {
+    ({ url } = await coordinator.listen(cfg.port, cfg.host));
+  } catch (e) {
+    await coordinator.stop();
+    throw new CliError(`cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`);
+  }
+  process.stdout.write(`listening on ${url}\n`);
+  log.info({ url, dataDir: options.dataDir, model: coordinator.model().version, ...summary(cfg) }, 'coordinator listening');
+  coordinator.start();
+  stopOnSignals(() => coordinator.stop(), log);
+}
+
+function summary(cfg: ServiceConfig): Record<string, unknown> {
+  return {
+    architecture: cfg.model,
+    clientsPerRound: cfg.clientsPerRound,
+    minClients: cfg.minClients,
+    historyInterval: cfg.historyInterval,
+    retention: cfg.retention,
+    enrolment: cfg.enrolment,
+    operatorAuth: cfg.operatorToken ? 'token' : 'none',
+  };
+}
+
+function stopOnSignals(stop: () => Promise<void>, log: { info(o: object, m: string): void; error(o: object, m: string): void }): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      log.error({ signal }, 'second signal while stopping: exiting now');
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    const force = setTimeout(() => {
+      log.error({ timeoutMs: STOP_TIMEOUT_MS }, 'did not stop in time: exiting');
+      process.exit(1);
+    }, STOP_TIMEOUT_MS);
+    force.unref();
+    stop().then(
+      () => {
+        log.info({}, 'stopped');
+        process.exit(0);
+      },
+      (e: unknown) => {
+        log.error({ err: e }, 'stop failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+}
+
+// --- the operator API client ------------------------------------------------------------------------------------
+
+interface ApiFlags {
+  url: string;
+  token?: string;
+  json?: boolean;
+}
+
+class OperatorApi {
+  private readonly base: string;
+
+  constructor(
+    url: string,
+    private readonly token: string | undefined,
+  ) {
+    this.base = url.replace(/\/+$/, '');
+  }
+
+  get<T>(path: string): Promise<T> {
+    return this.request<T>('GET', path);
+  }
+
+  post<T>(path: string, body: unknown): Promise<T> {
+    return this.request<T>('POST', path, body);
+  }
+
+  private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (this.token) headers.authorization = `Bearer ${this.token}`;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    let res: Response;
+    try {
+      res = await fetch(this.base + path, {
+        method,
+        headers,
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        signal: AbortSignal.timeout(30_000),
+      });
+    } catch (e) {
+      const cause = (e as Error & { cause?: Error }).cause;
+      throw new CliError(`cannot reach the coordinator at ${this.base}: ${cause?.message ?? (e as Error).message}`);
+    }
+    const text = await res.text();
+    let data: unknown = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = text;
+    }
+    if (!res.ok) {
+      const err = (data as { error?: { code?: string; message?: string } } | null)?.error;
+      const hint = res.status === 401 ? ' (pass --token or set FEDUNLEARN_OPERATOR_TOKEN)' : '';
+      throw new CliError(`${method} ${path}: HTTP ${res.status} ${err?.code ?? res.statusText}: ${err?.message ?? text}${hint}`);
+    }
+    return data as T;
+  }
+}
+
+type PublicJob = Omit<JobRecord, 'checkpoint'>;
+interface StatusResponse {
+  model: ModelVersion;
+  connectedClients: number;
+  jobs: Record<string, number>;
+  uptimeMs: number;
+}
+type ClientRow = Omit<ClientRecord, 'secretHash'> & { connected: boolean; backend: string | null };
+
+// --- output -----------------------------------------------------------------------------------------------------
+
+function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join('\n') + '\n';
+}
+
+function keyValues(rows: [string, string][]): string {
+  const w = Math.max(...rows.map(([k]) => k.length));
+  return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n') + '\n';
+}
+
+const time = (ms: number) => new Date(ms).toISOString().replace('T', ' ').slice(0, 19);
+const num = (x: number) => (Number.isInteger(x) ? String(x) : x.toPrecision(4));
+const metrics = (m: Record<string, number>) =>
+  Object.entries(m)
+    .map(([k, v]) => `${k}=${num(v)}`)
+    .join(' ');
+
+function duration(ms: number): string {
+  const s = Math.floor(ms / 1000);
+  if (s < 60) return ms < 10_000 ? `${(ms / 1000).toFixed(1)}s` : `${s}s`;
+  const m = Math.floor(s / 60);
+  return m < 60 ? `${m}m ${s % 60}s` : `${Math.floor(m / 60)}h ${m % 60}m`;
+}
+
+function bytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+const jobCounts = (jobs: Record<string, number>) => {
+  const parts = Object.entries(jobs).map(([state, n]) => `${state} ${n}`);
+  return parts.length > 0 ? parts.join(', ') : 'none';
+};
+
+function print(flags: ApiFlags, data: unknown, human: () => string): void {
+  process.stdout.write(flags.json ? JSON.stringify(data, null, 2) + '\n' : human());
+}
+
+function formatStatus(s: StatusResponse): string {
+  return keyValues([
+    ['model', `${s.model.version} (round ${s.model.round}, ${s.model.cause})`],
+    ['lineage', s.model.lineage],
+    ['sha256', s.model.sha256],
+    ['clients', `${s.connectedClients} connected`],
+    ['jobs', jobCounts(s.jobs)],
+    ['uptime', duration(s.uptimeMs)],
+  ]);
+}
+
+function formatClients(clients: ClientRow[]): string {
+  if (clients.length === 0) return 'no clients\n';
+  return table(
+    ['CLIENT', 'STATE', 'BACKEND', 'EXAMPLES', 'FIRST SEEN', 'LAST SEEN'],
+    clients.map((c) => [
+      c.clientId,
+      c.forgotten ? 'forgotten' : c.connected ? 'connected' : 'offline',
+      c.backend ?? '-',
+      String(c.numExamples),
+      time(c.firstSeen),
+      time(c.lastSeen),
+    ]),
+  );
+}
+
+function formatRounds(rounds: RoundRecord[]): string {
+  if (rounds.length === 0) return 'no rounds\n';
+  return table(
+    ['ROUND', 'ROUND ID', 'CLIENTS', 'UPDATES', 'MODEL AFTER', 'CLOSED', 'METRICS'],
+    rounds.map((r) => [
+      String(r.round),
+      r.roundId,
+      String(r.participants.length),
+      r.updatesStored ? `${r.participants.filter((p) => p.hasUpdate).length} kept` : 'norms',
+      r.modelAfter || '-',
+      time(r.closedAt),
+      metrics(r.metrics),
+    ]),
+  );
+}
+
+function formatModels(head: string, models: ModelVersion[]): string {
+  if (models.length === 0) return 'no models\n';
+  return table(
+    ['', 'VERSION', 'CAUSE', 'ROUND', 'JOB', 'LINEAGE', 'CREATED'],
+    models.map((m) => [m.version === head ? '*' : '', m.version, m.cause, String(m.round), m.jobId ?? '-', m.lineage, time(m.createdAt)]),
+  );
+}
+
+function formatJobs(jobs: PublicJob[]): string {
+  if (jobs.length === 0) return 'no jobs\n';
+  return table(
+    ['JOB', 'STATE', 'METHOD', 'CLIENTS', 'PROGRESS', 'REQUESTED BY', 'UPDATED', 'MESSAGE'],
+    jobs.map((j) => [
+      j.jobId,
+      j.state,
+      j.method,
+      j.clientIds.join(','),
+      `${j.progress.step}/${j.progress.total}`,
+      j.requestedBy,
+      time(j.updatedAt),
+      j.error ?? j.progress.message ?? '',
+    ]),
+  );
+}
+
+function formatReport(r: JobReport): string {
+  const params = Object.entries(r.params).map(([k, v]) => `${k}=${String(v)}`);
+  const head = keyValues([
+    ['job', r.jobId],
+    ['forgotten', r.clientsForgotten.join(', ')],
+    ['requested by', r.requestedBy],
+    ['method', `${r.method} (${r.exact ? 'exact' : 'approximate'})${params.length > 0 ? ' ' + params.join(' ') : ''}`],
+    ['model before', `${r.modelBefore.version} round ${r.modelBefore.round} sha256 ${r.modelBefore.sha256}`],
+    ['model after', `${r.modelAfter.version} round ${r.modelAfter.round} sha256 ${r.modelAfter.sha256}`],
+    ['rounds', `${r.roundsReplayed.length} replayed, ${r.tuneRounds} tuning`],
+    ['client work', `${r.cost.tasks} tasks, ${num(r.cost.clientSampleEpochs)} sample-epochs, ${bytes(r.cost.bytesOnWire)} on the wire`],
+    ['wall time', duration(r.wallTimeMs)],
+    ['purged', `${r.purged.updatesDeleted} updates (${bytes(r.purged.bytesDeleted)}), ${r.purged.participantRowsDeleted} participant rows`],
+    ['finished', time(r.finishedAt)],
+    ['offline policy', r.offlinePolicy],
+  ]);
+  const rounds =
+    r.roundsReplayed.length === 0
+      ? ''
+      : '\n' +
+        table(
+          ['ROUND', 'FROM', 'CALIBRATED', 'UNCALIBRATED', 'MISSING'],
+          r.roundsReplayed.map((x) => [
+            String(x.round),
+            x.sourceRound === 0 ? 'tuning' : String(x.sourceRound),
+            x.calibrated.join(',') || '-',
+            x.uncalibrated.join(',') || '-',
+            x.missing.map((m) => `${m.clientId}:${m.reason}`).join(',') || '-',
+          ]),
+        );
+  const notes = r.notes.length > 0 ? '\nnotes:\n' + r.notes.map((n) => `  - ${n}`).join('\n') + '\n' : '';
+  return head + rounds + notes;
+}
+
+// --- operator commands ------------------------------------------------------------------------------------------
+
+const api = (flags: ApiFlags) => new OperatorApi(flags.url, flags.token);
+const seg = encodeURIComponent;
+
+async function forget(clientIds: string[], flags: ApiFlags & { method?: string; tuneRounds?: number; calibrationRatio?: number; reuseFirstRound?: boolean; wait?: boolean; pollMs: number }): Promise<void> {
+  const params = {
+    ...(flags.tuneRounds !== undefined ? { tuneRounds: flags.tuneRounds } : {}),
+    ...(flags.calibrationRatio !== undefined ? { calibrationRatio: flags.calibrationRatio } : {}),
+    ...(flags.reuseFirstRound ? { reuseFirstRound: true } : {}),
+  };
+  const a = api(flags);
+  let job = await a.post<PublicJob>('/v1/jobs', {
+    clientIds,
+    ...(flags.method ? { method: flags.method } : {}),
+    ...(Object.keys(params).length > 0 ? { params } : {}),
+  });
+  if (!flags.json) process.stdout.write(`job ${job.jobId} ${job.state}: ${job.method} forgetting ${job.clientIds.join(', ')}\n`);
+  if (!flags.wait) {
+    if (flags.json) print(flags, job, () => '');
+    else process.stdout.write(`follow it with: ${NAME} jobs; ${NAME} report ${job.jobId}\n`);
+    return;
+  }
+  let last = '';
+  while (job.state === 'queued' || job.state === 'running') {
+    await new Promise((r) => setTimeout(r, flags.pollMs));
+    job = await a.get<PublicJob>(`/v1/jobs/${seg(job.jobId)}`);
+    const line = `${job.state} ${job.progress.step}/${job.progress.total}${job.progress.message ? ` ${job.progress.message}` : ''}`;
+    // Progress goes to stderr, so that stdout holds only the result (and stays valid JSON under --json).
+    if (line !== last) process.stderr.write(`  ${line}\n`);
+    last = line;
+  }
+  if (job.state === 'failed') {
+    if (flags.json) print(flags, job, () => '');
+    throw new CliError(`job ${job.jobId} failed: ${job.error ?? 'no reason given'}`);
+  }
+  if (flags.json) return print(flags, job, () => '');
+  process.stdout.write(formatReport(job.report as JobReport));
+}
+
+function operatorCommand(program: Command, name: string, description: string): Command {
+  return program
+    .command(name)
+    .description(description)
+    .addOption(new Option('--url <url>', 'the coordinator').env('FEDUNLEARN_URL').default('http://127.0.0.1:8080'))
+    .addOption(new Option('--token <token>', 'operator token').env('FEDUNLEARN_OPERATOR_TOKEN'))
+    .option('--json', 'print the raw JSON the API returned');
+}
+
+const intArg = (v: string): number => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a non-negative integer');
+  return n;
+};
+const positiveArg = (v: string): number => {
+  const n = Number(v);
+  if (!(n > 0) || !Number.isFinite(n)) throw new InvalidArgumentError('expected a positive number');
+  return n;
+};
+
+function buildProgram(): Command {
+  const program = new Command(NAME)
+    .description('fedunlearn coordinator: federated training with client-level unlearning, and its operator commands')
+    .version(version)
+    .showHelpAfterError('(add --help for usage)')
+    // Usage errors must exit 2 and action errors must not print a stack: commander throws, main() decides.
+    .exitOverride();
+
+  program
+    .command('serve')
+    .description('run the coordinator (flags override the config file, which overrides the defaults)')
+    .option('--config <file>', 'config file (.yaml, .yml or .json) whose keys are the camelCase flag names')
+    .option('--port <port>', 'HTTP port; 0 picks a free one (default 8080)', numberArg)
+    .option('--host <host>', 'address to bind (default 127.0.0.1)')
+    .option('--data <dir>', 'data directory: history database and blobs (default ./data)')
+    .option('--model <name>', 'built-in architecture: mlp|cnn (default mlp)')
+    .option('--input-shape <shape>', 'shape of one example: 784 or 28,28,1 (default 784)')
+    .option('--classes <n>', 'number of classes (default 10)', numberArg)
+    .option('--clients-per-round <k>', 'clients asked to train each round (default 10)', numberArg)
+    .option('--min-clients <q>', 'quorum: updates a round needs to commit (default min(2, K))', numberArg)
+    .option('--round-deadline-ms <ms>', 'a round closes at this deadline (default 60000)', numberArg)
+    .option('--lr <x>', 'client learning rate (default 0.1)', numberArg)
+    .option('--batch-size <b>', 'client batch size (default 32)', numberArg)
+    .option('--local-epochs <e>', 'local epochs per round (default 1)', numberArg)
+    .option('--history-interval <dt>', 'keep full client updates every DT rounds, FedEraser Δt (default 2)', numberArg)
+    .option('--retention <kind>', 'how kept updates are stored: fp32|fp16|int8|norms (default fp32)')
+    .option('--seed <s>', 'seeds the initial model and client selection (default 1)', numberArg)
+    .addOption(new Option('--operator-token <token>', 'bearer token the operator API requires (default: none, open)').env('FEDUNLEARN_OPERATOR_TOKEN'))
+    .option('--enrolment <mode>', 'open: new clients enrol on first hello; closed: known clients only (default open)')
+    .addOption(new Option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (default info)').env('FEDUNLEARN_LOG_LEVEL'))
+    .action((flags: ServeFlags) => serve(flags));
+
+  operatorCommand(program, 'status', 'the current model, connected clients and jobs').action(async (flags: ApiFlags) => {
+    const s = await api(flags).get<StatusResponse>('/v1/status');
+    print(flags, s, () => formatStatus(s));
+  });
+
+  operatorCommand(program, 'clients', 'known clients and whether they are connected').action(async (flags: ApiFlags) => {
+    const r = await api(flags).get<{ clients: ClientRow[] }>('/v1/clients');
+    print(flags, r, () => formatClients(r.clients));
+  });
+
+  operatorCommand(program, 'rounds', 'training rounds of the current lineage')
+    .option('--lineage <id>', 'another lineage (see `models`)')
+    .action(async (flags: ApiFlags & { lineage?: string }) => {
+      const q = flags.lineage ? `?lineage=${seg(flags.lineage)}` : '';
+      const r = await api(flags).get<{ rounds: RoundRecord[] }>(`/v1/rounds${q}`);
+      print(flags, r, () => formatRounds(r.rounds));
+    });
+
+  operatorCommand(program, 'models', 'model versions (* marks the head)').action(async (flags: ApiFlags) => {
+    const r = await api(flags).get<{ head: string; models: ModelVersion[] }>('/v1/models');
+    print(flags, r, () => formatModels(r.head, r.models));
+  });
+
+  operatorCommand(program, 'forget', 'queue a job that removes clients from the model')
+    .argument('<clients...>', 'client ids to forget')
+    .addOption(new Option('--method <method>', 'unlearning method').choices(['federaser', 'replay', 'retrain', 'rollback']))
+    .option('--tune-rounds <n>', 'ordinary rounds with the remaining clients afterwards', intArg)
+    .option('--calibration-ratio <r>', 'FedEraser: calibration epochs are r * local epochs', positiveArg)
+    .option('--reuse-first-round', 'FedEraser: apply the first stored round as stored')
+    .option('--wait', 'follow the job until it ends and print its report')
+    .addOption(new Option('--poll-ms <ms>', 'how often --wait asks').argParser(positiveArg).default(1000).hideHelp())
+    .action((clientIds: string[], flags: Parameters<typeof forget>[1]) => forget(clientIds, flags));
+
+  operatorCommand(program, 'jobs', 'forget jobs and their progress').action(async (flags: ApiFlags) => {
+    const r = await api(flags).get<{ jobs: PublicJob[] }>('/v1/jobs');
+    print(flags, r, () => formatJobs(r.jobs));
+  });
+
+  operatorCommand(program, 'report', "a finished job's report (its certificate)")
+    .argument('<job>', 'job id')
+    .action(async (jobId: string, flags: ApiFlags) => {
+      const r = await api(flags).get<JobReport>(`/v1/jobs/${seg(jobId)}/report`);
+      print(flags, r, () => formatReport(r));
+    });
+
+  return program;
+}
+
+async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (e) {
+    // Commander has already printed its message (or the help) when it throws.
+    if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 2);
+    process.stderr.write(`${NAME}: ${(e as Error).message}\n`);
+    if (process.env.DEBUG) console.error(e);
+    process.exit(e instanceof CliError ? e.exitCode : 1);
+  }
+}
+
+void main(process.argv);

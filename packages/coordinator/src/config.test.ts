@@ -1,0 +1,161 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ConfigError, coordinatorOptionsOf, loadConfig, modelOf } from './config.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'fedunlearn-config-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function file(name: string, text: string): string {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+/** The ConfigError's issue lines, failing the test when loading succeeds or fails otherwise. */
+function issuesOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof ConfigError, `expected a ConfigError, got ${String(e)}`);
+    return e.issues;
+  }
+  assert.fail('the configuration was accepted');
+}
+
+const YAML = `
+retention: fp16
+clientsPerRound: 5
+lr: 0.05
+inputShape: [28, 28, 1]
+model: cnn
+operatorToken: from-the-file
+`;
+const JSON_TEXT = JSON.stringify({ retention: 'fp16', clientsPerRound: 5, lr: 0.05, inputShape: [28, 28, 1], model: 'cnn', operatorToken: 'from-the-file' });
+
+test('the defaults: the built-in mlp for 784 inputs and 10 classes, ./data, port 8080', () => {
+  const c = loadConfig({ overrides: {} });
+  assert.equal(c.model, 'mlp');
+  assert.deepEqual(c.inputShape, [784]);
+  assert.equal(c.classes, 10);
+  assert.equal(c.data, './data');
+  assert.equal(c.port, 8080);
+  assert.equal(c.operatorToken, undefined);
+});
+
+test('YAML and JSON files with the same settings load to the same config', () => {
+  const fromYaml = loadConfig({ file: file('a.yaml', YAML), overrides: {} });
+  const fromYml = loadConfig({ file: file('a.yml', YAML), overrides: {} });
+  const fromJson = loadConfig({ file: file('a.json', JSON_TEXT), overrides: {} });
+  assert.deepEqual(fromYaml, fromJson);
+  assert.deepEqual(fromYml, fromJson);
+  assert.equal(fromYaml.retention, 'fp16');
+  assert.deepEqual(fromYaml.inputShape, [28, 28, 1]);
+  // Unset in the file: the defaults fill in.
+  assert.deepEqual(fromYaml.port, loadConfig({ overrides: {} }).port);
+});
+
+test('flags override the file, the file overrides the defaults, and an absent flag leaves the file value', () => {
+  const c = loadConfig({
+    file: file('b.yaml', YAML),
+    overrides: { lr: 0.2, retention: undefined, inputShape: '32,32,3', port: 0 },
+  });
+  assert.equal(c.lr, 0.2);
+  assert.equal(c.retention, 'fp16');
+  assert.equal(c.clientsPerRound, 5);
+  assert.deepEqual(c.inputShape, [32, 32, 3]);
+  assert.equal(c.port, 0);
+  assert.equal(c.operatorToken, 'from-the-file');
+  assert.equal(c.host, loadConfig({ overrides: {} }).host);
+});
+
+test('a bad value names its field and the allowed values, from a file or from a flag', () => {
+  const fromFile = issuesOf(() => loadConfig({ file: file('bad.yaml', 'retention: fp64\n'), overrides: {} }));
+  assert.equal(fromFile.length, 1);
+  assert.match(fromFile[0]!, /^retention: expected one of fp32\|fp16\|int8\|norms/);
+  assert.match(fromFile[0]!, /fp64/);
+
+  const fromFlags = issuesOf(() => loadConfig({ overrides: { lr: 'fast' as unknown as number, enrolment: 'maybe' as 'open' } }));
+  assert.ok(fromFlags.some((i) => /^lr: expected number/.test(i)), fromFlags.join('\n'));
+  assert.ok(fromFlags.some((i) => /^enrolment: expected one of open\|closed/.test(i)), fromFlags.join('\n'));
+
+  // A flag fixes a bad file value: the merge happens before validation.
+  assert.equal(loadConfig({ file: file('bad2.yaml', 'retention: fp64\n'), overrides: { retention: 'int8' } }).retention, 'int8');
+});
+
+test('cross-field and unknown-field errors name the field', () => {
+  assert.match(issuesOf(() => loadConfig({ overrides: { clientsPerRound: 3, minClients: 4 } }))[0]!, /^minClients: must be at most clientsPerRound \(3\)/);
+  assert.match(issuesOf(() => loadConfig({ overrides: { model: 'cnn' } }))[0]!, /^inputShape: cnn needs/);
+  assert.match(issuesOf(() => loadConfig({ overrides: { inputShape: '28,x' } }))[0]!, /^inputShape\.1: expected number, got "x"/);
+  assert.match(issuesOf(() => loadConfig({ overrides: { host: '' } }))[0]!, /^host: must not be empty/);
+  assert.match(issuesOf(() => loadConfig({ overrides: { port: 70000 } }))[0]!, /^port: must be <= 65535/);
+  assert.match(issuesOf(() => loadConfig({ file: file('typo.json', '{"retension": "fp16"}'), overrides: {} }))[0]!, /unknown field retension/);
+});
+
+test('a bad operator token is named but never echoed', () => {
+  const [issue] = issuesOf(() => loadConfig({ overrides: { operatorToken: 'hunter2' } }));
+  assert.match(issue!, /^operatorToken: must be at least 8 characters/);
+  assert.doesNotMatch(issue!, /hunter2/);
+});
+
+test('file problems are ConfigErrors: missing, unparsable, wrong extension, not an object', () => {
+  assert.match(issuesOf(() => loadConfig({ file: join(dir, 'nope.yaml'), overrides: {} }))[0]!, /^config: cannot read/);
+  assert.match(issuesOf(() => loadConfig({ file: file('broken.json', '{"port": '), overrides: {} }))[0]!, /not valid JSON/);
+  assert.match(issuesOf(() => loadConfig({ file: file('c.toml', 'port = 1'), overrides: {} }))[0]!, /\.yaml, \.yml or \.json/);
+  assert.match(issuesOf(() => loadConfig({ file: file('list.yaml', '- 1\n- 2\n'), overrides: {} }))[0]!, /must hold an object/);
+  // An empty YAML file sets nothing.
+  assert.deepEqual(loadConfig({ file: file('empty.yaml', ''), overrides: {} }), loadConfig({ overrides: {} }));
+});
+
+test("a relative data directory in a file is the file's neighbour; from a flag it is the working directory's", () => {
+  const f = file('d.yaml', 'data: state\n');
+  assert.equal(loadConfig({ file: f, overrides: {} }).data, join(dir, 'state'));
+  assert.equal(loadConfig({ file: f, overrides: { data: 'elsewhere' } }).data, 'elsewhere');
+  assert.equal(coordinatorOptionsOf(loadConfig({ file: f, overrides: { data: 'elsewhere' } })).dataDir, resolve('elsewhere'));
+});
+
+test('the quorum defaults to min(2, clientsPerRound)', () => {
+  assert.equal(loadConfig({ overrides: { clientsPerRound: 1 } }).minClients, 1);
+  assert.equal(loadConfig({ overrides: { clientsPerRound: 8 } }).minClients, 2);
+  assert.equal(loadConfig({ overrides: { clientsPerRound: 8, minClients: 5 } }).minClients, 5);
+});
+
+test('a config becomes the coordinator options and the model it names', () => {
+  const c = loadConfig({
+    overrides: {
+      clientsPerRound: 4,
+      minClients: 3,
+      roundDeadlineMs: 1234,
+      seed: 7,
+      lr: 0.3,
+      batchSize: 16,
+      localEpochs: 2,
+      historyInterval: 3,
+      retention: 'int8',
+      enrolment: 'closed',
+      operatorToken: 'a-long-token',
+      model: 'cnn',
+      inputShape: [28, 28, 1],
+      classes: 26,
+    },
+  });
+  const o = coordinatorOptionsOf(c);
+  assert.deepEqual(o.federation, {
+    clientsPerRound: 4,
+    minClients: 3,
+    roundDeadlineMs: 1234,
+    seed: 7,
+    hyper: { learningRate: 0.3, batchSize: 16, localEpochs: 2 },
+    maxRoundAttempts: c.maxRoundAttempts,
+    waitForClientsMs: c.waitForClientsMs,
+  });
+  assert.equal(o.historyInterval, 3);
+  assert.equal(o.retention, 'int8');
+  assert.equal(o.enrolment, 'closed');
+  assert.equal(o.operatorToken, 'a-long-token');
+  assert.deepEqual(modelOf(c), { name: 'cnn', options: { inputShape: [28, 28, 1], numClasses: 26, seed: 7 } });
+  // No token configured: the option is absent, not an empty string that would read as "a token is required".
+  assert.equal('operatorToken' in coordinatorOptionsOf(loadConfig({ overrides: {} })), false);
+});

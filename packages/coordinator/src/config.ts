@@ -1,0 +1,176 @@
+import { readFileSync } from 'node:fs';
+import { dirname, extname, isAbsolute, resolve } from 'node:path';
+import type { ArchitectureName, ArchitectureOptions } from '@fedunlearn/models';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import type { CoordinatorOptions } from './coordinator.js';
+
+/**
+ * The coordinator service's configuration: one flat object whose keys are the camelCase names of the `serve` flags,
+ * so that an error names a field the operator recognises from both the flag and the config file.
+ */
+
+export const RETENTIONS = ['fp32', 'fp16', 'int8', 'norms'] as const;
+export const ARCHITECTURES = ['mlp', 'cnn'] as const;
+export const ENROLMENTS = ['open', 'closed'] as const;
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+/** The Flower-style default quorum, lowered when fewer clients are asked per round. */
+const DEFAULT_MIN_CLIENTS = 2;
+
+const posInt = z.number().int().positive();
+
+/** `784`, `"28,28,1"` (the flag's form) or `[28, 28, 1]` (a config file's natural form). */
+const inputShape = z.preprocess((v) => {
+  if (typeof v === 'number') return [v];
+  if (typeof v === 'string') return v.split(',').map((s) => (s.trim() !== '' && Number.isFinite(Number(s)) ? Number(s) : s));
+  return v;
+}, z.array(posInt).min(1));
+
+export const serviceConfigSchema = z
+  .object({
+    port: z.number().int().min(0).max(65535).default(8080),
+    host: z.string().min(1).default('127.0.0.1'),
+    /** Data directory: the history database, blobs and job scratch files. */
+    data: z.string().min(1).default('./data'),
+    model: z.enum(ARCHITECTURES).default('mlp'),
+    inputShape: inputShape.default([784]),
+    classes: z.number().int().min(2).default(10),
+    /** K: clients asked to train in each round. */
+    clientsPerRound: posInt.default(10),
+    /** Quorum; defaults to min(2, clientsPerRound). */
+    minClients: posInt.optional(),
+    roundDeadlineMs: posInt.default(60_000),
+    lr: z.number().positive().default(0.1),
+    batchSize: posInt.default(32),
+    localEpochs: z.number().positive().default(1),
+    /** FedEraser's Δt: full client updates are kept every this many rounds. */
+    historyInterval: posInt.default(2),
+    retention: z.enum(RETENTIONS).default('fp32'),
+    /** Seeds the initial model, client selection and the clients' shuffles. */
+    seed: z.number().int().min(0).default(1),
+    operatorToken: z.string().min(8).optional(),
+    enrolment: z.enum(ENROLMENTS).default('open'),
+    logLevel: z.enum(LOG_LEVELS).default('info'),
+    // Config-file only: tuning of the round loop that rarely needs a flag.
+    waitForClientsMs: posInt.default(30_000),
+    maxRoundAttempts: posInt.default(3),
+    roundIntervalMs: z.number().int().min(0).default(0),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    if (c.minClients !== undefined && c.minClients > c.clientsPerRound) {
+      ctx.addIssue({ code: 'custom', path: ['minClients'], message: `must be at most clientsPerRound (${c.clientsPerRound}), got ${c.minClients}` });
+    }
+    if (c.model === 'cnn' && c.inputShape.length !== 3) {
+      ctx.addIssue({ code: 'custom', path: ['inputShape'], message: `cnn needs an image shape height,width,channels, got ${c.inputShape.join(',')}` });
+    }
+  })
+  .transform((c) => ({ ...c, minClients: c.minClients ?? Math.min(DEFAULT_MIN_CLIENTS, c.clientsPerRound) }));
+
+export type ServiceConfig = z.output<typeof serviceConfigSchema>;
+/** What a config file or the flags may give: any subset of the fields, before defaults and validation. */
+export type ServiceConfigInput = Partial<z.input<typeof serviceConfigSchema>>;
+
+/** A configuration that cannot be used; `issues` holds one `field: problem` line each. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+  constructor(readonly issues: string[]) {
+    super(issues.length === 1 ? `invalid configuration: ${issues[0]}` : `invalid configuration:\n  ${issues.join('\n  ')}`);
+  }
+}
+
+/**
+ * Defaults, then the config file, then `overrides` (the flags): undefined overrides are ignored, so that a flag the
+ * operator did not give leaves the file's value in place. Throws ConfigError naming every bad field.
+ */
+export function loadConfig(opts: { file?: string | undefined; overrides: ServiceConfigInput }): ServiceConfig {
+  const fromFile = opts.file ? readConfigFile(opts.file) : {};
+  const merged: Record<string, unknown> = { ...fromFile };
+  for (const [k, v] of Object.entries(opts.overrides)) if (v !== undefined) merged[k] = v;
+  const r = serviceConfigSchema.safeParse(merged, { reportInput: true });
+  if (!r.success) throw new ConfigError(r.error.issues.map(describeIssue));
+  return r.data;
+}
+
+/** Reads a .yaml/.yml/.json file into an object; a relative `data` in it is taken relative to the file. */
+export function readConfigFile(file: string): Record<string, unknown> {
+  const ext = extname(file).toLowerCase();
+  if (ext !== '.yaml' && ext !== '.yml' && ext !== '.json') throw new ConfigError([`config: ${file}: expected a .yaml, .yml or .json file`]);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError([`config: cannot read ${file}: ${(e as Error).message}`]);
+  }
+  let doc: unknown;
+  try {
+    doc = ext === '.json' ? JSON.parse(text) : parseYaml(text);
+  } catch (e) {
+    throw new ConfigError([`config: ${file} is not valid ${ext === '.json' ? 'JSON' : 'YAML'}: ${(e as Error).message}`]);
+  }
+  // An empty YAML file is a config that sets nothing.
+  if (doc === null || doc === undefined) return {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError([`config: ${file} must hold an object of settings`]);
+  const out = { ...(doc as Record<string, unknown>) };
+  // A service's config file is often read from another working directory (a unit file, a container), so a data
+  // directory written next to it means next to it.
+  if (typeof out.data === 'string' && !isAbsolute(out.data)) out.data = resolve(dirname(resolve(file)), out.data);
+  return out;
+}
+
+/** Values an error message must not echo: it ends up in terminals and service logs. */
+const SECRET_FIELDS = new Set(['operatorToken']);
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  const field = issue.path.length > 0 ? issue.path.map(String).join('.') : 'config';
+  const shown = 'input' in issue && issue.input !== undefined && !SECRET_FIELDS.has(String(issue.path[0]));
+  const got = shown ? `, got ${JSON.stringify(issue.input)}` : '';
+  switch (issue.code) {
+    case 'invalid_value':
+      return `${field}: expected one of ${issue.values.map(String).join('|')}${got}`;
+    case 'unrecognized_keys':
+      return `${field}: unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.join(', ')} (allowed: ${Object.keys(serviceConfigSchema.in.shape).join(', ')})`;
+    case 'invalid_type':
+      return `${field}: expected ${issue.expected}${got}`;
+    case 'too_small':
+      if ((issue.origin === 'array' || issue.origin === 'string') && Number(issue.minimum) === 1) return `${field}: must not be empty`;
+      if (issue.origin === 'string') return `${field}: must be at least ${String(issue.minimum)} characters long${got}`;
+      return `${field}: must be ${issue.inclusive ? '>=' : '>'} ${String(issue.minimum)}${got}`;
+    case 'too_big':
+      return `${field}: must be ${issue.inclusive ? '<=' : '<'} ${String(issue.maximum)}${got}`;
+    default:
+      return `${field}: ${issue.message}`;
+  }
+}
+
+/** The built-in architecture a config asks for, as `builtInDefinition(name, options)` takes it. */
+export function modelOf(cfg: ServiceConfig): { name: ArchitectureName; options: ArchitectureOptions } {
+  return { name: cfg.model, options: { inputShape: [...cfg.inputShape], numClasses: cfg.classes, seed: cfg.seed } };
+}
+
+/** Everything of CoordinatorOptions a config decides; the caller adds the store, the model and the logger. */
+export type ConfiguredCoordinatorOptions = Required<
+  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'enrolment' | 'roundIntervalMs'>
+> &
+  Pick<CoordinatorOptions, 'operatorToken'>;
+
+export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorOptions {
+  return {
+    dataDir: resolve(cfg.data),
+    federation: {
+      clientsPerRound: cfg.clientsPerRound,
+      minClients: cfg.minClients,
+      roundDeadlineMs: cfg.roundDeadlineMs,
+      seed: cfg.seed,
+      hyper: { learningRate: cfg.lr, batchSize: cfg.batchSize, localEpochs: cfg.localEpochs },
+      maxRoundAttempts: cfg.maxRoundAttempts,
+      waitForClientsMs: cfg.waitForClientsMs,
+    },
+    historyInterval: cfg.historyInterval,
+    retention: cfg.retention,
+    enrolment: cfg.enrolment,
+    roundIntervalMs: cfg.roundIntervalMs,
+    ...(cfg.operatorToken ? { operatorToken: cfg.operatorToken } : {}),
+  };
+}

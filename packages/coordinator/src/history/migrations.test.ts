@@ -1,0 +1,40 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import Database from 'better-sqlite3';
+import { MIGRATIONS, SCHEMA_VERSION, migrate } from './migrations.js';
+
+test('migrate brings an empty database to the current schema once, and refuses a newer one', () => {
+  const db = new Database(':memory:');
+  try {
+    migrate(db);
+    assert.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+    assert.equal(SCHEMA_VERSION, MIGRATIONS.length);
+    const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map((r) => r.name);
+    assert.deepEqual(tables, ['clients', 'federation', 'jobs', 'models', 'participants', 'rounds', 'updates']);
+    migrate(db); // a second run must not re-create anything (it would throw "table already exists")
+    db.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
+    assert.throws(() => migrate(db), /newer/);
+  } finally {
+    db.close();
+  }
+});
+
+test('the schema enforces what the store relies on', () => {
+  const db = new Database(':memory:');
+  try {
+    db.pragma('foreign_keys = ON');
+    migrate(db);
+    const model = db.prepare(
+      "INSERT INTO models (version, parent, cause, round, job_id, lineage, sha256, blob, bytes, created_at) VALUES (?, ?, 'init', 0, NULL, 'L', 's', ?, 1, 0)",
+    );
+    model.run('m0', null, 'b0');
+    assert.throws(() => model.run('m1', 'missing-parent', 'b1'), /FOREIGN KEY/);
+    const round = db.prepare("INSERT INTO rounds (round_id, lineage, round, model_before, model_after, updates_stored, metrics_json, started_at, closed_at) VALUES (?, 'L', ?, 'm0', 'm0', 0, '{}', 0, 0)");
+    round.run('r1', 1);
+    assert.throws(() => round.run('r1b', 1), /UNIQUE/); // one round number per lineage
+    // An update row needs its participant row: a purge that deleted participants first would fail loudly.
+    assert.throws(() => db.prepare("INSERT INTO updates VALUES ('r1', 'c', 'fp32', 'u', 1, 'x')").run(), /FOREIGN KEY/);
+  } finally {
+    db.close();
+  }
+});

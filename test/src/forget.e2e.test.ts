@@ -1,0 +1,98 @@
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { FederatedClient } from '@fedunlearn/client';
+import type { JobReport, RoundOutcome } from '@fedunlearn/coordinator';
+import { connectClients, federation, mnistScenario, startCoordinator, tempDir, waitUntil } from './support.js';
+
+const scenario = mnistScenario(4, 60);
+const dirs: { cleanup(): void }[] = [];
+after(() => dirs.forEach((d) => d.cleanup()));
+
+test('a client asks through its SDK to be forgotten: the job runs live, the model changes, its data is purged, training resumes without it', async () => {
+  const tmp = tempDir('forget');
+  dirs.push(tmp);
+  const { coordinator, url } = await startCoordinator(tmp.dir, scenario.def, federation({ clientsPerRound: 4 }), 1);
+  const clients = await connectClients(url, scenario.parts);
+  const rounds: RoundOutcome[] = [];
+  coordinator.on('round', (r) => rounds.push(r));
+  coordinator.start();
+  await waitUntil(() => rounds.length >= 2, 60_000, 'two training rounds');
+  const oldRounds = coordinator.store.listRounds();
+  assert.ok(oldRounds.some((r) => r.participants.some((p) => p.clientId === 'device-0' && p.hasUpdate)), 'device-0 contributed stored updates');
+
+  // A forged identity cannot act for device-0.
+  const forger = new FederatedClient({ url, clientId: 'device-0', secret: 'not-the-secret', data: scenario.parts[1]! });
+  await assert.rejects(forger.connect(5_000), /UNAUTHENTICATED/);
+  await forger.close();
+
+  const progress: string[] = [];
+  clients[0]!.on('job', (j) => progress.push(j.state));
+  const jobId = await clients[0]!.forget('leaving');
+  const final = await clients[0]!.waitForJob(jobId);
+  assert.equal(final.state, 'done', final.message);
+  assert.ok(progress.includes('running'), 'the SDK saw the job running');
+  const report = final.report as JobReport;
+  assert.deepEqual(report.clientsForgotten, ['device-0']);
+  assert.equal(report.requestedBy, 'client:device-0');
+  assert.equal(report.method, 'federaser');
+  assert.notEqual(report.modelAfter.version, report.modelBefore.version);
+  assert.notEqual(report.modelAfter.sha256, report.modelBefore.sha256);
+  assert.equal(final.modelVersionAfter, report.modelAfter.version);
+  assert.ok(report.roundsReplayed.length >= 2);
+  for (const r of report.roundsReplayed) {
+    assert.ok(!r.calibrated.includes('device-0'));
+    assert.ok(r.calibrated.length >= 1);
+  }
+  assert.ok(report.purged.updatesDeleted >= 2, `device-0's stored updates were purged (${report.purged.updatesDeleted})`);
+  assert.ok(report.cost.clientSampleEpochs > 0);
+
+  // Nothing of device-0 is left in the store, in the new lineage or the old one.
+  const store = coordinator.store;
+  for (const r of oldRounds) assert.equal(await store.readUpdate(r.roundId, 'device-0'), null);
+  const oldLineage = store.listRounds({ lineage: oldRounds[0]!.lineage });
+  assert.ok(oldLineage.every((r) => r.participants.every((p) => p.clientId !== 'device-0')));
+  assert.ok(store.listRounds().every((r) => r.participants.every((p) => p.clientId !== 'device-0')));
+  const tombstone = store.getClient('device-0');
+  assert.equal(tombstone?.forgotten, true, 'only a tombstone is left, so that the request is honoured');
+  assert.equal(tombstone?.secretHash, null);
+  assert.equal(tombstone?.numExamples, 0);
+  assert.equal(store.getModel(report.modelAfter.version)?.jobId, jobId);
+  assert.equal(store.getModel(report.modelAfter.version)?.cause, 'unlearning');
+
+  // Training resumes from the unlearned model, without device-0.
+  const seen = rounds.length;
+  await waitUntil(() => rounds.length >= seen + 1, 60_000, 'a round after the job');
+  const resumed = rounds.at(-1)!;
+  assert.ok(!resumed.participants.includes('device-0'));
+  assert.equal(store.getModel(resumed.model.version)?.lineage, store.getModel(report.modelAfter.version)?.lineage);
+  for (const c of clients) await c.close();
+  await coordinator.stop();
+});
+
+test('a client that drops during a replay does not hang the job; the report says who was missing', async () => {
+  const tmp = tempDir('forget-drop');
+  dirs.push(tmp);
+  const { coordinator, url } = await startCoordinator(tmp.dir, scenario.def, federation({ clientsPerRound: 4, roundDeadlineMs: 60_000 }), 1);
+  const clients = await connectClients(url, scenario.parts, 'unit');
+  await coordinator.runRounds(2);
+  // unit-2 vanishes when handed calibration work.
+  const dropper = clients[2]!;
+  dropper.on('task', () => undefined);
+  const original = (dropper as unknown as { runTask: (t: { kind: number }) => Promise<void> }).runTask.bind(dropper);
+  (dropper as unknown as { runTask: (t: { kind: number }) => Promise<void> }).runTask = async (t) => {
+    if (t.kind === 2) return dropper.close();
+    return original(t);
+  };
+  const job = coordinator.forget({ clientIds: ['unit-0'], method: 'federaser', requestedBy: 'operator:test' });
+  const t0 = Date.now();
+  const [done] = await coordinator.runPendingJobs();
+  assert.equal(done!.state, 'done', done!.error ?? '');
+  assert.ok(Date.now() - t0 < 30_000, 'the job did not wait for the 60 s deadline');
+  const report = done!.report as JobReport;
+  assert.equal(report.jobId, job.jobId);
+  const missing = report.roundsReplayed.flatMap((r) => r.missing.map((m) => m.clientId));
+  assert.ok(missing.includes('unit-2'), `unit-2 is reported missing: ${JSON.stringify(report.roundsReplayed)}`);
+  assert.ok(report.roundsReplayed.every((r) => r.calibrated.includes('unit-1') && r.calibrated.includes('unit-3')));
+  for (const c of clients) await c.close();
+  await coordinator.stop();
+});

@@ -1,0 +1,388 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { io, type Socket } from 'socket.io-client';
+import { FederatedClient, type LocalDataset } from '@fedunlearn/client';
+import { Coordinator, createLogger, openSqliteHistory, type HistoryStats } from '@fedunlearn/coordinator';
+import { builtInDefinition } from '@fedunlearn/models';
+import {
+  Channel,
+  decodeEnvelope,
+  DEFAULT_FRAMING,
+  encodeEnvelope,
+  encodeTensor,
+  ErrorCode,
+  errorCodeName,
+  fedunlearn,
+  layerView,
+  layoutOf,
+  PROTOCOL_VERSION,
+  WIRE_EVENT,
+  type Envelope,
+  type WeightLayout,
+  type WireTensor,
+} from '@fedunlearn/protocol';
+
+// A real coordinator on a real port, spoken to over real socket.io connections: honest SDK clients next to raw peers
+// that send what no SDK would. Every refusal must come back as the right Error code and leave the federation's
+// durable state exactly as it was.
+
+const WAIT_MS = 15_000;
+
+/** mulberry32, so that the "random" payloads are the same on every run. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function syntheticData(seed: number, count = 50): LocalDataset {
+  const r = rng(seed);
+  const x = new Float32Array(count * 784);
+  for (let i = 0; i < x.length; i++) x[i] = r();
+  const y = Int32Array.from({ length: count }, (_, i) => i % 10);
+  return { x, y, inputShape: [784], numClasses: 10, count };
+}
+
+/**
+ * A peer that speaks the wire protocol by hand: the protocol's Channel for framing, nothing of the SDK's manners.
+ * Received envelopes queue up until a test takes them.
+ */
+class RawPeer {
+  readonly channel: Channel;
+  private readonly inbox: fedunlearn.v1.Envelope[] = [];
+  private readonly waiters = new Set<() => void>();
+  disconnectReason: string | null = null;
+
+  private constructor(readonly socket: Socket) {
+    this.channel = new Channel(socket, { message: (env) => this.push(env) }, DEFAULT_FRAMING);
+    socket.on('disconnect', (reason) => {
+      this.disconnectReason = String(reason);
+      this.wake();
+    });
+  }
+
+  static connect(url: string): Promise<RawPeer> {
+    const socket = io(url, { transports: ['websocket'], reconnection: false, forceNew: true });
+    const peer = new RawPeer(socket);
+    return new Promise((resolve, reject) => {
+      socket.once('connect', () => resolve(peer));
+      socket.once('connect_error', reject);
+    });
+  }
+
+  /** Connects and completes the hello handshake as `clientId`. */
+  static async enrolled(url: string, clientId: string, secret: string): Promise<RawPeer> {
+    const peer = await RawPeer.connect(url);
+    peer.send({ hello: hello(clientId, secret) });
+    const welcome = await peer.next('welcome');
+    assert.equal(welcome.welcome!.clientId, clientId);
+    return peer;
+  }
+
+  send(env: Envelope): void {
+    this.channel.send(env);
+  }
+
+  /** Puts anything at all on the wire event, bypassing the channel's encoding. */
+  sendRaw(payload: unknown): void {
+    this.socket.emit(WIRE_EVENT, payload);
+  }
+
+  /** The next received envelope of this kind (others stay queued). */
+  async next<K extends NonNullable<fedunlearn.v1.Envelope['body']>>(kind: K, timeoutMs = WAIT_MS): Promise<fedunlearn.v1.Envelope> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.inbox.findIndex((e) => e.body === kind);
+      if (i >= 0) return this.inbox.splice(i, 1)[0]!;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`no ${kind} within ${timeoutMs} ms (inbox: ${this.inbox.map((e) => e.body).join(', ') || 'empty'})`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, left);
+        function done() {
+          clearTimeout(t);
+          resolve();
+        }
+        this.waiters.add(done);
+      });
+    }
+  }
+
+  /** Waits for the next Error envelope and checks its code (and ref, when given). */
+  async expectError(code: ErrorCode, ref?: string): Promise<fedunlearn.v1.Error> {
+    const e = (await this.next('error')).error as fedunlearn.v1.Error;
+    assert.equal(errorCodeName(e.code), errorCodeName(code), `error message: ${e.message}`);
+    if (ref !== undefined) assert.equal(e.ref, ref);
+    return e;
+  }
+
+  async disconnected(timeoutMs = WAIT_MS): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.disconnectReason === null) {
+      if (Date.now() > deadline) throw new Error('still connected');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return this.disconnectReason;
+  }
+
+  /** Nothing further queued: a refusal must be answered once, not echoed. */
+  get queued(): string[] {
+    return this.inbox.map((e) => e.body ?? '?');
+  }
+
+  close(): void {
+    this.channel.close();
+    this.socket.disconnect();
+  }
+
+  private push(env: fedunlearn.v1.Envelope): void {
+    this.inbox.push(env);
+    this.wake();
+  }
+
+  private wake(): void {
+    for (const w of [...this.waiters]) w();
+    this.waiters.clear();
+  }
+}
+
+function hello(clientId: string, secret: string): fedunlearn.v1.IHello {
+  return { clientId, secret, sdkVersion: 'raw', numExamples: 50, backend: 'cpu', protocolVersion: PROTOCOL_VERSION };
+}
+
+function layoutOfTask(task: fedunlearn.v1.ITask): WeightLayout {
+  return layoutOf((task.weights ?? []).map((t) => ({ name: t.name ?? '', shape: (t.shape ?? []).map(Number) })));
+}
+
+function deltaTensors(layout: WeightLayout, values: Float32Array): WireTensor[] {
+  return layout.specs.map((s, i) => encodeTensor(s.name, s.shape, layerView(layout, values, i)));
+}
+
+interface Snapshot {
+  head: string;
+  round: number;
+  stats: HistoryStats;
+}
+
+let dir: string;
+let coordinator: Coordinator;
+let url: string;
+const honest: FederatedClient[] = [];
+const honestErrors: string[] = [];
+const peers: RawPeer[] = [];
+let before0: Snapshot;
+/** Authenticated raw peers, enrolled by the first tests and used again in the round. */
+let rawA: RawPeer | undefined;
+let rawB: RawPeer | undefined;
+
+function snapshot(): Snapshot {
+  const head = coordinator.store.head();
+  return { head: head.version, round: head.round, stats: coordinator.store.stats() };
+}
+
+function assertUnchanged(since: Snapshot, what: string): void {
+  assert.deepEqual(snapshot(), since, `${what} changed the federation's state`);
+}
+
+async function peer(p: Promise<RawPeer>): Promise<RawPeer> {
+  const x = await p;
+  peers.push(x);
+  return x;
+}
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'fedunlearn-hostile-'));
+  coordinator = await Coordinator.create({
+    store: openSqliteHistory(dir),
+    dataDir: dir,
+    model: builtInDefinition('mlp', { inputShape: [784], numClasses: 10, seed: 1 }),
+    federation: {
+      clientsPerRound: 5,
+      minClients: 2,
+      roundDeadlineMs: 30_000,
+      seed: 11,
+      hyper: { learningRate: 0.1, batchSize: 25, localEpochs: 1 },
+      // One attempt: a round that misses quorum must fail the test, not quietly retry.
+      maxRoundAttempts: 1,
+      waitForClientsMs: 5_000,
+    },
+    // Every round keeps full fp32 updates, so that the committed model can be recomputed from what was accepted.
+    historyInterval: 1,
+    retention: 'fp32',
+    logger: createLogger({ level: 'silent' }),
+  });
+  ({ url } = await coordinator.listen(0));
+  for (const i of [1, 2]) {
+    const c = new FederatedClient({ url, clientId: `honest-${i}`, secret: `honest-secret-${i}`, data: syntheticData(i), reconnect: { attempts: 0 } });
+    c.on('error', (e) => honestErrors.push(`honest-${i}: ${e.message}`));
+    c.on('serverError', (e) => honestErrors.push(`honest-${i}: ${e.code} ${e.message}`));
+    honest.push(c);
+  }
+  await Promise.all(honest.map((c) => c.connect()));
+  before0 = snapshot();
+  assert.equal(before0.round, 0);
+});
+
+after(async () => {
+  for (const p of peers) p.close();
+  await Promise.all(honest.map((c) => c.close()));
+  await coordinator.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('a non-binary payload and random bytes are MALFORMED_MESSAGE, and the connection can still say hello', async () => {
+  const p = await peer(RawPeer.connect(url));
+  p.sendRaw('not a protobuf envelope');
+  await p.expectError(ErrorCode.MALFORMED_MESSAGE);
+  p.sendRaw({ hello: { clientId: 'json-client' } });
+  await p.expectError(ErrorCode.MALFORMED_MESSAGE);
+
+  const r = rng(99);
+  const noise = Uint8Array.from({ length: 64 }, () => Math.floor(r() * 256));
+  assert.throws(() => decodeEnvelope(noise), 'precondition: the noise is not a valid envelope');
+  p.sendRaw(noise);
+  await p.expectError(ErrorCode.MALFORMED_MESSAGE);
+  assertUnchanged(before0, 'malformed payloads');
+
+  // Garbage before the hello is refused frame by frame, not counted as the first message.
+  p.send({ hello: hello('raw-a', 'raw-secret-a') });
+  const w = await p.next('welcome');
+  assert.equal(w.welcome!.clientId, 'raw-a');
+  assert.deepEqual(p.queued, []);
+  rawA = p;
+});
+
+test('a first message that is not hello is UNAUTHENTICATED and the connection is closed', async () => {
+  const p = await peer(RawPeer.connect(url));
+  p.send({ heartbeat: { sentUnixMs: Date.now() } });
+  await p.expectError(ErrorCode.UNAUTHENTICATED);
+  assert.equal(await p.disconnected(), 'io server disconnect');
+
+  const q = await peer(RawPeer.connect(url));
+  q.send({ update: { taskId: 'x', numExamples: 1 } });
+  await q.expectError(ErrorCode.UNAUTHENTICATED);
+  await q.disconnected();
+  assertUnchanged(before0, 'unauthenticated messages');
+});
+
+test('a hello with the wrong secret for an enrolled client is UNAUTHENTICATED and does not displace it', async () => {
+  const session = coordinator.registry.get('honest-1');
+  assert.ok(session, 'honest-1 is connected');
+  const hashBefore = coordinator.store.getClient('honest-1')!.secretHash;
+  const p = await peer(RawPeer.connect(url));
+  p.send({ hello: hello('honest-1', 'not-the-right-secret') });
+  await p.expectError(ErrorCode.UNAUTHENTICATED);
+  await p.disconnected();
+  assert.equal(coordinator.registry.get('honest-1'), session, 'the genuine session is still the registered one');
+  assert.equal(coordinator.store.getClient('honest-1')!.secretHash, hashBefore);
+  assertUnchanged(before0, 'a forged hello');
+});
+
+test('an update for an unknown task is UNKNOWN_TASK', async () => {
+  const p = await peer(RawPeer.enrolled(url, 'raw-b', 'raw-secret-b'));
+  p.send({ update: { taskId: 'no-such-task', delta: [], numExamples: 50 } });
+  await p.expectError(ErrorCode.UNKNOWN_TASK, 'no-such-task');
+  assertUnchanged(before0, 'an update for an unknown task');
+  rawB = p;
+});
+
+test('a round refuses bad shapes, NaN, a foreign and a replayed answer, and commits with the valid ones only', async () => {
+  assert.ok(rawA && rawB, 'raw-a and raw-b were welcomed by the earlier tests');
+  const rawC = await peer(RawPeer.enrolled(url, 'raw-c', 'raw-secret-c'));
+  await waitUntil(() => coordinator.registry.size === 5, 'five connected clients');
+  const base = coordinator.model();
+
+  const roundDone = coordinator.runRounds(1);
+  const [taskA, taskB, taskC] = await Promise.all([rawA, rawB, rawC].map(async (p) => (await p.next('task')).task as fedunlearn.v1.Task));
+  const layout = layoutOfTask(taskA!);
+  assert.equal(layout.totalSize, base.weights.length);
+
+  // A client answering a task given to another is refused, and the task stays open for its owner.
+  rawC.send({ update: { taskId: taskA!.taskId, delta: deltaTensors(layout, new Float32Array(layout.totalSize)), numExamples: 50 } });
+  await rawC.expectError(ErrorCode.PERMISSION_DENIED, taskA!.taskId);
+
+  // (a) raw-a: the first layer's shape transposed (same number of values).
+  const zeros = new Float32Array(layout.totalSize);
+  const wrong = deltaTensors(layout, zeros);
+  const first = layout.specs[0]!;
+  assert.ok(first.shape.length === 2 && first.shape[0] !== first.shape[1]);
+  wrong[0] = { ...wrong[0]!, shape: [first.shape[1]!, first.shape[0]!] };
+  rawA.send({ update: { taskId: taskA!.taskId, delta: wrong, numExamples: 50 } });
+  await rawA.expectError(ErrorCode.SHAPE_MISMATCH, taskA!.taskId);
+  // A corrected retry cannot reopen a task that was refused.
+  rawA.send({ update: { taskId: taskA!.taskId, delta: deltaTensors(layout, zeros), numExamples: 50 } });
+  await rawA.expectError(ErrorCode.STALE_TASK, taskA!.taskId);
+
+  // (b) raw-b: the right shapes with one NaN deep inside.
+  const poisoned = new Float32Array(layout.totalSize);
+  poisoned[layout.offsets[1]! + 3] = NaN;
+  rawB.send({ update: { taskId: taskB!.taskId, delta: deltaTensors(layout, poisoned), numExamples: 50 } });
+  await rawB.expectError(ErrorCode.NON_FINITE_VALUES, taskB!.taskId);
+
+  // (c) raw-c: a valid answer, then the same answer replayed: refused, and counted once.
+  const r = rng(5);
+  const deltaC = Float32Array.from({ length: layout.totalSize }, () => (r() * 2 - 1) * 1e-3);
+  const answerC = encodeEnvelope({ update: { taskId: taskC!.taskId, delta: deltaTensors(layout, deltaC), numExamples: 50, metrics: { loss: 1 } } });
+  rawC.sendRaw(answerC);
+  rawC.sendRaw(answerC);
+  await rawC.expectError(ErrorCode.STALE_TASK, taskC!.taskId);
+
+  const [outcome] = await roundDone;
+  assert.ok(outcome);
+  const expected = ['honest-1', 'honest-2', 'raw-c'];
+  assert.deepEqual([...outcome.participants].sort(), expected);
+  const missing = new Map(outcome.missing.map((m) => [m.clientId, m.reason]));
+  assert.deepEqual([...missing.entries()].sort(), [['raw-a', 'rejected'], ['raw-b', 'rejected']]);
+
+  const record = coordinator.store.getRound(1);
+  assert.ok(record, 'round 1 is committed');
+  assert.deepEqual(record.participants.map((p) => p.clientId).sort(), expected);
+  assert.equal(coordinator.store.head().round, 1);
+  assert.deepEqual(honestErrors, []);
+
+  // The committed model is the example-weighted mean of exactly the accepted updates, recomputed here in float64.
+  const storedC = await coordinator.store.readUpdate(record.roundId, 'raw-c');
+  assert.deepEqual(storedC, deltaC, "raw-c's update is stored exactly as sent");
+  const total = record.participants.reduce((s, p) => s + p.numExamples, 0);
+  const want = Float64Array.from(base.weights);
+  for (const p of record.participants) {
+    const u = await coordinator.store.readUpdate(record.roundId, p.clientId);
+    assert.ok(u, `update of ${p.clientId} is stored`);
+    for (let i = 0; i < want.length; i++) want[i]! += (p.numExamples / total) * u[i]!;
+  }
+  const got = await coordinator.store.readModel(coordinator.store.head().version);
+  let worst = 0;
+  for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
+  assert.ok(worst <= 1e-5, `committed model differs from the recomputed aggregate by ${worst}`);
+  assert.deepEqual(coordinator.model().weights, got);
+});
+
+test('a chunk stream declared over the cap is MESSAGE_TOO_LARGE and the connection survives', async () => {
+  const since = snapshot();
+  assert.equal(since.round, 1);
+  const p = await peer(RawPeer.enrolled(url, 'raw-d', 'raw-secret-d'));
+  const cap = DEFAULT_FRAMING.maxMessageBytes;
+  p.sendRaw(encodeEnvelope({ chunk: { streamId: 'big', seq: 0, total: 1000, totalBytes: cap + 1, data: new Uint8Array(1024) } }));
+  await p.expectError(ErrorCode.MESSAGE_TOO_LARGE, 'big');
+  // The same session still works: it is answered, not disconnected.
+  p.send({ update: { taskId: 'after-the-big-one', numExamples: 50 } });
+  await p.expectError(ErrorCode.UNKNOWN_TASK, 'after-the-big-one');
+  assert.equal(p.disconnectReason, null);
+  assert.ok(coordinator.registry.get('raw-d'));
+  assertUnchanged(since, 'an oversized message');
+});
+
+async function waitUntil(cond: () => boolean, what: string, timeoutMs = WAIT_MS): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
