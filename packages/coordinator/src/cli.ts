@@ -62,7 +62,9 @@ async function serve(flags: ServeFlags): Promise<void> {
     coordinator = await CoordinatorClass.create({ ...options, store, model, logger: log });
   } catch (e) {
     store.close();
-    throw e;
+    // The initialisers' seed is part of the stored topology, so a changed --seed reads as a different model.
+    const hint = /topology/.test((e as Error).message) ? ' (--model, --input-shape, --classes and --seed must be the ones it was created with)' : '';
+    throw new CliError(`${(e as Error).message}${hint}`);
   }
   // The round loop logs its own failures; without a listener EventEmitter would turn them into a crash.
   coordinator.on('error', () => undefined);

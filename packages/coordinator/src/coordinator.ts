@@ -194,6 +194,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   forget(input: ForgetJobInput): JobRecord {
     const unknown = input.clientIds.filter((id) => !this.store.getClient(id));
     if (unknown.length > 0) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client(s): ${unknown.join(', ')}`);
+    const already = input.clientIds.filter((id) => this.forgotten.has(id));
+    if (already.length > 0) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `already forgotten: ${already.join(', ')}`);
     const job = this.unlearning.submit(input);
     this.emit('job', job);
     return job;

@@ -146,6 +146,11 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       const rounds = store.listRounds();
       const ctx = this.context(record, forgotten, rounds, signal, resume && checkpoint?.phase === 'method' ? resume : null, (r) => (record = r));
       const result = resume && checkpoint?.phase === 'tune' ? { weights: resume.rounds.at(-1)!.weights, rounds: resume.rounds, cost: resume.cost, notes: [] as string[] } : await method.run(ctx, params);
+      const answered = result.rounds.reduce((n, r) => n + r.participants.length, 0);
+      if (result.rounds.length > 0 && answered === 0) {
+        // Committing would publish a model nobody recomputed (the initial one); refuse rather than mislead.
+        throw new Error('no remaining client answered any step of the replay; the job cannot produce a model');
+      }
       const tune = await this.tune(record, result.rounds, result.cost, result.weights, forgotten, params.tuneRounds ?? 0, signal, (r) => (record = r));
       const intermediate = tune.rounds.slice(0, -1).map((r, i) => ({ round: i + 1, weights: r.weights }));
       const after = store.commitUnlearning({
