@@ -195,6 +195,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     switch (env.body) {
       case 'welcome':
         this.sessionId = env.welcome!.sessionId ?? '';
+        this.channel?.adoptPeerFraming({ chunkBytes: env.welcome!.chunkBytes ?? 0, maxMessageBytes: Number(env.welcome!.maxMessageBytes ?? 0) });
         this.emit('connected', { sessionId: this.sessionId, backend: this.backend!.name });
         this.welcomed?.resolve();
         this.welcomed = null;

@@ -46,7 +46,7 @@ export class Channel {
   constructor(
     private readonly socket: WireSocket,
     private readonly handlers: ChannelHandlers,
-    private readonly limits: FramingLimits = DEFAULT_FRAMING,
+    private limits: FramingLimits = DEFAULT_FRAMING,
   ) {
     this.reassembler = new Reassembler(limits);
     socket.on(WIRE_EVENT, this.onFrame);
@@ -64,6 +64,15 @@ export class Channel {
     this.stats.bytesOut += n;
     this.stats.messagesOut++;
     return n;
+  }
+
+  /**
+   * Adopts the peer's framing for what this side sends (a coordinator may use smaller chunks than the default, and
+   * its socket buffer is sized for them); what this side accepts keeps its own caps.
+   */
+  adoptPeerFraming(peer: { chunkBytes: number; maxMessageBytes: number }): void {
+    if (!(peer.chunkBytes > 0) || !(peer.maxMessageBytes > 0)) return;
+    this.limits = { ...this.limits, chunkBytes: Math.min(this.limits.chunkBytes, peer.chunkBytes), maxMessageBytes: Math.min(this.limits.maxMessageBytes, peer.maxMessageBytes) };
   }
 
   sendError(code: ErrorCode, message: string, ref = ''): void {
