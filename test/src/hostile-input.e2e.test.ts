@@ -24,6 +24,7 @@ import {
   type WeightLayout,
   type WireTensor,
 } from '@fedunlearn/protocol';
+import seedrandom from 'seedrandom';
 
 // A real coordinator on a real port, spoken to over real socket.io connections: honest SDK clients next to raw peers
 // that send what no SDK would. Every refusal must come back as the right Error code and leave the federation's
@@ -31,17 +32,8 @@ import {
 
 const WAIT_MS = 15_000;
 
-/** mulberry32, so that the "random" payloads are the same on every run. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded, so that every figure a test compares against is recomputed from the seed, never remembered. */
+const rng = (seed: number): (() => number) => seedrandom(String(seed));
 
 function syntheticData(seed: number, count = 50): LocalDataset {
   const r = rng(seed);

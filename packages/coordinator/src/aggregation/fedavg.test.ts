@@ -2,18 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { layoutOf } from '@fedunlearn/protocol';
 import { FedAvg } from './fedavg.js';
+import seedrandom from 'seedrandom';
 
-/** mulberry32: every figure compared against is recomputed from the seed, never remembered. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded, so that every figure a test compares against is recomputed from the seed, never remembered. */
+const rng = (seed: number): (() => number) => seedrandom(String(seed));
 
 const layout = layoutOf([
   { name: 'dense_1/kernel', shape: [40, 25] },

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { layerNorms, layoutOf } from '@fedunlearn/protocol';
 import { openSqliteHistory } from './sqlite-store.js';
 import type { HistoryConfig, HistoryStore, ParticipantInput, Retention } from './store.js';
+import seedrandom from 'seedrandom';
 
 const layout = layoutOf([
   { name: 'conv/kernel', shape: [3, 3, 1, 2] },
@@ -20,17 +21,8 @@ function tmpDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-history-'));
 }
 
-/** mulberry32: a small seeded generator, so every figure a test compares against is recomputed, not remembered. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded, so that every figure a test compares against is recomputed from the seed, never remembered. */
+const rng = (seed: number): (() => number) => seedrandom(String(seed));
 
 function randomWeights(r: () => number, scale = 1): Float32Array {
   const v = new Float32Array(layout.totalSize);

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { layoutOf, layerNorms, layerView } from '@fedunlearn/protocol';
 import { addScaled, calibrateUpdate, fedAvgWeights, federaserStep, replayStep } from './calibration.js';
+import seedrandom from 'seedrandom';
 
 // Two layers: A holds 2 values, B holds 1. Flat buffer = [A0, A1, B0].
 const layout = layoutOf([
@@ -9,17 +10,8 @@ const layout = layoutOf([
   { name: 'B', shape: [1] },
 ]);
 
-/** A small seeded PRNG (mulberry32) so that the property checks are reproducible. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded, so that the property checks are reproducible. */
+const rng = (seed: number): (() => number) => seedrandom(String(seed));
 
 function randomBuffer(n: number, next: () => number): Float32Array {
   const b = new Float32Array(n);

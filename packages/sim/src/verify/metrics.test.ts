@@ -11,22 +11,14 @@ import {
   perExampleLoss,
   predictionDissimilarity,
 } from './metrics.js';
+import seedrandom from 'seedrandom';
 
 const f64 = (...v: number[]) => Float64Array.from(v);
 const close = (got: number, want: number, tol = 1e-12) =>
   assert.ok(Math.abs(got - want) <= tol, `got ${got}, want ${want}`);
 
-/** A small seeded PRNG (mulberry32) so that the random-sample checks are reproducible. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded, so that the property checks are reproducible. */
+const rng = (seed: number): (() => number) => seedrandom(String(seed));
 
 /** AUC by its definition, over every (member, non-member) pair: an O(n²) check independent of the rank formula. */
 function bruteForceAuc(member: Float64Array, nonMember: Float64Array): number {
