@@ -34,6 +34,7 @@ export function subset(d: LocalDataset, indices: ArrayLike<number>): LocalDatase
   const y = new Int32Array(indices.length);
   for (let i = 0; i < indices.length; i++) {
     const j = indices[i]!;
+    if (!Number.isInteger(j) || j < 0 || j >= d.count) throw new RangeError(`index ${j} outside [0, ${d.count})`);
     x.set(d.x.subarray(j * f, (j + 1) * f), i * f);
     y[i] = d.y[j]!;
   }

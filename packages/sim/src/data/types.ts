@@ -1,36 +1,7 @@
-/**
- * The sim package cannot import `LocalDataset` from @fedunlearn/client (its public index is not settled), so this
- * file restates the same shape; structural typing makes the two interchangeable. Keep it in step with
- * packages/client/src/dataset.ts.
- */
-export interface LocalDataset {
-  /** `count * product(inputShape)` float32 features, row-major. */
-  x: Float32Array;
-  /** One class index per example. */
-  y: Int32Array;
-  /** Shape of one example, e.g. [28, 28, 1] or [784]. */
-  inputShape: number[];
-  numClasses: number;
-  count: number;
-}
+import { featureSize, type LocalDataset } from '@fedunlearn/client';
 
-export function featureSize(d: Pick<LocalDataset, 'inputShape'>): number {
-  return d.inputShape.reduce((a, b) => a * b, 1);
-}
-
-/** The examples at `indices`, copied into a new dataset (same semantics as the client's `subset`). */
-export function subset(d: LocalDataset, indices: ArrayLike<number>): LocalDataset {
-  const f = featureSize(d);
-  const x = new Float32Array(indices.length * f);
-  const y = new Int32Array(indices.length);
-  for (let i = 0; i < indices.length; i++) {
-    const j = indices[i]!;
-    if (!Number.isInteger(j) || j < 0 || j >= d.count) throw new RangeError(`index ${j} outside [0, ${d.count})`);
-    x.set(d.x.subarray(j * f, (j + 1) * f), i * f);
-    y[i] = d.y[j]!;
-  }
-  return { x, y, inputShape: [...d.inputShape], numClasses: d.numClasses, count: indices.length };
-}
+/** The SDK's dataset type and helpers: simulated clients hold exactly what a device would. */
+export { featureSize, subset, type LocalDataset } from '@fedunlearn/client';
 
 /** Examples of `parts` one after another; all parts must share input shape and class count. */
 export function concat(parts: LocalDataset[]): LocalDataset {
