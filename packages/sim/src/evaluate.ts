@@ -1,6 +1,6 @@
 import type { Trainer } from '@fedunlearn/client';
 import type { LocalDataset } from './data/types.js';
-import { accuracy, attackSuccessRate, meanCrossEntropy, membershipInference, perExampleLoss } from './verify/metrics.js';
+import { accuracy, attackSuccessRate, fitLossThreshold, meanCrossEntropy, membershipInference, perExampleLoss } from './verify/metrics.js';
 
 /** The data a model is judged on; the forgotten clients' data is their clean data, without triggered copies. */
 export interface EvalSets {
@@ -44,8 +44,11 @@ export class Evaluator {
     return { accuracy: accuracy(p, t.y, t.numClasses), loss: meanCrossEntropy(p, t.y, t.numClasses) };
   }
 
-  /** Every figure of one model; the membership attack uses `threshold` (fitted on the original model) when given. */
-  async figures(weights: Float32Array, threshold: number | null): Promise<{ figures: ModelFigures; predictions: Predictions }> {
+  /**
+   * Every figure of one model. The membership attack applies `attack.threshold`, or with 'fit' fits the threshold on
+   * this model's own losses first (the original model's, which every other row is then judged with).
+   */
+  async figures(weights: Float32Array, attack: { threshold: number | null } | 'fit'): Promise<{ figures: ModelFigures; predictions: Predictions; threshold: number | null }> {
     const { test, forgotten, triggered, nonMembers, targetClass } = this.sets;
     const t = await this.test(weights);
     let forgottenAccuracy: number | null = null;
@@ -62,6 +65,7 @@ export class Evaluator {
       nonMemberLoss = perExampleLoss(p, nonMembers.y, nonMembers.numClasses);
     }
     const backdoorASR = triggered ? attackSuccessRate(await this.probs(weights, triggered), test.numClasses, targetClass) : null;
+    const threshold = attack === 'fit' ? (memberLoss && nonMemberLoss ? fitLossThreshold(memberLoss, nonMemberLoss) : null) : attack.threshold;
     const mia = memberLoss && nonMemberLoss && threshold !== null ? membershipInference(memberLoss, nonMemberLoss, threshold) : null;
     return {
       figures: {
@@ -72,6 +76,7 @@ export class Evaluator {
         mia: mia ? { auc: mia.auc, precision: mia.precision, recall: mia.recall } : null,
       },
       predictions: { forgottenProbs, memberLoss, nonMemberLoss },
+      threshold,
     };
   }
 }

@@ -7,13 +7,13 @@ import { clientId, validateConfig, type SimConfig } from './config.js';
 import { makeTrigger, stamp, withBackdoor } from './data/backdoor.js';
 import { loadDataset } from './data/datasets.js';
 import { partition } from './data/partition.js';
-import { concat, subset, type LocalDataset } from './data/types.js';
+import { concat, subset } from './data/types.js';
 import { Evaluator, type ModelFigures } from './evaluate.js';
 import { Fleet } from './fleet/fleet.js';
 import type { VirtualClientSpec } from './fleet/messages.js';
 import { Progress } from './progress.js';
 import { writeReport } from './report/write.js';
-import { displacementCosine, fitLossThreshold, l2Distance, predictionDissimilarity } from './verify/metrics.js';
+import { displacementCosine, l2Distance, predictionDissimilarity } from './verify/metrics.js';
 
 export interface RoundRow {
   round: number;
@@ -126,9 +126,9 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     const rows: UnlearningRow[] = [];
     let noiseFloor: SimReport['noiseFloor'] = null;
     if (forgottenIds.length > 0) {
-      const orig = await evaluator.figures(trained, null);
-      const threshold = orig.predictions.memberLoss && orig.predictions.nonMemberLoss ? fitLossThreshold(orig.predictions.memberLoss, orig.predictions.nonMemberLoss) : null;
-      original = (await evaluator.figures(trained, threshold)).figures;
+      const orig = await evaluator.figures(trained, 'fit');
+      const threshold = orig.threshold;
+      original = orig.figures;
 
       const plan: { method: MethodName; tune: number; seed: number; noise?: boolean }[] = [];
       for (const m of orderMethods(cfg.methods)) {
@@ -176,11 +176,14 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
 
       const retrain = results.find((r) => r.plan.method === 'retrain' && !r.plan.noise);
       const second = results.find((r) => r.plan.noise);
-      const retrainProbs = retrain ? (await evaluator.figures(retrain.weights, threshold)).predictions.forgottenProbs : null;
+      const rowResults = results.filter((x) => !x.plan.noise);
+      const evaluated = new Map<(typeof results)[number], Awaited<ReturnType<Evaluator['figures']>>>();
+      for (const r of rowResults) evaluated.set(r, await evaluator.figures(r.weights, { threshold }));
+      const retrainProbs = retrain ? evaluated.get(retrain)!.predictions.forgottenProbs : null;
       const floor = retrain && second ? l2Distance(retrain.weights, second.weights) : null;
       if (floor !== null) noiseFloor = { l2BetweenRetrains: floor };
-      for (const r of results.filter((x) => !x.plan.noise)) {
-        const f = await evaluator.figures(r.weights, threshold);
+      for (const r of rowResults) {
+        const f = evaluated.get(r)!;
         const l2 = retrain ? l2Distance(r.weights, retrain.weights) : null;
         rows.push({
           method: r.plan.method,
@@ -271,4 +274,3 @@ function statsBytes(c: Coordinator): number {
   return s.modelBytes + s.updateBytes;
 }
 
-export type { LocalDataset };

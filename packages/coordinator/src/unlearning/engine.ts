@@ -287,18 +287,12 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   }
 
   private async saveCheckpoint(jobId: string, done: ReplayedRound[], cost: WorkCost, phase: Checkpoint['phase']): Promise<void> {
-    const last = done.length - 1;
-    const rounds = done.map((r, i) => {
-      const { weights, ...rest } = r;
-      // Only the newest step's model is written now; earlier ones were written by earlier checkpoints.
-      const weightsFile = i === last ? this.scratch.writeWeights(jobId, i, weights) : `${i}`;
-      return { ...rest, weightsFile };
-    });
-    const prev = this.deps.store.getJob(jobId)?.checkpoint as Checkpoint | null;
-    for (let i = 0; i < last; i++) {
-      const known = prev?.rounds[i]?.weightsFile;
-      rounds[i]!.weightsFile = known ?? this.scratch.writeWeights(jobId, i, done[i]!.weights);
-    }
+    const prev = (this.deps.store.getJob(jobId)?.checkpoint as Checkpoint | null)?.rounds ?? [];
+    const rounds = done.map(({ weights, ...rest }, i) => ({
+      ...rest,
+      // Steps only ever append, so a step's model is written once, by the first checkpoint that holds it.
+      weightsFile: prev[i]?.weightsFile ?? this.scratch.writeWeights(jobId, i, weights),
+    }));
     this.deps.store.updateJob(jobId, { checkpoint: { rounds, cost, phase } satisfies Checkpoint });
   }
 

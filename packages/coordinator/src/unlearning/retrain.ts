@@ -1,4 +1,3 @@
-import { layerNorms } from '@fedunlearn/protocol';
 import { TaskKind } from '../rounds/dispatcher.js';
 import { addCost, zeroCost } from '../rounds/federated-step.js';
 import { remaining, type MethodContext, type MethodParams, type MethodResult, type ReplayedRound, type UnlearningMethod } from './method.js';
@@ -81,7 +80,6 @@ export class Retrain implements UnlearningMethod {
       });
       await ctx.checkpoint(done, cost);
     }
-    void layerNorms;
     return { weights: model, rounds: done, cost, notes };
   }
 }
