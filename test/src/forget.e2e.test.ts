@@ -100,3 +100,41 @@ test('a client that drops during a replay does not hang the job; the report says
   for (const c of clients) await c.close();
   await coordinator.stop();
 });
+
+test('a coordinator stopped during a job resumes it after a restart from its last completed step', async () => {
+  const tmp = tempDir('forget-resume');
+  dirs.push(tmp);
+  const fed = federation({ clientsPerRound: 4 });
+  const first = await startCoordinator(tmp.dir, scenario.def, fed, 1);
+  const before = await connectClients(first.url, scenario.parts, 'res');
+  await first.coordinator.runRounds(3);
+  const job = first.coordinator.forget({ clientIds: ['res-0'], method: 'federaser', requestedBy: 'operator:test' });
+  // Stop the coordinator as soon as the first replay step is checkpointed (progress announces step 2 of 3).
+  let stopping: Promise<void> | null = null;
+  first.coordinator.unlearning.on('progress', (j) => {
+    if (j.progress.step === 1 && !stopping) stopping = first.coordinator.stop();
+  });
+  const interrupted = await first.coordinator.runPendingJobs().then(
+    () => null,
+    (e: Error) => e,
+  );
+  assert.ok(interrupted, 'the job was interrupted by the stop');
+  await stopping;
+  for (const c of before) await c.close();
+
+  const second = await startCoordinator(tmp.dir, scenario.def, fed, 1);
+  const saved = second.coordinator.store.getJob(job.jobId)!;
+  assert.equal(saved.state, 'running', 'an interrupted job stays running, to be resumed');
+  const checkpoint = saved.checkpoint as { rounds: { roundId: string; sourceRound: number }[] };
+  assert.equal(checkpoint.rounds.length, 1, 'exactly the completed step was checkpointed');
+  // The same devices come back under their enrolled identities.
+  const resumedClients = await connectClients(second.url, scenario.parts, 'res');
+  const [done] = await second.coordinator.runPendingJobs();
+  assert.equal(done!.state, 'done', done!.error ?? '');
+  const report = done!.report as JobReport;
+  assert.deepEqual(report.roundsReplayed.map((r) => r.sourceRound), [1, 2, 3], 'every stored round replayed once, none twice');
+  assert.equal(second.coordinator.store.listRounds()[0]!.roundId, checkpoint.rounds[0]!.roundId, 'the first step was kept, not redone');
+  assert.ok(report.cost.clientSampleEpochs > 0);
+  for (const c of resumedClients) await c.close();
+  await second.coordinator.stop();
+});

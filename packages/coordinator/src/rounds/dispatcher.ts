@@ -177,6 +177,8 @@ export class TaskDispatcher {
       for (const p of [...this.pending.values()]) if (p.spec === spec) p.settle({ missing: { clientId: p.clientId, reason: 'deadline', detail: 'aborted' } });
     };
     opts.signal?.addEventListener('abort', onAbort);
+    // An abort that came before the listener would otherwise leave the tasks waiting for their deadline.
+    if (opts.signal?.aborted) onAbort();
     try {
       await Promise.all(waits);
       await chain;

@@ -227,6 +227,9 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
           stageAs: { store, roundId },
           signal,
         });
+        // A step cut short by shutdown must not count as a step nobody answered: the job stops here and resumes
+        // from its last checkpoint after the restart.
+        interrupted(signal);
         return { ...res, roundId };
       },
       stage: (roundId, clientId, update) => store.stageUpdate(roundId, clientId, update),
@@ -278,6 +281,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         stageAs: { store, roundId },
         signal,
       });
+      interrupted(signal);
       cost = addCost(cost, res.cost);
       model = res.weights ?? model;
       done.push({ sourceRound: 0, roundId, participants: res.participants, missing: res.missing, uncalibrated: [], metrics: res.metrics, startedAt, closedAt: Date.now(), weights: model });
@@ -342,6 +346,10 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       finishedAt,
     };
   }
+}
+
+function interrupted(signal: AbortSignal): void {
+  if (signal.aborted) throw new Error('the coordinator is stopping; the job resumes from its last completed step');
 }
 
 function normaliseParams(p: MethodParams): MethodParams {
