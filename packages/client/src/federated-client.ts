@@ -33,6 +33,11 @@ export interface FederatedClientOptions {
   data: LocalDataset | (() => LocalDataset);
   /** Builds the model from the coordinator's topology; defaults to tfjs's own deserialisation. */
   modelFactory?: ModelFactory;
+  /**
+   * A trainer shared with other clients of this process (many virtual clients in one simulation worker): their tasks
+   * then run one after another on one cached model instead of interleaving on one copy each. The owner disposes it.
+   */
+  trainer?: Trainer;
   /** Backends to try, best first; default tensorflow (tfjs-node), wasm, cpu. */
   backends?: BackendName[];
   /** Reconnection back-off: socket.io's exponential delay with jitter. */
@@ -101,7 +106,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   /** Starts the backend and connects; resolves once the coordinator has welcomed this client. */
   async connect(timeoutMs = 30_000): Promise<void> {
     this.backend = await initBackend(this.opts.backends);
-    this.trainer ??= new Trainer({ tf: this.backend.tf, ...(this.opts.modelFactory ? { modelFactory: this.opts.modelFactory } : {}) });
+    this.trainer ??= this.opts.trainer ?? new Trainer({ tf: this.backend.tf, ...(this.opts.modelFactory ? { modelFactory: this.opts.modelFactory } : {}) });
     const r = this.opts.reconnect ?? {};
     const socket = io(this.opts.url, {
       transports: ['websocket'],
@@ -163,7 +168,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     this.socket?.disconnect();
     this.channel?.close();
     await this.work.catch(() => undefined);
-    this.trainer?.dispose();
+    if (this.trainer !== this.opts.trainer) this.trainer?.dispose();
     this.trainer = null;
   }
 

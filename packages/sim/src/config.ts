@@ -56,7 +56,9 @@ export const DEFAULT_CONFIG: SimConfig = {
   reuseFirstRound: false,
   backdoor: false,
   noiseFloor: false,
-  roundDeadlineMs: 120_000,
+  // Virtual clients never vanish, so the deadline only guards against a stuck run: generous enough for a CNN epoch
+  // over thousands of images per client on a small machine.
+  roundDeadlineMs: 3_600_000,
   quiet: false,
 };
 

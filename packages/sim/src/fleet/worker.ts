@@ -1,5 +1,5 @@
 import { parentPort } from 'node:worker_threads';
-import { FederatedClient } from '@fedunlearn/client';
+import { FederatedClient, initBackend, Trainer } from '@fedunlearn/client';
 import type { FromWorker, ToWorker, VirtualClientSpec } from './messages.js';
 
 /**
@@ -12,8 +12,15 @@ const post = (m: FromWorker) => port.postMessage(m);
 
 let specs: VirtualClientSpec[] = [];
 let clients: FederatedClient[] = [];
+/**
+ * One trainer for the thread: its clients' tasks run one after another on one cached model, so updates arrive
+ * steadily through a round instead of all at its end, and the thread holds one copy of the model, not one per client.
+ */
+let trainer: Trainer | null = null;
 
 async function connectAll(url: string): Promise<void> {
+  trainer ??= new Trainer({ tf: (await initBackend()).tf });
+  const shared = trainer;
   clients = specs.map(
     (s) =>
       new FederatedClient({
@@ -22,6 +29,7 @@ async function connectAll(url: string): Promise<void> {
         secret: s.secret,
         data: s.data,
         reconnect: { delayMs: 200, maxDelayMs: 2000 },
+        trainer: shared,
       }),
   );
   clients.forEach((c, i) => {
@@ -61,6 +69,8 @@ port.on('message', (msg: ToWorker) => {
         }
         case 'stop':
           await closeAll();
+          trainer?.dispose();
+          trainer = null;
           post({ type: 'stopped' });
           return;
       }
