@@ -284,3 +284,14 @@ test('a small FedEraser-shaped CNN trains on cpu', async () => {
   assert.ok(after.accuracy > before.accuracy, `accuracy ${before.accuracy} -> ${after.accuracy}`);
   trainer.dispose();
 });
+
+test('predict yields to the event loop between batches, so sockets in the same thread keep being served', async () => {
+  const trainer = new Trainer({ tf });
+  const big = blobs(600, 4, 6, 'many'); // three batches of the 256 predict uses
+  let timerRan = false;
+  setTimeout(() => (timerRan = true), 0);
+  const probs = await trainer.predict(MLP.topology, MLP.start, big.x, big.count);
+  assert.equal(probs.length, 600 * 4);
+  assert.ok(timerRan, 'a timer due during predict ran before predict finished');
+  trainer.dispose();
+});

@@ -272,6 +272,8 @@ export class Trainer {
       });
       out.set(await probs.data<'float32'>(), from * classes);
       probs.dispose();
+      // A large evaluation set must not starve sockets sharing this thread (a coordinator in a simulation).
+      await yieldToEventLoop();
     }
     return out;
   }
