@@ -91,22 +91,23 @@ function registeredRoutes(c: Coordinator): Set<string> {
 
 /** A peer speaking the wire protocol by hand, to send what no SDK would. */
 class RawPeer {
-  private readonly inbox: fedunlearn.v1.Envelope[] = [];
+  readonly inbox: fedunlearn.v1.Envelope[] = [];
   readonly channel: Channel;
   private constructor(private readonly socket: Socket) {
     this.channel = new Channel(socket, { message: (env) => this.inbox.push(env) }, DEFAULT_FRAMING);
   }
 
-  static async enrolled(clientId: string): Promise<RawPeer> {
+  /** Connects and says hello; resolves once the coordinator answered with a welcome or an error. */
+  static async hello(clientId: string, secret = `secret-of-${clientId}`): Promise<{ peer: RawPeer; answer: fedunlearn.v1.Envelope }> {
     const socket = io(url, { transports: ['websocket'], reconnection: false, forceNew: true });
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('connect_error', reject);
     });
     const peer = new RawPeer(socket);
-    peer.send({ hello: { clientId, secret: `secret-of-${clientId}`, sdkVersion: 'raw', numExamples: 50, backend: 'cpu', protocolVersion: PROTOCOL_VERSION } });
-    await peer.next('welcome');
-    return peer;
+    peer.send({ hello: { clientId, secret, sdkVersion: 'raw', numExamples: 50, backend: 'cpu', protocolVersion: PROTOCOL_VERSION } });
+    await waitUntil(() => peer.inbox.length > 0, WAIT_MS, 'an answer to hello');
+    return { peer, answer: peer.inbox.shift()! };
   }
 
   send(env: Envelope): void {
@@ -150,7 +151,8 @@ before(async () => {
   clients = await connectClients(url, scenario.parts, 'op');
 
   // Round 1: three honest clients and a raw peer whose update carries a NaN.
-  const raw = await RawPeer.enrolled('raw-nan');
+  const { peer: raw, answer } = await RawPeer.hello('raw-nan');
+  assert.equal(answer.body, 'welcome');
   const round1 = coordinator.runRounds(1);
   const task = (await raw.next('task')).task as fedunlearn.v1.Task;
   const layout = layoutOf((task.weights ?? []).map((t) => ({ name: t.name ?? '', shape: (t.shape ?? []).map(Number) })));
@@ -167,7 +169,7 @@ before(async () => {
 });
 
 after(async () => {
-  for (const c of clients) c.close();
+  await Promise.all(clients.map((c) => c.close()));
   await coordinator?.stop();
   tmp?.cleanup();
 });
@@ -257,6 +259,14 @@ test('a forget job shows in /v1/jobs with every field, and in the job metrics', 
   assert.equal(s.get('fedunlearn_jobs{state="done"}'), 1);
   assert.equal(s.get('fedunlearn_jobs{state="queued"}'), 0);
   assert.equal(s.get('fedunlearn_job_duration_seconds_count{state="done",method="replay"}'), 1);
+
+  // A client asking for itself over its session counts as a client request (the job stays queued: nothing runs it).
+  const clientJob = await clients[1]!.forget('operator-api test');
+  assert.equal(coordinator.store.getJob(clientJob)?.requestedBy, 'client:op-1');
+  s = (await scrape()).samples;
+  assert.equal(s.get('fedunlearn_forget_requests_total{source="client"}'), 1);
+  assert.equal(s.get('fedunlearn_forget_requests_total{source="operator"}'), 1);
+  assert.equal(s.get('fedunlearn_jobs{state="queued"}'), 1);
 });
 
 test('/v1/openapi.json is an OpenAPI 3 document with every route the server has', async () => {
@@ -301,6 +311,13 @@ test('operator routes need the token; /metrics is open unless metricsAuth says o
   const denied = await getJson<{ error: { code: string; message: string } }>('/v1/jobs', { authorization: 'Bearer wrong-token' });
   assert.deepEqual(denied, { status: 401, body: { error: { code: 'UNAUTHENTICATED', message: 'operator token required' } } });
   assert.equal((await fetch(`${url}/metrics`)).status, 200);
+
+  // A hello with the wrong secret is refused by the transport, and counted by reason.
+  const refusedBefore = (await scrape()).samples.get('fedunlearn_refused_total{reason="UNAUTHENTICATED"}') ?? 0;
+  const { peer: impostor, answer } = await RawPeer.hello('op-0', 'not-the-secret-of-op-0');
+  assert.equal(errorCodeName((answer.error as fedunlearn.v1.Error).code), errorCodeName(ErrorCode.UNAUTHENTICATED));
+  impostor.close();
+  assert.equal((await scrape()).samples.get('fedunlearn_refused_total{reason="UNAUTHENTICATED"}'), refusedBefore + 1);
 
   const other = tempDir('operator-api-auth');
   const locked = await Coordinator.create({

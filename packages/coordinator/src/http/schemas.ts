@@ -130,8 +130,9 @@ const jobReport = { type: 'object', ...open, description: 'The forget job certif
 
 type Errors = Record<number, string>;
 
-/** A route's schema: its success responses plus the JSON error shape for each listed error status. */
-function route(s: {
+/** A route's schema: its success responses plus the JSON error shape for each listed error status (and 401 on operator
+ *  routes, 500 on all). New routes use it too, so that the OpenAPI document stays complete. */
+export function routeSchema(s: {
   summary: string;
   description?: string;
   tags: string[];
@@ -162,13 +163,13 @@ const withDescription = <T extends object>(description: string, schema: T) => ({
 const idParam = (name: string, description: string) => ({ type: 'object', required: [name], properties: { [name]: { type: 'string', minLength: 1, description } } });
 
 export const schemas = {
-  healthz: route({
+  healthz: routeSchema({
     summary: 'Liveness probe',
     tags: ['service'],
     operator: false,
     ok: { 200: withDescription('the process serves HTTP', { type: 'object', properties: { ok: bool } }) },
   }),
-  metrics: route({
+  metrics: routeSchema({
     summary: 'Prometheus metrics',
     description: 'Text exposition format. Open by default like other exporters; requires the operator token only when one is configured and metricsAuth is set.',
     tags: ['service'],
@@ -176,13 +177,13 @@ export const schemas = {
     ok: { 200: { description: 'Prometheus text format 0.0.4', content: { 'text/plain': { schema: { type: 'string' } } } } },
     errors: { 401: 'operator token missing or wrong (only with metricsAuth)' },
   }),
-  openapi: route({
+  openapi: routeSchema({
     summary: 'This OpenAPI document',
     tags: ['service'],
     operator: false,
     ok: { 200: withDescription('OpenAPI 3 document generated from the route schemas', { type: 'object', ...open }) },
   }),
-  status: route({
+  status: routeSchema({
     summary: 'Federation status',
     tags: ['federation'],
     operator: true,
@@ -195,13 +196,13 @@ export const schemas = {
       }),
     },
   }),
-  clients: route({
+  clients: routeSchema({
     summary: 'Known clients and whether they are connected',
     tags: ['federation'],
     operator: true,
     ok: { 200: withDescription('every client the federation has seen (secrets never included)', { type: 'object', ...open, required: ['clients'], properties: { clients: { type: 'array', items: client } } }) },
   }),
-  rounds: route({
+  rounds: routeSchema({
     summary: 'Rounds of a lineage',
     tags: ['federation'],
     operator: true,
@@ -209,7 +210,7 @@ export const schemas = {
     ok: { 200: withDescription('rounds in ascending order', { type: 'object', ...open, required: ['rounds'], properties: { rounds: { type: 'array', items: round } } }) },
     errors: { 400: 'bad query' },
   }),
-  round: route({
+  round: routeSchema({
     summary: 'One round of the current lineage',
     tags: ['federation'],
     operator: true,
@@ -217,13 +218,13 @@ export const schemas = {
     ok: { 200: withDescription('the round record with its participants', round) },
     errors: { 400: 'round is not a positive integer', 404: 'no such round in the current lineage' },
   }),
-  models: route({
+  models: routeSchema({
     summary: 'Model versions of every lineage',
     tags: ['federation'],
     operator: true,
     ok: { 200: withDescription('the head and every version in creation order', { type: 'object', ...open, required: ['head', 'models'], properties: { head: str, models: { type: 'array', items: modelVersion } } }) },
   }),
-  model: route({
+  model: routeSchema({
     summary: 'One model version',
     tags: ['federation'],
     operator: true,
@@ -231,7 +232,7 @@ export const schemas = {
     ok: { 200: withDescription('the model version', modelVersion) },
     errors: { 404: 'no such model version' },
   }),
-  modelWeights: route({
+  modelWeights: routeSchema({
     summary: "A model version's weights",
     description: 'float32 little-endian, layers in layout order; the layout is in the x-fedunlearn-layout header (JSON).',
     tags: ['federation'],
@@ -246,13 +247,13 @@ export const schemas = {
     },
     errors: { 404: 'no such model version' },
   }),
-  historyStats: route({
+  historyStats: routeSchema({
     summary: 'Storage used by the history',
     tags: ['federation'],
     operator: true,
     ok: { 200: withDescription('bytes of model and update blobs, row counts', historyStats) },
   }),
-  createJob: route({
+  createJob: routeSchema({
     summary: 'Queue a forget job',
     description: 'Validated and persisted at once; it runs at the next round boundary. Poll /v1/jobs/{id}.',
     tags: ['jobs'],
@@ -278,13 +279,13 @@ export const schemas = {
     ok: { 202: withDescription('the queued job', job) },
     errors: { 400: 'invalid body or a client already forgotten', 404: 'unknown client' },
   }),
-  jobs: route({
+  jobs: routeSchema({
     summary: 'Forget jobs',
     tags: ['jobs'],
     operator: true,
     ok: { 200: withDescription('jobs in creation order', { type: 'object', ...open, required: ['jobs'], properties: { jobs: { type: 'array', items: job } } }) },
   }),
-  job: route({
+  job: routeSchema({
     summary: 'One forget job',
     tags: ['jobs'],
     operator: true,
@@ -292,7 +293,7 @@ export const schemas = {
     ok: { 200: withDescription('the job with its progress', job) },
     errors: { 404: 'no such job' },
   }),
-  jobReport: route({
+  jobReport: routeSchema({
     summary: "A finished job's certificate",
     tags: ['jobs'],
     operator: true,
