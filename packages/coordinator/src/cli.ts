@@ -46,13 +46,19 @@ async function serve(flags: ServeFlags): Promise<void> {
   } catch (e) {
     throw e instanceof ConfigError ? new CliError(e.message, 2) : e;
   }
-  const [{ Coordinator: CoordinatorClass }, { openSqliteHistory }, { createLogger }, { builtInDefinition }] = await Promise.all([
+  const [{ Coordinator: CoordinatorClass }, { openSqliteHistory }, { createLogger }, { builtInDefinition }, { OPENAPI_PATH }] = await Promise.all([
     import('./coordinator.js'),
     import('./history/sqlite-store.js'),
     import('./logger.js'),
     import('@fedunlearn/models'),
+    import('./http/api.js'),
   ]);
-  const log = createLogger({ level: cfg.logLevel });
+  let log: ReturnType<typeof createLogger>;
+  try {
+    log = createLogger({ level: cfg.logLevel });
+  } catch (e) {
+    throw e instanceof RangeError ? new CliError(e.message, 2) : e;
+  }
   const options = coordinatorOptionsOf(cfg);
   const { name, options: arch } = modelOf(cfg);
   const model = builtInDefinition(name, arch);
@@ -76,7 +82,8 @@ async function serve(flags: ServeFlags): Promise<void> {
     throw new CliError(`cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`);
   }
   process.stdout.write(`listening on ${url}\n`);
-  log.info({ url, dataDir: options.dataDir, model: coordinator.model().version, ...summary(cfg) }, 'coordinator listening');
+  process.stdout.write(`metrics at ${url}/metrics, OpenAPI document at ${url}${OPENAPI_PATH}\n`);
+  log.info({ url, metrics: `${url}/metrics`, openapi: `${url}${OPENAPI_PATH}`, dataDir: options.dataDir, model: coordinator.model().version, ...summary(cfg) }, 'coordinator listening');
   coordinator.start();
   stopOnSignals(() => coordinator.stop(), log);
 }
@@ -90,6 +97,7 @@ function summary(cfg: ServiceConfig): Record<string, unknown> {
     retention: cfg.retention,
     enrolment: cfg.enrolment,
     operatorAuth: cfg.operatorToken ? 'token' : 'none',
+    metricsAuth: cfg.operatorToken && cfg.metricsAuth ? 'token' : 'none',
   };
 }
 
@@ -425,6 +433,7 @@ function buildProgram(): Command {
     .option('--seed <s>', 'seeds the initial model and client selection (default 1)', numberArg)
     .addOption(new Option('--operator-token <token>', 'bearer token the operator API requires (default: none, open)').env('FEDUNLEARN_OPERATOR_TOKEN'))
     .option('--enrolment <mode>', 'open: new clients enrol on first hello; closed: known clients only (default open)')
+    .option('--metrics-auth', 'GET /metrics requires the operator token too (default: open, like Prometheus exporters)')
     .addOption(new Option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (default info)').env('FEDUNLEARN_LOG_LEVEL'))
     .action((flags: ServeFlags) => serve(flags));
 

@@ -155,6 +155,8 @@ test('a config becomes the coordinator options and the model it names', () => {
   assert.equal(o.retention, 'int8');
   assert.equal(o.enrolment, 'closed');
   assert.equal(o.operatorToken, 'a-long-token');
+  assert.equal(o.metricsAuth, false, '/metrics is open unless asked');
+  assert.equal(coordinatorOptionsOf(loadConfig({ overrides: { metricsAuth: true } })).metricsAuth, true);
   assert.deepEqual(modelOf(c), { name: 'cnn', options: { inputShape: [28, 28, 1], numClasses: 26, seed: 7 } });
   // No token configured: the option is absent, not an empty string that would read as "a token is required".
   assert.equal('operatorToken' in coordinatorOptionsOf(loadConfig({ overrides: {} })), false);

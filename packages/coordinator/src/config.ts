@@ -52,6 +52,8 @@ export const serviceConfigSchema = z
     operatorToken: z.string().min(8).optional(),
     enrolment: z.enum(ENROLMENTS).default('open'),
     logLevel: z.enum(LOG_LEVELS).default('info'),
+    /** GET /metrics requires the operator token too (when one is set); off by default, like Prometheus exporters. */
+    metricsAuth: z.boolean().default(false),
     // Config-file only: tuning of the round loop that rarely needs a flag.
     waitForClientsMs: posInt.default(30_000),
     maxRoundAttempts: posInt.default(3),
@@ -151,7 +153,7 @@ export function modelOf(cfg: ServiceConfig): { name: ArchitectureName; options: 
 
 /** Everything of CoordinatorOptions a config decides; the caller adds the store, the model and the logger. */
 export type ConfiguredCoordinatorOptions = Required<
-  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'enrolment' | 'roundIntervalMs'>
+  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth'>
 > &
   Pick<CoordinatorOptions, 'operatorToken'>;
 
@@ -171,6 +173,7 @@ export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorO
     retention: cfg.retention,
     enrolment: cfg.enrolment,
     roundIntervalMs: cfg.roundIntervalMs,
+    metricsAuth: cfg.metricsAuth,
     ...(cfg.operatorToken ? { operatorToken: cfg.operatorToken } : {}),
   };
 }

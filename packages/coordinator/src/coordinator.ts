@@ -7,6 +7,7 @@ import type { AggregationStrategy } from './aggregation/strategy.js';
 import type { HistoryStore, JobRecord } from './history/store.js';
 import { buildHttpApi } from './http/api.js';
 import { createLogger, type Logger } from './logger.js';
+import { CoordinatorMetrics } from './metrics.js';
 import { TaskDispatcher } from './rounds/dispatcher.js';
 import { QuorumError, RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { ClientRegistry } from './transport/client-registry.js';
@@ -38,6 +39,8 @@ export interface CoordinatorOptions {
   enrolment?: 'open' | 'closed';
   /** Bearer token required on operator routes; none means operator routes are open (development only). */
   operatorToken?: string;
+  /** Whether GET /metrics also requires the operator token (when one is set); default false, like Prometheus exporters. */
+  metricsAuth?: boolean;
   helloTimeoutMs?: number;
   heartbeatIntervalMs?: number;
   /** Pause between rounds when running continuously. */
@@ -62,6 +65,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   readonly rounds: RoundEngine;
   readonly unlearning: UnlearningEngine;
   readonly log: Logger;
+  readonly metrics: CoordinatorMetrics;
   readonly http: FastifyInstance;
   readonly transport: SocketServer;
   readonly config: FederationConfig;
@@ -80,7 +84,14 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.log = opts.logger ?? createLogger();
     this.current = current;
     this.roundIntervalMs = opts.roundIntervalMs ?? 0;
-    this.dispatcher = new TaskDispatcher(this.registry);
+    // Its sources are read at scrape time only, by which point every part below exists.
+    this.metrics = new CoordinatorMetrics({
+      connectedClients: () => this.registry.size,
+      historyStats: () => this.store.stats(),
+      jobs: () => this.store.listJobs(),
+      transport: () => this.transport.totals(),
+    });
+    this.dispatcher = new TaskDispatcher(this.registry, this.metrics);
     const strategy = opts.strategy ?? new FedAvg();
     this.unlearning = new UnlearningEngine({
       store: this.store,
@@ -101,13 +112,18 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       log: this.log,
       isEligible: (id) => !this.forgotten.has(id),
     });
-    this.unlearning.on('progress', (job) => this.notifyJob(job));
+    this.unlearning.on('progress', (job) => {
+      this.metrics.jobUpdated(job);
+      this.notifyJob(job);
+    });
     this.unlearning.on('finished', (job) => {
+      this.metrics.jobUpdated(job);
       this.forgotten = this.unlearning.forgottenClients();
       this.notifyJob(job);
       this.emit('job', job);
     });
-    this.http = buildHttpApi(this, { operatorToken: opts.operatorToken });
+    this.on('round', (r) => this.metrics.roundCompleted(r.durationMs));
+    this.http = buildHttpApi(this, { operatorToken: opts.operatorToken, metricsAuth: opts.metricsAuth ?? false });
     this.transport = new SocketServer(
       this.http.server,
       this.registry,
@@ -197,6 +213,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     const already = input.clientIds.filter((id) => this.forgotten.has(id));
     if (already.length > 0) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `already forgotten: ${already.join(', ')}`);
     const job = this.unlearning.submit(input);
+    this.metrics.forgetRequested(input.requestedBy.startsWith('client:') ? 'client' : 'operator');
     this.emit('job', job);
     return job;
   }

@@ -1,12 +1,19 @@
+import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { ProtocolError } from '@fedunlearn/protocol';
 import type { Coordinator } from '../coordinator.js';
 import type { JobRecord } from '../history/store.js';
-import { METHOD_NAMES, type MethodName, type MethodParams } from '../unlearning/method.js';
+import type { MethodName, MethodParams } from '../unlearning/method.js';
+import { errorSchema, openapiInfo, schemas } from './schemas.js';
 
 export interface HttpApiOptions {
   operatorToken?: string | undefined;
+  /** GET /metrics requires the operator token too (when one is set); default open, as Prometheus exporters are. */
+  metricsAuth?: boolean;
 }
+
+/** Where the API serves its OpenAPI document. */
+export const OPENAPI_PATH = '/v1/openapi.json';
 
 class HttpError extends Error {
   constructor(
@@ -18,30 +25,20 @@ class HttpError extends Error {
   }
 }
 
-const createJobSchema = {
-  body: {
-    type: 'object',
-    required: ['clientIds'],
-    additionalProperties: false,
-    properties: {
-      clientIds: { type: 'array', minItems: 1, maxItems: 1000, items: { type: 'string', minLength: 1, maxLength: 128 } },
-      method: { type: 'string', enum: [...METHOD_NAMES] },
-      params: {
-        type: 'object',
-        additionalProperties: false,
-        properties: {
-          calibrationRatio: { type: 'number', exclusiveMinimum: 0, maximum: 10 },
-          reuseFirstRound: { type: 'boolean' },
-          tuneRounds: { type: 'integer', minimum: 0, maximum: 1000 },
-        },
-      },
-    },
-  },
-} as const;
-
 /** The operator API, versioned under /v1; the clients' socket.io endpoint shares its HTTP server. */
 export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
+  const log = coord.log.child({ component: 'http' });
+  // Registered before any route, so that its onRoute hook sees them all; the document is built from their schemas.
+  void app.register(swagger, {
+    openapi: openapiInfo,
+    refResolver: { buildLocalReference: (json, _base, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
+  });
+  app.addSchema(errorSchema);
+  // One line per request at debug, without headers: the operator token travels in one.
+  app.addHook('onResponse', async (req, reply) => {
+    log.debug({ method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'http request');
+  });
 
   app.setErrorHandler((raw: unknown, _req, reply) => {
     const err = raw as Error & { statusCode?: number; validation?: unknown; code?: string };
@@ -60,13 +57,25 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
     if (req.headers.authorization !== `Bearer ${opts.operatorToken}`) throw new HttpError(401, 'UNAUTHENTICATED', 'operator token required');
   };
 
-  app.get('/healthz', async () => ({ ok: true }));
+  // In a plugin like every route, so that swagger (registered first) sees them: routes added to the root directly
+  // would be added before its hook is.
+  app.register(async (service) => {
+    service.get('/healthz', { schema: schemas.healthz }, async () => ({ ok: true }));
+
+    service.get('/metrics', { schema: schemas.metrics, ...(opts.metricsAuth ? { onRequest: operator } : {}) }, async (_req, reply) => {
+      const { contentType, body } = await coord.metrics.scrape();
+      return reply.header('content-type', contentType).send(body);
+    });
+
+    // Outside the /v1 plugin: the document describes the API and holds no federation data, so it needs no token.
+    service.get(OPENAPI_PATH, { schema: schemas.openapi }, async () => app.swagger());
+  });
 
   app.register(
     async (v1) => {
       v1.addHook('onRequest', operator);
 
-      v1.get('/status', async () => {
+      v1.get('/status', { schema: schemas.status }, async () => {
         const head = coord.store.head();
         const jobs = coord.store.listJobs();
         return {
@@ -77,7 +86,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
         };
       });
 
-      v1.get('/clients', async () => {
+      v1.get('/clients', { schema: schemas.clients }, async () => {
         const connected = new Map(coord.registry.connected().map((s) => [s.clientId, s]));
         return {
           clients: coord.store.listClients().map(({ secretHash: _hidden, ...c }) => ({
@@ -88,28 +97,28 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
         };
       });
 
-      v1.get('/rounds', async (req) => {
+      v1.get('/rounds', { schema: schemas.rounds }, async (req) => {
         const q = req.query as { lineage?: string };
         return { rounds: coord.store.listRounds(q.lineage ? { lineage: q.lineage } : undefined) };
       });
 
-      v1.get('/rounds/:round', async (req) => {
-        const { round } = req.params as { round: string };
+      v1.get('/rounds/:round', { schema: schemas.round }, async (req) => {
+        const { round } = req.params as { round: number };
         const r = coord.store.getRound(Number(round));
         if (!r) throw new HttpError(404, 'NOT_FOUND', `no round ${round} in the current lineage`);
         return r;
       });
 
-      v1.get('/models', async () => ({ head: coord.store.head().version, models: coord.store.listModels() }));
+      v1.get('/models', { schema: schemas.models }, async () => ({ head: coord.store.head().version, models: coord.store.listModels() }));
 
-      v1.get('/models/:version', async (req) => {
+      v1.get('/models/:version', { schema: schemas.model }, async (req) => {
         const { version } = req.params as { version: string };
         const m = coord.store.getModel(version);
         if (!m) throw new HttpError(404, 'NOT_FOUND', `no model version ${version}`);
         return m;
       });
 
-      v1.get('/models/:version/weights', async (req, reply) => {
+      v1.get('/models/:version/weights', { schema: schemas.modelWeights }, async (req, reply) => {
         const { version } = req.params as { version: string };
         if (!coord.store.getModel(version)) throw new HttpError(404, 'NOT_FOUND', `no model version ${version}`);
         const w = await coord.store.readModel(version);
@@ -119,9 +128,9 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
         return Buffer.from(w.buffer, w.byteOffset, w.byteLength);
       });
 
-      v1.get('/history/stats', async () => coord.store.stats());
+      v1.get('/history/stats', { schema: schemas.historyStats }, async () => coord.store.stats());
 
-      v1.post('/jobs', { schema: createJobSchema }, async (req, reply) => {
+      v1.post('/jobs', { schema: schemas.createJob }, async (req, reply) => {
         const body = req.body as { clientIds: string[]; method?: MethodName; params?: MethodParams };
         const job = coord.forget({
           clientIds: body.clientIds,
@@ -132,16 +141,16 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
         return reply.code(202).send(publicJob(job));
       });
 
-      v1.get('/jobs', async () => ({ jobs: coord.store.listJobs().map(publicJob) }));
+      v1.get('/jobs', { schema: schemas.jobs }, async () => ({ jobs: coord.store.listJobs().map(publicJob) }));
 
-      v1.get('/jobs/:id', async (req) => {
+      v1.get('/jobs/:id', { schema: schemas.job }, async (req) => {
         const { id } = req.params as { id: string };
         const job = coord.store.getJob(id);
         if (!job) throw new HttpError(404, 'NOT_FOUND', `no job ${id}`);
         return publicJob(job);
       });
 
-      v1.get('/jobs/:id/report', async (req) => {
+      v1.get('/jobs/:id/report', { schema: schemas.jobReport }, async (req) => {
         const { id } = req.params as { id: string };
         const job = coord.store.getJob(id);
         if (!job) throw new HttpError(404, 'NOT_FOUND', `no job ${id}`);

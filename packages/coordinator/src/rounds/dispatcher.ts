@@ -7,6 +7,7 @@ import {
   ProtocolError,
   type FlatWeights,
 } from '@fedunlearn/protocol';
+import type { DispatchObserver } from '../metrics.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import type { ClientSession } from '../transport/session.js';
 
@@ -88,7 +89,10 @@ export class TaskDispatcher {
   private readonly closed = new Map<string, string>();
   readonly counters: DispatcherCounters = { accepted: 0, rejected: {} };
 
-  constructor(private readonly registry: ClientRegistry) {
+  constructor(
+    private readonly registry: ClientRegistry,
+    private readonly observer?: DispatchObserver,
+  ) {
     registry.on('left', (session, reason) => {
       for (const p of this.pending.values()) {
         if (p.clientId === session.clientId) p.settle({ missing: { clientId: p.clientId, reason: 'disconnected', detail: reason } });
@@ -107,6 +111,7 @@ export class TaskDispatcher {
       const session = this.registry.get(clientId);
       if (!session) {
         result.missing.push({ clientId, reason: 'offline' });
+        this.observer?.participantMissing('offline');
         continue;
       }
       const taskId = nanoid();
@@ -128,6 +133,7 @@ export class TaskDispatcher {
           if (this.closed.size > 100_000) this.closed.delete(this.closed.keys().next().value as string);
           if (outcome.missing) {
             result.missing.push(outcome.missing);
+            this.observer?.participantMissing(outcome.missing.reason);
             resolveWait();
             return;
           }
@@ -139,10 +145,12 @@ export class TaskDispatcher {
                 result.answered.push(clientId);
                 result.bytesIn += answer.bytesIn;
                 this.counters.accepted++;
+                this.observer?.updateAccepted();
               },
               (err: unknown) => {
                 this.count('CALLBACK_REJECTED');
                 result.missing.push({ clientId, reason: 'rejected', detail: String((err as Error)?.message ?? err) });
+                this.observer?.participantMissing('rejected');
               },
             )
             .finally(resolveWait);
@@ -232,6 +240,7 @@ export class TaskDispatcher {
 
   private count(reason: string): void {
     this.counters.rejected[reason] = (this.counters.rejected[reason] ?? 0) + 1;
+    this.observer?.updateRejected(reason);
   }
 }
 

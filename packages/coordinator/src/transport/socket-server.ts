@@ -47,6 +47,8 @@ export interface TransportCounters {
 export class SocketServer {
   readonly io: Server;
   readonly counters: TransportCounters = { connections: 0, refused: {}, bytesIn: 0, bytesOut: 0 };
+  /** Open connections' channels: their bytes join `counters` only when they close. */
+  private readonly live = new Set<Channel>();
 
   constructor(
     http: HttpServer,
@@ -64,6 +66,17 @@ export class SocketServer {
       cors: { origin: true },
     });
     this.io.on('connection', (socket) => this.accept(socket));
+  }
+
+  /** `counters` with the bytes of connections still open, for metrics scraped while clients stay connected. */
+  totals(): TransportCounters {
+    let bytesIn = this.counters.bytesIn;
+    let bytesOut = this.counters.bytesOut;
+    for (const c of this.live) {
+      bytesIn += c.stats.bytesIn;
+      bytesOut += c.stats.bytesOut;
+    }
+    return { ...this.counters, refused: { ...this.counters.refused }, bytesIn, bytesOut };
   }
 
   close(): Promise<void> {
@@ -111,9 +124,11 @@ export class SocketServer {
       },
       this.opts.framing,
     );
+    this.live.add(channel);
 
     socket.on('disconnect', (reason) => {
       clearTimeout(helloTimer);
+      this.live.delete(channel);
       this.counters.bytesIn += channel.stats.bytesIn;
       this.counters.bytesOut += channel.stats.bytesOut;
       channel.close();

@@ -1,0 +1,323 @@
+import { METHOD_NAMES } from '../unlearning/method.js';
+
+/**
+ * JSON schemas of the operator API: fastify validates requests and serialises responses with them, and
+ * @fastify/swagger turns them into the OpenAPI document. Response objects all allow additional properties: fastify's
+ * serialiser drops any property a schema does not list, so a field added to a record later would otherwise vanish
+ * from the API without an error.
+ */
+
+export const OPERATOR_SECURITY = 'operatorToken';
+
+const open = { additionalProperties: true } as const;
+const int = { type: 'integer' } as const;
+const num = { type: 'number' } as const;
+const str = { type: 'string' } as const;
+const bool = { type: 'boolean' } as const;
+/** Unix milliseconds. */
+const ms = { type: 'integer', description: 'Unix time, milliseconds' } as const;
+const numberMap = { type: 'object', additionalProperties: num } as const;
+
+export const errorSchema = {
+  $id: 'Error',
+  type: 'object',
+  description: 'Every error: a stable machine code (ErrorCode name or HTTP-level code) and a human message.',
+  required: ['error'],
+  properties: {
+    error: {
+      type: 'object',
+      required: ['code', 'message'],
+      properties: { code: { type: 'string', examples: ['INVALID_ARGUMENT', 'NOT_FOUND', 'UNAUTHENTICATED'] }, message: str },
+    },
+  },
+} as const;
+
+const modelVersion = {
+  type: 'object',
+  ...open,
+  required: ['version', 'cause', 'round', 'lineage', 'sha256', 'createdAt'],
+  properties: {
+    version: str,
+    parent: { type: ['string', 'null'] },
+    cause: { type: 'string', enum: ['init', 'round', 'unlearning'] },
+    round: int,
+    jobId: { type: ['string', 'null'] },
+    lineage: str,
+    sha256: { type: 'string', description: 'sha256 of the float32 little-endian weights, hex' },
+    createdAt: ms,
+  },
+} as const;
+
+const participant = {
+  type: 'object',
+  ...open,
+  properties: {
+    clientId: str,
+    numExamples: int,
+    norms: { type: 'array', items: num, description: 'per-layer L2 norms of the update' },
+    metrics: numberMap,
+    hasUpdate: bool,
+  },
+} as const;
+
+const round = {
+  type: 'object',
+  ...open,
+  required: ['round', 'roundId', 'lineage', 'participants'],
+  properties: {
+    round: int,
+    roundId: str,
+    lineage: str,
+    modelBefore: str,
+    modelAfter: str,
+    participants: { type: 'array', items: participant },
+    updatesStored: bool,
+    metrics: numberMap,
+    startedAt: ms,
+    closedAt: ms,
+  },
+} as const;
+
+const job = {
+  type: 'object',
+  ...open,
+  required: ['jobId', 'state', 'clientIds', 'method'],
+  properties: {
+    jobId: str,
+    kind: str,
+    state: { type: 'string', enum: ['queued', 'running', 'done', 'failed'] },
+    clientIds: { type: 'array', items: str },
+    requestedBy: { type: 'string', description: "'operator' or 'client:<id>'" },
+    method: { type: 'string', enum: [...METHOD_NAMES] },
+    params: { type: 'object', ...open },
+    progress: { type: 'object', ...open, properties: { step: int, total: int, message: str } },
+    report: { type: ['object', 'null'], ...open, description: 'the certificate, once done (also at /v1/jobs/{id}/report)' },
+    error: { type: ['string', 'null'] },
+    createdAt: ms,
+    updatedAt: ms,
+  },
+} as const;
+
+const client = {
+  type: 'object',
+  ...open,
+  required: ['clientId', 'connected'],
+  properties: {
+    clientId: str,
+    numExamples: int,
+    firstSeen: ms,
+    lastSeen: ms,
+    forgotten: bool,
+    connected: bool,
+    backend: { type: ['string', 'null'], description: 'TensorFlow.js backend of the live session' },
+  },
+} as const;
+
+const historyStats = {
+  type: 'object',
+  ...open,
+  properties: {
+    modelBytes: int,
+    updateBytes: int,
+    updateBytesByDtype: { type: 'object', additionalProperties: int },
+    updates: int,
+    rounds: int,
+    models: int,
+  },
+} as const;
+
+const jobReport = { type: 'object', ...open, description: 'The forget job certificate (JobReport): models before and after, rounds replayed, cost, purge summary.' } as const;
+
+type Errors = Record<number, string>;
+
+/** A route's schema: its success responses plus the JSON error shape for each listed error status (and 401 on operator
+ *  routes, 500 on all). New routes use it too, so that the OpenAPI document stays complete. */
+export function routeSchema(s: {
+  summary: string;
+  description?: string;
+  tags: string[];
+  operator: boolean;
+  params?: object;
+  querystring?: object;
+  body?: object;
+  ok: Record<number, object>;
+  errors?: Errors;
+}): Record<string, unknown> {
+  const errors: Errors = { ...s.errors, 500: 'internal error' };
+  if (s.operator) errors[401] ??= 'operator token missing or wrong';
+  const response: Record<string, object> = { ...s.ok };
+  for (const [status, description] of Object.entries(errors)) response[status] = { description, $ref: 'Error#' };
+  return {
+    summary: s.summary,
+    ...(s.description ? { description: s.description } : {}),
+    tags: s.tags,
+    ...(s.operator ? { security: [{ [OPERATOR_SECURITY]: [] }] } : {}),
+    ...(s.params ? { params: s.params } : {}),
+    ...(s.querystring ? { querystring: s.querystring } : {}),
+    ...(s.body ? { body: s.body } : {}),
+    response,
+  };
+}
+
+const withDescription = <T extends object>(description: string, schema: T) => ({ description, ...schema });
+const idParam = (name: string, description: string) => ({ type: 'object', required: [name], properties: { [name]: { type: 'string', minLength: 1, description } } });
+
+export const schemas = {
+  healthz: routeSchema({
+    summary: 'Liveness probe',
+    tags: ['service'],
+    operator: false,
+    ok: { 200: withDescription('the process serves HTTP', { type: 'object', properties: { ok: bool } }) },
+  }),
+  metrics: routeSchema({
+    summary: 'Prometheus metrics',
+    description: 'Text exposition format. Open by default like other exporters; requires the operator token only when one is configured and metricsAuth is set.',
+    tags: ['service'],
+    operator: false,
+    ok: { 200: { description: 'Prometheus text format 0.0.4', content: { 'text/plain': { schema: { type: 'string' } } } } },
+    errors: { 401: 'operator token missing or wrong (only with metricsAuth)' },
+  }),
+  openapi: routeSchema({
+    summary: 'This OpenAPI document',
+    tags: ['service'],
+    operator: false,
+    ok: { 200: withDescription('OpenAPI 3 document generated from the route schemas', { type: 'object', ...open }) },
+  }),
+  status: routeSchema({
+    summary: 'Federation status',
+    tags: ['federation'],
+    operator: true,
+    ok: {
+      200: withDescription('head model, connected clients, jobs by state, uptime', {
+        type: 'object',
+        ...open,
+        required: ['model', 'connectedClients', 'jobs', 'uptimeMs'],
+        properties: { model: modelVersion, connectedClients: int, jobs: numberMap, uptimeMs: int },
+      }),
+    },
+  }),
+  clients: routeSchema({
+    summary: 'Known clients and whether they are connected',
+    tags: ['federation'],
+    operator: true,
+    ok: { 200: withDescription('every client the federation has seen (secrets never included)', { type: 'object', ...open, required: ['clients'], properties: { clients: { type: 'array', items: client } } }) },
+  }),
+  rounds: routeSchema({
+    summary: 'Rounds of a lineage',
+    tags: ['federation'],
+    operator: true,
+    querystring: { type: 'object', properties: { lineage: { type: 'string', minLength: 1, description: "default: the head's lineage" } } },
+    ok: { 200: withDescription('rounds in ascending order', { type: 'object', ...open, required: ['rounds'], properties: { rounds: { type: 'array', items: round } } }) },
+    errors: { 400: 'bad query' },
+  }),
+  round: routeSchema({
+    summary: 'One round of the current lineage',
+    tags: ['federation'],
+    operator: true,
+    params: { type: 'object', required: ['round'], properties: { round: { type: 'integer', minimum: 1, description: '1-based round number' } } },
+    ok: { 200: withDescription('the round record with its participants', round) },
+    errors: { 400: 'round is not a positive integer', 404: 'no such round in the current lineage' },
+  }),
+  models: routeSchema({
+    summary: 'Model versions of every lineage',
+    tags: ['federation'],
+    operator: true,
+    ok: { 200: withDescription('the head and every version in creation order', { type: 'object', ...open, required: ['head', 'models'], properties: { head: str, models: { type: 'array', items: modelVersion } } }) },
+  }),
+  model: routeSchema({
+    summary: 'One model version',
+    tags: ['federation'],
+    operator: true,
+    params: idParam('version', 'model version id'),
+    ok: { 200: withDescription('the model version', modelVersion) },
+    errors: { 404: 'no such model version' },
+  }),
+  modelWeights: routeSchema({
+    summary: "A model version's weights",
+    description: 'float32 little-endian, layers in layout order; the layout is in the x-fedunlearn-layout header (JSON).',
+    tags: ['federation'],
+    operator: true,
+    params: idParam('version', 'model version id'),
+    ok: {
+      200: {
+        description: 'raw weights',
+        headers: { 'x-fedunlearn-layout': { type: 'string', description: 'JSON array of {name, shape}' } },
+        content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } },
+      },
+    },
+    errors: { 404: 'no such model version' },
+  }),
+  historyStats: routeSchema({
+    summary: 'Storage used by the history',
+    tags: ['federation'],
+    operator: true,
+    ok: { 200: withDescription('bytes of model and update blobs, row counts', historyStats) },
+  }),
+  createJob: routeSchema({
+    summary: 'Queue a forget job',
+    description: 'Validated and persisted at once; it runs at the next round boundary. Poll /v1/jobs/{id}.',
+    tags: ['jobs'],
+    operator: true,
+    body: {
+      type: 'object',
+      required: ['clientIds'],
+      additionalProperties: false,
+      properties: {
+        clientIds: { type: 'array', minItems: 1, maxItems: 1000, items: { type: 'string', minLength: 1, maxLength: 128 } },
+        method: { type: 'string', enum: [...METHOD_NAMES], description: 'default federaser' },
+        params: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            calibrationRatio: { type: 'number', exclusiveMinimum: 0, maximum: 10 },
+            reuseFirstRound: { type: 'boolean' },
+            tuneRounds: { type: 'integer', minimum: 0, maximum: 1000 },
+          },
+        },
+      },
+    },
+    ok: { 202: withDescription('the queued job', job) },
+    errors: { 400: 'invalid body or a client already forgotten', 404: 'unknown client' },
+  }),
+  jobs: routeSchema({
+    summary: 'Forget jobs',
+    tags: ['jobs'],
+    operator: true,
+    ok: { 200: withDescription('jobs in creation order', { type: 'object', ...open, required: ['jobs'], properties: { jobs: { type: 'array', items: job } } }) },
+  }),
+  job: routeSchema({
+    summary: 'One forget job',
+    tags: ['jobs'],
+    operator: true,
+    params: idParam('id', 'job id'),
+    ok: { 200: withDescription('the job with its progress', job) },
+    errors: { 404: 'no such job' },
+  }),
+  jobReport: routeSchema({
+    summary: "A finished job's certificate",
+    tags: ['jobs'],
+    operator: true,
+    params: idParam('id', 'job id'),
+    ok: { 200: withDescription('the report', jobReport) },
+    errors: { 404: 'no such job', 409: 'the job is not done yet' },
+  }),
+} as const;
+
+export const openapiInfo = {
+  openapi: '3.0.3',
+  info: {
+    title: 'fedunlearn coordinator operator API',
+    description: 'Federated training with client-level unlearning: federation state, model versions, forget jobs.',
+    version: '1',
+  },
+  tags: [
+    { name: 'service', description: 'health, metrics and this document (no operator token)' },
+    { name: 'federation', description: 'models, rounds, clients, history' },
+    { name: 'jobs', description: 'forget jobs and their certificates' },
+  ],
+  components: {
+    securitySchemes: {
+      [OPERATOR_SECURITY]: { type: 'http' as const, scheme: 'bearer', description: 'the operator token set with --operator-token (routes are open when none is set)' },
+    },
+  },
+};
