@@ -47,6 +47,10 @@ export interface CoordinatorOptions {
 export interface CoordinatorEvents {
   round: [RoundOutcome];
   job: [JobRecord];
+  /** A running job's progress (the dashboard shows it live); 'job' fires on submit and when it ends. */
+  jobProgress: [JobRecord];
+  /** stop() began: long-lived HTTP streams end now, or they would hold the server open. */
+  stopping: [];
   error: [Error];
 }
 
@@ -101,7 +105,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       log: this.log,
       isEligible: (id) => !this.forgotten.has(id),
     });
-    this.unlearning.on('progress', (job) => this.notifyJob(job));
+    this.unlearning.on('progress', (job) => {
+      this.notifyJob(job);
+      this.emit('jobProgress', job);
+    });
     this.unlearning.on('finished', (job) => {
       this.forgotten = this.unlearning.forgottenClients();
       this.notifyJob(job);
@@ -233,6 +240,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   async stop(): Promise<void> {
     this.abort.abort();
+    this.emit('stopping');
     await this.loop?.catch(() => undefined);
     await this.work.catch(() => undefined);
     for (const s of this.registry.connected()) s.disconnect('coordinator stopping');

@@ -61,6 +61,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
   };
 
   app.get('/healthz', async () => ({ ok: true }));
+  app.register(import('./dashboard.js'), { coord, operatorToken: opts.operatorToken });
 
   app.register(
     async (v1) => {
