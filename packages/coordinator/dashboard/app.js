@@ -79,7 +79,14 @@ function renderHead() {
 function renderClients(c) {
   $('clients-count').textContent = String(c.count);
   $('clients-count-2').textContent = `(${c.count})`;
-  $('clients').replaceChildren(...c.ids.map((id) => h('li', { class: 'mono', 'data-client-id': id }, id)));
+  const forgotten = new Set(c.forgotten ?? []);
+  $('clients').replaceChildren(
+    ...c.ids.map((id) =>
+      forgotten.has(id)
+        ? h('li', { class: 'mono forgotten', 'data-client-id': id, 'data-forgotten': 'true', title: 'forgotten: connected, but never selected again' }, id)
+        : h('li', { class: 'mono', 'data-client-id': id }, id),
+    ),
+  );
 }
 
 function renderHistory(s) {
@@ -89,9 +96,9 @@ function renderHistory(s) {
     ['stored updates', fmtInt(s.updates)],
     ['model bytes', fmtBytes(s.modelBytes)],
     ['update bytes', fmtBytes(s.updateBytes)],
-    ...Object.entries(s.updateBytesByDtype ?? {}).map(([k, v]) => [`  as ${k}`, fmtBytes(v)]),
+    ...Object.entries(s.updateBytesByDtype ?? {}).map(([k, v]) => [`update bytes · ${k}`, fmtBytes(v)]),
   ];
-  $('history').tBodies[0].replaceChildren(...rows.map(([k, v]) => h('tr', { 'data-key': k.trim() }, h('td', {}, k), h('td', {}, v))));
+  $('history').tBodies[0].replaceChildren(...rows.map(([k, v]) => h('tr', { 'data-key': k }, h('td', {}, k), h('td', {}, v))));
 }
 
 /** A row from GET /v1/rounds and a live `round` event, in one shape. */

@@ -120,7 +120,7 @@ test('GET /v1/events needs the operator token, starts with a snapshot, streams j
     assert.equal(first[0]!.event, 'snapshot');
     const snap = first[0]!.data as { head: { version: string }; clients: { count: number; ids: string[] } };
     assert.equal(snap.head.version, coord.store.head().version);
-    assert.deepEqual(snap.clients, { count: 0, ids: [] });
+    assert.deepEqual(snap.clients, { count: 0, ids: [], forgotten: [] });
     assert.equal(listeners(), baseline + 5);
 
     // A real job submission (the client must be known to the store) reaches the stream.

@@ -104,7 +104,8 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
     };
     const clients = () => {
       const ids = coord.registry.connected().map((s) => s.clientId).sort();
-      return { count: ids.length, ids };
+      // A forgotten client may still be connected; it takes no part in training any more.
+      return { count: ids.length, ids, forgotten: ids.filter((id) => coord.isForgotten(id)) };
     };
     const onRound = (r: RoundOutcome) => {
       send('round', roundSummary(r));
@@ -112,7 +113,10 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
     };
     const onJob = (job: JobRecord) => {
       send('job', jobEvent(job));
-      if (job.state === 'done') send('model', coord.store.head());
+      if (job.state === 'done') {
+        send('model', coord.store.head());
+        send('clients', clients());
+      }
     };
     const onClients = (_s: ClientSession) => send('clients', clients());
     coord.on('round', onRound);
@@ -120,7 +124,9 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
     coord.on('jobProgress', onJob);
     coord.registry.on('joined', onClients);
     coord.registry.on('left', onClients);
-    const keepAlive = setInterval(() => raw.write(`: keep-alive ${Date.now()}\n\n`), keepAliveMs);
+    const keepAlive = setInterval(() => {
+      if (!raw.writableEnded) raw.write(`: keep-alive ${Date.now()}\n\n`);
+    }, keepAliveMs);
     streams.add(reply);
     const cleanup = () => {
       clearInterval(keepAlive);
