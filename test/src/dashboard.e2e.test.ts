@@ -143,6 +143,11 @@ test('the dashboard asks for the operator token, then shows rounds, the chart, c
   assert.notEqual(coordinator.store.head().lineage, head.lineage);
   await page.locator('#head-lineage', { hasText: coordinator.store.head().lineage.slice(0, 8) }).waitFor();
 
+  // The rounds table now lists the new lineage: the replayed rounds, each naming the round it replays.
+  for (const step of report.roundsReplayed) {
+    await page.locator(`#rounds tr[data-round="${step.round}"] [data-origin]`, { hasText: `replays ${step.sourceRound}` }).waitFor();
+  }
+
   // dash-0 may still be connected (the coordinator does not drop it); then the page marks it as forgotten.
   if (coordinator.registry.get('dash-0')) {
     await page.locator('#clients li[data-client-id="dash-0"][data-forgotten="true"]').waitFor();
@@ -154,6 +159,8 @@ test('the dashboard asks for the operator token, then shows rounds, the chart, c
   const resumed = coordinator.store.head();
   await page.locator(`#rounds tr[data-round="${resumed.round}"]`).waitFor();
   await page.locator(`#chart[data-points="${coordinator.store.listRounds().length}"]`).waitFor();
+  await page.locator(`#models tr[data-version="${resumed.version}"].head-row`).waitFor();
+  assert.equal(await page.locator('#models tr.head-row').count(), 1);
 
   assert.equal(await page.evaluate(() => (window as unknown as { __noReload?: boolean }).__noReload), true, 'the page was never reloaded');
   assert.deepEqual(pageErrors, []);

@@ -123,6 +123,7 @@ function renderRounds() {
         'tr',
         { 'data-round': r.round, 'data-round-id': r.roundId },
         h('td', { class: 'r' }, r.round),
+        h('td', { class: 'r muted', 'data-origin': '', title: 'rounds of an unlearned lineage replay a round of the lineage before it' }, r.metrics.sourceRound === 0 ? 'tuning' : Number.isFinite(r.metrics.sourceRound) ? `replays ${r.metrics.sourceRound}` : ''),
         h('td', { class: 'r', 'data-metric': 'loss' }, fmtLoss(r.metrics.loss)),
         h('td', { class: 'r', 'data-metric': 'accuracy' }, fmtPct(r.metrics.accuracy)),
         h('td', { class: 'r', title: r.participants.join(', ') }, r.participants.length),
@@ -371,6 +372,7 @@ const handlers = {
     const lineageChanged = state.head?.lineage !== m.lineage;
     state.head = m;
     renderHead();
+    renderModels();
     reloadModels();
     if (lineageChanged) reloadRounds();
   },

@@ -105,6 +105,8 @@ test('GET /v1/events needs the operator token, starts with a snapshot, streams j
   const { coord, url } = await coordinator(TOKEN);
   try {
     assert.equal((await fetch(`${url}/v1/events`)).status, 401);
+    const head = await fetch(`${url}/v1/events`, { method: 'HEAD', headers: { authorization: `Bearer ${TOKEN}` } });
+    assert.equal(head.status, 404, 'HEAD opens no stream');
     const wrong = await fetch(`${url}/v1/events`, { headers: { authorization: 'Bearer nope' } });
     assert.equal(wrong.status, 401);
     assert.equal(((await wrong.json()) as { error: { code: string } }).error.code, 'UNAUTHENTICATED');

@@ -89,7 +89,8 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
     return got.length === want.length && timingSafeEqual(got, want);
   };
 
-  app.get('/v1/events', async (req, reply) => {
+  // No implicit HEAD route: it would open a stream that never sends a body.
+  app.get('/v1/events', { exposeHeadRoute: false }, async (req, reply) => {
     if (!authorized(req)) return reply.code(401).send({ error: { code: 'UNAUTHENTICATED', message: 'operator token required' } });
     reply.hijack();
     const raw = reply.raw;
