@@ -71,6 +71,7 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
   const assets = assetTable();
   const keepAliveMs = opts.keepAliveMs ?? 15_000;
   const streams = new Set<FastifyReply>();
+  let closing = false;
 
   app.get('/', async (_req, reply) => reply.redirect('/dashboard/'));
   app.get('/dashboard', async (_req, reply) => reply.redirect('/dashboard/'));
@@ -92,6 +93,7 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
   // No implicit HEAD route: it would open a stream that never sends a body.
   app.get('/v1/events', { exposeHeadRoute: false }, async (req, reply) => {
     if (!authorized(req)) return reply.code(401).send({ error: { code: 'UNAUTHENTICATED', message: 'operator token required' } });
+    if (closing) return reply.code(503).send({ error: { code: 'UNAVAILABLE', message: 'the coordinator is stopping' } });
     reply.hijack();
     const raw = reply.raw;
     raw.writeHead(200, {
@@ -145,6 +147,7 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
 
   // Open streams would keep the HTTP server from closing (socket.io closes it before fastify does): end them first.
   const endAll = () => {
+    closing = true;
     for (const s of streams) s.raw.end();
   };
   coord.on('stopping', endAll);
