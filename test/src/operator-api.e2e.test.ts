@@ -78,13 +78,18 @@ function registeredRoutes(c: Coordinator): Set<string> {
   const out = new Set<string>();
   const stack: string[] = [];
   for (const line of c.http.printRoutes({ commonPrefix: false }).split('\n')) {
-    const m = /^([│ ]*)[├└]── (\S+) \(([A-Z, ]+)\)$/.exec(line);
+    // Nodes without a handler of their own (a shared prefix such as `/dashboard/`) carry no methods but still prefix
+    // their children.
+    const m = /^([│ ]*)[├└]── (\S+)(?: \(([A-Z, ]+)\))?$/.exec(line);
     if (!m) continue;
     const depth = m[1]!.length / 4;
     stack.length = depth;
-    const path = (stack[depth - 1] ?? '') + m[2]!;
+    const parent = stack[depth - 1] ?? '';
+    // fastify prints a wildcard child (`/dashboard/*`) as `*` under `dashboard`, without the separator.
+    const path = parent + (m[2] === '*' && !parent.endsWith('/') ? '/*' : m[2]!);
     stack.push(path);
-    for (const method of m[3]!.split(', ')) if (method !== 'HEAD') out.add(`${method} ${path.replace(/:([A-Za-z0-9_]+)/g, '{$1}')}`);
+    const openapiPath = path.replace(/:([A-Za-z0-9_]+)/g, '{$1}').replace(/\*$/, '{*}');
+    for (const method of m[3]?.split(', ') ?? []) if (method !== 'HEAD') out.add(`${method} ${openapiPath}`);
   }
   return out;
 }

@@ -50,6 +50,10 @@ export interface CoordinatorOptions {
 export interface CoordinatorEvents {
   round: [RoundOutcome];
   job: [JobRecord];
+  /** A running job's progress (the dashboard shows it live); 'job' fires on submit and when it ends. */
+  jobProgress: [JobRecord];
+  /** stop() began: long-lived HTTP streams end now, or they would hold the server open. */
+  stopping: [];
   error: [Error];
 }
 
@@ -115,6 +119,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.unlearning.on('progress', (job) => {
       this.metrics.jobUpdated(job);
       this.notifyJob(job);
+      this.emit('jobProgress', job);
     });
     this.unlearning.on('finished', (job) => {
       this.metrics.jobUpdated(job);
@@ -250,6 +255,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   async stop(): Promise<void> {
     this.abort.abort();
+    this.emit('stopping');
     await this.loop?.catch(() => undefined);
     await this.work.catch(() => undefined);
     for (const s of this.registry.connected()) s.disconnect('coordinator stopping');

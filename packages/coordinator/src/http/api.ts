@@ -70,6 +70,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
     // Outside the /v1 plugin: the document describes the API and holds no federation data, so it needs no token.
     service.get(OPENAPI_PATH, { schema: schemas.openapi }, async () => app.swagger());
   });
+  app.register(import('./dashboard.js'), { coord, operatorToken: opts.operatorToken });
 
   app.register(
     async (v1) => {
