@@ -1,6 +1,6 @@
-import { getFloat16, setFloat16 } from '@petamoriken/float16';
 import { fedunlearn } from './gen/proto.js';
 import { ErrorCode, ProtocolError } from './errors.js';
+import { decodeHalves, encodeHalves } from './float16.js';
 import { layerView, sizeOf, type FlatWeights, type WeightLayout } from './weights.js';
 
 export const DType = fedunlearn.v1.DType;
@@ -39,8 +39,7 @@ export function encodeTensor(name: string, shape: readonly number[], values: Flo
     }
     case DType.FLOAT16: {
       const out = new Uint8Array(values.length * 2);
-      const dv = new DataView(out.buffer);
-      for (let i = 0; i < values.length; i++) setFloat16(dv, i * 2, values[i]!, true);
+      encodeHalves(values, out);
       return { ...base, data: out };
     }
     case DType.INT8: {
@@ -89,11 +88,9 @@ export function decodeTensorInto(t: WireTensor, expectedShape: readonly number[]
         for (let i = 0; i < n; i++) target[i] = dv.getFloat32(i * 4, true);
       }
       break;
-    case DType.FLOAT16: {
-      const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
-      for (let i = 0; i < n; i++) target[i] = getFloat16(dv, i * 2, true);
+    case DType.FLOAT16:
+      decodeHalves(data, target);
       break;
-    }
     case DType.INT8: {
       const scale = t.scale ?? 0;
       if (!Number.isFinite(scale) || scale <= 0) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `tensor ${name}: int8 scale ${scale}`);

@@ -1,0 +1,67 @@
+import {
+  decodeWeights,
+  DEFAULT_FRAMING,
+  encodeEnvelope,
+  encodeTensor,
+  expectBody,
+  frameMessage,
+  layerView,
+  Reassembler,
+} from '@fedunlearn/protocol';
+import { compare, summarise } from '../measure.js';
+import { denseLayout, filled, round } from '../fixtures.js';
+import type { SectionOptions, SectionResult } from '../section.js';
+
+/**
+ * Encode plus decode of one client update through the real wire path (tensors from per-layer views, the Update
+ * envelope, chunk framing, reassembly, decode and validation into a fresh float32 buffer, as the dispatcher does),
+ * against copying the same bytes once with Uint8Array.set.
+ */
+export async function run(opts: SectionOptions): Promise<SectionResult> {
+  const layout = denseLayout(10_000_000);
+  const P = layout.totalSize;
+  opts.log(`codec: an update of ${P} float32 values (${(P * 4 / 1e6).toFixed(1)} MB), ${DEFAULT_FRAMING.chunkBytes}-byte chunks`);
+  const delta = filled(P, 7);
+  const frameBytes = { total: 0, frames: 0 };
+  let sink = 0;
+
+  const candidate = {
+    run: () => {
+      const tensors = layout.specs.map((s, i) => encodeTensor(s.name, s.shape, layerView(layout, delta, i)));
+      const encoded = encodeEnvelope({ update: { taskId: 'task-0123456789', delta: tensors, numExamples: 600, metrics: { loss: 0.5 } } });
+      const frames = frameMessage(encoded, 'bench-strm', DEFAULT_FRAMING);
+      const reassembler = new Reassembler(DEFAULT_FRAMING);
+      let env = null;
+      frameBytes.total = 0;
+      for (const f of frames) {
+        frameBytes.total += f.byteLength;
+        env = reassembler.accept(f);
+      }
+      frameBytes.frames = frames.length;
+      if (!env) throw new Error('the reassembler did not complete the message');
+      const update = expectBody(env, 'update');
+      const out = decodeWeights(update.delta ?? [], layout);
+      sink += out[P - 1]!;
+    },
+  };
+  const src = new Uint8Array(delta.buffer, delta.byteOffset, delta.byteLength);
+  const dst = new Uint8Array(src.byteLength);
+  const memcpy = {
+    run: () => {
+      dst.set(src);
+      sink += dst[dst.length - 1]!;
+    },
+  };
+  const c = await compare(candidate, memcpy, { warmup: 1, repeats: opts.quick ? 3 : 11 });
+  if (!Number.isFinite(sink)) throw new Error('codec produced a non-finite value');
+  return {
+    ratioToMemcpy: round(c.ratio, 4),
+    params: P,
+    payloadBytes: P * 4,
+    wireBytes: frameBytes.total,
+    frames: frameBytes.frames,
+    encodeDecodeMBps: round((P * 4) / (c.candidate.median / 1000) / 1e6, 1),
+    memcpyMBps: round((P * 4) / (c.baseline.median / 1000) / 1e6, 1),
+    detail: summarise(c),
+  };
+}
