@@ -99,11 +99,29 @@ export function decodeTensorInto(t: WireTensor, expectedShape: readonly number[]
       break;
     }
   }
-  for (let i = 0; i < n; i++) {
-    if (!Number.isFinite(target[i]!)) {
-      throw new ProtocolError(ErrorCode.NON_FINITE_VALUES, `tensor ${name}: non-finite value at index ${i}`);
+  const bad = firstNonFinite(target);
+  if (bad >= 0) throw new ProtocolError(ErrorCode.NON_FINITE_VALUES, `tensor ${name}: non-finite value at index ${bad}`);
+}
+
+/**
+ * Index of the first NaN or +-Infinity in `values`, or -1. Tests the exponent bits of the float32 patterns, OR-ing a
+ * whole block before branching: about twice as fast as Number.isFinite per value, and validation is a full pass over
+ * every update the coordinator receives.
+ */
+export function firstNonFinite(values: Float32Array): number {
+  const bits = new Int32Array(values.buffer, values.byteOffset, values.length);
+  const n = bits.length;
+  const BLOCK = 4096;
+  for (let start = 0; start < n; start += BLOCK) {
+    const end = Math.min(n, start + BLOCK);
+    let acc = 0;
+    // An all-ones exponent (0x7f800000) plus 0x00800000 carries into the sign bit; any other exponent does not.
+    for (let i = start; i < end; i++) acc |= ((bits[i]! & 0x7f800000) + 0x00800000) & 0x80000000;
+    if (acc !== 0) {
+      for (let i = start; i < end; i++) if (!Number.isFinite(values[i]!)) return i;
     }
   }
+  return -1;
 }
 
 /** Encodes every layer of a flat buffer (views, no copies for FLOAT32). */

@@ -1,10 +1,10 @@
 import {
   decodeWeights,
   DEFAULT_FRAMING,
-  encodeEnvelope,
   encodeTensor,
+  envelopePieces,
   expectBody,
-  frameMessage,
+  framePieces,
   layerView,
   Reassembler,
 } from '@fedunlearn/protocol';
@@ -14,7 +14,7 @@ import type { SectionOptions, SectionResult } from '../section.js';
 
 /**
  * Encode plus decode of one client update through the real wire path (tensors from per-layer views, the Update
- * envelope, chunk framing, reassembly, decode and validation into a fresh float32 buffer, as the dispatcher does),
+ * envelope cut straight into chunk frames, reassembly, decode and validation into a fresh float32 buffer, as the dispatcher does),
  * against copying the same bytes once with Uint8Array.set.
  */
 export async function run(opts: SectionOptions): Promise<SectionResult> {
@@ -28,8 +28,9 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
   const candidate = {
     run: () => {
       const tensors = layout.specs.map((s, i) => encodeTensor(s.name, s.shape, layerView(layout, delta, i)));
-      const encoded = encodeEnvelope({ update: { taskId: 'task-0123456789', delta: tensors, numExamples: 600, metrics: { loss: 0.5 } } });
-      const frames = frameMessage(encoded, 'bench-strm', DEFAULT_FRAMING);
+      // As Channel.send does it: the Update as pieces (tensor data as views), cut straight into chunk frames.
+      const pieces = envelopePieces({ update: { taskId: 'task-0123456789', delta: tensors, numExamples: 600, metrics: { loss: 0.5 } } });
+      const frames = framePieces(pieces, 'bench-strm', DEFAULT_FRAMING);
       const reassembler = new Reassembler(DEFAULT_FRAMING);
       let env = null;
       frameBytes.total = 0;

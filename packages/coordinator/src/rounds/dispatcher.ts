@@ -1,6 +1,7 @@
 import { nanoid } from 'nanoid';
 import {
   decodeWeights,
+  encodeTaskWeights,
   encodeWeights,
   ErrorCode,
   fedunlearn,
@@ -98,7 +99,8 @@ export class TaskDispatcher {
 
   async dispatch(clientIds: string[], spec: TaskSpec, opts: DispatchOptions): Promise<DispatchResult> {
     const result: DispatchResult = { answered: [], missing: [], bytesOut: 0, bytesIn: 0 };
-    const wireWeights = encodeWeights(spec.weights);
+    // Encoded once for every client of the dispatch; each task then only adds its own small fields.
+    const wireWeights = encodeTaskWeights(encodeWeights(spec.weights));
     const deadline = Date.now() + opts.deadlineMs;
     // Answers are processed strictly one after another, so that aggregation and history writes never interleave.
     let chain: Promise<void> = Promise.resolve();
@@ -157,7 +159,6 @@ export class TaskDispatcher {
             round: spec.round,
             modelVersion: spec.modelVersion,
             topologyJson: spec.topologyJson,
-            weights: wireWeights,
             hyper: {
               learningRate: spec.hyper.learningRate,
               batchSize: spec.hyper.batchSize,
@@ -168,7 +169,7 @@ export class TaskDispatcher {
             deadlineUnixMs: deadline,
             jobId: spec.jobId ?? '',
           },
-        });
+        }, wireWeights);
       } catch (e) {
         pending.settle({ missing: { clientId, reason: 'failed', detail: (e as Error).message } });
       }
