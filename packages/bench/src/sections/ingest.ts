@@ -44,7 +44,7 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
         waitForClientsMs: 30_000,
       },
       historyInterval: 1,
-      retention: (process.env.BENCH_RET ?? 'fp32') as 'fp32',
+      retention: 'fp32',
       logger: createLogger({ level: 'silent' }),
     });
     const { url } = await coordinator.listen(0);
@@ -108,7 +108,7 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
           for (const s of rawServer.sockets.sockets.values()) for (const f of taskFrames) s.emit(WIRE_EVENT, f);
         }),
     };
-    const c = await compare(candidate, baseline, { warmup: 1, repeats: opts.quick ? 3 : 9 });
+    const c = await compare(candidate, baseline, { warmup: 1, repeats: opts.quick ? 2 : 7 });
     const stats = coordinator.store.stats();
     const perRound = CLIENTS * (taskBytes + updateBytes);
     return {
