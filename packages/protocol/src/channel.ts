@@ -1,9 +1,10 @@
 import { nanoid } from 'nanoid';
-import { frameMessage, Reassembler, type FramingLimits } from './chunking.js';
+import { Reassembler, type FramingLimits } from './chunking.js';
 import { DEFAULT_CHUNK_BYTES, DEFAULT_MAX_MESSAGE_BYTES, WIRE_EVENT } from './constants.js';
-import { encodeEnvelope, type Envelope } from './envelope.js';
+import type { Envelope } from './envelope.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 import type { fedunlearn } from './gen/proto.js';
+import { envelopePieces, framePieces, type TensorListBytes } from './pieces.js';
 
 /** The part of a socket.io socket (server or client side) a channel needs. */
 export interface WireSocket {
@@ -52,10 +53,13 @@ export class Channel {
     socket.on(WIRE_EVENT, this.onFrame);
   }
 
-  /** Encodes and sends one message; returns the bytes put on the wire. Throws MESSAGE_TOO_LARGE over the cap. */
-  send(msg: Envelope): number {
-    const encoded = encodeEnvelope(msg);
-    const frames = frameMessage(encoded, nanoid(10), this.limits);
+  /**
+   * Encodes and sends one message; returns the bytes put on the wire. Throws MESSAGE_TOO_LARGE over the cap. A Task's
+   * weights may come pre-encoded (encodeTaskWeights, once for many clients) instead of in msg.task.weights.
+   */
+  send(msg: Envelope, taskWeights?: TensorListBytes): number {
+    // Tensor data goes from the caller's buffers straight into the frames: one copy, no full-size message buffer.
+    const frames = framePieces(envelopePieces(msg, taskWeights), nanoid(10), this.limits);
     let n = 0;
     for (const f of frames) {
       this.socket.emit(WIRE_EVENT, f);

@@ -5,4 +5,5 @@ export * from './weights.js';
 export * from './tensor-codec.js';
 export * from './envelope.js';
 export * from './chunking.js';
+export * from './pieces.js';
 export * from './channel.js';

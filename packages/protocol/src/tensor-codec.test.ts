@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { decodeEnvelope, encodeEnvelope } from './envelope.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 import { Reassembler } from './chunking.js';
-import { decodeTensorInto, decodeWeights, DType, encodeTensor, encodeWeights, type WireTensor } from './tensor-codec.js';
+import { decodeTensorInto, decodeWeights, DType, encodeTensor, encodeWeights, firstNonFinite, type WireTensor } from './tensor-codec.js';
 import { layoutOf, sizeOf, type FlatWeights, type WeightSpec } from './weights.js';
 import seedrandom from 'seedrandom';
 
@@ -290,4 +290,26 @@ test('property: arbitrary bytes never make decoding throw anything but a Protoco
   }
   // The mutations must not all be rejected at the first byte, or the later stages were never exercised.
   assert.ok(decoded > 100, `only ${decoded} inputs decoded`);
+});
+
+test('firstNonFinite finds the first NaN or Infinity at any position, and none among extreme finite values', () => {
+  const n = 10_000;
+  const v = new Float32Array(n);
+  for (let i = 0; i < n; i++) v[i] = (i % 7) - 3;
+  v[5] = 3.4028234663852886e38; // the largest finite float32
+  v[6] = -3.4028234663852886e38;
+  v[7] = 1e-45; // the smallest subnormal
+  v[8] = -0;
+  assert.equal(firstNonFinite(v), -1);
+  for (const bad of [NaN, Infinity, -Infinity]) {
+    for (const at of [0, 4095, 4096, 9999]) {
+      const w = v.slice();
+      w[at] = bad;
+      w[n - 1] = bad; // a later one must not be reported first
+      assert.equal(firstNonFinite(w), at === 9999 ? 9999 : at, `${bad} at ${at}`);
+    }
+  }
+  assert.equal(firstNonFinite(v.subarray(3, 3)), -1);
+  const offsetView = new Float32Array(v.buffer, 4 * 10, 20);
+  assert.equal(firstNonFinite(offsetView), -1);
 });

@@ -1,6 +1,6 @@
-import { getFloat16, setFloat16 } from '@petamoriken/float16';
 import { fedunlearn } from './gen/proto.js';
 import { ErrorCode, ProtocolError } from './errors.js';
+import { decodeHalves, encodeHalves } from './float16.js';
 import { layerView, sizeOf, type FlatWeights, type WeightLayout } from './weights.js';
 
 export const DType = fedunlearn.v1.DType;
@@ -39,8 +39,7 @@ export function encodeTensor(name: string, shape: readonly number[], values: Flo
     }
     case DType.FLOAT16: {
       const out = new Uint8Array(values.length * 2);
-      const dv = new DataView(out.buffer);
-      for (let i = 0; i < values.length; i++) setFloat16(dv, i * 2, values[i]!, true);
+      encodeHalves(values, out);
       return { ...base, data: out };
     }
     case DType.INT8: {
@@ -89,11 +88,9 @@ export function decodeTensorInto(t: WireTensor, expectedShape: readonly number[]
         for (let i = 0; i < n; i++) target[i] = dv.getFloat32(i * 4, true);
       }
       break;
-    case DType.FLOAT16: {
-      const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
-      for (let i = 0; i < n; i++) target[i] = getFloat16(dv, i * 2, true);
+    case DType.FLOAT16:
+      decodeHalves(data, target);
       break;
-    }
     case DType.INT8: {
       const scale = t.scale ?? 0;
       if (!Number.isFinite(scale) || scale <= 0) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `tensor ${name}: int8 scale ${scale}`);
@@ -102,11 +99,29 @@ export function decodeTensorInto(t: WireTensor, expectedShape: readonly number[]
       break;
     }
   }
-  for (let i = 0; i < n; i++) {
-    if (!Number.isFinite(target[i]!)) {
-      throw new ProtocolError(ErrorCode.NON_FINITE_VALUES, `tensor ${name}: non-finite value at index ${i}`);
+  const bad = firstNonFinite(target);
+  if (bad >= 0) throw new ProtocolError(ErrorCode.NON_FINITE_VALUES, `tensor ${name}: non-finite value at index ${bad}`);
+}
+
+/**
+ * Index of the first NaN or +-Infinity in `values`, or -1. Tests the exponent bits of the float32 patterns, OR-ing a
+ * whole block before branching: about twice as fast as Number.isFinite per value, and validation is a full pass over
+ * every update the coordinator receives.
+ */
+export function firstNonFinite(values: Float32Array): number {
+  const bits = new Int32Array(values.buffer, values.byteOffset, values.length);
+  const n = bits.length;
+  const BLOCK = 4096;
+  for (let start = 0; start < n; start += BLOCK) {
+    const end = Math.min(n, start + BLOCK);
+    let acc = 0;
+    // An all-ones exponent (0x7f800000) plus 0x00800000 carries into the sign bit; any other exponent does not.
+    for (let i = start; i < end; i++) acc |= ((bits[i]! & 0x7f800000) + 0x00800000) & 0x80000000;
+    if (acc !== 0) {
+      for (let i = start; i < end; i++) if (!Number.isFinite(values[i]!)) return i;
     }
   }
+  return -1;
 }
 
 /** Encodes every layer of a flat buffer (views, no copies for FLOAT32). */

@@ -130,3 +130,15 @@ test('a non-positive or NaN example count is refused and changes nothing', () =>
   const got = agg.apply(base);
   for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - (base[i]! + u[i]!)) <= 1e-6);
 });
+
+test('an applied aggregation is finished: a further add or apply throws instead of corrupting the returned model', () => {
+  const r = rng(11);
+  const base = random(r, 1);
+  const agg = new FedAvg().begin(layout);
+  agg.add(random(r, 1), 2);
+  const got = agg.apply(base);
+  const copy = got.slice();
+  assert.throws(() => agg.add(random(r, 1), 1), /already applied/);
+  assert.throws(() => agg.apply(base), /already applied/);
+  assert.deepEqual(got, copy);
+});

@@ -14,12 +14,14 @@ class FedAvgAggregation implements Aggregation {
   private readonly sum: Float32Array;
   count = 0;
   totalExamples = 0;
+  private applied = false;
 
   constructor(size: number) {
     this.sum = new Float32Array(size);
   }
 
   add(update: Float32Array, numExamples: number): void {
+    if (this.applied) throw new Error('this aggregation was already applied');
     if (update.length !== this.sum.length) throw new RangeError(`update of ${update.length} values, model has ${this.sum.length}`);
     if (!(numExamples > 0)) throw new RangeError(`numExamples must be positive, got ${numExamples}`);
     const sum = this.sum;
@@ -30,12 +32,15 @@ class FedAvgAggregation implements Aggregation {
   }
 
   apply(base: Float32Array): Float32Array {
+    if (this.applied) throw new Error('this aggregation was already applied');
     if (this.count === 0) throw new Error('no update to aggregate');
     if (base.length !== this.sum.length) throw new RangeError(`base of ${base.length} values, model has ${this.sum.length}`);
-    const out = new Float32Array(base.length);
+    // The new model is written over the running sum, which is not needed afterwards: a round allocates one buffer of
+    // the model's size, not two (at 40 MB a fresh buffer costs more in page faults than the arithmetic).
     const inv = 1 / this.totalExamples;
     const sum = this.sum;
-    for (let i = 0; i < out.length; i++) out[i] = base[i]! + sum[i]! * inv;
-    return out;
+    for (let i = 0; i < sum.length; i++) sum[i] = base[i]! + sum[i]! * inv;
+    this.applied = true;
+    return sum;
   }
 }

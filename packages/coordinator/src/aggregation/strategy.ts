@@ -14,6 +14,7 @@ export interface Aggregation {
   add(update: Float32Array, numExamples: number): void;
   readonly count: number;
   readonly totalExamples: number;
-  /** The new global model: `base` plus the aggregated step, as a new buffer. Throws if nothing was added. */
+  /** The new global model: `base` plus the aggregated step, as a buffer `base` does not share. Ends the aggregation:
+   *  add and apply throw afterwards. Throws if nothing was added. */
   apply(base: Float32Array): Float32Array;
 }

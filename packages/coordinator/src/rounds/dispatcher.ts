@@ -1,6 +1,7 @@
 import { nanoid } from 'nanoid';
 import {
   decodeWeights,
+  encodeTaskWeights,
   encodeWeights,
   ErrorCode,
   fedunlearn,
@@ -34,7 +35,10 @@ export interface TaskSpec {
   jobId?: string;
 }
 
-/** One client's accepted answer. `delta` is null for EVALUATE. */
+/**
+ * One client's accepted answer. `delta` is null for EVALUATE. The delta is valid until onAnswer settles: the
+ * dispatcher then decodes a later answer into the same buffer, so a callback that needs it longer must copy it.
+ */
 export interface Answer {
   clientId: string;
   taskId: string;
@@ -79,6 +83,27 @@ export interface DispatcherCounters {
 }
 
 /**
+ * Float32 buffers of one size, reused for decoding answers: a fresh 40 MB buffer per update cost more (first-touch
+ * page faults) than decoding into it. Keeps at most `keep` idle buffers.
+ */
+class DecodeBuffers {
+  private readonly idle: Float32Array[] = [];
+
+  constructor(private readonly keep: number) {}
+
+  take(size: number): Float32Array {
+    const i = this.idle.findIndex((b) => b.length === size);
+    if (i < 0) return new Float32Array(size);
+    return this.idle.splice(i, 1)[0]!;
+  }
+
+  give(buf: Float32Array): void {
+    this.idle.push(buf);
+    if (this.idle.length > this.keep) this.idle.shift();
+  }
+}
+
+/**
  * Sends tasks to clients and collects their answers: every task has a deadline, a client that disconnects is missing
  * at once, and an answer is accepted only from the client the task was given to, once, before the deadline, with a
  * delta of exactly the model's shape and finite values.
@@ -88,6 +113,7 @@ export class TaskDispatcher {
   /** Task ids that were answered or expired, so that a late or replayed update is told it is stale. */
   private readonly closed = new Map<string, string>();
   readonly counters: DispatcherCounters = { accepted: 0, rejected: {} };
+  private readonly buffers = new DecodeBuffers(2);
 
   constructor(
     private readonly registry: ClientRegistry,
@@ -102,7 +128,8 @@ export class TaskDispatcher {
 
   async dispatch(clientIds: string[], spec: TaskSpec, opts: DispatchOptions): Promise<DispatchResult> {
     const result: DispatchResult = { answered: [], missing: [], bytesOut: 0, bytesIn: 0 };
-    const wireWeights = encodeWeights(spec.weights);
+    // Encoded once for every client of the dispatch; each task then only adds its own small fields.
+    const wireWeights = encodeTaskWeights(encodeWeights(spec.weights));
     const deadline = Date.now() + opts.deadlineMs;
     // Answers are processed strictly one after another, so that aggregation and history writes never interleave.
     let chain: Promise<void> = Promise.resolve();
@@ -153,7 +180,10 @@ export class TaskDispatcher {
                 this.observer?.participantMissing('rejected');
               },
             )
-            .finally(resolveWait);
+            .finally(() => {
+              if (answer.delta) this.buffers.give(answer.delta);
+              resolveWait();
+            });
         },
       };
       this.pending.set(taskId, pending);
@@ -165,7 +195,6 @@ export class TaskDispatcher {
             round: spec.round,
             modelVersion: spec.modelVersion,
             topologyJson: spec.topologyJson,
-            weights: wireWeights,
             hyper: {
               learningRate: spec.hyper.learningRate,
               batchSize: spec.hyper.batchSize,
@@ -176,7 +205,7 @@ export class TaskDispatcher {
             deadlineUnixMs: deadline,
             jobId: spec.jobId ?? '',
           },
-        });
+        }, wireWeights);
       } catch (e) {
         pending.settle({ missing: { clientId, reason: 'failed', detail: (e as Error).message } });
       }
@@ -214,9 +243,12 @@ export class TaskDispatcher {
       if (!(numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `numExamples must be positive, got ${numExamples}`, taskId);
       let delta: Float32Array | null = null;
       if (p.kind !== TaskKind.EVALUATE) {
+        const layout = p.spec.weights.layout;
+        const target = this.buffers.take(layout.totalSize);
         try {
-          delta = decodeWeights(update.delta ?? [], p.spec.weights.layout);
+          delta = decodeWeights(update.delta ?? [], layout, target);
         } catch (e) {
+          this.buffers.give(target);
           // A bad update closes the task: the client is told why and counts as missing for this round.
           p.settle({ missing: { clientId: p.clientId, reason: 'rejected', detail: (e as Error).message } });
           throw e instanceof ProtocolError ? new ProtocolError(e.code, e.message, taskId) : e;

@@ -25,6 +25,12 @@ export function addCost(a: WorkCost, b: WorkCost): WorkCost {
   };
 }
 
+/**
+ * Staging writes in flight at once. Each holds one encoded update until it is durable, so this bounds the memory a
+ * step holds on top of the running sum, while letting the fsyncs of consecutive updates overlap.
+ */
+export const MAX_STAGING_IN_FLIGHT = 8;
+
 export interface StepResult {
   /** Null when nobody answered. */
   weights: Float32Array | null;
@@ -62,6 +68,10 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
   const participants: ParticipantInput[] = [];
   const sums: Record<string, number> = {};
   let samples = 0;
+  // Staging runs beside the arrival of the next answers instead of before them: every staging is awaited before the
+  // step returns, so the updates are still durable before the round can commit.
+  const staging = new Set<Promise<void>>();
+  let stagingError: unknown = null;
   const res = await dispatcher.dispatch(
     args.clientIds,
     {
@@ -80,7 +90,19 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
       onAnswer: async (a) => {
         if (!a.delta) throw new Error('a training answer carries no delta');
         const delta = args.transform ? args.transform(a as Answer & { delta: Float32Array }) : a.delta;
-        if (args.stageAs) await args.stageAs.store.stageUpdate(args.stageAs.roundId, a.clientId, delta);
+        if (args.stageAs) {
+          if (stagingError) throw stagingError;
+          while (staging.size >= MAX_STAGING_IN_FLIGHT) await Promise.race(staging);
+          // stageUpdate encodes the update before it first awaits: the delta is free for the sum once it returns.
+          const p: Promise<void> = args.stageAs.store.stageUpdate(args.stageAs.roundId, a.clientId, delta).then(
+            () => void staging.delete(p),
+            (e: unknown) => {
+              staging.delete(p);
+              stagingError ??= e;
+            },
+          );
+          staging.add(p);
+        }
         agg.add(delta, a.numExamples);
         participants.push({ clientId: a.clientId, numExamples: a.numExamples, norms: Array.from(layerNorms(layout, delta)), metrics: a.metrics });
         for (const [k, v] of Object.entries(a.metrics)) sums[k] = (sums[k] ?? 0) + v * a.numExamples;
@@ -88,6 +110,12 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
       },
     },
   );
+  await Promise.all(staging);
+  if (stagingError) {
+    // An update already in the sum could not be made durable: this step cannot be committed as it stands.
+    args.stageAs?.store.discardStaged(args.stageAs.roundId);
+    throw stagingError;
+  }
   const metrics: Record<string, number> = {};
   if (agg.count > 0) {
     for (const [k, v] of Object.entries(sums)) if (k !== 'samples' && k !== 'steps') metrics[k] = v / agg.totalExamples;

@@ -1,0 +1,65 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { GOALS, numericLeaves } from './report.js';
+
+const CLI = fileURLToPath(new URL('./cli.js', import.meta.url));
+const MINE = ['aggregation', 'codec', 'ingest', 'history'];
+
+/** Runs the real CLI in --quick mode; asserts on what it produces, never on how long it took. */
+test('bench --quick produces a finite figure for every key of its sections, in results.json and results.md', { timeout: 180_000 }, async () => {
+  const out = mkdtempSync(join(tmpdir(), 'fedunlearn-bench-smoke-'));
+  try {
+    const child = spawn(process.execPath, [CLI, '--quick', '--out', out, '--only', MINE.join(',')], {
+      env: { ...process.env, FEDUNLEARN_LOG_LEVEL: 'silent' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const code = await new Promise<number | null>((r) => child.on('close', r));
+    assert.equal(code, 0, stderr);
+    const doc = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as Record<string, unknown>;
+    assert.equal(doc.quick, true);
+    assert.equal(typeof (doc.machine as { cpus: unknown }).cpus, 'number');
+    for (const name of MINE) {
+      const section = doc[name] as Record<string, unknown> | undefined;
+      assert.ok(section, `section ${name} is in results.json`);
+      assert.ok(!('error' in section), `section ${name} failed: ${String(section.error)}`);
+      const leaves = numericLeaves(name, section);
+      assert.ok(leaves.length > 0, `section ${name} has figures`);
+      for (const l of leaves) assert.ok(Number.isFinite(l.value), `${l.key} = ${l.value}`);
+    }
+    for (const key of Object.keys(GOALS)) {
+      const [section, field] = key.split('.');
+      const v = (doc[section!] as Record<string, unknown>)[field!];
+      assert.equal(typeof v, 'number', `${key} is present`);
+      assert.ok((v as number) > 0, `${key} = ${String(v)} is a positive ratio`);
+      assert.match(stdout, new RegExp(`\\| ${key.replace('.', '\\.')} \\| `), `${key} is in the printed table`);
+    }
+    const hist = doc.history as { bytesPerClientRound: Record<string, number>; writeMBps: number };
+    for (const r of ['fp32', 'fp16', 'int8', 'norms']) assert.ok(hist.bytesPerClientRound[r]! > 0, `history.bytesPerClientRound.${r}`);
+    // Quantised retention must actually be smaller: a store that ignored the setting would show equal sizes.
+    assert.ok(hist.bytesPerClientRound.fp16! < hist.bytesPerClientRound.fp32!);
+    assert.ok(hist.bytesPerClientRound.int8! < hist.bytesPerClientRound.fp16!);
+    assert.ok(hist.bytesPerClientRound.norms! < hist.bytesPerClientRound.int8!);
+    const md = readFileSync(join(out, 'results.md'), 'utf8');
+    assert.match(md, /\| aggregation\.ratioToFloor \| [0-9.]+ \| >= 0\.8 \| (yes|no) \|/);
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
+});
+
+test('an unknown section name is refused with a clear message', async () => {
+  const child = spawn(process.execPath, [CLI, '--only', 'nonsense'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const code = await new Promise<number | null>((r) => child.on('close', r));
+  assert.notEqual(code, 0);
+  assert.match(stderr, /unknown section\(s\): nonsense/);
+});
