@@ -121,7 +121,13 @@ function decodesOrRefuses(frame: Uint8Array): void {
 const plain = { longs: Number, enums: Number, bytes: Array, defaults: true, arrays: true, objects: true } as const;
 
 test('arbitrary bytes decode to an envelope with a body or are refused with MALFORMED_MESSAGE', () => {
-  fc.assert(fc.property(fc.uint8Array({ maxLength: 256 }), (b) => decodesOrRefuses(b)), budget(20_000));
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 256 }), (b) => {
+      decodesOrRefuses(b);
+      decodesOrRefuses(Buffer.from(b));
+    }),
+    budget(20_000),
+  );
 });
 
 test('mutated valid envelopes decode to an envelope with a body or are refused with MALFORMED_MESSAGE', () => {
@@ -140,6 +146,23 @@ test('mutated valid envelopes decode to an envelope with a body or are refused w
   );
   // A fuzzer whose mutations never reach the error path would prove nothing about it.
   assert.ok(refused > 0, 'some mutated frames were refused');
+});
+
+test('a frame decodes the same from a Node Buffer as from a plain Uint8Array (servers receive Buffers)', () => {
+  const outcome = (f: Uint8Array): unknown => {
+    try {
+      return pb.Envelope.toObject(decodeEnvelope(f), plain);
+    } catch (e) {
+      return e instanceof ProtocolError ? e.codeName : `unexpected ${String(e)}`;
+    }
+  };
+  fc.assert(
+    fc.property(body, fc.array(mutation, { maxLength: 3 }), (msg, ms) => {
+      const frame = mutate(encodeEnvelope(msg), ms);
+      assert.deepEqual(outcome(Buffer.from(frame)), outcome(Uint8Array.from(frame)));
+    }),
+    budget(6000),
+  );
 });
 
 test('every valid message survives an encode/decode round trip field for field', () => {
