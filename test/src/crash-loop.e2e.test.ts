@@ -101,7 +101,7 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
   const config = join(tmp.dir, 'service.json');
   // Short waits so that a restarted service gets going as soon as clients are back; a pause between rounds keeps the
   // history (and so the jobs' replays) short.
-  writeFileSync(config, JSON.stringify({ waitForClientsMs: 1_000, maxRoundAttempts: 3, roundIntervalMs: 150 }));
+  writeFileSync(config, JSON.stringify({ waitForClientsMs: 5_000, maxRoundAttempts: 3, roundIntervalMs: 150 }));
   const args = ['serve', '--config', config, '--port', String(port), '--data', dataDir, '--enrolment', 'open', '--model', 'mlp', '--input-shape', '16', '--classes', '4'];
   args.push('--clients-per-round', '3', '--min-clients', '2', '--round-deadline-ms', '4000', '--history-interval', '1', '--batch-size', '10', '--seed', '3', '--log-level', 'error');
 
@@ -159,7 +159,7 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
   const taskListeners = new Set<() => void>();
   for (let i = 0; i < CLIENTS; i++) {
     const id = `crash-${i}`;
-    const c = new FederatedClient({ url: base, clientId: id, secret: `secret-${id}`, data: dataset(i), backends: ['cpu'], reconnect: { delayMs: 100, maxDelayMs: 400 } });
+    const c = new FederatedClient({ url: base, clientId: id, secret: `secret-${id}`, data: dataset(i), backends: ['cpu'], reconnect: { delayMs: 500, maxDelayMs: 1000 } });
     // Errors are expected while the service is down; the invariants below are what count.
     c.on('error', () => undefined);
     c.on('serverError', () => undefined);
@@ -279,6 +279,16 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
         const end = await api<Job>(`/v1/jobs/${runningJob}`);
         assert.equal(end.state, 'done', `job ${runningJob}, killed while running, resumed and finished (${end.error ?? ''})`);
         jobsResumed++;
+        // Resumed, not just finished: every replayed round was recomputed by clients, none skipped because the fleet
+        // had not reconnected yet when the restarted service picked the job up again.
+        const report = await api<{ roundsReplayed: { round: number; calibrated: string[]; uncalibrated: string[]; missing: { clientId: string; reason: string }[] }[] }>(
+          `/v1/jobs/${runningJob}/report`,
+        );
+        for (const r of report.roundsReplayed) {
+          // (A round whose every participant has been forgotten has nobody to ask, and that is fine.)
+          const answered = r.calibrated.length + r.uncalibrated.length;
+          assert.ok(answered > 0 || r.missing.length === 0, `job ${runningJob} replayed round ${r.round} with nobody (missing: ${JSON.stringify(r.missing)})`);
+        }
       }
 
       // A forgotten client's data never comes back: no participant row in any lineage, only a tombstone.
