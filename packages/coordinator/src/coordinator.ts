@@ -228,6 +228,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     const done: JobRecord[] = [];
     for (const job of this.unlearning.pending()) {
       if (this.abort.signal.aborted) break;
+      // A job resumed right after a restart would otherwise send its replay before the fleet has reconnected, find
+      // nobody to answer and fail: like a round, it first waits (bounded) for a quorum of clients that may take part.
+      const excluded = new Set(job.clientIds);
+      await this.registry.waitFor(this.config.minClients, this.config.waitForClientsMs, this.abort.signal, (id) => !excluded.has(id) && !this.forgotten.has(id));
+      if (this.abort.signal.aborted) break;
       done.push(await this.exclusive(() => this.unlearning.run(job, this.current, this.abort.signal)));
     }
     return done;

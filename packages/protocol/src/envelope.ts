@@ -13,7 +13,9 @@ export function encodeEnvelope(msg: Envelope): Uint8Array {
 export function decodeEnvelope(bytes: Uint8Array): fedunlearn.v1.Envelope {
   let env: fedunlearn.v1.Envelope;
   try {
-    env = pb.Envelope.decode(bytes);
+    // A plain view, never a Node Buffer: protobufjs reads strings from a Buffer without a bounds check, so a message
+    // truncated inside a string field would decode (shortened) on a Node server yet fail in a browser.
+    env = pb.Envelope.decode(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
   } catch (e) {
     throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `malformed envelope: ${(e as Error).message}`);
   }

@@ -50,7 +50,10 @@ export function encodeTensor(name: string, shape: readonly number[], values: Flo
       // The scale travels as a float32: quantise with exactly the value the receiver will multiply by, and keep it
       // at least the smallest normal float32 so that a tensor of tiny values never sends a scale that rounds to 0
       // (which the receiver must refuse) or a subnormal so coarse that maxAbs / scale would overflow int8.
-      const scale = maxAbs > 0 ? Math.max(Math.fround(maxAbs / 127), MIN_NORMAL_FLOAT32) : 1;
+      let scale = maxAbs > 0 ? Math.max(Math.fround(maxAbs / 127), MIN_NORMAL_FLOAT32) : 1;
+      // Near the float32 maximum, maxAbs / 127 may round up so far that 127 * scale overflows to Infinity on the
+      // receiver, which would refuse a tensor of finite values: step the scale down until the largest level fits.
+      while (!Number.isFinite(Math.fround(127 * scale))) scale = previousFloat32(scale);
       const q = new Int8Array(values.length);
       for (let i = 0; i < values.length; i++) q[i] = Math.max(-127, Math.min(127, Math.round(values[i]! / scale)));
       return { ...base, scale, data: new Uint8Array(q.buffer) };
@@ -73,6 +76,9 @@ export function decodeTensorInto(t: WireTensor, expectedShape: readonly number[]
   const n = sizeOf(expectedShape);
   if (target.length !== n) throw new RangeError(`target holds ${target.length} values, tensor ${name} has ${n}`);
   const dtype = (t.dtype ?? DType.DTYPE_UNSPECIFIED) as DType;
+  if (!(dtype === DType.FLOAT32 || dtype === DType.FLOAT16 || dtype === DType.INT8)) {
+    throw new ProtocolError(ErrorCode.DTYPE_MISMATCH, `tensor ${name}: unsupported dtype ${dtype}`);
+  }
   const width = bytesPerElement(dtype);
   const data = t.data ?? new Uint8Array(0);
   if (data.byteLength !== n * width) {
@@ -122,6 +128,14 @@ export function firstNonFinite(values: Float32Array): number {
     }
   }
   return -1;
+}
+
+/** The largest float32 below a positive finite float32. */
+function previousFloat32(x: number): number {
+  const f = new Float32Array([x]);
+  const bits = new Uint32Array(f.buffer);
+  bits[0] = bits[0]! - 1;
+  return f[0]!;
 }
 
 /** Encodes every layer of a flat buffer (views, no copies for FLOAT32). */

@@ -1,6 +1,5 @@
 import { nanoid } from 'nanoid';
 import {
-  decodeWeights,
   encodeTaskWeights,
   encodeWeights,
   ErrorCode,
@@ -11,6 +10,7 @@ import {
 import type { DispatchObserver } from '../metrics.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import type { ClientSession } from '../transport/session.js';
+import { validateUpdate } from './update-validation.js';
 
 export const TaskKind = fedunlearn.v1.TaskKind;
 export type TaskKind = fedunlearn.v1.TaskKind;
@@ -230,33 +230,17 @@ export class TaskDispatcher {
     const taskId = update.taskId ?? '';
     try {
       const p = this.pending.get(taskId);
-      if (!p) {
-        if (this.closed.has(taskId)) {
-          throw new ProtocolError(ErrorCode.STALE_TASK, `task ${taskId} is closed (answered, expired or replaced)`, taskId);
-        }
-        throw new ProtocolError(ErrorCode.UNKNOWN_TASK, `no task ${taskId}`, taskId);
+      const layout = p?.spec.weights.layout;
+      const target = p && layout && p.kind !== TaskKind.EVALUATE ? this.buffers.take(layout.totalSize) : undefined;
+      const verdict = validateUpdate(update, session.clientId, p && layout && { clientId: p.clientId, kind: p.kind, layout }, this.closed.has(taskId), target);
+      if (!verdict.ok) {
+        if (target) this.buffers.give(target);
+        // A bad update closes the task: the client is told why and counts as missing for this round.
+        if (p && verdict.closesTask) p.settle({ missing: { clientId: p.clientId, reason: 'rejected', detail: verdict.error.message } });
+        throw verdict.error;
       }
-      if (p.clientId !== session.clientId) {
-        throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `task ${taskId} was not given to ${session.clientId}`, taskId);
-      }
-      const numExamples = update.numExamples ?? 0;
-      if (!(numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `numExamples must be positive, got ${numExamples}`, taskId);
-      let delta: Float32Array | null = null;
-      if (p.kind !== TaskKind.EVALUATE) {
-        const layout = p.spec.weights.layout;
-        const target = this.buffers.take(layout.totalSize);
-        try {
-          delta = decodeWeights(update.delta ?? [], layout, target);
-        } catch (e) {
-          this.buffers.give(target);
-          // A bad update closes the task: the client is told why and counts as missing for this round.
-          p.settle({ missing: { clientId: p.clientId, reason: 'rejected', detail: (e as Error).message } });
-          throw e instanceof ProtocolError ? new ProtocolError(e.code, e.message, taskId) : e;
-        }
-      }
-      const metrics: Record<string, number> = {};
-      for (const [k, v] of Object.entries(update.metrics ?? {})) if (Number.isFinite(v)) metrics[k] = v;
-      p.settle({ answer: { clientId: p.clientId, taskId, delta, numExamples, metrics, bytesIn } });
+      const { delta, numExamples, metrics } = verdict.update;
+      p!.settle({ answer: { clientId: p!.clientId, taskId, delta, numExamples, metrics, bytesIn } });
     } catch (e) {
       const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, String(e), taskId);
       this.count(err.codeName);

@@ -39,9 +39,13 @@ export class ClientRegistry extends EventEmitter<RegistryEvents> {
     return this.sessions.size;
   }
 
-  /** Resolves once at least `n` clients are connected, or with false after `timeoutMs` / on abort. */
-  waitFor(n: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
-    if (this.sessions.size >= n) return Promise.resolve(true);
+  /**
+   * Resolves once at least `n` clients are connected (counting only those `counts` accepts, when given), or with false
+   * after `timeoutMs` / on abort.
+   */
+  waitFor(n: number, timeoutMs: number, signal?: AbortSignal, counts?: (clientId: string) => boolean): Promise<boolean> {
+    const enough = () => (counts ? [...this.sessions.keys()].filter(counts).length : this.sessions.size) >= n;
+    if (enough()) return Promise.resolve(true);
     return new Promise((resolve) => {
       const done = (ok: boolean) => {
         clearTimeout(timer);
@@ -50,7 +54,7 @@ export class ClientRegistry extends EventEmitter<RegistryEvents> {
         resolve(ok);
       };
       const check = () => {
-        if (this.sessions.size >= n) done(true);
+        if (enough()) done(true);
       };
       const abort = () => done(false);
       const timer = setTimeout(() => done(false), timeoutMs);

@@ -159,7 +159,9 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         rounds: tune.rounds.map((r, i) => ({
           round: i + 1,
           roundId: r.roundId,
-          modelBefore: '',
+          // Every method replays from the model the lineage started with; recording it lets a later job on the new
+          // lineage replay it in turn (with '' its first round had no known start, and a second job could not run).
+          modelBefore: i === 0 && result.rounds.length > 0 ? (rounds[0]?.modelBefore ?? '') : '',
           participants: r.participants,
           metrics: { ...r.metrics, sourceRound: r.sourceRound },
           startedAt: r.startedAt,
