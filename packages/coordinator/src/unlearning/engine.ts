@@ -161,6 +161,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
           roundId: r.roundId,
           modelBefore: '',
           participants: r.participants,
+          missing: r.missing,
           metrics: { ...r.metrics, sourceRound: r.sourceRound },
           startedAt: r.startedAt,
           closedAt: r.closedAt,
