@@ -49,3 +49,18 @@ test('asynchronous handshakes overlap up to the concurrency, and a rejected one 
   assert.equal(done, 6);
   assert.equal(peak, 2);
 });
+
+test('the bound follows how long handshakes take: a wait beyond maxWaitMs is refused', async () => {
+  const q = new HandshakeQueue({ concurrency: 1, maxQueued: 100, maxWaitMs: 100 });
+  q.offer(() => busy(20));
+  await new Promise((r) => setTimeout(r, 40));
+  const avg = q.expectedWaitMs(1);
+  assert.ok(avg >= 20, `one 20 ms handshake measured as ${avg} ms`);
+  // Nothing finishes while offering, so the estimate stays put: the queue takes exactly as many as fit in 100 ms.
+  let accepted = 0;
+  while (q.offer(() => busy(1))) accepted++;
+  assert.equal(q.size, Math.floor(100 / avg), `${accepted} accepted with a ${avg} ms estimate`);
+  assert.equal(accepted, q.size + 1, 'the first went straight to running');
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(q.size, 0);
+});

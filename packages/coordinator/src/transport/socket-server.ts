@@ -33,8 +33,9 @@ export interface SocketServerOptions {
   helloTimeoutMs: number;
   heartbeatIntervalMs: number;
   coordinatorVersion: string;
-  /** Hellos waiting for their credential check beyond the one in progress; more are refused with RATE_LIMITED and
-   *  retried by the SDK after a jittered back-off. Default 256 (about 10 s of scrypt checks). */
+  /** Hellos waiting for their credential check beyond the one in progress; more (or more than a hello timeout's worth
+   *  of checks at their recent pace) are refused with RATE_LIMITED and retried by the SDK after a jittered back-off.
+   *  Default 256. */
   maxPendingHellos?: number;
 }
 
@@ -62,7 +63,9 @@ export class SocketServer {
     private readonly opts: SocketServerOptions,
     private readonly log: Logger,
   ) {
-    this.hellos = new HandshakeQueue({ concurrency: 1, maxQueued: opts.maxPendingHellos ?? 256 });
+    // A hello waits at most about a hello timeout in line, so that an admitted client is welcomed well within the
+    // SDK's connect timeout; the others are told to come back (RATE_LIMITED) and spread out by their back-off.
+    this.hellos = new HandshakeQueue({ concurrency: 1, maxQueued: opts.maxPendingHellos ?? 256, maxWaitMs: opts.helloTimeoutMs });
     // A client that stops answering (a frozen process, a dead network) is dropped within 3 intervals: a ping is due
     // every interval and its pong within two more. The registry then forgets it and its tasks settle as missing.
     this.io = new Server(http, {
