@@ -78,6 +78,21 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
       else if (m.type === 'task') (m.jobId ? truth.get(frozenId)!.calibrated : truth.get(frozenId)!.trained).add(m.round!);
     }),
   );
+  /** Round 4 drops the flaky client's socket in the middle of its task: when its training starts. */
+  let dropWhenTraining = false;
+  class DroppingTrainer extends Trainer {
+    override train(...args: Parameters<Trainer['train']>): ReturnType<Trainer['train']> {
+      if (dropWhenTraining) {
+        dropWhenTraining = false;
+        drops.push({ round: 4, clientId: flakyId, how: 'socket drop mid-task', afterMs: Date.now() - roundStartedAt, at: Date.now() });
+        dropSocket(flakyId);
+      }
+      return super.train(...args);
+    }
+  }
+  const flakyTrainer = new DroppingTrainer({ tf });
+  const drops: { round: number; clientId: string; how: string; afterMs: number; at: number }[] = [];
+  let roundStartedAt = 0;
   const clients = new Map(
     names.slice(0, -1).map((clientId) => {
       const c = new FederatedClient({
@@ -85,8 +100,10 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
         clientId,
         secret: `secret-of-${clientId}`,
         data: tinyDataset(seedrandom(clientId), 64, 4),
-        trainer,
-        reconnect: { delayMs: 100, maxDelayMs: 500 },
+        trainer: clientId === flakyId ? flakyTrainer : trainer,
+        // The flaky client comes back only after the task it lost its socket in has finished: an answer computed
+        // while disconnected must not be sent ahead of its next hello (the coordinator would refuse the connection).
+        reconnect: clientId === flakyId ? { delayMs: 1500, maxDelayMs: 2000 } : { delayMs: 100, maxDelayMs: 500 },
       });
       c.on('task', record(truth.get(clientId)!));
       c.on('error', () => undefined);
@@ -101,17 +118,18 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
     await childConnected;
     await coordinator.registry.waitFor(CLIENTS, 10_000);
 
-    // Round 2: freeze the child; round 3: close one client; round 4: one client's socket drops and it reconnects.
-    const drops: { round: number; clientId: string; how: string; afterMs: number; at: number }[] = [];
+    // Round 2: freeze the child, and round 3: close one client, at random moments; round 4: one client's socket
+    // drops while it trains, and it reconnects.
     const plan = new Map<number, { clientId: string; how: string; act(): void }>([
       [2, { clientId: frozenId, how: 'SIGSTOP', act: () => child.kill('SIGSTOP') }],
       [3, { clientId: closedId, how: 'close()', act: () => void clients.get(closedId)!.close() }],
-      [4, { clientId: flakyId, how: 'socket drop', act: () => dropSocket(flakyId) }],
     ]);
     const outcomes: RoundOutcome[] = [];
     for (let round = 1; round <= 5; round++) {
       const p = plan.get(round);
       let timer: NodeJS.Timeout | undefined;
+      roundStartedAt = Date.now();
+      if (round === 4) dropWhenTraining = true;
       if (p) {
         const afterMs = Math.floor(rng() * 150);
         timer = setTimeout(() => {
@@ -123,7 +141,7 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
       clearTimeout(timer);
       outcomes.push(r!);
       // The client whose socket dropped reconnects on its own; the next round and the job ask it again once it is back.
-      if (p?.clientId === flakyId) await waitUntil(() => coordinator.registry.get(flakyId) !== undefined, 10_000, `${flakyId} to reconnect`);
+      if (round === 4) await waitUntil(() => coordinator.registry.get(flakyId) !== undefined, 10_000, `${flakyId} to reconnect`);
     }
     assert.equal(drops.length, 3, 'every planned drop happened during its round');
 
@@ -168,6 +186,7 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
         if (gone.has(id) || id === drop?.clientId) continue;
         assert.equal(ids(rec.participants).includes(id), truth.get(id)!.trained.has(o.round), `round ${o.round}: ${id} participant iff it answered`);
       }
+      if (drop?.how === 'socket drop mid-task') assert.ok(ids(rec.missing).includes(flakyId), `round ${o.round}: a client that lost its socket mid-task is missing`);
       // Nobody but the client dropped in this round is missing.
       assert.deepEqual(ids(rec.missing), drop && !ids(rec.participants).includes(drop.clientId) ? [drop.clientId] : [], `round ${o.round}: missing`);
       for (const m of rec.missing) {
@@ -211,6 +230,7 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
     child.kill('SIGKILL');
     await Promise.all([...clients.values()].map((c) => c.close()));
     trainer.dispose();
+    flakyTrainer.dispose();
     await coordinator.stop();
     tmp.cleanup();
   }
