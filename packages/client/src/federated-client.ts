@@ -72,6 +72,8 @@ export interface JobUpdate {
 export interface ClientEvents {
   connected: [{ sessionId: string; backend: BackendName }];
   disconnected: [string];
+  /** A reconnection attempt is starting (1 for the first after a loss); the delay before it was jittered. */
+  reconnecting: [number];
   task: [TaskInfo];
   job: [JobUpdate];
   /** An error the coordinator sent (a refused update, a refused hello, ...). */
@@ -93,6 +95,11 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   private readonly receipts = new Map<string, { resolve(jobId: string): void; reject(e: Error): void }>();
   private readonly jobs = new Map<string, JobUpdate>();
   private closed = false;
+  /** A hello is out and neither welcomed nor refused. */
+  private helloPending = false;
+  /** Consecutive hellos refused because the coordinator was busy; sets the back-off before the next. */
+  private busyRefusals = 0;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
   sessionId = '';
 
   constructor(private readonly opts: FederatedClientOptions) {
@@ -120,6 +127,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     this.channel = new Channel(socket, { message: (env) => this.onMessage(env) }, this.opts.framing ?? DEFAULT_FRAMING);
     socket.on('connect', () => this.hello());
     socket.on('disconnect', (reason) => this.emit('disconnected', String(reason)));
+    socket.io.on('reconnect_attempt', (attempt) => this.emit('reconnecting', attempt));
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => {
         this.welcomed = null;
@@ -165,11 +173,26 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     this.socket?.disconnect();
     this.channel?.close();
     await this.work.catch(() => undefined);
     if (this.trainer !== this.opts.trainer) this.trainer?.dispose();
     this.trainer = null;
+  }
+
+  /** Reconnects after socket.io's back-off for the number of busy refusals so far: exponential, capped, jittered ±50%. */
+  private retryWhenLessBusy(): void {
+    const r = this.opts.reconnect ?? {};
+    const attempt = ++this.busyRefusals;
+    const delay = Math.min(r.maxDelayMs ?? 10_000, (r.delayMs ?? 500) * 2 ** Math.min(attempt - 1, 20) * (0.5 + Math.random()));
+    this.socket?.disconnect();
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      if (this.closed) return;
+      this.emit('reconnecting', attempt);
+      this.socket?.connect();
+    }, delay);
   }
 
   private requireChannel(): Channel {
@@ -184,6 +207,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   }
 
   private hello(): void {
+    this.helloPending = true;
     this.channel?.send({
       hello: {
         clientId: this.opts.clientId,
@@ -199,6 +223,8 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   private onMessage(env: fedunlearn.v1.Envelope): void {
     switch (env.body) {
       case 'welcome':
+        this.helloPending = false;
+        this.busyRefusals = 0;
         this.sessionId = env.welcome!.sessionId ?? '';
         this.channel?.adoptPeerFraming({ chunkBytes: env.welcome!.chunkBytes ?? 0, maxMessageBytes: Number(env.welcome!.maxMessageBytes ?? 0) });
         this.emit('connected', { sessionId: this.sessionId, backend: this.backend!.name });
@@ -240,6 +266,14 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       case 'error': {
         const e = env.error as fedunlearn.v1.Error;
         const info = { code: errorCodeName(e.code), message: e.message, ref: e.ref };
+        if (this.helloPending && e.code === ErrorCode.RATE_LIMITED) {
+          // The coordinator is admitting others (a reconnect storm): not a refusal of this client, so try again later.
+          this.helloPending = false;
+          this.emit('serverError', info);
+          this.retryWhenLessBusy();
+          return;
+        }
+        this.helloPending = false;
         if (this.welcomed) {
           this.welcomed.reject(new Error(`${info.code}: ${info.message}`));
           this.welcomed = null;
@@ -261,7 +295,15 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
 
   private async runTask(task: fedunlearn.v1.Task): Promise<void> {
     if (this.closed) return;
-    const channel = this.channel!;
+    // socket.io buffers what is emitted while disconnected and flushes it ahead of the next hello, which the
+    // coordinator refuses as a first message: an answer to a task of a lost connection is dropped instead (the
+    // coordinator already counted this client missing for it).
+    const socket = this.socket!;
+    const inner = this.channel!;
+    const channel = {
+      send: (msg: fedunlearn.v1.IEnvelope) => (socket.connected ? inner.send(msg) : 0),
+      sendError: (code: ErrorCode, message: string, ref: string) => (socket.connected ? inner.sendError(code, message, ref) : undefined),
+    };
     const trainer = this.trainer!;
     const deadline = Number(task.deadlineUnixMs);
     if (deadline > 0 && Date.now() > deadline) return;

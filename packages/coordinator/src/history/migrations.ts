@@ -97,6 +97,10 @@ export const MIGRATIONS: readonly string[] = [
     forgotten    INTEGER NOT NULL DEFAULT 0
   );
   `,
+  // 2: who was asked but did not answer, and why (JSON array of {clientId, reason, detail?}).
+  `
+  ALTER TABLE rounds ADD COLUMN missing_json TEXT NOT NULL DEFAULT '[]';
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

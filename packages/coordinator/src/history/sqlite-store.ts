@@ -36,6 +36,7 @@ import {
   type Participant,
   type ParticipantInput,
   type PurgeSummary,
+  type MissingClient,
   type RoundRecord,
 } from './store.js';
 
@@ -91,6 +92,7 @@ interface RoundRow {
   model_after: string | null;
   updates_stored: number;
   metrics_json: string;
+  missing_json: string;
   started_at: number;
   closed_at: number;
 }
@@ -175,8 +177,8 @@ function prepareStatements(db: Database.Database) {
        WHERE r.lineage = ? AND r.round BETWEEN ? AND ? ORDER BY r.round, p.ord`,
     ),
     insertRound: db.prepare(
-      `INSERT INTO rounds (round_id, lineage, round, model_before, model_after, updates_stored, metrics_json, started_at, closed_at)
-       VALUES (@round_id, @lineage, @round, @model_before, @model_after, @updates_stored, @metrics_json, @started_at, @closed_at)`,
+      `INSERT INTO rounds (round_id, lineage, round, model_before, model_after, updates_stored, metrics_json, missing_json, started_at, closed_at)
+       VALUES (@round_id, @lineage, @round, @model_before, @model_after, @updates_stored, @metrics_json, @missing_json, @started_at, @closed_at)`,
     ),
     insertParticipant: db.prepare(
       `INSERT INTO participants (round_id, client_id, ord, num_examples, norms, metrics_json)
@@ -196,6 +198,8 @@ function prepareStatements(db: Database.Database) {
       'SELECT encoding, COUNT(*) AS n, SUM(bytes) AS bytes FROM updates GROUP BY encoding',
     ),
     roundCount: db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM rounds'),
+    roundsMissingClient: db.prepare<[string], { round_id: string; missing_json: string }>('SELECT round_id, missing_json FROM rounds WHERE missing_json LIKE ?'),
+    setRoundMissing: db.prepare<[string, string]>('UPDATE rounds SET missing_json = ? WHERE round_id = ?'),
     job: db.prepare<[string], JobRow>('SELECT * FROM jobs WHERE job_id = ?'),
     jobs: db.prepare<[], JobRow>('SELECT * FROM jobs ORDER BY seq'),
     jobsInState: db.prepare<[string], JobRow>('SELECT * FROM jobs WHERE state = ? ORDER BY seq'),
@@ -260,6 +264,22 @@ function toClient(r: ClientRow): ClientRecord {
     lastSeen: r.last_seen,
     forgotten: r.forgotten !== 0,
   };
+}
+
+const MISSING_REASONS: ReadonlySet<string> = new Set(['offline', 'disconnected', 'deadline', 'rejected', 'failed']);
+
+/** A round's missing list: known reasons, each client once, and none of them also a participant. */
+function checkMissing(missing: MissingClient[], participants: readonly { clientId: string }[], ctx: string): MissingClient[] {
+  const taken = new Set(participants.map((p) => p.clientId));
+  const seen = new Set<string>();
+  return missing.map((m) => {
+    if (typeof m.clientId !== 'string' || m.clientId === '') throw new HistoryError(`${ctx}: a missing client has no id`);
+    if (!MISSING_REASONS.has(m.reason)) throw new HistoryError(`${ctx}: missing client ${m.clientId} has unknown reason '${String(m.reason)}'`);
+    if (taken.has(m.clientId)) throw new HistoryError(`${ctx}: client ${m.clientId} is both a participant and missing`);
+    if (seen.has(m.clientId)) throw new HistoryError(`${ctx}: client ${m.clientId} is missing twice`);
+    seen.add(m.clientId);
+    return m.detail === undefined ? { clientId: m.clientId, reason: m.reason } : { clientId: m.clientId, reason: m.reason, detail: String(m.detail) };
+  });
 }
 
 /** JSON for metrics that keeps NaN and ±Infinity (a diverging round still commits, and reads back as it was). */
@@ -477,6 +497,7 @@ class SqliteHistoryStore implements HistoryStore {
     modelBefore: string;
     weights: Float32Array;
     participants: ParticipantInput[];
+    missing?: MissingClient[];
     metrics: Record<string, number>;
     startedAt: number;
   }): ModelVersion {
@@ -490,6 +511,7 @@ class SqliteHistoryStore implements HistoryStore {
     }
     this.checkNewRoundId(input.roundId);
     const participants = this.checkParticipants(input.participants, `round ${input.round}`);
+    const missing = checkMissing(input.missing ?? [], participants, `round ${input.round}`);
     const closedAt = this.now();
     const planned = this.planModel(meta.layout, input.weights, { parent: head.version, cause: 'round', round: input.round, jobId: null, lineage: head.lineage }, closedAt);
     const keep = this.keepsUpdates(input.round);
@@ -497,7 +519,7 @@ class SqliteHistoryStore implements HistoryStore {
     this.commitWithBlobs([planned], () => {
       this.q.insertModel.run(planned.row);
       this.insertRound(
-        { ...input, lineage: head.lineage, modelBefore: head.version, modelAfter: planned.row.version, updatesStored: keep, closedAt },
+        { ...input, missing, lineage: head.lineage, modelBefore: head.version, modelAfter: planned.row.version, updatesStored: keep, closedAt },
         participants,
         updates,
       );
@@ -522,6 +544,7 @@ class SqliteHistoryStore implements HistoryStore {
       this.checkNewRoundId(r.roundId);
     });
     const participants = rounds.map((r) => this.checkParticipants(r.participants, `${ctx}, round ${r.round}`));
+    const missing = rounds.map((r, i) => checkMissing(r.missing ?? [], participants[i]!, `${ctx}, round ${r.round}`));
 
     const intermediates = new Map<number, Float32Array>();
     const last = rounds[rounds.length - 1];
@@ -582,7 +605,7 @@ class SqliteHistoryStore implements HistoryStore {
       rounds.forEach((r, i) => {
         const { before, after } = resolved[i]!;
         this.insertRound(
-          { ...r, lineage, modelBefore: before, modelAfter: after, updatesStored: keep },
+          { ...r, missing: missing[i]!, lineage, modelBefore: before, modelAfter: after, updatesStored: keep },
           participants[i]!,
           updates[i]!,
         );
@@ -602,6 +625,7 @@ class SqliteHistoryStore implements HistoryStore {
       modelAfter: string | null;
       updatesStored: boolean;
       metrics: Record<string, number>;
+      missing: MissingClient[];
       startedAt: number;
       closedAt: number;
     },
@@ -616,6 +640,7 @@ class SqliteHistoryStore implements HistoryStore {
       model_after: r.modelAfter,
       updates_stored: r.updatesStored ? 1 : 0,
       metrics_json: metricsToJson(r.metrics),
+      missing_json: JSON.stringify(r.missing),
       started_at: r.startedAt,
       closed_at: r.closedAt,
     });
@@ -721,6 +746,7 @@ class SqliteHistoryStore implements HistoryStore {
       modelBefore: r.model_before ?? '',
       modelAfter: r.model_after ?? '',
       participants: byRound.get(r.round_id) ?? [],
+      missing: JSON.parse(r.missing_json) as MissingClient[],
       updatesStored: r.updates_stored !== 0,
       metrics: metricsFromJson(r.metrics_json),
       startedAt: r.started_at,
@@ -807,6 +833,11 @@ class SqliteHistoryStore implements HistoryStore {
         for (const u of this.q.updatesOfClient.all(id)) files.push(this.abs(u.blob));
         updatesDeleted += this.q.deleteUpdatesOfClient.run(id).changes;
         participantRowsDeleted += this.q.deleteParticipantsOfClient.run(id).changes;
+        // A missing-list entry names the client too; the round keeps the count of its other absentees only.
+        for (const r of this.q.roundsMissingClient.all(`%${JSON.stringify(id)}%`)) {
+          const kept = (JSON.parse(r.missing_json) as MissingClient[]).filter((m) => m.clientId !== id);
+          this.q.setRoundMissing.run(JSON.stringify(kept), r.round_id);
+        }
         const c = this.q.client.get(id);
         this.q.putClient.run({
           client_id: id,

@@ -48,6 +48,17 @@ export interface Participant extends ParticipantInput {
   hasUpdate: boolean;
 }
 
+/** Why a client asked to take part in a round sent no accepted update: never connected when the round began
+ *  ('offline'), lost its connection or stopped answering heartbeats ('disconnected'), too slow ('deadline'), sent an
+ *  update that was refused ('rejected'), or reported that its task failed ('failed'). */
+export type MissingReason = 'offline' | 'disconnected' | 'deadline' | 'rejected' | 'failed';
+
+export interface MissingClient {
+  clientId: string;
+  reason: MissingReason;
+  detail?: string;
+}
+
 export interface RoundRecord {
   /** 1-based within the lineage. */
   round: number;
@@ -58,6 +69,9 @@ export interface RoundRecord {
   /** Version committed with this round. '' when unknown: an unlearning round whose model was not kept. */
   modelAfter: string;
   participants: Participant[];
+  /** Clients that were asked to take part but whose update is not in the round, with the reason (selection order of
+   *  settlement). Empty for rounds recorded before this was kept. */
+  missing: MissingClient[];
   /** True on rounds whose full updates are kept by policy: keepsUpdates(round) for training rounds, and every replayed
    *  round of an unlearning lineage unless the retention is 'norms'. Participant.hasUpdate says what is actually there. */
   updatesStored: boolean;
@@ -138,6 +152,8 @@ export interface UnlearningRoundInput {
   /** An existing version, or ''/absent to take this round's intermediate model (the new head for the last round). */
   modelAfter?: string;
   participants: ParticipantInput[];
+  /** Clients of the replay step that did not answer. */
+  missing?: MissingClient[];
   metrics: Record<string, number>;
   startedAt: number;
   closedAt: number;
@@ -182,6 +198,8 @@ export interface HistoryStore {
     modelBefore: string;
     weights: Float32Array;
     participants: ParticipantInput[];
+    /** Selected clients whose update is not in the round; must not overlap the participants. */
+    missing?: MissingClient[];
     metrics: Record<string, number>;
     startedAt: number;
   }): ModelVersion;
@@ -201,7 +219,8 @@ export interface HistoryStore {
    *  staged beforehand with stageUpdate under their roundIds), making it the head. The old lineage stays readable. */
   commitUnlearning(input: CommitUnlearningInput): ModelVersion;
   /** Deletes every stored update and participant row of these clients, in every lineage, durably (files unlinked and
-   *  dirs fsynced), and reduces their client records to tombstones (forgotten: true). */
+   *  dirs fsynced), drops them from the rounds' missing lists, and reduces their client records to tombstones
+   *  (forgotten: true). */
   purgeClients(clientIds: string[]): Promise<PurgeSummary>;
   /** Storage statistics: bytes of model blobs, update blobs (by encoding), rows. */
   stats(): HistoryStats;

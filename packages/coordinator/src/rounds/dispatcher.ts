@@ -8,6 +8,7 @@ import {
   type FlatWeights,
 } from '@fedunlearn/protocol';
 import type { DispatchObserver } from '../metrics.js';
+import type { MissingClient } from '../history/store.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import type { ClientSession } from '../transport/session.js';
 import { validateUpdate } from './update-validation.js';
@@ -48,11 +49,8 @@ export interface Answer {
   bytesIn: number;
 }
 
-export interface Missing {
-  clientId: string;
-  reason: 'offline' | 'disconnected' | 'deadline' | 'rejected' | 'failed';
-  detail?: string;
-}
+/** A selected client without an accepted answer; the round record keeps it (history/store.ts MissingClient). */
+export type Missing = MissingClient;
 
 export interface DispatchResult {
   answered: string[];

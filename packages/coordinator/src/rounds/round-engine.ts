@@ -116,6 +116,7 @@ export class RoundEngine {
         modelBefore: current.version,
         weights: step.weights,
         participants: step.participants,
+        missing: step.missing,
         metrics: step.metrics,
         startedAt: started,
       });

@@ -12,11 +12,13 @@ import {
 } from '@fedunlearn/protocol';
 import type { Logger } from '../logger.js';
 import type { ClientRegistry } from './client-registry.js';
+import { HandshakeQueue } from './handshake-queue.js';
 import type { ClientSession } from './session.js';
 
 export interface Authenticator {
-  /** Returns normally when `hello` proves the client's identity; throws ProtocolError (UNAUTHENTICATED, ...) otherwise. */
-  authenticate(hello: fedunlearn.v1.Hello): void;
+  /** Returns (or resolves) when `hello` proves the client's identity; throws (or rejects with) ProtocolError
+   *  (UNAUTHENTICATED, ...) otherwise. */
+  authenticate(hello: fedunlearn.v1.Hello): void | Promise<void>;
 }
 
 /** What an authenticated client may ask of the coordinator besides answering tasks. */
@@ -31,6 +33,10 @@ export interface SocketServerOptions {
   helloTimeoutMs: number;
   heartbeatIntervalMs: number;
   coordinatorVersion: string;
+  /** Hellos waiting for their credential check beyond the one in progress; more (or more than a hello timeout's worth
+   *  of checks at their recent pace) are refused with RATE_LIMITED and retried by the SDK after a jittered back-off.
+   *  Default 256. */
+  maxPendingHellos?: number;
 }
 
 export interface TransportCounters {
@@ -49,6 +55,7 @@ export class SocketServer {
   readonly counters: TransportCounters = { connections: 0, refused: {}, bytesIn: 0, bytesOut: 0 };
   /** Open connections' channels: their bytes join `counters` only when they close. */
   private readonly live = new Set<Channel>();
+  private readonly hellos: HandshakeQueue;
 
   constructor(
     http: HttpServer,
@@ -58,6 +65,11 @@ export class SocketServer {
     private readonly opts: SocketServerOptions,
     private readonly log: Logger,
   ) {
+    // A hello waits at most about a hello timeout in line, so that an admitted client is welcomed well within the
+    // SDK's connect timeout; the others are told to come back (RATE_LIMITED) and spread out by their back-off.
+    this.hellos = new HandshakeQueue({ concurrency: 1, maxQueued: opts.maxPendingHellos ?? 256, maxWaitMs: opts.helloTimeoutMs });
+    // A client that stops answering (a frozen process, a dead network) is dropped within 3 intervals: a ping is due
+    // every interval and its pong within two more. The registry then forgets it and its tasks settle as missing.
     this.io = new Server(http, {
       maxHttpBufferSize: socketBufferBytes(opts.framing.chunkBytes),
       pingInterval: opts.heartbeatIntervalMs,
@@ -92,6 +104,9 @@ export class SocketServer {
   private accept(socket: Socket): void {
     this.counters.connections++;
     let session: ClientSession | null = null;
+    /** The hello arrived and waits for (or is in) its credential check; nothing else is accepted meanwhile. */
+    let introduced = false;
+    let gone = false;
     const helloTimer = setTimeout(() => {
       this.refuse('HELLO_TIMEOUT');
       channel.sendError(ErrorCode.UNAUTHENTICATED, `no hello within ${this.opts.helloTimeoutMs} ms`);
@@ -104,8 +119,27 @@ export class SocketServer {
         message: (env) => {
           try {
             if (!session) {
-              session = this.handshake(socket, channel, env);
+              if (introduced) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `${env.body} before the hello was answered`);
+              const hello = checkHello(env);
+              introduced = true;
+              // The client did its part in time: a wait in the queue below is the coordinator's, not the client's.
               clearTimeout(helloTimer);
+              const queued = this.hellos.offer(async () => {
+                if (gone) return;
+                try {
+                  const s = await this.handshake(socket, channel, hello);
+                  if (gone) return;
+                  session = s;
+                  this.registry.add(s);
+                } catch (e) {
+                  const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
+                  if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'handshake failed');
+                  this.refuse(err.codeName);
+                  channel.sendError(err.code, err.message, err.ref);
+                  socket.disconnect(true);
+                }
+              });
+              if (!queued) throw new ProtocolError(ErrorCode.RATE_LIMITED, 'the coordinator is busy admitting other clients; retry later');
               return;
             }
             this.route(session, env, channel);
@@ -127,6 +161,7 @@ export class SocketServer {
     this.live.add(channel);
 
     socket.on('disconnect', (reason) => {
+      gone = true;
       clearTimeout(helloTimer);
       this.live.delete(channel);
       this.counters.bytesIn += channel.stats.bytesIn;
@@ -139,17 +174,9 @@ export class SocketServer {
     });
   }
 
-  private handshake(socket: Socket, channel: Channel, env: fedunlearn.v1.Envelope): ClientSession {
-    if (env.body !== 'hello' || !env.hello) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `the first message must be hello, got ${env.body}`);
-    const hello = env.hello as fedunlearn.v1.Hello;
-    if (hello.protocolVersion !== PROTOCOL_VERSION) {
-      throw new ProtocolError(ErrorCode.PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
-    }
-    if (!/^[A-Za-z0-9_.:-]{1,128}$/.test(hello.clientId)) {
-      throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'client id must be 1-128 characters of [A-Za-z0-9_.:-]');
-    }
-    if (!(hello.numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'numExamples must be positive');
-    this.auth.authenticate(hello);
+  /** Checks a hello and welcomes the client; the caller adds the session to the registry if the socket is still open. */
+  private async handshake(socket: Socket, channel: Channel, hello: fedunlearn.v1.Hello): Promise<ClientSession> {
+    await this.auth.authenticate(hello);
     const now = Date.now();
     const session: ClientSession = {
       clientId: hello.clientId,
@@ -174,7 +201,6 @@ export class SocketServer {
       },
     });
     this.log.info({ clientId: session.clientId, backend: session.backend, numExamples: session.numExamples }, 'client joined');
-    this.registry.add(session);
     return session;
   }
 
@@ -196,4 +222,18 @@ export class SocketServer {
         throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `a client may not send ${env.body}`);
     }
   }
+}
+
+/** The checks of a hello that cost nothing, made before it waits for its credential check. */
+function checkHello(env: fedunlearn.v1.Envelope): fedunlearn.v1.Hello {
+  if (env.body !== 'hello' || !env.hello) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `the first message must be hello, got ${env.body}`);
+  const hello = env.hello as fedunlearn.v1.Hello;
+  if (hello.protocolVersion !== PROTOCOL_VERSION) {
+    throw new ProtocolError(ErrorCode.PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
+  }
+  if (!/^[A-Za-z0-9_.:-]{1,128}$/.test(hello.clientId)) {
+    throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'client id must be 1-128 characters of [A-Za-z0-9_.:-]');
+  }
+  if (!(hello.numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'numExamples must be positive');
+  return hello;
 }

@@ -163,6 +163,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
           // lineage replay it in turn (with '' its first round had no known start, and a second job could not run).
           modelBefore: i === 0 && result.rounds.length > 0 ? (rounds[0]?.modelBefore ?? '') : '',
           participants: r.participants,
+          missing: r.missing,
           metrics: { ...r.metrics, sourceRound: r.sourceRound },
           startedAt: r.startedAt,
           closedAt: r.closedAt,
