@@ -40,8 +40,15 @@ export interface FederatedClientOptions {
   trainer?: Trainer;
   /** Backends to try, best first; default tensorflow (tfjs-node), wasm, cpu. */
   backends?: BackendName[];
-  /** Reconnection back-off: socket.io's exponential delay with jitter. */
+  /**
+   * Reconnection back-off: exponential delay with ±50 % jitter, for dropped connections and for hellos the
+   * coordinator refused as RATE_LIMITED (a reconnect storm, a locked-out id); other refusals are final.
+   */
   reconnect?: { delayMs?: number; maxDelayMs?: number; attempts?: number };
+  /** TLS: the CA (PEM) that signed a self-signed coordinator's certificate. */
+  ca?: string | string[];
+  /** TLS: false accepts any certificate (testing only); default true. */
+  rejectUnauthorized?: boolean;
   framing?: FramingLimits;
 }
 
@@ -93,6 +100,10 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   private readonly receipts = new Map<string, { resolve(jobId: string): void; reject(e: Error): void }>();
   private readonly jobs = new Map<string, JobUpdate>();
   private closed = false;
+  /** The coordinator refused the pending hello as RATE_LIMITED: reconnect after a back-off when it disconnects us. */
+  private retryRefused = false;
+  private refusedRetries = 0;
+  private retryTimer: NodeJS.Timeout | null = null;
   sessionId = '';
 
   constructor(private readonly opts: FederatedClientOptions) {
@@ -115,11 +126,28 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       reconnectionDelayMax: r.maxDelayMs ?? 10_000,
       reconnectionAttempts: r.attempts ?? Infinity,
       randomizationFactor: 0.5,
+      ...(this.opts.ca !== undefined ? { ca: this.opts.ca } : {}),
+      ...(this.opts.rejectUnauthorized !== undefined ? { rejectUnauthorized: this.opts.rejectUnauthorized } : {}),
     });
     this.socket = socket;
     this.channel = new Channel(socket, { message: (env) => this.onMessage(env) }, this.opts.framing ?? DEFAULT_FRAMING);
     socket.on('connect', () => this.hello());
-    socket.on('disconnect', (reason) => this.emit('disconnected', String(reason)));
+    socket.on('disconnect', (reason) => {
+      this.emit('disconnected', String(reason));
+      // socket.io does not reconnect after the server closed the connection; a rate-limited hello is worth retrying.
+      if (reason === 'io server disconnect' && this.retryRefused) this.retryLater();
+    });
+    socket.on('connect_error', (e) => {
+      // A certificate the client does not trust never becomes a connection: fail at once instead of at the timeout.
+      // The transport's error event carries the TLS error (socket.io-client only says "websocket error").
+      const d = (e as Error & { description?: { message?: string; error?: { code?: string } } }).description;
+      const detail = `${d?.error?.code ?? ''} ${d?.message ?? e.message}`;
+      if (/CERT|certificate|self[- ]signed/i.test(detail)) {
+        this.welcomed?.reject(new Error(`cannot connect to ${this.opts.url}: ${detail.trim()}`));
+        this.welcomed = null;
+        socket.disconnect();
+      }
+    });
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => {
         this.welcomed = null;
@@ -165,6 +193,8 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     this.socket?.disconnect();
     this.channel?.close();
     await this.work.catch(() => undefined);
@@ -181,6 +211,25 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     const d = typeof this.opts.data === 'function' ? this.opts.data() : this.opts.data;
     assertDataset(d);
     return d;
+  }
+
+  private retryLater(): void {
+    this.retryRefused = false;
+    if (this.closed || this.retryTimer) return;
+    const r = this.opts.reconnect ?? {};
+    const attempts = r.attempts ?? Infinity;
+    if (this.refusedRetries >= attempts) {
+      this.welcomed?.reject(new Error(`RATE_LIMITED: still refused after ${this.refusedRetries} retries`));
+      this.welcomed = null;
+      return;
+    }
+    const base = Math.min(r.maxDelayMs ?? 10_000, (r.delayMs ?? 500) * 2 ** this.refusedRetries);
+    this.refusedRetries++;
+    const delay = base * (0.5 + Math.random());
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      if (!this.closed) this.socket?.connect();
+    }, delay);
   }
 
   private hello(): void {
@@ -200,6 +249,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     switch (env.body) {
       case 'welcome':
         this.sessionId = env.welcome!.sessionId ?? '';
+        this.refusedRetries = 0;
         this.channel?.adoptPeerFraming({ chunkBytes: env.welcome!.chunkBytes ?? 0, maxMessageBytes: Number(env.welcome!.maxMessageBytes ?? 0) });
         this.emit('connected', { sessionId: this.sessionId, backend: this.backend!.name });
         this.welcomed?.resolve();
@@ -240,6 +290,13 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       case 'error': {
         const e = env.error as fedunlearn.v1.Error;
         const info = { code: errorCodeName(e.code), message: e.message, ref: e.ref };
+        if (e.code === ErrorCode.RATE_LIMITED && !e.ref) {
+          // A refused connection (a forget request's refusal names the request): not a verdict on this client, the
+          // coordinator is shedding load or has locked the id for a while.
+          this.retryRefused = true;
+          this.emit('serverError', info);
+          return;
+        }
         if (this.welcomed) {
           this.welcomed.reject(new Error(`${info.code}: ${info.message}`));
           this.welcomed = null;

@@ -97,6 +97,10 @@ export const MIGRATIONS: readonly string[] = [
     forgotten    INTEGER NOT NULL DEFAULT 0
   );
   `,
+  // Operator-issued credentials: a revoked client keeps its record (and its history) but is refused at hello.
+  `
+  ALTER TABLE clients ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -1,4 +1,5 @@
 import type { Server as HttpServer } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
 import { nanoid } from 'nanoid';
 import { Server, type Socket } from 'socket.io';
 import {
@@ -12,11 +13,12 @@ import {
 } from '@fedunlearn/protocol';
 import type { Logger } from '../logger.js';
 import type { ClientRegistry } from './client-registry.js';
+import type { KeyedTokenBucket } from './rate-limit.js';
 import type { ClientSession } from './session.js';
 
 export interface Authenticator {
-  /** Returns normally when `hello` proves the client's identity; throws ProtocolError (UNAUTHENTICATED, ...) otherwise. */
-  authenticate(hello: fedunlearn.v1.Hello): void;
+  /** Resolves when `hello` proves the client's identity; rejects with a ProtocolError (UNAUTHENTICATED, ...) otherwise. */
+  authenticate(hello: fedunlearn.v1.Hello): Promise<void>;
 }
 
 /** What an authenticated client may ask of the coordinator besides answering tasks. */
@@ -31,6 +33,8 @@ export interface SocketServerOptions {
   helloTimeoutMs: number;
   heartbeatIntervalMs: number;
   coordinatorVersion: string;
+  /** Handshakes per remote address; none means unlimited. */
+  handshakeLimit?: KeyedTokenBucket;
 }
 
 export interface TransportCounters {
@@ -49,7 +53,7 @@ export class SocketServer {
   readonly counters: TransportCounters = { connections: 0, refused: {}, bytesIn: 0, bytesOut: 0 };
 
   constructor(
-    http: HttpServer,
+    http: HttpServer | HttpsServer,
     private readonly registry: ClientRegistry,
     private readonly auth: Authenticator,
     private readonly handlers: SessionHandlers,
@@ -78,34 +82,53 @@ export class SocketServer {
 
   private accept(socket: Socket): void {
     this.counters.connections++;
+    // Nothing is known about the peer yet, so a hello is never verified unless the peer has a token: scrypt per
+    // attempt is what a flood from one address would otherwise buy.
+    const address = socket.handshake.address;
+    let state: 'hello' | 'verifying' | 'closed' = 'hello';
     let session: ClientSession | null = null;
-    const helloTimer = setTimeout(() => {
-      this.refuse('HELLO_TIMEOUT');
-      channel.sendError(ErrorCode.UNAUTHENTICATED, `no hello within ${this.opts.helloTimeoutMs} ms`);
+    const refuseAndClose = (err: ProtocolError) => {
+      this.refuse(err.codeName);
+      clearTimeout(helloTimer);
+      state = 'closed';
+      channel.sendError(err.code, err.message, err.ref);
       socket.disconnect(true);
+    };
+    const helloTimer = setTimeout(() => {
+      refuseAndClose(new ProtocolError(ErrorCode.UNAUTHENTICATED, `no hello within ${this.opts.helloTimeoutMs} ms`));
     }, this.opts.helloTimeoutMs);
 
     const channel: Channel = new Channel(
       socket,
       {
         message: (env) => {
-          try {
-            if (!session) {
-              session = this.handshake(socket, channel, env);
-              clearTimeout(helloTimer);
-              return;
+          if (session) {
+            try {
+              this.route(session, env, channel);
+            } catch (e) {
+              const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
+              if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'session handler failed');
+              this.refuse(err.codeName);
+              channel.sendError(err.code, err.message, err.ref);
             }
-            this.route(session, env, channel);
-          } catch (e) {
-            const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
-            if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'session handler failed');
-            this.refuse(err.codeName);
-            channel.sendError(err.code, err.message, err.ref);
-            if (!session) {
-              clearTimeout(helloTimer);
-              socket.disconnect(true);
-            }
+            return;
           }
+          if (state === 'closed') return;
+          // Nothing but one hello may come before the welcome; a peer that does not wait is not a client we know.
+          if (state === 'verifying') return refuseAndClose(new ProtocolError(ErrorCode.UNAUTHENTICATED, `${env.body} sent before the welcome`));
+          state = 'verifying';
+          this.handshake(socket, channel, env).then(
+            (s) => {
+              clearTimeout(helloTimer);
+              if (state === 'closed' || !socket.connected) return;
+              session = s;
+              this.welcome(s);
+            },
+            (e: unknown) => {
+              if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'handshake failed');
+              if (state !== 'closed') refuseAndClose(e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error'));
+            },
+          );
         },
         protocolError: (err) => this.refuse(err.codeName),
       },
@@ -114,6 +137,7 @@ export class SocketServer {
 
     socket.on('disconnect', (reason) => {
       clearTimeout(helloTimer);
+      state = 'closed';
       this.counters.bytesIn += channel.stats.bytesIn;
       this.counters.bytesOut += channel.stats.bytesOut;
       channel.close();
@@ -122,9 +146,14 @@ export class SocketServer {
         this.registry.remove(session, reason);
       }
     });
+
+    if (this.opts.handshakeLimit && !this.opts.handshakeLimit.take(address)) {
+      const wait = this.opts.handshakeLimit.retryAfterMs(address);
+      refuseAndClose(new ProtocolError(ErrorCode.RATE_LIMITED, `too many connection attempts from this address; retry in ${Math.max(1, Math.ceil(wait / 1000))} s`));
+    }
   }
 
-  private handshake(socket: Socket, channel: Channel, env: fedunlearn.v1.Envelope): ClientSession {
+  private async handshake(socket: Socket, channel: Channel, env: fedunlearn.v1.Envelope): Promise<ClientSession> {
     if (env.body !== 'hello' || !env.hello) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `the first message must be hello, got ${env.body}`);
     const hello = env.hello as fedunlearn.v1.Hello;
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
@@ -134,9 +163,9 @@ export class SocketServer {
       throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'client id must be 1-128 characters of [A-Za-z0-9_.:-]');
     }
     if (!(hello.numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'numExamples must be positive');
-    this.auth.authenticate(hello);
+    await this.auth.authenticate(hello);
     const now = Date.now();
-    const session: ClientSession = {
+    return {
       clientId: hello.clientId,
       sessionId: nanoid(),
       numExamples: hello.numExamples,
@@ -147,7 +176,10 @@ export class SocketServer {
       channel,
       disconnect: () => socket.disconnect(true),
     };
-    channel.send({
+  }
+
+  private welcome(session: ClientSession): void {
+    session.channel.send({
       welcome: {
         clientId: session.clientId,
         sessionId: session.sessionId,
@@ -160,7 +192,6 @@ export class SocketServer {
     });
     this.log.info({ clientId: session.clientId, backend: session.backend, numExamples: session.numExamples }, 'client joined');
     this.registry.add(session);
-    return session;
   }
 
   private route(session: ClientSession, env: fedunlearn.v1.Envelope, channel: Channel): void {
