@@ -20,6 +20,8 @@ import { UnlearningEngine, type ForgetJobInput } from './unlearning/engine.js';
 export const COORDINATOR_VERSION = '0.1.0';
 /** The client ids a hello may carry (and an operator may issue). */
 const CLIENT_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
+/** Pause of the round loop after a round that found no quorum. */
+const QUORUM_RETRY_MS = 1_000;
 
 /** Abuse limits; every field has a default (DEFAULT_LIMITS). */
 export interface SecurityLimits {
@@ -252,6 +254,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
           if (!(e instanceof QuorumError)) {
             this.log.error({ err: e }, 'round failed');
             this.emit('error', e as Error);
+          } else {
+            // A quorum can fail at once (the connected clients are all forgotten ones, which stay connected but
+            // are never selected): without a pause this loop would never yield to the sockets and timers.
+            await sleep(QUORUM_RETRY_MS, this.abort.signal);
           }
         }
         if (this.roundIntervalMs > 0) await sleep(this.roundIntervalMs, this.abort.signal);
