@@ -117,9 +117,11 @@ export class SocketServer {
           // Nothing but one hello may come before the welcome; a peer that does not wait is not a client we know.
           if (state === 'verifying') return refuseAndClose(new ProtocolError(ErrorCode.UNAUTHENTICATED, `${env.body} sent before the welcome`));
           state = 'verifying';
+          // The hello came in time; its verification may wait behind others' on the hash thread pool (a reconnect
+          // storm), which is not the client's fault.
+          clearTimeout(helloTimer);
           this.handshake(socket, channel, env).then(
             (s) => {
-              clearTimeout(helloTimer);
               if (state === 'closed' || !socket.connected) return;
               session = s;
               this.welcome(s);
