@@ -113,6 +113,10 @@ class RawPeer {
     });
   }
 
+  send(env: fedunlearn.v1.IEnvelope): void {
+    this.channel.send(env);
+  }
+
   hello(clientId: string, secret: string): void {
     const hello: fedunlearn.v1.IHello = { clientId, secret, sdkVersion: 'raw', numExamples: 8, backend: 'cpu', protocolVersion: PROTOCOL_VERSION };
     this.channel.send({ hello });
@@ -216,6 +220,27 @@ test('an unknown id and a forged secret are refused, and neither gets a session'
   // The forged hello did not displace the real device's session.
   assert.ok(coordinator.registry.get('device-a'));
   assert.equal(coordinator.store.getClient('nobody'), null, 'closed enrolment records nobody on a hello');
+});
+
+test('a message sent while the hello is being verified is refused, not routed: the peer gets no session', async () => {
+  const cred = await issue('device-eager');
+  const p = await RawPeer.connect(url);
+  try {
+    p.hello('device-eager', cred.secret);
+    // scrypt takes tens of milliseconds on the thread pool: this arrives before the verdict.
+    p.send({ forgetRequest: { requestId: 'too-early', reason: '' } });
+    assert.equal(await p.outcome(), 'UNAUTHENTICATED');
+    await waitUntil(() => p.closed, 'the eager peer to be disconnected');
+  } finally {
+    p.close();
+  }
+  assert.equal(p.welcomed, false);
+  assert.equal(coordinator.registry.get('device-eager'), undefined);
+  assert.equal(coordinator.store.listJobs().length, 0, 'the early forget request did nothing');
+  // The credential itself is fine. (The refused hello's verification may still be running: one at a time per id, so
+  // the SDK may be told RATE_LIMITED once and retry.)
+  await client('device-eager', cred.secret, { reconnect: { delayMs: 100, maxDelayMs: 400, attempts: 10 } }).connect(WAIT_MS);
+  assert.ok(coordinator.registry.get('device-eager'));
 });
 
 test('a revoked client is disconnected and refused; a rotation issues a new secret and voids the old one', async () => {

@@ -450,7 +450,7 @@ function buildProgram(): Command {
     print(flags, s, () => formatStatus(s));
   });
 
-  const clients = program.command('clients').description('known clients (the default), and their credentials: add, revoke, rotate');
+  const clients = program.command('clients').description('list known clients (the default) and manage their credentials: add, revoke, rotate');
   operatorCommand(clients, 'list', 'known clients and whether they are connected', { isDefault: true }).action(async (flags: ApiFlags) => {
     const r = await api(flags).get<{ clients: ClientRow[] }>('/v1/clients');
     print(flags, r, () => formatClients(r.clients));
