@@ -110,10 +110,16 @@ test('serve, look with the operator commands, SIGTERM, and resume from the same 
   assert.equal(typeof version, 'string');
   assert.equal(status.body.model.round, 0);
 
+  // Enrolment is closed by default: the client needs a credential the operator issues, shown once.
+  const issued = await run(['clients', 'add', 'e2e-client-1', '--url', url, '--token', TOKEN, '--json']);
+  assert.equal(issued.code, 0, issued.stderr);
+  const credential = JSON.parse(issued.stdout) as { clientId: string; secret: string };
+  assert.equal(credential.clientId, 'e2e-client-1');
+  assert.match(credential.secret, /^[A-Za-z0-9_-]{43}$/);
   const client = new FederatedClient({
     url,
     clientId: 'e2e-client-1',
-    secret: 'e2e-client-secret',
+    secret: credential.secret,
     data: tinyDataset(6),
     backends: ['cpu'],
     reconnect: { attempts: 1, delayMs: 100 },

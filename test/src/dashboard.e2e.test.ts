@@ -36,6 +36,7 @@ test('the dashboard asks for the operator token, then shows rounds, the chart, c
   const tmp = tempDir('dashboard');
   cleanups.push(() => tmp.cleanup());
   const coordinator = await Coordinator.create({
+    enrolment: 'open',
     store: openSqliteHistory(tmp.dir),
     dataDir: tmp.dir,
     model: scenario.def,

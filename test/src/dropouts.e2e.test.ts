@@ -52,6 +52,7 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
     federation: federation({ clientsPerRound: CLIENTS, minClients: 5, roundDeadlineMs: 15_000, hyper: { learningRate: 0.1, batchSize: 8, localEpochs: 1 } }),
     historyInterval: 1,
     heartbeatIntervalMs: HEARTBEAT_MS,
+    enrolment: 'open',
     logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
   });
   const { url } = await coordinator.listen(0);

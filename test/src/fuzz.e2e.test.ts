@@ -174,6 +174,7 @@ class FuzzPeer {
 test(`${FRAMES} fuzzed frames on a live socket during a round: each refusal has its code, the round and the store are untouched`, async () => {
   const def = builtInDefinition('mlp', { inputShape: [784], numClasses: 10, seed: 3 });
   const coordinator = await Coordinator.create({
+    enrolment: 'open',
     store: openSqliteHistory(tmp.dir),
     dataDir: tmp.dir,
     model: def,

@@ -208,6 +208,7 @@ before(async () => {
     // Every round keeps full fp32 updates, so that the committed model can be recomputed from what was accepted.
     historyInterval: 1,
     retention: 'fp32',
+    enrolment: 'open',
     logger: createLogger({ level: 'silent' }),
   });
   ({ url } = await coordinator.listen(0));

@@ -1,5 +1,5 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -23,6 +23,8 @@ const CLI = fileURLToPath(new URL('../../packages/coordinator/dist/cli.js', impo
 const FLEET = fileURLToPath(new URL('./load/fleet.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'fedunlearn-load-'));
 const children = new Set<ChildProcess>();
+const CONFIG = join(work, 'coordinator.json');
+writeFileSync(CONFIG, JSON.stringify({ enrolment: 'closed', limits: { operatorMutationsPerMinute: 100_000 } }));
 
 after(() => {
   for (const p of children) p.kill('SIGKILL');
@@ -41,7 +43,9 @@ interface Served {
 
 function serve(port: number): Promise<Served> {
   const args = [
-    CLI, 'serve', '--port', String(port), '--data', join(work, 'data'), '--enrolment', 'open',
+    // Closed enrolment with issued credentials, as in production: the test issues them through the operator API, and
+    // the config lifts the operator API's per-minute cap for that.
+    CLI, 'serve', '--config', CONFIG, '--port', String(port), '--data', join(work, 'data'),
     '--model', 'mlp', '--input-shape', '4', '--classes', '2',
     '--clients-per-round', String(CLIENTS), '--min-clients', String(QUORUM), '--round-deadline-ms', '40000',
     '--batch-size', '4', '--lr', '0.1', '--local-epochs', '1',
@@ -131,6 +135,18 @@ async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T 
   }
 }
 
+/** Issues `${prefix}-0` ... `${prefix}-${count - 1}` their credentials (POST /v1/clients); returns the secrets in order. */
+async function issueCredentials(url: string, prefix: string, count: number): Promise<string[]> {
+  const out: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const res = await fetch(`${url}/v1/clients`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ clientId: `${prefix}-${i}` }) });
+    const body = (await res.json()) as { secret?: string };
+    assert.equal(res.status, 201, `issuing ${prefix}-${i}: ${JSON.stringify(body)}`);
+    out.push(body.secret!);
+  }
+  return out;
+}
+
 async function getJson(url: string): Promise<any> {
   const res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
   if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
@@ -182,9 +198,11 @@ const mb = (b: number) => `${(b / 2 ** 20).toFixed(0)} MB`;
 test(`${CLIENTS} clients complete rounds on one coordinator and come back after a restart storm`, { timeout: 600_000 }, async () => {
   const t0 = Date.now();
   let coord = await serve(0);
-  const fleets = Array.from({ length: FLEETS }, (_, i) => {
-    const count = Math.floor(CLIENTS / FLEETS) + (i < CLIENTS % FLEETS ? 1 : 0);
+  const counts = Array.from({ length: FLEETS }, (_, i) => Math.floor(CLIENTS / FLEETS) + (i < CLIENTS % FLEETS ? 1 : 0));
+  const secrets = await Promise.all(counts.map((count, i) => issueCredentials(coord.url, `load${i}`, count)));
+  const fleets = counts.map((count, i) => {
     return new Fleet({
+      secrets: secrets[i]!,
       url: coord.url,
       prefix: `load${i}`,
       count,

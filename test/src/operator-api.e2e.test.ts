@@ -143,6 +143,7 @@ before(async () => {
   tmp = tempDir('operator-api');
   const scenario = mnistScenario(3, 20);
   coordinator = await Coordinator.create({
+    enrolment: 'open',
     store: openSqliteHistory(tmp.dir),
     dataDir: tmp.dir,
     model: scenario.def,
@@ -326,6 +327,7 @@ test('operator routes need the token; /metrics is open unless metricsAuth says o
 
   const other = tempDir('operator-api-auth');
   const locked = await Coordinator.create({
+    enrolment: 'open',
     store: openSqliteHistory(other.dir),
     dataDir: other.dir,
     model: builtInDefinition('mlp', { inputShape: [784], numClasses: 10, seed: 2 }),

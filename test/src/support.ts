@@ -47,6 +47,8 @@ export async function startCoordinator(dir: string, def: ModelDefinition, fed: F
     model: def,
     federation: fed,
     historyInterval,
+    // The scenarios' devices enrol on first hello (trust on first use); test/src/auth.e2e.test.ts covers issued credentials.
+    enrolment: 'open',
     logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
   });
   const { url } = await coordinator.listen(0);

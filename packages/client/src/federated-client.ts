@@ -40,8 +40,15 @@ export interface FederatedClientOptions {
   trainer?: Trainer;
   /** Backends to try, best first; default tensorflow (tfjs-node), wasm, cpu. */
   backends?: BackendName[];
-  /** Reconnection back-off: socket.io's exponential delay with jitter. */
+  /**
+   * Reconnection back-off: exponential delay with ±50 % jitter, for dropped connections and for hellos the
+   * coordinator refused as RATE_LIMITED (a reconnect storm, a locked-out id); other refusals are final.
+   */
   reconnect?: { delayMs?: number; maxDelayMs?: number; attempts?: number };
+  /** TLS: the CA (PEM) that signed a self-signed coordinator's certificate. */
+  ca?: string | string[];
+  /** TLS: false accepts any certificate (testing only); default true. */
+  rejectUnauthorized?: boolean;
   framing?: FramingLimits;
 }
 
@@ -122,12 +129,25 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       reconnectionDelayMax: r.maxDelayMs ?? 10_000,
       reconnectionAttempts: r.attempts ?? Infinity,
       randomizationFactor: 0.5,
+      ...(this.opts.ca !== undefined ? { ca: this.opts.ca } : {}),
+      ...(this.opts.rejectUnauthorized !== undefined ? { rejectUnauthorized: this.opts.rejectUnauthorized } : {}),
     });
     this.socket = socket;
     this.channel = new Channel(socket, { message: (env) => this.onMessage(env) }, this.opts.framing ?? DEFAULT_FRAMING);
     socket.on('connect', () => this.hello());
     socket.on('disconnect', (reason) => this.emit('disconnected', String(reason)));
     socket.io.on('reconnect_attempt', (attempt) => this.emit('reconnecting', attempt));
+    socket.on('connect_error', (e) => {
+      // A certificate the client does not trust never becomes a connection: fail at once instead of at the timeout.
+      // The transport's error event carries the TLS error (socket.io-client only says "websocket error").
+      const d = (e as Error & { description?: { message?: string; error?: { code?: string } } }).description;
+      const detail = `${d?.error?.code ?? ''} ${d?.message ?? e.message}`;
+      if (/CERT|certificate|self[- ]signed/i.test(detail)) {
+        this.welcomed?.reject(new Error(`cannot connect to ${this.opts.url}: ${detail.trim()}`));
+        this.welcomed = null;
+        socket.disconnect();
+      }
+    });
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => {
         this.welcomed = null;
@@ -174,6 +194,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   async close(): Promise<void> {
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     this.socket?.disconnect();
     this.channel?.close();
     await this.work.catch(() => undefined);

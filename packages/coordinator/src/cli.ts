@@ -41,8 +41,10 @@ async function serve(flags: ServeFlags): Promise<void> {
   const { ConfigError, coordinatorOptionsOf, loadConfig, modelOf } = await import('./config.js');
   const { config: file, ...overrides } = flags;
   let cfg: ServiceConfig;
+  let options: ReturnType<typeof coordinatorOptionsOf>;
   try {
     cfg = loadConfig({ file, overrides: overrides as ServiceConfigInput });
+    options = coordinatorOptionsOf(cfg);
   } catch (e) {
     throw e instanceof ConfigError ? new CliError(e.message, 2) : e;
   }
@@ -59,7 +61,6 @@ async function serve(flags: ServeFlags): Promise<void> {
   } catch (e) {
     throw e instanceof RangeError ? new CliError(e.message, 2) : e;
   }
-  const options = coordinatorOptionsOf(cfg);
   const { name, options: arch } = modelOf(cfg);
   const model = builtInDefinition(name, arch);
   const store = openSqliteHistory(options.dataDir);
@@ -96,6 +97,7 @@ function summary(cfg: ServiceConfig): Record<string, unknown> {
     historyInterval: cfg.historyInterval,
     retention: cfg.retention,
     enrolment: cfg.enrolment,
+    tls: cfg.tls ? 'on' : 'off',
     operatorAuth: cfg.operatorToken ? 'token' : 'none',
     metricsAuth: cfg.operatorToken && cfg.metricsAuth ? 'token' : 'none',
   };
@@ -156,6 +158,10 @@ class OperatorApi {
     return this.request<T>('POST', path, body);
   }
 
+  delete<T>(path: string): Promise<T> {
+    return this.request<T>('DELETE', path);
+  }
+
   private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     const headers: Record<string, string> = { accept: 'application/json' };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
@@ -196,6 +202,10 @@ interface StatusResponse {
   uptimeMs: number;
 }
 type ClientRow = Omit<ClientRecord, 'secretHash'> & { connected: boolean; backend: string | null };
+interface IssuedCredential {
+  clientId: string;
+  secret: string;
+}
 
 // --- output -----------------------------------------------------------------------------------------------------
 
@@ -260,13 +270,20 @@ function formatClients(clients: ClientRow[]): string {
     ['CLIENT', 'STATE', 'BACKEND', 'EXAMPLES', 'FIRST SEEN', 'LAST SEEN'],
     clients.map((c) => [
       c.clientId,
-      c.forgotten ? 'forgotten' : c.connected ? 'connected' : 'offline',
+      c.forgotten ? 'forgotten' : c.revoked ? 'revoked' : c.connected ? 'connected' : 'offline',
       c.backend ?? '-',
       String(c.numExamples),
       time(c.firstSeen),
       time(c.lastSeen),
     ]),
   );
+}
+
+function formatCredential(c: IssuedCredential): string {
+  return keyValues([
+    ['client', c.clientId],
+    ['secret', c.secret],
+  ]) + 'the coordinator keeps only a hash of this secret: store it now, it cannot be shown again\n';
 }
 
 function formatRounds(rounds: RoundRecord[]): string {
@@ -384,9 +401,9 @@ async function forget(clientIds: string[], flags: ApiFlags & { method?: string; 
   process.stdout.write(formatReport(job.report as JobReport));
 }
 
-function operatorCommand(program: Command, name: string, description: string): Command {
+function operatorCommand(program: Command, name: string, description: string, opts: { isDefault?: boolean } = {}): Command {
   return program
-    .command(name)
+    .command(name, opts)
     .description(description)
     .addOption(new Option('--url <url>', 'the coordinator').env('FEDUNLEARN_URL').default('http://127.0.0.1:8080'))
     .addOption(new Option('--token <token>', 'operator token').env('FEDUNLEARN_OPERATOR_TOKEN'))
@@ -432,7 +449,7 @@ function buildProgram(): Command {
     .option('--retention <kind>', 'how kept updates are stored: fp32|fp16|int8|norms (default fp32)')
     .option('--seed <s>', 'seeds the initial model and client selection (default 1)', numberArg)
     .addOption(new Option('--operator-token <token>', 'bearer token the operator API requires (default: none, open)').env('FEDUNLEARN_OPERATOR_TOKEN'))
-    .option('--enrolment <mode>', 'open: new clients enrol on first hello; closed: known clients only (default open)')
+    .option('--enrolment <mode>', 'closed: only clients with issued credentials (`clients add`); open: new ids enrol on first hello, development only (default closed)')
     .option('--metrics-auth', 'GET /metrics requires the operator token too (default: open, like Prometheus exporters)')
     .addOption(new Option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (default info)').env('FEDUNLEARN_LOG_LEVEL'))
     .action((flags: ServeFlags) => serve(flags));
@@ -442,10 +459,29 @@ function buildProgram(): Command {
     print(flags, s, () => formatStatus(s));
   });
 
-  operatorCommand(program, 'clients', 'known clients and whether they are connected').action(async (flags: ApiFlags) => {
+  const clients = program.command('clients').description('list known clients (the default) and manage their credentials: add, revoke, rotate');
+  operatorCommand(clients, 'list', 'known clients and whether they are connected', { isDefault: true }).action(async (flags: ApiFlags) => {
     const r = await api(flags).get<{ clients: ClientRow[] }>('/v1/clients');
     print(flags, r, () => formatClients(r.clients));
   });
+  operatorCommand(clients, 'add', 'issue a credential to a new client; its secret is shown this once')
+    .argument('[id]', 'client id (default: a generated one)')
+    .action(async (clientId: string | undefined, flags: ApiFlags) => {
+      const r = await api(flags).post<IssuedCredential>('/v1/clients', clientId ? { clientId } : {});
+      print(flags, r, () => formatCredential(r));
+    });
+  operatorCommand(clients, 'revoke', "revoke a client's credential: it is disconnected and refused from now on")
+    .argument('<id>', 'client id')
+    .action(async (clientId: string, flags: ApiFlags) => {
+      await api(flags).delete(`/v1/clients/${seg(clientId)}`);
+      print(flags, { clientId, revoked: true }, () => `client ${clientId} revoked\n`);
+    });
+  operatorCommand(clients, 'rotate', 'issue a new secret to a client (the old one stops working; lifts a revocation)')
+    .argument('<id>', 'client id')
+    .action(async (clientId: string, flags: ApiFlags) => {
+      const r = await api(flags).post<IssuedCredential>(`/v1/clients/${seg(clientId)}/secret`, {});
+      print(flags, r, () => formatCredential(r));
+    });
 
   operatorCommand(program, 'rounds', 'training rounds of the current lineage')
     .option('--lineage <id>', 'another lineage (see `models`)')

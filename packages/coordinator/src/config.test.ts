@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, test } from 'node:test';
@@ -160,4 +160,36 @@ test('a config becomes the coordinator options and the model it names', () => {
   assert.deepEqual(modelOf(c), { name: 'cnn', options: { inputShape: [28, 28, 1], numClasses: 26, seed: 7 } });
   // No token configured: the option is absent, not an empty string that would read as "a token is required".
   assert.equal('operatorToken' in coordinatorOptionsOf(loadConfig({ overrides: {} })), false);
+});
+
+test('security: enrolment is closed unless asked; limits default field by field; bad limits are named', () => {
+  const d = loadConfig({ overrides: {} });
+  assert.equal(d.enrolment, 'closed');
+  assert.deepEqual(coordinatorOptionsOf(d).limits, {});
+  assert.equal('tls' in coordinatorOptionsOf(d), false);
+  const f = file('limits.yaml', 'enrolment: open\nlimits:\n  handshakeBurst: 50\n  forgetRequestsPerHour: 1\n');
+  const c = loadConfig({ file: f, overrides: {} });
+  assert.equal(c.enrolment, 'open');
+  assert.deepEqual(coordinatorOptionsOf(c).limits, { handshakeBurst: 50, forgetRequestsPerHour: 1 });
+  const bad = issuesOf(() => loadConfig({ file: file('bad-limits.yaml', 'limits:\n  handshakeBurst: 0\n  authLockoutMs: 5000\n  authMaxLockoutMs: 10\n  nonsense: 1\n'), overrides: {} }));
+  assert.ok(bad.some((i) => /^limits\.handshakeBurst: must be > 0/.test(i)), bad.join('\n'));
+  assert.ok(bad.some((i) => /^limits: unknown field nonsense/.test(i)), bad.join('\n'));
+  const cross = issuesOf(() => loadConfig({ file: file('cross-limits.yaml', 'limits:\n  authLockoutMs: 5000\n  authMaxLockoutMs: 10\n'), overrides: {} }));
+  assert.ok(cross.some((i) => /^limits\.authMaxLockoutMs: must be at least authLockoutMs/.test(i)), cross.join('\n'));
+});
+
+test('tls: certificate paths in a file are its neighbours and are read into the options; an unreadable one is named', () => {
+  const sub = join(dir, 'tls');
+  mkdirSync(sub, { recursive: true });
+  writeFileSync(join(sub, 'cert.pem'), 'CERT PEM');
+  writeFileSync(join(sub, 'key.pem'), 'KEY PEM');
+  const f = join(sub, 'tls.yaml');
+  writeFileSync(f, 'tls:\n  cert: cert.pem\n  key: key.pem\n');
+  const c = loadConfig({ file: f, overrides: {} });
+  assert.deepEqual(c.tls, { cert: join(sub, 'cert.pem'), key: join(sub, 'key.pem') });
+  assert.deepEqual(coordinatorOptionsOf(c).tls, { cert: 'CERT PEM', key: 'KEY PEM' });
+  const missing = loadConfig({ overrides: { tls: { cert: join(sub, 'cert.pem'), key: join(sub, 'nope.pem') } } });
+  const issues = issuesOf(() => coordinatorOptionsOf(missing));
+  assert.match(issues[0]!, /^tls\.key: cannot read .*nope\.pem/);
+  assert.ok(issuesOf(() => loadConfig({ overrides: { tls: { cert: 'c.pem' } as never } })).some((i) => /^tls\.key: expected string/.test(i)));
 });

@@ -3,7 +3,7 @@ import { dirname, extname, isAbsolute, resolve } from 'node:path';
 import type { ArchitectureName, ArchitectureOptions } from '@fedunlearn/models';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import type { CoordinatorOptions } from './coordinator.js';
+import type { CoordinatorOptions, SecurityLimits } from './coordinator.js';
 
 /**
  * The coordinator service's configuration: one flat object whose keys are the camelCase names of the `serve` flags,
@@ -50,7 +50,7 @@ export const serviceConfigSchema = z
     /** Seeds the initial model, client selection and the clients' shuffles. */
     seed: z.number().int().min(0).default(1),
     operatorToken: z.string().min(8).optional(),
-    enrolment: z.enum(ENROLMENTS).default('open'),
+    enrolment: z.enum(ENROLMENTS).default('closed'),
     logLevel: z.enum(LOG_LEVELS).default('info'),
     /** GET /metrics requires the operator token too (when one is set); off by default, like Prometheus exporters. */
     metricsAuth: z.boolean().default(false),
@@ -58,11 +58,32 @@ export const serviceConfigSchema = z
     waitForClientsMs: posInt.default(30_000),
     maxRoundAttempts: posInt.default(3),
     roundIntervalMs: z.number().int().min(0).default(0),
+    /** Abuse limits; any field left out keeps its default (DEFAULT_LIMITS). */
+    limits: z
+      .object({
+        handshakeBurst: posInt,
+        handshakeRefillPerSecond: z.number().positive(),
+        authMaxFailures: posInt,
+        authFailureWindowMs: posInt,
+        authLockoutMs: posInt,
+        authMaxLockoutMs: posInt,
+        forgetRequestsPerHour: posInt,
+        operatorMutationsPerMinute: posInt,
+      })
+      .partial()
+      .strict()
+      .default({}),
+    /** Serve HTTPS: PEM files of the certificate (chain) and key, and optionally a CA bundle. */
+    tls: z.object({ cert: z.string().min(1), key: z.string().min(1), ca: z.string().min(1).optional() }).strict().optional(),
   })
   .strict()
   .superRefine((c, ctx) => {
     if (c.minClients !== undefined && c.minClients > c.clientsPerRound) {
       ctx.addIssue({ code: 'custom', path: ['minClients'], message: `must be at most clientsPerRound (${c.clientsPerRound}), got ${c.minClients}` });
+    }
+    const l = c.limits;
+    if (l.authLockoutMs !== undefined && l.authMaxLockoutMs !== undefined && l.authMaxLockoutMs < l.authLockoutMs) {
+      ctx.addIssue({ code: 'custom', path: ['limits', 'authMaxLockoutMs'], message: `must be at least authLockoutMs (${l.authLockoutMs})` });
     }
     if (c.model === 'cnn' && c.inputShape.length !== 3) {
       ctx.addIssue({ code: 'custom', path: ['inputShape'], message: `cnn needs an image shape height,width,channels, got ${c.inputShape.join(',')}` });
@@ -118,6 +139,15 @@ export function readConfigFile(file: string): Record<string, unknown> {
   // A service's config file is often read from another working directory (a unit file, a container), so a data
   // directory written next to it means next to it.
   if (typeof out.data === 'string' && !isAbsolute(out.data)) out.data = resolve(dirname(resolve(file)), out.data);
+  // So are certificate files.
+  if (out.tls && typeof out.tls === 'object' && !Array.isArray(out.tls)) {
+    const tls = { ...(out.tls as Record<string, unknown>) };
+    for (const k of ['cert', 'key', 'ca']) {
+      const v = tls[k];
+      if (typeof v === 'string' && v !== '' && !isAbsolute(v)) tls[k] = resolve(dirname(resolve(file)), v);
+    }
+    out.tls = tls;
+  }
   return out;
 }
 
@@ -155,7 +185,7 @@ export function modelOf(cfg: ServiceConfig): { name: ArchitectureName; options: 
 export type ConfiguredCoordinatorOptions = Required<
   Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth'>
 > &
-  Pick<CoordinatorOptions, 'operatorToken'>;
+  Pick<CoordinatorOptions, 'operatorToken' | 'tls'> & { limits: Partial<SecurityLimits> };
 
 export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorOptions {
   return {
@@ -174,6 +204,20 @@ export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorO
     enrolment: cfg.enrolment,
     roundIntervalMs: cfg.roundIntervalMs,
     metricsAuth: cfg.metricsAuth,
+    limits: Object.fromEntries(Object.entries(cfg.limits).filter(([, v]) => v !== undefined)) as Partial<SecurityLimits>,
     ...(cfg.operatorToken ? { operatorToken: cfg.operatorToken } : {}),
+    ...(cfg.tls ? { tls: readTls(cfg.tls) } : {}),
   };
+}
+
+/** Reads the certificate files a config names; a file that cannot be read is a ConfigError naming the field. */
+export function readTls(tls: { cert: string; key: string; ca?: string | undefined }): NonNullable<CoordinatorOptions['tls']> {
+  const read = (field: 'cert' | 'key' | 'ca', file: string) => {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (e) {
+      throw new ConfigError([`tls.${field}: cannot read ${file}: ${(e as Error).message}`]);
+    }
+  };
+  return { cert: read('cert', tls.cert), key: read('key', tls.key), ...(tls.ca ? { ca: read('ca', tls.ca) } : {}) };
 }

@@ -2,21 +2,60 @@ import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
 import { DEFAULT_FRAMING, ErrorCode, fedunlearn, ProtocolError, type FlatWeights, type FramingLimits } from '@fedunlearn/protocol';
 import type { FastifyInstance } from 'fastify';
+import { nanoid } from 'nanoid';
 import { FedAvg } from './aggregation/fedavg.js';
 import type { AggregationStrategy } from './aggregation/strategy.js';
-import type { HistoryStore, JobRecord } from './history/store.js';
-import { buildHttpApi } from './http/api.js';
+import type { ClientRecord, HistoryStore, JobRecord } from './history/store.js';
+import { buildHttpApi, type TlsFiles } from './http/api.js';
 import { createLogger, type Logger } from './logger.js';
 import { CoordinatorMetrics } from './metrics.js';
 import { TaskDispatcher } from './rounds/dispatcher.js';
 import { QuorumError, RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { ClientRegistry } from './transport/client-registry.js';
-import { hashSecret, verifySecret } from './transport/credentials.js';
+import { generateSecret, hashIssuedSecret, hashSecret, verifySecret } from './transport/credentials.js';
+import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type Clock } from './transport/rate-limit.js';
 import type { ClientSession } from './transport/session.js';
 import { SocketServer, type Authenticator } from './transport/socket-server.js';
 import { UnlearningEngine, type ForgetJobInput } from './unlearning/engine.js';
 
 export const COORDINATOR_VERSION = '0.1.0';
+/** The client ids a hello may carry (and an operator may issue). */
+const CLIENT_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
+/** Pause of the round loop after a round that found no quorum. */
+const QUORUM_RETRY_MS = 1_000;
+
+/** Abuse limits; every field has a default (DEFAULT_LIMITS). */
+export interface SecurityLimits {
+  /** Connection attempts per remote address: a token bucket of this size... */
+  handshakeBurst: number;
+  /** ...refilled at this rate. */
+  handshakeRefillPerSecond: number;
+  /** Wrong secrets for one client id within authFailureWindowMs that lock the id... */
+  authMaxFailures: number;
+  authFailureWindowMs: number;
+  /** ...for this long, doubling with each further lockout up to authMaxLockoutMs. */
+  authLockoutMs: number;
+  authMaxLockoutMs: number;
+  /** Forget requests one client may send per hour (besides having one job in progress at most). */
+  forgetRequestsPerHour: number;
+  /** Mutating operator requests (new jobs, credential changes) per remote address per minute. */
+  operatorMutationsPerMinute: number;
+}
+
+/**
+ * Sized so that a thousand devices behind one address reconnecting at once all get in within seconds (the SDK backs
+ * off with jitter when refused), while one address cannot make the coordinator run scrypt without bound.
+ */
+export const DEFAULT_LIMITS: Readonly<SecurityLimits> = {
+  handshakeBurst: 200,
+  handshakeRefillPerSecond: 100,
+  authMaxFailures: 5,
+  authFailureWindowMs: 60_000,
+  authLockoutMs: 60_000,
+  authMaxLockoutMs: 3_600_000,
+  forgetRequestsPerHour: 3,
+  operatorMutationsPerMinute: 60,
+};
 
 export interface ModelSpec {
   topologyJson: string;
@@ -35,8 +74,16 @@ export interface CoordinatorOptions {
   strategy?: AggregationStrategy;
   logger?: Logger;
   framing?: FramingLimits;
-  /** 'open': a new client id enrols on first hello (its secret is kept hashed); 'closed': only known clients. */
+  /**
+   * 'closed' (default): only clients holding an operator-issued credential (issueClient, POST /v1/clients); 'open':
+   * a new client id also enrols on its first hello, trusting it from then on (development and simulations).
+   */
   enrolment?: 'open' | 'closed';
+  limits?: Partial<SecurityLimits>;
+  /** The limiters' clock (tests move it by hand); Date.now by default. */
+  clock?: Clock;
+  /** Serve the API and the clients' endpoint over HTTPS (PEM contents). */
+  tls?: TlsFiles;
   /** Bearer token required on operator routes; none means operator routes are open (development only). */
   operatorToken?: string;
   /** Whether GET /metrics also requires the operator token (when one is set); default false, like Prometheus exporters. */
@@ -80,6 +127,12 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private loop: Promise<void> | null = null;
   private forgotten: Set<string>;
   private readonly roundIntervalMs: number;
+  private readonly enrolment: 'open' | 'closed';
+  private readonly tls: boolean;
+  private readonly authLockout: FailureLockout;
+  private readonly forgetLimit: SlidingWindowLimit;
+  /** Client ids whose hello is being verified: one at a time each, so parallel guesses cannot outrun the lockout. */
+  private readonly verifying = new Set<string>();
 
   private constructor(opts: CoordinatorOptions, current: ModelCache) {
     super();
@@ -128,11 +181,29 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       this.emit('job', job);
     });
     this.on('round', (r) => this.metrics.roundCompleted(r.durationMs));
-    this.http = buildHttpApi(this, { operatorToken: opts.operatorToken, metricsAuth: opts.metricsAuth ?? false });
+    const limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    const clock = opts.clock ?? Date.now;
+    this.enrolment = opts.enrolment ?? 'closed';
+    this.tls = opts.tls !== undefined;
+    this.authLockout = new FailureLockout({
+      maxFailures: limits.authMaxFailures,
+      windowMs: limits.authFailureWindowMs,
+      lockMs: limits.authLockoutMs,
+      maxLockMs: limits.authMaxLockoutMs,
+      clock,
+    });
+    this.forgetLimit = new SlidingWindowLimit({ max: limits.forgetRequestsPerHour, windowMs: 3_600_000, clock });
+    if (this.enrolment === 'open') this.log.warn({}, "enrolment is 'open': any new client id is trusted on its first hello (development only)");
+    this.http = buildHttpApi(this, {
+      operatorToken: opts.operatorToken,
+      metricsAuth: opts.metricsAuth ?? false,
+      operatorMutationsPerMinute: limits.operatorMutationsPerMinute,
+      ...(opts.tls ? { tls: opts.tls } : {}),
+    });
     this.transport = new SocketServer(
       this.http.server,
       this.registry,
-      this.authenticator(opts.enrolment ?? 'open'),
+      this.authenticator(),
       {
         update: (session, update, bytes) => this.dispatcher.receiveUpdate(session, update, bytes),
         forgetRequest: (session, req) => this.onForgetRequest(session, req),
@@ -145,6 +216,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
         helloTimeoutMs: opts.helloTimeoutMs ?? 10_000,
         heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 5_000,
         coordinatorVersion: COORDINATOR_VERSION,
+        handshakeLimit: new KeyedTokenBucket({ burst: limits.handshakeBurst, refillPerSecond: limits.handshakeRefillPerSecond, clock }),
       },
       this.log,
     );
@@ -168,7 +240,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     await this.http.listen({ port, host });
     const addr = this.http.server.address();
     const p = typeof addr === 'object' && addr ? addr.port : port;
-    return { port: p, url: `http://${host}:${p}` };
+    return { port: p, url: `${this.tls ? 'https' : 'http'}://${host}:${p}` };
   }
 
   /** The current global model (a copy). */
@@ -204,6 +276,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
           if (!(e instanceof QuorumError)) {
             this.log.error({ err: e }, 'round failed');
             this.emit('error', e as Error);
+          } else {
+            // A quorum can fail at once (the connected clients are all forgotten ones, which stay connected but
+            // are never selected): without a pause this loop would never yield to the sockets and timers.
+            await sleep(QUORUM_RETRY_MS, this.abort.signal);
           }
         }
         if (this.roundIntervalMs > 0) await sleep(this.roundIntervalMs, this.abort.signal);
@@ -275,34 +351,117 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     return run;
   }
 
-  private authenticator(enrolment: 'open' | 'closed'): Authenticator {
+  /** Issues a credential for a new client; the secret is returned once and only its hash is kept. */
+  issueClient(clientId: string = nanoid()): { clientId: string; secret: string } {
+    assertClientId(clientId);
+    if (this.store.getClient(clientId)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `client ${clientId} already exists`);
+    const secret = generateSecret();
+    const secretHash = hashIssuedSecret(secret);
+    this.store.upsertClient({ clientId, secretHash, numExamples: 0, seenAt: Date.now(), revoked: false });
+    this.log.info({ clientId }, 'client credential issued');
+    return { clientId, secret };
+  }
+
+  /** Replaces a client's secret (the old one stops working at once, and a connected session is closed); also lifts a revocation. */
+  rotateSecret(clientId: string): { clientId: string; secret: string } {
+    const c = this.requireIssuable(clientId);
+    const secret = generateSecret();
+    const secretHash = hashIssuedSecret(secret);
+    this.store.upsertClient({ clientId, secretHash, seenAt: c.lastSeen, revoked: false });
+    this.authLockout.succeed(clientId);
+    this.closeSession(clientId, 'credential rotated');
+    this.log.info({ clientId }, 'client credential rotated');
+    return { clientId, secret };
+  }
+
+  /** Revokes a client's credential: its session is closed and later hellos are refused; its history stays. */
+  revokeClient(clientId: string): void {
+    const c = this.store.getClient(clientId);
+    if (!c) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client ${clientId}`);
+    this.store.upsertClient({ clientId, seenAt: c.lastSeen, revoked: true });
+    this.closeSession(clientId, 'credential revoked');
+    this.log.info({ clientId }, 'client credential revoked');
+  }
+
+  private requireIssuable(clientId: string): ClientRecord {
+    const c = this.store.getClient(clientId);
+    if (!c) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client ${clientId}`);
+    if (c.forgotten) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${clientId} was forgotten; its id is not reissued`);
+    return c;
+  }
+
+  private closeSession(clientId: string, reason: string): void {
+    const s = this.registry.get(clientId);
+    if (!s) return;
+    try {
+      s.channel.sendError(ErrorCode.PERMISSION_DENIED, reason);
+    } finally {
+      s.disconnect(reason);
+    }
+  }
+
+  private authenticator(): Authenticator {
     return {
-      authenticate: (hello) => {
-        if (this.forgotten.has(hello.clientId)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${hello.clientId} was forgotten at its request`);
-        const known = this.store.getClient(hello.clientId);
-        if (known?.secretHash) {
-          if (!verifySecret(hello.secret, known.secretHash)) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'wrong credentials');
-        } else if (!known && enrolment === 'closed') {
-          throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client ${hello.clientId}`);
-        } else if (!hello.secret || hello.secret.length < 8) {
-          throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'a secret of at least 8 characters is required');
+      authenticate: async (hello) => {
+        const id = hello.clientId;
+        if (this.forgotten.has(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
+        const locked = this.authLockout.lockedFor(id);
+        if (locked > 0) throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many failed authentications for client ${id}; retry in ${Math.ceil(locked / 1000)} s`);
+        if (this.verifying.has(id)) throw new ProtocolError(ErrorCode.RATE_LIMITED, `a hello for client ${id} is already being verified`);
+        this.verifying.add(id);
+        try {
+          await this.verify(hello);
+        } finally {
+          this.verifying.delete(id);
         }
-        this.store.upsertClient({
-          clientId: hello.clientId,
-          ...(known?.secretHash ? {} : { secretHash: hashSecret(hello.secret) }),
-          numExamples: hello.numExamples,
-          seenAt: Date.now(),
-        });
+        this.authLockout.succeed(id);
+        this.store.upsertClient({ clientId: id, numExamples: hello.numExamples, seenAt: Date.now() });
       },
     };
+  }
+
+  private async verify(hello: fedunlearn.v1.Hello): Promise<void> {
+    const id = hello.clientId;
+    const known = this.store.getClient(id);
+    if (known?.revoked) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `the credential of client ${id} was revoked`);
+    if (known?.secretHash) {
+      const ok = await verifySecret(hello.secret, known.secretHash);
+      if (!ok) {
+        this.authLockout.fail(id);
+        throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'wrong credentials');
+      }
+      // A revocation or rotation that landed while scrypt ran wins over the secret it checked.
+      const now = this.store.getClient(id);
+      if (!now || now.revoked || now.secretHash !== known.secretHash) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `the credential of client ${id} changed`);
+      return;
+    }
+    if (this.enrolment === 'closed') {
+      if (!known) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client ${id}`);
+      throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `no credential was issued to client ${id}`);
+    }
+    if (!hello.secret || hello.secret.length < 8) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'a secret of at least 8 characters is required');
+    const secretHash = await hashSecret(hello.secret);
+    if (this.store.getClient(id)?.secretHash) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `client ${id} enrolled meanwhile; retry`);
+    this.store.upsertClient({ clientId: id, secretHash, numExamples: hello.numExamples, seenAt: Date.now() });
   }
 
   private readonly jobWatchers = new Map<string, { session: ClientSession; requestId: string }>();
 
   private onForgetRequest(session: ClientSession, req: fedunlearn.v1.ForgetRequest): void {
     // A session can only ever name itself: the request carries no client id to forge.
+    if (!this.forgetLimit.take(session.clientId)) {
+      const wait = Math.ceil(this.forgetLimit.retryAfterMs(session.clientId) / 1000);
+      throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many forget requests from this client; retry in ${wait} s`, req.requestId);
+    }
     const existing = this.store.listJobs().find((j) => j.requestedBy === `client:${session.clientId}` && (j.state === 'queued' || j.state === 'running'));
-    const job = existing ?? this.forget({ clientIds: [session.clientId], requestedBy: `client:${session.clientId}` });
+    let job: JobRecord;
+    try {
+      job = existing ?? this.forget({ clientIds: [session.clientId], requestedBy: `client:${session.clientId}` });
+    } catch (e) {
+      // Answered with the request's id, so that the client's pending request fails instead of waiting forever.
+      if (e instanceof ProtocolError) throw new ProtocolError(e.code, e.message, req.requestId);
+      throw e;
+    }
     this.jobWatchers.set(job.jobId, { session, requestId: req.requestId });
     session.channel.send({ forgetReceipt: { requestId: req.requestId, jobId: job.jobId, state: toWireState(job.state) } });
   }
@@ -331,6 +490,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     }
     if (job.state === 'done' || job.state === 'failed') this.jobWatchers.delete(job.jobId);
   }
+}
+
+function assertClientId(id: string): void {
+  if (!CLIENT_ID.test(id)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'client id must be 1-128 characters of [A-Za-z0-9_.:-]');
 }
 
 export function toWireState(state: JobRecord['state']): fedunlearn.v1.JobState {

@@ -32,7 +32,11 @@ export const REDACTED_PATHS = [
   'token',
   '*.token',
   'authorization',
+  '*.authorization',
   'headers.authorization',
+  '*.headers.authorization',
+  'tls.key',
+  '*.tls.key',
   'req.headers.authorization',
   'request.headers.authorization',
 ] as const;

@@ -253,6 +253,8 @@ async function startCoordinator(cfg: SimConfig, def: ModelDefinition, dir: strin
       maxRoundAttempts: 3,
       waitForClientsMs: 60_000,
     },
+    // Simulated devices enrol on first hello: there is no operator to issue credentials.
+    enrolment: 'open',
     logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
   });
   const { url } = await coordinator.listen(0);

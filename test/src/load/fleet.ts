@@ -38,7 +38,7 @@ async function start(spec: FleetSpec): Promise<void> {
     const client = new FederatedClient({
       url: spec.url,
       clientId,
-      secret: `secret-of-${clientId}`,
+      secret: spec.secrets[i]!,
       data: tinyDataset(rng, spec.examples, spec.features),
       trainer: shared,
       reconnect: { delayMs: spec.reconnectDelayMs, maxDelayMs: spec.reconnectMaxDelayMs },

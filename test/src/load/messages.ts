@@ -6,6 +6,8 @@ export interface FleetSpec {
   /** Client ids are `${prefix}-${i}`. */
   prefix: string;
   count: number;
+  /** Issued secrets, one per client in id order. */
+  secrets: string[];
   seed: number;
   examples: number;
   features: number;

@@ -31,6 +31,7 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
   const rawHttp = createServer();
   try {
     coordinator = await Coordinator.create({
+      enrolment: 'open',
       store: openSqliteHistory(dir),
       dataDir: dir,
       model: def,

@@ -19,6 +19,20 @@ test('migrate brings an empty database to the current schema once, and refuses a
   }
 });
 
+test('migration 2 adds the revoked flag to a version-1 database, keeping its clients', () => {
+  const db = new Database(':memory:');
+  try {
+    db.exec(MIGRATIONS[0]!);
+    db.pragma('user_version = 1');
+    db.prepare("INSERT INTO clients (client_id, secret_hash, num_examples, first_seen, last_seen) VALUES ('old', 'scrypt$aa$bb', 5, 1, 2)").run();
+    migrate(db);
+    assert.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+    assert.deepEqual({ ...(db.prepare("SELECT client_id, secret_hash, revoked FROM clients WHERE client_id = 'old'").get() as object) }, { client_id: 'old', secret_hash: 'scrypt$aa$bb', revoked: 0 });
+  } finally {
+    db.close();
+  }
+});
+
 test('the schema enforces what the store relies on', () => {
   const db = new Database(':memory:');
   try {

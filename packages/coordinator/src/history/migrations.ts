@@ -101,6 +101,10 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE rounds ADD COLUMN missing_json TEXT NOT NULL DEFAULT '[]';
   `,
+  // 3: operator-issued credentials: a revoked client keeps its record (and its history) but is refused at hello.
+  `
+  ALTER TABLE clients ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

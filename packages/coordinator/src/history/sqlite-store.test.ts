@@ -633,6 +633,7 @@ test('jobs and clients persist across reopening', () => {
     store.upsertClient({ clientId: 'c1', seenAt: 40 }); // an older sighting neither rewinds lastSeen nor clears fields
     store.upsertClient({ clientId: 'c2', seenAt: 60, numExamples: 3 });
     store.upsertClient({ clientId: 'c2', seenAt: 70, secretHash: 'h2' });
+    store.upsertClient({ clientId: 'c2', seenAt: 65, revoked: true });
     const jobs = store.listJobs();
     const clients = store.listClients();
     store.close();
@@ -643,8 +644,8 @@ test('jobs and clients persist across reopening', () => {
     assert.deepEqual(again.listJobs({ state: 'failed' }).map((j) => [j.jobId, j.error, j.report]), [['j2', 'client offline', { partial: true }]]);
     assert.deepEqual(again.listJobs({ state: 'done' }), []);
     assert.deepEqual(again.listClients(), clients);
-    assert.deepEqual(again.getClient('c1'), { clientId: 'c1', secretHash: 'h1', numExamples: 10, firstSeen: 40, lastSeen: 50, forgotten: false });
-    assert.deepEqual(again.getClient('c2'), { clientId: 'c2', secretHash: 'h2', numExamples: 3, firstSeen: 60, lastSeen: 70, forgotten: false });
+    assert.deepEqual(again.getClient('c1'), { clientId: 'c1', secretHash: 'h1', numExamples: 10, firstSeen: 40, lastSeen: 50, forgotten: false, revoked: false });
+    assert.deepEqual(again.getClient('c2'), { clientId: 'c2', secretHash: 'h2', numExamples: 3, firstSeen: 60, lastSeen: 70, forgotten: false, revoked: true });
     assert.equal(again.getClient('nobody'), null);
     again.close();
   } finally {

@@ -134,6 +134,7 @@ interface ClientRow {
   first_seen: number;
   last_seen: number;
   forgotten: number;
+  revoked: number;
 }
 
 /** An update written to disk for a round that has not committed yet. Each staging owns its own file. */
@@ -216,8 +217,8 @@ function prepareStatements(db: Database.Database) {
     client: db.prepare<[string], ClientRow>('SELECT * FROM clients WHERE client_id = ?'),
     clients: db.prepare<[], ClientRow>('SELECT * FROM clients ORDER BY client_id'),
     putClient: db.prepare(
-      `INSERT OR REPLACE INTO clients (client_id, secret_hash, num_examples, first_seen, last_seen, forgotten)
-       VALUES (@client_id, @secret_hash, @num_examples, @first_seen, @last_seen, @forgotten)`,
+      `INSERT OR REPLACE INTO clients (client_id, secret_hash, num_examples, first_seen, last_seen, forgotten, revoked)
+       VALUES (@client_id, @secret_hash, @num_examples, @first_seen, @last_seen, @forgotten, @revoked)`,
     ),
   };
 }
@@ -263,6 +264,7 @@ function toClient(r: ClientRow): ClientRecord {
     firstSeen: r.first_seen,
     lastSeen: r.last_seen,
     forgotten: r.forgotten !== 0,
+    revoked: r.revoked !== 0,
   };
 }
 
@@ -846,6 +848,7 @@ class SqliteHistoryStore implements HistoryStore {
           first_seen: c?.first_seen ?? now,
           last_seen: c?.last_seen ?? now,
           forgotten: 1,
+          revoked: c?.revoked ?? 0,
         });
       }
     })();
@@ -932,7 +935,7 @@ class SqliteHistoryStore implements HistoryStore {
 
   // --- clients ------------------------------------------------------------------------------------------------
 
-  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean }): ClientRecord {
+  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean; revoked?: boolean }): ClientRecord {
     this.requireNotClosed();
     const cur = this.q.client.get(c.clientId);
     this.q.putClient.run({
@@ -942,6 +945,7 @@ class SqliteHistoryStore implements HistoryStore {
       first_seen: cur ? Math.min(cur.first_seen, c.seenAt) : c.seenAt,
       last_seen: cur ? Math.max(cur.last_seen, c.seenAt) : c.seenAt,
       forgotten: c.forgotten !== undefined ? (c.forgotten ? 1 : 0) : (cur?.forgotten ?? 0),
+      revoked: c.revoked !== undefined ? (c.revoked ? 1 : 0) : (cur?.revoked ?? 0),
     });
     return toClient(this.q.client.get(c.clientId)!);
   }

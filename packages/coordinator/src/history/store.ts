@@ -123,6 +123,8 @@ export interface ClientRecord {
   lastSeen: number;
   /** Set by purgeClients, which leaves only this tombstone (no secret, no example count) behind. */
   forgotten: boolean;
+  /** Set when the operator revoked the client's credential; a rotation issues a new one and clears it. */
+  revoked: boolean;
 }
 
 export interface PurgeSummary {
@@ -232,7 +234,7 @@ export interface HistoryStore {
   listJobs(opts?: { state?: JobRecord['state'] }): JobRecord[];
   // clients
   /** Creates or refreshes a client: lastSeen moves forward only; absent fields keep their stored values. */
-  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean }): ClientRecord;
+  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean; revoked?: boolean }): ClientRecord;
   getClient(clientId: string): ClientRecord | null;
   listClients(): ClientRecord[];
   close(): void;

@@ -1,3 +1,5 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { ProtocolError } from '@fedunlearn/protocol';
@@ -6,10 +8,21 @@ import type { JobRecord } from '../history/store.js';
 import type { MethodName, MethodParams } from '../unlearning/method.js';
 import { errorSchema, openapiInfo, schemas } from './schemas.js';
 
+/** PEM contents of the server's certificate chain and key (and a CA bundle to send along). */
+export interface TlsFiles {
+  cert: string | Buffer;
+  key: string | Buffer;
+  ca?: string | Buffer;
+}
+
 export interface HttpApiOptions {
   operatorToken?: string | undefined;
   /** GET /metrics requires the operator token too (when one is set); default open, as Prometheus exporters are. */
   metricsAuth?: boolean;
+  /** Mutating operator requests per remote address per minute. */
+  operatorMutationsPerMinute?: number;
+  /** Serve HTTPS (the clients' socket.io endpoint shares the server). */
+  tls?: TlsFiles;
 }
 
 /** Where the API serves its OpenAPI document. */
@@ -25,9 +38,18 @@ class HttpError extends Error {
   }
 }
 
+/** Equal-time comparison of bearer tokens (digests first, so that lengths do not show either). */
+function sameToken(given: string, expected: string): boolean {
+  const d = (s: string) => createHash('sha256').update(s).digest();
+  return timingSafeEqual(d(given), d(expected));
+}
+
 /** The operator API, versioned under /v1; the clients' socket.io endpoint shares its HTTP server. */
 export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
+  // With TLS fastify's instance is typed over https.Server; routes and hooks are the same, socket.io takes either.
+  const app = (opts.tls
+    ? Fastify({ logger: false, bodyLimit: 1024 * 1024, https: { cert: opts.tls.cert, key: opts.tls.key, ...(opts.tls.ca ? { ca: opts.tls.ca } : {}) } })
+    : Fastify({ logger: false, bodyLimit: 1024 * 1024 })) as unknown as FastifyInstance;
   const log = coord.log.child({ component: 'http' });
   // Registered before any route, so that its onRoute hook sees them all; the document is built from their schemas.
   void app.register(swagger, {
@@ -39,6 +61,12 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
   app.addHook('onResponse', async (req, reply) => {
     log.debug({ method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'http request');
   });
+  // Only routes that ask for it (config.rateLimit) are limited: the mutating ones.
+  void app.register(rateLimit, {
+    global: false,
+    errorResponseBuilder: (_req, ctx) => ({ statusCode: 429, code: 'RATE_LIMITED', message: `too many requests; retry in ${Math.ceil(ctx.ttl / 1000)} s` }),
+  });
+  const mutation = { rateLimit: { max: opts.operatorMutationsPerMinute ?? 60, timeWindow: 60_000 } };
 
   app.setErrorHandler((raw: unknown, _req, reply) => {
     const err = raw as Error & { statusCode?: number; validation?: unknown; code?: string };
@@ -54,7 +82,8 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
 
   const operator = async (req: FastifyRequest, _reply: FastifyReply) => {
     if (!opts.operatorToken) return;
-    if (req.headers.authorization !== `Bearer ${opts.operatorToken}`) throw new HttpError(401, 'UNAUTHENTICATED', 'operator token required');
+    const given = req.headers.authorization;
+    if (typeof given !== 'string' || !sameToken(given, `Bearer ${opts.operatorToken}`)) throw new HttpError(401, 'UNAUTHENTICATED', 'operator token required');
   };
 
   // In a plugin like every route, so that swagger (registered first) sees them: routes added to the root directly
@@ -98,6 +127,25 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
         };
       });
 
+      v1.post('/clients', { schema: schemas.issueClient, config: mutation }, async (req, reply) => {
+        const body = (req.body ?? {}) as { clientId?: string };
+        if (body.clientId !== undefined && coord.store.getClient(body.clientId)) throw new HttpError(409, 'ALREADY_EXISTS', `client ${body.clientId} already exists`);
+        // The only response that ever carries the secret: it is not stored, so it cannot be shown again.
+        return reply.code(201).send(coord.issueClient(body.clientId));
+      });
+
+      v1.delete('/clients/:id', { schema: schemas.revokeClient, config: mutation }, async (req, reply) => {
+        const { id } = req.params as { id: string };
+        coord.revokeClient(id);
+        return reply.code(204).send();
+      });
+
+      v1.post('/clients/:id/secret', { schema: schemas.rotateSecret, config: mutation }, async (req) => {
+        const { id } = req.params as { id: string };
+        if (coord.store.getClient(id)?.forgotten) throw new HttpError(409, 'FORGOTTEN', `client ${id} was forgotten; its id is not reissued`);
+        return coord.rotateSecret(id);
+      });
+
       v1.get('/rounds', { schema: schemas.rounds }, async (req) => {
         const q = req.query as { lineage?: string };
         return { rounds: coord.store.listRounds(q.lineage ? { lineage: q.lineage } : undefined) };
@@ -131,7 +179,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
 
       v1.get('/history/stats', { schema: schemas.historyStats }, async () => coord.store.stats());
 
-      v1.post('/jobs', { schema: schemas.createJob }, async (req, reply) => {
+      v1.post('/jobs', { schema: schemas.createJob, config: mutation }, async (req, reply) => {
         const body = req.body as { clientIds: string[]; method?: MethodName; params?: MethodParams };
         const job = coord.forget({
           clientIds: body.clientIds,

@@ -113,6 +113,12 @@ const client = {
   },
 } as const;
 
+const credential = {
+  type: 'object',
+  required: ['clientId', 'secret'],
+  properties: { clientId: str, secret: { type: 'string', description: '256 random bits, base64url; give it to the device, it is not stored' } },
+} as const;
+
 const historyStats = {
   type: 'object',
   ...open,
@@ -277,7 +283,34 @@ export const schemas = {
       },
     },
     ok: { 202: withDescription('the queued job', job) },
-    errors: { 400: 'invalid body or a client already forgotten', 404: 'unknown client' },
+    errors: { 400: 'invalid body or a client already forgotten', 404: 'unknown client', 429: 'too many operator mutations this minute' },
+  }),
+  issueClient: routeSchema({
+    summary: 'Issue a client credential',
+    description: 'Enrols a client and returns its secret once: only a hash is stored, so it cannot be shown again. The id is generated when absent.',
+    tags: ['clients'],
+    operator: true,
+    body: { type: 'object', additionalProperties: false, properties: { clientId: { type: 'string', pattern: '^[A-Za-z0-9_.:-]{1,128}$' } } },
+    ok: { 201: withDescription('the credential, shown this once', credential) },
+    errors: { 400: 'invalid client id', 409: 'the client already exists', 429: 'too many operator mutations this minute' },
+  }),
+  revokeClient: routeSchema({
+    summary: "Revoke a client's credential",
+    description: 'Its live session is closed and later hellos are refused; its history stays until it is forgotten.',
+    tags: ['clients'],
+    operator: true,
+    params: idParam('id', 'client id'),
+    ok: { 204: { description: 'revoked' } },
+    errors: { 404: 'unknown client', 429: 'too many operator mutations this minute' },
+  }),
+  rotateSecret: routeSchema({
+    summary: "Rotate a client's secret",
+    description: 'Issues a new secret (shown once), voids the old one, closes the live session and lifts a revocation.',
+    tags: ['clients'],
+    operator: true,
+    params: idParam('id', 'client id'),
+    ok: { 200: withDescription('the new credential, shown this once', credential) },
+    errors: { 404: 'unknown client', 409: 'the client was forgotten', 429: 'too many operator mutations this minute' },
   }),
   jobs: routeSchema({
     summary: 'Forget jobs',

@@ -27,7 +27,7 @@ test('hellos queue for their credential check: one waiting beyond the hello time
       },
     },
     { update: () => undefined, forgetRequest: () => undefined, clientError: () => undefined },
-    { framing: DEFAULT_FRAMING, helloTimeoutMs: 500, heartbeatIntervalMs: 5_000, coordinatorVersion: 'test', maxPendingHellos: 1 },
+    { framing: DEFAULT_FRAMING, helloTimeoutMs: 500, heartbeatIntervalMs: 5_000, coordinatorVersion: 'test', maxPendingHellos: 1, helloConcurrency: 1 },
     createLogger({ level: 'silent' }),
   );
   await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));

@@ -1,4 +1,6 @@
 import type { Server as HttpServer } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
+import { availableParallelism } from 'node:os';
 import { nanoid } from 'nanoid';
 import { Server, type Socket } from 'socket.io';
 import {
@@ -13,12 +15,12 @@ import {
 import type { Logger } from '../logger.js';
 import type { ClientRegistry } from './client-registry.js';
 import { HandshakeQueue } from './handshake-queue.js';
+import type { KeyedTokenBucket } from './rate-limit.js';
 import type { ClientSession } from './session.js';
 
 export interface Authenticator {
-  /** Returns (or resolves) when `hello` proves the client's identity; throws (or rejects with) ProtocolError
-   *  (UNAUTHENTICATED, ...) otherwise. */
-  authenticate(hello: fedunlearn.v1.Hello): void | Promise<void>;
+  /** Resolves when `hello` proves the client's identity; rejects with a ProtocolError (UNAUTHENTICATED, ...) otherwise. */
+  authenticate(hello: fedunlearn.v1.Hello): Promise<void>;
 }
 
 /** What an authenticated client may ask of the coordinator besides answering tasks. */
@@ -33,10 +35,14 @@ export interface SocketServerOptions {
   helloTimeoutMs: number;
   heartbeatIntervalMs: number;
   coordinatorVersion: string;
-  /** Hellos waiting for their credential check beyond the one in progress; more (or more than a hello timeout's worth
+  /** Handshakes per remote address; none means unlimited. */
+  handshakeLimit?: KeyedTokenBucket;
+  /** Hellos waiting for their credential check beyond those in progress; more (or more than a hello timeout's worth
    *  of checks at their recent pace) are refused with RATE_LIMITED and retried by the SDK after a jittered back-off.
    *  Default 256. */
   maxPendingHellos?: number;
+  /** Credential checks in flight at once; default one per core (at most 4, the hash thread pool's size). */
+  helloConcurrency?: number;
 }
 
 export interface TransportCounters {
@@ -58,16 +64,16 @@ export class SocketServer {
   private readonly hellos: HandshakeQueue;
 
   constructor(
-    http: HttpServer,
+    http: HttpServer | HttpsServer,
     private readonly registry: ClientRegistry,
     private readonly auth: Authenticator,
     private readonly handlers: SessionHandlers,
     private readonly opts: SocketServerOptions,
     private readonly log: Logger,
   ) {
-    // A hello waits at most about a hello timeout in line, so that an admitted client is welcomed well within the
+    // Credential checks run on the thread pool, one per core at most. A hello waits at most about a hello timeout in line, so that an admitted client is welcomed well within the
     // SDK's connect timeout; the others are told to come back (RATE_LIMITED) and spread out by their back-off.
-    this.hellos = new HandshakeQueue({ concurrency: 1, maxQueued: opts.maxPendingHellos ?? 256, maxWaitMs: opts.helloTimeoutMs });
+    this.hellos = new HandshakeQueue({ concurrency: opts.helloConcurrency ?? Math.max(1, Math.min(4, availableParallelism())), maxQueued: opts.maxPendingHellos ?? 256, maxWaitMs: opts.helloTimeoutMs });
     // A client that stops answering (a frozen process, a dead network) is dropped within 3 intervals: a ping is due
     // every interval and its pong within two more. The registry then forgets it and its tasks settle as missing.
     this.io = new Server(http, {
@@ -103,56 +109,61 @@ export class SocketServer {
 
   private accept(socket: Socket): void {
     this.counters.connections++;
+    // Nothing is known about the peer yet, so a hello is never verified unless the peer has a token: scrypt per
+    // attempt is what a flood from one address would otherwise buy.
+    const address = socket.handshake.address;
+    let state: 'hello' | 'verifying' | 'closed' = 'hello';
     let session: ClientSession | null = null;
-    /** The hello arrived and waits for (or is in) its credential check; nothing else is accepted meanwhile. */
-    let introduced = false;
-    let gone = false;
+    const refuseAndClose = (err: ProtocolError, count = true) => {
+      if (count) this.refuse(err.codeName);
+      clearTimeout(helloTimer);
+      state = 'closed';
+      channel.sendError(err.code, err.message, err.ref);
+      socket.disconnect(true);
+    };
     const helloTimer = setTimeout(() => {
       this.refuse('HELLO_TIMEOUT');
-      channel.sendError(ErrorCode.UNAUTHENTICATED, `no hello within ${this.opts.helloTimeoutMs} ms`);
-      socket.disconnect(true);
+      refuseAndClose(new ProtocolError(ErrorCode.UNAUTHENTICATED, `no hello within ${this.opts.helloTimeoutMs} ms`), false);
     }, this.opts.helloTimeoutMs);
 
     const channel: Channel = new Channel(
       socket,
       {
         message: (env) => {
-          try {
-            if (!session) {
-              if (introduced) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `${env.body} before the hello was answered`);
-              const hello = checkHello(env);
-              introduced = true;
-              // The client did its part in time: a wait in the queue below is the coordinator's, not the client's.
-              clearTimeout(helloTimer);
-              const queued = this.hellos.offer(async () => {
-                if (gone) return;
-                try {
-                  const s = await this.handshake(socket, channel, hello);
-                  if (gone) return;
-                  session = s;
-                  this.registry.add(s);
-                } catch (e) {
-                  const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
-                  if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'handshake failed');
-                  this.refuse(err.codeName);
-                  channel.sendError(err.code, err.message, err.ref);
-                  socket.disconnect(true);
-                }
-              });
-              if (!queued) throw new ProtocolError(ErrorCode.RATE_LIMITED, 'the coordinator is busy admitting other clients; retry later');
-              return;
+          if (session) {
+            try {
+              this.route(session, env, channel);
+            } catch (e) {
+              const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
+              if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'session handler failed');
+              this.refuse(err.codeName);
+              channel.sendError(err.code, err.message, err.ref);
             }
-            this.route(session, env, channel);
-          } catch (e) {
-            const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
-            if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'session handler failed');
-            this.refuse(err.codeName);
-            channel.sendError(err.code, err.message, err.ref);
-            if (!session) {
-              clearTimeout(helloTimer);
-              socket.disconnect(true);
-            }
+            return;
           }
+          if (state === 'closed') return;
+          // Nothing but one hello may come before the welcome; a peer that does not wait is not a client we know.
+          if (state === 'verifying') return refuseAndClose(new ProtocolError(ErrorCode.UNAUTHENTICATED, `${env.body} sent before the welcome`));
+          state = 'verifying';
+          // The hello came in time; its verification may wait behind others' on the hash thread pool (a reconnect
+          // storm), which is not the client's fault.
+          clearTimeout(helloTimer);
+          const admitted = this.hellos.offer(() =>
+            state === 'closed'
+              ? undefined
+              : this.handshake(socket, channel, env).then(
+                  (s) => {
+                    if (state === 'closed' || !socket.connected) return;
+                    session = s;
+                    this.welcome(s);
+                  },
+                  (e: unknown) => {
+                    if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'handshake failed');
+                    if (state !== 'closed') refuseAndClose(e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error'));
+                  },
+                ),
+          );
+          if (!admitted) refuseAndClose(new ProtocolError(ErrorCode.RATE_LIMITED, 'the coordinator is busy admitting other clients; retry later'));
         },
         protocolError: (err) => this.refuse(err.codeName),
       },
@@ -161,8 +172,8 @@ export class SocketServer {
     this.live.add(channel);
 
     socket.on('disconnect', (reason) => {
-      gone = true;
       clearTimeout(helloTimer);
+      state = 'closed';
       this.live.delete(channel);
       this.counters.bytesIn += channel.stats.bytesIn;
       this.counters.bytesOut += channel.stats.bytesOut;
@@ -172,13 +183,26 @@ export class SocketServer {
         this.registry.remove(session, reason);
       }
     });
+
+    if (this.opts.handshakeLimit && !this.opts.handshakeLimit.take(address)) {
+      const wait = this.opts.handshakeLimit.retryAfterMs(address);
+      refuseAndClose(new ProtocolError(ErrorCode.RATE_LIMITED, `too many connection attempts from this address; retry in ${Math.max(1, Math.ceil(wait / 1000))} s`));
+    }
   }
 
-  /** Checks a hello and welcomes the client; the caller adds the session to the registry if the socket is still open. */
-  private async handshake(socket: Socket, channel: Channel, hello: fedunlearn.v1.Hello): Promise<ClientSession> {
+  private async handshake(socket: Socket, channel: Channel, env: fedunlearn.v1.Envelope): Promise<ClientSession> {
+    if (env.body !== 'hello' || !env.hello) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `the first message must be hello, got ${env.body}`);
+    const hello = env.hello as fedunlearn.v1.Hello;
+    if (hello.protocolVersion !== PROTOCOL_VERSION) {
+      throw new ProtocolError(ErrorCode.PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
+    }
+    if (!/^[A-Za-z0-9_.:-]{1,128}$/.test(hello.clientId)) {
+      throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'client id must be 1-128 characters of [A-Za-z0-9_.:-]');
+    }
+    if (!(hello.numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'numExamples must be positive');
     await this.auth.authenticate(hello);
     const now = Date.now();
-    const session: ClientSession = {
+    return {
       clientId: hello.clientId,
       sessionId: nanoid(),
       numExamples: hello.numExamples,
@@ -189,7 +213,10 @@ export class SocketServer {
       channel,
       disconnect: () => socket.disconnect(true),
     };
-    channel.send({
+  }
+
+  private welcome(session: ClientSession): void {
+    session.channel.send({
       welcome: {
         clientId: session.clientId,
         sessionId: session.sessionId,
@@ -201,7 +228,7 @@ export class SocketServer {
       },
     });
     this.log.info({ clientId: session.clientId, backend: session.backend, numExamples: session.numExamples }, 'client joined');
-    return session;
+    this.registry.add(session);
   }
 
   private route(session: ClientSession, env: fedunlearn.v1.Envelope, channel: Channel): void {
@@ -222,18 +249,4 @@ export class SocketServer {
         throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `a client may not send ${env.body}`);
     }
   }
-}
-
-/** The checks of a hello that cost nothing, made before it waits for its credential check. */
-function checkHello(env: fedunlearn.v1.Envelope): fedunlearn.v1.Hello {
-  if (env.body !== 'hello' || !env.hello) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `the first message must be hello, got ${env.body}`);
-  const hello = env.hello as fedunlearn.v1.Hello;
-  if (hello.protocolVersion !== PROTOCOL_VERSION) {
-    throw new ProtocolError(ErrorCode.PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
-  }
-  if (!/^[A-Za-z0-9_.:-]{1,128}$/.test(hello.clientId)) {
-    throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'client id must be 1-128 characters of [A-Za-z0-9_.:-]');
-  }
-  if (!(hello.numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'numExamples must be positive');
-  return hello;
 }
