@@ -200,7 +200,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     resume: { rounds: ReplayedRound[]; cost: WorkCost } | null,
     setRecord: (r: JobRecord) => void,
   ): MethodContext {
-    const { store, dispatcher, strategy, config } = this.deps;
+    const { store, registry, dispatcher, strategy, config } = this.deps;
     const meta = store.meta();
     const storedRounds = rounds.filter((r) => (meta.config.retention === 'norms' ? store.keepsUpdates(r.round) : r.updatesStored));
     return {
@@ -214,6 +214,11 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       readModel: (v) => store.readModel(v),
       readUpdate: (roundId, clientId) => store.readUpdate(roundId, clientId),
       step: async (args) => {
+        // A step whose clients are all away (the fleet still reconnecting after a restart) waits, bounded like a
+        // round, for one of them instead of replaying the round with nobody; those still away are missing.
+        const wanted = new Set(args.clientIds);
+        if (wanted.size > 0) await registry.waitFor(1, config.waitForClientsMs, signal, (id) => wanted.has(id));
+        interrupted(signal);
         const roundId = nanoid();
         const res = await federatedStep(dispatcher, strategy, {
           clientIds: args.clientIds,
