@@ -191,6 +191,7 @@ test(`${FRAMES} fuzzed frames on a live socket during a round: each refusal has 
     logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
   });
   const { url } = await coordinator.listen(0);
+  const refusalsBefore = await refusalsByReason(coordinator);
   const honestErrors: string[] = [];
   const honest = [1, 2].map((i) => {
     const c = new FederatedClient({ url, clientId: `honest-${i}`, secret: `honest-secret-${i}`, data: syntheticData(i, 600), backends: ['cpu'], reconnect: { attempts: 0 } });
@@ -250,6 +251,15 @@ test(`${FRAMES} fuzzed frames on a live socket during a round: each refusal has 
       );
     }
 
+    // Every refusal is counted in /metrics under its code, once: by the transport (frames, chunks, messages) or by the
+    // dispatcher (updates).
+    const refusalsAfter = await refusalsByReason(coordinator);
+    const counted = new Map<string, number>();
+    for (const [k, n] of refusalsAfter) if (n - (refusalsBefore.get(k) ?? 0) > 0) counted.set(k, n - (refusalsBefore.get(k) ?? 0));
+    const refused = new Map<string, number>();
+    for (const c of got) refused.set(c, (refused.get(c) ?? 0) + 1);
+    assert.deepEqual(Object.fromEntries([...counted].sort()), Object.fromEntries([...refused].sort()), 'the metrics count each refusal under its code');
+
     const [outcome] = await round;
     assert.ok(outcome);
     assert.deepEqual([...outcome.participants].sort(), ['honest-1', 'honest-2']);
@@ -285,3 +295,13 @@ test(`${FRAMES} fuzzed frames on a live socket during a round: each refusal has 
     await coordinator.stop();
   }
 });
+
+/** fedunlearn_refused_total + fedunlearn_updates_rejected_total by reason, read from the coordinator's /metrics text. */
+async function refusalsByReason(c: Coordinator): Promise<Map<string, number>> {
+  const { body } = await c.metrics.scrape();
+  const out = new Map<string, number>();
+  for (const m of body.matchAll(/^fedunlearn_(?:refused|updates_rejected)_total\{reason="([A-Z_]+)"\} (\d+)$/gm)) {
+    out.set(m[1]!, (out.get(m[1]!) ?? 0) + Number(m[2]));
+  }
+  return out;
+}

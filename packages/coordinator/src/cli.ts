@@ -83,7 +83,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     throw new CliError(`cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`);
   }
   process.stdout.write(`listening on ${url}\n`);
-  process.stdout.write(`metrics at ${url}/metrics, OpenAPI document at ${url}${OPENAPI_PATH}\n`);
+  process.stdout.write(`dashboard at ${url}/dashboard/, metrics at ${url}/metrics, OpenAPI document at ${url}${OPENAPI_PATH}\n`);
   log.info({ url, metrics: `${url}/metrics`, openapi: `${url}${OPENAPI_PATH}`, dataDir: options.dataDir, model: coordinator.model().version, ...summary(cfg) }, 'coordinator listening');
   coordinator.start();
   stopOnSignals(() => coordinator.stop(), log);
