@@ -277,8 +277,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
             this.log.error({ err: e }, 'round failed');
             this.emit('error', e as Error);
           } else {
-            // A quorum can fail at once (the connected clients are all forgotten ones, which stay connected but
-            // are never selected): without a pause this loop would never yield to the sockets and timers.
+            // A quorum can fail fast (every selected client refused or left at once): without a pause this loop
+            // would retry without ever yielding to the sockets and timers.
             await sleep(QUORUM_RETRY_MS, this.abort.signal);
           }
         }

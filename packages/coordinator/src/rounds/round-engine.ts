@@ -81,7 +81,8 @@ export class RoundEngine {
     let lastAnswered = 0;
     for (let attempt = 1; attempt <= config.maxRoundAttempts; attempt++) {
       if (signal?.aborted) throw new Error('round aborted');
-      await registry.waitFor(config.minClients, config.waitForClientsMs, signal);
+      // Only clients that may take part count: forgotten ones still connected must not end the wait at once.
+      await registry.waitFor(config.minClients, config.waitForClientsMs, signal, (id) => this.deps.isEligible(id));
       const candidates = registry.connected().map((s) => s.clientId).filter((id) => this.deps.isEligible(id));
       if (candidates.length < config.minClients) {
         log.warn({ round, connected: candidates.length, needed: config.minClients }, 'not enough clients for a round');
