@@ -1,7 +1,7 @@
 import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { initBackend, Trainer } from '@fedunlearn/client';
-import { Coordinator, createLogger, openSqliteHistory, type JobReport, type MethodName, type RoundOutcome } from '@fedunlearn/coordinator';
+import { Coordinator, createLogger, openSqliteHistory, type HistoryStats, type JobReport, type MethodName, type RoundOutcome } from '@fedunlearn/coordinator';
 import { builtInDefinition, type ModelDefinition } from '@fedunlearn/models';
 import { clientId, validateConfig, type SimConfig } from './config.js';
 import { makeTrigger, stamp, withBackdoor } from './data/backdoor.js';
@@ -55,6 +55,8 @@ export interface SimReport {
   wallTimeMs: number;
   trainingWallTimeMs: number;
   storedBytes: number;
+  /** The training history as stored (under the run's retention), and the client-rounds it covers. */
+  history: HistoryStats & { clientRounds: number };
   forgotten: string[];
   original: ModelFigures | null;
   unlearning: UnlearningRow[];
@@ -102,6 +104,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
   const rounds: RoundRow[] = [];
   const jobs: JobReport[] = [];
   let storedBytes = 0;
+  let history: SimReport['history'] | null = null;
   let trainingWallTimeMs = 0;
   try {
     // Training.
@@ -119,6 +122,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     progress.stop();
     trainingWallTimeMs = Date.now() - tTrain;
     storedBytes = statsBytes(coord.coordinator);
+    history = { ...coord.coordinator.store.stats(), clientRounds: rounds.reduce((n, r) => n + r.participants, 0) };
     const trained = coord.coordinator.model().weights;
     await coord.coordinator.stop();
 
@@ -216,6 +220,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       wallTimeMs: Date.now() - t0,
       trainingWallTimeMs,
       storedBytes,
+      history: history!,
       forgotten: forgottenIds,
       original,
       unlearning: rows,

@@ -54,6 +54,10 @@ export interface DispatchResult {
   missing: Missing[];
   bytesOut: number;
   bytesIn: number;
+  /** Coordinator time spent encoding and queueing the tasks on the sockets. */
+  sendMs: number;
+  /** Coordinator time spent decoding and validating this dispatch's updates. */
+  decodeMs: number;
 }
 
 export interface DispatchOptions {
@@ -68,7 +72,7 @@ interface Pending {
   clientId: string;
   kind: TaskKind;
   spec: TaskSpec;
-  settle(outcome: { answer?: Answer; missing?: Missing }): void;
+  settle(outcome: { answer?: Answer; missing?: Missing; decodeMs?: number }): void;
 }
 
 /** Counts the dispatcher reports for metrics and tests; never reset. */
@@ -97,7 +101,8 @@ export class TaskDispatcher {
   }
 
   async dispatch(clientIds: string[], spec: TaskSpec, opts: DispatchOptions): Promise<DispatchResult> {
-    const result: DispatchResult = { answered: [], missing: [], bytesOut: 0, bytesIn: 0 };
+    const result: DispatchResult = { answered: [], missing: [], bytesOut: 0, bytesIn: 0, sendMs: 0, decodeMs: 0 };
+    const sendStart = performance.now();
     const wireWeights = encodeWeights(spec.weights);
     const deadline = Date.now() + opts.deadlineMs;
     // Answers are processed strictly one after another, so that aggregation and history writes never interleave.
@@ -126,6 +131,7 @@ export class TaskDispatcher {
           this.pending.delete(taskId);
           this.closed.set(taskId, clientId);
           if (this.closed.size > 100_000) this.closed.delete(this.closed.keys().next().value as string);
+          result.decodeMs += outcome.decodeMs ?? 0;
           if (outcome.missing) {
             result.missing.push(outcome.missing);
             resolveWait();
@@ -173,6 +179,7 @@ export class TaskDispatcher {
         pending.settle({ missing: { clientId, reason: 'failed', detail: (e as Error).message } });
       }
     }
+    result.sendMs = performance.now() - sendStart;
     const onAbort = () => {
       for (const p of [...this.pending.values()]) if (p.spec === spec) p.settle({ missing: { clientId: p.clientId, reason: 'deadline', detail: 'aborted' } });
     };
@@ -191,6 +198,7 @@ export class TaskDispatcher {
   /** Handles an Update from an authenticated session. Errors are sent back to that client and counted. */
   receiveUpdate(session: ClientSession, update: fedunlearn.v1.IUpdate, bytesIn: number): void {
     const taskId = update.taskId ?? '';
+    const decodeStart = performance.now();
     try {
       const p = this.pending.get(taskId);
       if (!p) {
@@ -216,7 +224,7 @@ export class TaskDispatcher {
       }
       const metrics: Record<string, number> = {};
       for (const [k, v] of Object.entries(update.metrics ?? {})) if (Number.isFinite(v)) metrics[k] = v;
-      p.settle({ answer: { clientId: p.clientId, taskId, delta, numExamples, metrics, bytesIn } });
+      p.settle({ answer: { clientId: p.clientId, taskId, delta, numExamples, metrics, bytesIn }, decodeMs: performance.now() - decodeStart });
     } catch (e) {
       const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, String(e), taskId);
       this.count(err.codeName);

@@ -25,6 +25,18 @@ export function addCost(a: WorkCost, b: WorkCost): WorkCost {
   };
 }
 
+/** Where the coordinator's own time in one step went (milliseconds; the rest of a step is clients and sockets). */
+export interface StepTiming {
+  /** Encoding the model once and queueing every task on its socket. */
+  sendMs: number;
+  /** Decoding and validating the updates. */
+  decodeMs: number;
+  /** Per-layer norms, calibration transform and folding into the aggregate. */
+  aggregateMs: number;
+  /** Durably staging the updates of a round that keeps them (fsynced blob files). */
+  stageMs: number;
+}
+
 export interface StepResult {
   /** Null when nobody answered. */
   weights: Float32Array | null;
@@ -32,6 +44,7 @@ export interface StepResult {
   missing: Missing[];
   metrics: Record<string, number>;
   cost: WorkCost;
+  timing: StepTiming;
 }
 
 export interface StepArgs {
@@ -62,6 +75,8 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
   const participants: ParticipantInput[] = [];
   const sums: Record<string, number> = {};
   let samples = 0;
+  let aggregateMs = 0;
+  let stageMs = 0;
   const res = await dispatcher.dispatch(
     args.clientIds,
     {
@@ -79,12 +94,19 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
       ...(args.signal ? { signal: args.signal } : {}),
       onAnswer: async (a) => {
         if (!a.delta) throw new Error('a training answer carries no delta');
+        const t0 = performance.now();
+        const stagedBefore = stageMs;
         const delta = args.transform ? args.transform(a as Answer & { delta: Float32Array }) : a.delta;
-        if (args.stageAs) await args.stageAs.store.stageUpdate(args.stageAs.roundId, a.clientId, delta);
+        if (args.stageAs) {
+          const s0 = performance.now();
+          await args.stageAs.store.stageUpdate(args.stageAs.roundId, a.clientId, delta);
+          stageMs += performance.now() - s0;
+        }
         agg.add(delta, a.numExamples);
         participants.push({ clientId: a.clientId, numExamples: a.numExamples, norms: Array.from(layerNorms(layout, delta)), metrics: a.metrics });
         for (const [k, v] of Object.entries(a.metrics)) sums[k] = (sums[k] ?? 0) + v * a.numExamples;
         samples += a.metrics.samples ?? 0;
+        aggregateMs += performance.now() - t0 - (stageMs - stagedBefore);
       },
     },
   );
@@ -92,11 +114,15 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
   if (agg.count > 0) {
     for (const [k, v] of Object.entries(sums)) if (k !== 'samples' && k !== 'steps') metrics[k] = v / agg.totalExamples;
   }
+  const applyStart = performance.now();
+  const weights = agg.count > 0 ? agg.apply(args.model.values) : null;
+  aggregateMs += performance.now() - applyStart;
   return {
-    weights: agg.count > 0 ? agg.apply(args.model.values) : null,
+    weights,
     participants,
     missing: res.missing,
     metrics,
     cost: { clientSampleEpochs: samples, bytesOut: res.bytesOut, bytesIn: res.bytesIn, tasks: args.clientIds.length },
+    timing: { sendMs: res.sendMs, decodeMs: res.decodeMs, aggregateMs, stageMs },
   };
 }

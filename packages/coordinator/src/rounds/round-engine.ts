@@ -5,7 +5,7 @@ import type { HistoryStore, ModelVersion } from '../history/store.js';
 import type { Logger } from '../logger.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import type { HyperParameters, Missing, TaskDispatcher } from './dispatcher.js';
-import { federatedStep, type WorkCost } from './federated-step.js';
+import { federatedStep, type StepTiming, type WorkCost } from './federated-step.js';
 import { selectClients } from './selection.js';
 
 export interface FederationConfig {
@@ -34,6 +34,8 @@ export interface RoundOutcome {
   cost: WorkCost;
   attempts: number;
   durationMs: number;
+  /** The coordinator's own time in the committed attempt; commitMs is the round's atomic history commit. */
+  timing: StepTiming & { commitMs: number };
 }
 
 export class QuorumError extends Error {
@@ -110,6 +112,7 @@ export class RoundEngine {
         log.warn({ round, attempt, answered: step.participants.length, missing: step.missing }, 'round below quorum, retrying');
         continue;
       }
+      const commitStart = performance.now();
       const model = store.commitRound({
         round,
         roundId,
@@ -119,6 +122,7 @@ export class RoundEngine {
         metrics: step.metrics,
         startedAt: started,
       });
+      const commitMs = performance.now() - commitStart;
       const outcome: RoundOutcome = {
         round,
         roundId,
@@ -129,6 +133,7 @@ export class RoundEngine {
         cost: step.cost,
         attempts: attempt,
         durationMs: Date.now() - started,
+        timing: { ...step.timing, commitMs },
       };
       current.version = model.version;
       current.weights = { layout: current.weights.layout, values: step.weights };
