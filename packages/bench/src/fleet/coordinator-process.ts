@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Coordinator, createLogger, openSqliteHistory } from '@fedunlearn/coordinator';
 import { layoutOf } from '@fedunlearn/protocol';
 import type { FromCoordinator, ToCoordinator } from './messages.js';
@@ -48,9 +49,12 @@ async function handle(m: ToCoordinator): Promise<void> {
     }
     case 'round': {
       if (!coordinator) throw new Error('round before start');
+      const loop = monitorEventLoopDelay({ resolution: 10 });
+      loop.enable();
       const cpu0 = process.cpuUsage();
       const [r] = await coordinator.runRounds(1);
       const cpu = process.cpuUsage(cpu0);
+      loop.disable();
       if (!r) throw new Error('no round ran');
       const missingReasons: Record<string, { count: number; example: string }> = {};
       for (const x of r.missing) {
@@ -61,6 +65,7 @@ async function handle(m: ToCoordinator): Promise<void> {
         type: 'round',
         outcome: { round: r.round, durationMs: r.durationMs, timing: r.timing, cost: r.cost, attempts: r.attempts, participants: r.participants.length, missing: r.missing.length, missingReasons },
         cpuMs: (cpu.user + cpu.system) / 1000,
+        eventLoopDelayMs: { max: loop.max / 1e6, p99: loop.percentile(99) / 1e6 },
         rssMb: rssMb('VmRSS'),
       });
       return;

@@ -29,6 +29,8 @@ export type FromCoordinator =
       };
       /** CPU time of the whole coordinator process (all its threads) during the round. */
       cpuMs: number;
+      /** How late the coordinator's event loop ran during the round: heartbeats and hellos wait this long. */
+      eventLoopDelayMs: { max: number; p99: number };
       rssMb: number;
     }
   | { type: 'stopped'; peakRssMb: number; maxRssMb: number }

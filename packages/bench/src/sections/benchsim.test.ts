@@ -13,7 +13,8 @@ test('fleet section: a real round over real sockets yields its time split and th
   for (const r of out.rounds) {
     assert.ok(r.participants > 0, `${r.model}: nobody trained`);
     assert.ok(r.parameters > (r.model === 'mlp-1m' ? 1_000_000 : 100_000));
-    for (const [k, v] of Object.entries({ wallTimeMs: r.wallTimeMs, connectMs: r.connectMs, ...r.localTraining, ...r.coordinator, bytesOut: r.wire.bytesOut, bytesIn: r.wire.bytesIn, remainderMs: r.wire.remainderMs, peak: r.coordinatorPeakRssMb })) {
+    const { eventLoopDelayMs, ...coordinatorMs } = r.coordinator;
+    for (const [k, v] of Object.entries({ wallTimeMs: r.wallTimeMs, connectMs: r.connectMs, ...r.localTraining, ...coordinatorMs, loopMax: eventLoopDelayMs.max, loopP99: eventLoopDelayMs.p99, bytesOut: r.wire.bytesOut, bytesIn: r.wire.bytesIn, remainderMs: r.wire.remainderMs, peak: r.coordinatorPeakRssMb })) {
       if (Array.isArray(v)) v.forEach((x, i) => finite(x, `${r.model}.${k}[${i}]`));
       else finite(v, `${r.model}.${k}`);
     }

@@ -36,6 +36,8 @@ export interface FleetRound {
     totalMs: number;
     /** CPU time of the coordinator process (every thread) during the round. */
     cpuMs: number;
+    /** Event-loop delay during the round (heartbeats wait this long; socket.io drops a client after 10 s). */
+    eventLoopDelayMs: { max: number; p99: number };
   };
   wire: {
     bytesOut: number;
@@ -88,16 +90,18 @@ export async function run(opts: SectionOptions): Promise<object> {
   const rounds: FleetRound[] = [];
   for (const m of models) {
     opts.log(`fleet: ${m.shards.length} clients, one round of ${m.name} (${m.def.initial.layout.totalSize.toLocaleString()} parameters)`);
-    const r = await oneRound(m.name, m.def, m.shards, opts);
+    const r = await measureRound(m.name, m.def, m.shards, opts);
     opts.log(
       `fleet: ${m.name} round ${r.wallTimeMs} ms (training critical path ${r.localTraining.criticalPathMs.toFixed(0)} ms, coordinator ${r.coordinator.totalMs.toFixed(0)} ms of which staging ${r.coordinator.stageMs.toFixed(0)} ms, wire remainder ${r.wire.remainderMs.toFixed(0)} ms); coordinator peak RSS ${r.coordinatorPeakRssMb.toFixed(0)} MB`,
     );
+    opts.log(`fleet: ${m.name}: ${JSON.stringify(r)}`);
     rounds.push(r);
   }
   return { clients, examplesPerClient: shards.reduce((n, s) => n + s.count, 0) / clients, cores: availableParallelism(), rounds };
 }
 
-async function oneRound(name: string, def: ModelDefinition, shards: LocalDataset[], opts: SectionOptions): Promise<FleetRound> {
+/** One round of `def` with one virtual client per shard, every client selected. */
+export async function measureRound(name: string, def: ModelDefinition, shards: LocalDataset[], opts: SectionOptions): Promise<FleetRound> {
   const dir = mkdtempSync(join(tmpdir(), 'fedunlearn-bench-fleet-'));
   const child = new CoordinatorChild();
   const fleet = new Fleet();
@@ -141,7 +145,7 @@ async function oneRound(name: string, def: ModelDefinition, shards: LocalDataset
       connectMs: Math.round(connectMs),
       wallTimeMs: o.durationMs,
       localTraining: { criticalPathMs, sumMs: trainSum, perThreadMs: perThread.map((x) => x ?? 0) },
-      coordinator: { ...o.timing, totalMs: coordTotal, cpuMs: round.cpuMs },
+      coordinator: { ...o.timing, totalMs: coordTotal, cpuMs: round.cpuMs, eventLoopDelayMs: round.eventLoopDelayMs },
       wire: {
         bytesOut: o.cost.bytesOut,
         bytesIn: o.cost.bytesIn,
