@@ -18,7 +18,8 @@ export class CoordinatorChild {
     return this.child.pid;
   }
 
-  request<T extends FromCoordinator['type']>(msg: ToCoordinator, expect: T, timeoutMs: number): Promise<Reply<T>> {
+  request<T extends FromCoordinator['type']>(msg: ToCoordinator, expect: T | T[], timeoutMs: number): Promise<Reply<T>> {
+    const expected: string[] = Array.isArray(expect) ? expect : [expect];
     return new Promise((resolve, reject) => {
       const done = (err: Error | null, m?: Reply<T>) => {
         clearTimeout(timer);
@@ -29,10 +30,10 @@ export class CoordinatorChild {
       };
       const on = (m: FromCoordinator) => {
         if (m.type === 'failed') done(new Error(`coordinator process: ${m.message}`));
-        else if (m.type === expect) done(null, m as Reply<T>);
+        else if (expected.includes(m.type)) done(null, m as Reply<T>);
       };
-      const onExit = (code: number | null) => done(new Error(`coordinator process exited (${code}) before '${expect}'`));
-      const timer = setTimeout(() => done(new Error(`coordinator process: no '${expect}' within ${timeoutMs} ms`)), timeoutMs);
+      const onExit = (code: number | null) => done(new Error(`coordinator process exited (${code}) before '${expected.join("' or '")}'`));
+      const timer = setTimeout(() => done(new Error(`coordinator process: no '${expected.join("' or '")}' within ${timeoutMs} ms`)), timeoutMs);
       this.child.on('message', on);
       this.child.once('exit', onExit);
       this.child.send(msg);

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { Coordinator, createLogger, openSqliteHistory } from '@fedunlearn/coordinator';
+import { Coordinator, createLogger, openSqliteHistory, QuorumError, type Missing } from '@fedunlearn/coordinator';
 import { layoutOf } from '@fedunlearn/protocol';
 import type { FromCoordinator, ToCoordinator } from './messages.js';
 
@@ -21,6 +21,17 @@ function rssMb(field: 'VmRSS' | 'VmHWM'): number {
     // not Linux: fall back below
   }
   return field === 'VmRSS' ? process.memoryUsage.rss() / 2 ** 20 : process.resourceUsage().maxRSS / 1024;
+}
+
+function cpuMs(since: NodeJS.CpuUsage): number {
+  const cpu = process.cpuUsage(since);
+  return (cpu.user + cpu.system) / 1000;
+}
+
+function reasons(missing: Missing[]): Record<string, { count: number; example: string }> {
+  const out: Record<string, { count: number; example: string }> = {};
+  for (const x of missing) (out[x.reason] ??= { count: 0, example: `${x.clientId}: ${x.detail ?? ''}` }).count++;
+  return out;
 }
 
 async function handle(m: ToCoordinator): Promise<void> {
@@ -52,20 +63,25 @@ async function handle(m: ToCoordinator): Promise<void> {
       const loop = monitorEventLoopDelay({ resolution: 10 });
       loop.enable();
       const cpu0 = process.cpuUsage();
-      const [r] = await coordinator.runRounds(1);
-      const cpu = process.cpuUsage(cpu0);
+      const t0 = Date.now();
+      const delay = () => ({ max: loop.max / 1e6, p99: loop.percentile(99) / 1e6 });
+      let r;
+      try {
+        [r] = await coordinator.runRounds(1);
+      } catch (e) {
+        // A round nobody finished is a figure too: who dropped out and why, with the memory it took.
+        if (!(e instanceof QuorumError)) throw e;
+        loop.disable();
+        reply({ type: 'roundFailed', message: e.message, missingReasons: reasons(e.missing), durationMs: Date.now() - t0, cpuMs: cpuMs(cpu0), eventLoopDelayMs: delay(), rssMb: rssMb('VmRSS') });
+        return;
+      }
       loop.disable();
       if (!r) throw new Error('no round ran');
-      const missingReasons: Record<string, { count: number; example: string }> = {};
-      for (const x of r.missing) {
-        const e = (missingReasons[x.reason] ??= { count: 0, example: `${x.clientId}: ${x.detail ?? ''}` });
-        e.count++;
-      }
       reply({
         type: 'round',
-        outcome: { round: r.round, durationMs: r.durationMs, timing: r.timing, cost: r.cost, attempts: r.attempts, participants: r.participants.length, missing: r.missing.length, missingReasons },
-        cpuMs: (cpu.user + cpu.system) / 1000,
-        eventLoopDelayMs: { max: loop.max / 1e6, p99: loop.percentile(99) / 1e6 },
+        outcome: { round: r.round, durationMs: r.durationMs, timing: r.timing, cost: r.cost, attempts: r.attempts, participants: r.participants.length, missing: r.missing.length, missingReasons: reasons(r.missing) },
+        cpuMs: cpuMs(cpu0),
+        eventLoopDelayMs: delay(),
         rssMb: rssMb('VmRSS'),
       });
       return;

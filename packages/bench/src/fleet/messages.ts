@@ -33,5 +33,6 @@ export type FromCoordinator =
       eventLoopDelayMs: { max: number; p99: number };
       rssMb: number;
     }
+  | { type: 'roundFailed'; message: string; missingReasons: Record<string, { count: number; example: string }>; durationMs: number; cpuMs: number; eventLoopDelayMs: { max: number; p99: number }; rssMb: number }
   | { type: 'stopped'; peakRssMb: number; maxRssMb: number }
   | { type: 'failed'; message: string };

@@ -7,9 +7,28 @@ import { Fleet, loadDataset, partition, type LocalDataset, type VirtualClientSpe
 import { CoordinatorChild } from '../fleet/coordinator-child.js';
 import type { SectionOptions } from '../section.js';
 
+/** A round in which no client's update arrived: who dropped out and why, and what it cost the coordinator. */
+export interface FleetRoundFailed {
+  model: string;
+  parameters: number;
+  clients: number;
+  completed: false;
+  failure: string;
+  missingReasons: Record<string, { count: number; example: string }>;
+  backend: string;
+  threads: number;
+  connectMs: number;
+  wallTimeMs: number;
+  coordinatorCpuMs: number;
+  coordinatorEventLoopDelayMs: { max: number; p99: number };
+  coordinatorRssMb: { idle: number; afterRound: number };
+  coordinatorPeakRssMb: number;
+}
+
 /** One round's figures for one model. */
 export interface FleetRound {
   model: string;
+  completed: true;
   parameters: number;
   clients: number;
   participants: number;
@@ -31,6 +50,7 @@ export interface FleetRound {
     sendMs: number;
     decodeMs: number;
     aggregateMs: number;
+    /** Wall time of the awaited, fsynced staging writes: answers are handled one after another, so they wait on it. */
     stageMs: number;
     commitMs: number;
     totalMs: number;
@@ -39,16 +59,18 @@ export interface FleetRound {
     /** Event-loop delay during the round (heartbeats wait this long; socket.io drops a client after 10 s). */
     eventLoopDelayMs: { max: number; p99: number };
   };
+  /**
+   * Loopback sockets carry the round while clients train and the coordinator handles updates, so wire time is not a
+   * separate phase. Two views of it: the time the coordinator's loop was not busy with its own work (waiting on sockets and
+   * clients), and the wall time left after the training critical path and the coordinator's serial send and commit.
+   */
   wire: {
     bytesOut: number;
     bytesIn: number;
-    /**
-     * The round's wall time minus the training critical path and the coordinator's serial phases (send, commit):
-     * socket transfer, protobuf framing on both sides, and the update handling that did not overlap training.
-     */
+    /** wallTimeMs − coordinator.totalMs. */
+    coordinatorIdleMs: number;
+    /** wallTimeMs − localTraining.criticalPathMs − coordinator.sendMs − coordinator.commitMs. */
     remainderMs: number;
-    /** (bytesOut + bytesIn) / remainderMs; null when the remainder is zero. */
-    mbPerSecond: number | null;
   };
   /** Resident set of the coordinator process idle (before any client) and after the round. */
   coordinatorRssMb: { idle: number; afterRound: number };
@@ -87,12 +109,17 @@ export async function run(opts: SectionOptions): Promise<object> {
     { name: 'mlp', def: builtInDefinition('mlp', { inputShape: loaded.train.inputShape, numClasses: loaded.train.numClasses, seed }), shards },
     { name: 'mlp-1m', def: await wideMlp(loaded.train.numClasses, seed), shards: shards.slice(0, wideClients) },
   ];
-  const rounds: FleetRound[] = [];
+  const rounds: (FleetRound | FleetRoundFailed)[] = [];
   for (const m of models) {
     opts.log(`fleet: ${m.shards.length} clients, one round of ${m.name} (${m.def.initial.layout.totalSize.toLocaleString()} parameters)`);
     const r = await measureRound(m.name, m.def, m.shards, opts);
+    if (!r.completed) {
+      opts.log(`fleet: ${m.name}: the round failed (${r.failure}): ${JSON.stringify(r.missingReasons)}; coordinator peak RSS ${r.coordinatorPeakRssMb.toFixed(0)} MB`);
+      rounds.push(r);
+      continue;
+    }
     opts.log(
-      `fleet: ${m.name} round ${r.wallTimeMs} ms (training critical path ${r.localTraining.criticalPathMs.toFixed(0)} ms, coordinator ${r.coordinator.totalMs.toFixed(0)} ms of which staging ${r.coordinator.stageMs.toFixed(0)} ms, wire remainder ${r.wire.remainderMs.toFixed(0)} ms); coordinator peak RSS ${r.coordinatorPeakRssMb.toFixed(0)} MB`,
+      `fleet: ${m.name} round ${r.wallTimeMs} ms (training critical path ${r.localTraining.criticalPathMs.toFixed(0)} ms, coordinator ${r.coordinator.totalMs.toFixed(0)} ms of which staging ${r.coordinator.stageMs.toFixed(0)} ms, coordinator idle ${r.wire.coordinatorIdleMs.toFixed(0)} ms); coordinator peak RSS ${r.coordinatorPeakRssMb.toFixed(0)} MB`,
     );
     opts.log(`fleet: ${m.name}: ${JSON.stringify(r)}`);
     rounds.push(r);
@@ -101,7 +128,7 @@ export async function run(opts: SectionOptions): Promise<object> {
 }
 
 /** One round of `def` with one virtual client per shard, every client selected. */
-export async function measureRound(name: string, def: ModelDefinition, shards: LocalDataset[], opts: SectionOptions): Promise<FleetRound> {
+export async function measureRound(name: string, def: ModelDefinition, shards: LocalDataset[], opts: SectionOptions): Promise<FleetRound | FleetRoundFailed> {
   const dir = mkdtempSync(join(tmpdir(), 'fedunlearn-bench-fleet-'));
   const child = new CoordinatorChild();
   const fleet = new Fleet();
@@ -126,15 +153,34 @@ export async function measureRound(name: string, def: ModelDefinition, shards: L
     // once keeps every hello inside the coordinator's hello timeout.
     await fleet.connect(ready.url, specs, { concurrency: 16, timeoutMs: 60_000 });
     const connectMs = performance.now() - t0;
-    const round = await child.request({ type: 'round' }, 'round', deadlineMs + 60_000);
-    const o = round.outcome;
+    const round = await child.request({ type: 'round' }, ['round', 'roundFailed'], deadlineMs + 60_000);
     const stopped = await child.request({ type: 'stop' }, 'stopped', 60_000);
+    if (round.type === 'roundFailed') {
+      return {
+        model: name,
+        parameters: def.initial.layout.totalSize,
+        clients: shards.length,
+        completed: false,
+        failure: round.message,
+        missingReasons: round.missingReasons,
+        backend: fleet.backend,
+        threads: perThread.length,
+        connectMs: Math.round(connectMs),
+        wallTimeMs: round.durationMs,
+        coordinatorCpuMs: round.cpuMs,
+        coordinatorEventLoopDelayMs: round.eventLoopDelayMs,
+        coordinatorRssMb: { idle: ready.rssMb, afterRound: round.rssMb },
+        coordinatorPeakRssMb: stopped.peakRssMb,
+      };
+    }
+    const o = round.outcome;
     if (o.participants !== shards.length) opts.log(`fleet: ${name}: ${o.missing} of ${shards.length} clients missed the round: ${JSON.stringify(o.missingReasons)}${failures.length ? ` (client failure: ${failures[0]})` : ''}`);
     const criticalPathMs = Math.max(0, ...perThread.map((x) => x ?? 0));
     const coordTotal = o.timing.sendMs + o.timing.decodeMs + o.timing.aggregateMs + o.timing.stageMs + o.timing.commitMs;
     const remainderMs = Math.max(0, o.durationMs - criticalPathMs - o.timing.sendMs - o.timing.commitMs);
     return {
       model: name,
+      completed: true,
       parameters: def.initial.layout.totalSize,
       clients: shards.length,
       participants: o.participants,
@@ -146,12 +192,7 @@ export async function measureRound(name: string, def: ModelDefinition, shards: L
       wallTimeMs: o.durationMs,
       localTraining: { criticalPathMs, sumMs: trainSum, perThreadMs: perThread.map((x) => x ?? 0) },
       coordinator: { ...o.timing, totalMs: coordTotal, cpuMs: round.cpuMs, eventLoopDelayMs: round.eventLoopDelayMs },
-      wire: {
-        bytesOut: o.cost.bytesOut,
-        bytesIn: o.cost.bytesIn,
-        remainderMs,
-        mbPerSecond: remainderMs > 0 ? (o.cost.bytesOut + o.cost.bytesIn) / 1e6 / (remainderMs / 1000) : null,
-      },
+      wire: { bytesOut: o.cost.bytesOut, bytesIn: o.cost.bytesIn, coordinatorIdleMs: Math.max(0, o.durationMs - coordTotal), remainderMs },
       coordinatorRssMb: { idle: ready.rssMb, afterRound: round.rssMb },
       coordinatorPeakRssMb: stopped.peakRssMb,
     };

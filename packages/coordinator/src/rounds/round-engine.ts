@@ -43,6 +43,8 @@ export class QuorumError extends Error {
     readonly round: number,
     readonly answered: number,
     readonly needed: number,
+    /** Who was missing from the last attempt, and why. */
+    readonly missing: Missing[] = [],
   ) {
     super(`round ${round}: ${answered} of the ${needed} updates needed for quorum`);
     this.name = 'QuorumError';
@@ -81,6 +83,7 @@ export class RoundEngine {
     const started = Date.now();
     const meta = store.meta();
     let lastAnswered = 0;
+    let lastMissing: Missing[] = [];
     for (let attempt = 1; attempt <= config.maxRoundAttempts; attempt++) {
       if (signal?.aborted) throw new Error('round aborted');
       await registry.waitFor(config.minClients, config.waitForClientsMs, signal);
@@ -88,6 +91,7 @@ export class RoundEngine {
       if (candidates.length < config.minClients) {
         log.warn({ round, connected: candidates.length, needed: config.minClients }, 'not enough clients for a round');
         lastAnswered = 0;
+        lastMissing = [];
         continue;
       }
       const selected = selectClients(candidates, config.clientsPerRound, config.seed, `${head.lineage}/${round}/${attempt}`);
@@ -109,6 +113,7 @@ export class RoundEngine {
       if (!step.weights || step.participants.length < config.minClients) {
         store.discardStaged(roundId);
         lastAnswered = step.participants.length;
+        lastMissing = step.missing;
         log.warn({ round, attempt, answered: step.participants.length, missing: step.missing }, 'round below quorum, retrying');
         continue;
       }
@@ -140,6 +145,6 @@ export class RoundEngine {
       log.info({ round, version: model.version, participants: outcome.participants.length, missing: step.missing.length, ms: outcome.durationMs }, 'round committed');
       return outcome;
     }
-    throw new QuorumError(round, lastAnswered, config.minClients);
+    throw new QuorumError(round, lastAnswered, config.minClients, lastMissing);
   }
 }
