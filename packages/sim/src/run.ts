@@ -147,35 +147,39 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
         const dir = join(work, `${i}-${p.method}-${p.tune}${p.noise ? '-noise' : ''}`);
         cpSync(trainDir, dir, { recursive: true });
         const c = await startCoordinator(cfg, def, dir, p.seed);
-        await fleet.reconnect(c.url);
-        progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}`, 1, 'step');
-        c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total));
-        let jobId: string;
-        // The first single-client federaser job is asked for the way a device would: through its SDK.
-        if (!sdkUsed && p.method === 'federaser' && p.tune === 0 && forgottenIds.length === 1 && !cfg.reuseFirstRound && cfg.calibrationRatio === 0.5) {
-          sdkUsed = true;
-          const pending = fleet.forget(forgottenIds[0]!);
-          const started = await waitForQueued(c.coordinator);
-          await c.coordinator.runPendingJobs();
-          jobId = (await pending).jobId;
-          if (jobId !== started) throw new Error(`SDK job ${jobId} is not the queued job ${started}`);
-        } else {
-          const job = c.coordinator.forget({
-            clientIds: forgottenIds,
-            method: p.method,
-            params: { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune },
-            requestedBy: 'operator:sim',
-          });
-          jobId = job.jobId;
-          await c.coordinator.runPendingJobs();
+        // Stopped on every path: a failed job must not leave its coordinator listening.
+        try {
+          await fleet.reconnect(c.url);
+          progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}`, 1, 'step');
+          c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total));
+          let jobId: string;
+          // The first single-client federaser job is asked for the way a device would: through its SDK.
+          if (!sdkUsed && p.method === 'federaser' && p.tune === 0 && forgottenIds.length === 1 && !cfg.reuseFirstRound && cfg.calibrationRatio === 0.5) {
+            sdkUsed = true;
+            const pending = fleet.forget(forgottenIds[0]!);
+            const started = await waitForQueued(c.coordinator);
+            await c.coordinator.runPendingJobs();
+            jobId = (await pending).jobId;
+            if (jobId !== started) throw new Error(`SDK job ${jobId} is not the queued job ${started}`);
+          } else {
+            const job = c.coordinator.forget({
+              clientIds: forgottenIds,
+              method: p.method,
+              params: { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune },
+              requestedBy: 'operator:sim',
+            });
+            jobId = job.jobId;
+            await c.coordinator.runPendingJobs();
+          }
+          progress.stop();
+          const done = c.coordinator.store.getJob(jobId)!;
+          if (done.state !== 'done') throw new Error(`${p.method} job ${jobId} ${done.state}: ${done.error}`);
+          const report = done.report as JobReport;
+          jobs.push(report);
+          results.push({ plan: p, report, weights: c.coordinator.model().weights });
+        } finally {
+          await c.coordinator.stop();
         }
-        progress.stop();
-        const done = c.coordinator.store.getJob(jobId)!;
-        if (done.state !== 'done') throw new Error(`${p.method} job ${jobId} ${done.state}: ${done.error}`);
-        const report = done.report as JobReport;
-        jobs.push(report);
-        results.push({ plan: p, report, weights: c.coordinator.model().weights });
-        await c.coordinator.stop();
       }
 
       const retrain = results.find((r) => r.plan.method === 'retrain' && !r.plan.noise);
