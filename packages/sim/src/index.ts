@@ -2,7 +2,7 @@ export * from './config.js';
 export * from './run.js';
 export * from './evaluate.js';
 export * from './fleet/fleet.js';
-export type { VirtualClientSpec } from './fleet/messages.js';
+export type { ConnectOptions, VirtualClientSpec } from './fleet/messages.js';
 export * from './data/types.js';
 export * from './data/rng.js';
 export * from './data/split.js';

@@ -1,7 +1,7 @@
 import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { initBackend, Trainer } from '@fedunlearn/client';
-import { Coordinator, createLogger, openSqliteHistory, type JobReport, type MethodName, type RoundOutcome } from '@fedunlearn/coordinator';
+import { Coordinator, createLogger, openSqliteHistory, type HistoryStats, type JobReport, type MethodName, type RoundOutcome } from '@fedunlearn/coordinator';
 import { builtInDefinition, type ModelDefinition } from '@fedunlearn/models';
 import { clientId, validateConfig, type SimConfig } from './config.js';
 import { makeTrigger, stamp, withBackdoor } from './data/backdoor.js';
@@ -55,6 +55,8 @@ export interface SimReport {
   wallTimeMs: number;
   trainingWallTimeMs: number;
   storedBytes: number;
+  /** The training history as stored (under the run's retention), and the client-rounds it covers. */
+  history: HistoryStats & { clientRounds: number };
   forgotten: string[];
   original: ModelFigures | null;
   unlearning: UnlearningRow[];
@@ -102,6 +104,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
   const rounds: RoundRow[] = [];
   const jobs: JobReport[] = [];
   let storedBytes = 0;
+  let history: SimReport['history'] | null = null;
   let trainingWallTimeMs = 0;
   try {
     // Training.
@@ -119,6 +122,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     progress.stop();
     trainingWallTimeMs = Date.now() - tTrain;
     storedBytes = statsBytes(coord.coordinator);
+    history = { ...coord.coordinator.store.stats(), clientRounds: rounds.reduce((n, r) => n + r.participants, 0) };
     const trained = coord.coordinator.model().weights;
     await coord.coordinator.stop();
 
@@ -143,35 +147,39 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
         const dir = join(work, `${i}-${p.method}-${p.tune}${p.noise ? '-noise' : ''}`);
         cpSync(trainDir, dir, { recursive: true });
         const c = await startCoordinator(cfg, def, dir, p.seed);
-        await fleet.reconnect(c.url);
-        progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}`, 1, 'step');
-        c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total));
-        let jobId: string;
-        // The first single-client federaser job is asked for the way a device would: through its SDK.
-        if (!sdkUsed && p.method === 'federaser' && p.tune === 0 && forgottenIds.length === 1 && !cfg.reuseFirstRound && cfg.calibrationRatio === 0.5) {
-          sdkUsed = true;
-          const pending = fleet.forget(forgottenIds[0]!);
-          const started = await waitForQueued(c.coordinator);
-          await c.coordinator.runPendingJobs();
-          jobId = (await pending).jobId;
-          if (jobId !== started) throw new Error(`SDK job ${jobId} is not the queued job ${started}`);
-        } else {
-          const job = c.coordinator.forget({
-            clientIds: forgottenIds,
-            method: p.method,
-            params: { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune },
-            requestedBy: 'operator:sim',
-          });
-          jobId = job.jobId;
-          await c.coordinator.runPendingJobs();
+        // Stopped on every path: a failed job must not leave its coordinator listening.
+        try {
+          await fleet.reconnect(c.url);
+          progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}`, 1, 'step');
+          c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total));
+          let jobId: string;
+          // The first single-client federaser job is asked for the way a device would: through its SDK.
+          if (!sdkUsed && p.method === 'federaser' && p.tune === 0 && forgottenIds.length === 1 && !cfg.reuseFirstRound && cfg.calibrationRatio === 0.5) {
+            sdkUsed = true;
+            const pending = fleet.forget(forgottenIds[0]!);
+            const started = await waitForQueued(c.coordinator);
+            await c.coordinator.runPendingJobs();
+            jobId = (await pending).jobId;
+            if (jobId !== started) throw new Error(`SDK job ${jobId} is not the queued job ${started}`);
+          } else {
+            const job = c.coordinator.forget({
+              clientIds: forgottenIds,
+              method: p.method,
+              params: { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune },
+              requestedBy: 'operator:sim',
+            });
+            jobId = job.jobId;
+            await c.coordinator.runPendingJobs();
+          }
+          progress.stop();
+          const done = c.coordinator.store.getJob(jobId)!;
+          if (done.state !== 'done') throw new Error(`${p.method} job ${jobId} ${done.state}: ${done.error}`);
+          const report = done.report as JobReport;
+          jobs.push(report);
+          results.push({ plan: p, report, weights: c.coordinator.model().weights });
+        } finally {
+          await c.coordinator.stop();
         }
-        progress.stop();
-        const done = c.coordinator.store.getJob(jobId)!;
-        if (done.state !== 'done') throw new Error(`${p.method} job ${jobId} ${done.state}: ${done.error}`);
-        const report = done.report as JobReport;
-        jobs.push(report);
-        results.push({ plan: p, report, weights: c.coordinator.model().weights });
-        await c.coordinator.stop();
       }
 
       const retrain = results.find((r) => r.plan.method === 'retrain' && !r.plan.noise);
@@ -216,6 +224,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       wallTimeMs: Date.now() - t0,
       trainingWallTimeMs,
       storedBytes,
+      history: history!,
       forgotten: forgottenIds,
       original,
       unlearning: rows,

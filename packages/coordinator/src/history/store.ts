@@ -242,6 +242,10 @@ export interface HistoryStore {
 
 /** Full updates are kept on rounds 1, 1+Δt, 1+2Δt, ... (the FedEraser schedule t_{j+1} = t_j + Δt). */
 export function keepsUpdatesUnder(config: HistoryConfig, round: number): boolean {
-  if (config.retention === 'norms') return false;
+  return config.retention !== 'norms' && onSchedule(config, round);
+}
+
+/** Whether a training round is on the FedEraser schedule (1, 1+Δt, ...), whatever the retention keeps of its updates. */
+export function onSchedule(config: HistoryConfig, round: number): boolean {
   return Number.isInteger(round) && round >= 1 && (round - 1) % config.historyInterval === 0;
 }

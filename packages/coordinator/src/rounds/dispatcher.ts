@@ -57,6 +57,10 @@ export interface DispatchResult {
   missing: Missing[];
   bytesOut: number;
   bytesIn: number;
+  /** Coordinator time spent encoding and queueing the tasks on the sockets. */
+  sendMs: number;
+  /** Coordinator time spent decoding and validating this dispatch's updates. */
+  decodeMs: number;
 }
 
 export interface DispatchOptions {
@@ -71,7 +75,7 @@ interface Pending {
   clientId: string;
   kind: TaskKind;
   spec: TaskSpec;
-  settle(outcome: { answer?: Answer; missing?: Missing }): void;
+  settle(outcome: { answer?: Answer; missing?: Missing; decodeMs?: number }): void;
 }
 
 /** Counts the dispatcher reports for metrics and tests; never reset. */
@@ -125,7 +129,8 @@ export class TaskDispatcher {
   }
 
   async dispatch(clientIds: string[], spec: TaskSpec, opts: DispatchOptions): Promise<DispatchResult> {
-    const result: DispatchResult = { answered: [], missing: [], bytesOut: 0, bytesIn: 0 };
+    const result: DispatchResult = { answered: [], missing: [], bytesOut: 0, bytesIn: 0, sendMs: 0, decodeMs: 0 };
+    const sendStart = performance.now();
     // Encoded once for every client of the dispatch; each task then only adds its own small fields.
     const wireWeights = encodeTaskWeights(encodeWeights(spec.weights));
     const deadline = Date.now() + opts.deadlineMs;
@@ -156,6 +161,7 @@ export class TaskDispatcher {
           this.pending.delete(taskId);
           this.closed.set(taskId, clientId);
           if (this.closed.size > 100_000) this.closed.delete(this.closed.keys().next().value as string);
+          result.decodeMs += outcome.decodeMs ?? 0;
           if (outcome.missing) {
             result.missing.push(outcome.missing);
             this.observer?.participantMissing(outcome.missing.reason);
@@ -208,6 +214,7 @@ export class TaskDispatcher {
         pending.settle({ missing: { clientId, reason: 'failed', detail: (e as Error).message } });
       }
     }
+    result.sendMs = performance.now() - sendStart;
     const onAbort = () => {
       for (const p of [...this.pending.values()]) if (p.spec === spec) p.settle({ missing: { clientId: p.clientId, reason: 'deadline', detail: 'aborted' } });
     };
@@ -226,6 +233,7 @@ export class TaskDispatcher {
   /** Handles an Update from an authenticated session. Errors are sent back to that client and counted. */
   receiveUpdate(session: ClientSession, update: fedunlearn.v1.IUpdate, bytesIn: number): void {
     const taskId = update.taskId ?? '';
+    const decodeStart = performance.now();
     try {
       const p = this.pending.get(taskId);
       const layout = p?.spec.weights.layout;
@@ -238,7 +246,7 @@ export class TaskDispatcher {
         throw verdict.error;
       }
       const { delta, numExamples, metrics } = verdict.update;
-      p!.settle({ answer: { clientId: p!.clientId, taskId, delta, numExamples, metrics, bytesIn } });
+      p!.settle({ answer: { clientId: p!.clientId, taskId, delta, numExamples, metrics, bytesIn }, decodeMs: performance.now() - decodeStart });
     } catch (e) {
       const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, String(e), taskId);
       this.count(err.codeName);

@@ -30,6 +30,18 @@ export function addCost(a: WorkCost, b: WorkCost): WorkCost {
  * step holds on top of the running sum, while letting the fsyncs of consecutive updates overlap.
  */
 export const MAX_STAGING_IN_FLIGHT = 8;
+/** Where the coordinator's own time in one step went (milliseconds; the rest of a step is clients and sockets). */
+export interface StepTiming {
+  /** Encoding the model once and queueing every task on its socket. */
+  sendMs: number;
+  /** Decoding and validating the updates. */
+  decodeMs: number;
+  /** Per-layer norms, calibration transform and folding into the aggregate. */
+  aggregateMs: number;
+  /** Durable staging of the updates of a round that keeps them (fsynced blob files) that the step waited for: staging
+   *  overlaps the arrival of later answers, so this is the part it could not hide. */
+  stageMs: number;
+}
 
 export interface StepResult {
   /** Null when nobody answered. */
@@ -38,6 +50,7 @@ export interface StepResult {
   missing: Missing[];
   metrics: Record<string, number>;
   cost: WorkCost;
+  timing: StepTiming;
 }
 
 export interface StepArgs {
@@ -72,6 +85,8 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
   // step returns, so the updates are still durable before the round can commit.
   const staging = new Set<Promise<void>>();
   let stagingError: unknown = null;
+  let aggregateMs = 0;
+  let stageMs = 0;
   const res = await dispatcher.dispatch(
     args.clientIds,
     {
@@ -89,9 +104,12 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
       ...(args.signal ? { signal: args.signal } : {}),
       onAnswer: async (a) => {
         if (!a.delta) throw new Error('a training answer carries no delta');
+        const t0 = performance.now();
+        const stagedBefore = stageMs;
         const delta = args.transform ? args.transform(a as Answer & { delta: Float32Array }) : a.delta;
         if (args.stageAs) {
           if (stagingError) throw stagingError;
+          const s0 = performance.now();
           while (staging.size >= MAX_STAGING_IN_FLIGHT) await Promise.race(staging);
           // stageUpdate encodes the update before it first awaits: the delta is free for the sum once it returns.
           const p: Promise<void> = args.stageAs.store.stageUpdate(args.stageAs.roundId, a.clientId, delta).then(
@@ -102,15 +120,19 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
             },
           );
           staging.add(p);
+          stageMs += performance.now() - s0;
         }
         agg.add(delta, a.numExamples);
         participants.push({ clientId: a.clientId, numExamples: a.numExamples, norms: Array.from(layerNorms(layout, delta)), metrics: a.metrics });
         for (const [k, v] of Object.entries(a.metrics)) sums[k] = (sums[k] ?? 0) + v * a.numExamples;
         samples += a.metrics.samples ?? 0;
+        aggregateMs += performance.now() - t0 - (stageMs - stagedBefore);
       },
     },
   );
+  const drain = performance.now();
   await Promise.all(staging);
+  stageMs += performance.now() - drain;
   if (stagingError) {
     // An update already in the sum could not be made durable: this step cannot be committed as it stands.
     args.stageAs?.store.discardStaged(args.stageAs.roundId);
@@ -120,11 +142,15 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
   if (agg.count > 0) {
     for (const [k, v] of Object.entries(sums)) if (k !== 'samples' && k !== 'steps') metrics[k] = v / agg.totalExamples;
   }
+  const applyStart = performance.now();
+  const weights = agg.count > 0 ? agg.apply(args.model.values) : null;
+  aggregateMs += performance.now() - applyStart;
   return {
-    weights: agg.count > 0 ? agg.apply(args.model.values) : null,
+    weights,
     participants,
     missing: res.missing,
     metrics,
     cost: { clientSampleEpochs: samples, bytesOut: res.bytesOut, bytesIn: res.bytesIn, tasks: args.clientIds.length },
+    timing: { sendMs: res.sendMs, decodeMs: res.decodeMs, aggregateMs, stageMs },
   };
 }

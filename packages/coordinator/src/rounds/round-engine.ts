@@ -5,7 +5,7 @@ import type { HistoryStore, ModelVersion } from '../history/store.js';
 import type { Logger } from '../logger.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import type { HyperParameters, Missing, TaskDispatcher } from './dispatcher.js';
-import { federatedStep, type WorkCost } from './federated-step.js';
+import { federatedStep, type StepTiming, type WorkCost } from './federated-step.js';
 import { selectClients } from './selection.js';
 
 export interface FederationConfig {
@@ -34,6 +34,8 @@ export interface RoundOutcome {
   cost: WorkCost;
   attempts: number;
   durationMs: number;
+  /** The coordinator's own time in the committed attempt; commitMs is the round's atomic history commit. */
+  timing: StepTiming & { commitMs: number };
 }
 
 export class QuorumError extends Error {
@@ -41,6 +43,8 @@ export class QuorumError extends Error {
     readonly round: number,
     readonly answered: number,
     readonly needed: number,
+    /** Who was missing from the last attempt, and why. */
+    readonly missing: Missing[] = [],
   ) {
     super(`round ${round}: ${answered} of the ${needed} updates needed for quorum`);
     this.name = 'QuorumError';
@@ -79,6 +83,7 @@ export class RoundEngine {
     const started = Date.now();
     const meta = store.meta();
     let lastAnswered = 0;
+    let lastMissing: Missing[] = [];
     for (let attempt = 1; attempt <= config.maxRoundAttempts; attempt++) {
       if (signal?.aborted) throw new Error('round aborted');
       // Only clients that may take part count: forgotten ones still connected must not end the wait at once.
@@ -87,6 +92,7 @@ export class RoundEngine {
       if (candidates.length < config.minClients) {
         log.warn({ round, connected: candidates.length, needed: config.minClients }, 'not enough clients for a round');
         lastAnswered = 0;
+        lastMissing = [];
         continue;
       }
       const selected = selectClients(candidates, config.clientsPerRound, config.seed, `${head.lineage}/${round}/${attempt}`);
@@ -108,9 +114,11 @@ export class RoundEngine {
       if (!step.weights || step.participants.length < config.minClients) {
         store.discardStaged(roundId);
         lastAnswered = step.participants.length;
+        lastMissing = step.missing;
         log.warn({ round, attempt, answered: step.participants.length, missing: step.missing }, 'round below quorum, retrying');
         continue;
       }
+      const commitStart = performance.now();
       const model = store.commitRound({
         round,
         roundId,
@@ -121,6 +129,7 @@ export class RoundEngine {
         metrics: step.metrics,
         startedAt: started,
       });
+      const commitMs = performance.now() - commitStart;
       const outcome: RoundOutcome = {
         round,
         roundId,
@@ -131,12 +140,13 @@ export class RoundEngine {
         cost: step.cost,
         attempts: attempt,
         durationMs: Date.now() - started,
+        timing: { ...step.timing, commitMs },
       };
       current.version = model.version;
       current.weights = { layout: current.weights.layout, values: step.weights };
       log.info({ round, version: model.version, participants: outcome.participants.length, missing: step.missing.length, ms: outcome.durationMs }, 'round committed');
       return outcome;
     }
-    throw new QuorumError(round, lastAnswered, config.minClients);
+    throw new QuorumError(round, lastAnswered, config.minClients, lastMissing);
   }
 }

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { nanoid } from 'nanoid';
 import type { AggregationStrategy } from '../aggregation/strategy.js';
-import type { HistoryStore, JobRecord, ModelVersion, PurgeSummary, RoundRecord } from '../history/store.js';
+import { onSchedule, type HistoryStore, type JobRecord, type ModelVersion, type PurgeSummary, type RoundRecord } from '../history/store.js';
 import type { Logger } from '../logger.js';
 import { TaskKind, type Missing, type TaskDispatcher } from '../rounds/dispatcher.js';
 import { addCost, federatedStep, zeroCost, type WorkCost } from '../rounds/federated-step.js';
@@ -202,7 +202,11 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   ): MethodContext {
     const { store, registry, dispatcher, strategy, config } = this.deps;
     const meta = store.meta();
-    const storedRounds = rounds.filter((r) => (meta.config.retention === 'norms' ? store.keepsUpdates(r.round) : r.updatesStored));
+    // Under 'norms' no round keeps its full updates, yet the per-layer norms FedEraser needs are there on every round:
+    // the replay points are then the scheduled training rounds, and every round of a lineage an earlier job replayed.
+    const storedRounds = rounds.filter((r) =>
+      meta.config.retention === 'norms' ? Number.isFinite(r.metrics.sourceRound) || onSchedule(meta.config, r.round) : r.updatesStored,
+    );
     return {
       forgotten,
       rounds,

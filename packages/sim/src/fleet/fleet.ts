@@ -1,10 +1,11 @@
 import { EventEmitter } from 'node:events';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import type { FromWorker, ToWorker, VirtualClientSpec } from './messages.js';
+import type { ConnectOptions, FromWorker, ToWorker, VirtualClientSpec } from './messages.js';
 
 export interface FleetEvents {
-  task: [{ clientId: string; kind: string; round: number; trainMs: number }];
+  /** `thread` is the worker that ran the task: tasks of one thread run one after another on its shared trainer. */
+  task: [{ clientId: string; kind: string; round: number; trainMs: number; thread: number }];
   failure: [string];
 }
 
@@ -23,7 +24,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
   }
 
   /** Starts the workers and connects every client to `url`; resolves when all are welcomed. */
-  async connect(url: string, clients: VirtualClientSpec[]): Promise<void> {
+  async connect(url: string, clients: VirtualClientSpec[], options: ConnectOptions = {}): Promise<void> {
     const n = Math.min(this.threads, clients.length);
     const shares: VirtualClientSpec[][] = Array.from({ length: n }, () => []);
     clients.forEach((c, i) => {
@@ -33,13 +34,13 @@ export class Fleet extends EventEmitter<FleetEvents> {
     for (let i = 0; i < n; i++) {
       const w = new Worker(new URL('./worker.js', import.meta.url), { env: { ...process.env } });
       w.on('message', (m: FromWorker) => {
-        if (m.type === 'task') this.emit('task', m);
+        if (m.type === 'task') this.emit('task', { ...m, thread: i });
         else if (m.type === 'failed' && m.requestId === undefined) this.emit('failure', m.message);
       });
       w.on('error', (e) => this.emit('failure', e.message));
       this.workers.push(w);
     }
-    await Promise.all(this.workers.map((w, i) => this.request(w, { type: 'connect', url, clients: shares[i]! }, 'connected')));
+    await Promise.all(this.workers.map((w, i) => this.request(w, { type: 'connect', url, clients: shares[i]!, options }, 'connected')));
   }
 
   /** Moves every client to another coordinator (new connections, same identities and data). */

@@ -6,9 +6,17 @@ export interface VirtualClientSpec {
   data: LocalDataset;
 }
 
+/** How a worker connects its clients. */
+export interface ConnectOptions {
+  /** Clients of one worker that may be connecting at once (default: all); a large fleet stays under hello timeouts. */
+  concurrency?: number;
+  /** How long one client waits for its welcome (the SDK's default otherwise). */
+  timeoutMs?: number;
+}
+
 /** Main thread → fleet worker. */
 export type ToWorker =
-  | { type: 'connect'; url: string; clients: VirtualClientSpec[] }
+  | { type: 'connect'; url: string; clients: VirtualClientSpec[]; options: ConnectOptions }
   | { type: 'reconnect'; url: string }
   | { type: 'forget'; clientId: string; requestId: number }
   | { type: 'stop' };

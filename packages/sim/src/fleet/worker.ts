@@ -1,6 +1,6 @@
 import { parentPort } from 'node:worker_threads';
 import { FederatedClient, initBackend, Trainer } from '@fedunlearn/client';
-import type { FromWorker, ToWorker, VirtualClientSpec } from './messages.js';
+import type { ConnectOptions, FromWorker, ToWorker, VirtualClientSpec } from './messages.js';
 
 /**
  * A fleet worker: hosts a share of the virtual clients, each a real SDK instance with its own socket, all sharing
@@ -11,6 +11,7 @@ if (!port) throw new Error('fleet worker must run in a worker thread');
 const post = (m: FromWorker) => port.postMessage(m);
 
 let specs: VirtualClientSpec[] = [];
+let connectOptions: ConnectOptions = {};
 let clients: FederatedClient[] = [];
 /**
  * One trainer for the thread: its clients' tasks run one after another on one cached model, so updates arrive
@@ -37,7 +38,13 @@ async function connectAll(url: string): Promise<void> {
     c.on('task', (t) => post({ type: 'task', clientId, kind: t.kind, round: t.round, trainMs: t.trainMs }));
     c.on('error', (e) => post({ type: 'failed', message: `${clientId}: ${e.message}` }));
   });
-  await Promise.all(clients.map((c) => c.connect()));
+  // A pool of at most `concurrency` pending connects: each takes the next client when one is welcomed.
+  const { concurrency, timeoutMs } = connectOptions;
+  let next = 0;
+  const lane = async () => {
+    while (next < clients.length) await clients[next++]!.connect(timeoutMs);
+  };
+  await Promise.all(Array.from({ length: Math.min(clients.length, concurrency ?? clients.length) }, lane));
   post({ type: 'connected', backend: clients[0]?.backendName ?? 'none', count: clients.length });
 }
 
@@ -52,6 +59,7 @@ port.on('message', (msg: ToWorker) => {
       switch (msg.type) {
         case 'connect':
           specs = msg.clients;
+          connectOptions = msg.options;
           await connectAll(msg.url);
           return;
         case 'reconnect':
