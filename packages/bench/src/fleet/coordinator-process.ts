@@ -44,6 +44,7 @@ async function handle(m: ToCoordinator): Promise<void> {
         dataDir: m.dir,
         model: { topologyJson: m.topologyJson, initial: { layout: layoutOf(m.specs), values: m.values } },
         historyInterval: m.historyInterval,
+        retention: m.retention,
         federation: {
           clientsPerRound: m.clients,
           minClients: 1,

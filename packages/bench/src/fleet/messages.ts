@@ -11,6 +11,7 @@ export type ToCoordinator =
       values: Float32Array;
       clients: number;
       historyInterval: number;
+      retention: 'fp32' | 'fp16' | 'int8' | 'norms';
       roundDeadlineMs: number;
     }
   | { type: 'round' }

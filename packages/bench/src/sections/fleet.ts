@@ -8,7 +8,10 @@ import { CoordinatorChild } from '../fleet/coordinator-child.js';
 import type { SectionOptions, SectionResult } from '../section.js';
 
 /** A round in which no client's update arrived: who dropped out and why, and what it cost the coordinator. */
+type Retention = 'fp32' | 'fp16' | 'int8' | 'norms';
+
 export interface FleetRoundFailed {
+  retention: Retention;
   model: string;
   parameters: number;
   clients: number;
@@ -27,6 +30,8 @@ export interface FleetRoundFailed {
 
 /** One round's figures for one model. */
 export interface FleetRound {
+  /** What the history kept of each update (every round, Δt = 1). */
+  retention: Retention;
   model: string;
   completed: true;
   parameters: number;
@@ -105,14 +110,18 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
   const seed = 1;
   const loaded = loadDataset('mnist', { seed, layout: 'flat', ...(opts.quick ? { limitPerClass: 100 } : {}) });
   const shards = partition(loaded.train, clients, 'iid', seed);
-  const models: { name: string; def: ModelDefinition; shards: LocalDataset[] }[] = [
-    { name: 'mlp', def: builtInDefinition('mlp', { inputShape: loaded.train.inputShape, numClasses: loaded.train.numClasses, seed }), shards },
-    { name: 'mlp-1m', def: await wideMlp(loaded.train.numClasses, seed), shards: shards.slice(0, wideClients) },
+  const wide = await wideMlp(loaded.train.numClasses, seed);
+  // Every round keeps every update (Δt = 1, fp32): the heaviest history a coordinator can be asked for. The wide model
+  // runs again keeping norms only, all FedEraser needs, to separate what the history costs from what the round does.
+  const models: { name: string; def: ModelDefinition; shards: LocalDataset[]; retention: Retention }[] = [
+    { name: 'mlp', def: builtInDefinition('mlp', { inputShape: loaded.train.inputShape, numClasses: loaded.train.numClasses, seed }), shards, retention: 'fp32' },
+    { name: 'mlp-1m', def: wide, shards: shards.slice(0, wideClients), retention: 'fp32' },
+    { name: 'mlp-1m/norms', def: wide, shards: shards.slice(0, wideClients), retention: 'norms' },
   ];
   const rounds: (FleetRound | FleetRoundFailed)[] = [];
   for (const m of models) {
     opts.log(`fleet: ${m.shards.length} clients, one round of ${m.name} (${m.def.initial.layout.totalSize.toLocaleString()} parameters)`);
-    const r = await measureRound(m.name, m.def, m.shards, opts);
+    const r = await measureRound(m.name, m.def, m.shards, opts, m.retention);
     if (!r.completed) {
       opts.log(`fleet: ${m.name}: the round failed (${r.failure}): ${JSON.stringify(r.missingReasons)}; coordinator peak RSS ${r.coordinatorPeakRssMb.toFixed(0)} MB`);
       rounds.push(r);
@@ -128,7 +137,7 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
 }
 
 /** One round of `def` with one virtual client per shard, every client selected. */
-export async function measureRound(name: string, def: ModelDefinition, shards: LocalDataset[], opts: SectionOptions): Promise<FleetRound | FleetRoundFailed> {
+export async function measureRound(name: string, def: ModelDefinition, shards: LocalDataset[], opts: SectionOptions, retention: Retention = 'fp32'): Promise<FleetRound | FleetRoundFailed> {
   const dir = mkdtempSync(join(tmpdir(), 'fedunlearn-bench-fleet-'));
   const child = new CoordinatorChild();
   const fleet = new Fleet();
@@ -143,7 +152,7 @@ export async function measureRound(name: string, def: ModelDefinition, shards: L
   const deadlineMs = opts.quick ? 120_000 : 900_000;
   try {
     const ready = await child.request(
-      { type: 'start', dir, topologyJson: def.topologyJson, specs: [...def.initial.layout.specs], values: def.initial.values, clients: shards.length, historyInterval: 1, roundDeadlineMs: deadlineMs },
+      { type: 'start', dir, topologyJson: def.topologyJson, specs: [...def.initial.layout.specs], values: def.initial.values, clients: shards.length, historyInterval: 1, retention, roundDeadlineMs: deadlineMs },
       'ready',
       60_000,
     );
@@ -158,6 +167,7 @@ export async function measureRound(name: string, def: ModelDefinition, shards: L
     if (round.type === 'roundFailed') {
       return {
         model: name,
+        retention,
         parameters: def.initial.layout.totalSize,
         clients: shards.length,
         completed: false,
@@ -180,6 +190,7 @@ export async function measureRound(name: string, def: ModelDefinition, shards: L
     const remainderMs = Math.max(0, o.durationMs - criticalPathMs - o.timing.sendMs - o.timing.commitMs);
     return {
       model: name,
+      retention,
       completed: true,
       parameters: def.initial.layout.totalSize,
       clients: shards.length,

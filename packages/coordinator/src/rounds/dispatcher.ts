@@ -13,6 +13,9 @@ import type { ClientRegistry } from '../transport/client-registry.js';
 import type { ClientSession } from '../transport/session.js';
 import { validateUpdate } from './update-validation.js';
 
+/** Task bytes a dispatch lets wait in socket buffers before it sends the next task (see dispatch()). */
+export const MAX_UNFLUSHED_TASK_BYTES = 128 * 1024 * 1024;
+
 export const TaskKind = fedunlearn.v1.TaskKind;
 export type TaskKind = fedunlearn.v1.TaskKind;
 
@@ -137,7 +140,22 @@ export class TaskDispatcher {
     // Answers are processed strictly one after another, so that aggregation and history writes never interleave.
     let chain: Promise<void> = Promise.resolve();
     const waits: Promise<void>[] = [];
+    // Bytes handed to sockets but not yet to the OS. Each task's frames are its own copy (its chunk headers name its
+    // task), so without a bound a round of 1,000 clients would queue 1,000 copies of the model at once.
+    let unflushed = 0;
+    const flushing = new Set<Promise<void>>();
+    let deadlinePassed: Promise<void> | null = null;
     for (const clientId of clientIds) {
+      while (unflushed >= MAX_UNFLUSHED_TASK_BYTES && !opts.signal?.aborted && Date.now() < deadline) {
+        deadlinePassed ??= sleep(Math.max(0, deadline - Date.now()));
+        await Promise.race([...flushing, deadlinePassed]);
+      }
+      if (opts.signal?.aborted || Date.now() >= deadline) {
+        const detail = opts.signal?.aborted ? 'aborted' : 'task never sent: the sockets stayed full until the deadline';
+        result.missing.push({ clientId, reason: 'deadline', detail });
+        this.observer?.participantMissing('deadline');
+        continue;
+      }
       const session = this.registry.get(clientId);
       if (!session) {
         result.missing.push({ clientId, reason: 'offline' });
@@ -192,7 +210,7 @@ export class TaskDispatcher {
       };
       this.pending.set(taskId, pending);
       try {
-        result.bytesOut += session.channel.send({
+        const sent = session.channel.send({
           task: {
             taskId,
             kind: spec.kind,
@@ -210,6 +228,13 @@ export class TaskDispatcher {
             jobId: spec.jobId ?? '',
           },
         }, wireWeights);
+        result.bytesOut += sent;
+        unflushed += sent;
+        const flushed: Promise<void> = session.flushed().then(() => {
+          unflushed -= sent;
+          flushing.delete(flushed);
+        });
+        flushing.add(flushed);
       } catch (e) {
         pending.settle({ missing: { clientId, reason: 'failed', detail: (e as Error).message } });
       }
@@ -271,4 +296,8 @@ export function taskSeed(seed: number, clientId: string): number {
   let h = (seed >>> 0) ^ 0x9e3779b9;
   for (let i = 0; i < clientId.length; i++) h = Math.imul(h ^ clientId.charCodeAt(i), 0x01000193) >>> 0;
   return h >>> 0;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }

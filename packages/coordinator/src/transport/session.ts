@@ -10,6 +10,8 @@ export interface ClientSession {
   readonly connectedAt: number;
   readonly channel: Channel;
   lastSeen: number;
+  /** Resolves once everything queued for this client was written to the OS, or the connection closed. */
+  flushed(): Promise<void>;
   /** Closes the underlying socket. */
   disconnect(reason: string): void;
 }

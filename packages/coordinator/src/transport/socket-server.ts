@@ -211,6 +211,7 @@ export class SocketServer {
       connectedAt: now,
       lastSeen: now,
       channel,
+      flushed: () => untilFlushed(socket),
       disconnect: () => socket.disconnect(true),
     };
   }
@@ -249,4 +250,37 @@ export class SocketServer {
         throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `a client may not send ${env.body}`);
     }
   }
+}
+
+/**
+ * Resolves when engine.io has handed every queued packet of `socket` to the OS (its write buffer is empty and its
+ * transport writable again), or when the connection closes. The websocket transport reports 'drain' after its last
+ * write completed and only then becomes writable, hence the check on the next turn.
+ */
+function untilFlushed(socket: Socket): Promise<void> {
+  const conn = socket.conn;
+  // engine.io types its write buffer private; it is the queue of packets not yet given to the transport.
+  const queued = () => (conn as unknown as { writeBuffer: unknown[] }).writeBuffer.length;
+  const idle = () => conn.readyState === 'closed' || (queued() === 0 && conn.transport.writable);
+  if (idle()) return Promise.resolve();
+  return new Promise((resolve) => {
+    let transport = conn.transport;
+    const check = () =>
+      setImmediate(() => {
+        if (!idle()) return;
+        transport.off('drain', check);
+        conn.off('upgrade', moved);
+        conn.off('close', check);
+        resolve();
+      });
+    const moved = () => {
+      transport.off('drain', check);
+      transport = conn.transport;
+      transport.on('drain', check);
+      check();
+    };
+    transport.on('drain', check);
+    conn.on('upgrade', moved);
+    conn.on('close', check);
+  });
 }
