@@ -9,6 +9,7 @@ import { FederatedClient, type LocalDataset } from '@fedunlearn/client';
 import { Coordinator, createLogger, openSqliteHistory, type SecurityLimits } from '@fedunlearn/coordinator';
 import { builtInDefinition } from '@fedunlearn/models';
 import { Channel, DEFAULT_FRAMING, errorCodeName, fedunlearn, PROTOCOL_VERSION } from '@fedunlearn/protocol';
+import { waitUntil } from './support.js';
 
 // Issued credentials, refusals, revocation, lockout and rate limits, against a real coordinator over real sockets.
 // Enrolment is closed (the service's default): only ids the operator issued get in.
@@ -148,18 +149,6 @@ async function helloOutcome(clientId: string, secret: string, base = url): Promi
   }
 }
 
-function waitUntil(cond: () => boolean, what: string, timeoutMs = WAIT_MS): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    const tick = () => {
-      if (cond()) return resolve();
-      if (Date.now() > until) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 20);
-    };
-    tick();
-  });
-}
-
 before(async () => {
   ({ coordinator, url } = await start());
 });
@@ -230,7 +219,7 @@ test('a message sent while the hello is being verified is refused, not routed: t
     // scrypt takes tens of milliseconds on the thread pool: this arrives before the verdict.
     p.send({ forgetRequest: { requestId: 'too-early', reason: '' } });
     assert.equal(await p.outcome(), 'UNAUTHENTICATED');
-    await waitUntil(() => p.closed, 'the eager peer to be disconnected');
+    await waitUntil(() => p.closed, WAIT_MS, 'the eager peer to be disconnected');
   } finally {
     p.close();
   }
@@ -253,7 +242,7 @@ test('a revoked client is disconnected and refused; a rotation issues a new secr
   await r.connect(WAIT_MS);
 
   assert.equal((await api('DELETE', '/v1/clients/device-r')).status, 204);
-  await waitUntil(() => disconnected && !coordinator.registry.get('device-r'), 'the revoked session to close');
+  await waitUntil(() => disconnected && !coordinator.registry.get('device-r'), WAIT_MS, 'the revoked session to close');
   assert.deepEqual(errors, ['PERMISSION_DENIED']);
   assert.equal(coordinator.store.getClient('device-r')!.revoked, true);
   assert.equal(await helloOutcome('device-r', cred.secret), 'PERMISSION_DENIED');
@@ -295,7 +284,7 @@ test('a handshake flood from one address is cut off with RATE_LIMITED, and a rea
     assert.equal(limited + admitted, peers.length, outcomes.join(','));
     // The bucket held at most 20 tokens, plus whatever 10/s refilled while the flood was being opened.
     assert.ok(limited >= 1 && admitted >= 1, `limited ${limited}, admitted ${admitted}`);
-    await waitUntil(() => peers.every((p) => p.closed), 'the refused peers to be disconnected');
+    await waitUntil(() => peers.every((p) => p.closed), WAIT_MS, 'the refused peers to be disconnected');
   } finally {
     for (const p of peers) p.close();
   }

@@ -9,11 +9,11 @@ const finite = (v: unknown, what: string) => assert.ok(typeof v === 'number' && 
 test('fleet section: a real round over real sockets yields its time split and the coordinator peak RSS', { timeout: 120_000 }, async () => {
   const out = (await runFleet({ quick: true, log })) as { clients: number; rounds: (FleetRound | FleetRoundFailed)[] };
   assert.equal(out.clients, 100);
-  assert.deepEqual(out.rounds.map((r) => r.model), ['mlp', 'mlp-1m']);
+  assert.deepEqual(out.rounds.map((r) => `${r.model}:${r.retention}`), ['mlp:fp32', 'mlp-1m:fp32', 'mlp-1m/norms:norms']);
   for (const r of out.rounds) {
     assert.ok(r.completed, `${r.model}: ${r.completed ? '' : r.failure}`);
     assert.ok(r.participants > 0, `${r.model}: nobody trained`);
-    assert.ok(r.parameters > (r.model === 'mlp-1m' ? 1_000_000 : 100_000));
+    assert.ok(r.parameters > (r.model.startsWith('mlp-1m') ? 1_000_000 : 100_000));
     const { eventLoopDelayMs, ...coordinatorMs } = r.coordinator;
     for (const [k, v] of Object.entries({ wallTimeMs: r.wallTimeMs, connectMs: r.connectMs, ...r.localTraining, ...coordinatorMs, loopMax: eventLoopDelayMs.max, loopP99: eventLoopDelayMs.p99, bytesOut: r.wire.bytesOut, bytesIn: r.wire.bytesIn, remainderMs: r.wire.remainderMs, idleMs: r.wire.coordinatorIdleMs, peak: r.coordinatorPeakRssMb })) {
       if (Array.isArray(v)) v.forEach((x, i) => finite(x, `${r.model}.${k}[${i}]`));
