@@ -27,6 +27,8 @@ test('a client asks through its SDK to be forgotten: the job runs live, the mode
 
   const progress: string[] = [];
   clients[0]!.on('job', (j) => progress.push(j.state));
+  const told: string[] = [];
+  clients[0]!.on('serverError', (e) => told.push(`${e.code}: ${e.message}`));
   const jobId = await clients[0]!.forget('leaving');
   const final = await clients[0]!.waitForJob(jobId);
   assert.equal(final.state, 'done', final.message);
@@ -58,6 +60,13 @@ test('a client asks through its SDK to be forgotten: the job runs live, the mode
   assert.equal(tombstone?.numExamples, 0);
   assert.equal(store.getModel(report.modelAfter.version)?.jobId, jobId);
   assert.equal(store.getModel(report.modelAfter.version)?.cause, 'unlearning');
+
+  // Once its final status is delivered, the forgotten client is told why and disconnected, and cannot come back.
+  await waitUntil(() => !coordinator.registry.get('device-0'), 10_000, 'device-0 disconnected');
+  await waitUntil(() => told.some((m) => m.startsWith('PERMISSION_DENIED')), 10_000, 'device-0 told it was forgotten');
+  const again = new FederatedClient({ url, clientId: 'device-0', secret: 'secret-of-device-0', data: scenario.parts[0]! });
+  await assert.rejects(again.connect(5_000), /PERMISSION_DENIED/);
+  await again.close();
 
   // Training resumes from the unlearned model, without device-0.
   const seen = rounds.length;

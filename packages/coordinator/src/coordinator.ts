@@ -179,6 +179,9 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       this.forgotten = this.unlearning.forgottenClients();
       this.notifyJob(job);
       this.emit('job', job);
+      // A forgotten client has nothing left to do here: after its final job status it is told why and disconnected
+      // (its next hello is refused), rather than lingering as a connection that is never selected.
+      if (job.state === 'done') for (const id of job.clientIds) this.closeSession(id, `client ${id} was forgotten; its data is purged and it cannot rejoin`);
     });
     this.on('round', (r) => this.metrics.roundCompleted(r.durationMs));
     const limits = { ...DEFAULT_LIMITS, ...opts.limits };
