@@ -11,6 +11,7 @@ import { createLogger, type Logger } from './logger.js';
 import { CoordinatorMetrics } from './metrics.js';
 import { TaskDispatcher } from './rounds/dispatcher.js';
 import { QuorumError, RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
+import { assertClientId } from './transport/client-id.js';
 import { ClientRegistry } from './transport/client-registry.js';
 import { generateSecret, hashIssuedSecret, hashSecret, verifySecret } from './transport/credentials.js';
 import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type Clock } from './transport/rate-limit.js';
@@ -19,8 +20,6 @@ import { SocketServer, type Authenticator } from './transport/socket-server.js';
 import { UnlearningEngine, type ForgetJobInput } from './unlearning/engine.js';
 
 export const COORDINATOR_VERSION = '0.1.0';
-/** The client ids a hello may carry (and an operator may issue). */
-const CLIENT_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 /** Pause of the round loop after a round that found no quorum. */
 const QUORUM_RETRY_MS = 1_000;
 
@@ -493,10 +492,6 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     }
     if (job.state === 'done' || job.state === 'failed') this.jobWatchers.delete(job.jobId);
   }
-}
-
-function assertClientId(id: string): void {
-  if (!CLIENT_ID.test(id)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'client id must be 1-128 characters of [A-Za-z0-9_.:-]');
 }
 
 export function toWireState(state: JobRecord['state']): fedunlearn.v1.JobState {

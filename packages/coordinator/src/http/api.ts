@@ -1,4 +1,3 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -6,6 +5,7 @@ import { ProtocolError } from '@fedunlearn/protocol';
 import type { Coordinator } from '../coordinator.js';
 import type { JobRecord } from '../history/store.js';
 import type { MethodName, MethodParams } from '../unlearning/method.js';
+import { isOperator } from './operator-token.js';
 import { errorSchema, openapiInfo, schemas } from './schemas.js';
 
 /** PEM contents of the server's certificate chain and key (and a CA bundle to send along). */
@@ -36,12 +36,6 @@ class HttpError extends Error {
   ) {
     super(message);
   }
-}
-
-/** Equal-time comparison of bearer tokens (digests first, so that lengths do not show either). */
-function sameToken(given: string, expected: string): boolean {
-  const d = (s: string) => createHash('sha256').update(s).digest();
-  return timingSafeEqual(d(given), d(expected));
 }
 
 /** The operator API, versioned under /v1; the clients' socket.io endpoint shares its HTTP server. */
@@ -81,9 +75,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url}` } }));
 
   const operator = async (req: FastifyRequest, _reply: FastifyReply) => {
-    if (!opts.operatorToken) return;
-    const given = req.headers.authorization;
-    if (typeof given !== 'string' || !sameToken(given, `Bearer ${opts.operatorToken}`)) throw new HttpError(401, 'UNAUTHENTICATED', 'operator token required');
+    if (!isOperator(req.headers.authorization, opts.operatorToken)) throw new HttpError(401, 'UNAUTHENTICATED', 'operator token required');
   };
 
   // In a plugin like every route, so that swagger (registered first) sees them: routes added to the root directly

@@ -1,13 +1,13 @@
-import { timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Coordinator } from '../coordinator.js';
 import type { JobRecord } from '../history/store.js';
 import type { RoundOutcome } from '../rounds/round-engine.js';
 import type { ClientSession } from '../transport/session.js';
+import { isOperator } from './operator-token.js';
 import { routeSchema } from './schemas.js';
 
 export interface DashboardOptions {
@@ -86,13 +86,6 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
     return reply.header('content-type', asset.type).header('cache-control', 'no-cache').header('x-content-type-options', 'nosniff').send(body);
   });
 
-  const authorized = (req: FastifyRequest): boolean => {
-    if (!opts.operatorToken) return true;
-    const got = Buffer.from(req.headers.authorization ?? '');
-    const want = Buffer.from(`Bearer ${opts.operatorToken}`);
-    return got.length === want.length && timingSafeEqual(got, want);
-  };
-
   // No implicit HEAD route: it would open a stream that never sends a body.
   const eventsSchema = routeSchema({
     summary: 'Live event stream (server-sent events)',
@@ -103,7 +96,7 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
     errors: { 503: 'the coordinator is stopping' },
   });
   app.get('/v1/events', { exposeHeadRoute: false, schema: eventsSchema }, async (req, reply) => {
-    if (!authorized(req)) return reply.code(401).send({ error: { code: 'UNAUTHENTICATED', message: 'operator token required' } });
+    if (!isOperator(req.headers.authorization, opts.operatorToken)) return reply.code(401).send({ error: { code: 'UNAUTHENTICATED', message: 'operator token required' } });
     if (closing) return reply.code(503).send({ error: { code: 'UNAVAILABLE', message: 'the coordinator is stopping' } });
     reply.hijack();
     const raw = reply.raw;

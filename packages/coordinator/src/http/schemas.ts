@@ -1,3 +1,4 @@
+import { CLIENT_ID_PATTERN } from '../transport/client-id.js';
 import { METHOD_NAMES } from '../unlearning/method.js';
 
 /**
@@ -290,7 +291,7 @@ export const schemas = {
     description: 'Enrols a client and returns its secret once: only a hash is stored, so it cannot be shown again. The id is generated when absent.',
     tags: ['clients'],
     operator: true,
-    body: { type: 'object', additionalProperties: false, properties: { clientId: { type: 'string', pattern: '^[A-Za-z0-9_.:-]{1,128}$' } } },
+    body: { type: 'object', additionalProperties: false, properties: { clientId: { type: 'string', pattern: CLIENT_ID_PATTERN } } },
     ok: { 201: withDescription('the credential, shown this once', credential) },
     errors: { 400: 'invalid client id', 409: 'the client already exists', 429: 'too many operator mutations this minute' },
   }),

@@ -13,6 +13,7 @@ import {
   type FramingLimits,
 } from '@fedunlearn/protocol';
 import type { Logger } from '../logger.js';
+import { assertClientId } from './client-id.js';
 import type { ClientRegistry } from './client-registry.js';
 import { HandshakeQueue } from './handshake-queue.js';
 import type { KeyedTokenBucket } from './rate-limit.js';
@@ -196,9 +197,7 @@ export class SocketServer {
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
       throw new ProtocolError(ErrorCode.PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
     }
-    if (!/^[A-Za-z0-9_.:-]{1,128}$/.test(hello.clientId)) {
-      throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'client id must be 1-128 characters of [A-Za-z0-9_.:-]');
-    }
+    assertClientId(hello.clientId);
     if (!(hello.numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'numExamples must be positive');
     await this.auth.authenticate(hello);
     const now = Date.now();
