@@ -3,28 +3,24 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { io, type Socket } from 'socket.io-client';
 import { FederatedClient, type LocalDataset } from '@fedunlearn/client';
 import { Coordinator, createLogger, openSqliteHistory, type HistoryStats } from '@fedunlearn/coordinator';
 import { builtInDefinition } from '@fedunlearn/models';
 import {
-  Channel,
   decodeEnvelope,
   DEFAULT_FRAMING,
   encodeEnvelope,
   encodeTensor,
   ErrorCode,
-  errorCodeName,
   fedunlearn,
   layerView,
   layoutOf,
-  PROTOCOL_VERSION,
-  WIRE_EVENT,
-  type Envelope,
   type WeightLayout,
   type WireTensor,
 } from '@fedunlearn/protocol';
 import seedrandom from 'seedrandom';
+import { RawPeer, rawHello } from './raw-peer.js';
+import { waitUntil } from './support.js';
 
 // A real coordinator on a real port, spoken to over real socket.io connections: honest SDK clients next to raw peers
 // that send what no SDK would. Every refusal must come back as the right Error code and leave the federation's
@@ -41,112 +37,6 @@ function syntheticData(seed: number, count = 50): LocalDataset {
   for (let i = 0; i < x.length; i++) x[i] = r();
   const y = Int32Array.from({ length: count }, (_, i) => i % 10);
   return { x, y, inputShape: [784], numClasses: 10, count };
-}
-
-/**
- * A peer that speaks the wire protocol by hand: the protocol's Channel for framing, nothing of the SDK's manners.
- * Received envelopes queue up until a test takes them.
- */
-class RawPeer {
-  readonly channel: Channel;
-  private readonly inbox: fedunlearn.v1.Envelope[] = [];
-  private readonly waiters = new Set<() => void>();
-  disconnectReason: string | null = null;
-
-  private constructor(readonly socket: Socket) {
-    this.channel = new Channel(socket, { message: (env) => this.push(env) }, DEFAULT_FRAMING);
-    socket.on('disconnect', (reason) => {
-      this.disconnectReason = String(reason);
-      this.wake();
-    });
-  }
-
-  static connect(url: string): Promise<RawPeer> {
-    const socket = io(url, { transports: ['websocket'], reconnection: false, forceNew: true });
-    const peer = new RawPeer(socket);
-    return new Promise((resolve, reject) => {
-      socket.once('connect', () => resolve(peer));
-      socket.once('connect_error', reject);
-    });
-  }
-
-  /** Connects and completes the hello handshake as `clientId`. */
-  static async enrolled(url: string, clientId: string, secret: string): Promise<RawPeer> {
-    const peer = await RawPeer.connect(url);
-    peer.send({ hello: hello(clientId, secret) });
-    const welcome = await peer.next('welcome');
-    assert.equal(welcome.welcome!.clientId, clientId);
-    return peer;
-  }
-
-  send(env: Envelope): void {
-    this.channel.send(env);
-  }
-
-  /** Puts anything at all on the wire event, bypassing the channel's encoding. */
-  sendRaw(payload: unknown): void {
-    this.socket.emit(WIRE_EVENT, payload);
-  }
-
-  /** The next received envelope of this kind (others stay queued). */
-  async next<K extends NonNullable<fedunlearn.v1.Envelope['body']>>(kind: K, timeoutMs = WAIT_MS): Promise<fedunlearn.v1.Envelope> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.inbox.findIndex((e) => e.body === kind);
-      if (i >= 0) return this.inbox.splice(i, 1)[0]!;
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`no ${kind} within ${timeoutMs} ms (inbox: ${this.inbox.map((e) => e.body).join(', ') || 'empty'})`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(done, left);
-        function done() {
-          clearTimeout(t);
-          resolve();
-        }
-        this.waiters.add(done);
-      });
-    }
-  }
-
-  /** Waits for the next Error envelope and checks its code (and ref, when given). */
-  async expectError(code: ErrorCode, ref?: string): Promise<fedunlearn.v1.Error> {
-    const e = (await this.next('error')).error as fedunlearn.v1.Error;
-    assert.equal(errorCodeName(e.code), errorCodeName(code), `error message: ${e.message}`);
-    if (ref !== undefined) assert.equal(e.ref, ref);
-    return e;
-  }
-
-  async disconnected(timeoutMs = WAIT_MS): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.disconnectReason === null) {
-      if (Date.now() > deadline) throw new Error('still connected');
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return this.disconnectReason;
-  }
-
-  /** Nothing further queued: a refusal must be answered once, not echoed. */
-  get queued(): string[] {
-    return this.inbox.map((e) => e.body ?? '?');
-  }
-
-  close(): void {
-    this.channel.close();
-    this.socket.disconnect();
-  }
-
-  private push(env: fedunlearn.v1.Envelope): void {
-    this.inbox.push(env);
-    this.wake();
-  }
-
-  private wake(): void {
-    for (const w of [...this.waiters]) w();
-    this.waiters.clear();
-  }
-}
-
-function hello(clientId: string, secret: string): fedunlearn.v1.IHello {
-  return { clientId, secret, sdkVersion: 'raw', numExamples: 50, backend: 'cpu', protocolVersion: PROTOCOL_VERSION };
 }
 
 function layoutOfTask(task: fedunlearn.v1.ITask): WeightLayout {
@@ -245,7 +135,7 @@ test('a non-binary payload and random bytes are MALFORMED_MESSAGE, and the conne
   assertUnchanged(before0, 'malformed payloads');
 
   // Garbage before the hello is refused frame by frame, not counted as the first message.
-  p.send({ hello: hello('raw-a', 'raw-secret-a') });
+  p.send({ hello: rawHello('raw-a', 'raw-secret-a') });
   const w = await p.next('welcome');
   assert.equal(w.welcome!.clientId, 'raw-a');
   assert.deepEqual(p.queued, []);
@@ -270,7 +160,7 @@ test('a hello with the wrong secret for an enrolled client is UNAUTHENTICATED an
   assert.ok(session, 'honest-1 is connected');
   const hashBefore = coordinator.store.getClient('honest-1')!.secretHash;
   const p = await peer(RawPeer.connect(url));
-  p.send({ hello: hello('honest-1', 'not-the-right-secret') });
+  p.send({ hello: rawHello('honest-1', 'not-the-right-secret') });
   await p.expectError(ErrorCode.UNAUTHENTICATED);
   await p.disconnected();
   assert.equal(coordinator.registry.get('honest-1'), session, 'the genuine session is still the registered one');
@@ -289,7 +179,7 @@ test('an update for an unknown task is UNKNOWN_TASK', async () => {
 test('a round refuses bad shapes, NaN, a foreign and a replayed answer, and commits with the valid ones only', async () => {
   assert.ok(rawA && rawB, 'raw-a and raw-b were welcomed by the earlier tests');
   const rawC = await peer(RawPeer.enrolled(url, 'raw-c', 'raw-secret-c'));
-  await waitUntil(() => coordinator.registry.size === 5, 'five connected clients');
+  await waitUntil(() => coordinator.registry.size === 5, WAIT_MS, 'five connected clients');
   const base = coordinator.model();
 
   const roundDone = coordinator.runRounds(1);
@@ -371,11 +261,3 @@ test('a chunk stream declared over the cap is MESSAGE_TOO_LARGE and the connecti
   assert.ok(coordinator.registry.get('raw-d'));
   assertUnchanged(since, 'an oversized message');
 });
-
-async function waitUntil(cond: () => boolean, what: string, timeoutMs = WAIT_MS): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}

@@ -1,21 +1,17 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { io, type Socket } from 'socket.io-client';
 import type { FederatedClient } from '@fedunlearn/client';
 import { Coordinator, createLogger, openSqliteHistory, type RoundOutcome } from '@fedunlearn/coordinator';
 import { builtInDefinition } from '@fedunlearn/models';
 import {
-  Channel,
-  DEFAULT_FRAMING,
   encodeTensor,
   ErrorCode,
   errorCodeName,
   fedunlearn,
   layerView,
   layoutOf,
-  PROTOCOL_VERSION,
-  type Envelope,
 } from '@fedunlearn/protocol';
+import { RawPeer } from './raw-peer.js';
 import { connectClients, federation, mnistScenario, tempDir, waitUntil } from './support.js';
 
 // What an operator scrapes and reads: a real coordinator with real SDK clients (and one raw peer sending a poisoned
@@ -94,51 +90,6 @@ function registeredRoutes(c: Coordinator): Set<string> {
   return out;
 }
 
-/** A peer speaking the wire protocol by hand, to send what no SDK would. */
-class RawPeer {
-  readonly inbox: fedunlearn.v1.Envelope[] = [];
-  readonly channel: Channel;
-  private constructor(private readonly socket: Socket) {
-    this.channel = new Channel(socket, { message: (env) => this.inbox.push(env) }, DEFAULT_FRAMING);
-  }
-
-  /** Connects and says hello; resolves once the coordinator answered with a welcome or an error. */
-  static async hello(clientId: string, secret = `secret-of-${clientId}`): Promise<{ peer: RawPeer; answer: fedunlearn.v1.Envelope }> {
-    const socket = io(url, { transports: ['websocket'], reconnection: false, forceNew: true });
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('connect_error', reject);
-    });
-    const peer = new RawPeer(socket);
-    peer.send({ hello: { clientId, secret, sdkVersion: 'raw', numExamples: 50, backend: 'cpu', protocolVersion: PROTOCOL_VERSION } });
-    await waitUntil(() => peer.inbox.length > 0, WAIT_MS, 'an answer to hello');
-    return { peer, answer: peer.inbox.shift()! };
-  }
-
-  send(env: Envelope): void {
-    this.channel.send(env);
-  }
-
-  async next(kind: NonNullable<fedunlearn.v1.Envelope['body']>): Promise<fedunlearn.v1.Envelope> {
-    let found: fedunlearn.v1.Envelope | undefined;
-    await waitUntil(
-      () => {
-        const i = this.inbox.findIndex((e) => e.body === kind);
-        if (i >= 0) found = this.inbox.splice(i, 1)[0];
-        return found !== undefined;
-      },
-      WAIT_MS,
-      `a ${kind} message`,
-    );
-    return found!;
-  }
-
-  close(): void {
-    this.channel.close();
-    this.socket.disconnect();
-  }
-}
-
 before(async () => {
   tmp = tempDir('operator-api');
   const scenario = mnistScenario(3, 20);
@@ -157,7 +108,7 @@ before(async () => {
   clients = await connectClients(url, scenario.parts, 'op');
 
   // Round 1: three honest clients and a raw peer whose update carries a NaN.
-  const { peer: raw, answer } = await RawPeer.hello('raw-nan');
+  const { peer: raw, answer } = await RawPeer.introduce(url, 'raw-nan', 'secret-of-raw-nan');
   assert.equal(answer.body, 'welcome');
   const round1 = coordinator.runRounds(1);
   const task = (await raw.next('task')).task as fedunlearn.v1.Task;
@@ -320,7 +271,7 @@ test('operator routes need the token; /metrics is open unless metricsAuth says o
 
   // A hello with the wrong secret is refused by the transport, and counted by reason.
   const refusedBefore = (await scrape()).samples.get('fedunlearn_refused_total{reason="UNAUTHENTICATED"}') ?? 0;
-  const { peer: impostor, answer } = await RawPeer.hello('op-0', 'not-the-secret-of-op-0');
+  const { peer: impostor, answer } = await RawPeer.introduce(url, 'op-0', 'not-the-secret-of-op-0');
   assert.equal(errorCodeName((answer.error as fedunlearn.v1.Error).code), errorCodeName(ErrorCode.UNAUTHENTICATED));
   impostor.close();
   assert.equal((await scrape()).samples.get('fedunlearn_refused_total{reason="UNAUTHENTICATED"}'), refusedBefore + 1);
