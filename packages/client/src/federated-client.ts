@@ -205,6 +205,13 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   /** Reconnects after socket.io's back-off for the number of busy refusals so far: exponential, capped, jittered ±50%. */
   private retryWhenLessBusy(): void {
     const r = this.opts.reconnect ?? {};
+    if (this.busyRefusals >= (r.attempts ?? Infinity)) {
+      // Retries are bounded like socket.io's own reconnection attempts.
+      this.socket?.disconnect();
+      this.welcomed?.reject(new Error(`RATE_LIMITED: still refused after ${this.busyRefusals} retries`));
+      this.welcomed = null;
+      return;
+    }
     const attempt = ++this.busyRefusals;
     const delay = Math.min(r.maxDelayMs ?? 10_000, (r.delayMs ?? 500) * 2 ** Math.min(attempt - 1, 20) * (0.5 + Math.random()));
     this.socket?.disconnect();
