@@ -36,11 +36,11 @@ test('bench --quick produces a finite figure for every key of its sections, in r
       for (const l of leaves) assert.ok(Number.isFinite(l.value), `${l.key} = ${l.value}`);
     }
     for (const key of Object.keys(GOALS)) {
-      const [section, field] = key.split('.');
-      const v = (doc[section!] as Record<string, unknown>)[field!];
+      if (!MINE.includes(key.split('.')[0]!)) continue;
+      const v = key.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], doc);
       assert.equal(typeof v, 'number', `${key} is present`);
-      assert.ok((v as number) > 0, `${key} = ${String(v)} is a positive ratio`);
-      assert.match(stdout, new RegExp(`\\| ${key.replace('.', '\\.')} \\| `), `${key} is in the printed table`);
+      assert.ok((v as number) > 0, `${key} = ${String(v)} is positive`);
+      assert.match(stdout, new RegExp(`\\| ${key.replaceAll('.', '\\.')} \\| `), `${key} is in the printed table`);
     }
     const hist = doc.history as { bytesPerClientRound: Record<string, number>; writeMBps: number };
     for (const r of ['fp32', 'fp16', 'int8', 'norms']) assert.ok(hist.bytesPerClientRound[r]! > 0, `history.bytesPerClientRound.${r}`);

@@ -23,6 +23,13 @@ test('fleet section: a real round over real sockets yields its time split and th
     // Peak resident set cannot be below what was resident after the round.
     assert.ok(r.coordinatorPeakRssMb >= r.coordinatorRssMb.afterRound - 1);
   }
+  // The issue's flat keys, which other tools read, come from the MNIST MLP round and the 1M-parameter ones.
+  const flat = out as unknown as Record<string, number> & { model1M: Record<'fp32' | 'norms', Record<string, number>> };
+  for (const k of ['wallTimeMs', 'localTrainingMs', 'wireMs', 'coordinatorMs', 'coordinatorPeakRssMb']) finite(flat[k], `fleet.${k}`);
+  assert.equal(flat.wallTimeMs, out.rounds[0]!.wallTimeMs);
+  assert.equal(flat.model1M.fp32.parameters, out.rounds[1]!.parameters);
+  finite(flat.model1M.fp32.coordinatorPeakRssMb, 'fleet.model1M.fp32.coordinatorPeakRssMb');
+  finite(flat.model1M.norms.coordinatorPeakRssMb, 'fleet.model1M.norms.coordinatorPeakRssMb');
 });
 
 test('unlearning section: federaser against retrain, and federaser under every retention', { timeout: 120_000 }, async () => {
