@@ -20,6 +20,7 @@ const LIMITS: Partial<SecurityLimits> = {
   handshakeBurst: 20,
   handshakeRefillPerSecond: 10,
   authMaxFailures: 3,
+  authMaxFailuresPerClient: 6,
   authFailureWindowMs: 60_000,
   authLockoutMs: 1_500,
   authMaxLockoutMs: 3_000,
@@ -84,8 +85,8 @@ async function issue(clientId?: string): Promise<{ clientId: string; secret: str
   return r.body;
 }
 
-async function helloOutcome(clientId: string, secret: string, base = url): Promise<string> {
-  const p = await RawPeer.connect(base);
+async function helloOutcome(clientId: string, secret: string, base = url, localAddress?: string): Promise<string> {
+  const p = await RawPeer.connect(base, localAddress ? { localAddress } : {});
   try {
     p.send({ hello: rawHello(clientId, secret, 8) });
     return await p.outcome();
@@ -205,6 +206,9 @@ test('repeated wrong secrets lock the id for a while, even against the right sec
   for (let i = 0; i < 3; i++) assert.equal(await helloOutcome('device-l', `guess-number-${i}`), 'UNAUTHENTICATED');
   assert.equal(await helloOutcome('device-l', cred.secret), 'RATE_LIMITED', 'locked: the right secret is not even checked');
   assert.equal(await helloOutcome('device-l', 'guess-number-3'), 'RATE_LIMITED');
+  // The lockout holds for this id from this address: a stranger guessing cannot lock the real device out from elsewhere.
+  assert.equal(await helloOutcome('device-l', 'guess-number-4', url, '127.0.0.2'), 'UNAUTHENTICATED', 'another address is not locked');
+  assert.equal(await helloOutcome('device-l', cred.secret, url, '127.0.0.3'), 'welcome');
   // Other ids are not affected.
   const other = await issue('device-m');
   assert.equal(await helloOutcome('device-m', other.secret), 'welcome');
@@ -216,6 +220,15 @@ test('repeated wrong secrets lock the id for a while, even against the right sec
   await l.connect(WAIT_MS);
   assert.ok(seen.includes('RATE_LIMITED'), `errors seen before the welcome: ${seen.join(', ')}`);
   assert.ok(coordinator.registry.get('device-l'));
+});
+
+test('wrong secrets spread over many addresses lock the id everywhere once they pass the per-client cap', async () => {
+  const cred = await issue('device-s');
+  // Two guesses from each of three addresses: under the per-address limit (3) everywhere, six for the id in all.
+  for (const from of ['127.0.0.4', '127.0.0.5', '127.0.0.6']) {
+    for (let i = 0; i < 2; i++) assert.equal(await helloOutcome('device-s', `guess-${from}-${i}`, url, from), 'UNAUTHENTICATED');
+  }
+  assert.equal(await helloOutcome('device-s', cred.secret, url, '127.0.0.7'), 'RATE_LIMITED', 'locked for every address');
 });
 
 test('a handshake flood from one address is cut off with RATE_LIMITED, and a real client still gets in after', async () => {

@@ -42,6 +42,8 @@ interface Model {
   sha256: string;
   cause: string;
   round: number;
+  /** Set once a forget job erased its weights (a forgotten client had shaped them). */
+  erasedAt: number | null;
 }
 interface Round {
   round: number;
@@ -171,6 +173,7 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
 
   const rng = seedrandom(`crash-${SEED}`);
   const forgotten = new Set<string>();
+  const victimsWhoTrained = new Set<string>();
   const kills: Record<Phase, number> = { 'mid-round': 0, 'history-write': 0, 'mid-job': 0 };
   let jobsResumed = 0;
   let jobsKilledRunning = 0;
@@ -201,6 +204,7 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
         clients.delete(victim);
         const job = await api<Job>('/v1/jobs', { method: 'POST', body: { clientIds: [victim] } });
         forgotten.add(victim);
+        if ([...(await observe()).rounds.values()].some((r) => r.participants.some((p) => p.clientId === victim))) victimsWhoTrained.add(victim);
         const stepAt = 1 + Math.floor(rng() * 3);
         const seen = await until(`job ${job.jobId} at step ${stepAt}`, async () => {
           const j = await api<Job>(`/v1/jobs/${job.jobId}`);
@@ -247,6 +251,7 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
         assert.ok(after, `model ${v} (${m.cause}, round ${m.round}) survived the kill after ${phase}`);
         assert.equal(after.sha256, m.sha256, `model ${v} has the same sha256`);
         assert.equal(after.lineage, m.lineage);
+        if (m.erasedAt !== null) assert.equal(after.erasedAt, m.erasedAt, `model ${v} stays erased after the kill`);
       }
       for (const [key, r] of last.rounds) {
         const after = now.rounds.get(key);
@@ -258,9 +263,15 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
       }
       assert.ok(now.head.round >= last.head.round || now.head.lineage !== last.head.lineage, 'the head never goes back within a lineage');
 
-      // Every stored model's bytes match its sha256 (the weights endpoint reads through the verifying store).
+      // Every kept model's bytes match its sha256 (the weights endpoint reads through the verifying store); an erased
+      // one (a forgotten client had shaped it) is gone for good.
       for (const m of now.models.values()) {
         const res = await fetch(`${base}/v1/models/${m.version}/weights`);
+        if (m.erasedAt !== null) {
+          assert.equal(res.status, 410, `model ${m.version} was erased`);
+          assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'MODEL_ERASED');
+          continue;
+        }
         assert.equal(res.status, 200, `model ${m.version} reads back`);
         const digest = createHash('sha256').update(Buffer.from(await res.arrayBuffer())).digest('hex');
         assert.equal(digest, m.sha256, `model ${m.version} bytes match their sha256`);
@@ -302,6 +313,9 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
         const row = rows.find((c) => c.clientId === id);
         assert.equal(row?.forgotten, true, `${id} is a tombstone`);
       }
+      // A victim that trained before it left shaped models, which its finished job erased (the head never is).
+      if ([...doneVictims].some((id) => victimsWhoTrained.has(id))) assert.ok([...fresh.models.values()].some((m) => m.erasedAt !== null), 'a done job erased the models its clients shaped');
+      assert.equal(fresh.head.erasedAt, null);
       last = fresh;
     }
 
@@ -325,7 +339,10 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
     assert.equal(opened.head.version, final.head.version, 'the head the service last showed is the stored head');
     let updatesRead = 0;
     try {
-      for (const m of store.listModels()) await store.readModel(m.version);
+      for (const m of store.listModels()) {
+        if (m.erasedAt === null) await store.readModel(m.version);
+        else await assert.rejects(store.readModel(m.version), /was erased/);
+      }
       const lineages = new Set(store.listModels().map((m) => m.lineage));
       for (const lineage of lineages) {
         for (const r of store.listRounds({ lineage })) {

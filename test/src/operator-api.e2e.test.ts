@@ -212,7 +212,18 @@ test('a forget job shows in /v1/jobs with every field, and in the job metrics', 
   const report = await getJson(`/v1/jobs/${job.jobId}/report`);
   assert.deepEqual(report.body, plain(done!.report));
 
+  // op-2 trained in the earlier rounds: the models it shaped lost their weights, and say so; the head did not.
+  const erased = (done!.report as { purged: { modelsErased: string[] } }).purged.modelsErased;
+  const shaped = coordinator.store.listModels().filter((m) => m.erasedAt !== null).map((m) => m.version);
+  assert.ok(erased.length > 0);
+  assert.deepEqual(erased, shaped);
+  const gone = await fetch(`${url}/v1/models/${erased.at(-1)}/weights`, { headers: auth });
+  assert.equal(gone.status, 410);
+  assert.equal(((await gone.json()) as { error: { code: string } }).error.code, 'MODEL_ERASED');
+  assert.equal((await fetch(`${url}/v1/models/${coordinator.store.head().version}/weights`, { headers: auth })).status, 200);
+
   s = (await scrape()).samples;
+  assert.equal(s.get('fedunlearn_history_models{state="erased"}'), erased.length);
   assert.equal(s.get('fedunlearn_jobs{state="done"}'), 1);
   assert.equal(s.get('fedunlearn_jobs{state="queued"}'), 0);
   assert.equal(s.get('fedunlearn_job_duration_seconds_count{state="done",method="replay"}'), 1);

@@ -28,8 +28,9 @@ export class RawPeer {
     });
   }
 
-  static connect(url: string): Promise<RawPeer> {
-    const socket = io(url, { transports: ['websocket'], reconnection: false, forceNew: true });
+  /** `localAddress` picks the source address (any 127.x.y.z is this host: a second "remote" address for tests). */
+  static connect(url: string, opts: { localAddress?: string } = {}): Promise<RawPeer> {
+    const socket = io(url, { transports: ['websocket'], reconnection: false, forceNew: true, ...opts });
     const peer = new RawPeer(socket);
     return new Promise((resolve, reject) => {
       socket.once('connect', () => resolve(peer));

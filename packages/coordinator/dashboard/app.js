@@ -93,6 +93,7 @@ function renderHistory(s) {
   const rows = [
     ['rounds', fmtInt(s.rounds)],
     ['model versions', fmtInt(s.models)],
+    ['model versions erased', fmtInt(s.modelsErased)],
     ['stored updates', fmtInt(s.updates)],
     ['model bytes', fmtBytes(s.modelBytes)],
     ['update bytes', fmtBytes(s.updateBytes)],
@@ -185,7 +186,12 @@ function renderModels() {
     ...rows.map((m) =>
       h(
         'tr',
-        { 'data-version': m.version, 'data-cause': m.cause, class: m.version === head ? 'head-row' : '' },
+        {
+          'data-version': m.version,
+          'data-cause': m.cause,
+          ...(m.erasedAt ? { 'data-erased': '', title: `weights erased ${fmtTime(m.erasedAt)}: a forgotten client had contributed to them` } : {}),
+          class: m.version === head ? 'head-row' : m.erasedAt ? 'erased' : '',
+        },
         h('td', { class: 'mono', title: m.version }, short(m.version)),
         h('td', {}, m.cause),
         h('td', { class: 'r' }, m.round),
@@ -194,6 +200,7 @@ function renderModels() {
         h('td', { class: 'mono', title: m.jobId ?? '' }, m.jobId ? short(m.jobId) : ''),
         h('td', { class: 'mono', title: m.sha256 }, `${m.sha256.slice(0, 12)}…`),
         h('td', { class: 'r' }, fmtTime(m.createdAt)),
+        h('td', {}, m.erasedAt ? 'erased' : 'kept'),
       ),
     ),
   );
@@ -282,6 +289,8 @@ function renderReport() {
         ['updates purged', fmtInt(r.purged?.updatesDeleted)],
         ['bytes purged', fmtBytes(r.purged?.bytesDeleted)],
         ['participant rows purged', fmtInt(r.purged?.participantRowsDeleted)],
+        ['model versions erased', fmtInt(r.purged?.modelsErased?.length ?? 0)],
+        ['model bytes erased', fmtBytes(r.purged?.modelBytesDeleted ?? 0)],
       ]),
       h(
         'table',

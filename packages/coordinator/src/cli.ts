@@ -96,6 +96,7 @@ function summary(cfg: ServiceConfig): Record<string, unknown> {
     minClients: cfg.minClients,
     historyInterval: cfg.historyInterval,
     retention: cfg.retention,
+    modelsAfterForget: cfg.modelsAfterForget,
     enrolment: cfg.enrolment,
     tls: cfg.tls ? 'on' : 'off',
     operatorAuth: cfg.operatorToken ? 'token' : 'none',
@@ -340,6 +341,7 @@ function formatReport(r: JobReport): string {
     ['client work', `${r.cost.tasks} tasks, ${num(r.cost.clientSampleEpochs)} sample-epochs, ${bytes(r.cost.bytesOnWire)} on the wire`],
     ['wall time', duration(r.wallTimeMs)],
     ['purged', `${r.purged.updatesDeleted} updates (${bytes(r.purged.bytesDeleted)}), ${r.purged.participantRowsDeleted} participant rows`],
+    ['models erased', `${r.purged.modelsErased?.length ?? 0} versions (${bytes(r.purged.modelBytesDeleted ?? 0)})`],
     ['finished', time(r.finishedAt)],
     ['offline policy', r.offlinePolicy],
   ]);
@@ -447,6 +449,7 @@ function buildProgram(): Command {
     .option('--local-epochs <e>', 'local epochs per round (default 1)', numberArg)
     .option('--history-interval <dt>', 'keep full client updates every DT rounds, FedEraser Δt (default 2)', numberArg)
     .option('--retention <kind>', 'how kept updates are stored: fp32|fp16|int8|norms (default fp32)')
+    .option('--models-after-forget <policy>', 'erase: a forget job deletes the weights of the model versions the forgotten clients contributed to; keep: they stay downloadable (default erase)')
     .option('--seed <s>', 'seeds the initial model and client selection (default 1)', numberArg)
     .addOption(new Option('--operator-token <token>', 'bearer token the operator API requires (default: none, open)').env('FEDUNLEARN_OPERATOR_TOKEN'))
     .option('--enrolment <mode>', 'closed: only clients with issued credentials (`clients add`); open: new ids enrol on first hello, development only (default closed)')

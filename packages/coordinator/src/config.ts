@@ -47,6 +47,8 @@ export const serviceConfigSchema = z
     /** FedEraser's Δt: full client updates are kept every this many rounds. */
     historyInterval: posInt.default(2),
     retention: z.enum(RETENTIONS).default('fp32'),
+    /** After a forget job: erase the weights of the model versions the forgotten clients contributed to, or keep them. */
+    modelsAfterForget: z.enum(['erase', 'keep']).default('erase'),
     /** Seeds the initial model, client selection and the clients' shuffles. */
     seed: z.number().int().min(0).default(1),
     operatorToken: z.string().min(8).optional(),
@@ -64,6 +66,7 @@ export const serviceConfigSchema = z
         handshakeBurst: posInt,
         handshakeRefillPerSecond: z.number().positive(),
         authMaxFailures: posInt,
+        authMaxFailuresPerClient: posInt,
         authFailureWindowMs: posInt,
         authLockoutMs: posInt,
         authMaxLockoutMs: posInt,
@@ -183,7 +186,7 @@ export function modelOf(cfg: ServiceConfig): { name: ArchitectureName; options: 
 
 /** Everything of CoordinatorOptions a config decides; the caller adds the store, the model and the logger. */
 export type ConfiguredCoordinatorOptions = Required<
-  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth'>
+  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'modelsAfterForget' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth'>
 > &
   Pick<CoordinatorOptions, 'operatorToken' | 'tls'> & { limits: Partial<SecurityLimits> };
 
@@ -201,6 +204,7 @@ export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorO
     },
     historyInterval: cfg.historyInterval,
     retention: cfg.retention,
+    modelsAfterForget: cfg.modelsAfterForget,
     enrolment: cfg.enrolment,
     roundIntervalMs: cfg.roundIntervalMs,
     metricsAuth: cfg.metricsAuth,

@@ -29,8 +29,12 @@ export interface SecurityLimits {
   handshakeBurst: number;
   /** ...refilled at this rate. */
   handshakeRefillPerSecond: number;
-  /** Wrong secrets for one client id within authFailureWindowMs that lock the id... */
+  /** Wrong secrets for one client id from one address within authFailureWindowMs that lock the id for that address
+   *  (so a stranger guessing cannot lock the real device out from elsewhere)... */
   authMaxFailures: number;
+  /** ...and wrong secrets for one client id from all addresses together that lock it everywhere (guessing spread over
+   *  many addresses stays bounded). */
+  authMaxFailuresPerClient: number;
   authFailureWindowMs: number;
   /** ...for this long, doubling with each further lockout up to authMaxLockoutMs. */
   authLockoutMs: number;
@@ -49,6 +53,7 @@ export const DEFAULT_LIMITS: Readonly<SecurityLimits> = {
   handshakeBurst: 200,
   handshakeRefillPerSecond: 100,
   authMaxFailures: 5,
+  authMaxFailuresPerClient: 50,
   authFailureWindowMs: 60_000,
   authLockoutMs: 60_000,
   authMaxLockoutMs: 3_600_000,
@@ -70,6 +75,13 @@ export interface CoordinatorOptions {
   federation: FederationConfig;
   historyInterval: number;
   retention?: 'fp32' | 'fp16' | 'int8' | 'norms';
+  /**
+   * What a finished forget job does with the stored model versions the forgotten clients contributed to (the old
+   * lineage from their first round on): 'erase' (default) deletes their weights and keeps the records for the audit,
+   * so the right to erasure covers every copy of their influence; 'keep' leaves them downloadable (research setups
+   * that compare the model before and after).
+   */
+  modelsAfterForget?: 'erase' | 'keep';
   strategy?: AggregationStrategy;
   logger?: Logger;
   framing?: FramingLimits;
@@ -128,7 +140,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private readonly roundIntervalMs: number;
   private readonly enrolment: 'open' | 'closed';
   private readonly tls: boolean;
+  /** Wrong secrets per client id and address... */
   private readonly authLockout: FailureLockout;
+  /** ...and per client id from anywhere. */
+  private readonly clientLockout: FailureLockout;
   private readonly forgetLimit: SlidingWindowLimit;
   /** Client ids whose hello is being verified: one at a time each, so parallel guesses cannot outrun the lockout. */
   private readonly verifying = new Set<string>();
@@ -156,6 +171,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       strategy,
       config: opts.federation,
       scratchDir: join(opts.dataDir, 'jobs'),
+      eraseModels: (opts.modelsAfterForget ?? 'erase') === 'erase',
       log: this.log,
     });
     this.forgotten = this.unlearning.forgottenClients();
@@ -187,13 +203,9 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     const clock = opts.clock ?? Date.now;
     this.enrolment = opts.enrolment ?? 'closed';
     this.tls = opts.tls !== undefined;
-    this.authLockout = new FailureLockout({
-      maxFailures: limits.authMaxFailures,
-      windowMs: limits.authFailureWindowMs,
-      lockMs: limits.authLockoutMs,
-      maxLockMs: limits.authMaxLockoutMs,
-      clock,
-    });
+    const lockout = { windowMs: limits.authFailureWindowMs, lockMs: limits.authLockoutMs, maxLockMs: limits.authMaxLockoutMs, clock };
+    this.authLockout = new FailureLockout({ ...lockout, maxFailures: limits.authMaxFailures });
+    this.clientLockout = new FailureLockout({ ...lockout, maxFailures: Math.max(limits.authMaxFailures, limits.authMaxFailuresPerClient) });
     this.forgetLimit = new SlidingWindowLimit({ max: limits.forgetRequestsPerHour, windowMs: 3_600_000, clock });
     if (this.enrolment === 'open') this.log.warn({}, "enrolment is 'open': any new client id is trusted on its first hello (development only)");
     this.http = buildHttpApi(this, {
@@ -370,7 +382,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     const secret = generateSecret();
     const secretHash = hashIssuedSecret(secret);
     this.store.upsertClient({ clientId, secretHash, seenAt: c.lastSeen, revoked: false });
-    this.authLockout.succeed(clientId);
+    this.authLockout.succeedAllWithPrefix(lockoutKey(clientId, ''));
+    this.clientLockout.succeed(clientId);
     this.closeSession(clientId, 'credential rotated');
     this.log.info({ clientId }, 'client credential rotated');
     return { clientId, secret };
@@ -404,32 +417,36 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   private authenticator(): Authenticator {
     return {
-      authenticate: async (hello) => {
+      authenticate: async (hello, address) => {
         const id = hello.clientId;
         if (this.forgotten.has(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
-        const locked = this.authLockout.lockedFor(id);
+        const key = lockoutKey(id, address);
+        const locked = Math.max(this.authLockout.lockedFor(key), this.clientLockout.lockedFor(id));
         if (locked > 0) throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many failed authentications for client ${id}; retry in ${Math.ceil(locked / 1000)} s`);
         if (this.verifying.has(id)) throw new ProtocolError(ErrorCode.RATE_LIMITED, `a hello for client ${id} is already being verified`);
         this.verifying.add(id);
         try {
-          await this.verify(hello);
+          await this.verify(hello, key);
         } finally {
           this.verifying.delete(id);
         }
-        this.authLockout.succeed(id);
+        this.authLockout.succeed(key);
+        this.clientLockout.succeed(id);
         this.store.upsertClient({ clientId: id, numExamples: hello.numExamples, seenAt: Date.now() });
       },
     };
   }
 
-  private async verify(hello: fedunlearn.v1.Hello): Promise<void> {
+  /** `lockoutKey`: the id and address a wrong secret counts against. */
+  private async verify(hello: fedunlearn.v1.Hello, lockoutKey: string): Promise<void> {
     const id = hello.clientId;
     const known = this.store.getClient(id);
     if (known?.revoked) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `the credential of client ${id} was revoked`);
     if (known?.secretHash) {
       const ok = await verifySecret(hello.secret, known.secretHash);
       if (!ok) {
-        this.authLockout.fail(id);
+        this.authLockout.fail(lockoutKey);
+        this.clientLockout.fail(id);
         throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'wrong credentials');
       }
       // A revocation or rotation that landed while scrypt ran wins over the secret it checked.
@@ -507,4 +524,9 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
       resolve();
     });
   });
+}
+
+/** A client id and a remote address, as one lockout key (client ids cannot contain a space: transport/client-id.ts). */
+function lockoutKey(clientId: string, address: string): string {
+  return `${clientId} ${address}`;
 }

@@ -121,6 +121,17 @@ export class CoordinatorMetrics implements DispatchObserver {
         for (const [dtype, bytes] of Object.entries(s.updateBytesByDtype)) this.set({ kind: `update_${dtype}` }, bytes);
       },
     });
+    new Gauge({
+      name: `${PREFIX}history_models`,
+      help: 'Model versions in the history: kept, or erased because a forgotten client had contributed to them.',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const s = sources.historyStats();
+        this.set({ state: 'kept' }, s.models - s.modelsErased);
+        this.set({ state: 'erased' }, s.modelsErased);
+      },
+    });
     // Totals the socket server already keeps: a counter that takes their value at scrape time is still monotonic,
     // since they only grow.
     new Counter({

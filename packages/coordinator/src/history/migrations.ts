@@ -105,6 +105,11 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE clients ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
   `,
+  // 4: a model version whose weights were erased with a forgotten client's contribution keeps its row (lineage,
+  // sha256, audit) with the time of the erasure; its blob file is gone.
+  `
+  ALTER TABLE models ADD COLUMN erased_at INTEGER;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

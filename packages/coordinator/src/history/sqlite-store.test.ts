@@ -554,7 +554,7 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     const statsBefore = store.stats();
 
     const summary = await store.purgeClients(['u', 'u']);
-    assert.deepEqual(summary, { clientIds: ['u'], updatesDeleted: 3, bytesDeleted: uBytes, participantRowsDeleted: 3 });
+    assert.deepEqual(summary, { clientIds: ['u'], updatesDeleted: 3, bytesDeleted: uBytes, participantRowsDeleted: 3, modelsErased: [], modelBytesDeleted: 0 });
     for (const f of uFiles) assert.equal(fs.existsSync(f), false, f);
     assert.deepEqual(rowsOf('u'), []);
     assert.ok(!dbBytes().includes(uNorms), 'no copy of the norms is left in the database files');
@@ -573,6 +573,80 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     const { store: reopened } = open(dir, config, init);
     assert.equal(filesUnder(path.join(dir, 'blobs', 'updates')).filter((f) => path.basename(f).startsWith('u.')).length, 0);
     assert.equal(reopened.getClient('u')!.forgotten, true);
+    reopened.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('purgeClients with eraseModels erases the weights of every model a client shaped, and only those', async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(23);
+    const config: HistoryConfig = { historyInterval: 1, retention: 'fp32' };
+    const init = randomWeights(r);
+    let clock = 5_000;
+    const first = open(dir, config, init, () => clock);
+    const store = first.store;
+    const ledger = newLedger(init);
+    // Lineage 1: u takes part in rounds 3 and 4 only.
+    await train(store, ledger, r, 2, ['k']);
+    await train(store, ledger, r, 2, ['u', 'k']);
+    await train(store, ledger, r, 1, ['k']);
+    const old = store.listModels({ lineage: first.head.lineage });
+    assert.deepEqual(old.map((m) => m.round), [0, 1, 2, 3, 4, 5]);
+    assert.ok(old.every((m) => m.erasedAt === null));
+
+    // Erasing while the head still holds u's contribution is refused, and changes nothing.
+    await assert.rejects(store.purgeClients(['u'], { eraseModels: true }), /head model .* unlearn them before/);
+    assert.equal(store.listRounds().flatMap((x) => x.participants).filter((p) => p.clientId === 'u').length, 2);
+    assert.equal(store.stats().modelsErased, 0);
+
+    // Lineage 2: an unlearning without u, with an intermediate model.
+    const replayed = [1, 2].map((round) => ({
+      round,
+      roundId: `replay-${round}`,
+      modelBefore: '',
+      participants: [{ clientId: 'k', numExamples: 3, norms: layerNorms(layout, randomWeights(r, 0.1)) }],
+      metrics: {},
+      startedAt: 0,
+      closedAt: 0,
+    }));
+    const after = store.commitUnlearning({ jobId: 'j', weights: randomWeights(r), rounds: replayed, intermediateModels: [{ round: 1, weights: randomWeights(r) }] });
+    const fresh = store.listModels({ lineage: after.lineage });
+    const statsBefore = store.stats();
+    const modelFiles = () => filesUnder(path.join(dir, 'blobs', 'models')).map((f) => path.basename(f, '.bin')).sort();
+    assert.equal(modelFiles().length, old.length + fresh.length);
+
+    clock = 9_000;
+    const summary = await store.purgeClients(['u'], { eraseModels: true });
+    const shaped = old.filter((m) => m.round >= 3).map((m) => m.version);
+    assert.deepEqual(summary.modelsErased, shaped, 'the models after the rounds u took part in, in creation order');
+    assert.ok(summary.modelBytesDeleted > 0);
+    assert.deepEqual(modelFiles(), [...old.filter((m) => m.round < 3), ...fresh].map((m) => m.version).sort(), 'only their files are gone');
+    for (const m of old) {
+      const now = store.getModel(m.version)!;
+      if (m.round >= 3) {
+        assert.equal(now.erasedAt, 9_000);
+        assert.equal(now.sha256, m.sha256, 'the record stays for the audit');
+        await assert.rejects(store.readModel(m.version), (e: Error) => e.name === 'ModelErasedError' && /forgotten client/.test(e.message));
+      } else {
+        assert.equal(now.erasedAt, null);
+        assert.deepEqual(await store.readModel(m.version), m.cause === 'init' ? init : ledger.models.get(m.version));
+      }
+    }
+    for (const m of fresh) await store.readModel(m.version);
+    const stats = store.stats();
+    assert.equal(stats.models, statsBefore.models);
+    assert.equal(stats.modelsErased, 3);
+    assert.equal(stats.modelBytes, statsBefore.modelBytes - summary.modelBytesDeleted);
+
+    // Idempotent, and it survives a reopen (the next open's garbage sweep keeps every kept blob).
+    assert.deepEqual((await store.purgeClients(['u'], { eraseModels: true })).modelsErased, []);
+    store.close();
+    const { store: reopened } = open(dir, config, init);
+    assert.deepEqual(reopened.listModels().filter((m) => m.erasedAt !== null).map((m) => m.version), shaped);
+    for (const m of reopened.listModels()) if (m.erasedAt === null) await reopened.readModel(m.version);
     reopened.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

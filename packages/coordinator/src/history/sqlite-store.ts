@@ -23,6 +23,7 @@ import {
 import { migrate } from './migrations.js';
 import {
   HistoryError,
+  ModelErasedError,
   keepsUpdatesUnder,
   type ClientRecord,
   type CommitUnlearningInput,
@@ -35,6 +36,7 @@ import {
   type ModelVersion,
   type Participant,
   type ParticipantInput,
+  type PurgeOptions,
   type PurgeSummary,
   type MissingClient,
   type RoundRecord,
@@ -75,6 +77,7 @@ interface ModelRow {
   blob: string;
   bytes: number;
   created_at: number;
+  erased_at: number | null;
 }
 interface FederationRow {
   topology_json: string;
@@ -193,8 +196,18 @@ function prepareStatements(db: Database.Database) {
     updatesOfClient: db.prepare<[string], UpdateRow>('SELECT * FROM updates WHERE client_id = ?'),
     deleteUpdatesOfClient: db.prepare<[string]>('DELETE FROM updates WHERE client_id = ?'),
     deleteParticipantsOfClient: db.prepare<[string]>('DELETE FROM participants WHERE client_id = ?'),
-    referencedBlobs: db.prepare<[], { blob: string }>('SELECT blob FROM models UNION ALL SELECT blob FROM updates'),
-    modelStats: db.prepare<[], { n: number; bytes: number | null }>('SELECT COUNT(*) AS n, SUM(bytes) AS bytes FROM models'),
+    referencedBlobs: db.prepare<[], { blob: string }>('SELECT blob FROM models WHERE erased_at IS NULL UNION ALL SELECT blob FROM updates'),
+    modelStats: db.prepare<[], { n: number; bytes: number | null; erased: number }>(
+      'SELECT COUNT(*) AS n, SUM(CASE WHEN erased_at IS NULL THEN bytes END) AS bytes, COUNT(erased_at) AS erased FROM models',
+    ),
+    firstRoundsOfClient: db.prepare<[string], { lineage: string; first: number }>(
+      `SELECT r.lineage AS lineage, MIN(r.round) AS first FROM participants p JOIN rounds r ON r.round_id = p.round_id
+       WHERE p.client_id = ? GROUP BY r.lineage`,
+    ),
+    keptModelsFrom: db.prepare<[string, number], ModelRow>(
+      'SELECT * FROM models WHERE lineage = ? AND round >= ? AND erased_at IS NULL ORDER BY seq',
+    ),
+    eraseModel: db.prepare<[number, string]>('UPDATE models SET erased_at = ? WHERE version = ?'),
     updateStats: db.prepare<[], { encoding: BlobEncoding; n: number; bytes: number }>(
       'SELECT encoding, COUNT(*) AS n, SUM(bytes) AS bytes FROM updates GROUP BY encoding',
     ),
@@ -235,6 +248,7 @@ function toModel(r: ModelRow): ModelVersion {
     lineage: r.lineage,
     sha256: r.sha256,
     createdAt: r.created_at,
+    erasedAt: r.erased_at ?? null,
   };
 }
 
@@ -708,6 +722,7 @@ class SqliteHistoryStore implements HistoryStore {
         blob: rel,
         bytes: encoded.bytes.byteLength,
         created_at: createdAt,
+        erased_at: null,
       },
     };
   }
@@ -791,6 +806,7 @@ class SqliteHistoryStore implements HistoryStore {
     const meta = this.requireOpen();
     const row = this.q.model.get(version);
     if (!row) throw new HistoryError(`unknown model version ${version}`);
+    if (row.erased_at !== null) throw new ModelErasedError(version, row.erased_at);
     const bytes = await this.readBlobFile(row.blob, `model ${version}`);
     let payload: Uint8Array;
     try {
@@ -821,16 +837,26 @@ class SqliteHistoryStore implements HistoryStore {
 
   // --- purge --------------------------------------------------------------------------------------------------
 
-  async purgeClients(clientIds: string[]): Promise<PurgeSummary> {
+  async purgeClients(clientIds: string[], opts: PurgeOptions = {}): Promise<PurgeSummary> {
     this.requireNotClosed();
     const ids = [...new Set(clientIds)];
     const files: string[] = [];
     let updatesDeleted = 0;
     let participantRowsDeleted = 0;
+    const modelsErased: string[] = [];
+    const modelFiles: string[] = [];
     const now = this.now();
     // Rows first: once they are gone the files are unreferenced, so a crash before the unlinks leaves only garbage
     // that the next open deletes.
     this.db.transaction(() => {
+      if (opts.eraseModels) {
+        // Before the participant rows go: they are what says which rounds, hence which models, a client shaped.
+        for (const m of this.modelsShapedBy(ids)) {
+          this.q.eraseModel.run(now, m.version);
+          modelFiles.push(this.abs(m.blob));
+          modelsErased.push(m.version);
+        }
+      }
       for (const id of ids) {
         for (const u of this.q.updatesOfClient.all(id)) files.push(this.abs(u.blob));
         updatesDeleted += this.q.deleteUpdatesOfClient.run(id).changes;
@@ -863,7 +889,27 @@ class SqliteHistoryStore implements HistoryStore {
       }
     }
     const bytesDeleted = await unlinkDurable(files);
-    return { clientIds: ids, updatesDeleted, bytesDeleted, participantRowsDeleted };
+    const modelBytesDeleted = await unlinkDurable(modelFiles);
+    return { clientIds: ids, updatesDeleted, bytesDeleted, participantRowsDeleted, modelsErased, modelBytesDeleted };
+  }
+
+  /** Kept model versions that any of these clients contributed to: in each lineage, from the first round one of them
+   *  took part in. Refuses when the head is among them: its weights are the live model, so the clients must be
+   *  unlearned (a new lineage without them) before their contribution can be erased. */
+  private modelsShapedBy(ids: string[]): ModelRow[] {
+    const first = new Map<string, number>();
+    for (const id of ids) {
+      for (const r of this.q.firstRoundsOfClient.all(id)) first.set(r.lineage, Math.min(first.get(r.lineage) ?? Infinity, r.first));
+    }
+    const head = this.q.federation.get()?.head;
+    const out: ModelRow[] = [];
+    for (const [lineage, round] of first) {
+      for (const m of this.q.keptModelsFrom.all(lineage, round)) {
+        if (m.version === head) throw new HistoryError(`the head model ${head} holds the contribution of ${ids.join(', ')}: unlearn them before erasing it`);
+        out.push(m);
+      }
+    }
+    return out;
   }
 
   stats(): HistoryStats {
@@ -877,7 +923,7 @@ class SqliteHistoryStore implements HistoryStore {
       updateBytes += u.bytes;
       updates += u.n;
     }
-    return { modelBytes: m.bytes ?? 0, updateBytes, updateBytesByDtype, updates, rounds: this.q.roundCount.get()!.n, models: m.n };
+    return { modelBytes: m.bytes ?? 0, updateBytes, updateBytesByDtype, updates, rounds: this.q.roundCount.get()!.n, models: m.n, modelsErased: m.erased };
   }
 
   // --- jobs ---------------------------------------------------------------------------------------------------

@@ -12,6 +12,14 @@ export class HistoryError extends Error {
   override name = 'HistoryError';
 }
 
+/** readModel of a version whose weights were erased with a forgotten client's contribution. */
+export class ModelErasedError extends HistoryError {
+  override name = 'ModelErasedError';
+  constructor(readonly version: string, readonly erasedAt: number) {
+    super(`model ${version} was erased at ${new Date(erasedAt).toISOString()}: a forgotten client had contributed to it`);
+  }
+}
+
 export type ModelCause = 'init' | 'round' | 'unlearning';
 
 export interface ModelVersion {
@@ -32,6 +40,9 @@ export interface ModelVersion {
   sha256: string;
   /** Unix ms. */
   createdAt: number;
+  /** Unix ms at which its weights were erased because a forgotten client had contributed to them (the record stays,
+   *  for the lineage and the audit; readModel refuses it). null while the weights are kept. */
+  erasedAt: number | null;
 }
 
 export interface ParticipantInput {
@@ -132,16 +143,29 @@ export interface PurgeSummary {
   updatesDeleted: number;
   bytesDeleted: number;
   participantRowsDeleted: number;
+  /** Model versions whose weights were erased (eraseModels), in creation order. */
+  modelsErased: string[];
+  modelBytesDeleted: number;
+}
+
+export interface PurgeOptions {
+  /** Also erase the weights of every model version a purged client contributed to: in each lineage, the models from
+   *  the first round the client took part in onwards (earlier ones, and the initial model, are clean). The head must
+   *  not be among them (unlearn first); the request is refused otherwise. Default false. */
+  eraseModels?: boolean;
 }
 
 export interface HistoryStats {
+  /** Bytes of the model blobs still kept (erased ones excluded). */
   modelBytes: number;
   updateBytes: number;
   /** updateBytes split by the encoding each blob was actually written in ('fp32' | 'fp16' | 'int8'). */
   updateBytesByDtype: Record<string, number>;
   updates: number;
   rounds: number;
+  /** Model versions recorded, erased ones included. */
   models: number;
+  modelsErased: number;
 }
 
 /** One replayed round of an unlearning job, as the engine applied it. */
@@ -222,8 +246,8 @@ export interface HistoryStore {
   commitUnlearning(input: CommitUnlearningInput): ModelVersion;
   /** Deletes every stored update and participant row of these clients, in every lineage, durably (files unlinked and
    *  dirs fsynced), drops them from the rounds' missing lists, and reduces their client records to tombstones
-   *  (forgotten: true). */
-  purgeClients(clientIds: string[]): Promise<PurgeSummary>;
+   *  (forgotten: true); with eraseModels, also the weights of the model versions they contributed to. Idempotent. */
+  purgeClients(clientIds: string[], opts?: PurgeOptions): Promise<PurgeSummary>;
   /** Storage statistics: bytes of model blobs, update blobs (by encoding), rows. */
   stats(): HistoryStats;
   // jobs

@@ -3,7 +3,7 @@ import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { ProtocolError } from '@fedunlearn/protocol';
 import type { Coordinator } from '../coordinator.js';
-import type { JobRecord } from '../history/store.js';
+import { ModelErasedError, type JobRecord } from '../history/store.js';
 import type { MethodName, MethodParams } from '../unlearning/method.js';
 import { isOperator } from './operator-token.js';
 import { errorSchema, openapiInfo, schemas } from './schemas.js';
@@ -66,6 +66,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
     const err = raw as Error & { statusCode?: number; validation?: unknown; code?: string };
     if (raw instanceof ProtocolError) return reply.code(raw.codeName === 'UNKNOWN_CLIENT' ? 404 : 400).send({ error: { code: raw.codeName, message: raw.message } });
     if (err instanceof HttpError) return reply.code(err.status).send({ error: { code: err.code, message: err.message } });
+    if (err instanceof ModelErasedError) return reply.code(410).send({ error: { code: 'MODEL_ERASED', message: err.message } });
     if (err.validation) return reply.code(400).send({ error: { code: 'INVALID_ARGUMENT', message: err.message } });
     if (err instanceof RangeError) return reply.code(400).send({ error: { code: 'INVALID_ARGUMENT', message: err.message } });
     if (err.statusCode && err.statusCode < 500) return reply.code(err.statusCode).send({ error: { code: err.code ?? 'BAD_REQUEST', message: err.message } });

@@ -46,6 +46,7 @@ const modelVersion = {
     lineage: str,
     sha256: { type: 'string', description: 'sha256 of the float32 little-endian weights, hex' },
     createdAt: ms,
+    erasedAt: { type: ['integer', 'null'], description: 'unix ms at which the weights were erased because a forgotten client had contributed to them; null while kept' },
   },
 } as const;
 
@@ -129,7 +130,8 @@ const historyStats = {
     updateBytesByDtype: { type: 'object', additionalProperties: int },
     updates: int,
     rounds: int,
-    models: int,
+    models: { type: 'integer', description: 'model versions recorded, erased ones included' },
+    modelsErased: int,
   },
 } as const;
 
@@ -252,7 +254,7 @@ export const schemas = {
         content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } },
       },
     },
-    errors: { 404: 'no such model version' },
+    errors: { 404: 'no such model version', 410: 'the weights were erased: a forgotten client had contributed to them (MODEL_ERASED)' },
   }),
   historyStats: routeSchema({
     summary: 'Storage used by the history',

@@ -60,6 +60,14 @@ test('a lockout starts after maxFailures within the window, doubles, caps, and a
   assert.equal(l.fail('x'), 1_000, 'a success resets the doubling');
 });
 
+test('succeedAllWithPrefix clears every key of one client and no other', () => {
+  const c = manualClock();
+  const l = new FailureLockout({ maxFailures: 1, windowMs: 10_000, lockMs: 1_000, maxLockMs: 8_000, clock: c.now });
+  for (const k of ['dev-1 10.0.0.1', 'dev-1 10.0.0.2', 'dev-10 10.0.0.1']) assert.equal(l.fail(k), 1_000);
+  l.succeedAllWithPrefix('dev-1 ');
+  assert.deepEqual(['dev-1 10.0.0.1', 'dev-1 10.0.0.2', 'dev-10 10.0.0.1'].map((k) => l.lockedFor(k)), [0, 0, 1_000]);
+});
+
 test('failures spread wider than the window never lock', () => {
   const c = manualClock();
   const l = new FailureLockout({ maxFailures: 3, windowMs: 10_000, lockMs: 1_000, maxLockMs: 8_000, clock: c.now });

@@ -123,6 +123,11 @@ export class FailureLockout {
     this.state.delete(key);
   }
 
+  /** Clears every key that starts with `prefix` (e.g. one client id's lockouts at every address). */
+  succeedAllWithPrefix(prefix: string): void {
+    for (const k of this.state.keys()) if (k.startsWith(prefix)) this.state.delete(k);
+  }
+
   get size(): number {
     return this.state.size;
   }

@@ -20,8 +20,9 @@ import type { KeyedTokenBucket } from './rate-limit.js';
 import type { ClientSession } from './session.js';
 
 export interface Authenticator {
-  /** Resolves when `hello` proves the client's identity; rejects with a ProtocolError (UNAUTHENTICATED, ...) otherwise. */
-  authenticate(hello: fedunlearn.v1.Hello): Promise<void>;
+  /** Resolves when `hello` proves the client's identity; rejects with a ProtocolError (UNAUTHENTICATED, ...) otherwise.
+   *  `address` is the peer's remote address (lockouts are kept per id and address). */
+  authenticate(hello: fedunlearn.v1.Hello, address: string): Promise<void>;
 }
 
 /** What an authenticated client may ask of the coordinator besides answering tasks. */
@@ -199,7 +200,7 @@ export class SocketServer {
     }
     assertClientId(hello.clientId);
     if (!(hello.numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'numExamples must be positive');
-    await this.auth.authenticate(hello);
+    await this.auth.authenticate(hello, socket.handshake.address);
     const now = Date.now();
     return {
       clientId: hello.clientId,

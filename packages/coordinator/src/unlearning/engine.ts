@@ -81,6 +81,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       strategy: AggregationStrategy;
       config: FederationConfig;
       scratchDir: string;
+      /** Erase the weights of the model versions the forgotten clients contributed to (CoordinatorOptions.modelsAfterForget). */
+      eraseModels: boolean;
       log: Logger;
     },
   ) {
@@ -170,7 +172,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         })),
         intermediateModels: intermediate,
       });
-      const purged = await store.purgeClients([...forgotten]);
+      const purged = await store.purgeClients([...forgotten], { eraseModels: this.deps.eraseModels });
       current.version = after.version;
       current.weights = { layout: current.weights.layout, values: tune.weights };
       const report = this.report(record, method, params, before, after, tune.rounds, tune.cost, purged, [...result.notes], started);
