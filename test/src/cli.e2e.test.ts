@@ -33,6 +33,8 @@ interface Served {
   url: string;
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   proc: ChildProcess;
+  /** What it wrote to stderr so far. */
+  stderr: () => string;
 }
 
 /** Starts `serve --port 0` and resolves with the URL it prints once it listens. */
@@ -53,7 +55,7 @@ function serve(args: string[], cwd = work): Promise<Served> {
       const m = /^listening on (http:\/\/\S+)$/.exec(line);
       if (m) {
         clearTimeout(timer);
-        resolve({ url: m[1]!, exit, proc });
+        resolve({ url: m[1]!, exit, proc, stderr: () => stderr });
       }
     });
     void exit.then(({ code }) => {
@@ -100,6 +102,8 @@ test('serve, look with the operator commands, SIGTERM, and resume from the same 
   // Two clients are needed for a round and only one connects: the model stays where it is, so a restart must show it.
   const first = await serve(['--data', data, '--operator-token', TOKEN, '--clients-per-round', '2', '--min-clients', '2', '--log-level', 'warn']);
   const url = first.url;
+  // A quiet start at level warn: nothing else on stderr (tfjs's advice to install tfjs-node is for trainers, not here).
+  assert.equal(first.stderr(), '');
 
   assert.deepEqual((await getJson(`${url}/healthz`)).body, { ok: true });
   const denied = await getJson(`${url}/v1/status`);

@@ -48,7 +48,7 @@ async function serve(flags: ServeFlags): Promise<void> {
   } catch (e) {
     throw e instanceof ConfigError ? new CliError(e.message, 2) : e;
   }
-  const [{ Coordinator: CoordinatorClass }, { openSqliteHistory }, { createLogger }, { builtInDefinition }, { OPENAPI_PATH }] = await Promise.all([
+  const [{ Coordinator: CoordinatorClass }, { openSqliteHistory }, { createLogger }, { builtInDefinition, quietTfjsWarnings }, { OPENAPI_PATH }] = await Promise.all([
     import('./coordinator.js'),
     import('./history/sqlite-store.js'),
     import('./logger.js'),
@@ -62,6 +62,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     throw e instanceof RangeError ? new CliError(e.message, 2) : e;
   }
   const { name, options: arch } = modelOf(cfg);
+  quietTfjsWarnings();
   const model = builtInDefinition(name, arch);
   const store = openSqliteHistory(options.dataDir);
   let coordinator: Coordinator;

@@ -1,2 +1,3 @@
 export * from './architectures.js';
 export * from './definition.js';
+export * from './quiet.js';
