@@ -1,5 +1,5 @@
 import { nanoid } from 'nanoid';
-import { Reassembler, type FramingLimits } from './chunking.js';
+import { Reassembler, type FramingLimits, type ReassemblyBuffer } from './chunking.js';
 import { DEFAULT_CHUNK_BYTES, DEFAULT_MAX_MESSAGE_BYTES, WIRE_EVENT } from './constants.js';
 import type { Envelope } from './envelope.js';
 import { ErrorCode, ProtocolError } from './errors.js';
@@ -44,12 +44,18 @@ export class Channel {
   private readonly reassembler: Reassembler;
   private readonly onFrame = (frame: unknown) => this.receive(frame);
 
+  /**
+   * `reassembleInto`: only for handlers that keep nothing of a message past their return (no envelope, no view of a
+   * tensor's bytes: decode what you need synchronously). Chunked messages are then reassembled into that shared
+   * buffer, which the channel gives back as soon as `message` returns.
+   */
   constructor(
     private readonly socket: WireSocket,
     private readonly handlers: ChannelHandlers,
     private limits: FramingLimits = DEFAULT_FRAMING,
+    reassembleInto?: ReassemblyBuffer,
   ) {
-    this.reassembler = new Reassembler(limits);
+    this.reassembler = new Reassembler(limits, reassembleInto);
     socket.on(WIRE_EVENT, this.onFrame);
   }
 
@@ -110,7 +116,11 @@ export class Channel {
     this.lastMessageBytes = this.partialBytes;
     this.partialBytes = 0;
     this.stats.messagesIn++;
-    this.handlers.message(env);
+    try {
+      this.handlers.message(env);
+    } finally {
+      this.reassembler.release();
+    }
   }
 
   private reject(err: ProtocolError): void {

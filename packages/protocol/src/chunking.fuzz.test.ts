@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { frameMessage, Reassembler, type FramingLimits } from './chunking.js';
+import { frameMessage, Reassembler, ReassemblyBuffer, type FramingLimits } from './chunking.js';
 import { decodeEnvelope, encodeEnvelope } from './envelope.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 
@@ -23,7 +23,10 @@ type Outcome = { kind: 'pending' } | { kind: 'message'; bytes: Uint8Array } | { 
 function accept(r: Reassembler, frame: Uint8Array): Outcome {
   try {
     const env = r.accept(frame);
-    return env ? { kind: 'message', bytes: encodeEnvelope(env) } : { kind: 'pending' };
+    const out: Outcome = env ? { kind: 'message', bytes: encodeEnvelope(env) } : { kind: 'pending' };
+    // Done with it, as a channel is once its handler returned (a no-op for a reassembler without a shared buffer).
+    r.release();
+    return out;
   } catch (e) {
     assert.ok(e instanceof ProtocolError, `the reassembler threw ${String(e)} instead of a ProtocolError`);
     return { kind: 'error', code: e.code };
@@ -125,11 +128,17 @@ test('any frame sequence: outcomes follow the framing rules and the buffer never
   fc.assert(
     fc.property(fc.array(hostileFrame, { maxLength: 60 }), (frames) => {
       const r = new Reassembler(limits);
+      // The same frames into a shared reassembly buffer, as the coordinator's channels do: the same outcomes, and the
+      // buffer is never left lent (a refused message gives it back).
+      const shared = new ReassemblyBuffer();
+      const rs = new Reassembler(limits, shared);
       const spec = new FramingSpec(limits);
       for (const f of frames) {
         const want = spec.expect(f);
         const got = accept(r, f);
         assert.deepEqual(got, want);
+        assert.deepEqual(accept(rs, f), want);
+        assert.equal(shared.isLent, false);
         seen.add(got.kind === 'error' ? ErrorCode[got.code]! : got.kind);
         // Growth doubles at most, never past a stream's declared size, and never past the per-peer cap.
         assert.ok(r.bufferedBytes <= 2 * spec.heldBytes, `${r.bufferedBytes} bytes buffered for ${spec.heldBytes} received`);

@@ -87,8 +87,16 @@ export function decodeTensorInto(t: WireTensor, expectedShape: readonly number[]
   switch (dtype) {
     case DType.FLOAT32:
       if (littleEndian) {
-        // One copy into aligned memory: the wire bytes may sit at any offset of the message buffer.
-        new Uint8Array(target.buffer, target.byteOffset, target.byteLength).set(data);
+        // One copy into aligned memory (the wire bytes may sit at any offset of the message buffer), validated a step
+        // at a time while the step is still in cache: a separate pass would read the whole tensor from memory again.
+        const bytes = new Uint8Array(target.buffer, target.byteOffset, target.byteLength);
+        for (let start = 0; start < n; start += COPY_STEP) {
+          const end = Math.min(n, start + COPY_STEP);
+          bytes.set(data.subarray(start * 4, end * 4), start * 4);
+          const bad = firstNonFiniteIn(target, start, end);
+          if (bad >= 0) throw new ProtocolError(ErrorCode.NON_FINITE_VALUES, `tensor ${name}: non-finite value at index ${bad}`);
+        }
+        return;
       } else {
         const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
         for (let i = 0; i < n; i++) target[i] = dv.getFloat32(i * 4, true);
@@ -109,22 +117,41 @@ export function decodeTensorInto(t: WireTensor, expectedShape: readonly number[]
   if (bad >= 0) throw new ProtocolError(ErrorCode.NON_FINITE_VALUES, `tensor ${name}: non-finite value at index ${bad}`);
 }
 
+/** Values copied and validated per step by decodeTensorInto: 64 KB, which stays in cache between the two. */
+const COPY_STEP = 16384;
+/** Values summed before branching in firstNonFiniteIn. */
+const CHECK_BLOCK = 4096;
+
 /**
- * Index of the first NaN or +-Infinity in `values`, or -1. Tests the exponent bits of the float32 patterns, OR-ing a
- * whole block before branching: about twice as fast as Number.isFinite per value, and validation is a full pass over
- * every update the coordinator receives.
+ * Index of the first NaN or +-Infinity in `values`, or -1. Validation is a full pass over every update the
+ * coordinator receives, so it is the fastest form the JIT gives here (see firstNonFiniteIn).
  */
 export function firstNonFinite(values: Float32Array): number {
-  const bits = new Int32Array(values.buffer, values.byteOffset, values.length);
-  const n = bits.length;
-  const BLOCK = 4096;
-  for (let start = 0; start < n; start += BLOCK) {
-    const end = Math.min(n, start + BLOCK);
-    let acc = 0;
-    // An all-ones exponent (0x7f800000) plus 0x00800000 carries into the sign bit; any other exponent does not.
-    for (let i = start; i < end; i++) acc |= ((bits[i]! & 0x7f800000) + 0x00800000) & 0x80000000;
-    if (acc !== 0) {
-      for (let i = start; i < end; i++) if (!Number.isFinite(values[i]!)) return i;
+  return firstNonFiniteIn(values, 0, values.length);
+}
+
+/**
+ * firstNonFinite over values[start, end). x * 0 is 0 for every finite x and NaN for NaN and +-Infinity, so a block's
+ * sum of them is 0 exactly when the block is finite; four independent sums keep the additions from waiting on each
+ * other. About 1.4 times as fast as OR-ing the exponent bits of an Int32Array view, and twice Number.isFinite.
+ */
+function firstNonFiniteIn(values: Float32Array, start: number, end: number): number {
+  for (let block = start; block < end; block += CHECK_BLOCK) {
+    const stop = Math.min(end, block + CHECK_BLOCK);
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    let i = block;
+    for (; i + 4 <= stop; i += 4) {
+      s0 += values[i]! * 0;
+      s1 += values[i + 1]! * 0;
+      s2 += values[i + 2]! * 0;
+      s3 += values[i + 3]! * 0;
+    }
+    for (; i < stop; i++) s0 += values[i]! * 0;
+    if (s0 + s1 + s2 + s3 !== 0) {
+      for (let j = block; j < stop; j++) if (!Number.isFinite(values[j]!)) return j;
     }
   }
   return -1;

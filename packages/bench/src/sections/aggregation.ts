@@ -6,7 +6,8 @@ import type { SectionOptions, SectionResult } from '../section.js';
 /**
  * Streaming FedAvg (the coordinator's real strategy: begin, add N updates, apply to the base) against the memory-bound
  * floor: a plain multiply-add loop over the same N updates into one preallocated Float32Array. The floor reads exactly
- * the bytes the aggregation must read; the aggregation additionally allocates its sum and writes the new model.
+ * the bytes the aggregation must read; the aggregation additionally writes the new model (base plus the mean step).
+ * Rounds follow each other as in the coordinator, the model a round replaced recycled as the next round's sum.
  */
 export async function run(opts: SectionOptions): Promise<SectionResult> {
   const params = opts.quick ? 2_000_000 : 10_000_000;
@@ -20,11 +21,16 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
   const strategy = new FedAvg();
   let sink = 0;
 
+  // As the round engine uses it: each round's base is the previous round's model, and once a round commits the model
+  // it replaced goes back to the strategy (the first base is the caller's own array, which recycle ignores).
+  let model = base;
   const candidate = {
     run: () => {
       const agg = strategy.begin(layout);
       for (let k = 0; k < n; k++) agg.add(updates[k]!, counts[k]!);
-      const out = agg.apply(base);
+      const out = agg.apply(model);
+      strategy.recycle(model);
+      model = out;
       sink += out[P - 1]!;
     },
   };

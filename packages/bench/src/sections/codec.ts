@@ -7,6 +7,7 @@ import {
   framePieces,
   layerView,
   Reassembler,
+  ReassemblyBuffer,
 } from '@fedunlearn/protocol';
 import { compare, spreadOf, summarise } from '../measure.js';
 import { denseLayout, filled, round } from '../fixtures.js';
@@ -14,8 +15,8 @@ import type { SectionOptions, SectionResult } from '../section.js';
 
 /**
  * Encode plus decode of one client update through the real wire path (tensors from per-layer views, the Update
- * envelope cut straight into chunk frames, reassembly, decode and validation into a float32 buffer, as the dispatcher does),
- * against copying the same bytes once with Uint8Array.set.
+ * envelope cut straight into chunk frames, reassembly into the coordinator's shared reassembly buffer, decode and
+ * validation into a float32 buffer, as the dispatcher does), against copying the same bytes once with Uint8Array.set.
  */
 export async function run(opts: SectionOptions): Promise<SectionResult> {
   const layout = denseLayout(10_000_000);
@@ -24,6 +25,8 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
   const delta = filled(P, 7);
   const frameBytes = { total: 0, frames: 0 };
   const target = new Float32Array(P);
+  // Shared by every connection of a coordinator (transport/socket-server.ts), so it outlives each message.
+  const reassembly = new ReassemblyBuffer();
   let sink = 0;
 
   const encodeMs: number[] = [];
@@ -36,7 +39,7 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
       const pieces = envelopePieces({ update: { taskId: 'task-0123456789', delta: tensors, numExamples: 600, metrics: { loss: 0.5 } } });
       const frames = framePieces(pieces, 'bench-strm', DEFAULT_FRAMING);
       const t1 = performance.now();
-      const reassembler = new Reassembler(DEFAULT_FRAMING);
+      const reassembler = new Reassembler(DEFAULT_FRAMING, reassembly);
       let env = null;
       frameBytes.total = 0;
       for (const f of frames) {
@@ -48,6 +51,8 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
       const update = expectBody(env, 'update');
       // Into a reused buffer, as the dispatcher decodes answers (its buffers are recycled once an answer is folded).
       const out = decodeWeights(update.delta ?? [], layout, target);
+      // As Channel.receive does once the handler returned: the reassembled bytes are dead, the next message reuses them.
+      reassembler.release();
       sink += out[P - 1]!;
       encodeMs.push(t1 - t0);
       decodeMs.push(performance.now() - t1);

@@ -142,3 +142,72 @@ test('an applied aggregation is finished: a further add or apply throws instead 
   assert.throws(() => agg.apply(base), /already applied/);
   assert.deepEqual(got, copy);
 });
+
+test('a recycled model buffer becomes a later sum, whatever it held, and the result stays exact', () => {
+  const r = rng(12);
+  const strategy = new FedAvg();
+  const base = random(r, 1);
+  const first = strategy.begin(layout);
+  first.add(random(r, 1), 3);
+  const m1 = first.apply(base);
+  // The round engine hands back the model a commit replaced; here m1 as if two rounds later, full of stale values.
+  strategy.recycle(m1);
+  const updates = [random(r, 0.5), random(r, 0.5), random(r, 0.5)];
+  const counts = [7, 300, 41];
+  const base2 = random(r, 1);
+  const agg = strategy.begin(layout);
+  for (let j = 0; j < updates.length; j++) agg.add(updates[j]!, counts[j]!);
+  const got = agg.apply(base2);
+  assert.equal(got, m1, 'the recycled buffer was reused');
+  const want = reference(base2, updates, counts);
+  for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want[i]!) <= 1e-5);
+});
+
+test('recycle ignores buffers the strategy did not return, and takes a returned one back only once', () => {
+  const r = rng(13);
+  const strategy = new FedAvg();
+  const mine = random(r, 1);
+  const mineCopy = mine.slice();
+  strategy.recycle(mine); // the caller's own array (e.g. the initial model) must never be written
+  const a = strategy.begin(layout);
+  a.add(random(r, 1), 1);
+  const out = a.apply(random(r, 1));
+  assert.notEqual(out, mine);
+  assert.deepEqual(mine, mineCopy);
+
+  // Recycled twice by mistake: two aggregations open at once must still get two different sums.
+  strategy.recycle(out);
+  strategy.recycle(out);
+  const x = strategy.begin(layout);
+  const y = strategy.begin(layout);
+  const u = random(r, 1);
+  const v = random(r, 1);
+  x.add(u, 1);
+  y.add(v, 1);
+  const base = random(r, 1);
+  const gx = x.apply(base);
+  const gy = y.apply(base);
+  assert.notEqual(gx, gy);
+  for (let i = 0; i < gx.length; i++) {
+    assert.ok(Math.abs(gx[i]! - (base[i]! + u[i]!)) <= 1e-6);
+    assert.ok(Math.abs(gy[i]! - (base[i]! + v[i]!)) <= 1e-6);
+  }
+});
+
+test('a buffer recycled while an aggregation still owns it as its sum is refused (it was not returned yet)', () => {
+  const r = rng(14);
+  const strategy = new FedAvg();
+  const a = strategy.begin(layout);
+  a.add(random(r, 1), 1);
+  const out = a.apply(random(r, 1));
+  strategy.recycle(out);
+  const b = strategy.begin(layout); // takes out as its sum
+  strategy.recycle(out); // no longer issued: ignored, so a third aggregation cannot share it
+  const c = strategy.begin(layout);
+  const u = random(r, 1);
+  b.add(u, 1);
+  c.add(random(r, 1), 1);
+  const base = random(r, 1);
+  const gb = b.apply(base);
+  for (let i = 0; i < gb.length; i++) assert.ok(Math.abs(gb[i]! - (base[i]! + u[i]!)) <= 1e-6);
+});

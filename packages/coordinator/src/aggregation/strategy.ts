@@ -7,6 +7,13 @@ import type { WeightLayout } from '@fedunlearn/protocol';
 export interface AggregationStrategy {
   readonly name: string;
   begin(layout: WeightLayout): Aggregation;
+  /**
+   * Hands back a buffer that an earlier `apply` of this strategy returned, once nothing references it any more (the
+   * round engine gives back the model a committed round replaced, and the model of a round that was not committed):
+   * a later `begin` may write over it. A buffer this strategy did not return is ignored, so a caller's own arrays are
+   * never written. Optional: a strategy without it allocates per aggregation.
+   */
+  recycle?(buffer: Float32Array): void;
 }
 
 export interface Aggregation {

@@ -113,6 +113,8 @@ export class RoundEngine {
       });
       if (!step.weights || step.participants.length < config.minClients) {
         store.discardStaged(roundId);
+        // An uncommitted model was never published: its buffer can hold the next attempt's sum.
+        if (step.weights) strategy.recycle?.(step.weights);
         lastAnswered = step.participants.length;
         lastMissing = step.missing;
         log.warn({ round, attempt, answered: step.participants.length, missing: step.missing }, 'round below quorum, retrying');
@@ -142,8 +144,12 @@ export class RoundEngine {
         durationMs: Date.now() - started,
         timing: { ...step.timing, commitMs },
       };
+      const replaced = current.weights.values;
       current.version = model.version;
       current.weights = { layout: current.weights.layout, values: step.weights };
+      // The cache held the only reference to the replaced model (its blob was written at its commit, tasks were
+      // encoded from it into their own frames, Coordinator.model() hands out copies): the next round may sum into it.
+      strategy.recycle?.(replaced);
       log.info({ round, version: model.version, participants: outcome.participants.length, missing: step.missing.length, ms: outcome.durationMs }, 'round committed');
       return outcome;
     }

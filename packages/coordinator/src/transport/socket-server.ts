@@ -9,6 +9,7 @@ import {
   fedunlearn,
   PROTOCOL_VERSION,
   ProtocolError,
+  ReassemblyBuffer,
   socketBufferBytes,
   type FramingLimits,
 } from '@fedunlearn/protocol';
@@ -27,6 +28,8 @@ export interface Authenticator {
 
 /** What an authenticated client may ask of the coordinator besides answering tasks. */
 export interface SessionHandlers {
+  /** Must not keep `update` or a view of its tensors' bytes past its return: their memory is reused for the next
+   *  message (decode the delta synchronously, as the dispatcher does). */
   update(session: ClientSession, update: fedunlearn.v1.Update, bytes: number): void;
   forgetRequest(session: ClientSession, req: fedunlearn.v1.ForgetRequest): void;
   clientError(session: ClientSession, err: fedunlearn.v1.Error): void;
@@ -64,6 +67,12 @@ export class SocketServer {
   /** Open connections' channels: their bytes join `counters` only when they close. */
   private readonly live = new Set<Channel>();
   private readonly hellos: HandshakeQueue;
+  /**
+   * Every connection's chunked messages are reassembled into this one buffer: the handlers keep nothing of a message
+   * past their return (an Update's tensors are decoded into the dispatcher's own buffers synchronously, and no other
+   * message a client may send has a bytes field), and frame events run one at a time.
+   */
+  private readonly reassembly = new ReassemblyBuffer();
 
   constructor(
     http: HttpServer | HttpsServer,
@@ -170,6 +179,7 @@ export class SocketServer {
         protocolError: (err) => this.refuse(err.codeName),
       },
       this.opts.framing,
+      this.reassembly,
     );
     this.live.add(channel);
 
