@@ -50,7 +50,12 @@ interface OpenStream {
 export class Reassembler {
   private readonly open = new Map<string, OpenStream>();
 
-  constructor(private readonly limits: FramingLimits) {}
+  /** `admit` may refuse a new chunked message (by throwing a ProtocolError) from its declared size, before any of it
+   *  is buffered: the coordinator's upload flow control. */
+  constructor(
+    private readonly limits: FramingLimits,
+    private readonly admit?: (streamId: string, totalBytes: number) => void,
+  ) {}
 
   /**
    * Accepts one received frame. Returns the complete envelope when one is ready, or null while a chunked message is
@@ -79,6 +84,7 @@ export class Reassembler {
         if (this.open.size >= this.limits.maxOpenStreams) {
           throw new ProtocolError(ErrorCode.RATE_LIMITED, `more than ${this.limits.maxOpenStreams} chunked messages open at once`, id);
         }
+        this.admit?.(id, totalBytes);
         // Allocating the declared size up front would let a peer that sent a few tiny frames (before it even said
         // hello) pin maxOpenStreams x maxMessageBytes of memory; the buffer grows as data arrives instead.
         s = { total: c.total, totalBytes, nextSeq: 0, written: 0, pieces: [] };
