@@ -107,6 +107,10 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   /** Consecutive hellos refused because the coordinator was busy; sets the back-off before the next. */
   private busyRefusals = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Answers larger than this wait for an upload grant (the Welcome says; 0: none do). */
+  private grantAboveBytes = 0;
+  /** Upload requests waiting for their grant, by task id: resolved true when granted, false when refused or lost. */
+  private readonly grantWaits = new Map<string, (granted: boolean) => void>();
   sessionId = '';
 
   constructor(private readonly opts: FederatedClientOptions) {
@@ -135,7 +139,11 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     this.socket = socket;
     this.channel = new Channel(socket, { message: (env) => this.onMessage(env) }, this.opts.framing ?? DEFAULT_FRAMING);
     socket.on('connect', () => this.hello());
-    socket.on('disconnect', (reason) => this.emit('disconnected', String(reason)));
+    socket.on('disconnect', (reason) => {
+      // The coordinator forgets a lost connection's tasks, and so its grants.
+      this.settleGrantWaits(false);
+      this.emit('disconnected', String(reason));
+    });
     socket.io.on('reconnect_attempt', (attempt) => this.emit('reconnecting', attempt));
     socket.on('connect_error', (e) => {
       // A certificate the client does not trust never becomes a connection: fail at once instead of at the timeout.
@@ -223,6 +231,22 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     }, delay);
   }
 
+  private settleGrantWaits(granted: boolean, taskId?: string): void {
+    for (const [id, settle] of [...this.grantWaits]) {
+      if (taskId !== undefined && id !== taskId) continue;
+      this.grantWaits.delete(id);
+      settle(granted);
+    }
+  }
+
+  /** Asks to upload `bytes` for a task and waits for the grant; false if refused or the connection was lost. */
+  private requestUpload(taskId: string, bytes: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      this.grantWaits.set(taskId, resolve);
+      this.channel!.send({ uploadRequest: { taskId, bytes } });
+    });
+  }
+
   private requireChannel(): Channel {
     if (!this.channel || !this.socket?.connected) throw new Error('not connected');
     return this.channel;
@@ -254,6 +278,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
         this.helloPending = false;
         this.busyRefusals = 0;
         this.sessionId = env.welcome!.sessionId ?? '';
+        this.grantAboveBytes = Number(env.welcome!.uploadGrantAboveBytes ?? 0);
         this.channel?.adoptPeerFraming({ chunkBytes: env.welcome!.chunkBytes ?? 0, maxMessageBytes: Number(env.welcome!.maxMessageBytes ?? 0) });
         this.emit('connected', { sessionId: this.sessionId, backend: this.backend!.name });
         this.welcomed?.resolve();
@@ -267,6 +292,9 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
         });
         return;
       }
+      case 'uploadGrant':
+        this.settleGrantWaits(true, env.uploadGrant!.taskId ?? '');
+        return;
       case 'forgetReceipt': {
         const r = env.forgetReceipt as fedunlearn.v1.ForgetReceipt;
         this.receipts.get(r.requestId)?.resolve(r.jobId);
@@ -307,6 +335,8 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
           this.welcomed = null;
           this.socket?.disconnect();
         }
+        // A refused upload request (the task expired, ...): its answer is not sent.
+        if (e.ref) this.settleGrantWaits(false, e.ref);
         for (const [id, r] of this.receipts) {
           if (e.ref === id) {
             r.reject(new Error(`${info.code}: ${info.message}`));
@@ -370,7 +400,8 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
         steps: out.metrics.steps,
         samples: Math.round(out.metrics.sampleEpochs * out.numExamples),
       };
-      channel.send({
+      if (!socket.connected) return;
+      const answer = inner.prepare({
         update: {
           taskId: task.taskId,
           delta,
@@ -379,6 +410,11 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
           timings: { trainMs: out.trainMs, encodeMs: performance.now() - encodeStart, decodeMs },
         },
       });
+      // A large answer waits for the coordinator's grant (upload flow control), so that it never holds more
+      // arriving updates than it can fold and stage; a refusal means the task is over for this client.
+      if (this.grantAboveBytes > 0 && answer.bytes > this.grantAboveBytes && !(await this.requestUpload(task.taskId, answer.bytes))) return;
+      if (!socket.connected) return;
+      answer.send();
       this.emit('task', { taskId: task.taskId, kind, round: task.round, jobId: task.jobId, metrics, trainMs: out.trainMs });
     } catch (e) {
       channel.sendError(ErrorCode.TRAINING_FAILED, (e as Error).message, task.taskId);

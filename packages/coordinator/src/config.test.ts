@@ -178,6 +178,16 @@ test('security: enrolment is closed unless asked; limits default field by field;
   assert.ok(cross.some((i) => /^limits\.authMaxLockoutMs: must be at least authLockoutMs/.test(i)), cross.join('\n'));
 });
 
+test('uploads: flow control options default field by field, 0 turns grants off, bad ones are named', () => {
+  assert.deepEqual(coordinatorOptionsOf(loadConfig({ overrides: {} })).uploads, {});
+  const c = loadConfig({ file: file('uploads.yaml', 'uploads:\n  windowBytes: 1048576\n  grantAboveBytes: 0\n'), overrides: {} });
+  assert.deepEqual(coordinatorOptionsOf(c).uploads, { windowBytes: 1048576, grantAboveBytes: 0 });
+  const bad = issuesOf(() => loadConfig({ file: file('bad-uploads.yaml', 'uploads:\n  windowBytes: 0\n  grantAboveBytes: -1\n  nonsense: 1\n'), overrides: {} }));
+  assert.ok(bad.some((i) => /^uploads\.windowBytes: must be > 0/.test(i)), bad.join('\n'));
+  assert.ok(bad.some((i) => /^uploads\.grantAboveBytes: /.test(i)), bad.join('\n'));
+  assert.ok(bad.some((i) => /^uploads: unknown field nonsense/.test(i)), bad.join('\n'));
+});
+
 test('tls: certificate paths in a file are its neighbours and are read into the options; an unreadable one is named', () => {
   const sub = join(dir, 'tls');
   mkdirSync(sub, { recursive: true });

@@ -76,6 +76,17 @@ export const serviceConfigSchema = z
       .partial()
       .strict()
       .default({}),
+    /** Upload flow control (CoordinatorOptions.uploads); any field left out keeps its default. */
+    uploads: z
+      .object({
+        windowBytes: posInt,
+        /** 0 turns the flow control off. */
+        grantAboveBytes: z.number().int().min(0),
+        uploadTimeoutMs: posInt,
+      })
+      .partial()
+      .strict()
+      .default({}),
     /** Serve HTTPS: PEM files of the certificate (chain) and key, and optionally a CA bundle. */
     tls: z.object({ cert: z.string().min(1), key: z.string().min(1), ca: z.string().min(1).optional() }).strict().optional(),
   })
@@ -186,7 +197,7 @@ export function modelOf(cfg: ServiceConfig): { name: ArchitectureName; options: 
 
 /** Everything of CoordinatorOptions a config decides; the caller adds the store, the model and the logger. */
 export type ConfiguredCoordinatorOptions = Required<
-  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'modelsAfterForget' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth'>
+  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'modelsAfterForget' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth' | 'uploads'>
 > &
   Pick<CoordinatorOptions, 'operatorToken' | 'tls'> & { limits: Partial<SecurityLimits> };
 
@@ -209,6 +220,7 @@ export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorO
     roundIntervalMs: cfg.roundIntervalMs,
     metricsAuth: cfg.metricsAuth,
     limits: Object.fromEntries(Object.entries(cfg.limits).filter(([, v]) => v !== undefined)) as Partial<SecurityLimits>,
+    uploads: Object.fromEntries(Object.entries(cfg.uploads).filter(([, v]) => v !== undefined)),
     ...(cfg.operatorToken ? { operatorToken: cfg.operatorToken } : {}),
     ...(cfg.tls ? { tls: readTls(cfg.tls) } : {}),
   };

@@ -9,7 +9,7 @@ import type { ClientRecord, HistoryStore, JobRecord } from './history/store.js';
 import { buildHttpApi, type TlsFiles } from './http/api.js';
 import { createLogger, type Logger } from './logger.js';
 import { CoordinatorMetrics } from './metrics.js';
-import { TaskDispatcher } from './rounds/dispatcher.js';
+import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher } from './rounds/dispatcher.js';
 import { QuorumError, RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { assertClientId } from './transport/client-id.js';
 import { ClientRegistry } from './transport/client-registry.js';
@@ -103,6 +103,13 @@ export interface CoordinatorOptions {
   heartbeatIntervalMs?: number;
   /** Pause between rounds when running continuously. */
   roundIntervalMs?: number;
+  /**
+   * Upload flow control (UploadRequest in the proto): answers above `grantAboveBytes` (default 1 MB; 0 turns it off)
+   * are sent only once granted, and grants keep the update bytes arriving or waiting to be folded and staged under
+   * `windowBytes` (default 128 MB; one grant is always possible). A granted upload has `uploadTimeoutMs` (default
+   * 60 s) to arrive.
+   */
+  uploads?: { windowBytes?: number; grantAboveBytes?: number; uploadTimeoutMs?: number };
 }
 
 export interface CoordinatorEvents {
@@ -161,8 +168,15 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       historyStats: () => this.store.stats(),
       jobs: () => this.store.listJobs(),
       transport: () => this.transport.totals(),
+      uploads: () => this.dispatcher.counters,
     });
-    this.dispatcher = new TaskDispatcher(this.registry, this.metrics);
+    const framing = opts.framing ?? DEFAULT_FRAMING;
+    this.dispatcher = new TaskDispatcher(this.registry, this.metrics, {
+      windowBytes: opts.uploads?.windowBytes ?? DEFAULT_UPLOAD_WINDOW_BYTES,
+      grantAboveBytes: opts.uploads?.grantAboveBytes ?? DEFAULT_GRANT_ABOVE_BYTES,
+      uploadTimeoutMs: opts.uploads?.uploadTimeoutMs ?? DEFAULT_UPLOAD_TIMEOUT_MS,
+      maxMessageBytes: framing.maxMessageBytes,
+    });
     const strategy = opts.strategy ?? new FedAvg();
     this.unlearning = new UnlearningEngine({
       store: this.store,
@@ -219,14 +233,17 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       this.registry,
       this.authenticator(),
       {
-        update: (session, update, bytes) => this.dispatcher.receiveUpdate(session, update, bytes),
+        update: (session, update, bytes, chunked) => this.dispatcher.receiveUpdate(session, update, bytes, chunked),
+        uploadRequest: (session, req) => this.dispatcher.receiveUploadRequest(session, req),
+        admitStream: (session, streamId, totalBytes) => this.dispatcher.admitStream(session?.clientId ?? null, streamId, totalBytes),
+        grantAboveBytes: () => this.dispatcher.grantAboveBytes,
         forgetRequest: (session, req) => this.onForgetRequest(session, req),
         clientError: (session, err) => {
           if (err.ref) this.dispatcher.receiveFailure(session, err.ref, err.message);
         },
       },
       {
-        framing: opts.framing ?? DEFAULT_FRAMING,
+        framing,
         helloTimeoutMs: opts.helloTimeoutMs ?? 10_000,
         heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 5_000,
         coordinatorVersion: COORDINATOR_VERSION,

@@ -17,12 +17,15 @@ function samples(text: string): Map<string, number> {
 }
 
 /** Sources whose values a test changes between scrapes. */
-function sources(): MetricsSources & { state: { clients: number; stats: HistoryStats; jobs: JobRecord[]; transport: ReturnType<MetricsSources['transport']> } } {
+function sources(): MetricsSources & {
+  state: { clients: number; stats: HistoryStats; jobs: JobRecord[]; transport: ReturnType<MetricsSources['transport']>; uploads: ReturnType<MetricsSources['uploads']> };
+} {
   const state = {
     clients: 0,
     stats: { modelBytes: 0, updateBytes: 0, updateBytesByDtype: {}, updates: 0, rounds: 0, models: 0, modelsErased: 0 } as HistoryStats,
     jobs: [] as JobRecord[],
     transport: { connections: 0, refused: {} as Record<string, number>, bytesIn: 0, bytesOut: 0 },
+    uploads: { heldUpdateBytes: 0, peakHeldUpdateBytes: 0, grantedUploadBytes: 0, uploadsWaiting: 0, uploadGrants: 0 },
   };
   return {
     state,
@@ -30,6 +33,7 @@ function sources(): MetricsSources & { state: { clients: number; stats: HistoryS
     historyStats: () => state.stats,
     jobs: () => state.jobs,
     transport: () => state.transport,
+    uploads: () => state.uploads,
   };
 }
 
@@ -83,6 +87,13 @@ test('state is read from the sources at every scrape', async () => {
   assert.equal(s.get('fedunlearn_refused_total{reason="HELLO_TIMEOUT"}'), 1);
   assert.equal(s.get('fedunlearn_wire_bytes_total{direction="in"}'), 12345);
   assert.equal(s.get('fedunlearn_wire_bytes_total{direction="out"}'), 67890);
+  src.state.uploads = { heldUpdateBytes: 3_000_000, peakHeldUpdateBytes: 9_000_000, grantedUploadBytes: 4_000_000, uploadsWaiting: 7, uploadGrants: 12 };
+  s = samples((await m.scrape()).body);
+  assert.equal(s.get('fedunlearn_update_bytes_held{stat="now"}'), 3_000_000);
+  assert.equal(s.get('fedunlearn_update_bytes_held{stat="peak"}'), 9_000_000);
+  assert.equal(s.get('fedunlearn_upload_granted_bytes'), 4_000_000);
+  assert.equal(s.get('fedunlearn_upload_requests_waiting'), 7);
+  assert.equal(s.get('fedunlearn_upload_grants_total'), 12);
 
   // The next scrape shows the new state, not the old one plus the new one.
   src.state.clients = 1;

@@ -21,6 +21,8 @@ export interface MetricsSources {
   jobs(): JobRecord[];
   /** The socket server's totals since it started (refusals by reason, bytes including live sessions). */
   transport(): { connections: number; refused: Record<string, number>; bytesIn: number; bytesOut: number };
+  /** The dispatcher's upload flow control: update bytes held now and at most, grants. */
+  uploads(): { heldUpdateBytes: number; peakHeldUpdateBytes: number; grantedUploadBytes: number; uploadsWaiting: number; uploadGrants: number };
 }
 
 export interface MetricsOptions {
@@ -163,6 +165,42 @@ export class CoordinatorMetrics implements DispatchObserver {
         this.reset();
         this.inc({ direction: 'in' }, t.bytesIn);
         this.inc({ direction: 'out' }, t.bytesOut);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}update_bytes_held`,
+      help: 'Bytes of client updates received and not yet folded and staged (wire size), by stat: now, or peak since start. The upload window bounds it.',
+      labelNames: ['stat'],
+      registers,
+      collect() {
+        const u = sources.uploads();
+        this.set({ stat: 'now' }, u.heldUpdateBytes);
+        this.set({ stat: 'peak' }, u.peakHeldUpdateBytes);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}upload_granted_bytes`,
+      help: 'Bytes of upload grants not yet released (arriving, or received and not yet folded and staged).',
+      registers,
+      collect() {
+        this.set(sources.uploads().grantedUploadBytes);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}upload_requests_waiting`,
+      help: 'Clients that finished a task and wait for an upload grant.',
+      registers,
+      collect() {
+        this.set(sources.uploads().uploadsWaiting);
+      },
+    });
+    new Counter({
+      name: `${PREFIX}upload_grants_total`,
+      help: 'Upload grants issued.',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(sources.uploads().uploadGrants);
       },
     });
   }

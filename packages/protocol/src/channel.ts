@@ -4,7 +4,7 @@ import { DEFAULT_CHUNK_BYTES, DEFAULT_MAX_MESSAGE_BYTES, WIRE_EVENT } from './co
 import type { Envelope } from './envelope.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 import type { fedunlearn } from './gen/proto.js';
-import { envelopePieces, framePieces, type TensorListBytes } from './pieces.js';
+import { envelopePieces, framePieces, piecesLength, type TensorListBytes } from './pieces.js';
 
 /** The part of a socket.io socket (server or client side) a channel needs. */
 export interface WireSocket {
@@ -17,6 +17,17 @@ export interface ChannelHandlers {
   message(env: fedunlearn.v1.Envelope): void;
   /** A frame that could not be accepted; the channel has already told the peer. */
   protocolError?(err: ProtocolError): void;
+  /** Decides whether a chunked message of `totalBytes` may start arriving (throw a ProtocolError to refuse it);
+   *  called at its first chunk, before anything of it is buffered. */
+  admitStream?(streamId: string, totalBytes: number): void;
+}
+
+/** A message encoded and measured but not yet sent (see Channel.prepare). */
+export interface PreparedMessage {
+  /** Encoded size of the envelope, before chunking. */
+  readonly bytes: number;
+  /** Sends it; returns the bytes put on the wire. */
+  send(): number;
 }
 
 export interface ChannelStats {
@@ -40,7 +51,10 @@ export class Channel {
   readonly stats: ChannelStats = { bytesIn: 0, bytesOut: 0, messagesIn: 0, messagesOut: 0 };
   /** Wire bytes of the last complete message received (all its chunks). */
   lastMessageBytes = 0;
+  /** Frames of the last complete message received: 1 unless it came as chunks. */
+  lastMessageFrames = 0;
   private partialBytes = 0;
+  private partialFrames = 0;
   private readonly reassembler: Reassembler;
   private readonly onFrame = (frame: unknown) => this.receive(frame);
 
@@ -55,7 +69,7 @@ export class Channel {
     private limits: FramingLimits = DEFAULT_FRAMING,
     reassembleInto?: ReassemblyBuffer,
   ) {
-    this.reassembler = new Reassembler(limits, reassembleInto);
+    this.reassembler = new Reassembler(limits, reassembleInto, handlers.admitStream && ((id, n) => handlers.admitStream!(id, n)));
     socket.on(WIRE_EVENT, this.onFrame);
   }
 
@@ -64,8 +78,21 @@ export class Channel {
    * weights may come pre-encoded (encodeTaskWeights, once for many clients) instead of in msg.task.weights.
    */
   send(msg: Envelope, taskWeights?: TensorListBytes): number {
+    return this.sendPieces(envelopePieces(msg, taskWeights));
+  }
+
+  /**
+   * Encodes a message without sending it, so that its size can be announced first (an UploadRequest) and the same
+   * encoding sent once granted. The pieces are views of the message's tensor data, which must not change meanwhile.
+   */
+  prepare(msg: Envelope): PreparedMessage {
+    const pieces = envelopePieces(msg);
+    return { bytes: piecesLength(pieces), send: () => this.sendPieces(pieces) };
+  }
+
+  private sendPieces(pieces: Uint8Array[]): number {
     // Tensor data goes from the caller's buffers straight into the frames: one copy, no full-size message buffer.
-    const frames = framePieces(envelopePieces(msg, taskWeights), nanoid(10), this.limits);
+    const frames = framePieces(pieces, nanoid(10), this.limits);
     let n = 0;
     for (const f of frames) {
       this.socket.emit(WIRE_EVENT, f);
@@ -104,17 +131,21 @@ export class Channel {
     }
     this.stats.bytesIn += frame.byteLength;
     this.partialBytes += frame.byteLength;
+    this.partialFrames++;
     let env: fedunlearn.v1.Envelope | null;
     try {
       env = this.reassembler.accept(frame);
     } catch (e) {
       this.partialBytes = 0;
+      this.partialFrames = 0;
       this.reject(e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.MALFORMED_MESSAGE, String(e)));
       return;
     }
     if (!env) return;
     this.lastMessageBytes = this.partialBytes;
+    this.lastMessageFrames = this.partialFrames;
     this.partialBytes = 0;
+    this.partialFrames = 0;
     this.stats.messagesIn++;
     try {
       this.handlers.message(env);

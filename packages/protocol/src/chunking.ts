@@ -83,10 +83,13 @@ export class Reassembler {
    * With `reuse`, a chunked message is reassembled into that shared buffer: the envelope returned (its byte fields
    * are views of that memory) is valid only until release() is called; the next message may overwrite it. Without
    * release() the buffer stays lent and later messages get fresh memory, so forgetting it is slow, never unsafe.
+   * `admit` may refuse a new chunked message (by throwing a ProtocolError) from its declared size, before any of it
+   * is buffered: the coordinator's upload flow control.
    */
   constructor(
     private readonly limits: FramingLimits,
     private readonly reuse?: ReassemblyBuffer,
+    private readonly admit?: (streamId: string, totalBytes: number) => void,
   ) {}
 
   /** Declares every envelope returned so far dead (nothing references them or their byte fields any more). */
@@ -124,6 +127,7 @@ export class Reassembler {
         if (this.open.size >= this.limits.maxOpenStreams) {
           throw new ProtocolError(ErrorCode.RATE_LIMITED, `more than ${this.limits.maxOpenStreams} chunked messages open at once`, id);
         }
+        this.admit?.(id, totalBytes);
         // Allocating the declared size up front would let a peer that sent a few tiny frames (before it even said
         // hello) pin maxOpenStreams x maxMessageBytes of memory; the buffer grows as data arrives instead.
         s = { total: c.total, totalBytes, nextSeq: 0, written: 0, pieces: [] };

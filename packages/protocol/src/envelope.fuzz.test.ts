@@ -22,7 +22,7 @@ const tensor = fc.record({ name: text, dtype: enumOf(pb.DType), shape: fc.array(
 const body: fc.Arbitrary<Envelope> = fc.oneof(
   fc.record({ hello: fc.record({ clientId: text, secret: text, sdkVersion: text, numExamples: u32, backend: text, protocolVersion: u32 }) }),
   fc.record({
-    welcome: fc.record({ clientId: text, sessionId: text, coordinatorVersion: text, maxMessageBytes: u64, chunkBytes: u32, heartbeatIntervalMs: u32, protocolVersion: u32 }),
+    welcome: fc.record({ clientId: text, sessionId: text, coordinatorVersion: text, maxMessageBytes: u64, chunkBytes: u32, heartbeatIntervalMs: u32, protocolVersion: u32, uploadGrantAboveBytes: u64 }),
   }),
   fc.record({ heartbeat: fc.record({ sentUnixMs: u64 }) }),
   fc.record({
@@ -65,6 +65,8 @@ const body: fc.Arbitrary<Envelope> = fc.oneof(
   }),
   fc.record({ error: fc.record({ code: enumOf(pb.ErrorCode), message: text, ref: text }) }),
   fc.record({ chunk: fc.record({ streamId: text, seq: u32, total: u32, totalBytes: u64, data: bytes }) }),
+  fc.record({ uploadRequest: fc.record({ taskId: text, bytes: u64 }) }),
+  fc.record({ uploadGrant: fc.record({ taskId: text, uploadDeadlineUnixMs: u64 }) }),
 );
 
 /** A byte-level corruption of a valid frame: what a buggy or hostile peer sends. */

@@ -216,6 +216,39 @@ export async function writeFileDurable(file: string, data: Uint8Array): Promise<
   await fsyncDir(dir);
 }
 
+/**
+ * Writes `data` to a new file `file` without fsyncing it, off the event loop: for files nothing refers to until they
+ * are made durable (fsyncFile and fsyncDir of their directory), so that a crash in between leaves only garbage.
+ */
+export async function writeFileUnsynced(file: string, data: Uint8Array): Promise<void> {
+  ensureDirSync(path.dirname(file));
+  try {
+    await fsp.writeFile(file, data, { flag: 'wx' });
+  } catch (e) {
+    await fsp.rm(file, { force: true });
+    throw e;
+  }
+}
+
+/** Flushes a written file's data to disk (its directory entry needs fsyncDir). */
+export async function fsyncFile(file: string): Promise<void> {
+  const h = await fsp.open(file, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}
+
+export function fsyncFileSync(file: string): void {
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** Unlinks files (missing ones are skipped) and fsyncs their directories; returns the bytes freed. */
 export async function unlinkDurable(files: readonly string[]): Promise<number> {
   let freed = 0;

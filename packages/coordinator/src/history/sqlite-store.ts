@@ -11,13 +11,16 @@ import {
   decodeBlob,
   encodeBlob,
   ensureDirSync,
+  fsyncDir,
   fsyncDirSync,
+  fsyncFile,
+  fsyncFileSync,
   readBlobHeader,
   sha256Hex,
   unlinkDurable,
   weightsSha256,
-  writeFileDurable,
   writeFileDurableSync,
+  writeFileUnsynced,
   type BlobEncoding,
 } from './blob-files.js';
 import { migrate } from './migrations.js';
@@ -46,7 +49,8 @@ import {
  * The embedded history store: SQLite (WAL, synchronous=FULL) for metadata, one file per blob under <dataDir>/blobs.
  *
  * Crash safety rests on one ordering: a blob is durable (written, fsynced, renamed, directory fsynced) before any
- * transaction refers to it, and files no committed row refers to are deleted when the store is opened. So a crash at
+ * transaction refers to it (a staged update is written under its final name without an fsync, and made durable with
+ * the rest of its round, together, before the commit that refers to it), and files no committed row refers to are deleted when the store is opened. So a crash at
  * any point leaves either a whole commit or none of it, plus garbage that the next open removes.
  *
  * One process per data directory: open() deletes unreferenced blobs, which would include another process's staged ones.
@@ -148,6 +152,8 @@ interface StagedUpdate {
   blobSha: string;
   /** False while the file is being written: a commit only takes finished stagings. */
   done: boolean;
+  /** The file and its directory entry are fsynced (syncStaged, or the commit itself). */
+  durable: boolean;
 }
 
 /** A model version about to be committed, its blob already durable. */
@@ -446,13 +452,17 @@ class SqliteHistoryStore implements HistoryStore {
       bytes: encoded.bytes.byteLength,
       blobSha: sha256Hex(encoded.bytes),
       done: false,
+      durable: false,
     };
     let byClient = this.staged.get(roundId);
     if (!byClient) this.staged.set(roundId, (byClient = new Map()));
     const previous = byClient.get(clientId);
     byClient.set(clientId, entry);
     try {
-      await writeFileDurable(this.abs(entry.rel), encoded.bytes);
+      // No fsync here: that would hold each answer of the round behind its own disk flush. Nothing refers to the
+      // file until a commit, which first makes it durable (syncStaged, or makeDurableSync); a crash before leaves
+      // an unreferenced file, which open() deletes.
+      await writeFileUnsynced(this.abs(entry.rel), encoded.bytes);
     } catch (e) {
       if (this.stagedEntry(roundId, clientId) === entry) {
         if (previous) byClient.set(clientId, previous);
@@ -471,6 +481,25 @@ class SqliteHistoryStore implements HistoryStore {
     }
     entry.done = true;
     if (previous?.done) fs.rmSync(this.abs(previous.rel), { force: true });
+  }
+
+  async syncStaged(roundId: string): Promise<void> {
+    this.requireOpen();
+    const entries = [...(this.staged.get(roundId)?.values() ?? [])].filter((e) => e.done && !e.durable);
+    if (entries.length === 0) return;
+    // All at once: the kernel writes the files back together instead of one flush after another.
+    await Promise.all(entries.map((e) => fsyncFile(this.abs(e.rel))));
+    for (const dir of new Set(entries.map((e) => path.dirname(this.abs(e.rel))))) await fsyncDir(dir);
+    for (const e of entries) e.durable = true;
+  }
+
+  /** Fsyncs whatever of `updates` syncStaged did not (a caller that skipped it): a commit refers only to durable files. */
+  private makeDurableSync(updates: { staged: StagedUpdate }[]): void {
+    const pending = updates.map((u) => u.staged).filter((s) => !s.durable);
+    if (pending.length === 0) return;
+    for (const s of pending) fsyncFileSync(this.abs(s.rel));
+    for (const dir of new Set(pending.map((s) => path.dirname(this.abs(s.rel))))) fsyncDirSync(dir);
+    for (const s of pending) s.durable = true;
   }
 
   discardStaged(roundId: string, clientId?: string): void {
@@ -532,6 +561,7 @@ class SqliteHistoryStore implements HistoryStore {
     const planned = this.planModel(meta.layout, input.weights, { parent: head.version, cause: 'round', round: input.round, jobId: null, lineage: head.lineage }, closedAt);
     const keep = this.keepsUpdates(input.round);
     const updates = keep ? this.finishedStagings(input.roundId, participants) : [];
+    this.makeDurableSync(updates);
     this.commitWithBlobs([planned], () => {
       this.q.insertModel.run(planned.row);
       this.insertRound(
@@ -616,6 +646,7 @@ class SqliteHistoryStore implements HistoryStore {
 
     const keep = meta.config.retention !== 'norms';
     const updates = rounds.map((r, i) => (keep ? this.finishedStagings(r.roundId, participants[i]!) : []));
+    for (const u of updates) this.makeDurableSync(u);
     this.commitWithBlobs(planned, () => {
       for (const p of planned) this.q.insertModel.run(p.row);
       rounds.forEach((r, i) => {

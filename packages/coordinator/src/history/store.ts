@@ -212,6 +212,9 @@ export interface HistoryStore {
    *  path). Idempotent per (roundId, clientId): staging again replaces the previous staging. Must resolve before the
    *  commit that should include it. A no-op under retention 'norms'. */
   stageUpdate(roundId: string, clientId: string, update: Float32Array): Promise<void>;
+  /** Makes the round's finished stagings durable together (a commit would otherwise do it, one after another, on
+   *  its own critical path). Call after the stagings resolved and before the commit. */
+  syncStaged(roundId: string): Promise<void>;
   /** Drops staged updates of a round that will not commit (or of a client dropped from it). */
   discardStaged(roundId: string, clientId?: string): void;
   /** Atomically: the round record with its participants, its staged updates (only those of listed participants, and

@@ -12,6 +12,7 @@ import type { MissingClient } from '../history/store.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import type { ClientSession } from '../transport/session.js';
 import { validateUpdate } from './update-validation.js';
+import { UploadWindow } from './upload-window.js';
 
 /** Task bytes a dispatch lets wait in socket buffers before it sends the next task (see dispatch()). */
 export const MAX_UNFLUSHED_TASK_BYTES = 128 * 1024 * 1024;
@@ -66,11 +67,24 @@ export interface DispatchResult {
   decodeMs: number;
 }
 
+/** An answer whose handling goes on after onAnswer returned (its staging write): it counts as held until `until`. */
+export interface AnswerHold {
+  until: Promise<unknown>;
+}
+
 export interface DispatchOptions {
   deadlineMs: number;
   /** Called for each valid answer, one at a time, in arrival order; a throw rejects that answer. */
-  onAnswer(answer: Answer): Promise<void> | void;
+  onAnswer(answer: Answer): Promise<AnswerHold | void> | AnswerHold | void;
   signal?: AbortSignal;
+}
+
+/** Where a task's large answer stands in the upload flow control. */
+interface Upload {
+  bytes: number;
+  /** queued: waiting for its grant; granted: may be sent; arriving: its chunked stream was admitted. */
+  state: 'queued' | 'granted' | 'arriving';
+  timer?: ReturnType<typeof setTimeout>;
 }
 
 interface Pending {
@@ -78,6 +92,9 @@ interface Pending {
   clientId: string;
   kind: TaskKind;
   spec: TaskSpec;
+  /** Ends the task as missing at its deadline, until the client asks to upload (it trained in time). */
+  deadlineTimer: ReturnType<typeof setTimeout>;
+  upload?: Upload;
   settle(outcome: { answer?: Answer; missing?: Missing; decodeMs?: number }): void;
 }
 
@@ -85,7 +102,35 @@ interface Pending {
 export interface DispatcherCounters {
   accepted: number;
   rejected: Record<string, number>;
+  /** Bytes of accepted answers received and not yet folded and staged (the wire size of each), and the most ever. */
+  heldUpdateBytes: number;
+  peakHeldUpdateBytes: number;
+  /** Upload grants issued, and requests waiting for theirs now. */
+  uploadGrants: number;
+  uploadsWaiting: number;
+  /** Bytes granted and not yet released (arriving, or held): what the window bounds. */
+  grantedUploadBytes: number;
 }
+
+/**
+ * Upload flow control (see UploadRequest in the proto): answers larger than `grantAboveBytes` are sent only once
+ * granted, and grants keep the bytes arriving or held under `windowBytes` (one grant is always possible).
+ */
+export interface UploadFlowOptions {
+  windowBytes: number;
+  /** Answers whose encoded envelope is larger need a grant; 0 turns the flow control off. */
+  grantAboveBytes: number;
+  /** How long a granted upload may take to arrive before the task ends missing ('deadline'). */
+  uploadTimeoutMs: number;
+  /** The largest message the transport accepts: a request for more is refused. */
+  maxMessageBytes: number;
+}
+
+/** 128 MB: 3 updates of a 10M-parameter model, 32 of a 1M-parameter one. */
+export const DEFAULT_UPLOAD_WINDOW_BYTES = 128 * 1024 * 1024;
+/** Below this an answer travels unannounced: EVALUATE metrics, small models. */
+export const DEFAULT_GRANT_ABOVE_BYTES = 1024 * 1024;
+export const DEFAULT_UPLOAD_TIMEOUT_MS = 60_000;
 
 /**
  * Float32 buffers of one size, reused for decoding answers: a fresh 40 MB buffer per update cost more (first-touch
@@ -117,13 +162,16 @@ export class TaskDispatcher {
   private readonly pending = new Map<string, Pending>();
   /** Task ids that were answered or expired, so that a late or replayed update is told it is stale. */
   private readonly closed = new Map<string, string>();
-  readonly counters: DispatcherCounters = { accepted: 0, rejected: {} };
+  readonly counters: DispatcherCounters = { accepted: 0, rejected: {}, heldUpdateBytes: 0, peakHeldUpdateBytes: 0, uploadGrants: 0, uploadsWaiting: 0, grantedUploadBytes: 0 };
   private readonly buffers = new DecodeBuffers(2);
+  private readonly window: UploadWindow | null;
 
   constructor(
     private readonly registry: ClientRegistry,
     private readonly observer?: DispatchObserver,
+    private readonly uploads: UploadFlowOptions | null = null,
   ) {
+    this.window = uploads && uploads.grantAboveBytes > 0 ? new UploadWindow(uploads.windowBytes) : null;
     registry.on('left', (session, reason) => {
       for (const p of this.pending.values()) {
         if (p.clientId === session.clientId) p.settle({ missing: { clientId: p.clientId, reason: 'disconnected', detail: reason } });
@@ -166,31 +214,36 @@ export class TaskDispatcher {
       let resolveWait!: () => void;
       waits.push(new Promise<void>((r) => (resolveWait = r)));
       let settled = false;
-      const timer = setTimeout(() => pending.settle({ missing: { clientId, reason: 'deadline' } }), Math.max(0, deadline - Date.now()));
       const pending: Pending = {
         taskId,
         clientId,
         kind: spec.kind,
         spec,
+        deadlineTimer: setTimeout(() => pending.settle({ missing: { clientId, reason: 'deadline' } }), Math.max(0, deadline - Date.now())),
         settle: (outcome) => {
           if (settled) return;
           settled = true;
-          clearTimeout(timer);
+          clearTimeout(pending.deadlineTimer);
+          clearTimeout(pending.upload?.timer);
           this.pending.delete(taskId);
           this.closed.set(taskId, clientId);
           if (this.closed.size > 100_000) this.closed.delete(this.closed.keys().next().value as string);
           result.decodeMs += outcome.decodeMs ?? 0;
           if (outcome.missing) {
+            if (pending.upload) this.releaseUpload(taskId);
             result.missing.push(outcome.missing);
             this.observer?.participantMissing(outcome.missing.reason);
             resolveWait();
             return;
           }
           const answer = outcome.answer!;
+          this.hold(answer.bytesIn);
+          let holdUntil: Promise<unknown> | undefined;
           chain = chain
             .then(() => opts.onAnswer(answer))
             .then(
-              () => {
+              (handled) => {
+                holdUntil = handled?.until;
                 result.answered.push(clientId);
                 result.bytesIn += answer.bytesIn;
                 this.counters.accepted++;
@@ -204,6 +257,14 @@ export class TaskDispatcher {
             )
             .finally(() => {
               if (answer.delta) this.buffers.give(answer.delta);
+              // Its bytes (and grant) are free once it is folded and its staging written: not before, or the window
+              // would not bound the copies waiting on the disk.
+              const release = () => {
+                this.hold(-answer.bytesIn);
+                if (pending.upload) this.releaseUpload(taskId);
+              };
+              if (holdUntil) void holdUntil.then(release, release);
+              else release();
               resolveWait();
             });
         },
@@ -255,12 +316,92 @@ export class TaskDispatcher {
     return result;
   }
 
-  /** Handles an Update from an authenticated session. Errors are sent back to that client and counted. */
-  receiveUpdate(session: ClientSession, update: fedunlearn.v1.IUpdate, bytesIn: number): void {
+  /** Whether (and above which size) answers need an upload grant: the Welcome tells the client. */
+  get grantAboveBytes(): number {
+    return this.window ? this.uploads!.grantAboveBytes : 0;
+  }
+
+  /**
+   * A client asks to send the answer to one of its tasks: granted (UploadGrant) in request order as the upload window
+   * allows. Arriving before the task's deadline, it stops that deadline: the client trained in time, and waiting for
+   * its grant must not make it miss the round. Refusals are sent back and change nothing.
+   */
+  receiveUploadRequest(session: ClientSession, req: fedunlearn.v1.IUploadRequest): void {
+    const taskId = req.taskId ?? '';
+    try {
+      const p = this.pending.get(taskId);
+      if (!p) {
+        throw this.closed.has(taskId)
+          ? new ProtocolError(ErrorCode.STALE_TASK, `task ${taskId} is closed (answered, expired or replaced)`, taskId)
+          : new ProtocolError(ErrorCode.UNKNOWN_TASK, `no task ${taskId}`, taskId);
+      }
+      if (p.clientId !== session.clientId) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `task ${taskId} was not given to ${session.clientId}`, taskId);
+      if (p.upload) throw new ProtocolError(ErrorCode.DUPLICATE_UPLOAD_REQUEST, `task ${taskId} already has an upload request`, taskId);
+      const bytes = Number(req.bytes ?? 0);
+      if (!this.window) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'this coordinator grants no uploads: send the update', taskId);
+      if (!(bytes > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `an upload request must announce its size, got ${bytes} bytes`, taskId);
+      if (bytes > this.uploads!.maxMessageBytes) {
+        throw new ProtocolError(ErrorCode.MESSAGE_TOO_LARGE, `an update of ${bytes} bytes exceeds the ${this.uploads!.maxMessageBytes}-byte cap`, taskId);
+      }
+      clearTimeout(p.deadlineTimer);
+      const upload: Upload = { bytes, state: 'queued' };
+      p.upload = upload;
+      this.window.request(taskId, bytes, () => {
+        upload.state = 'granted';
+        this.counters.uploadGrants++;
+        const timeoutMs = this.uploads!.uploadTimeoutMs;
+        upload.timer = setTimeout(
+          () => p.settle({ missing: { clientId: p.clientId, reason: 'deadline', detail: `the granted upload did not arrive within ${timeoutMs} ms` } }),
+          timeoutMs,
+        );
+        try {
+          session.channel.send({ uploadGrant: { taskId, uploadDeadlineUnixMs: Date.now() + timeoutMs } });
+        } catch (e) {
+          p.settle({ missing: { clientId: p.clientId, reason: 'failed', detail: `upload grant not sent: ${(e as Error).message}` } });
+        }
+      });
+      this.syncUploadCounters();
+    } catch (e) {
+      const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, String(e), taskId);
+      this.count(err.codeName);
+      session.channel.sendError(err.code, err.message, err.ref);
+    }
+  }
+
+  /**
+   * Whether a chunked message of `totalBytes` may start arriving from `clientId` (null: a connection not yet
+   * welcomed). Above the grant size it must ride a grant of that client's that is not in use yet: so the messages
+   * being reassembled are bounded by the upload window too. Throws UPLOAD_NOT_GRANTED otherwise.
+   */
+  admitStream(clientId: string | null, streamId: string, totalBytes: number): void {
+    if (!this.window || totalBytes <= this.uploads!.grantAboveBytes) return;
+    if (clientId !== null) {
+      for (const p of this.pending.values()) {
+        if (p.clientId === clientId && p.upload?.state === 'granted' && totalBytes <= p.upload.bytes) {
+          p.upload.state = 'arriving';
+          return;
+        }
+      }
+    }
+    throw new ProtocolError(
+      ErrorCode.UPLOAD_NOT_GRANTED,
+      `a message of ${totalBytes} bytes needs an upload grant first (UploadRequest, answers above ${this.uploads!.grantAboveBytes} bytes)`,
+      streamId,
+    );
+  }
+
+  /**
+   * Handles an Update from an authenticated session. Errors are sent back to that client and counted. `chunked`: it
+   * came as chunks, whose stream admitStream already held to a grant.
+   */
+  receiveUpdate(session: ClientSession, update: fedunlearn.v1.IUpdate, bytesIn: number, chunked = false): void {
     const taskId = update.taskId ?? '';
     const decodeStart = performance.now();
     try {
       const p = this.pending.get(taskId);
+      if (this.window && !chunked && bytesIn > this.uploads!.grantAboveBytes && p && p.clientId === session.clientId && p.upload?.state !== 'granted') {
+        throw new ProtocolError(ErrorCode.UPLOAD_NOT_GRANTED, `an update of ${bytesIn} bytes needs an upload grant first (UploadRequest)`, taskId);
+      }
       const layout = p?.spec.weights.layout;
       const target = p && layout && p.kind !== TaskKind.EVALUATE ? this.buffers.take(layout.totalSize) : undefined;
       const verdict = validateUpdate(update, session.clientId, p && layout && { clientId: p.clientId, kind: p.kind, layout }, this.closed.has(taskId), target);
@@ -283,6 +424,21 @@ export class TaskDispatcher {
   receiveFailure(session: ClientSession, taskId: string, message: string): void {
     const p = this.pending.get(taskId);
     if (p && p.clientId === session.clientId) p.settle({ missing: { clientId: p.clientId, reason: 'failed', detail: message } });
+  }
+
+  private releaseUpload(taskId: string): void {
+    this.window?.release(taskId);
+    this.syncUploadCounters();
+  }
+
+  private syncUploadCounters(): void {
+    this.counters.uploadsWaiting = this.window?.waiting ?? 0;
+    this.counters.grantedUploadBytes = this.window?.grantedBytes ?? 0;
+  }
+
+  private hold(bytes: number): void {
+    this.counters.heldUpdateBytes += bytes;
+    if (this.counters.heldUpdateBytes > this.counters.peakHeldUpdateBytes) this.counters.peakHeldUpdateBytes = this.counters.heldUpdateBytes;
   }
 
   private count(reason: string): void {

@@ -26,8 +26,8 @@ export function addCost(a: WorkCost, b: WorkCost): WorkCost {
 }
 
 /**
- * Staging writes in flight at once. Each holds one encoded update until it is durable, so this bounds the memory a
- * step holds on top of the running sum, while letting the fsyncs of consecutive updates overlap.
+ * Staging writes in flight at once. Each holds one encoded update until it is written, so this bounds the memory a
+ * step holds on top of the running sum, while letting consecutive writes overlap.
  */
 export const MAX_STAGING_IN_FLIGHT = 8;
 /** Where the coordinator's own time in one step went (milliseconds; the rest of a step is clients and sockets). */
@@ -38,8 +38,8 @@ export interface StepTiming {
   decodeMs: number;
   /** Per-layer norms, calibration transform and folding into the aggregate. */
   aggregateMs: number;
-  /** Durable staging of the updates of a round that keeps them (fsynced blob files) that the step waited for: staging
-   *  overlaps the arrival of later answers, so this is the part it could not hide. */
+  /** Staging of the updates of a round that keeps them (blob files) that the step waited for: writes overlap the
+   *  arrival of later answers, so this is the part it could not hide, plus the one fsync of them all at the end. */
   stageMs: number;
 }
 
@@ -106,6 +106,7 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
         if (!a.delta) throw new Error('a training answer carries no delta');
         const t0 = performance.now();
         const stagedBefore = stageMs;
+        let staged: Promise<void> | undefined;
         const delta = args.transform ? args.transform(a as Answer & { delta: Float32Array }) : a.delta;
         if (args.stageAs) {
           if (stagingError) throw stagingError;
@@ -120,6 +121,7 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
             },
           );
           staging.add(p);
+          staged = p;
           stageMs += performance.now() - s0;
         }
         agg.add(delta, a.numExamples);
@@ -127,11 +129,20 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
         for (const [k, v] of Object.entries(a.metrics)) sums[k] = (sums[k] ?? 0) + v * a.numExamples;
         samples += a.metrics.samples ?? 0;
         aggregateMs += performance.now() - t0 - (stageMs - stagedBefore);
+        // The staging write still holds the encoded update: the dispatcher counts it as held (and keeps its upload
+        // grant) until it is written.
+        return staged ? { until: staged } : undefined;
       },
     },
   );
   const drain = performance.now();
   await Promise.all(staging);
+  // The staged files were written without fsync; they become durable here, together, before the step can commit.
+  if (args.stageAs && !stagingError && res.answered.length > 0) {
+    await args.stageAs.store.syncStaged(args.stageAs.roundId).catch((e: unknown) => {
+      stagingError ??= e;
+    });
+  }
   stageMs += performance.now() - drain;
   if (stagingError) {
     // An update already in the sum could not be made durable: this step cannot be committed as it stands.

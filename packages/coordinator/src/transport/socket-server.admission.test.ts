@@ -26,7 +26,7 @@ test('hellos queue for their credential check: one waiting beyond the hello time
         checking--;
       },
     },
-    { update: () => undefined, forgetRequest: () => undefined, clientError: () => undefined },
+    { update: () => undefined, uploadRequest: () => undefined, admitStream: () => undefined, grantAboveBytes: () => 0, forgetRequest: () => undefined, clientError: () => undefined },
     { framing: DEFAULT_FRAMING, helloTimeoutMs: 500, heartbeatIntervalMs: 5_000, coordinatorVersion: 'test', maxPendingHellos: 1, helloConcurrency: 1 },
     createLogger({ level: 'silent' }),
   );

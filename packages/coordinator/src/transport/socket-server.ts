@@ -28,9 +28,15 @@ export interface Authenticator {
 
 /** What an authenticated client may ask of the coordinator besides answering tasks. */
 export interface SessionHandlers {
-  /** Must not keep `update` or a view of its tensors' bytes past its return: their memory is reused for the next
-   *  message (decode the delta synchronously, as the dispatcher does). */
-  update(session: ClientSession, update: fedunlearn.v1.Update, bytes: number): void;
+  /** `chunked`: the update came as chunks (admitted by admitStream). Must not keep `update` or a view of its tensors'
+   *  bytes past its return: their memory is reused for the next message (decode the delta synchronously, as the
+   *  dispatcher does). */
+  update(session: ClientSession, update: fedunlearn.v1.Update, bytes: number, chunked: boolean): void;
+  uploadRequest(session: ClientSession, req: fedunlearn.v1.UploadRequest): void;
+  /** May refuse a chunked message (throw a ProtocolError) at its first chunk; `session` is null before the welcome. */
+  admitStream(session: ClientSession | null, streamId: string, totalBytes: number): void;
+  /** Answers above this size need an upload grant (0: none do); the Welcome says so. */
+  grantAboveBytes(): number;
   forgetRequest(session: ClientSession, req: fedunlearn.v1.ForgetRequest): void;
   clientError(session: ClientSession, err: fedunlearn.v1.Error): void;
 }
@@ -177,6 +183,7 @@ export class SocketServer {
           if (!admitted) refuseAndClose(new ProtocolError(ErrorCode.RATE_LIMITED, 'the coordinator is busy admitting other clients; retry later'));
         },
         protocolError: (err) => this.refuse(err.codeName),
+        admitStream: (streamId, totalBytes) => this.handlers.admitStream(session, streamId, totalBytes),
       },
       this.opts.framing,
       this.reassembly,
@@ -236,6 +243,7 @@ export class SocketServer {
         chunkBytes: this.opts.framing.chunkBytes,
         heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
         protocolVersion: PROTOCOL_VERSION,
+        uploadGrantAboveBytes: this.handlers.grantAboveBytes(),
       },
     });
     this.log.info({ clientId: session.clientId, backend: session.backend, numExamples: session.numExamples }, 'client joined');
@@ -246,7 +254,10 @@ export class SocketServer {
     session.lastSeen = Date.now();
     switch (env.body) {
       case 'update':
-        this.handlers.update(session, env.update as fedunlearn.v1.Update, channel.lastMessageBytes);
+        this.handlers.update(session, env.update as fedunlearn.v1.Update, channel.lastMessageBytes, channel.lastMessageFrames > 1);
+        return;
+      case 'uploadRequest':
+        this.handlers.uploadRequest(session, env.uploadRequest as fedunlearn.v1.UploadRequest);
         return;
       case 'forgetRequest':
         this.handlers.forgetRequest(session, env.forgetRequest as fedunlearn.v1.ForgetRequest);
