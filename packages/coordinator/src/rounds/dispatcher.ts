@@ -128,8 +128,9 @@ export interface UploadFlowOptions {
 
 /** 128 MB: 3 updates of a 10M-parameter model, 32 of a 1M-parameter one. */
 export const DEFAULT_UPLOAD_WINDOW_BYTES = 128 * 1024 * 1024;
-/** Below this an answer travels unannounced: EVALUATE metrics, small models. */
-export const DEFAULT_GRANT_ABOVE_BYTES = 1024 * 1024;
+/** Below this an answer travels unannounced (EVALUATE metrics, models of a few thousand parameters); anything larger
+ *  asks first, so that a thousand clients of a small model cannot pile their updates up in the coordinator either. */
+export const DEFAULT_GRANT_ABOVE_BYTES = 64 * 1024;
 export const DEFAULT_UPLOAD_TIMEOUT_MS = 60_000;
 
 /**
