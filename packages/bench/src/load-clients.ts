@@ -6,6 +6,7 @@ import {
   frameMessage,
   PROTOCOL_VERSION,
   WIRE_EVENT,
+  type PreparedMessage,
   type WireTensor,
 } from '@fedunlearn/protocol';
 
@@ -24,7 +25,8 @@ export interface UpdateTemplate {
   numExamples: number;
 }
 
-/** Connects one protocol client: hello, wait for the welcome, then answer TRAIN tasks with `update`. */
+/** Connects one protocol client: hello, wait for the welcome, then answer TRAIN tasks with `update` (announced first
+ *  and sent once granted when the Welcome asks for it, as the SDK does). */
 export function connectProtocolClient(url: string, clientId: string, update: UpdateTemplate, timeoutMs = 30_000): Promise<LoadClient> {
   return new Promise((resolve, reject) => {
     const socket: Socket = io(url, { transports: ['websocket'], reconnection: false, forceNew: true });
@@ -32,14 +34,26 @@ export function connectProtocolClient(url: string, clientId: string, update: Upd
       socket.close();
       reject(new Error(`${clientId}: no welcome within ${timeoutMs} ms`));
     }, timeoutMs);
+    let grantAbove = 0;
+    const answers = new Map<string, PreparedMessage>();
     const channel = new Channel(socket, {
       message: (env) => {
         if (env.body === 'welcome' && env.welcome) {
           channel.adoptPeerFraming({ chunkBytes: env.welcome.chunkBytes ?? 0, maxMessageBytes: Number(env.welcome.maxMessageBytes) });
+          grantAbove = Number(env.welcome.uploadGrantAboveBytes ?? 0);
           clearTimeout(timer);
           resolve({ clientId, close: () => socket.close() });
         } else if (env.body === 'task' && env.task) {
-          channel.send({ update: { taskId: env.task.taskId, delta: update.delta, numExamples: update.numExamples, metrics: { loss: 0.5, samples: update.numExamples } } });
+          const taskId = env.task.taskId ?? '';
+          const answer = channel.prepare({ update: { taskId, delta: update.delta, numExamples: update.numExamples, metrics: { loss: 0.5, samples: update.numExamples } } });
+          if (grantAbove > 0 && answer.bytes > grantAbove) {
+            answers.set(taskId, answer);
+            channel.send({ uploadRequest: { taskId, bytes: answer.bytes } });
+          } else answer.send();
+        } else if (env.body === 'uploadGrant' && env.uploadGrant) {
+          const taskId = env.uploadGrant.taskId ?? '';
+          answers.get(taskId)?.send();
+          answers.delete(taskId);
         } else if (env.body === 'error' && env.error) {
           clearTimeout(timer);
           reject(new Error(`${clientId}: coordinator error ${env.error.code}: ${env.error.message}`));
