@@ -1,42 +1,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { EventEmitter } from 'node:events';
-import { Channel, type WireSocket } from './channel.js';
+import { Channel } from './channel.js';
 import type { FramingLimits } from './chunking.js';
 import { WIRE_EVENT } from './constants.js';
 import { encodeEnvelope } from './envelope.js';
 import { ErrorCode, errorCodeName, ProtocolError } from './errors.js';
 import type { fedunlearn } from './gen/proto.js';
+import { MemorySocket, socketPair } from './memory-socket.test-support.js';
 
 // The protocol package does not depend on socket.io, so these tests join two channels with an in-memory socket pair
 // that, like socket.io, delivers each emit asynchronously and in order. The e2e suite (test/) runs the same Channel
 // over real socket.io connections.
 
-class MemorySocket extends EventEmitter implements WireSocket {
-  peer: MemorySocket | null = null;
-  readonly sent: unknown[] = [];
-
-  override emit(event: string, ...args: unknown[]): boolean {
-    this.sent.push(args[0]);
-    const peer = this.peer;
-    // Node's socket.io delivers binary payloads as Buffers; copy so that the receiver never shares the sender's memory.
-    const copied = args.map((a) => (a instanceof Uint8Array ? Buffer.from(a) : a));
-    queueMicrotask(() => peer?.deliver(event, copied));
-    return true;
-  }
-
-  private deliver(event: string, args: unknown[]): void {
-    super.emit(event, ...args);
-  }
-}
-
-function pair(): [MemorySocket, MemorySocket] {
-  const a = new MemorySocket();
-  const b = new MemorySocket();
-  a.peer = b;
-  b.peer = a;
-  return [a, b];
-}
+const pair = socketPair;
 
 const limits: FramingLimits = { chunkBytes: 64, maxMessageBytes: 4096, maxOpenStreams: 2 };
 

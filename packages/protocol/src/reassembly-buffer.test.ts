@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { EventEmitter } from 'node:events';
-import { Channel, type WireSocket } from './channel.js';
+import { Channel } from './channel.js';
 import { Reassembler, ReassemblyBuffer, type FramingLimits } from './chunking.js';
 import { WIRE_EVENT } from './constants.js';
 import { encodeEnvelope, expectBody } from './envelope.js';
 import type { fedunlearn } from './gen/proto.js';
+import { socketPair } from './memory-socket.test-support.js';
 import { envelopePieces, framePieces } from './pieces.js';
 import { decodeWeights, encodeWeights } from './tensor-codec.js';
 import { layoutOf } from './weights.js';
@@ -117,24 +117,8 @@ test('a message refused once reassembled gives the buffer back, unless an earlie
   r.release();
 });
 
-class MemorySocket extends EventEmitter implements WireSocket {
-  peer: MemorySocket | null = null;
-  override emit(event: string, ...args: unknown[]): boolean {
-    const peer = this.peer;
-    const copied = args.map((a) => (a instanceof Uint8Array ? Buffer.from(a) : a));
-    queueMicrotask(() => peer?.deliver(event, copied));
-    return true;
-  }
-  private deliver(event: string, args: unknown[]): void {
-    super.emit(event, ...args);
-  }
-}
-
 test('a channel gives the buffer back once its handler returned, and each message decodes exactly', async () => {
-  const a = new MemorySocket();
-  const b = new MemorySocket();
-  a.peer = b;
-  b.peer = a;
+  const [a, b] = socketPair();
   const shared = new ReassemblyBuffer();
   const decoded: Float32Array[] = [];
   const lentDuring: boolean[] = [];
