@@ -50,8 +50,9 @@ import {
  *
  * Crash safety rests on one ordering: a blob is durable (written, fsynced, renamed, directory fsynced) before any
  * transaction refers to it (a staged update is written under its final name without an fsync, and made durable with
- * the rest of its round, together, before the commit that refers to it), and files no committed row refers to are deleted when the store is opened. So a crash at
- * any point leaves either a whole commit or none of it, plus garbage that the next open removes.
+ * the rest of its round, together, before the commit that refers to it), and files no committed row refers to are
+ * deleted when the store is opened. So a crash at any point leaves either a whole commit or none of it, plus garbage
+ * that the next open removes.
  *
  * One process per data directory: open() deletes unreferenced blobs, which would include another process's staged ones.
  */
