@@ -46,7 +46,7 @@ export function connectProtocolClient(url: string, clientId: string, update: Upd
         } else if (env.body === 'task' && env.task) {
           const taskId = env.task.taskId ?? '';
           const answer = channel.prepare({ update: { taskId, delta: update.delta, numExamples: update.numExamples, metrics: { loss: 0.5, samples: update.numExamples } } });
-          if (grantAbove > 0 && answer.bytes > grantAbove) {
+          if (grantAbove > 0 && answer.bytes > grantAbove && answer.bytes > Number(env.task.uploadGrantedBytes ?? 0)) {
             answers.set(taskId, answer);
             channel.send({ uploadRequest: { taskId, bytes: answer.bytes } });
           } else answer.send();

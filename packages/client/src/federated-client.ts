@@ -412,7 +412,9 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       });
       // A large answer waits for the coordinator's grant (upload flow control), so that it never holds more
       // arriving updates than it can fold and stage; a refusal means the task is over for this client.
-      if (this.grantAboveBytes > 0 && answer.bytes > this.grantAboveBytes && !(await this.requestUpload(task.taskId, answer.bytes))) return;
+      // A task may come with its grant (Task.upload_granted_bytes): then no request and no round trip.
+      const needsGrant = this.grantAboveBytes > 0 && answer.bytes > this.grantAboveBytes && answer.bytes > Number(task.uploadGrantedBytes ?? 0);
+      if (needsGrant && !(await this.requestUpload(task.taskId, answer.bytes))) return;
       if (!socket.connected) return;
       answer.send();
       this.emit('task', { taskId: task.taskId, kind, round: task.round, jobId: task.jobId, metrics, trainMs: out.trainMs });

@@ -20,6 +20,16 @@ export class UploadWindow {
     this.pump();
   }
 
+  /** Reserves `bytes` for `id` at once if the window has room and nobody is waiting ahead; false (nothing reserved)
+   *  otherwise. How a task is sent with its grant. */
+  tryReserve(id: string, bytes: number): boolean {
+    if (this.reserved.has(id) || this.queue.some((q) => q.id === id)) throw new Error(`upload ${id} was already requested`);
+    if (this.queue.length > 0 || this.reservedBytes + bytes > this.windowBytes) return false;
+    this.reserved.set(id, bytes);
+    this.reservedBytes += bytes;
+    return true;
+  }
+
   /** Frees what `id` reserved, or withdraws its request if still waiting; unknown ids are ignored. */
   release(id: string): void {
     const bytes = this.reserved.get(id);
