@@ -48,6 +48,7 @@ function messages(seed: string): Envelope[] {
         hyper: { learningRate: r(), batchSize: 32, localEpochs: 0.5, seed: Math.floor(r() * 2 ** 32), optimizer: 'sgd' },
         deadlineUnixMs: Date.now() + Math.floor(r() * 1e6),
         ...(r() < 0.5 ? { jobId: 'job' } : {}),
+        ...(r() < 0.5 ? { uploadGrantedBytes: Math.floor(r() * 2 ** 40) } : {}),
       },
     });
   }

@@ -60,9 +60,17 @@ function pick<T extends object>(obj: T, keys: readonly (keyof T)[]): Partial<T> 
   return out;
 }
 
+/** Every field but `keys`: the fields that follow a message's tensor list (protobuf writes fields in number order), so
+ *  that a field added to the schema later is never left out of the pieces. */
+function omit<T extends object>(obj: T, keys: readonly (keyof T)[]): Partial<T> {
+  const out: Partial<T> = { ...obj };
+  for (const k of keys) delete out[k];
+  return out;
+}
+
 function encodeTensorElement(tag: number, t: WireTensor, pieces: Uint8Array[]): number {
   const head = pb.Tensor.encode(pb.Tensor.fromObject(pick(t, ['name', 'dtype', 'shape']) as Record<string, unknown>)).finish();
-  const tail = pb.Tensor.encode(pb.Tensor.fromObject(pick(t, ['scale']) as Record<string, unknown>)).finish();
+  const tail = pb.Tensor.encode(pb.Tensor.fromObject(omit(t, ['name', 'dtype', 'shape', 'data']) as Record<string, unknown>)).finish();
   const data = t.data;
   const dataField = data != null ? tagAndLength(TAG_TENSOR_DATA, data.byteLength) : null;
   const len = head.byteLength + (dataField ? dataField.byteLength + data!.byteLength : 0) + tail.byteLength;
@@ -98,14 +106,14 @@ export function envelopePieces(msg: Envelope, taskWeights?: TensorListBytes): Ui
   if (msg.update && (msg.update.delta?.length ?? 0) > 0) {
     const u = msg.update;
     const head = pb.Update.encode(pb.Update.fromObject(pick(u, ['taskId']) as Record<string, unknown>)).finish();
-    const tail = pb.Update.encode(pb.Update.fromObject(pick(u, ['numExamples', 'metrics', 'timings']) as Record<string, unknown>)).finish();
+    const tail = pb.Update.encode(pb.Update.fromObject(omit(u, ['taskId', 'delta']) as Record<string, unknown>)).finish();
     return spliced(TAG_ENVELOPE_UPDATE, head, tensorList(TAG_UPDATE_DELTA, u.delta!), tail);
   }
   if (msg.task && (taskWeights || (msg.task.weights?.length ?? 0) > 0)) {
     const t = msg.task;
     if (taskWeights && (t.weights?.length ?? 0) > 0) throw new RangeError('weights given both in the task and pre-encoded');
     const head = pb.Task.encode(pb.Task.fromObject(pick(t, ['taskId', 'kind', 'round', 'modelVersion', 'topologyJson']) as Record<string, unknown>)).finish();
-    const tail = pb.Task.encode(pb.Task.fromObject(pick(t, ['hyper', 'deadlineUnixMs', 'jobId']) as Record<string, unknown>)).finish();
+    const tail = pb.Task.encode(pb.Task.fromObject(omit(t, ['taskId', 'kind', 'round', 'modelVersion', 'topologyJson', 'weights']) as Record<string, unknown>)).finish();
     return spliced(TAG_ENVELOPE_TASK, head, taskWeights ?? encodeTaskWeights(t.weights!), tail);
   }
   return [pb.Envelope.encode(pb.Envelope.fromObject(msg as Record<string, unknown>)).finish()];
