@@ -282,3 +282,41 @@ test('upload requests and ungranted updates from raw peers are refused with clea
     await coordinator.stop();
   }
 });
+
+test('a task sent while the window has room carries its grant: the answer goes without asking, and asking anyway is granted once', { timeout: 60_000 }, async () => {
+  const { coordinator, url } = await start({ windowBytes: UPDATE_BYTES * 8, grantAboveBytes: 256 * 1024, uploadTimeoutMs: 5_000 }, 2);
+  const peers: RawPeer[] = [];
+  try {
+    const quiet = await RawPeer.enrolled(url, 'quiet', 'secret-of-quiet');
+    const asker = await RawPeer.enrolled(url, 'asker', 'secret-of-asker');
+    peers.push(quiet, asker);
+    await waitUntil(() => coordinator.registry.size === 2, WAIT_MS, 'two connected clients');
+
+    const roundDone = coordinator.runRounds(1);
+    // Stopping the coordinator after a failed assertion rejects the round too: that must not hide the assertion.
+    roundDone.catch(() => undefined);
+    const [taskQ, taskA] = await Promise.all([quiet, asker].map(async (p) => (await p.next('task')).task as fedunlearn.v1.Task));
+    const layout = layoutOf((taskQ!.weights ?? []).map((t) => ({ name: t.name ?? '', shape: (t.shape ?? []).map(Number) })));
+    const answer = (taskId: string) => ({ update: { taskId, delta: deltaTensors(layout, new Float32Array(layout.totalSize).fill(1e-3)), numExamples: 4 } });
+    for (const t of [taskQ!, taskA!]) assert.ok(Number(t.uploadGrantedBytes) >= encodeEnvelope(answer(t.taskId)).byteLength, `the task reserved ${String(t.uploadGrantedBytes)} bytes for an answer of ${encodeEnvelope(answer(t.taskId)).byteLength}`);
+
+    // One peer just answers, as the SDK does with a task that carries its grant.
+    quiet.send(answer(taskQ!.taskId));
+    // The other asks as an older client would: granted at once; asking again is a duplicate.
+    const bytes = encodeEnvelope(answer(taskA!.taskId)).byteLength;
+    asker.send({ uploadRequest: { taskId: taskA!.taskId, bytes } });
+    assert.equal((await asker.next('uploadGrant')).uploadGrant!.taskId, taskA!.taskId);
+    asker.send({ uploadRequest: { taskId: taskA!.taskId, bytes } });
+    await asker.expectError(ErrorCode.DUPLICATE_UPLOAD_REQUEST, taskA!.taskId);
+    asker.send(answer(taskA!.taskId));
+
+    const [outcome] = await roundDone;
+    assert.deepEqual([...outcome!.participants].sort(), ['asker', 'quiet']);
+    assert.equal(coordinator.dispatcher.counters.uploadGrantsWithTask, 2);
+    assert.deepEqual(coordinator.dispatcher.counters.rejected, { DUPLICATE_UPLOAD_REQUEST: 1 });
+    assert.equal(coordinator.dispatcher.counters.grantedUploadBytes, 0, 'every reservation was released');
+  } finally {
+    for (const p of peers) p.close();
+    await coordinator.stop();
+  }
+});

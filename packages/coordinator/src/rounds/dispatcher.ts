@@ -84,7 +84,8 @@ interface Upload {
   bytes: number;
   /** queued: waiting for its grant; granted: may be sent; arriving: its chunked stream was admitted. */
   state: 'queued' | 'granted' | 'arriving';
-  /** Reserved when the task was sent (Task.upload_granted_bytes): no request needed, the task's deadline applies. */
+  /** Reserved when the task was sent (Task.upload_granted_bytes): no request needed, the task's deadline applies
+   *  (until the client asks anyway: then it is an ordinary granted request). */
   withTask?: boolean;
   timer?: ReturnType<typeof setTimeout>;
 }
@@ -362,14 +363,10 @@ export class TaskDispatcher {
       if (p.upload?.withTask && p.upload.state === 'granted') {
         if (bytes > 0 && bytes <= p.upload.bytes) {
           // A client that does not read Task.upload_granted_bytes asks anyway: it is granted already, and from here
-          // on it is held to the upload deadline like any granted request.
-          const timeoutMs = this.uploads!.uploadTimeoutMs;
+          // on it is held to the upload deadline like any granted request (a second request is then a duplicate).
           clearTimeout(p.deadlineTimer);
-          p.upload.timer = setTimeout(
-            () => p.settle({ missing: { clientId: p.clientId, reason: 'deadline', detail: `the granted upload did not arrive within ${timeoutMs} ms` } }),
-            timeoutMs,
-          );
-          session.channel.send({ uploadGrant: { taskId, uploadDeadlineUnixMs: Date.now() + timeoutMs } });
+          p.upload.withTask = false;
+          this.sendGrant(session, p, p.upload);
           return;
         }
         // Larger than what was reserved with the task: it waits in line like any other request.
@@ -388,22 +385,27 @@ export class TaskDispatcher {
       this.window.request(taskId, bytes, () => {
         upload.state = 'granted';
         this.counters.uploadGrants++;
-        const timeoutMs = this.uploads!.uploadTimeoutMs;
-        upload.timer = setTimeout(
-          () => p.settle({ missing: { clientId: p.clientId, reason: 'deadline', detail: `the granted upload did not arrive within ${timeoutMs} ms` } }),
-          timeoutMs,
-        );
-        try {
-          session.channel.send({ uploadGrant: { taskId, uploadDeadlineUnixMs: Date.now() + timeoutMs } });
-        } catch (e) {
-          p.settle({ missing: { clientId: p.clientId, reason: 'failed', detail: `upload grant not sent: ${(e as Error).message}` } });
-        }
+        this.sendGrant(session, p, upload);
       });
       this.syncUploadCounters();
     } catch (e) {
       const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, String(e), taskId);
       this.count(err.codeName);
       session.channel.sendError(err.code, err.message, err.ref);
+    }
+  }
+
+  /** Tells the client its upload is granted and starts the clock: the Update must arrive within uploadTimeoutMs. */
+  private sendGrant(session: ClientSession, p: Pending, upload: Upload): void {
+    const timeoutMs = this.uploads!.uploadTimeoutMs;
+    upload.timer = setTimeout(
+      () => p.settle({ missing: { clientId: p.clientId, reason: 'deadline', detail: `the granted upload did not arrive within ${timeoutMs} ms` } }),
+      timeoutMs,
+    );
+    try {
+      session.channel.send({ uploadGrant: { taskId: p.taskId, uploadDeadlineUnixMs: Date.now() + timeoutMs } });
+    } catch (e) {
+      p.settle({ missing: { clientId: p.clientId, reason: 'failed', detail: `upload grant not sent: ${(e as Error).message}` } });
     }
   }
 
