@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { layoutOf } from '@fedunlearn/protocol';
-import { blobPayload, decodeBlob, encodeBlob, readBlobHeader, unlinkDurable, weightsSha256, writeFileDurable, writeFileDurableSync } from './blob-files.js';
+import { blobPayload, decodeBlob, encodeBlob, readBlobHeader, unlinkDurable, weightsSha256, writeFileDurableSync } from './blob-files.js';
 
 const layout = layoutOf([
   { name: 'dense/kernel', shape: [7, 5] },
@@ -92,8 +92,8 @@ test('durable writes leave only the final file, and unlinks report the bytes fre
     const a = path.join(dir, 'sub', 'a.bin');
     const b = path.join(dir, 'sub', 'b.bin');
     writeFileDurableSync(a, new Uint8Array([1, 2, 3]));
-    await writeFileDurable(b, new Uint8Array([4, 5, 6, 7]));
-    await writeFileDurable(b, new Uint8Array([8, 9])); // replaces atomically
+    writeFileDurableSync(b, new Uint8Array([4, 5, 6, 7]));
+    writeFileDurableSync(b, new Uint8Array([8, 9])); // replaces atomically
     assert.deepEqual(fs.readdirSync(path.join(dir, 'sub')).sort(), ['a.bin', 'b.bin']);
     assert.deepEqual([...fs.readFileSync(b)], [8, 9]);
     assert.equal(await unlinkDurable([a, b, path.join(dir, 'sub', 'missing.bin')]), 5);

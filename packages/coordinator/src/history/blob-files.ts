@@ -152,11 +152,12 @@ export function ensureDirSync(dir: string): void {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
   }
-  fsyncDirSync(path.dirname(dir));
+  fsyncPathSync(path.dirname(dir));
 }
 
-export function fsyncDirSync(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
+/** Flushes a file's data, or a directory's entries, to disk. */
+export function fsyncPathSync(file: string): void {
+  const fd = fs.openSync(file, 'r');
   try {
     fs.fsyncSync(fd);
   } finally {
@@ -164,8 +165,9 @@ export function fsyncDirSync(dir: string): void {
   }
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  const h = await fsp.open(dir, 'r');
+/** Flushes a file's data, or a directory's entries, to disk, off the event loop. */
+export async function fsyncPath(file: string): Promise<void> {
+  const h = await fsp.open(file, 'r');
   try {
     await h.sync();
   } finally {
@@ -192,33 +194,12 @@ export function writeFileDurableSync(file: string, data: Uint8Array): void {
     fs.rmSync(tmp, { force: true });
     throw e;
   }
-  fsyncDirSync(dir);
-}
-
-/** Writes `data` to `file` durably and atomically, off the event loop. */
-export async function writeFileDurable(file: string, data: Uint8Array): Promise<void> {
-  const dir = path.dirname(file);
-  ensureDirSync(dir);
-  const tmp = tempNameFor(file);
-  try {
-    const h = await fsp.open(tmp, 'wx');
-    try {
-      await h.writeFile(data);
-      await h.sync();
-    } finally {
-      await h.close();
-    }
-    await fsp.rename(tmp, file);
-  } catch (e) {
-    await fsp.rm(tmp, { force: true });
-    throw e;
-  }
-  await fsyncDir(dir);
+  fsyncPathSync(dir);
 }
 
 /**
  * Writes `data` to a new file `file` without fsyncing it, off the event loop: for files nothing refers to until they
- * are made durable (fsyncFile and fsyncDir of their directory), so that a crash in between leaves only garbage.
+ * are made durable (fsyncPath of the file and of its directory), so that a crash in between leaves only garbage.
  */
 export async function writeFileUnsynced(file: string, data: Uint8Array): Promise<void> {
   ensureDirSync(path.dirname(file));
@@ -227,25 +208,6 @@ export async function writeFileUnsynced(file: string, data: Uint8Array): Promise
   } catch (e) {
     await fsp.rm(file, { force: true });
     throw e;
-  }
-}
-
-/** Flushes a written file's data to disk (its directory entry needs fsyncDir). */
-export async function fsyncFile(file: string): Promise<void> {
-  const h = await fsp.open(file, 'r');
-  try {
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-}
-
-export function fsyncFileSync(file: string): void {
-  const fd = fs.openSync(file, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
   }
 }
 
@@ -263,6 +225,6 @@ export async function unlinkDurable(files: readonly string[]): Promise<number> {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
   }
-  for (const d of dirs) await fsyncDir(d);
+  for (const d of dirs) await fsyncPath(d);
   return freed;
 }

@@ -19,7 +19,7 @@ test('migrate brings an empty database to the current schema once, and refuses a
   }
 });
 
-test('migration 2 adds the revoked flag to a version-1 database, keeping its clients', () => {
+test('migration 3 adds the revoked flag to a version-1 database, keeping its clients', () => {
   const db = new Database(':memory:');
   try {
     db.exec(MIGRATIONS[0]!);
@@ -48,6 +48,20 @@ test('the schema enforces what the store relies on', () => {
     assert.throws(() => round.run('r1b', 1), /UNIQUE/); // one round number per lineage
     // An update row needs its participant row: a purge that deleted participants first would fail loudly.
     assert.throws(() => db.prepare("INSERT INTO updates VALUES ('r1', 'c', 'fp32', 'u', 1, 'x')").run(), /FOREIGN KEY/);
+  } finally {
+    db.close();
+  }
+});
+
+test('migration 4 keeps the model versions of a version-3 database, none of them erased', () => {
+  const db = new Database(':memory:');
+  try {
+    for (const m of MIGRATIONS.slice(0, 3)) db.exec(m);
+    db.pragma('user_version = 3');
+    db.prepare("INSERT INTO models (version, parent, cause, round, job_id, lineage, sha256, blob, bytes, created_at) VALUES ('v0', NULL, 'init', 0, NULL, 'L', 'ab', 'models/v0.bin', 8, 1)").run();
+    migrate(db);
+    assert.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+    assert.deepEqual({ ...(db.prepare("SELECT version, sha256, erased_at FROM models").get() as object) }, { version: 'v0', sha256: 'ab', erased_at: null });
   } finally {
     db.close();
   }

@@ -11,10 +11,8 @@ import {
   decodeBlob,
   encodeBlob,
   ensureDirSync,
-  fsyncDir,
-  fsyncDirSync,
-  fsyncFile,
-  fsyncFileSync,
+  fsyncPath,
+  fsyncPathSync,
   readBlobHeader,
   sha256Hex,
   unlinkDurable,
@@ -489,8 +487,8 @@ class SqliteHistoryStore implements HistoryStore {
     const entries = [...(this.staged.get(roundId)?.values() ?? [])].filter((e) => e.done && !e.durable);
     if (entries.length === 0) return;
     // All at once: the kernel writes the files back together instead of one flush after another.
-    await Promise.all(entries.map((e) => fsyncFile(this.abs(e.rel))));
-    for (const dir of new Set(entries.map((e) => path.dirname(this.abs(e.rel))))) await fsyncDir(dir);
+    await Promise.all(entries.map((e) => fsyncPath(this.abs(e.rel))));
+    for (const dir of new Set(entries.map((e) => path.dirname(this.abs(e.rel))))) await fsyncPath(dir);
     for (const e of entries) e.durable = true;
   }
 
@@ -498,8 +496,8 @@ class SqliteHistoryStore implements HistoryStore {
   private makeDurableSync(updates: { staged: StagedUpdate }[]): void {
     const pending = updates.map((u) => u.staged).filter((s) => !s.durable);
     if (pending.length === 0) return;
-    for (const s of pending) fsyncFileSync(this.abs(s.rel));
-    for (const dir of new Set(pending.map((s) => path.dirname(this.abs(s.rel))))) fsyncDirSync(dir);
+    for (const s of pending) fsyncPathSync(this.abs(s.rel));
+    for (const dir of new Set(pending.map((s) => path.dirname(this.abs(s.rel))))) fsyncPathSync(dir);
     for (const s of pending) s.durable = true;
   }
 
@@ -1105,7 +1103,7 @@ class SqliteHistoryStore implements HistoryStore {
           changed = true;
         } else remaining++;
       }
-      if (changed) fsyncDirSync(dir);
+      if (changed) fsyncPathSync(dir);
       return remaining === 0;
     };
     sweep('models');
