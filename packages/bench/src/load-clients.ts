@@ -4,6 +4,7 @@ import {
   DEFAULT_FRAMING,
   encodeEnvelope,
   frameMessage,
+  needsUploadRequest,
   PROTOCOL_VERSION,
   WIRE_EVENT,
   type PreparedMessage,
@@ -46,7 +47,7 @@ export function connectProtocolClient(url: string, clientId: string, update: Upd
         } else if (env.body === 'task' && env.task) {
           const taskId = env.task.taskId ?? '';
           const answer = channel.prepare({ update: { taskId, delta: update.delta, numExamples: update.numExamples, metrics: { loss: 0.5, samples: update.numExamples } } });
-          if (grantAbove > 0 && answer.bytes > grantAbove && answer.bytes > Number(env.task.uploadGrantedBytes ?? 0)) {
+          if (needsUploadRequest(answer.bytes, grantAbove, Number(env.task.uploadGrantedBytes ?? 0))) {
             answers.set(taskId, answer);
             channel.send({ uploadRequest: { taskId, bytes: answer.bytes } });
           } else answer.send();

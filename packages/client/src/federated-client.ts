@@ -11,6 +11,7 @@ import {
   fedunlearn,
   layerView,
   layoutOf,
+  needsUploadRequest,
   PROTOCOL_VERSION,
   type FramingLimits,
   type WeightLayout,
@@ -413,7 +414,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       // A large answer waits for the coordinator's grant (upload flow control), so that it never holds more
       // arriving updates than it can fold and stage; a refusal means the task is over for this client.
       // A task may come with its grant (Task.upload_granted_bytes): then no request and no round trip.
-      const needsGrant = this.grantAboveBytes > 0 && answer.bytes > this.grantAboveBytes && answer.bytes > Number(task.uploadGrantedBytes ?? 0);
+      const needsGrant = needsUploadRequest(answer.bytes, this.grantAboveBytes, Number(task.uploadGrantedBytes ?? 0));
       if (needsGrant && !(await this.requestUpload(task.taskId, answer.bytes))) return;
       if (!socket.connected) return;
       answer.send();

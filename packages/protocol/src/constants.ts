@@ -16,3 +16,12 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 48 * 1024 * 1024;
 export function socketBufferBytes(chunkBytes: number): number {
   return chunkBytes + 64 * 1024;
 }
+
+/**
+ * Whether an answer of `answerBytes` must be announced (UploadRequest) and wait for its grant: when the Welcome's
+ * upload_grant_above_bytes (0: never) is below it and its task did not come with a grant large enough
+ * (Task.upload_granted_bytes).
+ */
+export function needsUploadRequest(answerBytes: number, grantAboveBytes: number, taskGrantedBytes: number): boolean {
+  return grantAboveBytes > 0 && answerBytes > grantAboveBytes && answerBytes > taskGrantedBytes;
+}
