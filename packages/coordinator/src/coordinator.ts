@@ -104,7 +104,7 @@ export interface CoordinatorOptions {
   /** Pause between rounds when running continuously. */
   roundIntervalMs?: number;
   /**
-   * Upload flow control (UploadRequest in the proto): answers above `grantAboveBytes` (default 1 MiB; 0 turns it off)
+   * Upload flow control (UploadRequest in the proto): answers above `grantAboveBytes` (default 64 KiB; 0 turns it off)
    * are sent only once granted, and grants keep the update bytes arriving or waiting to be folded and staged under
    * `windowBytes` (default 128 MB; one grant is always possible). A granted upload has `uploadTimeoutMs` (default
    * 60 s) to arrive.
