@@ -140,10 +140,10 @@ test('a client that never took part: the job completes without touching the mode
     const [done] = await coordinator.runPendingJobs();
     assert.equal(done!.state, 'done', done!.error ?? '');
     const report = done!.report as JobReport;
-    assert.equal(report.contributionRemoved, false);
-    assert.equal(report.t0, null);
     assert.equal(report.modelAfter.version, head.version, 'same model version');
     assert.equal(report.modelAfter.sha256, head.sha256, 'same weights');
+    assert.equal(report.contributionRemoved, false);
+    assert.equal(report.t0, null);
     assert.deepEqual(report.roundsReplayed, []);
     assert.equal(report.cost.tasks, 0, 'no client work');
     assert.ok(report.notes.some((n) => n.startsWith('no contribution to remove')), report.notes.join('; '));
