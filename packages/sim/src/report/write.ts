@@ -37,8 +37,8 @@ const UNLEARNING_COLUMNS: TableColumn[] = [
   { key: 'speedupWall', title: 'speed-up (wall)', format: speed },
 ];
 
-function rowLabel(r: { method: string; tuneRounds: number; fullHistory?: boolean; t0?: number | null }): string {
-  const from = r.fullHistory ? ' (full history)' : r.t0 && r.t0 > 1 ? ` (from t0 = ${r.t0})` : '';
+function rowLabel(r: { method: string; tuneRounds: number; fullHistory?: boolean; t0?: number | null; roundsKeptExact?: number }): string {
+  const from = r.fullHistory ? ' (full history)' : r.t0 && r.roundsKeptExact ? ` (from t0 = ${r.t0})` : '';
   return (r.tuneRounds > 0 ? `${r.method} +${r.tuneRounds} rounds` : r.method) + from;
 }
 
