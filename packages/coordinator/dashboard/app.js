@@ -213,6 +213,8 @@ function renderJobs() {
     ...jobs.map((j) => {
       const { step, total } = j.progress ?? { step: 0, total: 0 };
       const pct = j.state === 'done' ? 100 : total > 0 ? Math.min(100, (100 * step) / total) : 0;
+      // A replay step waiting for offline clients says so: who, how many are connected, until when, then what.
+      const w = j.state === 'running' ? j.progress?.waiting : undefined;
       return h(
         'tr',
         {
@@ -220,15 +222,22 @@ function renderJobs() {
           'data-state': j.state,
           'data-step': step,
           'data-total': total,
+          ...(w ? { 'data-waiting': `${w.connected}/${w.of}` } : {}),
           class: j.jobId === state.selectedJob ? 'selected' : '',
           onclick: () => selectJob(j.jobId),
         },
         h('td', { class: 'mono', title: j.jobId }, short(j.jobId)),
-        h('td', {}, h('span', { class: `state state-${j.state}` }, j.state)),
+        h('td', {}, h('span', { class: `state state-${w ? 'waiting' : j.state}` }, w ? 'waiting' : j.state)),
         h('td', { class: 'mono' }, j.clientIds.join(', ')),
         h('td', {}, j.method),
         h('td', {}, h('span', { class: 'bar' }, h('span', { style: `width:${pct}%` })), h('span', { class: 'num' }, `${step}/${total}`)),
-        h('td', { class: j.state === 'failed' ? 'error' : 'muted' }, j.error ?? j.progress?.message ?? ''),
+        w
+          ? h(
+              'td',
+              { class: 'waiting' },
+              `waiting for clients: ${w.connected} of ${w.of} connected, ${w.needed} needed; offline: ${w.clientIds.join(', ')}${w.missing > w.clientIds.length ? ` and ${w.missing - w.clientIds.length} more` : ''}; until ${fmtTime(w.until)}, then ${w.policy === 'fail' ? 'the job fails with nothing changed' : 'completed from stored updates'}`,
+            )
+          : h('td', { class: j.state === 'failed' ? 'error' : 'muted' }, j.error ?? j.progress?.message ?? ''),
         h('td', { class: 'r' }, fmtTime(j.updatedAt)),
       );
     }),
@@ -241,7 +250,7 @@ function selectJob(jobId) {
   renderReport();
 }
 
-const KNOWN_REPORT_KEYS = new Set(['jobId', 'clientsForgotten', 'requestedBy', 'method', 'exact', 'params', 'modelBefore', 'modelAfter', 'roundsReplayed', 'tuneRounds', 'cost', 'wallTimeMs', 'purged', 'offlinePolicy', 'notes', 'startedAt', 'finishedAt']);
+const KNOWN_REPORT_KEYS = new Set(['jobId', 'clientsForgotten', 'requestedBy', 'method', 'exact', 'params', 'modelBefore', 'modelAfter', 'roundsReplayed', 'tuneRounds', 'cost', 'wallTimeMs', 'purged', 'offlinePolicy', 'notes', 'startedAt', 'finishedAt', 'contributionRemoved', 't0', 'startModel', 'roundsKeptExact', 'exactPrefix', 'offline']);
 
 function kvTable(entries) {
   return h('table', { class: 'kv' }, h('tbody', {}, entries.map(([k, v]) => h('tr', { 'data-key': k }, h('td', {}, k), h('td', {}, v)))));
@@ -275,11 +284,17 @@ function renderReport() {
       ),
       kvTable([
         ['requested by', r.requestedBy],
+        ['t0', r.t0 === undefined ? '–' : r.t0 === null ? 'none: no contribution to remove (model unchanged)' : `round ${r.t0}`],
+        ['started from', r.startModel ? `${short(r.startModel.version)} (round ${r.startModel.round}, sha256 ${r.startModel.sha256.slice(0, 12)}…)` : '–'],
+        ['rounds kept exact', r.exactPrefix ? `${fmtInt(r.roundsKeptExact)} (${r.exactPrefix.fromRound}–${r.exactPrefix.toRound})` : fmtInt(r.roundsKeptExact ?? 0)],
         ['steps replayed', fmtInt(r.roundsReplayed?.length)],
         ['tune rounds', fmtInt(r.tuneRounds)],
         ['missing clients', missing.length ? missing.join(', ') : 'none'],
         ['wall time', fmtMs(r.wallTimeMs)],
         ['params', JSON.stringify(r.params ?? {})],
+        ...(r.offline
+          ? [['offline clients', `policy ${r.offline.policy}; waited ${fmtMs(r.offline.waitedMs)} of ${fmtMs(r.offline.waitMs)}${r.offline.completedServerSide.length ? `; completed server-side: ${r.offline.completedServerSide.join(', ')}` : ''}`]]
+          : []),
         ...extra.map(([k, v]) => [k, typeof v === 'number' ? fmtInt(v) : JSON.stringify(v)]),
       ]),
       kvTable([

@@ -5,6 +5,7 @@ import type { ServiceConfig, ServiceConfigInput } from './config.js';
 import type { Coordinator } from './coordinator.js';
 import type { ClientRecord, JobRecord, ModelVersion, RoundRecord } from './history/store.js';
 import type { JobReport } from './unlearning/engine.js';
+import type { JobWaiting } from './unlearning/offline.js';
 
 /**
  * `fedunlearn-coordinator`: `serve` runs the service; every other command is an operator talking to a running
@@ -160,11 +161,18 @@ class OperatorApi {
     return this.request<T>('POST', path, body);
   }
 
+  /** POST, also telling which success status answered (202 created, 200 an existing resource). */
+  async postWithStatus<T>(path: string, body: unknown): Promise<{ status: number; data: T }> {
+    let status = 0;
+    const data = await this.request<T>('POST', path, body, (s) => (status = s));
+    return { status, data };
+  }
+
   delete<T>(path: string): Promise<T> {
     return this.request<T>('DELETE', path);
   }
 
-  private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  private async request<T>(method: string, path: string, body?: unknown, onStatus?: (status: number) => void): Promise<T> {
     const headers: Record<string, string> = { accept: 'application/json' };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
@@ -192,11 +200,13 @@ class OperatorApi {
       const hint = res.status === 401 ? ' (pass --token or set FEDUNLEARN_OPERATOR_TOKEN)' : '';
       throw new CliError(`${method} ${path}: HTTP ${res.status} ${err?.code ?? res.statusText}: ${err?.message ?? text}${hint}`);
     }
+    onStatus?.(res.status);
     return data as T;
   }
 }
 
-type PublicJob = Omit<JobRecord, 'checkpoint'>;
+/** A job as the API shows it; `progress.waiting` is there while a replay step waits for offline clients. */
+type PublicJob = Omit<JobRecord, 'checkpoint' | 'progress'> & { progress: JobRecord['progress'] & { waiting?: JobWaiting } };
 interface StatusResponse {
   model: ModelVersion;
   connectedClients: number;
@@ -318,7 +328,7 @@ function formatJobs(jobs: PublicJob[]): string {
     ['JOB', 'STATE', 'METHOD', 'CLIENTS', 'PROGRESS', 'REQUESTED BY', 'UPDATED', 'MESSAGE'],
     jobs.map((j) => [
       j.jobId,
-      j.state,
+      j.state === 'running' && j.progress.waiting ? `waiting ${j.progress.waiting.connected}/${j.progress.waiting.of}` : j.state,
       j.method,
       j.clientIds.join(','),
       `${j.progress.step}/${j.progress.total}`,
@@ -331,14 +341,25 @@ function formatJobs(jobs: PublicJob[]): string {
 
 function formatReport(r: JobReport): string {
   const params = Object.entries(r.params).map(([k, v]) => `${k}=${String(v)}`);
+  // Reports written before these fields existed lack them.
+  const t0 = r.t0 === undefined ? [] : ([['t0', r.t0 === null ? 'none: no contribution to remove, the model was left as it was' : `round ${r.t0} (first round a forgotten client took part in)`]] as [string, string][]);
+  const start = r.startModel ? ([['started from', `${r.startModel.version} round ${r.startModel.round} sha256 ${r.startModel.sha256}`]] as [string, string][]) : [];
+  const kept = r.roundsKeptExact === undefined ? [] : ([['kept exact', r.exactPrefix ? `${r.roundsKeptExact} rounds (${r.exactPrefix.fromRound}-${r.exactPrefix.toRound}), as they were` : 'none']] as [string, string][]);
+  const offline = r.offline
+    ? ([['offline clients', `policy ${r.offline.policy}, waited ${duration(r.offline.waitedMs)} of ${duration(r.offline.waitMs)}${r.offline.completedServerSide.length > 0 ? `, completed server-side: ${r.offline.completedServerSide.join(', ')}` : ''}`]] as [string, string][])
+    : [];
   const head = keyValues([
     ['job', r.jobId],
     ['forgotten', r.clientsForgotten.join(', ')],
     ['requested by', r.requestedBy],
     ['method', `${r.method} (${r.exact ? 'exact' : 'approximate'})${params.length > 0 ? ' ' + params.join(' ') : ''}`],
     ['model before', `${r.modelBefore.version} round ${r.modelBefore.round} sha256 ${r.modelBefore.sha256}`],
-    ['model after', `${r.modelAfter.version} round ${r.modelAfter.round} sha256 ${r.modelAfter.sha256}`],
+    ['model after', `${r.modelAfter.version} round ${r.modelAfter.round} sha256 ${r.modelAfter.sha256}${r.modelAfter.version === r.modelBefore.version ? ' (unchanged)' : ''}`],
+    ...t0,
+    ...start,
+    ...kept,
     ['rounds', `${r.roundsReplayed.length} replayed, ${r.tuneRounds} tuning`],
+    ...offline,
     ['client work', `${r.cost.tasks} tasks, ${num(r.cost.clientSampleEpochs)} sample-epochs, ${bytes(r.cost.bytesOnWire)} on the wire`],
     ['wall time', duration(r.wallTimeMs)],
     ['purged', `${r.purged.updatesDeleted} updates (${bytes(r.purged.bytesDeleted)}), ${r.purged.participantRowsDeleted} participant rows`],
@@ -376,12 +397,15 @@ async function forget(clientIds: string[], flags: ApiFlags & { method?: string; 
     ...(flags.reuseFirstRound ? { reuseFirstRound: true } : {}),
   };
   const a = api(flags);
-  let job = await a.post<PublicJob>('/v1/jobs', {
+  const posted = await a.postWithStatus<PublicJob>('/v1/jobs', {
     clientIds,
     ...(flags.method ? { method: flags.method } : {}),
     ...(Object.keys(params).length > 0 ? { params } : {}),
   });
-  if (!flags.json) process.stdout.write(`job ${job.jobId} ${job.state}: ${job.method} forgetting ${job.clientIds.join(', ')}\n`);
+  let job = posted.data;
+  // 200: the same request was already in progress; the coordinator answered with that job rather than a second one.
+  const existing = posted.status === 200 ? ' (already in progress: following the existing job)' : '';
+  if (!flags.json) process.stdout.write(`job ${job.jobId} ${job.state}: ${job.method} forgetting ${job.clientIds.join(', ')}${existing}\n`);
   if (!flags.wait) {
     if (flags.json) print(flags, job, () => '');
     else process.stdout.write(`follow it with: ${NAME} jobs; ${NAME} report ${job.jobId}\n`);
@@ -391,7 +415,10 @@ async function forget(clientIds: string[], flags: ApiFlags & { method?: string; 
   while (job.state === 'queued' || job.state === 'running') {
     await new Promise((r) => setTimeout(r, flags.pollMs));
     job = await a.get<PublicJob>(`/v1/jobs/${seg(job.jobId)}`);
-    const line = `${job.state} ${job.progress.step}/${job.progress.total}${job.progress.message ? ` ${job.progress.message}` : ''}`;
+    const w = job.progress.waiting;
+    const line = w
+      ? `waiting for clients: ${w.connected} of ${w.of} connected, ${w.needed} needed; offline: ${w.clientIds.join(', ')}${w.missing > w.clientIds.length ? ` and ${w.missing - w.clientIds.length} more` : ''}; until ${time(w.until)}, then policy ${w.policy}`
+      : `${job.state} ${job.progress.step}/${job.progress.total}${job.progress.message ? ` ${job.progress.message}` : ''}`;
     // Progress goes to stderr, so that stdout holds only the result (and stays valid JSON under --json).
     if (line !== last) process.stderr.write(`  ${line}\n`);
     last = line;
@@ -451,6 +478,8 @@ function buildProgram(): Command {
     .option('--history-interval <dt>', 'keep full client updates every DT rounds, FedEraser Δt (default 2)', numberArg)
     .option('--retention <kind>', 'how kept updates are stored: fp32|fp16|int8|norms (default fp32)')
     .option('--models-after-forget <policy>', 'erase: a forget job deletes the weights of the model versions the forgotten clients contributed to; keep: they stay downloadable (default erase)')
+    .option('--job-wait-for-clients-ms <ms>', 'a forget job waits at most this long in all for offline clients of its replay steps, showing whom it waits for (default 300000)', numberArg)
+    .option('--job-offline-policy <policy>', 'then: fail (the job stops, nothing changed) or server-side (calibration steps are completed from the offline clients\' stored updates, uncalibrated; default fail)')
     .option('--seed <s>', 'seeds the initial model and client selection (default 1)', numberArg)
     .addOption(new Option('--operator-token <token>', 'bearer token the operator API requires (default: none, open)').env('FEDUNLEARN_OPERATOR_TOKEN'))
     .option('--enrolment <mode>', 'closed: only clients with issued credentials (`clients add`); open: new ids enrol on first hello, development only (default closed)')

@@ -203,3 +203,12 @@ test('tls: certificate paths in a file are its neighbours and are read into the 
   assert.match(issues[0]!, /^tls\.key: cannot read .*nope\.pem/);
   assert.ok(issuesOf(() => loadConfig({ overrides: { tls: { cert: 'c.pem' } as never } })).some((i) => /^tls\.key: expected string/.test(i)));
 });
+
+test('forget jobs and offline clients: a bounded wait (default 5 min) and a policy (default fail), from a file or a flag; a bad policy is named', () => {
+  assert.deepEqual(coordinatorOptionsOf(loadConfig({ overrides: {} })).jobs, { waitMs: 300_000, policy: 'fail' });
+  const c = loadConfig({ file: file('jobs.yaml', 'jobWaitForClientsMs: 60000\njobOfflinePolicy: server-side\n'), overrides: { jobWaitForClientsMs: 5000 } });
+  assert.deepEqual(coordinatorOptionsOf(c).jobs, { waitMs: 5000, policy: 'server-side' });
+  const bad = issuesOf(() => loadConfig({ overrides: { jobOfflinePolicy: 'wait-forever' as 'fail', jobWaitForClientsMs: -1 } }));
+  assert.ok(bad.some((i) => /^jobOfflinePolicy: expected one of fail\|server-side, got "wait-forever"/.test(i)), bad.join('\n'));
+  assert.ok(bad.some((i) => /^jobWaitForClientsMs: must be >= 0/.test(i)), bad.join('\n'));
+});

@@ -4,6 +4,7 @@ import type { ArchitectureName, ArchitectureOptions } from '@fedunlearn/models';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import type { CoordinatorOptions, SecurityLimits } from './coordinator.js';
+import { DEFAULT_JOB_OFFLINE, OFFLINE_POLICIES } from './unlearning/offline.js';
 
 /**
  * The coordinator service's configuration: one flat object whose keys are the camelCase names of the `serve` flags,
@@ -49,6 +50,10 @@ export const serviceConfigSchema = z
     retention: z.enum(RETENTIONS).default('fp32'),
     /** After a forget job: erase the weights of the model versions the forgotten clients contributed to, or keep them. */
     modelsAfterForget: z.enum(['erase', 'keep']).default('erase'),
+    /** A forget job waits at most this long in all for offline clients of its replay steps (shown in its progress)... */
+    jobWaitForClientsMs: z.number().int().min(0).default(DEFAULT_JOB_OFFLINE.waitMs),
+    /** ...then 'fail' stops it with nothing changed; 'server-side' completes calibration steps from stored updates. */
+    jobOfflinePolicy: z.enum(OFFLINE_POLICIES).default(DEFAULT_JOB_OFFLINE.policy),
     /** Seeds the initial model, client selection and the clients' shuffles. */
     seed: z.number().int().min(0).default(1),
     operatorToken: z.string().min(8).optional(),
@@ -197,7 +202,7 @@ export function modelOf(cfg: ServiceConfig): { name: ArchitectureName; options: 
 
 /** Everything of CoordinatorOptions a config decides; the caller adds the store, the model and the logger. */
 export type ConfiguredCoordinatorOptions = Required<
-  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'modelsAfterForget' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth' | 'uploads'>
+  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'modelsAfterForget' | 'jobs' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth' | 'uploads'>
 > &
   Pick<CoordinatorOptions, 'operatorToken' | 'tls'> & { limits: Partial<SecurityLimits> };
 
@@ -216,6 +221,7 @@ export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorO
     historyInterval: cfg.historyInterval,
     retention: cfg.retention,
     modelsAfterForget: cfg.modelsAfterForget,
+    jobs: { waitMs: cfg.jobWaitForClientsMs, policy: cfg.jobOfflinePolicy },
     enrolment: cfg.enrolment,
     roundIntervalMs: cfg.roundIntervalMs,
     metricsAuth: cfg.metricsAuth,

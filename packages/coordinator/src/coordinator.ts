@@ -17,7 +17,7 @@ import { generateSecret, hashIssuedSecret, hashSecret, verifySecret } from './tr
 import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type Clock } from './transport/rate-limit.js';
 import type { ClientSession } from './transport/session.js';
 import { SocketServer, type Authenticator } from './transport/socket-server.js';
-import { UnlearningEngine, type ForgetJobInput } from './unlearning/engine.js';
+import { DEFAULT_JOB_OFFLINE, UnlearningEngine, type ForgetJobInput, type JobOfflineSettings } from './unlearning/engine.js';
 
 export const COORDINATOR_VERSION = '0.1.0';
 /** Pause of the round loop after a round that found no quorum. */
@@ -82,6 +82,12 @@ export interface CoordinatorOptions {
    * that compare the model before and after).
    */
   modelsAfterForget?: 'erase' | 'keep';
+  /**
+   * Forget jobs whose clients are offline: a step waits for its quorum of clients at most `waitMs` over the whole job
+   * (default 300,000), showing who it waits for in the job's progress; then `policy` applies: 'fail' (default) stops
+   * the job with nothing changed, 'server-side' completes calibration steps from the offline clients' stored updates.
+   */
+  jobs?: Partial<JobOfflineSettings>;
   strategy?: AggregationStrategy;
   logger?: Logger;
   framing?: FramingLimits;
@@ -186,6 +192,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       config: opts.federation,
       scratchDir: join(opts.dataDir, 'jobs'),
       eraseModels: (opts.modelsAfterForget ?? 'erase') === 'erase',
+      offline: { ...DEFAULT_JOB_OFFLINE, ...opts.jobs },
       log: this.log,
     });
     this.forgotten = this.unlearning.forgottenClients();
@@ -318,16 +325,29 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     })();
   }
 
-  /** Queues a forget job (validated and persisted at once); it runs at the next round boundary. */
+  /** Queues a forget job (validated and persisted at once); it runs at the next round boundary. A request identical to
+   *  a job in progress returns that job. Throws as submitForget does. */
   forget(input: ForgetJobInput): JobRecord {
+    return this.submitForget(input).job;
+  }
+
+  /**
+   * Validates and queues a forget job synchronously. `created` is false when the request is identical to a job in
+   * progress, which is returned instead (never a second replay). Throws ProtocolError: UNKNOWN_CLIENT, INVALID_ARGUMENT
+   * (already forgotten), JOB_CONFLICT (a job in progress covers some of the clients otherwise), FORGET_REFUSED (it
+   * would forget every client, or every one that took part, or the method cannot run on this history).
+   */
+  submitForget(input: ForgetJobInput): { job: JobRecord; created: boolean } {
     const unknown = input.clientIds.filter((id) => !this.store.getClient(id));
     if (unknown.length > 0) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client(s): ${unknown.join(', ')}`);
     const already = input.clientIds.filter((id) => this.forgotten.has(id));
     if (already.length > 0) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `already forgotten: ${already.join(', ')}`);
-    const job = this.unlearning.submit(input);
-    this.metrics.forgetRequested(input.requestedBy.startsWith('client:') ? 'client' : 'operator');
-    this.emit('job', job);
-    return job;
+    const out = this.unlearning.submit(input);
+    if (out.created) {
+      this.metrics.forgetRequested(input.requestedBy.startsWith('client:') ? 'client' : 'operator');
+      this.emit('job', out.job);
+    }
+    return out;
   }
 
   /** Runs every queued (or interrupted) job now. */
@@ -335,11 +355,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     const done: JobRecord[] = [];
     for (const job of this.unlearning.pending()) {
       if (this.abort.signal.aborted) break;
-      // A job resumed right after a restart would otherwise send its replay before the fleet has reconnected, find
-      // nobody to answer and fail: like a round, it first waits (bounded) for a quorum of clients that may take part.
-      const excluded = new Set(job.clientIds);
-      await this.registry.waitFor(this.config.minClients, this.config.waitForClientsMs, this.abort.signal, (id) => !excluded.has(id) && !this.forgotten.has(id));
-      if (this.abort.signal.aborted) break;
+      // No silent wait here: each replay step waits (bounded, shown in the job's progress) for its own clients, so a
+      // job resumed before the fleet has reconnected neither replays with nobody nor waits without saying so.
       done.push(await this.exclusive(() => this.unlearning.run(job, this.current, this.abort.signal)));
     }
     return done;
@@ -489,7 +506,9 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       const wait = Math.ceil(this.forgetLimit.retryAfterMs(session.clientId) / 1000);
       throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many forget requests from this client; retry in ${wait} s`, req.requestId);
     }
-    const existing = this.store.listJobs().find((j) => j.requestedBy === `client:${session.clientId}` && (j.state === 'queued' || j.state === 'running'));
+    // A job in progress that already forgets this client (asked for by it, or by the operator) is its answer: a
+    // repeated request never starts a second replay.
+    const existing = this.unlearning.inProgressFor([session.clientId]);
     let job: JobRecord;
     try {
       job = existing ?? this.forget({ clientIds: [session.clientId], requestedBy: `client:${session.clientId}` });

@@ -25,6 +25,7 @@ const program = new Command('fedunlearn-sim')
   .addOption(new Option('--retention <kind>', 'how stored updates are kept').choices(['fp32', 'fp16', 'int8', 'norms']).default(d.retention))
   .option('--out <dir>', 'output directory (report.json, plots)', d.out)
   .option('--forget <i,j>', 'indices of the clients to forget after training', ints, d.forget)
+  .option('--forget-join-round <r>', 'the forgotten clients join at round R (not selected before it); adds full-history rows to compare', Number, d.forgetJoinRound)
   .option('--methods <list>', 'unlearning methods: federaser,replay,retrain,rollback', list, d.methods)
   .option('--tune-rounds <n,m>', 'ordinary rounds after each approximate method (a row per value)', ints, d.tuneRounds)
   .option('--calibration-ratio <r>', 'FedEraser calibration ratio r (epochs r*E)', Number, d.calibrationRatio)
@@ -54,6 +55,7 @@ const config: SimConfig = {
   retention: o.retention,
   out: o.out,
   forget: o.forget,
+  forgetJoinRound: o.forgetJoinRound,
   methods: o.methods as MethodName[],
   tuneRounds: o.tuneRounds,
   calibrationRatio: o.calibrationRatio,

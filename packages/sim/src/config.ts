@@ -19,6 +19,12 @@ export interface SimConfig {
   out: string;
   /** Indices of the clients to forget (empty: train only). */
   forget: number[];
+  /**
+   * The forgotten clients join at this round: they are not connected, hence not selected, before it (1: from the
+   * start). Above 1 the report adds, for federaser and replay, a full-history row (replay from the initial model) beside
+   * the default one that starts at t0, so that the saving is measured in the same run.
+   */
+  forgetJoinRound: number;
   methods: MethodName[];
   /** One row per value for each approximate method. */
   tuneRounds: number[];
@@ -50,6 +56,7 @@ export const DEFAULT_CONFIG: SimConfig = {
   retention: 'fp32',
   out: 'out/sim',
   forget: [],
+  forgetJoinRound: 1,
   methods: ['federaser', 'replay', 'retrain', 'rollback'],
   tuneRounds: [0],
   calibrationRatio: 0.5,
@@ -86,6 +93,8 @@ export function validateConfig(c: SimConfig): SimConfig {
   }
   for (const i of c.forget) if (!Number.isInteger(i) || i < 0 || i >= c.clients) fail('forget', `client index ${i} is outside 0..${c.clients - 1}`);
   if (c.forget.length >= c.clients) fail('forget', 'at least one client must remain');
+  if (!Number.isInteger(c.forgetJoinRound) || c.forgetJoinRound < 1 || c.forgetJoinRound > c.rounds) fail('forget-join-round', `must be an integer in 1..${c.rounds} (--rounds), got ${c.forgetJoinRound}`);
+  if (c.forgetJoinRound > 1 && c.forget.length === 0) fail('forget-join-round', 'needs --forget: it says when the forgotten clients join');
   for (const m of c.methods) if (!['federaser', 'replay', 'retrain', 'rollback'].includes(m)) fail('methods', `'${m}' is not one of federaser, replay, retrain, rollback`);
   for (const t of c.tuneRounds) if (!Number.isInteger(t) || t < 0) fail('tune-rounds', `must be non-negative integers, got ${t}`);
   return c;

@@ -28,6 +28,15 @@ export interface RoundRow {
 export interface UnlearningRow extends ModelFigures {
   method: MethodName;
   tuneRounds: number;
+  /** federaser and replay: replayed from the initial model over every stored round (params.fullHistory), for
+   *  comparison with the default row that starts at t0. */
+  fullHistory: boolean;
+  /** The first round a forgotten client took part in, and how many rounds before it the job kept as they were. */
+  t0: number | null;
+  roundsKeptExact: number;
+  /** This row's client sample-epochs and wall time divided by those of the same method's full-history row (below 1:
+   *  the saving of starting at t0); null without such a row. */
+  vsFullHistory: { sampleEpochs: number | null; wallTime: number } | null;
   /** How the job was requested: through the forgotten client's SDK or the operator API. */
   requestedBy: string;
   jobId: string;
@@ -112,13 +121,26 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     const coord = await startCoordinator(cfg, def, trainDir, cfg.seed);
     progress.log(`backend: ${backend.name} (tried ${backend.tried.map((t) => t.name + (t.error ? ' ✗' : ' ✓')).join(', ')}); ${cfg.clients} clients on ${cfg.dataset}, model ${cfg.model} (${def.initial.layout.totalSize.toLocaleString()} parameters)`);
     const tTrain = Date.now();
-    await fleet.connect(coord.url, specs);
+    // Forgotten clients that join late are not connected, hence never selected, before their round.
+    const lateIds = cfg.forgetJoinRound > 1 ? new Set(forgottenIds) : new Set<string>();
+    await fleet.connect(
+      coord.url,
+      specs.filter((s) => !lateIds.has(s.clientId)),
+    );
     progress.start('training', cfg.rounds, 'round');
-    await coord.coordinator.runRounds(cfg.rounds, async (r: RoundOutcome) => {
+    const onRound = async (r: RoundOutcome) => {
       const m = await evaluator.test(coord.coordinator.model().weights);
       rounds.push({ round: r.round, testAccuracy: m.accuracy, testLoss: m.loss, participants: r.participants.length, missing: r.missing.length, durationMs: r.durationMs, trainLoss: r.metrics.loss ?? null });
       progress.tick({ acc: m.accuracy });
-    });
+    };
+    if (lateIds.size > 0) {
+      await coord.coordinator.runRounds(cfg.forgetJoinRound - 1, onRound);
+      await fleet.add(
+        coord.url,
+        specs.filter((s) => lateIds.has(s.clientId)),
+      );
+    }
+    await coord.coordinator.runRounds(cfg.rounds - (lateIds.size > 0 ? cfg.forgetJoinRound - 1 : 0), onRound);
     progress.stop();
     trainingWallTimeMs = Date.now() - tTrain;
     storedBytes = statsBytes(coord.coordinator);
@@ -134,27 +156,31 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       const threshold = orig.threshold;
       original = orig.figures;
 
-      const plan: { method: MethodName; tune: number; seed: number; noise?: boolean }[] = [];
+      const plan: { method: MethodName; tune: number; seed: number; noise?: boolean; fullHistory?: boolean }[] = [];
       for (const m of orderMethods(cfg.methods)) {
         const exact = m === 'retrain' || m === 'rollback';
-        for (const tune of exact ? [0] : cfg.tuneRounds) plan.push({ method: m, tune, seed: cfg.seed });
+        for (const tune of exact ? [0] : cfg.tuneRounds) {
+          plan.push({ method: m, tune, seed: cfg.seed });
+          // With late joiners, the approximate methods also run from the initial model, to show what t0 saves.
+          if (!exact && cfg.forgetJoinRound > 1) plan.push({ method: m, tune, seed: cfg.seed, fullHistory: true });
+        }
       }
       if (cfg.noiseFloor) plan.push({ method: 'retrain', tune: 0, seed: cfg.seed + 7919, noise: true });
 
       const results: { plan: (typeof plan)[number]; report: JobReport; weights: Float32Array }[] = [];
       let sdkUsed = false;
       for (const [i, p] of plan.entries()) {
-        const dir = join(work, `${i}-${p.method}-${p.tune}${p.noise ? '-noise' : ''}`);
+        const dir = join(work, `${i}-${p.method}-${p.tune}${p.noise ? '-noise' : ''}${p.fullHistory ? '-full' : ''}`);
         cpSync(trainDir, dir, { recursive: true });
         const c = await startCoordinator(cfg, def, dir, p.seed);
         // Stopped on every path: a failed job must not leave its coordinator listening.
         try {
           await fleet.reconnect(c.url);
-          progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}`, 1, 'step');
+          progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}${p.fullHistory ? ' (full history)' : ''}`, 1, 'step');
           c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total));
           let jobId: string;
           // The first single-client federaser job is asked for the way a device would: through its SDK.
-          if (!sdkUsed && p.method === 'federaser' && p.tune === 0 && forgottenIds.length === 1 && !cfg.reuseFirstRound && cfg.calibrationRatio === 0.5) {
+          if (!sdkUsed && p.method === 'federaser' && p.tune === 0 && !p.fullHistory && forgottenIds.length === 1 && !cfg.reuseFirstRound && cfg.calibrationRatio === 0.5) {
             sdkUsed = true;
             const pending = fleet.forget(forgottenIds[0]!);
             const started = await waitForQueued(c.coordinator);
@@ -165,7 +191,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
             const job = c.coordinator.forget({
               clientIds: forgottenIds,
               method: p.method,
-              params: { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune },
+              params: { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune, ...(p.fullHistory ? { fullHistory: true } : {}) },
               requestedBy: 'operator:sim',
             });
             jobId = job.jobId;
@@ -193,9 +219,19 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       for (const r of rowResults) {
         const f = evaluated.get(r)!;
         const l2 = retrain ? l2Distance(r.weights, retrain.weights) : null;
+        const full = r.plan.fullHistory ? undefined : rowResults.find((x) => x.plan.fullHistory && x.plan.method === r.plan.method && x.plan.tune === r.plan.tune);
         rows.push({
           method: r.plan.method,
           tuneRounds: r.plan.tune,
+          fullHistory: r.plan.fullHistory ?? false,
+          t0: r.report.t0,
+          roundsKeptExact: r.report.roundsKeptExact,
+          vsFullHistory: full
+            ? {
+                sampleEpochs: full.report.cost.clientSampleEpochs > 0 ? r.report.cost.clientSampleEpochs / full.report.cost.clientSampleEpochs : null,
+                wallTime: r.report.wallTimeMs / Math.max(1, full.report.wallTimeMs),
+              }
+            : null,
           requestedBy: r.report.requestedBy,
           jobId: r.report.jobId,
           ...f.figures,

@@ -25,6 +25,9 @@ export interface HttpApiOptions {
   tls?: TlsFiles;
 }
 
+/** HTTP status of a ProtocolError by code name; the others are 400. */
+const PROTOCOL_ERROR_STATUS: Record<string, number> = { UNKNOWN_CLIENT: 404, JOB_CONFLICT: 409, FORGET_REFUSED: 422 };
+
 /** Where the API serves its OpenAPI document. */
 export const OPENAPI_PATH = '/v1/openapi.json';
 
@@ -64,7 +67,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
 
   app.setErrorHandler((raw: unknown, _req, reply) => {
     const err = raw as Error & { statusCode?: number; validation?: unknown; code?: string };
-    if (raw instanceof ProtocolError) return reply.code(raw.codeName === 'UNKNOWN_CLIENT' ? 404 : 400).send({ error: { code: raw.codeName, message: raw.message } });
+    if (raw instanceof ProtocolError) return reply.code(PROTOCOL_ERROR_STATUS[raw.codeName] ?? 400).send({ error: { code: raw.codeName, message: raw.message } });
     if (err instanceof HttpError) return reply.code(err.status).send({ error: { code: err.code, message: err.message } });
     if (err instanceof ModelErasedError) return reply.code(410).send({ error: { code: 'MODEL_ERASED', message: err.message } });
     if (err.validation) return reply.code(400).send({ error: { code: 'INVALID_ARGUMENT', message: err.message } });
@@ -174,13 +177,14 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
 
       v1.post('/jobs', { schema: schemas.createJob, config: mutation }, async (req, reply) => {
         const body = req.body as { clientIds: string[]; method?: MethodName; params?: MethodParams };
-        const job = coord.forget({
+        const { job, created } = coord.submitForget({
           clientIds: body.clientIds,
           ...(body.method ? { method: body.method } : {}),
           ...(body.params ? { params: body.params } : {}),
           requestedBy: 'operator',
         });
-        return reply.code(202).send(publicJob(job));
+        // The same request again (also concurrently) answers with the job it started: 200, not a second 202.
+        return reply.code(created ? 202 : 200).send(publicJob(job));
       });
 
       v1.get('/jobs', { schema: schemas.jobs }, async () => ({ jobs: coord.store.listJobs().map(publicJob) }));

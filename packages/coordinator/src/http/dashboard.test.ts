@@ -127,6 +127,8 @@ test('GET /v1/events needs the operator token, starts with a snapshot, streams j
 
     // A real job submission (the client must be known to the store) reaches the stream.
     coord.store.upsertClient({ clientId: 'leaver', numExamples: 10, seenAt: Date.now() });
+    // Forgetting the only client would be refused (FORGET_REFUSED): another one stays.
+    coord.store.upsertClient({ clientId: 'stayer', numExamples: 10, seenAt: Date.now() });
     const job = coord.forget({ clientIds: ['leaver'], requestedBy: 'operator:test' });
     const next = await read((e) => e.some((x) => x.event === 'job'));
     const ev = next.find((x) => x.event === 'job')!.data as { jobId: string; state: string; checkpoint?: unknown; report: unknown };

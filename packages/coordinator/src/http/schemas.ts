@@ -92,7 +92,30 @@ const job = {
     requestedBy: { type: 'string', description: "'operator' or 'client:<id>'" },
     method: { type: 'string', enum: [...METHOD_NAMES] },
     params: { type: 'object', ...open },
-    progress: { type: 'object', ...open, properties: { step: int, total: int, message: str } },
+    progress: {
+      type: 'object',
+      ...open,
+      properties: {
+        step: int,
+        total: int,
+        message: str,
+        waiting: {
+          type: 'object',
+          ...open,
+          description: 'present while a replay step waits for its offline clients (bounded by jobWaitForClientsMs over the job; then jobOfflinePolicy applies)',
+          properties: {
+            clientIds: { type: 'array', items: str, description: 'clients of the step not connected (at most 50)' },
+            missing: int,
+            connected: int,
+            of: int,
+            needed: { type: 'integer', description: 'the step starts once this many of its clients are connected' },
+            since: ms,
+            until: { type: 'integer', description: 'unix ms at which the wait ends and the offline policy applies' },
+            policy: { type: 'string', enum: ['fail', 'server-side'] },
+          },
+        },
+      },
+    },
     report: { type: ['object', 'null'], ...open, description: 'the certificate, once done (also at /v1/jobs/{id}/report)' },
     error: { type: ['string', 'null'] },
     createdAt: ms,
@@ -264,7 +287,8 @@ export const schemas = {
   }),
   createJob: routeSchema({
     summary: 'Queue a forget job',
-    description: 'Validated and persisted at once; it runs at the next round boundary. Poll /v1/jobs/{id}.',
+    description:
+      'Validated and persisted at once; it runs at the next round boundary. Poll /v1/jobs/{id}. The same request again while the job is in progress answers 200 with that job.',
     tags: ['jobs'],
     operator: true,
     body: {
@@ -281,12 +305,19 @@ export const schemas = {
             calibrationRatio: { type: 'number', exclusiveMinimum: 0, maximum: 10 },
             reuseFirstRound: { type: 'boolean' },
             tuneRounds: { type: 'integer', minimum: 0, maximum: 1000 },
+            fullHistory: { type: 'boolean', description: 'federaser and replay: replay from the initial model over every stored round instead of from t0 (comparisons only)' },
           },
         },
       },
     },
-    ok: { 202: withDescription('the queued job', job) },
-    errors: { 400: 'invalid body or a client already forgotten', 404: 'unknown client', 429: 'too many operator mutations this minute' },
+    ok: { 202: withDescription('the queued job', job), 200: withDescription('the job in progress this identical request already started (no second job)', job) },
+    errors: {
+      400: 'invalid body or a client already forgotten',
+      404: 'unknown client',
+      409: 'JOB_CONFLICT: a job in progress covers some of these clients with another method, parameters or client set',
+      422: 'FORGET_REFUSED: it would forget every client, or every client that took part, or the method cannot run on this history; nothing changed',
+      429: 'too many operator mutations this minute',
+    },
   }),
   issueClient: routeSchema({
     summary: 'Issue a client credential',

@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
+import { ErrorCode, layerNorms, ProtocolError } from '@fedunlearn/protocol';
 import { nanoid } from 'nanoid';
 import type { AggregationStrategy } from '../aggregation/strategy.js';
-import { onSchedule, type HistoryStore, type JobRecord, type ModelVersion, type PurgeSummary, type RoundRecord } from '../history/store.js';
+import { onSchedule, type HistoryStore, type JobRecord, type ModelVersion, type ParticipantInput, type PurgeSummary, type RoundRecord, type UnlearningRoundInput } from '../history/store.js';
 import type { Logger } from '../logger.js';
 import { TaskKind, type Missing, type TaskDispatcher } from '../rounds/dispatcher.js';
 import { addCost, federatedStep, zeroCost, type WorkCost } from '../rounds/federated-step.js';
@@ -9,10 +10,13 @@ import type { FederationConfig, ModelCache } from '../rounds/round-engine.js';
 import { selectClients } from '../rounds/selection.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import { FedEraser } from './federaser.js';
-import { METHOD_NAMES, type MethodContext, type MethodName, type MethodParams, type ReplayedRound, type UnlearningMethod } from './method.js';
+import { METHOD_NAMES, resolveParams, type MethodContext, type MethodName, type MethodParams, type MethodResult, type ReplayedRound, type ResolvedParams, type UnlearningMethod } from './method.js';
 import { ServerReplay } from './replay.js';
 import { Retrain } from './retrain.js';
+import { DEFAULT_JOB_OFFLINE, type JobOfflineSettings, type JobWaiting } from './offline.js';
 import { JobScratch } from './scratch.js';
+
+export * from './offline.js';
 
 export interface ForgetJobInput {
   clientIds: string[];
@@ -22,6 +26,18 @@ export interface ForgetJobInput {
   requestedBy: string;
 }
 
+/** One replayed step in a report. */
+export interface ReportedRound {
+  sourceRound: number;
+  /** Its round number in the new lineage (after the kept rounds). */
+  round: number;
+  calibrated: string[];
+  /** Participants applied from their stored updates without fresh work: every one of a server-side replay, and the
+   *  clients an offline policy 'server-side' completed. */
+  uncalibrated: string[];
+  missing: Missing[];
+}
+
 /** The certificate of one forget job. */
 export interface JobReport {
   jobId: string;
@@ -29,20 +45,26 @@ export interface JobReport {
   requestedBy: string;
   method: MethodName;
   exact: boolean;
-  params: MethodParams;
+  /** The parameters applied, defaults included. */
+  params: ResolvedParams;
+  /** False when no forgotten client took part in the current model's history: the model was left as it was. */
+  contributionRemoved: boolean;
   modelBefore: { version: string; sha256: string; round: number };
   modelAfter: { version: string; sha256: string; round: number };
-  roundsReplayed: {
-    sourceRound: number;
-    round: number;
-    calibrated: string[];
-    uncalibrated: string[];
-    missing: Missing[];
-  }[];
+  /** The first round of the replaced lineage in which a forgotten client took part; null when none did. */
+  t0: number | null;
+  /** The model the method started from (retrain: the initial model; the others: the model before t0). */
+  startModel: { version: string; sha256: string; round: number } | null;
+  /** Rounds 1..roundsKeptExact of the replaced lineage were kept as they were (they never saw the forgotten clients). */
+  roundsKeptExact: number;
+  exactPrefix: { fromRound: number; toRound: number } | null;
+  roundsReplayed: ReportedRound[];
   tuneRounds: number;
   cost: WorkCost & { bytesOnWire: number };
   wallTimeMs: number;
   purged: PurgeSummary;
+  /** The offline policy in force, the wait budget and how much of it the job spent. */
+  offline: JobOfflineSettings & { waitedMs: number; completedServerSide: string[] };
   offlinePolicy: string;
   notes: string[];
   startedAt: number;
@@ -53,10 +75,23 @@ interface Checkpoint {
   rounds: (Omit<ReplayedRound, 'weights'> & { weightsFile: string })[];
   cost: WorkCost;
   phase: 'method' | 'tune';
+  /** Phase 'tune': what the method returned besides its rounds. */
+  kept?: number;
+  startedFrom?: string;
+  notes?: string[];
 }
 
-export const OFFLINE_POLICY =
-  'clients that are offline or miss the deadline are left out of that step, and the example weights are renormalised over those who answered; a step nobody answers is skipped';
+function describePolicy(o: JobOfflineSettings): string {
+  const wait = `a step whose clients are offline waits for them (at most ${Math.round(o.waitMs / 1000)} s over the whole job)`;
+  const then =
+    o.policy === 'fail'
+      ? 'then a step below its quorum fails the job with nothing changed, and offline clients of a step with its quorum are left out of it'
+      : 'then a calibration step completes its offline clients from their stored updates, uncalibrated (exact methods fail instead)';
+  return `${wait}; ${then}; clients that drop or miss the deadline during a step are left out of it and the example weights renormalised over those who answered; a step nobody answers is skipped`;
+}
+
+/** A job's wait budget ran out and the offline policy says to stop: the job fails with nothing changed. */
+class OfflineClientsError extends Error {}
 
 export interface EngineEvents {
   progress: [JobRecord];
@@ -83,6 +118,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       scratchDir: string;
       /** Erase the weights of the model versions the forgotten clients contributed to (CoordinatorOptions.modelsAfterForget). */
       eraseModels: boolean;
+      /** Waiting for offline clients and what follows it (default DEFAULT_JOB_OFFLINE). */
+      offline?: JobOfflineSettings;
       log: Logger;
     },
   ) {
@@ -96,13 +133,34 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     this.scratch = new JobScratch(deps.scratchDir);
   }
 
-  /** Validates and persists a forget request as a queued job. */
-  submit(input: ForgetJobInput): JobRecord {
+  private get offline(): JobOfflineSettings {
+    return this.deps.offline ?? DEFAULT_JOB_OFFLINE;
+  }
+
+  /**
+   * Validates and persists a forget request as a queued job, synchronously (two requests at once cannot both pass the
+   * checks). A request identical to a job in progress (same clients, method and parameters) is answered with that job
+   * (`created: false`). Throws ProtocolError JOB_CONFLICT when a job in progress already covers some of the clients
+   * otherwise, and FORGET_REFUSED when the job could only fail or do harm (see `refusal`); RangeError on bad input.
+   */
+  submit(input: ForgetJobInput): { job: JobRecord; created: boolean } {
     const method = input.method ?? 'federaser';
     if (!METHOD_NAMES.includes(method)) throw new RangeError(`unknown method '${method}' (allowed: ${METHOD_NAMES.join(', ')})`);
     const clientIds = [...new Set(input.clientIds)];
     if (clientIds.length === 0) throw new RangeError('a forget job needs at least one client id');
     const params = normaliseParams(input.params ?? {});
+    const existing = this.inProgressFor(clientIds);
+    if (existing) {
+      const same = sameSet(existing.clientIds, clientIds) && existing.method === method && canonicalJson(existing.params) === canonicalJson(params);
+      if (same) return { job: existing, created: false };
+      const overlap = existing.clientIds.filter((id) => clientIds.includes(id));
+      throw new ProtocolError(
+        ErrorCode.JOB_CONFLICT,
+        `${overlap.join(', ')} ${overlap.length === 1 ? 'is' : 'are'} already being forgotten by job ${existing.jobId} (${existing.method}, ${existing.state}, clients ${existing.clientIds.join(', ')}); wait for it to end, or ask for exactly its clients, method and parameters to follow it`,
+      );
+    }
+    const refused = this.refusal(clientIds, method, params);
+    if (refused) throw new ProtocolError(ErrorCode.FORGET_REFUSED, refused);
     const job = this.deps.store.createJob({
       jobId: nanoid(),
       kind: 'forget',
@@ -117,7 +175,45 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       error: null,
     });
     this.deps.log.info({ jobId: job.jobId, method, clients: clientIds.length, requestedBy: input.requestedBy }, 'forget job queued');
-    return job;
+    return { job, created: true };
+  }
+
+  /** The queued or running job that covers any of `clientIds`, if one does (at most one can: submit refuses overlaps). */
+  inProgressFor(clientIds: readonly string[]): JobRecord | null {
+    const wanted = new Set(clientIds);
+    return this.pending().find((j) => j.clientIds.some((id) => wanted.has(id))) ?? null;
+  }
+
+  /**
+   * Why a forget request must be refused now, with nothing changed, or null. What can be known at submission is
+   * refused at submission: a job that would leave no client at all, or none of those that took part in the current
+   * model's history (nobody could replay or retrain it: the result could only be the initial model, or a failure);
+   * and `replay` when no stored full update of a remaining client exists from t0 on (it re-applies stored updates
+   * and has no other input).
+   */
+  private refusal(clientIds: string[], method: MethodName, params: MethodParams): string | null {
+    const { store } = this.deps;
+    const wanted = new Set(clientIds);
+    const others = store.listClients().filter((c) => !c.forgotten && !wanted.has(c.clientId));
+    if (others.length === 0) return `every client of the federation (${clientIds.length}) would be forgotten: no client would be left to train the model; nothing was changed`;
+    const rounds = store.listRounds();
+    const first = rounds.findIndex((r) => r.participants.some((p) => wanted.has(p.clientId)));
+    // Nothing of theirs is in the model: the job only tombstones and purges, whatever the method.
+    if (first < 0) return null;
+    const tookPart = new Set(rounds.flatMap((r) => r.participants.map((p) => p.clientId)));
+    const left = [...tookPart].filter((id) => !wanted.has(id));
+    if (left.length === 0) {
+      return `every client that took part in the current model's history (${tookPart.size}) would be forgotten: no remaining client could replay or retrain it; nothing was changed`;
+    }
+    if (method === 'replay') {
+      if (store.meta().config.retention === 'norms') {
+        return "method 'replay' re-applies stored client updates, and this history keeps none (retention 'norms'); use federaser (it needs only the norms), rollback or retrain; nothing was changed";
+      }
+      const from = params.fullHistory ? 0 : first;
+      const any = rounds.slice(from).some((r) => r.participants.some((p) => p.hasUpdate && !wanted.has(p.clientId)));
+      if (!any) return `method 'replay' re-applies stored client updates, and no remaining client's update is stored from round ${rounds[from]!.round} on; use federaser, rollback or retrain; nothing was changed`;
+    }
+    return null;
   }
 
   /** Jobs to run, oldest first: interrupted ones (running) before queued ones. */
@@ -140,42 +236,62 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const params = job.params as MethodParams;
     const forgotten = new Set(job.clientIds);
     const before = store.head();
+    const wait = { spentMs: 0, serverSide: new Set<string>() };
     let record = store.updateJob(job.jobId, { state: 'running', progress: { step: 0, total: 0, message: 'starting' } });
     this.emit('progress', record);
     try {
       const checkpoint = job.checkpoint as Checkpoint | null;
       const resume = checkpoint ? this.restore(checkpoint, current.weights.layout.totalSize) : null;
       const rounds = store.listRounds();
-      const ctx = this.context(record, forgotten, rounds, signal, resume && checkpoint?.phase === 'method' ? resume : null, (r) => (record = r));
-      const result = resume && checkpoint?.phase === 'tune' ? { weights: resume.rounds.at(-1)!.weights, rounds: resume.rounds, cost: resume.cost, notes: [] as string[] } : await method.run(ctx, params);
-      const answered = result.rounds.reduce((n, r) => n + r.participants.length, 0);
-      if (result.rounds.length > 0 && answered === 0) {
-        // Committing would publish a model nobody recomputed (the initial one); refuse rather than mislead.
-        throw new Error('no remaining client answered any step of the replay; the job cannot produce a model');
+      // t0: every model before it never saw the forgotten clients. Without such a round there is nothing to remove.
+      const first = rounds.findIndex((r) => r.participants.some((p) => forgotten.has(p.clientId)));
+      let result: MethodResult | null = null;
+      let tune: { rounds: ReplayedRound[]; cost: WorkCost; weights: Float32Array } | null = null;
+      let after = before;
+      if (first >= 0) {
+        const ctx = this.context(record, forgotten, rounds, first, wait, signal, resume && checkpoint?.phase === 'method' ? resume : null, (r) => (record = r));
+        result =
+          resume && checkpoint?.phase === 'tune'
+            ? { weights: resume.rounds.at(-1)!.weights, kept: checkpoint.kept ?? 0, startedFrom: checkpoint.startedFrom ?? '', rounds: resume.rounds, cost: resume.cost, notes: checkpoint.notes ?? [] }
+            : await method.run(ctx, params);
+        const answered = result.rounds.reduce((n, r) => n + r.participants.length, 0);
+        if (result.rounds.length > 0 && answered === 0) {
+          // Committing would publish a model nobody recomputed (the start model); refuse rather than mislead.
+          throw new Error('no remaining client answered any step of the replay; the job cannot produce a model');
+        }
+        const m = result;
+        tune = await this.tune(record, m.rounds, m.cost, m.weights, forgotten, params.tuneRounds ?? 0, signal, (r) => (record = r), { kept: m.kept, startedFrom: m.startedFrom, notes: m.notes });
+        const kept = await this.carryOver(rounds.slice(0, m.kept), tune.rounds.length === 0);
+        const intermediate = tune.rounds.slice(0, -1).map((r, i) => ({ round: m.kept + i + 1, weights: r.weights }));
+        after = store.commitUnlearning({
+          jobId: job.jobId,
+          weights: tune.weights,
+          rounds: [
+            ...kept,
+            ...tune.rounds.map((r, i) => ({
+              round: m.kept + i + 1,
+              roundId: r.roundId,
+              // The model the replay started from (before t0, or the initial one): a later job on the new lineage
+              // replays from it in turn (with '' its first round had no known start, and a second job could not run).
+              modelBefore: i === 0 && m.rounds.length > 0 ? m.startedFrom : '',
+              participants: r.participants,
+              missing: r.missing,
+              metrics: { ...r.metrics, sourceRound: r.sourceRound },
+              startedAt: r.startedAt,
+              closedAt: r.closedAt,
+            })),
+          ],
+          intermediateModels: intermediate,
+        });
       }
-      const tune = await this.tune(record, result.rounds, result.cost, result.weights, forgotten, params.tuneRounds ?? 0, signal, (r) => (record = r));
-      const intermediate = tune.rounds.slice(0, -1).map((r, i) => ({ round: i + 1, weights: r.weights }));
-      const after = store.commitUnlearning({
-        jobId: job.jobId,
-        weights: tune.weights,
-        rounds: tune.rounds.map((r, i) => ({
-          round: i + 1,
-          roundId: r.roundId,
-          // Every method replays from the model the lineage started with; recording it lets a later job on the new
-          // lineage replay it in turn (with '' its first round had no known start, and a second job could not run).
-          modelBefore: i === 0 && result.rounds.length > 0 ? (rounds[0]?.modelBefore ?? '') : '',
-          participants: r.participants,
-          missing: r.missing,
-          metrics: { ...r.metrics, sourceRound: r.sourceRound },
-          startedAt: r.startedAt,
-          closedAt: r.closedAt,
-        })),
-        intermediateModels: intermediate,
-      });
+      // With no contribution to remove the model stays as it is (same version and sha256); the clients are still
+      // purged and tombstoned.
       const purged = await store.purgeClients([...forgotten], { eraseModels: this.deps.eraseModels });
-      current.version = after.version;
-      current.weights = { layout: current.weights.layout, values: tune.weights };
-      const report = this.report(record, method, params, before, after, tune.rounds, tune.cost, purged, [...result.notes], started);
+      if (first >= 0) {
+        current.version = after.version;
+        current.weights = { layout: current.weights.layout, values: tune!.weights };
+      }
+      const report = this.report(record, method, params, before, after, rounds, first, result, tune, purged, wait, started);
       this.scratch.remove(job.jobId);
       record = store.updateJob(job.jobId, {
         state: 'done',
@@ -187,32 +303,76 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     } catch (e) {
       if (signal.aborted) throw e; // shutting down: the job stays running and resumes after a restart
       log.error({ jobId: job.jobId, err: e }, 'forget job failed');
-      record = store.updateJob(job.jobId, { state: 'failed', error: (e as Error).message, checkpoint: null });
+      // Nothing of a failed job stays behind: the updates its completed steps staged are dropped with its checkpoint.
+      for (const r of (store.getJob(job.jobId)?.checkpoint as Checkpoint | null)?.rounds ?? []) store.discardStaged(r.roundId);
+      record = store.updateJob(job.jobId, { state: 'failed', error: (e as Error).message, checkpoint: null, progress: { ...record.progress, message: 'failed' } });
       this.scratch.remove(job.jobId);
     }
     this.emit('finished', record);
     return record;
   }
 
+  /**
+   * The rounds before t0 as rounds of the new lineage: the same records, their models referenced (not copied), their
+   * stored updates staged again under fresh round ids (round ids are unique across lineages). When nothing follows
+   * them, the last one's model is the job's result, which the commit writes.
+   */
+  private async carryOver(kept: RoundRecord[], lastIsResult: boolean): Promise<UnlearningRoundInput[]> {
+    const { store } = this.deps;
+    const out: UnlearningRoundInput[] = [];
+    for (const [i, src] of kept.entries()) {
+      const roundId = nanoid();
+      for (const p of src.participants) {
+        const u = p.hasUpdate ? await store.readUpdate(src.roundId, p.clientId) : null;
+        if (u) await store.stageUpdate(roundId, p.clientId, u);
+      }
+      const participants: ParticipantInput[] = src.participants.map((p) => ({ clientId: p.clientId, numExamples: p.numExamples, norms: p.norms, ...(p.metrics ? { metrics: p.metrics } : {}) }));
+      const last = i === kept.length - 1;
+      out.push({
+        round: src.round,
+        roundId,
+        modelBefore: src.modelBefore,
+        modelAfter: last && lastIsResult ? '' : src.modelAfter,
+        participants,
+        missing: src.missing,
+        metrics: src.metrics,
+        startedAt: src.startedAt,
+        closedAt: src.closedAt,
+      });
+    }
+    return out;
+  }
+
   private context(
     job: JobRecord,
     forgotten: Set<string>,
     rounds: RoundRecord[],
+    firstContribution: number,
+    wait: { spentMs: number; serverSide: Set<string> },
     signal: AbortSignal,
     resume: { rounds: ReplayedRound[]; cost: WorkCost } | null,
     setRecord: (r: JobRecord) => void,
   ): MethodContext {
-    const { store, registry, dispatcher, strategy, config } = this.deps;
+    const { store, dispatcher, strategy, config } = this.deps;
     const meta = store.meta();
+    const method = this.methods.get(job.method as MethodName)!;
     // Under 'norms' no round keeps its full updates, yet the per-layer norms FedEraser needs are there on every round:
     // the replay points are then the scheduled training rounds, and every round of a lineage an earlier job replayed.
+    // Otherwise they are the rounds that hold stored updates (rounds an earlier job kept carry theirs over).
     const storedRounds = rounds.filter((r) =>
-      meta.config.retention === 'norms' ? Number.isFinite(r.metrics.sourceRound) || onSchedule(meta.config, r.round) : r.updatesStored,
+      meta.config.retention === 'norms' ? Number.isFinite(r.metrics.sourceRound) || onSchedule(meta.config, r.round) : r.updatesStored && r.participants.some((p) => p.hasUpdate),
     );
+    const progress = (step: number, total: number, message: string, waiting?: JobWaiting) => {
+      const r = store.updateJob(job.jobId, { progress: { step, total, message, ...(waiting ? { waiting } : {}) } });
+      setRecord(r);
+      this.emit('progress', r);
+    };
+    let last = { step: 0, total: 0, message: '' };
     return {
       forgotten,
       rounds,
       storedRounds,
+      firstContribution,
       layout: meta.layout,
       topologyJson: meta.topologyJson,
       hyper: config.hyper,
@@ -220,14 +380,21 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       readModel: (v) => store.readModel(v),
       readUpdate: (roundId, clientId) => store.readUpdate(roundId, clientId),
       step: async (args) => {
-        // A step whose clients are all away (the fleet still reconnecting after a restart) waits, bounded like a
-        // round, for one of them instead of replaying the round with nobody; those still away are missing.
-        const wanted = new Set(args.clientIds);
-        if (wanted.size > 0) await registry.waitFor(1, config.waitForClientsMs, signal, (id) => wanted.has(id));
+        const online = await this.awaitClients(args.clientIds, wait, signal, (w) => progress(last.step, last.total, waitingMessage(w), w));
+        if (online.waited) progress(last.step, last.total, last.message);
         interrupted(signal);
+        const offline = args.clientIds.filter((id) => !online.connected.has(id));
+        const quorum = Math.min(config.minClients, args.clientIds.length);
+        const completeServerSide = this.offline.policy === 'server-side' && !method.exact && args.kind === TaskKind.CALIBRATE && args.source !== undefined;
+        if (online.connected.size < quorum && !completeServerSide) {
+          throw new OfflineClientsError(
+            `${offline.length} of the ${args.clientIds.length} clients of replay step ${args.round} stayed offline (${preview(offline)}) after waiting ${Math.round(wait.spentMs / 1000)} s in all; ` +
+              `only ${online.connected.size} connected, ${quorum} needed; offline policy '${this.offline.policy}'${method.exact ? ` (the exact method ${method.name} is never completed server-side)` : ''}: the job stops with nothing changed`,
+          );
+        }
         const roundId = nanoid();
         const res = await federatedStep(dispatcher, strategy, {
-          clientIds: args.clientIds,
+          clientIds: completeServerSide ? args.clientIds.filter((id) => online.connected.has(id)) : args.clientIds,
           model: args.model,
           modelVersion: `${job.jobId}/${args.round}`,
           topologyJson: meta.topologyJson,
@@ -244,19 +411,115 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         // A step cut short by shutdown must not count as a step nobody answered: the job stops here and resumes
         // from its last checkpoint after the restart.
         interrupted(signal);
-        return { ...res, roundId };
+        if (!completeServerSide || offline.length === 0) return { ...res, roundId, serverSide: [] };
+        const completed = await this.completeServerSide(args.model.values, res, offline, args.source!, roundId);
+        for (const id of completed.serverSide) wait.serverSide.add(id);
+        return { ...completed, roundId };
       },
       stage: (roundId, clientId, update) => store.stageUpdate(roundId, clientId, update),
       newRoundId: () => nanoid(),
       progress: (step, total, message) => {
-        const r = store.updateJob(job.jobId, { progress: { step, total, message } });
-        setRecord(r);
-        this.emit('progress', r);
+        last = { step, total, message };
+        progress(step, total, message);
       },
       resume,
       checkpoint: async (done, cost) => this.saveCheckpoint(job.jobId, done, cost, 'method'),
       signal,
     };
+  }
+
+  /**
+   * Waits while fewer than the quorum (min(minClients, n)) of `clientIds` are connected, as long as the job's wait
+   * budget (JobOfflineSettings.waitMs, over the whole job) lasts, reporting who is missing through `show` at the start
+   * and whenever one of them connects. Returns the clients connected at the end.
+   */
+  private async awaitClients(
+    clientIds: string[],
+    wait: { spentMs: number },
+    signal: AbortSignal,
+    show: (w: JobWaiting) => void,
+  ): Promise<{ connected: Set<string>; waited: boolean }> {
+    const { registry, config } = this.deps;
+    const connectedNow = () => new Set(clientIds.filter((id) => registry.get(id) !== undefined));
+    const needed = Math.min(config.minClients, clientIds.length);
+    let connected = connectedNow();
+    if (connected.size >= needed || wait.spentMs >= this.offline.waitMs || clientIds.length === 0) return { connected, waited: false };
+    const since = Date.now();
+    const until = since + (this.offline.waitMs - wait.spentMs);
+    const wanted = new Set(clientIds);
+    const describe = (): JobWaiting => {
+      const missing = clientIds.filter((id) => !connected.has(id));
+      return { clientIds: missing.slice(0, 50), missing: missing.length, connected: connected.size, of: clientIds.length, needed, since, until, policy: this.offline.policy };
+    };
+    show(describe());
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        registry.off('joined', joined);
+        registry.off('left', left);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const joined = (s: { clientId: string }) => {
+        if (!wanted.has(s.clientId)) return;
+        connected = connectedNow();
+        if (connected.size >= needed) return done();
+        show(describe());
+      };
+      const left = (s: { clientId: string }) => {
+        if (!wanted.has(s.clientId)) return;
+        connected = connectedNow();
+        show(describe());
+      };
+      const timer = setTimeout(done, until - since);
+      registry.on('joined', joined);
+      registry.on('left', left);
+      signal.addEventListener('abort', done);
+    });
+    wait.spentMs += Date.now() - since;
+    return { connected: connectedNow(), waited: true };
+  }
+
+  /**
+   * Completes a calibration step with the offline clients' updates stored in the round it replays (FedAccum-style,
+   * uncalibrated), folded into the example-weighted mean with the calibrated answers: the new model is
+   * M + (n_live * (M_live - M) + sum_k n_k u_k) / (n_live + sum_k n_k). Those without a stored update stay missing.
+   */
+  private async completeServerSide(
+    model: Float32Array,
+    res: Awaited<ReturnType<typeof federatedStep>>,
+    offline: string[],
+    source: RoundRecord,
+    roundId: string,
+  ): Promise<Awaited<ReturnType<typeof federatedStep>> & { serverSide: string[] }> {
+    const { store } = this.deps;
+    const layout = store.meta().layout;
+    const n = model.length;
+    const live = res.participants.reduce((a, p) => a + p.numExamples, 0);
+    const sum = new Float64Array(n);
+    if (res.weights) for (let i = 0; i < n; i++) sum[i] = live * (res.weights[i]! - model[i]!);
+    let total = live;
+    const participants = [...res.participants];
+    const missing = res.missing.filter((m) => !offline.includes(m.clientId));
+    const serverSide: string[] = [];
+    for (const clientId of offline) {
+      const p = source.participants.find((q) => q.clientId === clientId);
+      const u = p?.hasUpdate ? await store.readUpdate(source.roundId, clientId) : null;
+      if (!p || !u) {
+        missing.push({ clientId, reason: 'offline', detail: 'offline after the wait, and no stored update to complete its step from' });
+        continue;
+      }
+      for (let i = 0; i < n; i++) sum[i] = sum[i]! + p.numExamples * u[i]!;
+      total += p.numExamples;
+      await store.stageUpdate(roundId, clientId, u);
+      participants.push({ clientId, numExamples: p.numExamples, norms: Array.from(layerNorms(layout, u)) });
+      serverSide.push(clientId);
+    }
+    if (serverSide.length > 0) await store.syncStaged(roundId);
+    if (total === 0) return { ...res, participants, missing, serverSide };
+    const weights = new Float32Array(n);
+    for (let i = 0; i < n; i++) weights[i] = model[i]! + sum[i]! / total;
+    return { ...res, weights, participants, missing, serverSide };
   }
 
   private async tune(
@@ -268,6 +531,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     n: number,
     signal: AbortSignal,
     setRecord: (r: JobRecord) => void,
+    method: Pick<Checkpoint, 'kept' | 'startedFrom' | 'notes'>,
   ): Promise<{ rounds: ReplayedRound[]; cost: WorkCost; weights: Float32Array }> {
     const { store, registry, dispatcher, strategy, config } = this.deps;
     const meta = store.meta();
@@ -299,19 +563,19 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       cost = addCost(cost, res.cost);
       model = res.weights ?? model;
       done.push({ sourceRound: 0, roundId, participants: res.participants, missing: res.missing, uncalibrated: [], metrics: res.metrics, startedAt, closedAt: Date.now(), weights: model });
-      await this.saveCheckpoint(job.jobId, done, cost, 'tune');
+      await this.saveCheckpoint(job.jobId, done, cost, 'tune', method);
     }
     return { rounds: done, cost, weights: model };
   }
 
-  private async saveCheckpoint(jobId: string, done: ReplayedRound[], cost: WorkCost, phase: Checkpoint['phase']): Promise<void> {
+  private async saveCheckpoint(jobId: string, done: ReplayedRound[], cost: WorkCost, phase: Checkpoint['phase'], method: Pick<Checkpoint, 'kept' | 'startedFrom' | 'notes'> = {}): Promise<void> {
     const prev = (this.deps.store.getJob(jobId)?.checkpoint as Checkpoint | null)?.rounds ?? [];
     const rounds = done.map(({ weights, ...rest }, i) => ({
       ...rest,
       // Steps only ever append, so a step's model is written once, by the first checkpoint that holds it.
       weightsFile: prev[i]?.weightsFile ?? this.scratch.writeWeights(jobId, i, weights),
     }));
-    this.deps.store.updateJob(jobId, { checkpoint: { rounds, cost, phase } satisfies Checkpoint });
+    this.deps.store.updateJob(jobId, { checkpoint: { rounds, cost, phase, ...method } satisfies Checkpoint });
   }
 
   private restore(c: Checkpoint, size: number): { rounds: ReplayedRound[]; cost: WorkCost } {
@@ -327,25 +591,38 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     params: MethodParams,
     before: ModelVersion,
     after: ModelVersion,
-    rounds: ReplayedRound[],
-    cost: WorkCost,
+    rounds: RoundRecord[],
+    first: number,
+    result: MethodResult | null,
+    tune: { rounds: ReplayedRound[]; cost: WorkCost } | null,
     purged: PurgeSummary,
-    notes: string[],
+    wait: { spentMs: number; serverSide: Set<string> },
     started: number,
   ): JobReport {
+    const { store } = this.deps;
     const finishedAt = Date.now();
+    const kept = result?.kept ?? 0;
+    const start = result ? store.getModel(result.startedFrom) : null;
+    const cost = tune?.cost ?? zeroCost();
+    const notes = [...(result?.notes ?? [])];
+    if (first < 0) notes.unshift(`no contribution to remove: ${job.clientIds.join(', ')} took part in no round of the current model's history; the model was left as it was, and what was stored of them purged`);
     return {
       jobId: job.jobId,
       clientsForgotten: job.clientIds,
       requestedBy: job.requestedBy,
       method: method.name,
       exact: method.exact,
-      params,
+      params: resolveParams(method.name, params),
+      contributionRemoved: first >= 0,
       modelBefore: { version: before.version, sha256: before.sha256, round: before.round },
       modelAfter: { version: after.version, sha256: after.sha256, round: after.round },
-      roundsReplayed: rounds.map((r, i) => ({
+      t0: first >= 0 ? rounds[first]!.round : null,
+      startModel: start ? { version: start.version, sha256: start.sha256, round: start.round } : null,
+      roundsKeptExact: kept,
+      exactPrefix: kept > 0 ? { fromRound: rounds[0]!.round, toRound: rounds[kept - 1]!.round } : null,
+      roundsReplayed: (tune?.rounds ?? []).map((r, i) => ({
         sourceRound: r.sourceRound,
-        round: i + 1,
+        round: kept + i + 1,
         calibrated: r.participants.map((p) => p.clientId).filter((id) => !r.uncalibrated.includes(id)),
         uncalibrated: r.uncalibrated,
         missing: r.missing,
@@ -354,7 +631,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       cost: { ...cost, bytesOnWire: cost.bytesIn + cost.bytesOut },
       wallTimeMs: finishedAt - started,
       purged,
-      offlinePolicy: OFFLINE_POLICY,
+      offline: { ...this.offline, waitedMs: wait.spentMs, completedServerSide: [...wait.serverSide] },
+      offlinePolicy: describePolicy(this.offline),
       notes,
       startedAt: started,
       finishedAt,
@@ -377,5 +655,35 @@ function normaliseParams(p: MethodParams): MethodParams {
     if (!Number.isInteger(p.tuneRounds) || p.tuneRounds < 0 || p.tuneRounds > 1000) throw new RangeError(`tuneRounds must be an integer in [0, 1000], got ${p.tuneRounds}`);
     out.tuneRounds = p.tuneRounds;
   }
+  if (p.fullHistory !== undefined) out.fullHistory = Boolean(p.fullHistory);
   return out;
+}
+
+/** Progress text while a step waits for its clients. */
+function waitingMessage(w: JobWaiting): string {
+  const left = Math.max(0, Math.round((w.until - Date.now()) / 1000));
+  const then = w.policy === 'fail' ? 'then the job fails with nothing changed' : 'then offline clients are completed from their stored updates';
+  return `waiting for clients: ${w.connected} of ${w.of} connected, ${w.needed} needed (offline: ${preview(w.clientIds, w.missing)}); up to ${left} s more, ${then}`;
+}
+
+function preview(ids: string[], total = ids.length): string {
+  const shown = ids.slice(0, 5).join(', ');
+  return total > 5 ? `${shown} and ${total - 5} more` : shown;
+}
+
+function sameSet(a: readonly string[], b: readonly string[]): boolean {
+  const s = new Set(a);
+  return s.size === new Set(b).size && b.every((x) => s.has(x));
+}
+
+/** JSON with sorted keys, to compare parameter objects. */
+function canonicalJson(v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v);
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  const o = v as Record<string, unknown>;
+  return `{${Object.keys(o)
+    .filter((k) => o[k] !== undefined)
+    .sort()
+    .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
+    .join(',')}}`;
 }

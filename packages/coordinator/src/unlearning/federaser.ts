@@ -1,38 +1,46 @@
 import { TaskKind } from '../rounds/dispatcher.js';
 import { addCost, zeroCost } from '../rounds/federated-step.js';
 import { calibrateUpdate } from './calibration.js';
-import { applyStoredUpdates } from './replay.js';
-import { remaining, type MethodContext, type MethodParams, type MethodResult, type ReplayedRound, type UnlearningMethod } from './method.js';
+import { applyStoredUpdates, replayStart } from './replay.js';
+import { DEFAULT_CALIBRATION_RATIO, remaining, type MethodContext, type MethodParams, type MethodResult, type ReplayedRound, type UnlearningMethod } from './method.js';
 
 /**
- * FedEraser (Liu et al., IWQoS 2021): calibrated replay. From the initial model M~_1 = M^1, for each stored round
- * t_j, every remaining participant trains r*E epochs from M~_j; per client and per layer, the calibrated update takes
- * its length from the stored update (measured against the model that client started round t_j from) and its
- * direction from the fresh one; the example-weighted mean over those who answered gives M~_{j+1}.
+ * FedEraser (Liu et al., IWQoS 2021): calibrated replay. For each stored round t_j, every remaining participant
+ * trains r*E epochs from M~_j; per client and per layer, the calibrated update takes its length from the stored
+ * update (measured against the model that client started round t_j from) and its direction from the fresh one; the
+ * example-weighted mean over those who answered gives M~_{j+1}.
+ *
+ * The paper starts from the initial model M~_1 = M^1. Every global model before t0, the first round a forgotten
+ * client took part in, never saw them and is exact, so this starts from M^{t0} (the model before round t0) and
+ * replays only the stored rounds from t0 on; the rounds before t0 are kept as they are (MethodResult.kept).
+ * `fullHistory` restores the paper's start, for comparisons.
  *
  * Clients that do not answer before the deadline are left out of that step and the weights renormalised over those
- * who did (the report lists them); if nobody answers, the step is skipped and the model carries over.
+ * who did (the report lists them); clients offline when the step starts are handled by the engine's offline policy
+ * (left out, or completed from their stored update, uncalibrated); if nobody answers, the step is skipped and the
+ * model carries over.
  */
 export class FedEraser implements UnlearningMethod {
   readonly name = 'federaser' as const;
   readonly exact = false;
 
   async run(ctx: MethodContext, params: MethodParams): Promise<MethodResult> {
-    const ratio = params.calibrationRatio ?? 0.5;
+    const ratio = params.calibrationRatio ?? DEFAULT_CALIBRATION_RATIO;
     if (!(ratio > 0)) throw new RangeError(`calibrationRatio must be positive, got ${ratio}`);
-    const stored = ctx.storedRounds;
-    if (stored.length === 0) throw new Error('the history holds no stored round to replay');
-    const notes: string[] = [];
+    if (ctx.storedRounds.length === 0) throw new Error('the history holds no stored round to replay');
+    const { kept, startedFrom, stored, notes } = replayStart(ctx, params);
     const done: ReplayedRound[] = [...(ctx.resume?.rounds ?? [])];
     let cost = ctx.resume?.cost ?? zeroCost();
-    let model = done.length > 0 ? done[done.length - 1]!.weights : await ctx.readModel(ctx.rounds[0]!.modelBefore);
+    let model = done.length > 0 ? done[done.length - 1]!.weights : await ctx.readModel(startedFrom);
     for (let j = done.length; j < stored.length; j++) {
       const src = stored[j]!;
       const clients = remaining(src.participants, ctx.forgotten);
       ctx.progress(j, stored.length, `calibrating stored round ${src.round} (${j + 1} of ${stored.length}) with ${clients.length} clients`);
       const startedAt = Date.now();
       if (j === 0 && params.reuseFirstRound) {
-        // Round t_1's updates were computed from M^1, which carries nothing of the forgotten clients: exact as stored.
+        // The first replayed round's updates were computed from the model this replay starts from (M^1, or M^{t0}
+        // when t0 is a stored round), which carries nothing of the forgotten clients: exact as stored.
+        if (src.modelBefore !== startedFrom) notes.push(`reuseFirstRound: stored round ${src.round} did not start from the replay's start model; applied as stored, approximately`);
         const r = await applyStoredUpdates(ctx, src, model);
         done.push({ ...r, sourceRound: src.round, startedAt, closedAt: Date.now() });
         model = r.weights;
@@ -47,6 +55,7 @@ export class FedEraser implements UnlearningMethod {
         kind: TaskKind.CALIBRATE,
         hyper: { ...ctx.hyper, localEpochs: ratio * ctx.hyper.localEpochs },
         seed: ctx.seed * 7919 + src.round,
+        source: src,
         transform: (a) => {
           calibrateUpdate(ctx.layout, a.delta, norms.get(a.clientId)!, a.delta);
           return a.delta;
@@ -60,7 +69,7 @@ export class FedEraser implements UnlearningMethod {
         roundId: res.roundId,
         participants: res.participants,
         missing: res.missing,
-        uncalibrated: [],
+        uncalibrated: res.serverSide,
         metrics: res.metrics,
         startedAt,
         closedAt: Date.now(),
@@ -68,6 +77,6 @@ export class FedEraser implements UnlearningMethod {
       });
       await ctx.checkpoint(done, cost);
     }
-    return { weights: model, rounds: done, cost, notes };
+    return { weights: model, kept, startedFrom, rounds: done, cost, notes };
   }
 }

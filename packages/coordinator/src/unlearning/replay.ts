@@ -7,6 +7,23 @@ import { FedAvg } from '../aggregation/fedavg.js';
 import { remaining, type MethodContext, type MethodParams, type MethodResult, type ReplayedRound, type UnlearningMethod } from './method.js';
 
 /**
+ * Where an approximate replay starts: from the model before t0 (MethodContext.firstContribution) with the stored
+ * rounds from t0 on, keeping the rounds before t0 (exact: they never saw the forgotten clients); or, with
+ * `fullHistory`, from the initial model over every stored round.
+ */
+export function replayStart(ctx: MethodContext, params: MethodParams): { kept: number; startedFrom: string; stored: RoundRecord[]; notes: string[] } {
+  const kept = params.fullHistory ? 0 : ctx.firstContribution;
+  const first = ctx.rounds[kept];
+  if (!first) throw new Error('the history holds no round to replay');
+  if (!first.modelBefore) throw new Error(`the model before round ${first.round} is not known; the replay cannot start there`);
+  const stored = ctx.storedRounds.filter((r) => r.round >= first.round);
+  const notes: string[] = [];
+  if (kept > 0) notes.push(`rounds 1-${ctx.rounds[kept - 1]!.round} are kept as they were: no forgotten client took part in them`);
+  if (stored.length === 0) notes.push(`no stored round from round ${first.round} on: the result is the model before round ${first.round}`);
+  return { kept, startedFrom: first.modelBefore, stored, notes };
+}
+
+/**
  * Re-applies one stored round's updates of the remaining clients to `model`, re-weighted by examples without the
  * forgotten clients, and stages them as the new lineage's updates. No client work.
  */
@@ -35,22 +52,23 @@ export async function applyStoredUpdates(
 }
 
 /**
- * Server-side replay (FedAccum in the FedEraser paper): from the initial model, re-apply the stored updates of the
- * remaining participants of each stored round, re-weighted without the forgotten clients. No client computation.
+ * Server-side replay (FedAccum in the FedEraser paper): from the model before t0 (see replayStart), re-apply the
+ * stored updates of the remaining participants of each stored round from t0 on, re-weighted without the forgotten
+ * clients. No client computation.
  *
- * APPROXIMATE: every stored round after the first was computed by clients from a model that had already seen the
- * forgotten clients, so some of their influence survives in those updates. Follow it with ordinary rounds
- * (`tuneRounds`) to move the model back onto data that never saw them.
+ * APPROXIMATE: every stored round after t0 was computed by clients from a model that had already seen the forgotten
+ * clients, so some of their influence survives in those updates. Follow it with ordinary rounds (`tuneRounds`) to
+ * move the model back onto data that never saw them.
  */
 export class ServerReplay implements UnlearningMethod {
   readonly name = 'replay' as const;
   readonly exact = false;
 
-  async run(ctx: MethodContext, _params: MethodParams): Promise<MethodResult> {
-    const stored = ctx.storedRounds;
-    if (stored.length === 0) throw new Error('the history holds no stored round to replay');
+  async run(ctx: MethodContext, params: MethodParams): Promise<MethodResult> {
+    if (ctx.storedRounds.length === 0) throw new Error('the history holds no stored round to replay');
+    const { kept, startedFrom, stored, notes } = replayStart(ctx, params);
     const done: ReplayedRound[] = [...(ctx.resume?.rounds ?? [])];
-    let model: FlatWeights['values'] = done.length > 0 ? done[done.length - 1]!.weights : await ctx.readModel(ctx.rounds[0]!.modelBefore);
+    let model: FlatWeights['values'] = done.length > 0 ? done[done.length - 1]!.weights : await ctx.readModel(startedFrom);
     for (let j = done.length; j < stored.length; j++) {
       const src = stored[j]!;
       ctx.progress(j, stored.length, `replaying stored round ${src.round} (${j + 1} of ${stored.length})`);
@@ -60,7 +78,7 @@ export class ServerReplay implements UnlearningMethod {
       done.push({ ...r, sourceRound: src.round, startedAt, closedAt: Date.now() });
       await ctx.checkpoint(done, zeroCost());
     }
-    const notes = ['approximate: stored updates after the first round were computed from models that had seen the forgotten clients'];
-    return { weights: model, rounds: done, cost: zeroCost(), notes };
+    notes.push('approximate: stored updates after the first replayed round were computed from models that had seen the forgotten clients');
+    return { weights: model, kept, startedFrom, rounds: done, cost: zeroCost(), notes };
   }
 }

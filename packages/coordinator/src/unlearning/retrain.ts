@@ -5,8 +5,8 @@ import { remaining, type MethodContext, type MethodParams, type MethodResult, ty
 /**
  * Exact unlearning by federated training again without the forgotten clients, with the same schedule: round t asks
  * the remaining participants of the original round t. `retrain` starts from the initial model; `rollback` starts
- * from the stored global model of the first round in which a forgotten client took part, and keeps the rounds
- * before it as they were (they never saw the forgotten clients).
+ * from the stored global model before t0, the first round in which a forgotten client took part, and keeps the
+ * rounds before it as they were (they never saw the forgotten clients; MethodResult.kept).
  */
 export class Retrain implements UnlearningMethod {
   readonly exact = true;
@@ -16,43 +16,15 @@ export class Retrain implements UnlearningMethod {
   async run(ctx: MethodContext, _params: MethodParams): Promise<MethodResult> {
     const rounds = ctx.rounds;
     if (rounds.length === 0) throw new Error('the history holds no round');
-    let from = 0;
-    if (this.name === 'rollback') {
-      from = rounds.findIndex((r) => r.participants.some((p) => ctx.forgotten.has(p.clientId)));
-      if (from < 0) from = rounds.length;
-    }
+    const from = this.name === 'rollback' ? ctx.firstContribution : 0;
+    const start = rounds[from]!;
+    if (!start.modelBefore) throw new Error(`the model before round ${start.round} is not known; the job cannot start there`);
     const done: ReplayedRound[] = [...(ctx.resume?.rounds ?? [])];
     let cost = ctx.resume?.cost ?? zeroCost();
     const notes: string[] = [];
-    if (this.name === 'rollback') notes.push(from < rounds.length ? `rolled back to the model before round ${rounds[from]!.round}` : 'no forgotten client took part: nothing to roll back');
-    let model: Float32Array;
-    if (done.length > 0) {
-      model = done[done.length - 1]!.weights;
-    } else {
-      // Kept rounds carry over into the new lineage as they were, with their stored updates.
-      for (let t = 0; t < from; t++) {
-        const src = rounds[t]!;
-        const roundId = ctx.newRoundId();
-        for (const p of src.participants) {
-          const u = p.hasUpdate ? await ctx.readUpdate(src.roundId, p.clientId) : null;
-          if (u) await ctx.stage(roundId, p.clientId, u);
-        }
-        done.push({
-          sourceRound: src.round,
-          roundId,
-          participants: src.participants.map((p) => ({ clientId: p.clientId, numExamples: p.numExamples, norms: p.norms, ...(p.metrics ? { metrics: p.metrics } : {}) })),
-          missing: [],
-          uncalibrated: [],
-          metrics: src.metrics,
-          startedAt: src.startedAt,
-          closedAt: src.closedAt,
-          weights: await ctx.readModel(src.modelAfter),
-        });
-      }
-      model = await ctx.readModel(from < rounds.length ? rounds[from]!.modelBefore : rounds[rounds.length - 1]!.modelAfter);
-    }
-    const start = Math.max(from, done.length);
-    for (let t = start; t < rounds.length; t++) {
+    if (this.name === 'rollback') notes.push(from > 0 ? `rolled back to the model before round ${start.round}; rounds 1-${rounds[from - 1]!.round} are kept as they were` : 'a forgotten client took part in the first round: nothing to keep');
+    let model = done.length > 0 ? done[done.length - 1]!.weights : await ctx.readModel(start.modelBefore);
+    for (let t = from + done.length; t < rounds.length; t++) {
       const src = rounds[t]!;
       const clients = remaining(src.participants, ctx.forgotten);
       ctx.progress(t - from, rounds.length - from, `retraining round ${src.round} with ${clients.length} clients`);
@@ -80,6 +52,6 @@ export class Retrain implements UnlearningMethod {
       });
       await ctx.checkpoint(done, cost);
     }
-    return { weights: model, rounds: done, cost, notes };
+    return { weights: model, kept: from, startedFrom: start.modelBefore, rounds: done, cost, notes };
   }
 }

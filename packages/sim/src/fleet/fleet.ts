@@ -43,6 +43,17 @@ export class Fleet extends EventEmitter<FleetEvents> {
     await Promise.all(this.workers.map((w, i) => this.request(w, { type: 'connect', url, clients: shares[i]!, options }, 'connected')));
   }
 
+  /** Connects more clients to `url` through the running workers (clients that join late); resolves when all are welcomed. */
+  async add(url: string, clients: VirtualClientSpec[]): Promise<void> {
+    if (this.workers.length === 0) return this.connect(url, clients);
+    const shares: VirtualClientSpec[][] = this.workers.map(() => []);
+    clients.forEach((c, i) => {
+      shares[i % this.workers.length]!.push(c);
+      this.owner.set(c.clientId, i % this.workers.length);
+    });
+    await Promise.all(this.workers.map((w, i) => (shares[i]!.length > 0 ? this.request(w, { type: 'add', url, clients: shares[i]! }, 'connected') : undefined)));
+  }
+
   /** Moves every client to another coordinator (new connections, same identities and data). */
   async reconnect(url: string): Promise<void> {
     await Promise.all(this.workers.map((w) => this.request(w, { type: 'reconnect', url }, 'connected')));

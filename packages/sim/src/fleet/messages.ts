@@ -18,6 +18,8 @@ export interface ConnectOptions {
 export type ToWorker =
   | { type: 'connect'; url: string; clients: VirtualClientSpec[]; options: ConnectOptions }
   | { type: 'reconnect'; url: string }
+  /** More clients for a worker that is already connected (late joiners). */
+  | { type: 'add'; url: string; clients: VirtualClientSpec[] }
   | { type: 'forget'; clientId: string; requestId: number }
   | { type: 'stop' };
 

@@ -20,9 +20,15 @@ let clients: FederatedClient[] = [];
 let trainer: Trainer | null = null;
 
 async function connectAll(url: string): Promise<void> {
+  clients = [];
+  await connectMore(url, specs);
+}
+
+/** Creates and connects a client for each spec, appending them to `clients`. */
+async function connectMore(url: string, more: VirtualClientSpec[]): Promise<void> {
   trainer ??= new Trainer({ tf: (await initBackend()).tf });
   const shared = trainer;
-  clients = specs.map(
+  const fresh = more.map(
     (s) =>
       new FederatedClient({
         url,
@@ -33,18 +39,19 @@ async function connectAll(url: string): Promise<void> {
         trainer: shared,
       }),
   );
-  clients.forEach((c, i) => {
-    const clientId = specs[i]!.clientId;
+  fresh.forEach((c, i) => {
+    const clientId = more[i]!.clientId;
     c.on('task', (t) => post({ type: 'task', clientId, kind: t.kind, round: t.round, trainMs: t.trainMs }));
     c.on('error', (e) => post({ type: 'failed', message: `${clientId}: ${e.message}` }));
   });
+  clients.push(...fresh);
   // A pool of at most `concurrency` pending connects: each takes the next client when one is welcomed.
   const { concurrency, timeoutMs } = connectOptions;
   let next = 0;
   const lane = async () => {
-    while (next < clients.length) await clients[next++]!.connect(timeoutMs);
+    while (next < fresh.length) await fresh[next++]!.connect(timeoutMs);
   };
-  await Promise.all(Array.from({ length: Math.min(clients.length, concurrency ?? clients.length) }, lane));
+  await Promise.all(Array.from({ length: Math.min(fresh.length, concurrency ?? fresh.length) }, lane));
   post({ type: 'connected', backend: clients[0]?.backendName ?? 'none', count: clients.length });
 }
 
@@ -65,6 +72,10 @@ port.on('message', (msg: ToWorker) => {
         case 'reconnect':
           await closeAll();
           await connectAll(msg.url);
+          return;
+        case 'add':
+          specs = [...specs, ...msg.clients];
+          await connectMore(msg.url, msg.clients);
           return;
         case 'forget': {
           const i = specs.findIndex((s) => s.clientId === msg.clientId);

@@ -32,12 +32,14 @@ const UNLEARNING_COLUMNS: TableColumn[] = [
   { key: 'fidelity', title: 'fidelity', format: num(2) },
   { key: 'clientSampleEpochs', title: 'sample-epochs', format: int },
   { key: 'speedupSampleEpochs', title: 'speed-up (work)', format: speed },
+  { key: 'workVsFullHistory', title: 'work vs full history', format: num(2) },
   { key: 'wallTimeMs', title: 'wall ms', format: int },
   { key: 'speedupWall', title: 'speed-up (wall)', format: speed },
 ];
 
-function rowLabel(r: { method: string; tuneRounds: number }): string {
-  return r.tuneRounds > 0 ? `${r.method} +${r.tuneRounds} rounds` : r.method;
+function rowLabel(r: { method: string; tuneRounds: number; fullHistory?: boolean; t0?: number | null; roundsKeptExact?: number }): string {
+  const from = r.fullHistory ? ' (full history)' : r.t0 && r.roundsKeptExact ? ` (from t0 = ${r.t0})` : '';
+  return (r.tuneRounds > 0 ? `${r.method} +${r.tuneRounds} rounds` : r.method) + from;
 }
 
 /** report.json, the plots, a markdown summary, and the tables on the terminal. */
@@ -60,6 +62,7 @@ export async function writeReport(dir: string, report: SimReport, progress: Prog
         vsRetrain: retrain ? r.testAccuracy - retrain.testAccuracy : null,
         miaAuc: r.mia?.auc,
         l2: r.distanceToRetrain?.l2,
+        workVsFullHistory: r.vsFullHistory?.sampleEpochs ?? null,
         cosine: r.distanceToRetrain?.cosine,
       })),
     ];
