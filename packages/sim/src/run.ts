@@ -20,6 +20,10 @@ export interface RoundRow {
   testAccuracy: number;
   testLoss: number;
   participants: number;
+  /** The clients whose updates the round aggregated, by id (the same seed and flags give the same lists). */
+  participantIds: string[];
+  /** sha256 of the global model after the round (float32 little-endian weights). */
+  modelSha256: string;
   missing: number;
   durationMs: number;
   trainLoss: number | null;
@@ -113,10 +117,23 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     progress.log(`backend: ${backend.name} (tried ${backend.tried.map((t) => t.name + (t.error ? ' ✗' : ' ✓')).join(', ')}); ${cfg.clients} clients on ${cfg.dataset}, model ${cfg.model} (${def.initial.layout.totalSize.toLocaleString()} parameters)`);
     const tTrain = Date.now();
     await fleet.connect(coord.url, specs);
+    // Round 1 starts once the whole fleet is connected: a round started earlier would select from whoever happened to
+    // be welcomed first, and the run would not be reproducible from its seed.
+    await wholeFleet(coord.coordinator, cfg.clients);
     progress.start('training', cfg.rounds, 'round');
     await coord.coordinator.runRounds(cfg.rounds, async (r: RoundOutcome) => {
       const m = await evaluator.test(coord.coordinator.model().weights);
-      rounds.push({ round: r.round, testAccuracy: m.accuracy, testLoss: m.loss, participants: r.participants.length, missing: r.missing.length, durationMs: r.durationMs, trainLoss: r.metrics.loss ?? null });
+      rounds.push({
+        round: r.round,
+        testAccuracy: m.accuracy,
+        testLoss: m.loss,
+        participants: r.participants.length,
+        participantIds: [...r.participants].sort(),
+        modelSha256: r.model.sha256,
+        missing: r.missing.length,
+        durationMs: r.durationMs,
+        trainLoss: r.metrics.loss ?? null,
+      });
       progress.tick({ acc: m.accuracy });
     });
     progress.stop();
@@ -150,6 +167,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
         // Stopped on every path: a failed job must not leave its coordinator listening.
         try {
           await fleet.reconnect(c.url);
+          await wholeFleet(c.coordinator, cfg.clients);
           progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}`, 1, 'step');
           c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total));
           let jobId: string;
@@ -268,6 +286,11 @@ async function startCoordinator(cfg: SimConfig, def: ModelDefinition, dir: strin
   });
   const { url } = await coordinator.listen(0);
   return { coordinator, url };
+}
+
+/** Resolves once every virtual client is in the coordinator's registry; a fleet that cannot connect is an error. */
+async function wholeFleet(c: Coordinator, n: number): Promise<void> {
+  if (!(await c.registry.waitFor(n, 60_000))) throw new Error(`only ${c.registry.size} of ${n} virtual clients connected within 60 s`);
 }
 
 function waitForQueued(c: Coordinator): Promise<string> {
