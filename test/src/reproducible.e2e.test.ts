@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
 import { after, test } from 'node:test';
 import { FederatedClient } from '@fedunlearn/client';
 import type { JobReport } from '@fedunlearn/coordinator';
@@ -65,7 +66,7 @@ test('the same seed selects the same clients and makes the same models, whatever
 });
 
 test('the simulation run twice with one seed: the same participants in every round, the same models, the same unlearning', async () => {
-  const sim = (out: string): Promise<SimReport> =>
+  const sim = (out: string, keepData = false): Promise<SimReport> =>
     runSimulation({
       ...DEFAULT_CONFIG,
       dataset: 'fashion-mnist',
@@ -82,9 +83,15 @@ test('the simulation run twice with one seed: the same participants in every rou
       threads: 2,
       out: `${tmp.dir}/${out}`,
       quiet: true,
+      keepData,
     });
   const a = await sim('sim-a');
-  const b = await sim('sim-b');
+  const b = await sim('sim-b', true);
+  // Runs delete their working histories unless asked to keep them; the report stays either way.
+  assert.ok(!existsSync(`${tmp.dir}/sim-a/data`) && existsSync(`${tmp.dir}/sim-a/report.md`), 'sim-a/data deleted, its report kept');
+  assert.ok(existsSync(`${tmp.dir}/sim-b/data/train/history.db`), 'sim-b/data kept with keepData');
+  const md = readFileSync(`${tmp.dir}/sim-a/report.md`, 'utf8');
+  for (const r of a.rounds) assert.ok(md.includes(`- round ${r.round}: ${r.participantIds.join(', ')}`), `report.md lists round ${r.round}'s participants`);
   assert.deepEqual(b.rounds.map((r) => r.participantIds), a.rounds.map((r) => r.participantIds));
   assert.ok(a.rounds.every((r) => r.participantIds.length === 4));
   assert.deepEqual(b.rounds.map((r) => r.modelSha256), a.rounds.map((r) => r.modelSha256));

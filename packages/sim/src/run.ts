@@ -168,8 +168,9 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
         try {
           await fleet.reconnect(c.url);
           await wholeFleet(c.coordinator, cfg.clients);
-          progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}`, 1, 'step');
-          c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total));
+          // The job's plan (its step count) is known once it starts: 0 until then, so nothing is printed before it.
+          progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}`, 0, 'step');
+          c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total, {}, job.progress.message));
           let jobId: string;
           // The first single-client federaser job is asked for the way a device would: through its SDK.
           if (!sdkUsed && p.method === 'federaser' && p.tune === 0 && forgottenIds.length === 1 && !cfg.reuseFirstRound && cfg.calibrationRatio === 0.5) {
@@ -256,6 +257,8 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     progress.stop();
     await fleet.stop();
     trainer.dispose();
+    // Every coordinator is stopped by now (each in its own finally). A demo's histories run to hundreds of MB.
+    if (!cfg.keepData) rmSync(work, { recursive: true, force: true });
   }
 }
 
