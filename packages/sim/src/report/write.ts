@@ -85,7 +85,7 @@ export async function writeReport(dir: string, report: SimReport, progress: Prog
     '',
     `Participants of each round (seed ${report.config.seed}; the same seed and flags select the same clients):`,
     '',
-    ...report.rounds.map((r) => `- round ${r.round}: ${r.participantIds.join(', ')}`),
+    ...report.rounds.map((r) => `- round ${r.round}: ${r.participantIds.length === report.config.clients ? `all ${r.participantIds.length} clients` : r.participantIds.join(', ')}`),
     '',
   ];
   let terminal = `\nTraining (${report.config.dataset}, ${report.config.model}, ${report.config.clients} clients, backend ${report.backend})\n${renderTable(ROUND_COLUMNS, report.rounds as unknown as Record<string, unknown>[])}\nfinal test accuracy ${pct(report.finalTestAccuracy)}%\n`;
