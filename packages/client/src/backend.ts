@@ -67,6 +67,9 @@ async function choose(prefer: BackendName[] | undefined): Promise<BackendChoice>
     try {
       await activate(tf, name);
       tried.push({ name });
+      // The choice is reported (backendName, the hello, `tried` says why tfjs-node failed): tfjs's own banner telling
+      // the user to install tfjs-node would only repeat it, once per process.
+      silenceTfjsNodeAdvice(tf);
       return { name, tf, tried };
     } catch (e) {
       tried.push({ name, error: e instanceof Error ? e.message : String(e) });
@@ -121,4 +124,28 @@ async function setBackend(tf: Tf, name: BackendName): Promise<void> {
   if (tf.findBackendFactory(name) === null) throw new Error(`backend ${name} is not registered`);
   const ok = await tf.setBackend(name);
   if (!ok || tf.getBackend() !== name) throw new Error(`backend ${name} failed to initialise`);
+}
+
+/**
+ * Marks tfjs's cpu backend (the instance registered now and any it makes later) as already used, so that its
+ * first-tensor banner advising tfjs-node in Node is not printed; every other tfjs warning still is. The SDK cannot
+ * depend on @fedunlearn/models, whose silenceTfjsNodeAdvice does the same for processes that only build models.
+ * A no-op in browsers (no banner there) and if a tfjs release changes these internals.
+ */
+function silenceTfjsNodeAdvice(tf: Tf): void {
+  const engine = tf.engine() as unknown as {
+    registry?: Record<string, unknown>;
+    registryFactory?: Record<string, { factory: () => unknown; quietAdvice?: true } | undefined>;
+  };
+  const markUsed = <T>(backend: T): T => {
+    const b = backend as { firstUse?: unknown } | null | undefined;
+    if (b && typeof b === 'object' && typeof b.firstUse === 'boolean') b.firstUse = false;
+    return backend;
+  };
+  markUsed(engine.registry?.cpu);
+  const entry = engine.registryFactory?.cpu;
+  if (!entry || entry.quietAdvice) return;
+  const make = entry.factory;
+  entry.factory = () => markUsed(make());
+  entry.quietAdvice = true;
 }

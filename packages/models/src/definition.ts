@@ -1,5 +1,6 @@
 import type * as tf from '@tensorflow/tfjs';
 import { layoutOf, type FlatWeights, type WeightSpec } from '@fedunlearn/protocol';
+import { silenceTfjsNodeAdvice } from './quiet.js';
 import { buildArchitecture, type ArchitectureName, type ArchitectureOptions } from './architectures.js';
 
 /**
@@ -42,6 +43,9 @@ export function definitionOf(model: tf.LayersModel): ModelDefinition {
 }
 
 export function builtInDefinition(name: ArchitectureName, opts: ArchitectureOptions): ModelDefinition {
+  // Building the topology and its seeded weights is not training: tfjs's advice to install tfjs-node for speed would
+  // appear in every process that makes a definition (tests, the sim, the bench) and say nothing about their training.
+  silenceTfjsNodeAdvice();
   const model = buildArchitecture(name, opts);
   try {
     return definitionOf(model);

@@ -35,7 +35,8 @@ const program = new Command('fedunlearn-sim')
   .option('--limit-per-class <n>', 'use at most N examples of each class', Number)
   .option('--threads <n>', 'worker threads for the fleet', Number)
   .option('--round-deadline-ms <ms>', 'per-round deadline', Number, d.roundDeadlineMs)
-  .option('--quiet', 'no progress output', false);
+  .option('--quiet', 'no progress output', false)
+  .option('--keep-data', 'keep OUT/data (the coordinators\' histories) after the run; deleted by default', false);
 
 program.parse();
 const o = program.opts();
@@ -66,6 +67,7 @@ const config: SimConfig = {
   ...(o.threads ? { threads: o.threads } : {}),
   roundDeadlineMs: o.roundDeadlineMs,
   quiet: Boolean(o.quiet),
+  keepData: Boolean(o.keepData),
 };
 
 runSimulation(config).then(

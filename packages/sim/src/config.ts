@@ -39,6 +39,8 @@ export interface SimConfig {
   roundDeadlineMs: number;
   /** No progress bars (non-interactive runs still print the final tables). */
   quiet: boolean;
+  /** Keep the working data directory (OUT/data: every coordinator's history) after the run; deleted by default. */
+  keepData: boolean;
 }
 
 export const DEFAULT_CONFIG: SimConfig = {
@@ -67,6 +69,7 @@ export const DEFAULT_CONFIG: SimConfig = {
   // over thousands of images per client on a small machine.
   roundDeadlineMs: 3_600_000,
   quiet: false,
+  keepData: false,
 };
 
 /** Checks a config and says which field is wrong and what is allowed. */

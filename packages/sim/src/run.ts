@@ -20,6 +20,10 @@ export interface RoundRow {
   testAccuracy: number;
   testLoss: number;
   participants: number;
+  /** The clients whose updates the round aggregated, by id (the same seed and flags give the same lists). */
+  participantIds: string[];
+  /** sha256 of the global model after the round (float32 little-endian weights). */
+  modelSha256: string;
   missing: number;
   durationMs: number;
   trainLoss: number | null;
@@ -127,10 +131,23 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       coord.url,
       specs.filter((s) => !lateIds.has(s.clientId)),
     );
+    // Round 1 starts once the whole fleet (but for late joiners) is connected: a round started earlier would select
+    // from whoever happened to be welcomed first, and the run would not be reproducible from its seed.
+    await wholeFleet(coord.coordinator, cfg.clients - lateIds.size);
     progress.start('training', cfg.rounds, 'round');
     const onRound = async (r: RoundOutcome) => {
       const m = await evaluator.test(coord.coordinator.model().weights);
-      rounds.push({ round: r.round, testAccuracy: m.accuracy, testLoss: m.loss, participants: r.participants.length, missing: r.missing.length, durationMs: r.durationMs, trainLoss: r.metrics.loss ?? null });
+      rounds.push({
+        round: r.round,
+        testAccuracy: m.accuracy,
+        testLoss: m.loss,
+        participants: r.participants.length,
+        participantIds: [...r.participants].sort(),
+        modelSha256: r.model.sha256,
+        missing: r.missing.length,
+        durationMs: r.durationMs,
+        trainLoss: r.metrics.loss ?? null,
+      });
       progress.tick({ acc: m.accuracy });
     };
     if (lateIds.size > 0) {
@@ -139,6 +156,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
         coord.url,
         specs.filter((s) => lateIds.has(s.clientId)),
       );
+      await wholeFleet(coord.coordinator, cfg.clients);
     }
     await coord.coordinator.runRounds(cfg.rounds - (lateIds.size > 0 ? cfg.forgetJoinRound - 1 : 0), onRound);
     progress.stop();
@@ -176,8 +194,10 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
         // Stopped on every path: a failed job must not leave its coordinator listening.
         try {
           await fleet.reconnect(c.url);
-          progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}${p.fullHistory ? ' (full history)' : ''}`, 1, 'step');
-          c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total));
+          await wholeFleet(c.coordinator, cfg.clients);
+          // The job's plan (its step count) is known once it starts: 0 until then, so nothing is printed before it.
+          progress.start(`${p.method}${p.tune ? ` +${p.tune}` : ''}${p.noise ? ' (noise floor)' : ''}${p.fullHistory ? ' (full history)' : ''}`, 0, 'step');
+          c.coordinator.unlearning.on('progress', (job) => progress.update(job.progress.step, job.progress.total, {}, job.progress.message));
           let jobId: string;
           // The first single-client federaser job is asked for the way a device would: through its SDK.
           if (!sdkUsed && p.method === 'federaser' && p.tune === 0 && !p.fullHistory && forgottenIds.length === 1 && !cfg.reuseFirstRound && cfg.calibrationRatio === 0.5) {
@@ -274,6 +294,8 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     progress.stop();
     await fleet.stop();
     trainer.dispose();
+    // Every coordinator is stopped by now (each in its own finally). A demo's histories run to hundreds of MB.
+    if (!cfg.keepData) rmSync(work, { recursive: true, force: true });
   }
 }
 
@@ -304,6 +326,11 @@ async function startCoordinator(cfg: SimConfig, def: ModelDefinition, dir: strin
   });
   const { url } = await coordinator.listen(0);
   return { coordinator, url };
+}
+
+/** Resolves once every virtual client is in the coordinator's registry; a fleet that cannot connect is an error. */
+async function wholeFleet(c: Coordinator, n: number): Promise<void> {
+  if (!(await c.registry.waitFor(n, 60_000))) throw new Error(`only ${c.registry.size} of ${n} virtual clients connected within 60 s`);
 }
 
 function waitForQueued(c: Coordinator): Promise<string> {

@@ -1,4 +1,5 @@
 import { FederatedClient } from '@fedunlearn/client';
+import { silenceTfjsNodeAdvice } from '@fedunlearn/models';
 import seedrandom from 'seedrandom';
 import { tinyDataset } from './tiny-data.js';
 
@@ -11,6 +12,8 @@ const send = (m: object): void => {
   process.send?.(m);
 };
 const clientId = process.env.CLIENT_ID ?? 'frozen';
+// It trains on the cpu backend on purpose (reported in its hello): tfjs's advice to install tfjs-node is noise here.
+silenceTfjsNodeAdvice();
 const client = new FederatedClient({
   url: process.env.URL ?? '',
   clientId,

@@ -211,3 +211,35 @@ test('a buffer recycled while an aggregation still owns it as its sum is refused
   const gb = b.apply(base);
   for (let i = 0; i < gb.length; i++) assert.ok(Math.abs(gb[i]! - (base[i]! + u[i]!)) <= 1e-6);
 });
+
+test('the order updates arrive in does not change the model: 40 orders of 15 updates give bit-identical weights', () => {
+  // Realistic deltas: per-client scales over three orders of magnitude, a few values far smaller than the rest (as
+  // for weights a client's data barely touches), example counts as uneven as a Dirichlet partition makes them.
+  const r = rng(21);
+  const big = layoutOf([{ name: 'w', shape: [200_000] }]);
+  const gauss = (): number => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
+  const k = 15;
+  const updates = Array.from({ length: k }, () => {
+    const scale = 10 ** (-1 - 3 * r());
+    return Float32Array.from({ length: big.totalSize }, () => gauss() * scale * (r() < 0.05 ? 1e-4 : 1));
+  });
+  const counts = Array.from({ length: k }, () => 1 + Math.floor(10 ** (r() * 3.5)));
+  const base = Float32Array.from({ length: big.totalSize }, () => gauss() * 0.1);
+  const run = (order: number[]): Float32Array => {
+    const agg = new FedAvg().begin(big);
+    for (const j of order) agg.add(updates[j]!, counts[j]!);
+    return agg.apply(base);
+  };
+  const inOrder = run(Array.from({ length: k }, (_, j) => j));
+  for (let t = 0; t < 40; t++) {
+    const order = Array.from({ length: k }, (_, j) => j);
+    for (let i = k - 1; i > 0; i--) {
+      const j = Math.floor(r() * (i + 1));
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    const got = run(order);
+    let differ = 0;
+    for (let i = 0; i < got.length; i++) if (got[i] !== inOrder[i]) differ++;
+    assert.equal(differ, 0, `order ${order.join(',')}: ${differ} of ${got.length} values differ from the in-order model`);
+  }
+});

@@ -171,6 +171,12 @@ function prepareStatements(db: Database.Database) {
     model: db.prepare<[string], ModelRow>('SELECT * FROM models WHERE version = ?'),
     models: db.prepare<[], ModelRow>('SELECT * FROM models ORDER BY seq'),
     modelsOfLineage: db.prepare<[string], ModelRow>('SELECT * FROM models WHERE lineage = ? ORDER BY seq'),
+    // Both read the (lineage, seq) index only: one entry per model version, once per lineage by the callers.
+    lineageStart: db.prepare<[string], { first: number | null }>('SELECT MIN(seq) AS first FROM models WHERE lineage = ?'),
+    lineagesBefore: db.prepare<[number], { n: number }>(
+      'SELECT COUNT(*) AS n FROM (SELECT MIN(seq) AS first FROM models GROUP BY lineage) WHERE first < ?',
+    ),
+    lineageCount: db.prepare<[], { n: number }>('SELECT COUNT(DISTINCT lineage) AS n FROM models'),
     insertModel: db.prepare(
       `INSERT INTO models (version, parent, cause, round, job_id, lineage, sha256, blob, bytes, created_at)
        VALUES (@version, @parent, @cause, @round, @job_id, @lineage, @sha256, @blob, @bytes, @created_at)`,
@@ -824,6 +830,18 @@ class SqliteHistoryStore implements HistoryStore {
     this.requireNotClosed();
     const rows = opts.lineage === undefined ? this.q.models.all() : this.q.modelsOfLineage.all(opts.lineage);
     return rows.map(toModel);
+  }
+
+  lineagePosition(lineage: string): number {
+    this.requireNotClosed();
+    const first = this.q.lineageStart.get(lineage)?.first;
+    if (first === null || first === undefined) throw new HistoryError(`unknown lineage ${lineage}`);
+    return this.q.lineagesBefore.get(first)!.n;
+  }
+
+  lineageCount(): number {
+    this.requireNotClosed();
+    return this.q.lineageCount.get()!.n;
   }
 
   getModel(version: string): ModelVersion | null {

@@ -241,6 +241,12 @@ export interface HistoryStore {
   /** Model versions in creation order (default: every lineage). */
   listModels(opts?: { lineage?: string }): ModelVersion[];
   getModel(version: string): ModelVersion | null;
+  /** A lineage's position in creation order: 0 for the federation's first lineage, n for the lineage the n-th
+   *  committed unlearning job started. Unlike the lineage id (random), it is the same in every run of the same
+   *  schedule, so client selection is keyed on it. Throws HistoryError for an unknown lineage. */
+  lineagePosition(lineage: string): number;
+  /** How many lineages exist: the position the next unlearning commit's lineage will take. */
+  lineageCount(): number;
   /** Verifies sha256 on read; a mismatch throws (corruption is never served). */
   readModel(version: string): Promise<Float32Array>;
   /** Commits the result of an unlearning job atomically: a new model version (cause 'unlearning', parent = the head at

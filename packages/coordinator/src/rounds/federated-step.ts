@@ -126,8 +126,6 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
         }
         agg.add(delta, a.numExamples);
         participants.push({ clientId: a.clientId, numExamples: a.numExamples, norms: Array.from(layerNorms(layout, delta)), metrics: a.metrics });
-        for (const [k, v] of Object.entries(a.metrics)) sums[k] = (sums[k] ?? 0) + v * a.numExamples;
-        samples += a.metrics.samples ?? 0;
         aggregateMs += performance.now() - t0 - (stageMs - stagedBefore);
         // The staging write still holds the encoded update: the dispatcher counts it as held (and keeps its upload
         // grant) until it is written.
@@ -148,6 +146,13 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
     // An update already in the sum could not be made durable: this step cannot be committed as it stands.
     args.stageAs?.store.discardStaged(args.stageAs.roundId);
     throw stagingError;
+  }
+  // Answers arrive in whatever order the clients finish: the record, and every float sum over it, follow the
+  // clients' ids instead, so the same run gives the same round record and the same metrics.
+  participants.sort((a, b) => (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0));
+  for (const p of participants) {
+    for (const [k, v] of Object.entries(p.metrics ?? {})) sums[k] = (sums[k] ?? 0) + v * p.numExamples;
+    samples += p.metrics?.samples ?? 0;
   }
   const metrics: Record<string, number> = {};
   if (agg.count > 0) {

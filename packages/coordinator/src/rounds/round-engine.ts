@@ -6,7 +6,7 @@ import type { Logger } from '../logger.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import type { HyperParameters, Missing, TaskDispatcher } from './dispatcher.js';
 import { federatedStep, type StepTiming, type WorkCost } from './federated-step.js';
-import { selectClients } from './selection.js';
+import { roundSelectionKey, selectClients } from './selection.js';
 
 export interface FederationConfig {
   /** K: clients asked to train in each round. */
@@ -75,6 +75,18 @@ export class RoundEngine {
     },
   ) {}
 
+  /** Positions never change once a lineage exists: read once per lineage, not per round. */
+  private readonly positions = new Map<string, number>();
+
+  private lineagePosition(lineage: string): number {
+    let p = this.positions.get(lineage);
+    if (p === undefined) {
+      p = this.deps.store.lineagePosition(lineage);
+      this.positions.set(lineage, p);
+    }
+    return p;
+  }
+
   async runRound(current: ModelCache, signal?: AbortSignal): Promise<RoundOutcome> {
     const { store, registry, dispatcher, strategy, config, log } = this.deps;
     const head = store.head();
@@ -95,7 +107,8 @@ export class RoundEngine {
         lastMissing = [];
         continue;
       }
-      const selected = selectClients(candidates, config.clientsPerRound, config.seed, `${head.lineage}/${round}/${attempt}`);
+      const key = roundSelectionKey(this.lineagePosition(head.lineage), round, attempt);
+      const selected = selectClients(candidates, config.clientsPerRound, config.seed, key);
       const roundId = nanoid();
       const keep = store.keepsUpdates(round);
       log.info({ round, roundId, attempt, selected: selected.length }, 'round started');

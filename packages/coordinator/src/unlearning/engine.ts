@@ -7,7 +7,7 @@ import type { Logger } from '../logger.js';
 import { TaskKind, type Missing, type TaskDispatcher } from '../rounds/dispatcher.js';
 import { addCost, federatedStep, zeroCost, type WorkCost } from '../rounds/federated-step.js';
 import type { FederationConfig, ModelCache } from '../rounds/round-engine.js';
-import { selectClients } from '../rounds/selection.js';
+import { roundSelectionKey, selectClients } from '../rounds/selection.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import { FedEraser } from './federaser.js';
 import { METHOD_NAMES, resolveParams, type MethodContext, type MethodName, type MethodParams, type MethodResult, type ReplayedRound, type ResolvedParams, type UnlearningMethod } from './method.js';
@@ -543,7 +543,10 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       setRecord(r);
       this.emit('progress', r);
       const candidates = registry.connected().map((s) => s.clientId).filter((id) => !forgotten.has(id));
-      const selected = selectClients(candidates, config.clientsPerRound, config.seed, `${job.jobId}/tune/${i}`);
+      // A tuning round is round done.length + 1 of the lineage this job creates (at position lineageCount(), jobs run
+      // one at a time): selected like any round, never keyed on the random job id, so a rerun selects the same clients.
+      const key = roundSelectionKey(store.lineageCount(), done.length + 1, 1);
+      const selected = selectClients(candidates, config.clientsPerRound, config.seed, key);
       const roundId = nanoid();
       const startedAt = Date.now();
       const res = await federatedStep(dispatcher, strategy, {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { accuracyPlotSvg, costPlotSvg } from './plot.js';
+import { accuracyPlotSvg, costPlotSvg, unlearningPlotSvg } from './plot.js';
 
 /** Well-formedness check: every opened element is closed in order (enough to catch truncated or broken output). */
 function assertBalancedXml(svg: string): void {
@@ -52,4 +52,28 @@ test('cost plot: labelled points and the cost axis title', async () => {
     assert.ok(t.includes(s), `missing text ${s}`);
   }
   assert.equal(count(svg, 'aria-roledescription="point"'), rows.length);
+});
+
+test('unlearning plot: the original shown, each method once in the legend, and the evidence of forgetting as bars', async () => {
+  const points = [
+    { label: 'original (not unlearned)', cost: null, testAccuracy: 0.911, forgottenAccuracy: 0.943, backdoorASR: 0.611 },
+    { label: 'retrain', cost: 76000, testAccuracy: 0.912, forgottenAccuracy: 0.925, backdoorASR: 0.011 },
+    // Lands on retrain's point: colour and shape keep both visible.
+    { label: 'rollback', cost: 76000, testAccuracy: 0.912, forgottenAccuracy: 0.925, backdoorASR: 0.011 },
+    { label: 'federaser', cost: 18240, testAccuracy: 0.85, forgottenAccuracy: 0.868, backdoorASR: 0.01 },
+    { label: 'replay', cost: 0, testAccuracy: 0.812, forgottenAccuracy: 0.813, backdoorASR: 0.054 },
+  ];
+  const svg = await unlearningPlotSvg(points, { title: 'Unlearning client-000', costLabel: 'client sample-epochs' });
+  assertBalancedXml(svg);
+  const t = texts(svg);
+  for (const s of ['Unlearning client-000', 'Test accuracy against client work', 'Evidence of forgetting', 'client sample-epochs', 'backdoor success rate', "accuracy on the forgotten clients' data"]) {
+    assert.ok(t.includes(s), `missing text ${s}`);
+  }
+  assert.ok(t.some((s) => s.includes('original (not unlearned), 91.1 %')), 'the original model is named with its accuracy');
+  // Methods are named once each in the legend and once on the bar axis; no label is drawn beside a point.
+  for (const p of points.slice(1)) assert.equal(t.filter((s) => s === p.label).length, 2, p.label);
+  assert.equal(t.filter((s) => s === 'original (not unlearned)').length, 1, 'the original has bars, not a point');
+  assert.equal(count(svg, 'aria-roledescription="point"'), points.length - 1);
+  assert.equal(count(svg, 'aria-roledescription="bar"'), points.length * 2);
+  assert.equal(count(svg, 'aria-roledescription="rule mark"'), 1, "the original model's accuracy line");
 });

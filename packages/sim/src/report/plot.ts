@@ -85,3 +85,86 @@ export async function costPlotSvg(rows: CostPoint[], opts: { title: string; cost
     ],
   });
 }
+
+/** One row of the unlearning picture: a method's model after unlearning, or the original (cost null). */
+export interface UnlearningPoint {
+  label: string;
+  /** Client sample-epochs the job cost; null for the original model, which no job made. */
+  cost: number | null;
+  /** Fractions in [0, 1]; null where not measured (no backdoor, nothing forgotten). */
+  testAccuracy: number;
+  forgottenAccuracy: number | null;
+  backdoorASR: number | null;
+}
+
+/**
+ * The unlearning picture, two panels stacked. Top: test accuracy against client work, one point per method (colour
+ * and shape in the legend, no text beside the points, so labels cannot overlap), the original model's accuracy as a
+ * dashed line. Bottom: the evidence of forgetting, for the original and every method: the backdoor's success rate and
+ * the accuracy on the forgotten clients' data, as horizontal bars (retrain's bars are what "forgotten" looks like).
+ */
+export async function unlearningPlotSvg(points: UnlearningPoint[], opts: { title: string; costLabel: string }): Promise<string> {
+  const methods = points.filter((p) => p.cost !== null);
+  const original = points.find((p) => p.cost === null);
+  const order = points.map((p) => p.label);
+  const methodOrder = methods.map((p) => p.label);
+  const evidence = points.flatMap((p) => [
+    ...(p.backdoorASR !== null ? [{ label: p.label, measure: 'backdoor success rate', value: p.backdoorASR }] : []),
+    ...(p.forgottenAccuracy !== null ? [{ label: p.label, measure: "accuracy on the forgotten clients' data", value: p.forgottenAccuracy }] : []),
+  ]);
+  const x = { field: 'cost', type: 'quantitative', title: opts.costLabel, scale: { zero: true } } as const;
+  const y = { field: 'testAccuracy', type: 'quantitative', title: 'Test accuracy', axis: { format: '.0%' }, scale: { zero: false } } as const;
+  const pctText = (v: number): string => `${(v * 100).toFixed(1)} %`;
+  const top = {
+    title: {
+      text: 'Test accuracy against client work',
+      ...(original ? { subtitle: `dashed line: the ${original.label}, ${pctText(original.testAccuracy)}` } : {}),
+    },
+    width: WIDTH,
+    height: HEIGHT * 0.8,
+    layer: [
+      ...(original
+        ? [{ data: { values: [{ testAccuracy: original.testAccuracy }] }, mark: { type: 'rule', color: '#777', strokeWidth: 1.5, strokeDash: [6, 4] }, encoding: { y } }]
+        : []),
+      {
+        data: { values: methods },
+        mark: { type: 'point', filled: false, strokeWidth: 2, size: 110 },
+        encoding: {
+          x,
+          y,
+          // Colour and shape both: methods that land on the same point (retrain and rollback often do) stay visible.
+          color: { field: 'label', type: 'nominal', title: 'method', scale: { domain: methodOrder } },
+          shape: { field: 'label', type: 'nominal', title: 'method', scale: { domain: methodOrder } },
+        },
+      },
+    ],
+  };
+  const measures = ['backdoor success rate', "accuracy on the forgotten clients' data"].filter((m) => evidence.some((e) => e.measure === m));
+  const bottom = {
+    title: { text: 'Evidence of forgetting', subtitle: "retrain's bars are the target: what a model that never saw the forgotten clients scores" },
+    width: WIDTH,
+    data: { values: evidence },
+    mark: { type: 'bar' },
+    encoding: {
+      y: { field: 'label', type: 'nominal', title: null, sort: order, axis: { labelLimit: 400 } },
+      yOffset: { field: 'measure', type: 'nominal', sort: measures },
+      x: { field: 'value', type: 'quantitative', title: null, axis: { format: '.0%' }, scale: { domain: [0, 1] } },
+      color: {
+        field: 'measure',
+        type: 'nominal',
+        title: null,
+        scale: { domain: measures, range: measures.map((m) => (m.startsWith('backdoor') ? '#d62728' : '#1f77b4')) },
+        legend: { orient: 'top', direction: 'horizontal', labelLimit: 400 },
+      },
+    },
+  };
+  return renderSvg({
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: opts.title,
+    background: 'white',
+    vconcat: [top, bottom],
+    resolve: { scale: { color: 'independent', shape: 'independent' }, legend: { color: 'independent', shape: 'independent' } },
+    spacing: 30,
+    config: { legend: { labelLimit: 400 } },
+  } as unknown as TopLevelSpec);
+}

@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Progress } from '../progress.js';
 import type { SimReport } from '../run.js';
-import { accuracyPlotSvg, costPlotSvg } from './plot.js';
+import { accuracyPlotSvg, unlearningPlotSvg } from './plot.js';
 import { markdownTable, renderTable, type TableColumn } from './table.js';
 
 const pct = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? (v * 100).toFixed(1) : '');
@@ -37,6 +37,31 @@ const UNLEARNING_COLUMNS: TableColumn[] = [
   { key: 'speedupWall', title: 'speed-up (wall)', format: speed },
 ];
 
+/** What each column means, written under its table in report.md (a table whose columns need a paper is no report). */
+const ROUND_NOTES = [
+  '- **round**: the training round (1-based); **test acc %** and **test loss**: the global model after the round, on the held-out test set.',
+  "- **train loss**: the clients' mean loss during their local training in the round (example-weighted).",
+  "- **clients**: participants whose update the round aggregated; **missing**: selected clients without an accepted update; **ms**: the round's wall time.",
+];
+
+function unlearningNotes(miaNoSignal: boolean, noiseFloor: boolean): string[] {
+  return [
+    "- **row**: the unlearning method (`+N rounds`: followed by N ordinary training rounds); **original**: the trained model before any unlearning. Every method starts from a copy of the same trained state.",
+    '- **test acc %**: accuracy on the held-out test set; **vs retrain**: its difference from the exact retrain, in points.',
+    "- **forgotten acc %**: accuracy on the forgotten clients' own (clean) training data. Retraining without them sets the level to aim at: their data then counts as unseen.",
+    '- **backdoor ASR %**: share of triggered test images (true class other than the target) classified as the backdoor target: the forgotten client\'s backdoor. Near retrain\'s level means it is gone (with `--backdoor`).',
+    `- **MIA AUC**: a loss-threshold membership inference of the forgotten clients' data against as many held-out test examples (threshold fitted on the original model); 0.5 means members cannot be told from non-members.${miaNoSignal ? ' **In this run the original model already scores about 0.5: the attack finds no membership signal even before unlearning (the model barely overfits), so this column says nothing about forgetting here.**' : ''}`,
+    "- **L2 to retrain**: Euclidean distance between this model's weights and the retrained model's; **cos to retrain**: cosine between the two models' displacements from the initial model (1 = the same direction).",
+    `- **fidelity**: L2 to retrain divided by the noise floor, the L2 between two exact retrains with different shuffle seeds; at or below 1 the model is as close to retrain as retraining is to itself.${noiseFloor ? '' : ' Empty: this run had no `--noise-floor`.'}`,
+    "- **sample-epochs**: examples the clients processed for the job (an epoch over n examples counts n); **speed-up (work)**: retrain's sample-epochs over this row's.",
+    "- **work vs full history** (with `--forget-join-round`): this row's sample-epochs as a fraction of the same method replaying the whole history from the initial model instead of from t0, the first round a forgotten client took part in.",
+    "- **wall ms**: the job's wall time; **speed-up (wall)**: retrain's wall time over this row's.",
+  ];
+}
+
+/** The original model's membership attack cannot tell members from non-members: AUC within this of 0.5. */
+const MIA_NO_SIGNAL = 0.05;
+
 function rowLabel(r: { method: string; tuneRounds: number; fullHistory?: boolean; t0?: number | null; roundsKeptExact?: number }): string {
   const from = r.fullHistory ? ' (full history)' : r.t0 && r.roundsKeptExact ? ` (from t0 = ${r.t0})` : '';
   return (r.tuneRounds > 0 ? `${r.method} +${r.tuneRounds} rounds` : r.method) + from;
@@ -50,7 +75,22 @@ export async function writeReport(dir: string, report: SimReport, progress: Prog
     `${report.config.dataset} ${report.config.model}: test accuracy per round (${report.config.clients} clients, ${report.config.partition})`,
   );
   writeFileSync(join(dir, 'accuracy.svg'), accuracySvg);
-  const md: string[] = [`# Simulation report`, '', `backend: ${report.backend}; wall time ${(report.wallTimeMs / 1000).toFixed(1)} s`, '', '## Training', '', markdownTable(ROUND_COLUMNS, report.rounds as unknown as Record<string, unknown>[]), ''];
+  const md: string[] = [
+    `# Simulation report`,
+    '',
+    `backend: ${report.backend}; wall time ${(report.wallTimeMs / 1000).toFixed(1)} s`,
+    '',
+    '## Training',
+    '',
+    markdownTable(ROUND_COLUMNS, report.rounds as unknown as Record<string, unknown>[]),
+    '',
+    ...ROUND_NOTES,
+    '',
+    `Participants of each round (seed ${report.config.seed}; the same seed and flags select the same clients):`,
+    '',
+    ...report.rounds.map((r) => `- round ${r.round}: ${r.participantIds.length === report.config.clients ? `all ${r.participantIds.length} clients` : r.participantIds.join(', ')}`),
+    '',
+  ];
   let terminal = `\nTraining (${report.config.dataset}, ${report.config.model}, ${report.config.clients} clients, backend ${report.backend})\n${renderTable(ROUND_COLUMNS, report.rounds as unknown as Record<string, unknown>[])}\nfinal test accuracy ${pct(report.finalTestAccuracy)}%\n`;
   if (report.original) {
     const retrain = report.unlearning.find((r) => r.method === 'retrain');
@@ -67,13 +107,27 @@ export async function writeReport(dir: string, report: SimReport, progress: Prog
       })),
     ];
     const title = `Unlearning ${report.forgotten.join(', ')} (${report.config.methods.join(', ')}; history interval ${report.config.historyInterval}, calibration ratio ${report.config.calibrationRatio})`;
-    terminal += `\n${title}\n${renderTable(UNLEARNING_COLUMNS, rows)}\n`;
-    md.push('## Unlearning', '', title, '', markdownTable(UNLEARNING_COLUMNS, rows), '');
-    const costSvg = await costPlotSvg(
-      report.unlearning.map((r) => ({ label: rowLabel(r), cost: r.clientSampleEpochs, accuracy: r.testAccuracy, kind: r.method })),
-      { title: 'Unlearning: test accuracy against client work', costLabel: 'client sample-epochs' },
+    const originalAuc = report.original.mia?.auc;
+    const miaNoSignal = originalAuc !== undefined && Math.abs(originalAuc - 0.5) < MIA_NO_SIGNAL;
+    // Where it carries no signal the column says so itself, not only a footnote.
+    const columns = UNLEARNING_COLUMNS.map((c) => (c.key === 'miaAuc' && miaNoSignal ? { ...c, title: 'MIA AUC (no signal here)' } : c));
+    const floorNote = report.noiseFloor
+      ? `fidelity: L2 to retrain over the noise floor (L2 ${report.noiseFloor.l2BetweenRetrains.toFixed(3)} between two exact retrains with different seeds)`
+      : 'fidelity: empty without --noise-floor (a second exact retrain with other seeds, whose distance to the first is the noise floor)';
+    const miaNote = miaNoSignal
+      ? `MIA AUC: the original model already scores ${originalAuc.toFixed(3)}, about 0.5: the membership attack finds no signal in this regime, so the column says nothing about forgetting here`
+      : null;
+    terminal += `\n${title}\n${renderTable(columns, rows)}\n${[floorNote, miaNote].filter(Boolean).join('\n')}\ncolumns are explained in report.md\n`;
+    md.push('## Unlearning', '', title, '', markdownTable(columns, rows), '', ...unlearningNotes(miaNoSignal, report.noiseFloor !== null), '');
+    if (report.noiseFloor) md.push(`Noise floor: L2 ${report.noiseFloor.l2BetweenRetrains.toFixed(4)} between two exact retrains with different shuffle seeds.`, '');
+    const svg = await unlearningPlotSvg(
+      [
+        { label: 'original (not unlearned)', cost: null, testAccuracy: report.original.testAccuracy, forgottenAccuracy: report.original.forgottenAccuracy, backdoorASR: report.original.backdoorASR },
+        ...report.unlearning.map((r) => ({ label: rowLabel(r), cost: r.clientSampleEpochs, testAccuracy: r.testAccuracy, forgottenAccuracy: r.forgottenAccuracy, backdoorASR: r.backdoorASR })),
+      ],
+      { title: `Unlearning ${report.forgotten.join(', ')} (${report.config.dataset} ${report.config.model}, ${report.config.clients} clients)`, costLabel: 'client sample-epochs' },
     );
-    writeFileSync(join(dir, 'unlearning.svg'), costSvg);
+    writeFileSync(join(dir, 'unlearning.svg'), svg);
   }
   md.push(...report.notes.map((n) => `- ${n}`));
   writeFileSync(join(dir, 'report.md'), md.join('\n'));
