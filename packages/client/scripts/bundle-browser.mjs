@@ -13,6 +13,21 @@ const out = join(pkg, 'dist', 'bundle');
 rmSync(out, { recursive: true, force: true });
 mkdirSync(out, { recursive: true });
 
+/**
+ * protobufjs probes for Node's Buffer and long.js with `eval('require')(name)` (@protobufjs/inquire), which finds
+ * nothing in a browser and, under a Content-Security-Policy without 'unsafe-eval', is reported as a violation on
+ * every page load. The bundle answers those probes with "absent" directly.
+ */
+function noInquire() {
+  return {
+    name: 'no-inquire',
+    setup(b) {
+      b.onResolve({ filter: /^@protobufjs\/inquire$/ }, () => ({ path: 'inquire', namespace: 'no-inquire' }));
+      b.onLoad({ filter: /.*/, namespace: 'no-inquire' }, () => ({ contents: 'module.exports = function inquire() { return null; };', loader: 'js' }));
+    },
+  };
+}
+
 const result = await build({
   entryPoints: [join(pkg, 'dist', 'browser.js')],
   outfile: join(out, 'fedunlearn-client.js'),
@@ -24,6 +39,7 @@ const result = await build({
   legalComments: 'eof',
   metafile: true,
   logLevel: 'warning',
+  plugins: [noInquire()],
 });
 
 // The bundle must hold nothing Node-only: the backend selection for Node and tfjs-node stay out.
