@@ -7,6 +7,7 @@ import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium, type BrowserContext } from 'playwright-core';
 import { Coordinator, createLogger, openSqliteHistory, type JobReport } from '@fedunlearn/coordinator';
+import { builtInDefinition } from '@fedunlearn/models';
 import { connectClients, federation, mnistScenario, tempDir, waitUntil } from './support.js';
 
 /**
@@ -141,4 +142,60 @@ test('the example page trains in rounds in Chromium, answers a FedEraser calibra
   // Nothing broke the CSP, failed to load or logged an error along the way.
   assert.deepEqual(await page.evaluate(() => (window as unknown as { __csp: string[] }).__csp), []);
   assert.deepEqual(problems, []);
+});
+
+test('the browser bundle starts wasm from its own folder (with the Conv2D filter-gradient kernel) and cpu, and trains a CNN on each', { timeout: 60_000 }, async () => {
+  const tmp = tempDir('browser-backends');
+  cleanups.push(() => tmp.cleanup());
+  const coordinator = await Coordinator.create({
+    store: openSqliteHistory(tmp.dir),
+    dataDir: tmp.dir,
+    model: scenario.def,
+    federation: federation(),
+    historyInterval: 1,
+    logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
+  });
+  const { url } = await coordinator.listen(0);
+  cleanups.push(() => coordinator.stop());
+  const cnn = builtInDefinition('cnn', { inputShape: [8, 8, 1], numClasses: 3, seed: 1 });
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  for (const name of ['wasm', 'cpu'] as const) {
+    // A fresh page each: tfjs's backend is chosen once per page.
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    page.on('response', (r) => {
+      if (r.status() >= 400) errors.push(`HTTP ${r.status()} ${r.url()}`);
+    });
+    await page.goto(`${url}/examples/client/`);
+    const out = await page.evaluate(
+      async ({ name, topologyJson, weights }) => {
+        const sdk = await import('/examples/client/sdk/fedunlearn-client.js' as string);
+        const choice = await sdk.initBackend([name]);
+        const count = 12;
+        const data = { x: new Float32Array(count * 64).map((_, i) => (i % 7) / 7), y: Int32Array.from({ length: count }, (_, i) => i % 3), inputShape: [8, 8, 1], numClasses: 3, count };
+        const trainer = new sdk.Trainer({ tf: choice.tf });
+        const r = await trainer.train(topologyJson, Float32Array.from(weights), data, { learningRate: 0.1, batchSize: 4, epochs: 1, seed: 1 });
+        const delta = Array.from(r.delta as Float32Array);
+        return {
+          name: choice.name,
+          active: choice.tf.getBackend(),
+          filterGradKernel: choice.tf.getKernel('Conv2DBackpropFilter', 'wasm') !== undefined,
+          steps: r.metrics.steps,
+          finite: delta.every(Number.isFinite),
+          changed: delta.filter((v) => v !== 0).length,
+        };
+      },
+      { name, topologyJson: cnn.topologyJson, weights: Array.from(cnn.initial.values) },
+    );
+    assert.equal(out.name, name);
+    assert.equal(out.active, name);
+    if (name === 'wasm') assert.ok(out.filterGradKernel, 'the SDK registered its Conv2DBackpropFilter kernel for wasm');
+    assert.equal(out.steps, 3);
+    assert.ok(out.finite);
+    assert.ok(out.changed > cnn.initial.values.length / 2, `${out.changed} of ${cnn.initial.values.length} weights changed`);
+    assert.deepEqual(errors, []);
+    await page.close();
+  }
 });
