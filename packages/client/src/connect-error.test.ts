@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { describeConnectError } from './connect-error.js';
+import { describeConnectError, explainConnectError } from './connect-error.js';
 
 /** socket.io-client's connect_error from its websocket transport: a TransportError whose description is the ws event. */
 function transportError(description: unknown): Error {
@@ -24,4 +24,12 @@ test('describeConnectError in a browser, where the WebSocket error event says no
   assert.match(msg, /^cannot connect to https:\/\/c\.example: the WebSocket could not be opened, and the browser does not say why/);
   // Other errors keep their own message (socket.io-client's own connect timeout, a middleware's refusal).
   assert.equal(describeConnectError('http://c', new Error('timeout')), 'cannot connect to http://c: timeout');
+});
+
+test('explainConnectError: causes retrying cannot cure fail connect() at once, passing ones are retried', () => {
+  const sys = (code: string) => transportError({ error: Object.assign(new Error(code), { code }), message: code });
+  for (const code of ['ECONNREFUSED', 'ENOTFOUND', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'EPROTO']) assert.equal(explainConnectError('http://c', sys(code)).final, true, code);
+  for (const code of ['ECONNRESET', 'ETIMEDOUT', 'EAI_AGAIN']) assert.equal(explainConnectError('http://c', sys(code)).final, false, code);
+  assert.equal(explainConnectError('http://c', transportError({ isTrusted: true })).final, false);
+  assert.equal(explainConnectError('http://c', new Error('timeout')).final, false);
 });

@@ -4,7 +4,17 @@
  * tells a page nothing about a failed WebSocket (by design), so there the message says where to look instead.
  */
 export function describeConnectError(url: string, err: unknown): string {
-  return `cannot connect to ${url}: ${connectCause(url, err)}`;
+  return explainConnectError(url, err).message;
+}
+
+/**
+ * The description, and whether retrying cannot help: nothing listens there, the name does not resolve, TLS fails,
+ * or the server is not a coordinator. Other failures (a reset, a timeout, a browser's unexplained error) may pass
+ * while the coordinator is busy or restarting, so the SDK keeps trying until connect()'s timeout.
+ */
+export function explainConnectError(url: string, err: unknown): { message: string; final: boolean } {
+  const { cause, final } = connectCause(url, err);
+  return { message: `cannot connect to ${url}: ${cause}`, final };
 }
 
 interface TransportErrorLike {
@@ -22,7 +32,9 @@ function innermost(err: unknown): { code: string; message: string } {
   return { code, message };
 }
 
-function connectCause(url: string, err: unknown): string {
+function connectCause(url: string, err: unknown): { cause: string; final: boolean } {
+  const final = (cause: string) => ({ cause, final: true });
+  const passing = (cause: string) => ({ cause, final: false });
   const { code, message } = innermost(err);
   let host = url;
   try {
@@ -32,26 +44,26 @@ function connectCause(url: string, err: unknown): string {
   }
   switch (code) {
     case 'ECONNREFUSED':
-      return `connection refused (nothing listens at ${host}: is the coordinator running, and on this port?)`;
+      return final(`connection refused (nothing listens at ${host}: is the coordinator running, and on this port?)`);
     case 'ENOTFOUND':
-      return `DNS: no address found for ${host.replace(/:\d+$/, '')}`;
+      return final(`DNS: no address found for ${host.replace(/:\d+$/, '')}`);
     case 'EAI_AGAIN':
-      return `DNS: the lookup of ${host.replace(/:\d+$/, '')} failed (no DNS server answered)`;
+      return passing(`DNS: the lookup of ${host.replace(/:\d+$/, '')} failed (no DNS server answered)`);
     case 'ECONNRESET':
-      return `the connection was reset (${message})`;
+      return passing(`the connection was reset (${message})`);
     case 'ETIMEDOUT':
     case 'EHOSTUNREACH':
     case 'ENETUNREACH':
-      return `${host} is unreachable (${code})`;
+      return passing(`${host} is unreachable (${code})`);
   }
   if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL|EPROTO/.test(code) || /certificate|self[- ]signed|SSL|TLS/i.test(message)) {
-    return `TLS: ${code ? `${code} ` : ''}${message} (a coordinator with a self-signed certificate needs its CA as the \`ca\` option)`;
+    return final(`TLS: ${code ? `${code} ` : ''}${message} (a coordinator with a self-signed certificate needs its CA as the \`ca\` option)`);
   }
   const status = /Unexpected server response: (\d+)/.exec(message);
-  if (status) return `the server answered HTTP ${status[1]} instead of opening a WebSocket (is ${url} a fedunlearn coordinator?)`;
+  if (status) return final(`the server answered HTTP ${status[1]} instead of opening a WebSocket (is ${url} a fedunlearn coordinator?)`);
   if (message === 'websocket error' && code === '') {
     // A browser: the WebSocket error event has no detail.
-    return 'the WebSocket could not be opened, and the browser does not say why (check the address, that the coordinator runs, its TLS certificate, and that the page may reach it: mixed content, Content-Security-Policy connect-src)';
+    return passing('the WebSocket could not be opened, and the browser does not say why (check the address, that the coordinator runs, its TLS certificate, and that the page may reach it: mixed content, Content-Security-Policy connect-src)');
   }
-  return code ? `${code} ${message}` : message;
+  return passing(code ? `${code} ${message}` : message);
 }

@@ -18,7 +18,7 @@ import {
   type WeightLayout,
 } from '@fedunlearn/protocol';
 import { initBackend, type BackendChoice, type BackendName } from './backend.js';
-import { describeConnectError } from './connect-error.js';
+import { explainConnectError } from './connect-error.js';
 import { assertDataset, datasetMismatch, type LocalDataset, type ModelSignature } from './dataset.js';
 import { Trainer, type ModelFactory } from './trainer.js';
 
@@ -159,18 +159,23 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       this.emit('disconnected', String(reason));
     });
     socket.io.on('reconnect_attempt', (attempt) => this.emit('reconnecting', attempt));
+    // While connect() waits, a connection that cannot be opened for good (refused, DNS, TLS, not a coordinator)
+    // fails it at once with its cause; a failure that may pass (a reset, a timeout) is retried by socket.io and named
+    // if the timeout comes. After the first welcome socket.io keeps retrying with back-off whatever the cause.
+    let lastFailure = '';
     socket.on('connect_error', (e) => {
-      // While connect() waits, a connection that cannot be opened (refused, DNS, TLS) fails it at once with its
-      // cause instead of at the timeout; after the first welcome socket.io keeps retrying with back-off.
       if (!this.welcomed) return;
-      this.welcomed.reject(new Error(describeConnectError(this.opts.url, e)));
+      const { message, final } = explainConnectError(this.opts.url, e);
+      lastFailure = message;
+      if (!final) return;
+      this.welcomed.reject(new Error(message));
       this.welcomed = null;
       socket.disconnect();
     });
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => {
         this.welcomed = null;
-        reject(new Error(`no welcome from ${this.opts.url} within ${timeoutMs} ms`));
+        reject(new Error(`no welcome from ${this.opts.url} within ${timeoutMs} ms${lastFailure ? ` (last attempt: ${lastFailure})` : ''}`));
       }, timeoutMs);
       this.welcomed = {
         resolve: () => {
