@@ -47,8 +47,9 @@ test('the example page trains in rounds in Chromium, answers a FedEraser calibra
     store: openSqliteHistory(tmp.dir),
     dataDir: tmp.dir,
     model: scenario.def,
-    // Everyone connected takes part in every round, the page included.
-    federation: federation({ clientsPerRound: 4, minClients: 4 }),
+    // Everyone connected is asked in every round, the page included (a round waits for all it asked, up to the
+    // deadline); the quorum stays reachable once two clients are forgotten, so that no job waits for absent clients.
+    federation: federation({ clientsPerRound: 4, minClients: 2 }),
     historyInterval: 1,
     logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
   });
