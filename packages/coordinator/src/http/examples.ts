@@ -40,7 +40,7 @@ function assetTable(): Map<string, Asset> {
   // ../examples/client/ (the digits the build wrote); the SDK bundle from @fedunlearn/client's package.
   const page = fileURLToPath(new URL('../../examples/client/', import.meta.url));
   const built = fileURLToPath(new URL('../examples/client/', import.meta.url));
-  const sdk = join(dirname(createRequire(import.meta.url).resolve('@fedunlearn/client/package.json')), 'dist', 'bundle');
+  const sdk = join(sdkPackageDir(), 'dist', 'bundle');
   const js = 'text/javascript; charset=utf-8';
   const wasm = 'application/wasm';
   return new Map<string, Asset>([
@@ -55,6 +55,15 @@ function assetTable(): Map<string, Asset> {
     ['sdk/tfjs-backend-wasm-simd.wasm', { path: join(sdk, 'tfjs-backend-wasm-simd.wasm'), type: wasm }],
     ['sdk/tfjs-backend-wasm-threaded-simd.wasm', { path: join(sdk, 'tfjs-backend-wasm-threaded-simd.wasm'), type: wasm }],
   ]);
+}
+
+/** Where @fedunlearn/client is installed; a coordinator without it still starts, and its page's SDK files are 404. */
+function sdkPackageDir(): string {
+  try {
+    return dirname(createRequire(import.meta.url).resolve('@fedunlearn/client/package.json'));
+  } catch {
+    return fileURLToPath(new URL('./missing-@fedunlearn-client/', import.meta.url));
+  }
 }
 
 export async function examplesPlugin(app: FastifyInstance): Promise<void> {
