@@ -1,25 +1,18 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { registerWasmTrainingKernels } from './wasm-conv2d-grad.js';
+import { firstWorking, preferredOrder, setBackend, startWasm, type BackendChoice, type BackendName, type Tf } from './backend-choice.js';
 
-export type Tf = typeof import('@tensorflow/tfjs');
-export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+export type { BackendAttempt, BackendChoice, BackendName, Tf } from './backend-choice.js';
 
-export interface BackendAttempt {
-  name: BackendName;
-  /** Why this backend could not be used; absent for the one chosen. */
-  error?: string;
-}
-
-export interface BackendChoice {
-  name: BackendName;
-  tf: Tf;
-  /** Every backend tried, in order, ending with the chosen one. */
-  tried: BackendAttempt[];
-}
+// Node's half of backend selection; bundlers targeting browsers swap in backend.browser.ts (package.json `browser`).
 
 export const BACKEND_NAMES: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu'];
 export const BACKEND_ENV = 'FEDUNLEARN_BACKEND';
+
+export interface BackendOptions {
+  /** Folder holding tfjs-backend-wasm's .wasm files; default: the installed package's own (found from this file). */
+  wasmPaths?: string;
+}
 
 /**
  * tfjs's active backend is process-wide state owned by tfjs itself, so the choice is made once per process and
@@ -32,8 +25,8 @@ let chosen: Promise<BackendChoice> | undefined;
  * plain JavaScript. `FEDUNLEARN_BACKEND=cpu|wasm|tensorflow` forces one (and fails if it cannot start). Idempotent:
  * later calls return the first call's result whatever they prefer. Logs nothing; `tried` says why others failed.
  */
-export function initBackend(prefer?: BackendName[]): Promise<BackendChoice> {
-  chosen ??= choose(prefer).catch((e: unknown) => {
+export function initBackend(prefer?: BackendName[], opts: BackendOptions = {}): Promise<BackendChoice> {
+  chosen ??= choose(prefer, opts).catch((e: unknown) => {
     // A failed forced choice may be retried after the environment is fixed.
     chosen = undefined;
     throw e;
@@ -50,36 +43,24 @@ export function backendOrder(prefer: readonly BackendName[] | undefined, envValu
     }
     return [forced];
   }
-  const order = prefer === undefined || prefer.length === 0 ? [...BACKEND_NAMES] : [...new Set(prefer)];
-  for (const n of order) if (!isBackendName(n)) throw new RangeError(`unknown backend ${String(n)}`);
-  return order;
+  return preferredOrder(prefer, BACKEND_NAMES);
 }
 
 function isBackendName(s: string): s is BackendName {
   return (BACKEND_NAMES as readonly string[]).includes(s);
 }
 
-async function choose(prefer: BackendName[] | undefined): Promise<BackendChoice> {
+async function choose(prefer: BackendName[] | undefined, opts: BackendOptions): Promise<BackendChoice> {
   const order = backendOrder(prefer, process.env[BACKEND_ENV]);
   const tf: Tf = await import('@tensorflow/tfjs');
-  const tried: BackendAttempt[] = [];
-  for (const name of order) {
-    try {
-      await activate(tf, name);
-      tried.push({ name });
-      // The choice is reported (backendName, the hello, `tried` says why tfjs-node failed): tfjs's own banner telling
-      // the user to install tfjs-node would only repeat it, once per process.
-      silenceTfjsNodeAdvice(tf);
-      return { name, tf, tried };
-    } catch (e) {
-      tried.push({ name, error: e instanceof Error ? e.message : String(e) });
-    }
-  }
-  const why = tried.map((t) => `${t.name}: ${t.error ?? '?'}`).join('; ');
-  throw new Error(`no TensorFlow.js backend could start (${why})`);
+  const choice = await firstWorking(tf, order, (name) => activate(tf, name, opts));
+  // The choice is reported (backendName, the hello, `tried` says why tfjs-node failed): tfjs's own banner telling
+  // the user to install tfjs-node would only repeat it, once per process.
+  silenceTfjsNodeAdvice(tf);
+  return choice;
 }
 
-async function activate(tf: Tf, name: BackendName): Promise<void> {
+async function activate(tf: Tf, name: BackendName, opts: BackendOptions): Promise<void> {
   switch (name) {
     case 'tensorflow':
       // An optional dependency whose install downloads libtensorflow; absent or broken is an expected outcome.
@@ -88,42 +69,30 @@ async function activate(tf: Tf, name: BackendName): Promise<void> {
       await setBackend(tf, 'tensorflow');
       return;
     case 'wasm':
-      await activateWasm(tf);
+      await activateWasm(tf, opts);
       return;
     case 'cpu':
       await setBackend(tf, 'cpu');
       return;
+    default:
+      throw new Error(`backend ${name} is not available in Node`);
   }
 }
 
 const tfjsNodeSpecifier: string = '@tensorflow/tfjs-node';
 
-async function activateWasm(tf: Tf): Promise<void> {
+async function activateWasm(tf: Tf, opts: BackendOptions): Promise<void> {
   const wasm = await import('@tensorflow/tfjs-backend-wasm');
   // The package's Node entry sits in dist/ beside the .wasm binaries; resolving it from this file rather than the
   // cwd finds them wherever the process was started.
   const entry = createRequire(import.meta.url).resolve('@tensorflow/tfjs-backend-wasm');
   try {
-    wasm.setWasmPaths(path.dirname(entry) + path.sep);
+    wasm.setWasmPaths(opts.wasmPaths ?? path.dirname(entry) + path.sep);
   } catch {
     // Only throws after an earlier init attempt; the paths from that attempt still hold.
   }
-  // tfjs never enables wasm threads in Node; SIMD is detected, and if that binary fails to load the plain one may.
-  const start = async (): Promise<boolean> =>
-    (await tf.setBackend('wasm').catch(() => false)) && tf.getBackend() === 'wasm';
-  let ok = await start();
-  if (!ok && (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) === true) {
-    tf.env().set('WASM_HAS_SIMD_SUPPORT', false);
-    ok = await start();
-  }
-  if (!ok) throw new Error('the wasm backend failed to initialise');
-  registerWasmTrainingKernels(tf);
-}
-
-async function setBackend(tf: Tf, name: BackendName): Promise<void> {
-  if (tf.findBackendFactory(name) === null) throw new Error(`backend ${name} is not registered`);
-  const ok = await tf.setBackend(name);
-  if (!ok || tf.getBackend() !== name) throw new Error(`backend ${name} failed to initialise`);
+  // tfjs never enables wasm threads in Node.
+  await startWasm(tf);
 }
 
 /**

@@ -40,3 +40,23 @@ export function subset(d: LocalDataset, indices: ArrayLike<number>): LocalDatase
   }
   return { x, y, inputShape: [...d.inputShape], numClasses: d.numClasses, count: indices.length };
 }
+
+/** The federation's model as the coordinator's Welcome describes it: the shape of one example and the class count. */
+export interface ModelSignature {
+  /** Shape of one example the model takes, e.g. [784] or [28, 28, 1]. */
+  inputShape: number[];
+  /** Classes the model's output scores. */
+  numClasses: number;
+}
+
+/**
+ * Why `d` cannot train the model `m`, or null when it can: its examples must have exactly the model's input shape,
+ * and its labels must be classes the model has (a device may hold fewer classes than the model, never more).
+ */
+export function datasetMismatch(d: Pick<LocalDataset, 'inputShape' | 'numClasses'>, m: ModelSignature): string | null {
+  if (d.inputShape.length !== m.inputShape.length || d.inputShape.some((n, i) => n !== m.inputShape[i])) {
+    return `dataset examples are [${d.inputShape}], the federation's model takes [${m.inputShape}]`;
+  }
+  if (d.numClasses > m.numClasses) return `dataset has ${d.numClasses} classes, the federation's model ${m.numClasses}`;
+  return null;
+}

@@ -1,4 +1,5 @@
-import { EventEmitter } from 'node:events';
+// 'events' is Node's own module in Node and the npm port of it in browser bundles.
+import { EventEmitter } from 'events';
 import { nanoid } from 'nanoid';
 import { io, type Socket } from 'socket.io-client';
 import {
@@ -17,7 +18,8 @@ import {
   type WeightLayout,
 } from '@fedunlearn/protocol';
 import { initBackend, type BackendChoice, type BackendName } from './backend.js';
-import { assertDataset, type LocalDataset } from './dataset.js';
+import { explainConnectError } from './connect-error.js';
+import { assertDataset, datasetMismatch, type LocalDataset, type ModelSignature } from './dataset.js';
 import { Trainer, type ModelFactory } from './trainer.js';
 
 export const SDK_VERSION = '0.1.0';
@@ -39,8 +41,13 @@ export interface FederatedClientOptions {
    * then run one after another on one cached model instead of interleaving on one copy each. The owner disposes it.
    */
   trainer?: Trainer;
-  /** Backends to try, best first; default tensorflow (tfjs-node), wasm, cpu. */
+  /** Backends to try, best first; default tensorflow (tfjs-node), wasm, cpu in Node and webgl, wasm, cpu in a browser. */
   backends?: BackendName[];
+  /**
+   * Browser: URL of the folder holding tfjs-backend-wasm's .wasm files (trailing slash); default the folder the SDK's
+   * module was loaded from (where the prebuilt bundle keeps them). Node finds them itself.
+   */
+  wasmPaths?: string;
   /**
    * Reconnection back-off: exponential delay with ±50 % jitter, for dropped connections and for hellos the
    * coordinator refused as RATE_LIMITED (a reconnect storm, a locked-out id); other refusals are final.
@@ -113,6 +120,8 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   /** Upload requests waiting for their grant, by task id: resolved true when granted, false when refused or lost. */
   private readonly grantWaits = new Map<string, (granted: boolean) => void>();
   sessionId = '';
+  /** The federation's model as the last Welcome described it; null before it, or from a coordinator that does not say. */
+  federationModel: ModelSignature | null = null;
 
   constructor(private readonly opts: FederatedClientOptions) {
     super();
@@ -122,9 +131,13 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     return this.backend?.name ?? null;
   }
 
-  /** Starts the backend and connects; resolves once the coordinator has welcomed this client. */
+  /**
+   * Starts the backend and connects; resolves once the coordinator has welcomed this client. Rejects with the cause
+   * when the coordinator cannot be reached (connection refused, DNS, TLS), refuses this client (UNAUTHENTICATED, ...)
+   * or runs a model the local data cannot train (`dataset examples are [10], the federation's model takes [784]`).
+   */
   async connect(timeoutMs = 30_000): Promise<void> {
-    this.backend = await initBackend(this.opts.backends);
+    this.backend = await initBackend(this.opts.backends, this.opts.wasmPaths !== undefined ? { wasmPaths: this.opts.wasmPaths } : {});
     this.trainer ??= this.opts.trainer ?? new Trainer({ tf: this.backend.tf, ...(this.opts.modelFactory ? { modelFactory: this.opts.modelFactory } : {}) });
     const r = this.opts.reconnect ?? {};
     const socket = io(this.opts.url, {
@@ -146,21 +159,23 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       this.emit('disconnected', String(reason));
     });
     socket.io.on('reconnect_attempt', (attempt) => this.emit('reconnecting', attempt));
+    // While connect() waits, a connection that cannot be opened for good (refused, DNS, TLS, not a coordinator)
+    // fails it at once with its cause; a failure that may pass (a reset, a timeout) is retried by socket.io and named
+    // if the timeout comes. After the first welcome socket.io keeps retrying with back-off whatever the cause.
+    let lastFailure = '';
     socket.on('connect_error', (e) => {
-      // A certificate the client does not trust never becomes a connection: fail at once instead of at the timeout.
-      // The transport's error event carries the TLS error (socket.io-client only says "websocket error").
-      const d = (e as Error & { description?: { message?: string; error?: { code?: string } } }).description;
-      const detail = `${d?.error?.code ?? ''} ${d?.message ?? e.message}`;
-      if (/CERT|certificate|self[- ]signed/i.test(detail)) {
-        this.welcomed?.reject(new Error(`cannot connect to ${this.opts.url}: ${detail.trim()}`));
-        this.welcomed = null;
-        socket.disconnect();
-      }
+      if (!this.welcomed) return;
+      const { message, final } = explainConnectError(this.opts.url, e);
+      lastFailure = message;
+      if (!final) return;
+      this.welcomed.reject(new Error(message));
+      this.welcomed = null;
+      socket.disconnect();
     });
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => {
         this.welcomed = null;
-        reject(new Error(`no welcome from ${this.opts.url} within ${timeoutMs} ms`));
+        reject(new Error(`no welcome from ${this.opts.url} within ${timeoutMs} ms${lastFailure ? ` (last attempt: ${lastFailure})` : ''}`));
       }, timeoutMs);
       this.welcomed = {
         resolve: () => {
@@ -275,9 +290,22 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
 
   private onMessage(env: fedunlearn.v1.Envelope): void {
     switch (env.body) {
-      case 'welcome':
+      case 'welcome': {
         this.helloPending = false;
         this.busyRefusals = 0;
+        // Data the federation's model cannot take would fail every task while the coordinator kept choosing this
+        // client: refuse at connect instead, and leave.
+        const model = modelOf(env.welcome!);
+        this.federationModel = model;
+        const mismatch = model && datasetMismatch(this.data(), model);
+        if (mismatch) {
+          this.socket?.disconnect();
+          const err = new Error(`the local data cannot train the federation's model: ${mismatch}`);
+          if (this.welcomed) this.welcomed.reject(err);
+          else if (this.listenerCount('error') > 0) this.emit('error', err);
+          this.welcomed = null;
+          return;
+        }
         this.sessionId = env.welcome!.sessionId ?? '';
         this.grantAboveBytes = Number(env.welcome!.uploadGrantAboveBytes ?? 0);
         this.channel?.adoptPeerFraming({ chunkBytes: env.welcome!.chunkBytes ?? 0, maxMessageBytes: Number(env.welcome!.maxMessageBytes ?? 0) });
@@ -285,6 +313,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
         this.welcomed?.resolve();
         this.welcomed = null;
         return;
+      }
       case 'task': {
         const task = env.task as fedunlearn.v1.Task;
         // One task at a time: tasks share the trainer's model.
@@ -424,6 +453,13 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       this.emit('error', e as Error);
     }
   }
+}
+
+/** The model signature a Welcome carries (fields 20-21), or null when the coordinator sent none. */
+function modelOf(w: fedunlearn.v1.IWelcome): ModelSignature | null {
+  const inputShape = (w.modelInputShape ?? []).map(Number);
+  const numClasses = Number(w.modelNumClasses ?? 0);
+  return inputShape.length > 0 && numClasses > 0 ? { inputShape, numClasses } : null;
 }
 
 function stateName(s: fedunlearn.v1.JobState): JobUpdate['state'] {

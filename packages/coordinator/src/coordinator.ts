@@ -18,6 +18,7 @@ import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type Clock } from
 import type { ClientSession } from './transport/session.js';
 import { SocketServer, type Authenticator } from './transport/socket-server.js';
 import { DEFAULT_JOB_OFFLINE, UnlearningEngine, type ForgetJobInput, type JobOfflineSettings } from './unlearning/engine.js';
+import { modelSignature } from './model-signature.js';
 
 export const COORDINATOR_VERSION = '0.1.0';
 /** Pause of the round loop after a round that found no quorum. */
@@ -254,6 +255,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
         helloTimeoutMs: opts.helloTimeoutMs ?? 10_000,
         heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 5_000,
         coordinatorVersion: COORDINATOR_VERSION,
+        // The federation's topology (the store's, which outlives a restart with other options), told in every Welcome.
+        model: modelSignature(opts.store.meta().topologyJson),
         handshakeLimit: new KeyedTokenBucket({ burst: limits.handshakeBurst, refillPerSecond: limits.handshakeRefillPerSecond, clock }),
       },
       this.log,

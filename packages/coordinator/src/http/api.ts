@@ -96,6 +96,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
     service.get(OPENAPI_PATH, { schema: schemas.openapi }, async () => app.swagger());
   });
   app.register(import('./dashboard.js'), { coord, operatorToken: opts.operatorToken });
+  app.register(import('./examples.js'));
 
   app.register(
     async (v1) => {

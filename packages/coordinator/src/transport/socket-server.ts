@@ -46,6 +46,8 @@ export interface SocketServerOptions {
   helloTimeoutMs: number;
   heartbeatIntervalMs: number;
   coordinatorVersion: string;
+  /** The federation's model (Welcome fields 20-21), so that SDKs refuse at connect data it cannot train; null: not told. */
+  model?: { inputShape: number[]; numClasses: number } | null;
   /** Handshakes per remote address; none means unlimited. */
   handshakeLimit?: KeyedTokenBucket;
   /** Hellos waiting for their credential check beyond those in progress; more (or more than a hello timeout's worth
@@ -244,6 +246,8 @@ export class SocketServer {
         heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
         protocolVersion: PROTOCOL_VERSION,
         uploadGrantAboveBytes: this.handlers.grantAboveBytes(),
+        modelInputShape: this.opts.model?.inputShape ?? [],
+        modelNumClasses: this.opts.model?.numClasses ?? 0,
       },
     });
     this.log.info({ clientId: session.clientId, backend: session.backend, numExamples: session.numExamples }, 'client joined');
