@@ -110,6 +110,16 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE models ADD COLUMN erased_at INTEGER;
   `,
+  // 5: a running job's completed steps, one row each, appended as they complete (the job's checkpoint_json keeps only
+  // what is small), so checkpointing step j costs O(1) rows instead of rewriting every step before it.
+  `
+  CREATE TABLE job_steps (
+    job_id    TEXT NOT NULL REFERENCES jobs(job_id),
+    step      INTEGER NOT NULL CHECK (step >= 0),
+    data_json TEXT NOT NULL,
+    PRIMARY KEY (job_id, step)
+  );
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
