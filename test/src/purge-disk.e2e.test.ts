@@ -95,12 +95,12 @@ test('a forget job with a reader holding history.db open: purge incomplete until
     store: openSqliteHistory(tmp.dir),
     dataDir: tmp.dir,
     model: def,
-    federation: { clientsPerRound: 3, minClients: 3, roundDeadlineMs: 20_000, seed: 5, hyper: { learningRate: 0.1, batchSize: 10, localEpochs: 1 }, maxRoundAttempts: 3, waitForClientsMs: 10_000 },
+    federation: { clientsPerRound: 3, minClients: 2, roundDeadlineMs: 20_000, seed: 5, hyper: { learningRate: 0.1, batchSize: 10, localEpochs: 1 }, maxRoundAttempts: 3, waitForClientsMs: 10_000 },
     historyInterval: 1,
     retention: 'fp32',
     enrolment: 'open',
     purgeRetry: { waitMs: 300, everyMs: 100 },
-    logger: createLogger({ level: 'silent' }),
+    logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
   });
   const { url } = await coordinator.listen(0);
   const honest = [0, 1].map((i) => new FederatedClient({ url, clientId: `honest-${i}`, secret: `honest-secret-${i}`, data: dataset(i), backends: ['cpu'], reconnect: { attempts: 0 } }));
@@ -120,7 +120,7 @@ test('a forget job with a reader holding history.db open: purge incomplete until
     let answering = true;
     const answers = (async () => {
       while (answering) {
-        const env = await peer.next('task', 60_000).catch(() => null);
+        const env = await peer.next('task', 200).catch(() => null);
         if (!env) continue;
         const task = env.task as fedunlearn.v1.Task;
         peer.send({ update: { taskId: task.taskId, delta: layout.specs.map((s, i) => encodeTensor(s.name, s.shape, layerView(layout, update, i))), numExamples: 40, metrics: { loss: 1 } } });
