@@ -215,22 +215,49 @@ test('with another process holding a read transaction, the purge is incomplete u
   }
 });
 
-test('job steps are appended one row each, replaced when redone, and read back in order', () => {
+test('job steps are appended one row each, replaced when redone, and read back in order', async () => {
   const dir = tmpDir();
   try {
     const store = openSqliteHistory(dir);
     store.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'norms' } });
     runningJob(store);
-    store.appendJobStep('job-1', { step: 0, data: { a: 0 } }, { steps: 1 });
-    store.appendJobStep('job-1', { step: 1, data: { a: 1 } }, { steps: 2 });
-    store.appendJobStep('job-1', { step: 1, data: { a: 'again' } }, { steps: 2 });
+    await store.appendJobStep('job-1', { step: 0, data: { a: 0 } }, { steps: 1 });
+    await store.appendJobStep('job-1', { step: 1, data: { a: 1 } }, { steps: 2 });
+    await store.appendJobStep('job-1', { step: 1, data: { a: 'again' } }, { steps: 2 });
     assert.deepEqual(store.jobSteps('job-1'), [{ step: 0, data: { a: 0 } }, { step: 1, data: { a: 'again' } }]);
     assert.deepEqual(store.getJob('job-1')!.checkpoint, { steps: 2 });
-    assert.throws(() => store.appendJobStep('nope', { step: 0, data: {} }, {}), /unknown job/);
-    assert.throws(() => store.appendJobStep('job-1', { step: -1, data: {} }, {}), /non-negative/);
+    await assert.rejects(store.appendJobStep('nope', { step: 0, data: {} }, {}), /unknown job/);
+    await assert.rejects(store.appendJobStep('job-1', { step: -1, data: {} }, {}), /non-negative/);
     store.clearJobSteps('job-1');
     assert.deepEqual(store.jobSteps('job-1'), []);
     store.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a running job's staged updates, recorded with its steps, survive a restart and are stored by its commit", async () => {
+  const dir = tmpDir();
+  try {
+    const { store, initial } = await history(dir, 2);
+    runningJob(store);
+    const rounds = await replayed(store, initial, 2);
+    // The job checkpoints its two steps with their rounds' stagings, then the process dies (close: memory is lost).
+    for (const [i, r] of rounds.entries()) await store.appendJobStep('job-1', { step: i, data: { roundId: r.roundId } }, { steps: i + 1 }, r.roundId);
+    store.close();
+
+    const again = openSqliteHistory(dir);
+    again.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'fp32' } });
+    const out = await again.finishUnlearning({ jobId: 'job-1', weights: new Float32Array(layout.totalSize), rounds, purge: { clientIds: ['u'], eraseModels: false }, finish: () => ({ state: 'done' }) });
+    const stored = again.listRounds({ lineage: out.model.lineage });
+    assert.deepEqual(stored.map((r) => r.participants.map((p) => [p.clientId, p.hasUpdate])), [[['k', true]], [['k', true]]], 'the resumed job stored the updates it staged before the restart');
+    for (const [t, r] of stored.entries()) assert.deepEqual(await again.readUpdate(r.roundId, 'k'), await again.readUpdate(`r${t + 1}`, 'k'));
+    again.close();
+    // Nothing is left over: a reopen keeps exactly what the rows refer to.
+    const third = openSqliteHistory(dir);
+    third.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'fp32' } });
+    assert.equal(filesUnder(path.join(dir, 'blobs', 'updates')).length, third.stats().updates);
+    third.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

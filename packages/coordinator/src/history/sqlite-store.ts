@@ -230,7 +230,18 @@ function prepareStatements(db: Database.Database) {
     updatesOfClient: db.prepare<[string], UpdateRow>('SELECT * FROM updates WHERE client_id = ?'),
     deleteUpdatesOfClient: db.prepare<[string]>('DELETE FROM updates WHERE client_id = ?'),
     deleteParticipantsOfClient: db.prepare<[string]>('DELETE FROM participants WHERE client_id = ?'),
-    referencedBlobs: db.prepare<[], { blob: string }>('SELECT blob FROM models WHERE erased_at IS NULL UNION ALL SELECT blob FROM updates'),
+    referencedBlobs: db.prepare<[], { blob: string }>(
+      'SELECT blob FROM models WHERE erased_at IS NULL UNION ALL SELECT blob FROM updates UNION ALL SELECT blob FROM job_staged',
+    ),
+    putJobStaged: db.prepare(
+      `INSERT OR REPLACE INTO job_staged (job_id, round_id, client_id, encoding, blob, bytes, blob_sha256)
+       VALUES (@job_id, @round_id, @client_id, @encoding, @blob, @bytes, @blob_sha256)`,
+    ),
+    jobStaged: db.prepare<[], UpdateRow & { job_id: string }>('SELECT * FROM job_staged'),
+    jobStagedOfJob: db.prepare<[string], UpdateRow & { job_id: string }>('SELECT * FROM job_staged WHERE job_id = ?'),
+    deleteJobStaged: db.prepare<[string]>('DELETE FROM job_staged WHERE job_id = ?'),
+    jobStagedOfClient: db.prepare<[string], UpdateRow & { job_id: string }>('SELECT * FROM job_staged WHERE client_id = ?'),
+    deleteJobStagedOfClient: db.prepare<[string]>('DELETE FROM job_staged WHERE client_id = ?'),
     modelStats: db.prepare<[], { n: number; bytes: number | null; erased: number }>(
       'SELECT COUNT(*) AS n, SUM(CASE WHEN erased_at IS NULL THEN bytes END) AS bytes, COUNT(erased_at) AS erased FROM models',
     ),
@@ -429,6 +440,12 @@ class SqliteHistoryStore implements HistoryStore {
       }
       this.fed = meta;
       this.collectGarbage();
+      // A running job's stagings, recorded with its steps: staged again, as they were before the restart.
+      for (const r of this.q.jobStaged.all()) {
+        let byClient = this.staged.get(r.round_id);
+        if (!byClient) this.staged.set(r.round_id, (byClient = new Map()));
+        byClient.set(r.client_id, { rel: r.blob, encoding: r.encoding, bytes: r.bytes, blobSha: r.blob_sha256, done: true, durable: true });
+      }
       const head = this.head();
       const headRow = this.q.model.get(head.version)!;
       if (!fs.existsSync(this.abs(headRow.blob))) throw new HistoryError(`the head model ${head.version} has no blob file (${headRow.blob})`);
@@ -731,6 +748,8 @@ class SqliteHistoryStore implements HistoryStore {
     // so this is a bug guard, not a race anyone should meet).
     if (this.q.federation.get()!.head !== p.oldHead.version) throw new HistoryError(`unlearning job ${p.input.jobId}: the head moved while its commit was prepared`);
     for (const m of p.planned) this.q.insertModel.run(m.row);
+    // The job's recorded stagings now belong to committed rows (or, if not listed, are released as garbage).
+    this.q.deleteJobStaged.run(p.input.jobId);
     p.input.rounds.forEach((r, i) => {
       this.checkNewRoundId(r.roundId);
       const { before, after } = p.resolved[i]!;
@@ -1045,6 +1064,11 @@ class SqliteHistoryStore implements HistoryStore {
         bytesDeleted += u.bytes;
       }
       updatesDeleted += this.q.deleteUpdatesOfClient.run(id).changes;
+      for (const u of this.q.jobStagedOfClient.all(id)) {
+        // Also staged in memory (open() restores them): counted there, dropped and unlinked by dropStagedOf.
+        if (!this.stagedEntry(u.round_id, id)) files.push(this.abs(u.blob));
+      }
+      this.q.deleteJobStagedOfClient.run(id);
       participantRowsDeleted += this.q.deleteParticipantsOfClient.run(id).changes;
       // A missing-list entry names the client too; the round keeps the count of its other absentees only.
       for (const r of this.q.roundsMissingClient.all(`%${JSON.stringify(id)}%`)) {
@@ -1167,12 +1191,18 @@ class SqliteHistoryStore implements HistoryStore {
     return toJob(this.q.job.get(jobId)!);
   }
 
-  appendJobStep(jobId: string, step: JobStep, checkpoint: unknown): void {
+  async appendJobStep(jobId: string, step: JobStep, checkpoint: unknown, roundId?: string): Promise<void> {
     this.requireNotClosed();
     if (!Number.isInteger(step.step) || step.step < 0) throw new HistoryError(`job ${jobId}: step ${step.step} is not a non-negative integer`);
+    if (!this.q.job.get(jobId)) throw new HistoryError(`unknown job ${jobId}`);
+    if (roundId !== undefined) await this.syncStaged(roundId);
+    const staged = roundId === undefined ? [] : [...(this.staged.get(roundId) ?? [])].filter(([, e]) => e.done && e.durable);
     this.db.transaction(() => {
       if (this.q.setJobCheckpoint.run(JSON.stringify(checkpoint), this.now(), jobId).changes === 0) throw new HistoryError(`unknown job ${jobId}`);
       this.q.putJobStep.run(jobId, step.step, JSON.stringify(step.data));
+      for (const [clientId, e] of staged) {
+        this.q.putJobStaged.run({ job_id: jobId, round_id: roundId!, client_id: clientId, encoding: e.encoding, blob: e.rel, bytes: e.bytes, blob_sha256: e.blobSha });
+      }
     })();
   }
 
@@ -1183,7 +1213,14 @@ class SqliteHistoryStore implements HistoryStore {
 
   clearJobSteps(jobId: string): void {
     this.requireNotClosed();
-    this.q.deleteJobSteps.run(jobId);
+    const staged = this.q.jobStagedOfJob.all(jobId);
+    this.db.transaction(() => {
+      this.q.deleteJobSteps.run(jobId);
+      this.q.deleteJobStaged.run(jobId);
+    })();
+    for (const r of staged) this.discardStaged(r.round_id, r.client_id);
+    // Files of a previous run (not staged in this process) are unreferenced now; the next open would sweep them.
+    for (const r of staged) fs.rmSync(this.abs(r.blob), { force: true });
   }
 
   getJob(jobId: string): JobRecord | null {

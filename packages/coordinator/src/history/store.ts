@@ -288,11 +288,12 @@ export interface HistoryStore {
   updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): JobRecord;
   getJob(jobId: string): JobRecord | null;
   /** Appends a completed step to a running job and sets its (small) checkpoint, in one transaction. Replaces a step
-   *  of the same number (a step redone after a crash). */
-  appendJobStep(jobId: string, step: JobStep, checkpoint: unknown): void;
+   *  of the same number (a step redone after a crash). With `roundId`, the updates staged for that round are made
+   *  durable and recorded with the job, so that they survive a restart and its commit still stores them. */
+  appendJobStep(jobId: string, step: JobStep, checkpoint: unknown, roundId?: string): Promise<void>;
   /** The job's steps, ascending. */
   jobSteps(jobId: string): JobStep[];
-  /** Deletes the job's steps (a failed job). */
+  /** Deletes the job's steps and the updates it staged (a failed job). */
   clearJobSteps(jobId: string): void;
   /** Jobs in creation order. */
   listJobs(opts?: { state?: JobRecord['state'] }): JobRecord[];

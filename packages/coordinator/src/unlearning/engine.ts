@@ -236,7 +236,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       this.saved.delete(job.jobId);
       await this.deps.pause?.('job-purge');
       // Idempotent, and a crash before it leaves a directory the next start's sweep removes.
-      this.scratch.remove(job.jobId);
+      await this.scratch.remove(job.jobId);
       await this.deps.pause?.('job-done');
       record = await this.settlePurge(record, finished.purged.complete, signal);
       log.info({ jobId: job.jobId, method: method.name, before: before.version, after: finished.model.version, ms: (record.report as JobReport).wallTimeMs }, 'forget job done');
@@ -250,7 +250,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         log.error({ jobId: job.jobId, err: e }, 'forget job failed');
         record = store.updateJob(job.jobId, { state: 'failed', error: (e as Error).message, checkpoint: null });
         store.clearJobSteps(job.jobId);
-        this.scratch.remove(job.jobId);
+        await this.scratch.remove(job.jobId);
       }
       this.saved.delete(job.jobId);
     }
@@ -427,7 +427,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     for (let i = from; i < done.length; i++) {
       const { weights, ...rest } = done[i]!;
       const weightsFile = await this.scratch.writeWeights(jobId, i, weights);
-      this.deps.store.appendJobStep(jobId, { step: i, data: { ...rest, weightsFile } satisfies StepData }, { cost, phase, steps: i + 1 } satisfies Checkpoint);
+      await this.deps.store.appendJobStep(jobId, { step: i, data: { ...rest, weightsFile } satisfies StepData }, { cost, phase, steps: i + 1 } satisfies Checkpoint, rest.roundId);
       this.saved.set(jobId, i + 1);
       if (i >= 1) await this.deps.pause?.('job-step');
     }

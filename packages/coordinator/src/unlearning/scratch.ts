@@ -1,5 +1,5 @@
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { mkdir, open, readFile, rename } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /**
@@ -48,9 +48,9 @@ export class JobScratch {
     return out;
   }
 
-  /** Idempotent. */
-  remove(jobId: string): void {
-    rmSync(this.jobDir(jobId), { recursive: true, force: true });
+  /** Idempotent; off the event loop (a long job leaves thousands of step files). */
+  async remove(jobId: string): Promise<void> {
+    await rm(this.jobDir(jobId), { recursive: true, force: true });
   }
 
   /** Removes the scratch of every job not in `keep` (jobs that ended, also those whose end a crash interrupted
