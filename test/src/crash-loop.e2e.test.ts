@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -397,6 +397,11 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
         assert.equal(store.getClient(id)?.secretHash, null, `${id} keeps no secret`);
       }
       assert.equal(store.listJobs().filter((j) => j.state !== 'done').length, 0, 'every job ended done');
+      // No file outlives its row (a kill between a job's end-commit and its unlinks leaves files the open deleted).
+      const files = (dir: string) => (existsSync(dir) ? readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).length : 0);
+      assert.equal(files(join(dataDir, 'blobs', 'updates')), store.stats().updates, 'one update file per stored update');
+      assert.equal(files(join(dataDir, 'blobs', 'models')), store.listModels().filter((m) => m.erasedAt === null).length, 'one model file per kept model');
+      assert.equal(files(join(dataDir, 'jobs')), 0, 'no job scratch is left');
     } finally {
       store.close();
     }

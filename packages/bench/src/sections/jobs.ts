@@ -42,6 +42,9 @@ export interface JobSize {
   apiP50Ms: number;
   apiP99Ms: number;
   apiMaxMs: number;
+  /** When the slowest probe was sent, in ms after the job's report was written (negative: before; the end-commit is
+   *  just before 0, the job's start at -jobMs). */
+  apiMaxAtMsFromJobEnd: number;
 }
 
 function freePort(): Promise<number> {
@@ -134,15 +137,19 @@ async function measure(rounds: number, log: (m: string) => void): Promise<JobSiz
     for (const id of CLIENTS) clients.push(await connectProtocolClient(base, id, update));
 
     const latencies: number[] = [];
+    let slowest = { ms: -1, at: 0 };
     let state = 'queued';
-    let report: { wallTimeMs: number; roundsReplayed: unknown[] } | null = null;
+    let report: { wallTimeMs: number; finishedAt: number; roundsReplayed: unknown[] } | null = null;
     let error = '';
     for (let i = 0; state !== 'done' && state !== 'failed'; i++) {
       const path = i % 2 === 0 ? '/healthz' : '/v1/status';
       const a = performance.now();
+      const sentAt = Date.now();
       const r = await fetch(base + path);
       await r.arrayBuffer();
-      latencies.push(performance.now() - a);
+      const ms = performance.now() - a;
+      latencies.push(ms);
+      if (ms > slowest.ms) slowest = { ms, at: sentAt };
       if (i % 10 === 0) {
         const j = (await (await fetch(`${base}/v1/jobs/${jobId}`)).json()) as { state: string; error: string | null };
         state = j.state;
@@ -151,7 +158,7 @@ async function measure(rounds: number, log: (m: string) => void): Promise<JobSiz
       await new Promise((resolve) => setTimeout(resolve, PROBE_GAP_MS));
     }
     if (state !== 'done') throw new Error(`the job over ${rounds} rounds ${state}: ${error}`);
-    report = (await (await fetch(`${base}/v1/jobs/${jobId}/report`)).json()) as { wallTimeMs: number; roundsReplayed: unknown[] };
+    report = (await (await fetch(`${base}/v1/jobs/${jobId}/report`)).json()) as { wallTimeMs: number; finishedAt: number; roundsReplayed: unknown[] };
     const sorted = [...latencies].sort((x, y) => x - y);
     const replayed = report.roundsReplayed.length;
     const out: JobSize = {
@@ -164,8 +171,9 @@ async function measure(rounds: number, log: (m: string) => void): Promise<JobSiz
       apiP50Ms: Math.round(quantile(sorted, 0.5) * 10) / 10,
       apiP99Ms: Math.round(quantile(sorted, 0.99) * 10) / 10,
       apiMaxMs: Math.round(sorted.at(-1)! * 10) / 10,
+      apiMaxAtMsFromJobEnd: slowest.at - report.finishedAt,
     };
-    log(`jobs: ${rounds} rounds: job ${(out.jobMs / 1000).toFixed(1)} s (${out.perReplayedRoundMs} ms per replayed round), API p99 ${out.apiP99Ms} ms, max ${out.apiMaxMs} ms over ${out.apiProbes} probes`);
+    log(`jobs: ${rounds} rounds: job ${(out.jobMs / 1000).toFixed(1)} s (${out.perReplayedRoundMs} ms per replayed round), API p99 ${out.apiP99Ms} ms, max ${out.apiMaxMs} ms (sent ${out.apiMaxAtMsFromJobEnd} ms from the job's end) over ${out.apiProbes} probes`);
     return out;
   } finally {
     for (const c of clients) c.close();

@@ -61,7 +61,8 @@ export interface SqliteHistoryOptions {
   /** Clock for createdAt / closedAt / updatedAt (unix ms). */
   now?: () => number;
   /** Test hook (src/test-hooks.ts): awaited at 'history-write', once a round's staged blobs are durable and before
-   *  the commit that refers to them; the crash tests kill the process there. */
+   *  the commit that refers to them, and at 'job-purge', once a job's end has committed and before its purged files
+   *  are unlinked; the crash tests kill the process there. */
   pause?: (point: string) => Promise<void>;
 }
 
@@ -654,6 +655,7 @@ class SqliteHistoryStore implements HistoryStore {
       this.q.deleteJobSteps.run(input.jobId);
     });
     this.releaseUnlearning(prepared);
+    await this.pause?.('job-purge');
     // After the commit: nothing refers to these files any more, so a crash before (or during) the unlinks leaves
     // garbage that the next open deletes; unlinking twice is harmless.
     await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)]);

@@ -63,7 +63,7 @@ interface Checkpoint {
 type StepData = Omit<ReplayedRound, 'weights'> & { weightsFile: string };
 
 /** Where a job can be stopped on purpose (a test hook: the crash tests kill the process there). */
-export type JobPausePoint = 'job-step' | 'job-commit' | 'job-purge' | 'job-done';
+export type JobPausePoint = 'job-step' | 'job-commit' | 'job-done';
 
 /** How the end of a job waits for its purge to reach the disk when a reader blocks the WAL checkpoint. */
 export interface PurgeRetry {
@@ -135,6 +135,10 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const clientIds = [...new Set(input.clientIds)];
     if (clientIds.length === 0) throw new RangeError('a forget job needs at least one client id');
     const params = normaliseParams(input.params ?? {});
+    // Known now, so refused now (it used to fail after replaying every step with nothing to apply).
+    if (method === 'replay' && this.deps.store.meta().config.retention === 'norms') {
+      throw new RangeError("method 'replay' re-applies stored updates, and this federation keeps norms only (retention 'norms'): use 'federaser', 'retrain' or 'rollback'");
+    }
     const job = this.deps.store.createJob({
       jobId: nanoid(),
       kind: 'forget',
@@ -234,7 +238,6 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       current.weights = { layout: current.weights.layout, values: tune.weights };
       record = finished.job;
       this.saved.delete(job.jobId);
-      await this.deps.pause?.('job-purge');
       // Idempotent, and a crash before it leaves a directory the next start's sweep removes.
       await this.scratch.remove(job.jobId);
       await this.deps.pause?.('job-done');
