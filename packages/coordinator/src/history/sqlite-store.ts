@@ -275,7 +275,7 @@ function prepareStatements(db: Database.Database) {
     ),
     client: db.prepare<[string], ClientRow>('SELECT * FROM clients WHERE client_id = ?'),
     clients: db.prepare<[], ClientRow>('SELECT * FROM clients ORDER BY client_id'),
-    isForgotten: db.prepare<[string], { forgotten: number }>('SELECT forgotten FROM clients WHERE client_id = ?'),
+    forgottenClients: db.prepare<[], { client_id: string }>('SELECT client_id FROM clients WHERE forgotten = 1'),
     putJobStep: db.prepare<[string, number, string]>('INSERT OR REPLACE INTO job_steps (job_id, step, data_json) VALUES (?, ?, ?)'),
     jobSteps: db.prepare<[string], { step: number; data_json: string }>('SELECT step, data_json FROM job_steps WHERE job_id = ? ORDER BY step'),
     deleteJobSteps: db.prepare<[string]>('DELETE FROM job_steps WHERE job_id = ?'),
@@ -388,6 +388,9 @@ class SqliteHistoryStore implements HistoryStore {
   /** roundId -> clientId -> the current staging of that client's update. */
   private readonly staged = new Map<string, Map<string, StagedUpdate>>();
   private closed = false;
+  /** The tombstones (clients.forgotten), mirrored in memory for the hot paths (every hello, every round's selection);
+   *  updated only once a transaction that sets one has committed. */
+  private readonly forgotten = new Set<string>();
 
   constructor(dataDir: string, opts: SqliteHistoryOptions) {
     ensureDirSync(path.resolve(dataDir));
@@ -405,6 +408,7 @@ class SqliteHistoryStore implements HistoryStore {
       this.db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT}`);
       migrate(this.db);
       this.q = prepareStatements(this.db);
+      for (const r of this.q.forgottenClients.all()) this.forgotten.add(r.client_id);
     } catch (e) {
       this.db.close();
       throw e;
@@ -654,6 +658,7 @@ class SqliteHistoryStore implements HistoryStore {
       job = this.writeJob(input.jobId, { ...patch, checkpoint: null });
       this.q.deleteJobSteps.run(input.jobId);
     });
+    for (const id of ids) this.forgotten.add(id);
     this.releaseUnlearning(prepared);
     await this.pause?.('job-purge');
     // After the commit: nothing refers to these files any more, so a crash before (or during) the unlinks leaves
@@ -1021,6 +1026,7 @@ class SqliteHistoryStore implements HistoryStore {
     this.db.transaction(() => {
       purge = this.purgeRows(ids, opts.eraseModels ?? false, this.now());
     })();
+    for (const id of ids) this.forgotten.add(id);
     await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)]);
     await unlinkDurable(purge!.modelFiles);
     return { ...purge!.summary, complete: this.completePurge() };
@@ -1250,7 +1256,10 @@ class SqliteHistoryStore implements HistoryStore {
       forgotten: c.forgotten !== undefined ? (c.forgotten ? 1 : 0) : (cur?.forgotten ?? 0),
       revoked: c.revoked !== undefined ? (c.revoked ? 1 : 0) : (cur?.revoked ?? 0),
     });
-    return toClient(this.q.client.get(c.clientId)!);
+    const row = this.q.client.get(c.clientId)!;
+    if (row.forgotten !== 0) this.forgotten.add(c.clientId);
+    else this.forgotten.delete(c.clientId);
+    return toClient(row);
   }
 
   getClient(clientId: string): ClientRecord | null {
@@ -1266,7 +1275,7 @@ class SqliteHistoryStore implements HistoryStore {
 
   isForgotten(clientId: string): boolean {
     this.requireNotClosed();
-    return this.q.isForgotten.get(clientId)?.forgotten === 1;
+    return this.forgotten.has(clientId);
   }
 
   close(): void {
