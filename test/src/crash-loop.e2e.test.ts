@@ -233,9 +233,14 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
       if (JOB_PHASES.includes(phase)) {
         // The victim's SDK client stays connected and keeps reconnecting across the kills: once forgotten, it must
         // never be let in again (enrolment is open, so a lost tombstone would let it re-enrol) nor take part.
-        const victim = [...clients.keys()].filter((id) => !forgotten.has(id))[1 + Math.floor(rng() * 3)]!;
+        // A client that took part in the head's lineage: the job has its contribution to remove (so it replays at
+        // least one step and reaches every phase of its end).
         last = await observe();
-        if ([...last.rounds.values()].some((r) => r.participants.some((p) => p.clientId === victim))) victimsWhoTrained.add(victim);
+        const trained = new Set([...last.rounds.values()].filter((r) => r.lineage === last.head.lineage).flatMap((r) => r.participants.map((p) => p.clientId)));
+        const candidates = [...clients.keys()].filter((id) => !forgotten.has(id) && trained.has(id));
+        assert.ok(candidates.length > 0, 'someone trained in the current lineage');
+        const victim = candidates[Math.floor(rng() * candidates.length)]!;
+        victimsWhoTrained.add(victim);
         const point = PAUSE_POINT[phase]!;
         arm(point);
         const job = await api<Job>('/v1/jobs', { method: 'POST', body: { clientIds: [victim] } });

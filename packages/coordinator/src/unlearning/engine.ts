@@ -432,7 +432,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       const weightsFile = await this.scratch.writeWeights(jobId, i, weights);
       await this.deps.store.appendJobStep(jobId, { step: i, data: { ...rest, weightsFile } satisfies StepData }, { cost, phase, steps: i + 1 } satisfies Checkpoint, rest.roundId);
       this.saved.set(jobId, i + 1);
-      if (i >= 1) await this.deps.pause?.('job-step');
+      await this.deps.pause?.('job-step');
     }
   }
 
