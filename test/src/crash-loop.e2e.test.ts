@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -14,17 +14,22 @@ import { builtInDefinition } from '@fedunlearn/models';
 import { tempDir } from './support.js';
 
 /**
- * The real service binary, killed with SIGKILL at seeded random moments (mid-round, as updates arrive and the round is
- * being written, mid-unlearning-job) and restarted on the same data directory and port, while real SDK clients keep
- * reconnecting. After every restart: every round and model committed before the kill is still there unchanged, every
- * model's bytes match its sha256, a forgotten client's data never comes back, an interrupted job resumes and ends
- * done, and clients reconnect and rounds continue.
+ * The real service binary, killed with SIGKILL and restarted on the same data directory and port, while real SDK
+ * clients keep reconnecting. Kills land at seeded random moments mid-round, and, forced through the service's test
+ * pause points (FEDUNLEARN_TEST_PAUSE_DIR: the process stops at an armed point and says so, and is killed there),
+ * inside a round's history write, while a forget job runs (after a checkpointed step), just before a job's end
+ * commits, and after that commit (before the purged files are unlinked, and before the job's scratch is removed).
+ * After every restart: every round and model committed before the kill is still there unchanged, every model's bytes
+ * match its sha256, an interrupted job resumes and ends done, a forgotten client's data never comes back and it is
+ * never let in again (its SDK client keeps trying, under open enrolment), and clients reconnect and rounds continue.
+ * The test fails unless every forced phase got its kill.
  */
 
 const CLI = fileURLToPath(new URL('../../packages/coordinator/dist/cli.js', import.meta.url));
 const SEED = Number(process.env.FEDUNLEARN_CRASH_SEED ?? 7);
 const KILLS = Number(process.env.FEDUNLEARN_CRASH_KILLS ?? 10);
-const CLIENTS = 5;
+/** Four are forgotten over a run (one per job phase); three stay to train (min-clients 2). */
+const CLIENTS = 7;
 const WAIT_MS = 60_000;
 
 const tmp = tempDir('crash-loop');
@@ -34,7 +39,22 @@ after(() => {
   tmp.cleanup();
 });
 
-type Phase = 'mid-round' | 'history-write' | 'mid-job';
+type Phase = 'mid-round' | 'history-write' | 'mid-job' | 'job-commit' | 'job-purge' | 'job-done';
+/** The service's pause point for each forced phase (src/test-hooks.ts). */
+const PAUSE_POINT: Partial<Record<Phase, string>> = { 'history-write': 'history-write', 'mid-job': 'job-step', 'job-commit': 'job-commit', 'job-purge': 'job-purge', 'job-done': 'job-done' };
+const JOB_PHASES: Phase[] = ['mid-job', 'job-commit', 'job-purge', 'job-done'];
+
+/** Every forced phase once (as many as KILLS allows), the rest at random; never a job before a round has committed. */
+function schedule(rng: () => number): Phase[] {
+  const forced = (['history-write', ...JOB_PHASES] as Phase[]).slice(0, Math.max(0, KILLS - 1));
+  const rest = Array.from({ length: KILLS - 1 - forced.length }, (): Phase => (rng() < 0.5 ? 'mid-round' : 'history-write'));
+  const tail = [...forced, ...rest];
+  for (let i = tail.length - 1; i > 0; i--) {
+    const j = Math.floor(rng() * (i + 1));
+    [tail[i], tail[j]] = [tail[j]!, tail[i]!];
+  }
+  return ['mid-round', ...tail];
+}
 
 interface Model {
   version: string;
@@ -100,6 +120,10 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   const dataDir = join(tmp.dir, 'data');
+  const pauseDir = join(tmp.dir, 'pause');
+  mkdirSync(pauseDir);
+  /** Pause points the running process reported reaching (it sits there until killed). */
+  let paused: string[] = [];
   const config = join(tmp.dir, 'service.json');
   // Short waits so that a restarted service gets going as soon as clients are back; a pause between rounds keeps the
   // history (and so the jobs' replays) short.
@@ -111,15 +135,17 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
   let exited: Promise<void> = Promise.resolve();
   let stderr = '';
   async function start(): Promise<void> {
-    const p = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, FEDUNLEARN_LOG_LEVEL: 'error' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, FEDUNLEARN_LOG_LEVEL: 'error', FEDUNLEARN_TEST_PAUSE_DIR: pauseDir }, stdio: ['ignore', 'pipe', 'pipe'] });
     running.add(p);
     proc = p;
     stderr = '';
+    paused = [];
     p.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
     exited = new Promise((resolve) => p.on('exit', () => (running.delete(p), resolve())));
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no "listening" within 30 s; stderr:\n${stderr}`)), 30_000);
       createInterface({ input: p.stdout! }).on('line', (line) => {
+        if (line.startsWith('paused at ')) paused.push(line.slice('paused at '.length));
         if (line.startsWith('listening on ')) {
           clearTimeout(timer);
           resolve();
@@ -158,28 +184,35 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
 
   // --- the fleet: real SDK clients that keep reconnecting across restarts --------------------------------------------
   const clients = new Map<string, FederatedClient>();
-  const taskListeners = new Set<() => void>();
+  /** What each client went through, with the time: welcomed by the service, or refused as forgotten. */
+  const seenBy = new Map<string, { at: number; what: 'welcomed' | 'denied' }[]>();
   for (let i = 0; i < CLIENTS; i++) {
     const id = `crash-${i}`;
     const c = new FederatedClient({ url: base, clientId: id, secret: `secret-${id}`, data: dataset(i), backends: ['cpu'], reconnect: { delayMs: 500, maxDelayMs: 1000 } });
     // Errors are expected while the service is down; the invariants below are what count.
     c.on('error', () => undefined);
-    c.on('serverError', () => undefined);
-    c.on('task', (t) => {
-      if (t.kind === 'train') for (const l of [...taskListeners]) l();
+    const seen: { at: number; what: 'welcomed' | 'denied' }[] = [];
+    seenBy.set(id, seen);
+    c.on('connected', () => seen.push({ at: Date.now(), what: 'welcomed' }));
+    c.on('serverError', (e) => {
+      if (e.code === 'PERMISSION_DENIED') seen.push({ at: Date.now(), what: 'denied' });
     });
     clients.set(id, c);
   }
 
   const rng = seedrandom(`crash-${SEED}`);
+  const phases = schedule(rng);
   const forgotten = new Set<string>();
   const victimsWhoTrained = new Set<string>();
-  const kills: Record<Phase, number> = { 'mid-round': 0, 'history-write': 0, 'mid-job': 0 };
+  const kills: Record<Phase, number> = { 'mid-round': 0, 'history-write': 0, 'mid-job': 0, 'job-commit': 0, 'job-purge': 0, 'job-done': 0 };
   let jobsResumed = 0;
   let jobsKilledRunning = 0;
+  let jobsKilledAfterCommit = 0;
   let roundsAfterRestarts = 0;
-  // Two clients are forgotten over the run, each by a job that is killed while it runs.
-  const jobAt = new Set([Math.floor(KILLS * 0.3), Math.floor(KILLS * 0.7)]);
+
+  /** Arms a pause point of the running service and waits until the service reports sitting there. */
+  const arm = (point: string) => writeFileSync(join(pauseDir, point), '');
+  const reached = (point: string) => until(`the service to pause at ${point}`, () => (paused.includes(point) ? true : undefined));
 
   try {
     await start();
@@ -195,53 +228,51 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
       });
       roundsAfterRestarts++;
 
-      const phase: Phase = jobAt.has(k) ? 'mid-job' : rng() < 0.5 ? 'mid-round' : 'history-write';
+      const phase = phases[k]!;
       let runningJob: string | null = null;
-      if (phase === 'mid-job') {
-        const victim = [...clients.keys()].filter((id) => !forgotten.has(id))[1 + Math.floor(rng() * 3)]!;
-        // It leaves first, as a device asking to be forgotten would; the job replays without it.
-        await clients.get(victim)!.close();
-        clients.delete(victim);
+      if (JOB_PHASES.includes(phase)) {
+        // The victim's SDK client stays connected and keeps reconnecting across the kills: once forgotten, it must
+        // never be let in again (enrolment is open, so a lost tombstone would let it re-enrol) nor take part.
+        // A client that took part in the head's lineage: the job has its contribution to remove (so it replays at
+        // least one step and reaches every phase of its end).
+        last = await observe();
+        const trained = new Set([...last.rounds.values()].filter((r) => r.lineage === last.head.lineage).flatMap((r) => r.participants.map((p) => p.clientId)));
+        const candidates = [...clients.keys()].filter((id) => !forgotten.has(id) && trained.has(id));
+        assert.ok(candidates.length > 0, 'someone trained in the current lineage');
+        const victim = candidates[Math.floor(rng() * candidates.length)]!;
+        victimsWhoTrained.add(victim);
+        const point = PAUSE_POINT[phase]!;
+        arm(point);
         const job = await api<Job>('/v1/jobs', { method: 'POST', body: { clientIds: [victim] } });
         forgotten.add(victim);
-        if ([...(await observe()).rounds.values()].some((r) => r.participants.some((p) => p.clientId === victim))) victimsWhoTrained.add(victim);
-        const stepAt = 1 + Math.floor(rng() * 3);
-        const seen = await until(`job ${job.jobId} at step ${stepAt}`, async () => {
-          const j = await api<Job>(`/v1/jobs/${job.jobId}`);
-          return j.state === 'done' || j.state === 'failed' || (j.state === 'running' && j.progress.step >= stepAt) ? j : undefined;
-        }, WAIT_MS, 10);
-        assert.notEqual(seen.state, 'failed', `job ${job.jobId} failed: ${seen.error}`);
-        if (seen.state === 'running') {
+        await reached(point);
+        // The service sits at the point: the job's state shows which side of its end-commit the kill lands on.
+        const at = await api<Job>(`/v1/jobs/${job.jobId}`);
+        if (phase === 'mid-job' || phase === 'job-commit') {
+          assert.equal(at.state, 'running', `at ${point} the job is running`);
           runningJob = job.jobId;
           jobsKilledRunning++;
+        } else {
+          assert.equal(at.state, 'done', `at ${point} the job's end has committed`);
+          jobsKilledAfterCommit++;
         }
         last = await observe();
-      } else if (phase === 'mid-round') {
+      } else if (phase === 'history-write') {
+        // Inside a round's history write: its update blobs are durable, its commit not yet made.
+        last = await observe();
+        arm('history-write');
+        await reached('history-write');
+        last = await observe();
+      } else {
         // Somewhere inside the next round: tasks out, clients training, updates arriving.
         last = await observe();
         await sleep(20 + rng() * 300);
-      } else {
-        // As an update arrives: the service is validating, staging its blob (fsync) and committing the round.
-        last = await observe();
-        const nth = 1 + Math.floor(rng() * 2);
-        let n = 0;
-        await until('updates arriving', () =>
-          new Promise<true | undefined>((resolve) => {
-            const l = () => {
-              if (++n >= nth) {
-                taskListeners.delete(l);
-                resolve(true);
-              }
-            };
-            taskListeners.add(l);
-            setTimeout(() => (taskListeners.delete(l), resolve(undefined)), 5_000);
-          }),
-        );
-        await sleep(rng() * 15);
       }
       await kill();
       kills[phase]++;
+      const victim = JOB_PHASES.includes(phase) ? [...forgotten].at(-1)! : null;
 
+      const restartedAt = Date.now();
       await start();
       const now = await observe();
 
@@ -285,6 +316,17 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
           return x.state === 'done' || x.state === 'failed' ? x : undefined;
         });
         assert.equal(end.state, 'done', `job ${j.jobId} resumed and finished (${end.error ?? ''})`);
+      }
+      if (victim) {
+        // The victim's SDK client comes back after the kill. Its job done (resumed, or committed before the kill), it
+        // is refused as forgotten, never welcomed again: a job killed after its commit must not lose the tombstone.
+        const seen = seenBy.get(victim)!;
+        await until(`${victim} refused as forgotten after the restart`, () => (seen.some((e) => e.at >= restartedAt && e.what === 'denied') ? true : undefined));
+        if (phase === 'job-purge' || phase === 'job-done') {
+          assert.deepEqual(seen.filter((e) => e.at >= restartedAt).map((e) => e.what), ['denied'], `${victim}, forgotten before the kill, was never let in again`);
+        }
+        const { clients: rows } = await api<{ clients: { clientId: string; forgotten: boolean; connected: boolean }[] }>('/v1/clients');
+        assert.deepEqual(rows.filter((c) => c.clientId === victim).map((c) => [c.forgotten, c.connected]), [[true, false]], `${victim} is a tombstone, not connected`);
       }
       if (runningJob) {
         const end = await api<Job>(`/v1/jobs/${runningJob}`);
@@ -355,17 +397,35 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
           }
         }
       }
-      for (const id of forgotten) assert.equal(store.getClient(id)?.forgotten, true, `${id} ends forgotten`);
+      for (const id of forgotten) {
+        assert.equal(store.getClient(id)?.forgotten, true, `${id} ends forgotten`);
+        assert.equal(store.getClient(id)?.secretHash, null, `${id} keeps no secret`);
+      }
       assert.equal(store.listJobs().filter((j) => j.state !== 'done').length, 0, 'every job ended done');
+      // No file outlives its row (a kill between a job's end-commit and its unlinks leaves files the open deleted).
+      const files = (dir: string) => (existsSync(dir) ? readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).length : 0);
+      assert.equal(files(join(dataDir, 'blobs', 'updates')), store.stats().updates, 'one update file per stored update');
+      assert.equal(files(join(dataDir, 'blobs', 'models')), store.listModels().filter((m) => m.erasedAt === null).length, 'one model file per kept model');
+      assert.equal(files(join(dataDir, 'jobs')), 0, 'no job scratch is left');
     } finally {
       store.close();
     }
 
+    // Every forced phase got its kill (the test cannot pass by chance missing the windows it is about), with the job
+    // on the side of its end-commit each phase names.
+    const forcedPhases = phases.filter((p) => p !== 'mid-round');
+    for (const p of new Set(forcedPhases)) assert.equal(kills[p], forcedPhases.filter((x) => x === p).length, `kills ${p}`);
+    if (KILLS >= 6) {
+      for (const p of ['history-write', ...JOB_PHASES] as Phase[]) assert.ok(kills[p] >= 1, `a kill landed at ${p}`);
+      assert.equal(jobsKilledRunning, kills['mid-job'] + kills['job-commit']);
+      assert.equal(jobsKilledAfterCommit, kills['job-purge'] + kills['job-done']);
+      assert.equal(jobsResumed, jobsKilledRunning);
+    }
     const roundsCommitted = [...final.rounds.values()].length;
     console.log(
-      `crash-loop: ${KILLS} SIGKILLs (mid-round ${kills['mid-round']}, history-write ${kills['history-write']}, mid-job ${kills['mid-job']}; seed ${SEED}); ` +
+      `crash-loop: ${KILLS} SIGKILLs (${Object.entries(kills).map(([p, n]) => `${p} ${n}`).join(', ')}; seed ${SEED}); ` +
         `${roundsCommitted} rounds in ${new Set([...final.rounds.values()].map((r) => r.lineage)).size} lineages and ${final.models.size} models intact, ` +
-        `${updatesRead} stored updates verified; ${jobsKilledRunning} jobs killed while running, ${jobsResumed} resumed to done; ` +
+        `${updatesRead} stored updates verified; ${jobsKilledRunning} jobs killed while running, ${jobsResumed} resumed to done, ${jobsKilledAfterCommit} killed after their end committed; ` +
         `${forgotten.size} clients forgotten, none came back; a round committed after each of ${roundsAfterRestarts - 1} restarts`,
     );
   } finally {

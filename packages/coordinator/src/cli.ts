@@ -65,10 +65,11 @@ async function serve(flags: ServeFlags): Promise<void> {
   const { name, options: arch } = modelOf(cfg);
   quietTfjsWarnings();
   const model = builtInDefinition(name, arch);
-  const store = openSqliteHistory(options.dataDir);
+  const pause = (await import('./test-hooks.js')).pauseFromEnv();
+  const store = openSqliteHistory(options.dataDir, pause ? { pause } : {});
   let coordinator: Coordinator;
   try {
-    coordinator = await CoordinatorClass.create({ ...options, store, model, logger: log });
+    coordinator = await CoordinatorClass.create({ ...options, store, model, logger: log, ...(pause ? { pauseJob: pause } : {}) });
   } catch (e) {
     store.close();
     // The initialisers' seed is part of the stored topology, so a changed --seed reads as a different model.

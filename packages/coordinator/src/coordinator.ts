@@ -17,7 +17,7 @@ import { generateSecret, hashIssuedSecret, hashSecret, verifySecret } from './tr
 import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type Clock } from './transport/rate-limit.js';
 import type { ClientSession } from './transport/session.js';
 import { SocketServer, type Authenticator } from './transport/socket-server.js';
-import { DEFAULT_JOB_OFFLINE, UnlearningEngine, type ForgetJobInput, type JobOfflineSettings } from './unlearning/engine.js';
+import { DEFAULT_JOB_OFFLINE, UnlearningEngine, type ForgetJobInput, type JobOfflineSettings, type JobPausePoint, type PurgeRetry } from './unlearning/engine.js';
 import { modelSignature } from './model-signature.js';
 
 export const COORDINATOR_VERSION = '0.1.0';
@@ -117,6 +117,10 @@ export interface CoordinatorOptions {
    * 60 s) to arrive.
    */
   uploads?: { windowBytes?: number; grantAboveBytes?: number; uploadTimeoutMs?: number };
+  /** How a job's end retries the WAL checkpoint that takes purged bytes off the disk while a reader blocks it. */
+  purgeRetry?: PurgeRetry;
+  /** Test hook (the crash tests): called at the points of a job's end; resolve to go on. */
+  pauseJob?: (point: JobPausePoint) => Promise<void>;
 }
 
 export interface CoordinatorEvents {
@@ -150,7 +154,6 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private work: Promise<unknown> = Promise.resolve();
   private readonly abort = new AbortController();
   private loop: Promise<void> | null = null;
-  private forgotten: Set<string>;
   private readonly roundIntervalMs: number;
   private readonly enrolment: 'open' | 'closed';
   private readonly tls: boolean;
@@ -195,8 +198,9 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       eraseModels: (opts.modelsAfterForget ?? 'erase') === 'erase',
       offline: { ...DEFAULT_JOB_OFFLINE, ...opts.jobs },
       log: this.log,
+      ...(opts.purgeRetry ? { purgeRetry: opts.purgeRetry } : {}),
+      ...(opts.pauseJob ? { pause: opts.pauseJob } : {}),
     });
-    this.forgotten = this.unlearning.forgottenClients();
     this.rounds = new RoundEngine({
       store: this.store,
       registry: this.registry,
@@ -204,7 +208,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       strategy,
       config: opts.federation,
       log: this.log,
-      isEligible: (id) => !this.forgotten.has(id),
+      isEligible: (id) => !this.isForgotten(id),
     });
     this.unlearning.on('progress', (job) => {
       this.metrics.jobUpdated(job);
@@ -213,13 +217,14 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     });
     this.unlearning.on('finished', (job) => {
       this.metrics.jobUpdated(job);
-      this.forgotten = this.unlearning.forgottenClients();
       this.notifyJob(job);
       this.emit('job', job);
       // A forgotten client has nothing left to do here: after its final job status it is told why and disconnected
       // (its next hello is refused), rather than lingering as a connection that is never selected.
       if (job.state === 'done') for (const id of job.clientIds) this.closeSession(id, `client ${id} was forgotten; its data is purged and it cannot rejoin`);
     });
+    // A report that said `purge incomplete` now says complete: operators following jobs see it.
+    this.unlearning.on('purged', (job) => this.emit('job', job));
     this.on('round', (r) => this.metrics.roundCompleted(r.durationMs));
     const limits = { ...DEFAULT_LIMITS, ...opts.limits };
     const clock = opts.clock ?? Date.now;
@@ -273,6 +278,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     });
     const weights = await opts.store.readModel(head.version);
     const c = new Coordinator(opts, { version: head.version, weights: { layout: meta.layout, values: weights } });
+    c.unlearning.recover();
     c.log.info({ resumed, round: head.round, version: head.version }, resumed ? 'federation resumed' : 'federation created');
     return c;
   }
@@ -343,7 +349,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   submitForget(input: ForgetJobInput): { job: JobRecord; created: boolean } {
     const unknown = input.clientIds.filter((id) => !this.store.getClient(id));
     if (unknown.length > 0) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client(s): ${unknown.join(', ')}`);
-    const already = input.clientIds.filter((id) => this.forgotten.has(id));
+    const already = input.clientIds.filter((id) => this.isForgotten(id));
     if (already.length > 0) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `already forgotten: ${already.join(', ')}`);
     const out = this.unlearning.submit(input);
     if (out.created) {
@@ -381,12 +387,15 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     });
   }
 
+  /** The client's tombstone in the history, set in the same transaction as its job's end: the one source of truth
+   *  for selection, hellos, new jobs and the API, also right after a crash. */
   isForgotten(clientId: string): boolean {
-    return this.forgotten.has(clientId);
+    return this.store.isForgotten(clientId);
   }
 
   async stop(): Promise<void> {
     this.abort.abort();
+    this.unlearning.close();
     this.emit('stopping');
     await this.loop?.catch(() => undefined);
     await this.work.catch(() => undefined);
@@ -456,7 +465,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     return {
       authenticate: async (hello, address) => {
         const id = hello.clientId;
-        if (this.forgotten.has(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
+        if (this.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
         const key = lockoutKey(id, address);
         const locked = Math.max(this.authLockout.lockedFor(key), this.clientLockout.lockedFor(id));
         if (locked > 0) throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many failed authentications for client ${id}; retry in ${Math.ceil(locked / 1000)} s`);
@@ -467,6 +476,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
         } finally {
           this.verifying.delete(id);
         }
+        if (this.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
         this.authLockout.succeed(key);
         this.clientLockout.succeed(id);
         this.store.upsertClient({ clientId: id, numExamples: hello.numExamples, seenAt: Date.now() });
@@ -498,6 +508,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     if (!hello.secret || hello.secret.length < 8) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'a secret of at least 8 characters is required');
     const secretHash = await hashSecret(hello.secret);
     if (this.store.getClient(id)?.secretHash) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `client ${id} enrolled meanwhile; retry`);
+    // A job may have forgotten it while scrypt ran: a tombstone never takes a secret again.
+    if (this.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
     this.store.upsertClient({ clientId: id, secretHash, numExamples: hello.numExamples, seenAt: Date.now() });
   }
 

@@ -112,6 +112,14 @@ export class CoordinatorMetrics implements DispatchObserver {
       },
     });
     new Gauge({
+      name: `${PREFIX}purges_incomplete`,
+      help: 'Done forget jobs whose purged bytes are still on disk (a reader blocks the WAL checkpoint; retried until it completes).',
+      registers,
+      collect() {
+        this.set(sources.jobs().filter((j) => j.state === 'done' && (j.report as { purged?: { complete?: boolean } } | null)?.purged?.complete === false).length);
+      },
+    });
+    new Gauge({
       name: `${PREFIX}history_bytes`,
       help: 'Bytes of blobs in the history, by kind: model, or update_<dtype> for client updates by stored encoding.',
       labelNames: ['kind'],

@@ -10,7 +10,7 @@ test('migrate brings an empty database to the current schema once, and refuses a
     assert.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
     assert.equal(SCHEMA_VERSION, MIGRATIONS.length);
     const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map((r) => r.name);
-    assert.deepEqual(tables, ['clients', 'federation', 'jobs', 'models', 'participants', 'rounds', 'updates']);
+    assert.deepEqual(tables, ['clients', 'federation', 'job_staged', 'job_steps', 'jobs', 'models', 'participants', 'rounds', 'updates']);
     migrate(db); // a second run must not re-create anything (it would throw "table already exists")
     db.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
     assert.throws(() => migrate(db), /newer/);

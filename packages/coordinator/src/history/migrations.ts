@@ -110,6 +110,29 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE models ADD COLUMN erased_at INTEGER;
   `,
+  // 5: a running job's completed steps, one row each, appended as they complete (the job's checkpoint_json keeps only
+  // what is small), so checkpointing step j costs O(1) rows instead of rewriting every step before it.
+  `
+  CREATE TABLE job_steps (
+    job_id    TEXT NOT NULL REFERENCES jobs(job_id),
+    step      INTEGER NOT NULL CHECK (step >= 0),
+    data_json TEXT NOT NULL,
+    PRIMARY KEY (job_id, step)
+  );
+  -- Updates a running job staged for the new lineage's rounds, recorded as each step is checkpointed: durable blobs no
+  -- committed row refers to yet, kept (not swept as garbage) across a restart so that the job's commit still stores them.
+  CREATE TABLE job_staged (
+    job_id      TEXT NOT NULL REFERENCES jobs(job_id),
+    round_id    TEXT NOT NULL,
+    client_id   TEXT NOT NULL,
+    encoding    TEXT NOT NULL CHECK (encoding IN ('fp32', 'fp16', 'int8')),
+    blob        TEXT NOT NULL UNIQUE,
+    bytes       INTEGER NOT NULL,
+    blob_sha256 TEXT NOT NULL,
+    PRIMARY KEY (round_id, client_id)
+  );
+  CREATE INDEX job_staged_by_job ON job_staged (job_id);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -407,7 +407,7 @@ test('commitUnlearning starts a new lineage that listRounds follows, keeps the o
     const mid = randomWeights(r);
     const result = randomWeights(r);
     const job = 'job-1';
-    const unlearned = store.commitUnlearning({
+    const unlearned = await store.commitUnlearning({
       jobId: job,
       weights: result,
       rounds: replay.map((rp, i) => ({
@@ -484,20 +484,20 @@ test('commitUnlearning rejects inconsistent replays without leaving blobs', asyn
     const files = filesUnder(path.join(dir, 'blobs')).length;
     const round = (n: number, modelBefore = '') => ({ round: n, roundId: `x${n}`, modelBefore, participants: [], metrics: {}, startedAt: 0, closedAt: 0 });
     const w = randomWeights(r);
-    assert.throws(() => store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(2), round(1)] }), /ascend/);
-    assert.throws(() => store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1, 'missing')] }), /unknown model/);
-    assert.throws(
-      () => store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1), round(2)], intermediateModels: [{ round: 2, weights: w }] }),
+    await assert.rejects(store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(2), round(1)] }), /ascend/);
+    await assert.rejects(store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1, 'missing')] }), /unknown model/);
+    await assert.rejects(
+      store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1), round(2)], intermediateModels: [{ round: 2, weights: w }] }),
       /last replayed round/,
     );
-    assert.throws(
-      () => store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1), round(2, head.version)], intermediateModels: [{ round: 1, weights: w }] }),
+    await assert.rejects(
+      store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1), round(2, head.version)], intermediateModels: [{ round: 1, weights: w }] }),
       /ended at/,
     );
     assert.deepEqual(store.head(), head);
     assert.equal(filesUnder(path.join(dir, 'blobs')).length, files);
     // Without intermediate models the chain is simply unknown ('').
-    const v = store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1, head.version), round(2)] });
+    const v = await store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1, head.version), round(2)] });
     assert.deepEqual(store.listRounds().map((x) => [x.modelBefore, x.modelAfter]), [
       [head.version, ''],
       ['', v.version],
@@ -523,7 +523,7 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     const u = randomWeights(r, 0.1);
     await store.stageUpdate('replay-1', 'u', u);
     await store.stageUpdate('replay-1', 'k', u);
-    store.commitUnlearning({
+    await store.commitUnlearning({
       jobId: 'j',
       weights: randomWeights(r),
       rounds: [
@@ -554,7 +554,7 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     const statsBefore = store.stats();
 
     const summary = await store.purgeClients(['u', 'u']);
-    assert.deepEqual(summary, { clientIds: ['u'], updatesDeleted: 3, bytesDeleted: uBytes, participantRowsDeleted: 3, modelsErased: [], modelBytesDeleted: 0 });
+    assert.deepEqual(summary, { clientIds: ['u'], updatesDeleted: 3, bytesDeleted: uBytes, participantRowsDeleted: 3, modelsErased: [], modelBytesDeleted: 0, complete: true });
     for (const f of uFiles) assert.equal(fs.existsSync(f), false, f);
     assert.deepEqual(rowsOf('u'), []);
     assert.ok(!dbBytes().includes(uNorms), 'no copy of the norms is left in the database files');
@@ -612,7 +612,7 @@ test('purgeClients with eraseModels erases the weights of every model a client s
       startedAt: 0,
       closedAt: 0,
     }));
-    const after = store.commitUnlearning({ jobId: 'j', weights: randomWeights(r), rounds: replayed, intermediateModels: [{ round: 1, weights: randomWeights(r) }] });
+    const after = await store.commitUnlearning({ jobId: 'j', weights: randomWeights(r), rounds: replayed, intermediateModels: [{ round: 1, weights: randomWeights(r) }] });
     const fresh = store.listModels({ lineage: after.lineage });
     const statsBefore = store.stats();
     const modelFiles = () => filesUnder(path.join(dir, 'blobs', 'models')).map((f) => path.basename(f, '.bin')).sort();

@@ -29,6 +29,8 @@ import {
   type ClientRecord,
   type CommitUnlearningInput,
   type FederationMeta,
+  type FinishUnlearningInput,
+  type JobStep,
   type HistoryConfig,
   type HistoryStats,
   type HistoryStore,
@@ -58,9 +60,16 @@ import {
 export interface SqliteHistoryOptions {
   /** Clock for createdAt / closedAt / updatedAt (unix ms). */
   now?: () => number;
+  /** Test hook (src/test-hooks.ts): awaited at 'history-write', once a round's staged blobs are durable and before
+   *  the commit that refers to them, and at 'job-purge', once a job's end has committed and before its purged files
+   *  are unlinked; the crash tests kill the process there. */
+  pause?: (point: string) => Promise<void>;
 }
 
 export const DB_FILE = 'history.db';
+/** Bytes a WAL is cut back to when it is reset (SQLite's journal_size_limit): without it a WAL that grew while a
+ *  reader held an old snapshot keeps its size for good. */
+export const WAL_SIZE_LIMIT = 4 * 1024 * 1024;
 export const BLOBS_DIR = 'blobs';
 
 export function openSqliteHistory(dataDir: string, opts: SqliteHistoryOptions = {}): HistoryStore {
@@ -160,6 +169,27 @@ interface PlannedModel {
   row: ModelRow;
 }
 
+/** What a purge transaction removed, and the files to unlink once it committed. */
+interface PurgedRows {
+  files: string[];
+  modelFiles: string[];
+  summary: Omit<PurgeSummary, 'complete'>;
+}
+
+/** An unlearning commit validated and with its blobs durable, ready for its transaction. */
+interface PreparedUnlearning {
+  input: CommitUnlearningInput;
+  oldHead: ModelVersion;
+  lineage: string;
+  keep: boolean;
+  planned: PlannedModel[];
+  resolved: { before: string | null; after: string | null }[];
+  participants: CheckedParticipant[][];
+  missing: MissingClient[][];
+  updates: { clientId: string; staged: StagedUpdate }[][];
+  result: PlannedModel;
+}
+
 function prepareStatements(db: Database.Database) {
   return {
     federation: db.prepare<[], FederationRow>('SELECT * FROM federation WHERE id = 1'),
@@ -207,7 +237,18 @@ function prepareStatements(db: Database.Database) {
     updatesOfClient: db.prepare<[string], UpdateRow>('SELECT * FROM updates WHERE client_id = ?'),
     deleteUpdatesOfClient: db.prepare<[string]>('DELETE FROM updates WHERE client_id = ?'),
     deleteParticipantsOfClient: db.prepare<[string]>('DELETE FROM participants WHERE client_id = ?'),
-    referencedBlobs: db.prepare<[], { blob: string }>('SELECT blob FROM models WHERE erased_at IS NULL UNION ALL SELECT blob FROM updates'),
+    referencedBlobs: db.prepare<[], { blob: string }>(
+      'SELECT blob FROM models WHERE erased_at IS NULL UNION ALL SELECT blob FROM updates UNION ALL SELECT blob FROM job_staged',
+    ),
+    putJobStaged: db.prepare(
+      `INSERT OR REPLACE INTO job_staged (job_id, round_id, client_id, encoding, blob, bytes, blob_sha256)
+       VALUES (@job_id, @round_id, @client_id, @encoding, @blob, @bytes, @blob_sha256)`,
+    ),
+    jobStaged: db.prepare<[], UpdateRow & { job_id: string }>('SELECT * FROM job_staged'),
+    jobStagedOfJob: db.prepare<[string], UpdateRow & { job_id: string }>('SELECT * FROM job_staged WHERE job_id = ?'),
+    deleteJobStaged: db.prepare<[string]>('DELETE FROM job_staged WHERE job_id = ?'),
+    jobStagedOfClient: db.prepare<[string], UpdateRow & { job_id: string }>('SELECT * FROM job_staged WHERE client_id = ?'),
+    deleteJobStagedOfClient: db.prepare<[string]>('DELETE FROM job_staged WHERE client_id = ?'),
     modelStats: db.prepare<[], { n: number; bytes: number | null; erased: number }>(
       'SELECT COUNT(*) AS n, SUM(CASE WHEN erased_at IS NULL THEN bytes END) AS bytes, COUNT(erased_at) AS erased FROM models',
     ),
@@ -240,6 +281,11 @@ function prepareStatements(db: Database.Database) {
     ),
     client: db.prepare<[string], ClientRow>('SELECT * FROM clients WHERE client_id = ?'),
     clients: db.prepare<[], ClientRow>('SELECT * FROM clients ORDER BY client_id'),
+    forgottenClients: db.prepare<[], { client_id: string }>('SELECT client_id FROM clients WHERE forgotten = 1'),
+    putJobStep: db.prepare<[string, number, string]>('INSERT OR REPLACE INTO job_steps (job_id, step, data_json) VALUES (?, ?, ?)'),
+    jobSteps: db.prepare<[string], { step: number; data_json: string }>('SELECT step, data_json FROM job_steps WHERE job_id = ? ORDER BY step'),
+    deleteJobSteps: db.prepare<[string]>('DELETE FROM job_steps WHERE job_id = ?'),
+    setJobCheckpoint: db.prepare<[string | null, number, string]>('UPDATE jobs SET checkpoint_json = ?, updated_at = ? WHERE job_id = ?'),
     putClient: db.prepare(
       `INSERT OR REPLACE INTO clients (client_id, secret_hash, num_examples, first_seen, last_seen, forgotten, revoked)
        VALUES (@client_id, @secret_hash, @num_examples, @first_seen, @last_seen, @forgotten, @revoked)`,
@@ -342,17 +388,22 @@ class SqliteHistoryStore implements HistoryStore {
   private readonly db: Database.Database;
   private readonly blobsDir: string;
   private readonly now: () => number;
+  private readonly pause: ((point: string) => Promise<void>) | undefined;
   private readonly q: ReturnType<typeof prepareStatements>;
   private fed: FederationMeta | null = null;
   /** roundId -> clientId -> the current staging of that client's update. */
   private readonly staged = new Map<string, Map<string, StagedUpdate>>();
   private closed = false;
+  /** The tombstones (clients.forgotten), mirrored in memory for the hot paths (every hello, every round's selection);
+   *  updated only once a transaction that sets one has committed. */
+  private readonly forgotten = new Set<string>();
 
   constructor(dataDir: string, opts: SqliteHistoryOptions) {
     ensureDirSync(path.resolve(dataDir));
     this.blobsDir = path.join(dataDir, BLOBS_DIR);
     ensureDirSync(this.blobsDir);
     this.now = opts.now ?? Date.now;
+    this.pause = opts.pause;
     this.db = new Database(path.join(dataDir, DB_FILE));
     try {
       this.db.pragma('journal_mode = WAL');
@@ -360,8 +411,10 @@ class SqliteHistoryStore implements HistoryStore {
       this.db.pragma('foreign_keys = ON');
       // Deleted rows (a purged client's norms) are overwritten, not left in free pages.
       this.db.pragma('secure_delete = ON');
+      this.db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT}`);
       migrate(this.db);
       this.q = prepareStatements(this.db);
+      for (const r of this.q.forgottenClients.all()) this.forgotten.add(r.client_id);
     } catch (e) {
       this.db.close();
       throw e;
@@ -398,6 +451,12 @@ class SqliteHistoryStore implements HistoryStore {
       }
       this.fed = meta;
       this.collectGarbage();
+      // A running job's stagings, recorded with its steps: staged again, as they were before the restart.
+      for (const r of this.q.jobStaged.all()) {
+        let byClient = this.staged.get(r.round_id);
+        if (!byClient) this.staged.set(r.round_id, (byClient = new Map()));
+        byClient.set(r.client_id, { rel: r.blob, encoding: r.encoding, bytes: r.bytes, blobSha: r.blob_sha256, done: true, durable: true });
+      }
       const head = this.head();
       const headRow = this.q.model.get(head.version)!;
       if (!fs.existsSync(this.abs(headRow.blob))) throw new HistoryError(`the head model ${head.version} has no blob file (${headRow.blob})`);
@@ -496,6 +555,7 @@ class SqliteHistoryStore implements HistoryStore {
     await Promise.all(entries.map((e) => fsyncPath(this.abs(e.rel))));
     for (const dir of new Set(entries.map((e) => path.dirname(this.abs(e.rel))))) await fsyncPath(dir);
     for (const e of entries) e.durable = true;
+    await this.pause?.('history-write');
   }
 
   /** Fsyncs whatever of `updates` syncStaged did not (a caller that skipped it): a commit refers only to durable files. */
@@ -580,7 +640,42 @@ class SqliteHistoryStore implements HistoryStore {
     return toModel(planned.row);
   }
 
-  commitUnlearning(input: CommitUnlearningInput): ModelVersion {
+  async commitUnlearning(input: CommitUnlearningInput): Promise<ModelVersion> {
+    const prepared = await this.prepareUnlearning(input);
+    this.commitWithBlobs(prepared.planned, () => this.insertUnlearning(prepared));
+    this.releaseUnlearning(prepared);
+    return toModel(prepared.result.row);
+  }
+
+  async finishUnlearning(input: FinishUnlearningInput): Promise<{ model: ModelVersion; purged: PurgeSummary; job: JobRecord }> {
+    if (!this.q.job.get(input.jobId)) throw new HistoryError(`unknown job ${input.jobId}`);
+    const prepared = await this.prepareUnlearning(input);
+    const ids = [...new Set(input.purge.clientIds)];
+    let purge: PurgedRows | undefined;
+    let purged: PurgeSummary | undefined;
+    let job: JobRecord | undefined;
+    // One transaction: the new head, the purge and tombstones, and the job's end. A crash leaves all of it or none,
+    // so a restarted coordinator either resumes the job (nothing of it committed) or finds it done (all of it).
+    this.commitWithBlobs(prepared.planned, () => {
+      this.insertUnlearning(prepared);
+      purge = this.purgeRows(ids, input.purge.eraseModels, this.now());
+      purged = { ...purge.summary, complete: false };
+      const patch = input.finish(toModel(prepared.result.row), purged);
+      job = this.writeJob(input.jobId, { ...patch, checkpoint: null });
+      this.q.deleteJobSteps.run(input.jobId);
+    });
+    for (const id of ids) this.forgotten.add(id);
+    this.releaseUnlearning(prepared);
+    await this.pause?.('job-purge');
+    // After the commit: nothing refers to these files any more, so a crash before (or during) the unlinks leaves
+    // garbage that the next open deletes; unlinking twice is harmless.
+    await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)]);
+    await unlinkDurable(purge!.modelFiles);
+    return { model: toModel(prepared.result.row), purged: { ...purged!, complete: this.completePurge() }, job: job! };
+  }
+
+  /** Validates an unlearning commit and writes its model blobs (async, made durable together before returning). */
+  private async prepareUnlearning(input: CommitUnlearningInput): Promise<PreparedUnlearning> {
     const meta = this.requireOpen();
     const oldHead = this.head();
     const rounds = input.rounds;
@@ -611,9 +706,12 @@ class SqliteHistoryStore implements HistoryStore {
     const base = { cause: 'unlearning' as const, jobId: input.jobId, lineage };
     const planned: PlannedModel[] = [];
     const resolved: { before: string | null; after: string | null }[] = [];
+    const keep = meta.config.retention !== 'norms';
+    let updates: { clientId: string; staged: StagedUpdate }[][];
     try {
       let previousAfter: string | null = null;
-      rounds.forEach((r, i) => {
+      for (let i = 0; i < rounds.length; i++) {
+        const r = rounds[i]!;
         const isLast = i === rounds.length - 1;
         let before: string | null;
         if (r.modelBefore === '') before = previousAfter;
@@ -632,7 +730,7 @@ class SqliteHistoryStore implements HistoryStore {
             throw new HistoryError(`${ctx}: round ${r.round} names modelAfter ${explicitAfter} but its model is created by this commit`);
           }
           const parent = isLast ? oldHead.version : (before ?? oldHead.version);
-          const p = this.planModel(meta.layout, weights, { ...base, parent, round: r.round }, now);
+          const p = await this.planModelUnsynced(meta.layout, weights, { ...base, parent, round: r.round }, now);
           planned.push(p);
           after = p.row.version;
         } else if (explicitAfter !== '') {
@@ -641,31 +739,40 @@ class SqliteHistoryStore implements HistoryStore {
         } else after = null;
         resolved.push({ before, after });
         previousAfter = after;
-      });
-      if (!last) planned.push(this.planModel(meta.layout, input.weights, { ...base, parent: oldHead.version, round: 0 }, now));
+      }
+      if (!last) planned.push(await this.planModelUnsynced(meta.layout, input.weights, { ...base, parent: oldHead.version, round: 0 }, now));
+      // Every blob this commit refers to is durable before it: the models, then the replayed rounds' stagings, all
+      // flushed together off the event loop (a long replay has thousands; one synchronous fsync each stalled the
+      // service for seconds).
+      await this.syncPlanned(planned);
+      for (const r of rounds) await this.syncStaged(r.roundId);
+      updates = rounds.map((r, i) => (keep ? this.finishedStagings(r.roundId, participants[i]!) : []));
+      for (const u of updates) this.makeDurableSync(u);
     } catch (e) {
       this.unlinkPlanned(planned);
       throw e;
     }
-    const result = planned[planned.length - 1]!;
+    return { input, oldHead, lineage, keep, planned, resolved, participants, missing, updates, result: planned[planned.length - 1]! };
+  }
 
-    const keep = meta.config.retention !== 'norms';
-    const updates = rounds.map((r, i) => (keep ? this.finishedStagings(r.roundId, participants[i]!) : []));
-    for (const u of updates) this.makeDurableSync(u);
-    this.commitWithBlobs(planned, () => {
-      for (const p of planned) this.q.insertModel.run(p.row);
-      rounds.forEach((r, i) => {
-        const { before, after } = resolved[i]!;
-        this.insertRound(
-          { ...r, missing: missing[i]!, lineage, modelBefore: before, modelAfter: after, updatesStored: keep },
-          participants[i]!,
-          updates[i]!,
-        );
-      });
-      this.q.setHead.run(result.row.version);
+  /** The rows of a prepared unlearning commit; runs inside the commit transaction. */
+  private insertUnlearning(p: PreparedUnlearning): void {
+    // The blobs were written across awaits: refuse if a round committed meanwhile (the caller holds the work lock,
+    // so this is a bug guard, not a race anyone should meet).
+    if (this.q.federation.get()!.head !== p.oldHead.version) throw new HistoryError(`unlearning job ${p.input.jobId}: the head moved while its commit was prepared`);
+    for (const m of p.planned) this.q.insertModel.run(m.row);
+    // The job's recorded stagings now belong to committed rows (or, if not listed, are released as garbage).
+    this.q.deleteJobStaged.run(p.input.jobId);
+    p.input.rounds.forEach((r, i) => {
+      this.checkNewRoundId(r.roundId);
+      const { before, after } = p.resolved[i]!;
+      this.insertRound({ ...r, missing: p.missing[i]!, lineage: p.lineage, modelBefore: before, modelAfter: after, updatesStored: p.keep }, p.participants[i]!, p.updates[i]!);
     });
-    rounds.forEach((r, i) => this.releaseStaged(r.roundId, new Set(updates[i]!.map((u) => u.clientId))));
-    return toModel(result.row);
+    this.q.setHead.run(p.result.row.version);
+  }
+
+  private releaseUnlearning(p: PreparedUnlearning): void {
+    p.input.rounds.forEach((r, i) => this.releaseStaged(r.roundId, new Set(p.updates[i]!.map((u) => u.clientId))));
   }
 
   private insertRound(
@@ -761,6 +868,49 @@ class SqliteHistoryStore implements HistoryStore {
         erased_at: null,
       },
     };
+  }
+
+  /** As planModel, but the blob is written without an fsync (syncPlanned makes a batch durable before its commit). */
+  private async planModelUnsynced(
+    layout: WeightLayout,
+    weights: Float32Array,
+    m: { parent: string | null; cause: ModelCause; round: number; jobId: string | null; lineage: string },
+    createdAt: number,
+  ): Promise<PlannedModel> {
+    if (!(weights instanceof Float32Array) || weights.length !== layout.totalSize) {
+      throw new HistoryError(`model weights hold ${weights.length} values, the layout ${layout.totalSize}`);
+    }
+    let encoded;
+    try {
+      encoded = encodeBlob(layout, weights, 'fp32');
+    } catch (e) {
+      throw new HistoryError(`model weights: ${(e as Error).message}`);
+    }
+    const version = nanoid();
+    const rel = `models/${version}.bin`;
+    await writeFileUnsynced(this.abs(rel), encoded.bytes);
+    return {
+      row: {
+        version,
+        parent: m.parent,
+        cause: m.cause,
+        round: m.round,
+        job_id: m.jobId,
+        lineage: m.lineage,
+        sha256: weightsSha256(weights),
+        blob: rel,
+        bytes: encoded.bytes.byteLength,
+        created_at: createdAt,
+        erased_at: null,
+      },
+    };
+  }
+
+  /** Fsyncs planned model blobs, a bounded number at a time, then their directory. */
+  private async syncPlanned(planned: PlannedModel[]): Promise<void> {
+    const BATCH = 32;
+    for (let i = 0; i < planned.length; i += BATCH) await Promise.all(planned.slice(i, i + BATCH).map((p) => fsyncPath(this.abs(p.row.blob))));
+    if (planned.length > 0) await fsyncPath(path.join(this.blobsDir, 'models'));
   }
 
   /** Runs the commit transaction; if it fails, the blobs written for it are removed (they would be garbage). */
@@ -888,57 +1038,104 @@ class SqliteHistoryStore implements HistoryStore {
   async purgeClients(clientIds: string[], opts: PurgeOptions = {}): Promise<PurgeSummary> {
     this.requireNotClosed();
     const ids = [...new Set(clientIds)];
-    const files: string[] = [];
-    let updatesDeleted = 0;
-    let participantRowsDeleted = 0;
-    const modelsErased: string[] = [];
-    const modelFiles: string[] = [];
-    const now = this.now();
+    let purge: PurgedRows | undefined;
     // Rows first: once they are gone the files are unreferenced, so a crash before the unlinks leaves only garbage
     // that the next open deletes.
     this.db.transaction(() => {
-      if (opts.eraseModels) {
-        // Before the participant rows go: they are what says which rounds, hence which models, a client shaped.
-        for (const m of this.modelsShapedBy(ids)) {
-          this.q.eraseModel.run(now, m.version);
-          modelFiles.push(this.abs(m.blob));
-          modelsErased.push(m.version);
-        }
-      }
-      for (const id of ids) {
-        for (const u of this.q.updatesOfClient.all(id)) files.push(this.abs(u.blob));
-        updatesDeleted += this.q.deleteUpdatesOfClient.run(id).changes;
-        participantRowsDeleted += this.q.deleteParticipantsOfClient.run(id).changes;
-        // A missing-list entry names the client too; the round keeps the count of its other absentees only.
-        for (const r of this.q.roundsMissingClient.all(`%${JSON.stringify(id)}%`)) {
-          const kept = (JSON.parse(r.missing_json) as MissingClient[]).filter((m) => m.clientId !== id);
-          this.q.setRoundMissing.run(JSON.stringify(kept), r.round_id);
-        }
-        const c = this.q.client.get(id);
-        this.q.putClient.run({
-          client_id: id,
-          secret_hash: null,
-          num_examples: 0,
-          first_seen: c?.first_seen ?? now,
-          last_seen: c?.last_seen ?? now,
-          forgotten: 1,
-          revoked: c?.revoked ?? 0,
-        });
-      }
+      purge = this.purgeRows(ids, opts.eraseModels ?? false, this.now());
     })();
-    // The WAL still holds pre-purge copies of the pages; fold it into the database and empty it.
-    this.db.pragma('wal_checkpoint(TRUNCATE)');
+    for (const id of ids) this.forgotten.add(id);
+    await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)]);
+    await unlinkDurable(purge!.modelFiles);
+    return { ...purge!.summary, complete: this.completePurge() };
+  }
+
+  completePurge(): boolean {
+    this.requireNotClosed();
+    // The WAL still holds pre-purge copies of the pages (secure_delete overwrote them only in the newest copy): fold
+    // it into the database and truncate it. Never wait: a reader holding an old snapshot (a backup tool) makes the
+    // checkpoint busy, and waiting on it here would stall the service; the caller retries later instead.
+    const timeout = this.db.pragma('busy_timeout', { simple: true }) as number;
+    this.db.pragma('busy_timeout = 0');
+    try {
+      const [r] = this.db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number; log: number; checkpointed: number }[];
+      return r !== undefined && r.busy === 0 && r.log <= 0;
+    } finally {
+      this.db.pragma(`busy_timeout = ${timeout}`);
+    }
+  }
+
+  /** Deletes the clients' rows and tombstones them (inside the caller's transaction); drops their stagings. Returns
+   *  the files to unlink once the transaction committed. */
+  private purgeRows(ids: string[], eraseModels: boolean, now: number): PurgedRows {
+    const files: string[] = [];
+    const modelFiles: string[] = [];
+    const modelsErased: string[] = [];
+    let updatesDeleted = 0;
+    let participantRowsDeleted = 0;
+    let bytesDeleted = 0;
+    let modelBytesDeleted = 0;
+    if (eraseModels) {
+      // Before the participant rows go: they are what says which rounds, hence which models, a client shaped.
+      for (const m of this.modelsShapedBy(ids)) {
+        this.q.eraseModel.run(now, m.version);
+        modelFiles.push(this.abs(m.blob));
+        modelsErased.push(m.version);
+        modelBytesDeleted += m.bytes;
+      }
+    }
+    for (const id of ids) {
+      for (const u of this.q.updatesOfClient.all(id)) {
+        files.push(this.abs(u.blob));
+        bytesDeleted += u.bytes;
+      }
+      updatesDeleted += this.q.deleteUpdatesOfClient.run(id).changes;
+      for (const u of this.q.jobStagedOfClient.all(id)) {
+        // Also staged in memory (open() restores them): counted there, dropped and unlinked by dropStagedOf.
+        if (!this.stagedEntry(u.round_id, id)) files.push(this.abs(u.blob));
+      }
+      this.q.deleteJobStagedOfClient.run(id);
+      participantRowsDeleted += this.q.deleteParticipantsOfClient.run(id).changes;
+      // A missing-list entry names the client too; the round keeps the count of its other absentees only.
+      for (const r of this.q.roundsMissingClient.all(`%${JSON.stringify(id)}%`)) {
+        const kept = (JSON.parse(r.missing_json) as MissingClient[]).filter((m) => m.clientId !== id);
+        this.q.setRoundMissing.run(JSON.stringify(kept), r.round_id);
+      }
+      const c = this.q.client.get(id);
+      this.q.putClient.run({
+        client_id: id,
+        secret_hash: null,
+        num_examples: 0,
+        first_seen: c?.first_seen ?? now,
+        last_seen: c?.last_seen ?? now,
+        forgotten: 1,
+        revoked: c?.revoked ?? 0,
+      });
+    }
+    // Updates staged for rounds not committed yet (a round or a job step in flight): counted here, dropped by
+    // dropStagedOf once the transaction committed (a rollback must leave them staged).
+    for (const byClient of this.staged.values()) {
+      for (const id of ids) {
+        const entry = byClient.get(id);
+        if (entry?.done) bytesDeleted += entry.bytes;
+      }
+    }
+    return { files, modelFiles, summary: { clientIds: ids, updatesDeleted, bytesDeleted, participantRowsDeleted, modelsErased, modelBytesDeleted } };
+  }
+
+  /** Drops the clients' stagings of rounds not committed yet; returns their files, to unlink. */
+  private dropStagedOf(ids: string[]): string[] {
+    const files: string[] = [];
     for (const [roundId, byClient] of [...this.staged]) {
       for (const id of ids) {
         const entry = byClient.get(id);
         if (!entry) continue;
         this.dropStaged(roundId, id);
+        // An unfinished staging removes its own file when it sees it is no longer current.
         if (entry.done) files.push(this.abs(entry.rel));
       }
     }
-    const bytesDeleted = await unlinkDurable(files);
-    const modelBytesDeleted = await unlinkDurable(modelFiles);
-    return { clientIds: ids, updatesDeleted, bytesDeleted, participantRowsDeleted, modelsErased, modelBytesDeleted };
+    return files;
   }
 
   /** Kept model versions that any of these clients contributed to: in each lineage, from the first round one of them
@@ -1000,6 +1197,10 @@ class SqliteHistoryStore implements HistoryStore {
 
   updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): JobRecord {
     this.requireNotClosed();
+    return this.writeJob(jobId, patch);
+  }
+
+  private writeJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): JobRecord {
     const row = this.q.job.get(jobId);
     if (!row) throw new HistoryError(`unknown job ${jobId}`);
     const cur = toJob(row);
@@ -1014,6 +1215,38 @@ class SqliteHistoryStore implements HistoryStore {
       updated_at: this.now(),
     });
     return toJob(this.q.job.get(jobId)!);
+  }
+
+  async appendJobStep(jobId: string, step: JobStep, checkpoint: unknown, roundId?: string): Promise<void> {
+    this.requireNotClosed();
+    if (!Number.isInteger(step.step) || step.step < 0) throw new HistoryError(`job ${jobId}: step ${step.step} is not a non-negative integer`);
+    if (!this.q.job.get(jobId)) throw new HistoryError(`unknown job ${jobId}`);
+    if (roundId !== undefined) await this.syncStaged(roundId);
+    const staged = roundId === undefined ? [] : [...(this.staged.get(roundId) ?? [])].filter(([, e]) => e.done && e.durable);
+    this.db.transaction(() => {
+      if (this.q.setJobCheckpoint.run(JSON.stringify(checkpoint), this.now(), jobId).changes === 0) throw new HistoryError(`unknown job ${jobId}`);
+      this.q.putJobStep.run(jobId, step.step, JSON.stringify(step.data));
+      for (const [clientId, e] of staged) {
+        this.q.putJobStaged.run({ job_id: jobId, round_id: roundId!, client_id: clientId, encoding: e.encoding, blob: e.rel, bytes: e.bytes, blob_sha256: e.blobSha });
+      }
+    })();
+  }
+
+  jobSteps(jobId: string): JobStep[] {
+    this.requireNotClosed();
+    return this.q.jobSteps.all(jobId).map((r) => ({ step: r.step, data: JSON.parse(r.data_json) as unknown }));
+  }
+
+  clearJobSteps(jobId: string): void {
+    this.requireNotClosed();
+    const staged = this.q.jobStagedOfJob.all(jobId);
+    this.db.transaction(() => {
+      this.q.deleteJobSteps.run(jobId);
+      this.q.deleteJobStaged.run(jobId);
+    })();
+    for (const r of staged) this.discardStaged(r.round_id, r.client_id);
+    // Files of a previous run (not staged in this process) are unreferenced now; the next open would sweep them.
+    for (const r of staged) fs.rmSync(this.abs(r.blob), { force: true });
   }
 
   getJob(jobId: string): JobRecord | null {
@@ -1041,7 +1274,10 @@ class SqliteHistoryStore implements HistoryStore {
       forgotten: c.forgotten !== undefined ? (c.forgotten ? 1 : 0) : (cur?.forgotten ?? 0),
       revoked: c.revoked !== undefined ? (c.revoked ? 1 : 0) : (cur?.revoked ?? 0),
     });
-    return toClient(this.q.client.get(c.clientId)!);
+    const row = this.q.client.get(c.clientId)!;
+    if (row.forgotten !== 0) this.forgotten.add(c.clientId);
+    else this.forgotten.delete(c.clientId);
+    return toClient(row);
   }
 
   getClient(clientId: string): ClientRecord | null {
@@ -1053,6 +1289,11 @@ class SqliteHistoryStore implements HistoryStore {
   listClients(): ClientRecord[] {
     this.requireNotClosed();
     return this.q.clients.all().map(toClient);
+  }
+
+  isForgotten(clientId: string): boolean {
+    this.requireNotClosed();
+    return this.forgotten.has(clientId);
   }
 
   close(): void {

@@ -146,6 +146,10 @@ export interface PurgeSummary {
   /** Model versions whose weights were erased (eraseModels), in creation order. */
   modelsErased: string[];
   modelBytesDeleted: number;
+  /** True once no byte of the purged rows is left in any file of the data directory: the SQLite WAL, which still
+   *  holds pre-purge copies of their pages, was checkpointed and truncated. False while a reader (a backup or
+   *  monitoring tool holding a read transaction) keeps the checkpoint from completing: `completePurge` retries. */
+  complete: boolean;
 }
 
 export interface PurgeOptions {
@@ -153,6 +157,23 @@ export interface PurgeOptions {
    *  the first round the client took part in onwards (earlier ones, and the initial model, are clean). The head must
    *  not be among them (unlearn first); the request is refused otherwise. Default false. */
   eraseModels?: boolean;
+}
+
+/** One completed step of a running job, persisted as it completes (so a checkpoint costs O(step), not O(steps so far)). */
+export interface JobStep {
+  /** 0-based position in the job's new history. */
+  step: number;
+  /** Opaque JSON the engine owns (the replayed round without its weights, and where its model is kept). */
+  data: unknown;
+}
+
+/** What `finishUnlearning` does besides the commit, inside the same transaction. */
+export interface FinishUnlearningInput extends CommitUnlearningInput {
+  /** Clients to purge (as purgeClients) and tombstone. */
+  purge: { clientIds: string[]; eraseModels: boolean };
+  /** The job's final state, computed from the new head and the purge (e.g. state 'done' and the report); its steps
+   *  are deleted. Runs inside the transaction: a throw rolls everything back. */
+  finish(after: ModelVersion, purged: PurgeSummary): Partial<Pick<JobRecord, 'state' | 'progress' | 'report' | 'error'>>;
 }
 
 export interface HistoryStats {
@@ -252,23 +273,43 @@ export interface HistoryStore {
   /** Commits the result of an unlearning job atomically: a new model version (cause 'unlearning', parent = the head at
    *  the time, jobId) in a NEW lineage whose rounds are `rounds` (the replayed rounds with the updates actually applied,
    *  staged beforehand with stageUpdate under their roundIds), making it the head. The old lineage stays readable. */
-  commitUnlearning(input: CommitUnlearningInput): ModelVersion;
+  commitUnlearning(input: CommitUnlearningInput): Promise<ModelVersion>;
   /** Deletes every stored update and participant row of these clients, in every lineage, durably (files unlinked and
    *  dirs fsynced), drops them from the rounds' missing lists, and reduces their client records to tombstones
    *  (forgotten: true); with eraseModels, also the weights of the model versions they contributed to. Idempotent. */
   purgeClients(clientIds: string[], opts?: PurgeOptions): Promise<PurgeSummary>;
+  /** The end of a forget job as ONE transaction: the commit of the new head and lineage (as commitUnlearning), the
+   *  purge of the clients' rows (as purgeClients) with their tombstones, and the job's final state. A crash leaves all
+   *  of it or none. Blobs are written (async, durable) before the transaction, the purged files unlinked after it
+   *  (a crash before the unlinks leaves unreferenced files, which the next open deletes); the WAL is then
+   *  checkpointed once (`purged.complete` says whether that completed). */
+  finishUnlearning(input: FinishUnlearningInput): Promise<{ model: ModelVersion; purged: PurgeSummary; job: JobRecord }>;
+  /** Makes purged rows leave the disk: checkpoints the WAL into the database (secure_delete has overwritten them
+   *  there) and truncates it. Never waits on a reader: false when one still holds a snapshot that needs the WAL. */
+  completePurge(): boolean;
   /** Storage statistics: bytes of model blobs, update blobs (by encoding), rows. */
   stats(): HistoryStats;
   // jobs
   createJob(job: Omit<JobRecord, 'createdAt' | 'updatedAt'>): JobRecord;
   updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): JobRecord;
   getJob(jobId: string): JobRecord | null;
+  /** Appends a completed step to a running job and sets its (small) checkpoint, in one transaction. Replaces a step
+   *  of the same number (a step redone after a crash). With `roundId`, the updates staged for that round are made
+   *  durable and recorded with the job, so that they survive a restart and its commit still stores them. */
+  appendJobStep(jobId: string, step: JobStep, checkpoint: unknown, roundId?: string): Promise<void>;
+  /** The job's steps, ascending. */
+  jobSteps(jobId: string): JobStep[];
+  /** Deletes the job's steps and the updates it staged (a failed job). */
+  clearJobSteps(jobId: string): void;
   /** Jobs in creation order. */
   listJobs(opts?: { state?: JobRecord['state'] }): JobRecord[];
   // clients
   /** Creates or refreshes a client: lastSeen moves forward only; absent fields keep their stored values. */
   upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean; revoked?: boolean }): ClientRecord;
   getClient(clientId: string): ClientRecord | null;
+  /** Whether the client was forgotten: its tombstone, set in the transaction that finished its job. The one source
+   *  of truth every check (selection, hello, new jobs, the API) reads. */
+  isForgotten(clientId: string): boolean;
   listClients(): ClientRecord[];
   close(): void;
 }

@@ -71,15 +71,22 @@ export interface JobReport {
   finishedAt: number;
 }
 
+/** A running job's checkpoint (small: the steps are rows of their own, appended one at a time). */
 interface Checkpoint {
-  rounds: (Omit<ReplayedRound, 'weights'> & { weightsFile: string })[];
   cost: WorkCost;
   phase: 'method' | 'tune';
+  /** Steps persisted (HistoryStore.jobSteps). */
+  steps: number;
+  /** Checkpoints written before steps had rows of their own held every step here. */
+  rounds?: StepData[];
   /** Phase 'tune': what the method returned besides its rounds. */
   kept?: number;
   startedFrom?: string;
   notes?: string[];
 }
+
+/** One persisted step: the replayed round without its weights, which are in the job's scratch file. */
+type StepData = Omit<ReplayedRound, 'weights'> & { weightsFile: string };
 
 function describePolicy(o: JobOfflineSettings): string {
   const wait = `a step whose clients are offline waits for them (at most ${Math.round(o.waitMs / 1000)} s over the whole job)`;
@@ -93,9 +100,28 @@ function describePolicy(o: JobOfflineSettings): string {
 /** A job's wait budget ran out and the offline policy says to stop: the job fails with nothing changed. */
 class OfflineClientsError extends Error {}
 
+/** Where a job can be stopped on purpose (a test hook: the crash tests kill the process there). */
+export type JobPausePoint = 'job-step' | 'job-commit' | 'job-done';
+
+/** How the end of a job waits for its purge to reach the disk when a reader blocks the WAL checkpoint. */
+export interface PurgeRetry {
+  /** The job retries the checkpoint this long before it reports `purge incomplete` (ms). */
+  waitMs: number;
+  /** ...then a background retry runs this often until it completes (ms). */
+  everyMs: number;
+}
+
+export const DEFAULT_PURGE_RETRY: PurgeRetry = { waitMs: 5_000, everyMs: 5_000 };
+
+/** The note a report carries while its purge is incomplete (removed once it completes). */
+export const PURGE_INCOMPLETE_NOTE =
+  'purge incomplete: a reader (e.g. a backup) holds an old snapshot of history.db, so its write-ahead log still holds pre-purge pages; the checkpoint is retried until it completes';
+
 export interface EngineEvents {
   progress: [JobRecord];
   finished: [JobRecord];
+  /** A finished job's purge reached the disk after its report said `purge incomplete`. */
+  purged: [JobRecord];
 }
 
 /**
@@ -107,6 +133,9 @@ export interface EngineEvents {
 export class UnlearningEngine extends EventEmitter<EngineEvents> {
   private readonly methods: Map<MethodName, UnlearningMethod>;
   private readonly scratch: JobScratch;
+  /** Steps persisted per running job (so a checkpoint appends only the new ones). */
+  private readonly saved = new Map<string, number>();
+  private purgeTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly deps: {
@@ -121,6 +150,9 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       /** Waiting for offline clients and what follows it (default DEFAULT_JOB_OFFLINE). */
       offline?: JobOfflineSettings;
       log: Logger;
+      purgeRetry?: PurgeRetry;
+      /** Test hook: resolves when the job may go on (the crash tests never resolve it and kill the process). */
+      pause?: (point: JobPausePoint) => Promise<void>;
     },
   ) {
     super();
@@ -222,11 +254,24 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     return [...store.listJobs({ state: 'running' }), ...store.listJobs({ state: 'queued' })].sort((a, b) => a.createdAt - b.createdAt);
   }
 
-  /** Clients of finished forget jobs: they never take part in training again. */
-  forgottenClients(): Set<string> {
-    const out = new Set<string>();
-    for (const j of this.deps.store.listJobs({ state: 'done' })) for (const c of j.clientIds) out.add(c);
-    return out;
+  /**
+   * After a (re)start: removes the scratch of jobs that ended (a crash may have come between a job's commit and the
+   * removal) and resumes the background retry of purges a reader kept from completing.
+   */
+  recover(): void {
+    this.scratch.sweep(new Set(this.pending().map((j) => j.jobId)));
+    if (this.incompletePurges().length > 0) this.schedulePurgeRetry();
+  }
+
+  /** Stops the background purge retry (the coordinator is stopping; a restart resumes it). */
+  close(): void {
+    if (this.purgeTimer) clearTimeout(this.purgeTimer);
+    this.purgeTimer = null;
+  }
+
+  /** Done jobs whose report says the purge has not reached the disk yet. */
+  incompletePurges(): JobRecord[] {
+    return this.deps.store.listJobs({ state: 'done' }).filter((j) => (j.report as JobReport | null)?.purged?.complete === false);
   }
 
   async run(job: JobRecord, current: ModelCache, signal: AbortSignal): Promise<JobRecord> {
@@ -241,13 +286,15 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     this.emit('progress', record);
     try {
       const checkpoint = job.checkpoint as Checkpoint | null;
-      const resume = checkpoint ? this.restore(checkpoint, current.weights.layout.totalSize) : null;
+      const resume = checkpoint ? await this.restore(job.jobId, checkpoint, current.weights.layout.totalSize) : null;
+      this.saved.set(job.jobId, resume?.rounds.length ?? 0);
       const rounds = store.listRounds();
       // t0: every model before it never saw the forgotten clients. Without such a round there is nothing to remove.
       const first = rounds.findIndex((r) => r.participants.some((p) => forgotten.has(p.clientId)));
       let result: MethodResult | null = null;
       let tune: { rounds: ReplayedRound[]; cost: WorkCost; weights: Float32Array } | null = null;
       let after = before;
+      let purgeComplete = false;
       if (first >= 0) {
         const ctx = this.context(record, forgotten, rounds, first, wait, signal, resume && checkpoint?.phase === 'method' ? resume : null, (r) => (record = r));
         result =
@@ -263,12 +310,18 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         tune = await this.tune(record, m.rounds, m.cost, m.weights, forgotten, params.tuneRounds ?? 0, signal, (r) => (record = r), { kept: m.kept, startedFrom: m.startedFrom, notes: m.notes });
         const kept = await this.carryOver(rounds.slice(0, m.kept), tune.rounds.length === 0);
         const intermediate = tune.rounds.slice(0, -1).map((r, i) => ({ round: m.kept + i + 1, weights: r.weights }));
-        after = store.commitUnlearning({
+        await this.deps.pause?.('job-commit');
+        interrupted(signal);
+        // The new head, the purge of the forgotten clients' rows, their tombstones and the job's end commit in ONE
+        // transaction: a crash at any point either leaves the job running (it resumes and commits) or finds it done,
+        // its clients forgotten. Nothing can leave a new head without the purge, or a purge without `done`.
+        const t = tune;
+        const finished = await store.finishUnlearning({
           jobId: job.jobId,
-          weights: tune.weights,
+          weights: t.weights,
           rounds: [
             ...kept,
-            ...tune.rounds.map((r, i) => ({
+            ...t.rounds.map((r, i) => ({
               round: m.kept + i + 1,
               roundId: r.roundId,
               // The model the replay started from (before t0, or the initial one): a later job on the new lineage
@@ -282,31 +335,51 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
             })),
           ],
           intermediateModels: intermediate,
+          purge: { clientIds: [...forgotten], eraseModels: this.deps.eraseModels },
+          finish: (after, purged) => ({
+            state: 'done',
+            progress: { step: record.progress.total, total: record.progress.total, message: 'done' },
+            report: this.report(record, method, params, before, after, rounds, first, m, t, purged, wait, started, [PURGE_INCOMPLETE_NOTE]),
+          }),
         });
+        current.version = finished.model.version;
+        current.weights = { layout: current.weights.layout, values: t.weights };
+        record = finished.job;
+        after = finished.model;
+        purgeComplete = finished.purged.complete;
+      } else {
+        // No contribution to remove: the model stays as it is (same version and sha256); the clients are still purged
+        // and tombstoned. The purge is idempotent, so a crash before `done` re-runs this branch on resume.
+        const purged = await store.purgeClients([...forgotten], { eraseModels: this.deps.eraseModels });
+        record = store.updateJob(job.jobId, {
+          state: 'done',
+          progress: { step: record.progress.total, total: record.progress.total, message: 'done' },
+          checkpoint: null,
+          report: this.report(record, method, params, before, before, rounds, first, null, null, { ...purged, complete: false }, wait, started, [PURGE_INCOMPLETE_NOTE]),
+        });
+        store.clearJobSteps(job.jobId);
+        purgeComplete = purged.complete;
       }
-      // With no contribution to remove the model stays as it is (same version and sha256); the clients are still
-      // purged and tombstoned.
-      const purged = await store.purgeClients([...forgotten], { eraseModels: this.deps.eraseModels });
-      if (first >= 0) {
-        current.version = after.version;
-        current.weights = { layout: current.weights.layout, values: tune!.weights };
-      }
-      const report = this.report(record, method, params, before, after, rounds, first, result, tune, purged, wait, started);
-      this.scratch.remove(job.jobId);
-      record = store.updateJob(job.jobId, {
-        state: 'done',
-        progress: { step: record.progress.total, total: record.progress.total, message: 'done' },
-        checkpoint: null,
-        report,
-      });
-      log.info({ jobId: job.jobId, method: method.name, before: before.version, after: after.version, ms: report.wallTimeMs }, 'forget job done');
+      this.saved.delete(job.jobId);
+      // Idempotent, and a crash before it leaves a directory the next start's sweep removes.
+      await this.scratch.remove(job.jobId);
+      await this.deps.pause?.('job-done');
+      record = await this.settlePurge(record, purgeComplete, signal);
+      log.info({ jobId: job.jobId, method: method.name, before: before.version, after: after.version, ms: (record.report as JobReport).wallTimeMs }, 'forget job done');
     } catch (e) {
-      if (signal.aborted) throw e; // shutting down: the job stays running and resumes after a restart
-      log.error({ jobId: job.jobId, err: e }, 'forget job failed');
-      // Nothing of a failed job stays behind: the updates its completed steps staged are dropped with its checkpoint.
-      for (const r of (store.getJob(job.jobId)?.checkpoint as Checkpoint | null)?.rounds ?? []) store.discardStaged(r.roundId);
-      record = store.updateJob(job.jobId, { state: 'failed', error: (e as Error).message, checkpoint: null, progress: { ...record.progress, message: 'failed' } });
-      this.scratch.remove(job.jobId);
+      if (signal.aborted && store.getJob(job.jobId)?.state !== 'done') throw e; // shutting down: the job stays running and resumes after a restart
+      if (store.getJob(job.jobId)?.state === 'done') {
+        // The job committed; what failed came after (the purge's checkpoint); its report says the purge is incomplete.
+        log.error({ jobId: job.jobId, err: e }, 'forget job done, but its purge did not complete');
+        record = store.getJob(job.jobId)!;
+      } else {
+        log.error({ jobId: job.jobId, err: e }, 'forget job failed');
+        // Nothing of a failed job stays behind: the updates its completed steps staged are dropped with its steps.
+        record = store.updateJob(job.jobId, { state: 'failed', error: (e as Error).message, checkpoint: null, progress: { ...record.progress, message: 'failed' } });
+        store.clearJobSteps(job.jobId);
+        await this.scratch.remove(job.jobId);
+      }
+      this.saved.delete(job.jobId);
     }
     this.emit('finished', record);
     return record;
@@ -341,6 +414,59 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       });
     }
     return out;
+  }
+
+  /**
+   * The purge's rows are gone; its bytes leave the disk when the WAL checkpoint completes. Retries it (without ever
+   * waiting on a reader) for purgeRetry.waitMs, then leaves the report saying `purge incomplete` and a background
+   * retry running until it completes.
+   */
+  private async settlePurge(record: JobRecord, complete: boolean, signal: AbortSignal): Promise<JobRecord> {
+    const { store } = this.deps;
+    const retry = this.deps.purgeRetry ?? DEFAULT_PURGE_RETRY;
+    const deadline = Date.now() + retry.waitMs;
+    while (!complete && Date.now() < deadline && !signal.aborted) {
+      await sleep(Math.min(200, retry.waitMs), signal);
+      complete = store.completePurge();
+    }
+    if (complete) return this.markPurged(record);
+    this.deps.log.warn({ jobId: record.jobId }, 'purge incomplete: a reader holds an old snapshot of the history; retrying in the background');
+    this.schedulePurgeRetry();
+    return record;
+  }
+
+  private markPurged(record: JobRecord): JobRecord {
+    const report = record.report as JobReport;
+    return this.deps.store.updateJob(record.jobId, {
+      report: { ...report, purged: { ...report.purged, complete: true }, notes: report.notes.filter((n) => n !== PURGE_INCOMPLETE_NOTE) } satisfies JobReport,
+    });
+  }
+
+  private schedulePurgeRetry(): void {
+    if (this.purgeTimer) return;
+    const every = (this.deps.purgeRetry ?? DEFAULT_PURGE_RETRY).everyMs;
+    const tick = () => {
+      this.purgeTimer = null;
+      try {
+        const waiting = this.incompletePurges();
+        if (waiting.length === 0) return;
+        if (!this.deps.store.completePurge()) {
+          this.purgeTimer = setTimeout(tick, every);
+          this.purgeTimer.unref();
+          return;
+        }
+        for (const j of waiting) {
+          const r = this.markPurged(j);
+          this.deps.log.info({ jobId: j.jobId }, 'purge completed');
+          this.emit('purged', r);
+        }
+      } catch (e) {
+        // The store closed under a stopping coordinator: the next start resumes the retry.
+        this.deps.log.warn({ err: e }, 'purge retry failed');
+      }
+    };
+    this.purgeTimer = setTimeout(tick, every);
+    this.purgeTimer.unref();
   }
 
   private context(
@@ -571,21 +697,23 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     return { rounds: done, cost, weights: model };
   }
 
+  /** Persists the steps not persisted yet: each step's model once (its scratch file), each step's row once. */
   private async saveCheckpoint(jobId: string, done: ReplayedRound[], cost: WorkCost, phase: Checkpoint['phase'], method: Pick<Checkpoint, 'kept' | 'startedFrom' | 'notes'> = {}): Promise<void> {
-    const prev = (this.deps.store.getJob(jobId)?.checkpoint as Checkpoint | null)?.rounds ?? [];
-    const rounds = done.map(({ weights, ...rest }, i) => ({
-      ...rest,
-      // Steps only ever append, so a step's model is written once, by the first checkpoint that holds it.
-      weightsFile: prev[i]?.weightsFile ?? this.scratch.writeWeights(jobId, i, weights),
-    }));
-    this.deps.store.updateJob(jobId, { checkpoint: { rounds, cost, phase, ...method } satisfies Checkpoint });
+    const from = this.saved.get(jobId) ?? 0;
+    for (let i = from; i < done.length; i++) {
+      const { weights, ...rest } = done[i]!;
+      const weightsFile = await this.scratch.writeWeights(jobId, i, weights);
+      await this.deps.store.appendJobStep(jobId, { step: i, data: { ...rest, weightsFile } satisfies StepData }, { cost, phase, steps: i + 1, ...method } satisfies Checkpoint, rest.roundId);
+      this.saved.set(jobId, i + 1);
+      await this.deps.pause?.('job-step');
+    }
   }
 
-  private restore(c: Checkpoint, size: number): { rounds: ReplayedRound[]; cost: WorkCost } {
-    return {
-      rounds: c.rounds.map(({ weightsFile, ...r }) => ({ ...r, weights: this.scratch.readWeights(weightsFile, size) })),
-      cost: c.cost,
-    };
+  private async restore(jobId: string, c: Checkpoint, size: number): Promise<{ rounds: ReplayedRound[]; cost: WorkCost }> {
+    const steps = c.rounds ?? this.deps.store.jobSteps(jobId).map((s) => s.data as StepData);
+    const rounds: ReplayedRound[] = [];
+    for (const { weightsFile, ...r } of steps) rounds.push({ ...r, weights: await this.scratch.readWeights(jobId, weightsFile, size) });
+    return { rounds, cost: c.cost };
   }
 
   private report(
@@ -601,6 +729,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     purged: PurgeSummary,
     wait: { spentMs: number; serverSide: Set<string> },
     started: number,
+    extraNotes: string[] = [],
   ): JobReport {
     const { store } = this.deps;
     const finishedAt = Date.now();
@@ -608,6 +737,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const start = result ? store.getModel(result.startedFrom) : null;
     const cost = tune?.cost ?? zeroCost();
     const notes = [...(result?.notes ?? [])];
+    notes.push(...extraNotes);
     if (first < 0) notes.unshift(`no contribution to remove: ${job.clientIds.join(', ')} took part in no round of the current model's history; the model was left as it was, and what was stored of them purged`);
     return {
       jobId: job.jobId,
@@ -641,6 +771,18 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       finishedAt,
     };
   }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done);
+  });
 }
 
 function interrupted(signal: AbortSignal): void {
