@@ -105,7 +105,7 @@ test('serve, look with the operator commands, SIGTERM, and resume from the same 
   // A quiet start at level warn: nothing else on stderr (tfjs's advice to install tfjs-node is for trainers, not here).
   assert.equal(first.stderr(), '');
 
-  assert.deepEqual((await getJson(`${url}/healthz`)).body, { ok: true });
+  assert.deepEqual((await getJson(`${url}/healthz`)).body, { ok: true, status: 'ok' });
   const denied = await getJson(`${url}/v1/status`);
   assert.equal(denied.status, 401);
   const status = await getJson(`${url}/v1/status`, TOKEN);

@@ -18,6 +18,7 @@ import {
 } from '@fedunlearn/protocol';
 import { initBackend, type BackendChoice, type BackendName } from './backend.js';
 import { assertDataset, type LocalDataset } from './dataset.js';
+import { warnIfPlaintext } from './plaintext-warning.js';
 import { Trainer, type ModelFactory } from './trainer.js';
 
 export const SDK_VERSION = '0.1.0';
@@ -116,6 +117,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
 
   constructor(private readonly opts: FederatedClientOptions) {
     super();
+    warnIfPlaintext(opts.url);
   }
 
   get backendName(): BackendName | null {
