@@ -45,9 +45,12 @@ class HttpError extends Error {
 /** The operator API, versioned under /v1; the clients' socket.io endpoint shares its HTTP server. */
 export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyInstance {
   // With TLS fastify's instance is typed over https.Server; routes and hooks are the same, socket.io takes either.
+  // maxParamLength: a client id may be 128 characters, three times that percent-encoded; fastify's default of 100
+  // refused the longest ids in every route that names one (414), though POST /v1/clients issued them.
+  const base = { logger: false, bodyLimit: 1024 * 1024, maxParamLength: 512 } as const;
   const app = (opts.tls
-    ? Fastify({ logger: false, bodyLimit: 1024 * 1024, https: { cert: opts.tls.cert, key: opts.tls.key, ...(opts.tls.ca ? { ca: opts.tls.ca } : {}) } })
-    : Fastify({ logger: false, bodyLimit: 1024 * 1024 })) as unknown as FastifyInstance;
+    ? Fastify({ ...base, https: { cert: opts.tls.cert, key: opts.tls.key, ...(opts.tls.ca ? { ca: opts.tls.ca } : {}) } })
+    : Fastify(base)) as unknown as FastifyInstance;
   const log = coord.log.child({ component: 'http' });
   // Registered before any route, so that its onRoute hook sees them all; the document is built from their schemas.
   void app.register(swagger, {
