@@ -10,7 +10,8 @@ import type { JobReport } from './unlearning/engine.js';
 
 /**
  * `fedunlearn-coordinator`: `serve` runs the service; every other command is an operator talking to a running
- * service over its HTTP API. Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration.
+ * service over its HTTP API. Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration, 3 `serve` found
+ * the database behind the high-water mark of what it had committed (lost commits; see --accept-history-loss).
  */
 
 const NAME = 'fedunlearn-coordinator';
@@ -88,14 +89,15 @@ async function serve(flags: ServeFlags): Promise<void> {
   try {
     store = openSqliteHistory(options.dataDir, { acceptHistoryLoss: cfg.acceptHistoryLoss, log });
   } catch (e) {
-    // A database behind its high-water mark (lost commits) and the like: the message says what to do.
-    throw new CliError((e as Error).message, 3);
+    throw new CliError((e as Error).message);
   }
   let coordinator: Coordinator;
   try {
     coordinator = await CoordinatorClass.create({ ...options, ...(operatorToken !== undefined ? { operatorToken } : {}), store, model, logger: log });
   } catch (e) {
     store.close();
+    // Lost commits need the operator's decision (restore, or --accept-history-loss): a supervisor should not retry.
+    if ((e as Error).name === 'HistoryLossError') throw new CliError((e as Error).message, 3);
     // The initialisers' seed is part of the stored topology, so a changed --seed reads as a different model.
     const hint = /topology/.test((e as Error).message) ? ' (--model, --input-shape, --classes and --seed must be the ones it was created with)' : '';
     throw new CliError(`${(e as Error).message}${hint}`);
