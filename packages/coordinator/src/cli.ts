@@ -111,8 +111,6 @@ async function serve(flags: ServeFlags): Promise<void> {
     await coordinator.stop();
     throw new CliError(`cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`);
   }
-  process.stdout.write(`listening on ${url}\n`);
-  process.stdout.write(`dashboard at ${url}/dashboard/, metrics at ${url}/metrics, OpenAPI document at ${url}${OPENAPI_PATH}\n`);
   if (tokenFile) {
     process.stdout.write(
       `operator token ${tokenFile.created ? 'created in' : 'read from'} ${tokenFile.file} (mode 0600): operator commands on this machine find it with --data ${options.dataDir}; ` +
@@ -122,6 +120,9 @@ async function serve(flags: ServeFlags): Promise<void> {
   if (!cfg.tls && !isLoopbackName(cfg.host)) {
     process.stderr.write(`WARNING: serving ${cfg.host} without TLS: clients and operators on other machines talk to this coordinator in plaintext (set tls: { cert, key } in the config)\n`);
   }
+  // Last, so that whoever waits for this line has seen the ones above.
+  process.stdout.write(`listening on ${url}\n`);
+  process.stdout.write(`dashboard at ${url}/dashboard/, metrics at ${url}/metrics, OpenAPI document at ${url}${OPENAPI_PATH}\n`);
   log.info({ url, metrics: `${url}/metrics`, openapi: `${url}${OPENAPI_PATH}`, dataDir: options.dataDir, model: coordinator.model().version, ...summary(cfg) }, 'coordinator listening');
   coordinator.start();
   stopOnSignals(() => coordinator.stop(), log);

@@ -47,7 +47,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
   // With TLS fastify's instance is typed over https.Server; routes and hooks are the same, socket.io takes either.
   // maxParamLength: a client id may be 128 characters, three times that percent-encoded; fastify's default of 100
   // refused the longest ids in every route that names one (414), though POST /v1/clients issued them.
-  const base = { logger: false, bodyLimit: 1024 * 1024, maxParamLength: 512 } as const;
+  const base = { logger: false, bodyLimit: 1024 * 1024, routerOptions: { maxParamLength: 512 } } as const;
   const app = (opts.tls
     ? Fastify({ ...base, https: { cert: opts.tls.cert, key: opts.tls.key, ...(opts.tls.ca ? { ca: opts.tls.ca } : {}) } })
     : Fastify(base)) as unknown as FastifyInstance;
