@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -35,6 +35,8 @@ interface Served {
   proc: ChildProcess;
   /** What it wrote to stderr so far. */
   stderr: () => string;
+  /** What it wrote to stdout so far. */
+  stdout: () => string;
 }
 
 /** Starts `serve --port 0` and resolves with the URL it prints once it listens. */
@@ -49,13 +51,15 @@ function serve(args: string[], cwd = work): Promise<Served> {
   );
   let stderr = '';
   proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  let stdout = '';
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`serve printed no URL within 20 s; stderr:\n${stderr}`)), 20_000);
     createInterface({ input: proc.stdout! }).on('line', (line) => {
+      stdout += `${line}\n`;
       const m = /^listening on (http:\/\/\S+)$/.exec(line);
       if (m) {
         clearTimeout(timer);
-        resolve({ url: m[1]!, exit, proc, stderr: () => stderr });
+        resolve({ url: m[1]!, exit, proc, stderr: () => stderr, stdout: () => stdout });
       }
     });
     void exit.then(({ code }) => {
@@ -85,6 +89,14 @@ async function stop(s: Served): Promise<{ code: number | null; signal: NodeJS.Si
   return Promise.race([s.exit, timeout]);
 }
 
+async function eventually(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 function tinyDataset(count: number): LocalDataset {
   return { x: new Float32Array(count * 784), y: Int32Array.from({ length: count }, (_, i) => i % 10), inputShape: [784], numClasses: 10, count };
 }
@@ -105,7 +117,7 @@ test('serve, look with the operator commands, SIGTERM, and resume from the same 
   // A quiet start at level warn: nothing else on stderr (tfjs's advice to install tfjs-node is for trainers, not here).
   assert.equal(first.stderr(), '');
 
-  assert.deepEqual((await getJson(`${url}/healthz`)).body, { ok: true });
+  assert.deepEqual((await getJson(`${url}/healthz`)).body, { ok: true, status: 'ok' });
   const denied = await getJson(`${url}/v1/status`);
   assert.equal(denied.status, 401);
   const status = await getJson(`${url}/v1/status`, TOKEN);
@@ -195,4 +207,60 @@ test('serve, look with the operator commands, SIGTERM, and resume from the same 
   } finally {
     assert.deepEqual(await stop(second), { code: 0, signal: null });
   }
+});
+
+test('serve without a token keeps one in the data directory (0600) and says how to read it; the operator commands find it with --data', async () => {
+  const data = join(work, 'token-state');
+  const first = await serve(['--data', data, '--log-level', 'warn']);
+  const file = join(data, 'operator-token');
+  try {
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    const token = readFileSync(file, 'utf8').trim();
+    assert.match(token, /^[A-Za-z0-9_-]{43}$/);
+    assert.match(first.stdout(), new RegExp(`operator token created in ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\(mode 0600\\).*--data`));
+    assert.ok(!first.stdout().includes(token) && !first.stderr().includes(token), 'the token itself is never printed');
+    assert.equal((await getJson(`${first.url}/v1/status`)).status, 401, 'anonymous callers are refused');
+    const withData = await run(['status', '--url', first.url, '--data', data, '--json']);
+    assert.equal(withData.code, 0, withData.stderr);
+    assert.equal(JSON.parse(withData.stdout).model.round, 0);
+    const withEnv = await run(['clients', '--url', first.url, '--json'], { FEDUNLEARN_DATA: data });
+    assert.equal(withEnv.code, 0, withEnv.stderr);
+    const without = await run(['status', '--url', first.url]);
+    assert.equal(without.code, 1);
+    assert.match(without.stderr, /HTTP 401 .*--data/);
+  } finally {
+    assert.deepEqual(await stop(first), { code: 0, signal: null });
+  }
+  // The next start reads the same token.
+  const second = await serve(['--data', data, '--log-level', 'warn']);
+  try {
+    assert.match(second.stdout(), /operator token read from /);
+    assert.equal((await run(['status', '--url', second.url, '--data', data])).code, 0);
+  } finally {
+    await stop(second);
+  }
+});
+
+test('--insecure-no-auth warns at every start; serving another address without TLS warns; a token and --insecure-no-auth together are refused', async () => {
+  const data = join(work, 'open-state');
+  for (let i = 0; i < 2; i++) {
+    const s = await serve(['--data', data, '--insecure-no-auth', '--log-level', 'warn']);
+    try {
+      assert.match(s.stderr(), /WARNING: --insecure-no-auth: the operator API is open/);
+      assert.equal((await getJson(`${s.url}/v1/status`)).status, 200);
+      assert.equal(existsSync(join(data, 'operator-token')), false, 'no token file is made for an open API');
+    } finally {
+      await stop(s);
+    }
+  }
+  const wide = await serve(['--data', join(work, 'wide-state'), '--host', '0.0.0.0', '--log-level', 'warn']);
+  try {
+    // stderr is another pipe than the "listening" line's: wait for it rather than race it.
+    await eventually(() => /WARNING: serving 0\.0\.0\.0 without TLS/.test(wide.stderr()), 'the plaintext warning');
+  } finally {
+    await stop(wide);
+  }
+  const both = await run(['serve', '--data', data, '--insecure-no-auth', '--operator-token', 'a-long-enough-token']);
+  assert.equal(both.code, 2);
+  assert.match(both.stderr, /insecureNoAuth: cannot be combined with operatorToken/);
 });

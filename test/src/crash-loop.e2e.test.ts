@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -162,8 +162,12 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
     await exited;
   }
 
+  /** The token the service made in its data directory at first start, read as an operator on this machine would. */
+  const operatorAuth = () => `Bearer ${readFileSync(join(dataDir, 'operator-token'), 'utf8').trim()}`;
+
   async function api<T>(path: string, init?: { method: string; body: unknown }): Promise<T> {
-    const res = await fetch(base + path, init ? { method: init.method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(init.body) } : {});
+    const headers = { authorization: operatorAuth(), ...(init ? { 'content-type': 'application/json' } : {}) };
+    const res = await fetch(base + path, init ? { method: init.method, headers, body: JSON.stringify(init.body) } : { headers });
     const text = await res.text();
     if (!res.ok) throw new Error(`${init?.method ?? 'GET'} ${path}: HTTP ${res.status} ${text}`);
     return JSON.parse(text) as T;
@@ -297,7 +301,7 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
       // Every kept model's bytes match its sha256 (the weights endpoint reads through the verifying store); an erased
       // one (a forgotten client had shaped it) is gone for good.
       for (const m of now.models.values()) {
-        const res = await fetch(`${base}/v1/models/${m.version}/weights`);
+        const res = await fetch(`${base}/v1/models/${m.version}/weights`, { headers: { authorization: operatorAuth() } });
         if (m.erasedAt !== null) {
           assert.equal(res.status, 410, `model ${m.version} was erased`);
           assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'MODEL_ERASED');

@@ -53,6 +53,12 @@ test('the dashboard asks for the operator token, then shows rounds, the chart, c
   const page = browser.pages()[0] ?? (await browser.newPage());
   const pageErrors: string[] = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
+  // The page runs under its Content-Security-Policy (no inline script or style): Chromium reports a violation as a
+  // console error, so any would show here.
+  const cspViolations: string[] = [];
+  page.on('console', (m) => {
+    if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
+  });
 
   // The root redirects to the dashboard, which asks for the token: nothing is shown without it.
   await page.goto(`${url}/`);
@@ -165,6 +171,7 @@ test('the dashboard asks for the operator token, then shows rounds, the chart, c
 
   assert.equal(await page.evaluate(() => (window as unknown as { __noReload?: boolean }).__noReload), true, 'the page was never reloaded');
   assert.deepEqual(pageErrors, []);
+  assert.deepEqual(cspViolations, [], 'the dashboard runs under its Content-Security-Policy');
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.locator(`#jobs tr[data-job-id="${jobId}"]`).click();

@@ -168,7 +168,7 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
     assert.ok(jobDrop, 'the socket dropped during the job');
 
     // --- every training round record names exactly who was missing -------------------------------------------
-    const api = (await (await fetch(`${url}/v1/rounds?lineage=${outcomes[0]!.model.lineage}`)).json()) as { rounds: { round: number; participants: { clientId: string }[]; missing: MissingClient[] }[] };
+    const api = (await (await fetch(`${url}/v1/rounds?lineage=${outcomes[0]!.model.lineage}`, { headers: { authorization: `Bearer ${coordinator.operatorToken}` } })).json()) as { rounds: { round: number; participants: { clientId: string }[]; missing: MissingClient[] }[] };
     assert.equal(api.rounds.length, 5);
     // The forgotten client's rows (participant and missing entries) are purged from every lineage.
     const gone = new Set<string>([forgottenId]);

@@ -139,7 +139,7 @@ async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T 
 async function issueCredentials(url: string, prefix: string, count: number): Promise<string[]> {
   const out: string[] = [];
   for (let i = 0; i < count; i++) {
-    const res = await fetch(`${url}/v1/clients`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ clientId: `${prefix}-${i}` }) });
+    const res = await fetch(`${url}/v1/clients`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: operatorAuth() }, body: JSON.stringify({ clientId: `${prefix}-${i}` }) });
     const body = (await res.json()) as { secret?: string };
     assert.equal(res.status, 201, `issuing ${prefix}-${i}: ${JSON.stringify(body)}`);
     out.push(body.secret!);
@@ -147,8 +147,13 @@ async function issueCredentials(url: string, prefix: string, count: number): Pro
   return out;
 }
 
+/** The operator token `serve` made in its data directory at first start, as an operator on this machine reads it. */
+function operatorAuth(): string {
+  return `Bearer ${readFileSync(join(work, 'data', 'operator-token'), 'utf8').trim()}`;
+}
+
 async function getJson(url: string): Promise<any> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+  const res = await fetch(url, { headers: { authorization: operatorAuth() }, signal: AbortSignal.timeout(10_000) });
   if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
   return res.json();
 }

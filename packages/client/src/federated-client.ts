@@ -20,6 +20,7 @@ import {
 import { initBackend, type BackendChoice, type BackendName } from './backend.js';
 import { explainConnectError } from './connect-error.js';
 import { assertDataset, datasetMismatch, type LocalDataset, type ModelSignature } from './dataset.js';
+import { warnIfPlaintext } from './plaintext-warning.js';
 import { Trainer, type ModelFactory } from './trainer.js';
 
 export const SDK_VERSION = '0.1.0';
@@ -125,6 +126,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
 
   constructor(private readonly opts: FederatedClientOptions) {
     super();
+    warnIfPlaintext(opts.url);
   }
 
   get backendName(): BackendName | null {

@@ -40,6 +40,8 @@ function h(tag, attrs = {}, ...children) {
     if (k === 'class') el.className = v;
     else if (k === 'title') el.title = v;
     else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    // Through the CSSOM: the Content-Security-Policy forbids style attributes (style-src 'self').
+    else if (k === 'style') Object.assign(el.style, v);
     else el.setAttribute(k, String(v));
   }
   for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
@@ -230,7 +232,7 @@ function renderJobs() {
         h('td', {}, h('span', { class: `state state-${w ? 'waiting' : j.state}` }, w ? 'waiting' : j.state)),
         h('td', { class: 'mono' }, j.clientIds.join(', ')),
         h('td', {}, j.method),
-        h('td', {}, h('span', { class: 'bar' }, h('span', { style: `width:${pct}%` })), h('span', { class: 'num' }, `${step}/${total}`)),
+        h('td', {}, h('span', { class: 'bar' }, h('span', { style: { width: `${pct}%` } })), h('span', { class: 'num' }, `${step}/${total}`)),
         w
           ? h(
               'td',

@@ -1,5 +1,7 @@
 #!/usr/bin/env node
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { join } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import type { ServiceConfig, ServiceConfigInput } from './config.js';
 import type { Coordinator } from './coordinator.js';
@@ -9,7 +11,8 @@ import type { JobWaiting } from './unlearning/offline.js';
 
 /**
  * `fedunlearn-coordinator`: `serve` runs the service; every other command is an operator talking to a running
- * service over its HTTP API. Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration.
+ * service over its HTTP API. Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration, 3 `serve` found
+ * the database behind the high-water mark of what it had committed (lost commits; see --accept-history-loss).
  */
 
 const NAME = 'fedunlearn-coordinator';
@@ -49,13 +52,15 @@ async function serve(flags: ServeFlags): Promise<void> {
   } catch (e) {
     throw e instanceof ConfigError ? new CliError(e.message, 2) : e;
   }
-  const [{ Coordinator: CoordinatorClass }, { openSqliteHistory }, { createLogger }, { builtInDefinition, quietTfjsWarnings }, { OPENAPI_PATH }] = await Promise.all([
-    import('./coordinator.js'),
-    import('./history/sqlite-store.js'),
-    import('./logger.js'),
-    import('@fedunlearn/models'),
-    import('./http/api.js'),
-  ]);
+  const [{ Coordinator: CoordinatorClass }, { openSqliteHistory }, { createLogger }, { builtInDefinition, quietTfjsWarnings }, { OPENAPI_PATH }, { loadOrCreateOperatorToken }] =
+    await Promise.all([
+      import('./coordinator.js'),
+      import('./history/sqlite-store.js'),
+      import('./logger.js'),
+      import('@fedunlearn/models'),
+      import('./http/api.js'),
+      import('./http/operator-token.js'),
+    ]);
   let log: ReturnType<typeof createLogger>;
   try {
     log = createLogger({ level: cfg.logLevel });
@@ -65,13 +70,36 @@ async function serve(flags: ServeFlags): Promise<void> {
   const { name, options: arch } = modelOf(cfg);
   quietTfjsWarnings();
   const model = builtInDefinition(name, arch);
+  // The operator API is never open by accident: without a token given and without --insecure-no-auth, the one kept in
+  // the data directory is used (made at first start, 0600), and the operator commands find it there with --data.
+  let tokenFile: { file: string; created: boolean } | null = null;
+  let operatorToken = options.operatorToken;
+  if (options.operatorAuth === 'none') {
+    process.stderr.write('WARNING: --insecure-no-auth: the operator API is open to anyone who can reach this port (issue credentials, forget clients, download models). Development only.\n');
+  } else if (operatorToken === undefined) {
+    try {
+      const t = loadOrCreateOperatorToken(options.dataDir);
+      operatorToken = t.token;
+      tokenFile = t;
+      if (t.tightened) process.stderr.write(`WARNING: ${t.file} was readable by other users; its mode is now 0600\n`);
+    } catch (e) {
+      throw new CliError((e as Error).message);
+    }
+  }
   const pause = (await import('./test-hooks.js')).pauseFromEnv();
-  const store = openSqliteHistory(options.dataDir, pause ? { pause } : {});
+  let store: ReturnType<typeof openSqliteHistory>;
+  try {
+    store = openSqliteHistory(options.dataDir, { acceptHistoryLoss: cfg.acceptHistoryLoss, log, ...(pause ? { pause } : {}) });
+  } catch (e) {
+    throw new CliError((e as Error).message);
+  }
   let coordinator: Coordinator;
   try {
-    coordinator = await CoordinatorClass.create({ ...options, store, model, logger: log, ...(pause ? { pauseJob: pause } : {}) });
+    coordinator = await CoordinatorClass.create({ ...options, ...(operatorToken !== undefined ? { operatorToken } : {}), store, model, logger: log, ...(pause ? { pauseJob: pause } : {}) });
   } catch (e) {
     store.close();
+    // Lost commits need the operator's decision (restore, or --accept-history-loss): a supervisor should not retry.
+    if ((e as Error).name === 'HistoryLossError') throw new CliError((e as Error).message, 3);
     // The initialisers' seed is part of the stored topology, so a changed --seed reads as a different model.
     const hint = /topology/.test((e as Error).message) ? ' (--model, --input-shape, --classes and --seed must be the ones it was created with)' : '';
     throw new CliError(`${(e as Error).message}${hint}`);
@@ -85,11 +113,27 @@ async function serve(flags: ServeFlags): Promise<void> {
     await coordinator.stop();
     throw new CliError(`cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`);
   }
+  if (tokenFile) {
+    process.stdout.write(
+      `operator token ${tokenFile.created ? 'created in' : 'read from'} ${tokenFile.file} (mode 0600): operator commands on this machine find it with --data ${options.dataDir}; ` +
+        `elsewhere pass --token "$(cat ${tokenFile.file})" or set FEDUNLEARN_OPERATOR_TOKEN\n`,
+    );
+  }
+  if (!cfg.tls && !isLoopbackName(cfg.host)) {
+    process.stderr.write(`WARNING: serving ${cfg.host} without TLS: clients and operators on other machines talk to this coordinator in plaintext (set tls: { cert, key } in the config)\n`);
+  }
+  // Last, so that whoever waits for this line has seen the ones above.
   process.stdout.write(`listening on ${url}\n`);
   process.stdout.write(`dashboard at ${url}/dashboard/, metrics at ${url}/metrics, OpenAPI document at ${url}${OPENAPI_PATH}\n`);
   log.info({ url, metrics: `${url}/metrics`, openapi: `${url}${OPENAPI_PATH}`, dataDir: options.dataDir, model: coordinator.model().version, ...summary(cfg) }, 'coordinator listening');
   coordinator.start();
   stopOnSignals(() => coordinator.stop(), log);
+}
+
+/** Loopback host names and addresses (what `serve --host` binds to); the API's own check is in http/request-guard.ts. */
+function isLoopbackName(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h.endsWith('.localhost') || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
 }
 
 function summary(cfg: ServiceConfig): Record<string, unknown> {
@@ -102,8 +146,9 @@ function summary(cfg: ServiceConfig): Record<string, unknown> {
     modelsAfterForget: cfg.modelsAfterForget,
     enrolment: cfg.enrolment,
     tls: cfg.tls ? 'on' : 'off',
-    operatorAuth: cfg.operatorToken ? 'token' : 'none',
-    metricsAuth: cfg.operatorToken && cfg.metricsAuth ? 'token' : 'none',
+    operatorAuth: cfg.insecureNoAuth ? 'none' : cfg.operatorToken ? 'token' : 'token file',
+    metricsAuth: !cfg.insecureNoAuth && cfg.metricsAuth ? 'token' : 'none',
+    allowedHosts: cfg.allowedHosts,
   };
 }
 
@@ -141,7 +186,38 @@ function stopOnSignals(stop: () => Promise<void>, log: { info(o: object, m: stri
 interface ApiFlags {
   url: string;
   token?: string;
+  /** A data directory whose operator-token file holds the token (serve makes it at first start). */
+  data?: string;
   json?: boolean;
+}
+
+/** The data directory `serve` uses by default; its token is used without --data only for a coordinator on this machine. */
+const DEFAULT_DATA_DIR = './data';
+
+/**
+ * The operator token for a command: --token (or FEDUNLEARN_OPERATOR_TOKEN), else the token file of --data (or
+ * FEDUNLEARN_DATA), else, for a coordinator on this machine, the token file of ./data when there is one. A token file
+ * found implicitly is never sent to another machine: it belongs to the local coordinator.
+ */
+async function operatorTokenFor(flags: ApiFlags): Promise<string | undefined> {
+  if (flags.token) return flags.token;
+  const { OPERATOR_TOKEN_FILE, readOperatorTokenFile } = await import('./http/operator-token.js');
+  const read = (file: string) => {
+    try {
+      return readOperatorTokenFile(file);
+    } catch (e) {
+      throw new CliError(`${(e as Error).message} (serve creates it at first start; or pass --token)`, 2);
+    }
+  };
+  if (flags.data) return read(join(flags.data, OPERATOR_TOKEN_FILE));
+  let host = '';
+  try {
+    host = new URL(flags.url).hostname;
+  } catch {
+    return undefined;
+  }
+  const implicit = join(DEFAULT_DATA_DIR, OPERATOR_TOKEN_FILE);
+  return isLoopbackName(host) && existsSync(implicit) ? read(implicit) : undefined;
 }
 
 class OperatorApi {
@@ -198,7 +274,7 @@ class OperatorApi {
     }
     if (!res.ok) {
       const err = (data as { error?: { code?: string; message?: string } } | null)?.error;
-      const hint = res.status === 401 ? ' (pass --token or set FEDUNLEARN_OPERATOR_TOKEN)' : '';
+      const hint = res.status === 401 ? ' (pass --data DIR of the coordinator, --token, or set FEDUNLEARN_OPERATOR_TOKEN)' : '';
       throw new CliError(`${method} ${path}: HTTP ${res.status} ${err?.code ?? res.statusText}: ${err?.message ?? text}${hint}`);
     }
     onStatus?.(res.status);
@@ -388,7 +464,7 @@ function formatReport(r: JobReport): string {
 
 // --- operator commands ------------------------------------------------------------------------------------------
 
-const api = (flags: ApiFlags) => new OperatorApi(flags.url, flags.token);
+const api = async (flags: ApiFlags) => new OperatorApi(flags.url, await operatorTokenFor(flags));
 const seg = encodeURIComponent;
 
 async function forget(clientIds: string[], flags: ApiFlags & { method?: string; tuneRounds?: number; calibrationRatio?: number; reuseFirstRound?: boolean; wait?: boolean; pollMs: number }): Promise<void> {
@@ -397,7 +473,7 @@ async function forget(clientIds: string[], flags: ApiFlags & { method?: string; 
     ...(flags.calibrationRatio !== undefined ? { calibrationRatio: flags.calibrationRatio } : {}),
     ...(flags.reuseFirstRound ? { reuseFirstRound: true } : {}),
   };
-  const a = api(flags);
+  const a = await api(flags);
   const posted = await a.postWithStatus<PublicJob>('/v1/jobs', {
     clientIds,
     ...(flags.method ? { method: flags.method } : {}),
@@ -438,6 +514,7 @@ function operatorCommand(program: Command, name: string, description: string, op
     .description(description)
     .addOption(new Option('--url <url>', 'the coordinator').env('FEDUNLEARN_URL').default('http://127.0.0.1:8080'))
     .addOption(new Option('--token <token>', 'operator token').env('FEDUNLEARN_OPERATOR_TOKEN'))
+    .addOption(new Option('--data <dir>', "the coordinator's data directory: its operator-token file is used (default: ./data when the coordinator is on this machine)").env('FEDUNLEARN_DATA'))
     .option('--json', 'print the raw JSON the API returned');
 }
 
@@ -482,38 +559,41 @@ function buildProgram(): Command {
     .option('--job-wait-for-clients-ms <ms>', 'a forget job waits at most this long in all for offline clients of its replay steps, showing whom it waits for (default 300000)', numberArg)
     .option('--job-offline-policy <policy>', 'then: fail (the job stops, nothing changed) or server-side (calibration steps are completed from the offline clients\' stored updates, uncalibrated; default fail)')
     .option('--seed <s>', 'seeds the initial model and client selection (default 1)', numberArg)
-    .addOption(new Option('--operator-token <token>', 'bearer token the operator API requires (default: none, open)').env('FEDUNLEARN_OPERATOR_TOKEN'))
+    .addOption(new Option('--operator-token <token>', 'bearer token the operator API requires (default: one generated at first start and kept in <data>/operator-token, mode 0600)').env('FEDUNLEARN_OPERATOR_TOKEN'))
+    .option('--insecure-no-auth', 'run the operator API without any token: anyone who can reach the port controls the federation (development only; warned at every start)')
+    .option('--allowed-hosts <names>', 'comma-separated host names the operator API answers to besides loopback names and the --host address ("*": any, when a proxy checks it)')
+    .option('--accept-history-loss', 'start even though the database is behind the high-water mark of what was committed (lost commits); orphaned blobs go to <data>/quarantine')
     .option('--enrolment <mode>', 'closed: only clients with issued credentials (`clients add`); open: new ids enrol on first hello, development only (default closed)')
     .option('--metrics-auth', 'GET /metrics requires the operator token too (default: open, like Prometheus exporters)')
     .addOption(new Option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (default info)').env('FEDUNLEARN_LOG_LEVEL'))
     .action((flags: ServeFlags) => serve(flags));
 
   operatorCommand(program, 'status', 'the current model, connected clients and jobs').action(async (flags: ApiFlags) => {
-    const s = await api(flags).get<StatusResponse>('/v1/status');
+    const s = await (await api(flags)).get<StatusResponse>('/v1/status');
     print(flags, s, () => formatStatus(s));
   });
 
   const clients = program.command('clients').description('list known clients (the default) and manage their credentials: add, revoke, rotate');
   operatorCommand(clients, 'list', 'known clients and whether they are connected', { isDefault: true }).action(async (flags: ApiFlags) => {
-    const r = await api(flags).get<{ clients: ClientRow[] }>('/v1/clients');
+    const r = await (await api(flags)).get<{ clients: ClientRow[] }>('/v1/clients');
     print(flags, r, () => formatClients(r.clients));
   });
   operatorCommand(clients, 'add', 'issue a credential to a new client; its secret is shown this once')
     .argument('[id]', 'client id (default: a generated one)')
     .action(async (clientId: string | undefined, flags: ApiFlags) => {
-      const r = await api(flags).post<IssuedCredential>('/v1/clients', clientId ? { clientId } : {});
+      const r = await (await api(flags)).post<IssuedCredential>('/v1/clients', clientId ? { clientId } : {});
       print(flags, r, () => formatCredential(r));
     });
   operatorCommand(clients, 'revoke', "revoke a client's credential: it is disconnected and refused from now on")
     .argument('<id>', 'client id')
     .action(async (clientId: string, flags: ApiFlags) => {
-      await api(flags).delete(`/v1/clients/${seg(clientId)}`);
+      await (await api(flags)).delete(`/v1/clients/${seg(clientId)}`);
       print(flags, { clientId, revoked: true }, () => `client ${clientId} revoked\n`);
     });
   operatorCommand(clients, 'rotate', 'issue a new secret to a client (the old one stops working; lifts a revocation)')
     .argument('<id>', 'client id')
     .action(async (clientId: string, flags: ApiFlags) => {
-      const r = await api(flags).post<IssuedCredential>(`/v1/clients/${seg(clientId)}/secret`, {});
+      const r = await (await api(flags)).post<IssuedCredential>(`/v1/clients/${seg(clientId)}/secret`, {});
       print(flags, r, () => formatCredential(r));
     });
 
@@ -521,12 +601,12 @@ function buildProgram(): Command {
     .option('--lineage <id>', 'another lineage (see `models`)')
     .action(async (flags: ApiFlags & { lineage?: string }) => {
       const q = flags.lineage ? `?lineage=${seg(flags.lineage)}` : '';
-      const r = await api(flags).get<{ rounds: RoundRecord[] }>(`/v1/rounds${q}`);
+      const r = await (await api(flags)).get<{ rounds: RoundRecord[] }>(`/v1/rounds${q}`);
       print(flags, r, () => formatRounds(r.rounds));
     });
 
   operatorCommand(program, 'models', 'model versions (* marks the head)').action(async (flags: ApiFlags) => {
-    const r = await api(flags).get<{ head: string; models: ModelVersion[] }>('/v1/models');
+    const r = await (await api(flags)).get<{ head: string; models: ModelVersion[] }>('/v1/models');
     print(flags, r, () => formatModels(r.head, r.models));
   });
 
@@ -541,14 +621,14 @@ function buildProgram(): Command {
     .action((clientIds: string[], flags: Parameters<typeof forget>[1]) => forget(clientIds, flags));
 
   operatorCommand(program, 'jobs', 'forget jobs and their progress').action(async (flags: ApiFlags) => {
-    const r = await api(flags).get<{ jobs: PublicJob[] }>('/v1/jobs');
+    const r = await (await api(flags)).get<{ jobs: PublicJob[] }>('/v1/jobs');
     print(flags, r, () => formatJobs(r.jobs));
   });
 
   operatorCommand(program, 'report', "a finished job's report (its certificate)")
     .argument('<job>', 'job id')
     .action(async (jobId: string, flags: ApiFlags) => {
-      const r = await api(flags).get<JobReport>(`/v1/jobs/${seg(jobId)}/report`);
+      const r = await (await api(flags)).get<JobReport>(`/v1/jobs/${seg(jobId)}/report`);
       print(flags, r, () => formatReport(r));
     });
 

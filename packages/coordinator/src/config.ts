@@ -57,6 +57,15 @@ export const serviceConfigSchema = z
     /** Seeds the initial model, client selection and the clients' shuffles. */
     seed: z.number().int().min(0).default(1),
     operatorToken: z.string().min(8).optional(),
+    /** Runs the operator API without a token (development only; a warning at every start). Without it and without
+     *  operatorToken, serve keeps a generated token in <data>/operator-token. */
+    insecureNoAuth: z.boolean().default(false),
+    /** Host names the operator API answers to besides loopback names and the address it listens on; '*': any. */
+    allowedHosts: z
+      .preprocess((v) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter((s) => s !== '') : v), z.array(z.string().min(1).regex(/^[^\s/@]+$/, 'a host name or address, without scheme or path')))
+      .default([]),
+    /** Starts even when the database is behind the history's high-water mark (committed rounds were lost). */
+    acceptHistoryLoss: z.boolean().default(false),
     enrolment: z.enum(ENROLMENTS).default('closed'),
     logLevel: z.enum(LOG_LEVELS).default('info'),
     /** GET /metrics requires the operator token too (when one is set); off by default, like Prometheus exporters. */
@@ -65,6 +74,8 @@ export const serviceConfigSchema = z
     waitForClientsMs: posInt.default(30_000),
     maxRoundAttempts: posInt.default(3),
     roundIntervalMs: z.number().int().min(0).default(0),
+    /** Back-off after failed rounds (not a missed quorum): baseMs, doubling up to maxMs. */
+    roundRetry: z.object({ baseMs: posInt, maxMs: posInt }).partial().strict().default({}),
     /** Abuse limits; any field left out keeps its default (DEFAULT_LIMITS). */
     limits: z
       .object({
@@ -103,6 +114,13 @@ export const serviceConfigSchema = z
     const l = c.limits;
     if (l.authLockoutMs !== undefined && l.authMaxLockoutMs !== undefined && l.authMaxLockoutMs < l.authLockoutMs) {
       ctx.addIssue({ code: 'custom', path: ['limits', 'authMaxLockoutMs'], message: `must be at least authLockoutMs (${l.authLockoutMs})` });
+    }
+    if (c.insecureNoAuth && c.operatorToken !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['insecureNoAuth'], message: 'cannot be combined with operatorToken: choose a token or no authentication' });
+    }
+    const rr = c.roundRetry;
+    if (rr.baseMs !== undefined && rr.maxMs !== undefined && rr.maxMs < rr.baseMs) {
+      ctx.addIssue({ code: 'custom', path: ['roundRetry', 'maxMs'], message: `must be at least baseMs (${rr.baseMs})` });
     }
     if (c.model === 'cnn' && c.inputShape.length !== 3) {
       ctx.addIssue({ code: 'custom', path: ['inputShape'], message: `cnn needs an image shape height,width,channels, got ${c.inputShape.join(',')}` });
@@ -204,7 +222,12 @@ export function modelOf(cfg: ServiceConfig): { name: ArchitectureName; options: 
 export type ConfiguredCoordinatorOptions = Required<
   Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'modelsAfterForget' | 'jobs' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth' | 'uploads'>
 > &
-  Pick<CoordinatorOptions, 'operatorToken' | 'tls'> & { limits: Partial<SecurityLimits> };
+  Pick<CoordinatorOptions, 'operatorToken' | 'tls'> & {
+    limits: Partial<SecurityLimits>;
+    operatorAuth: 'token' | 'none';
+    allowedHosts: string[];
+    roundRetry: NonNullable<CoordinatorOptions['roundRetry']>;
+  };
 
 export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorOptions {
   return {
@@ -225,6 +248,9 @@ export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorO
     enrolment: cfg.enrolment,
     roundIntervalMs: cfg.roundIntervalMs,
     metricsAuth: cfg.metricsAuth,
+    operatorAuth: cfg.insecureNoAuth ? 'none' : 'token',
+    allowedHosts: cfg.allowedHosts,
+    roundRetry: Object.fromEntries(Object.entries(cfg.roundRetry).filter(([, v]) => v !== undefined)),
     limits: Object.fromEntries(Object.entries(cfg.limits).filter(([, v]) => v !== undefined)) as Partial<SecurityLimits>,
     uploads: Object.fromEntries(Object.entries(cfg.uploads).filter(([, v]) => v !== undefined)),
     ...(cfg.operatorToken ? { operatorToken: cfg.operatorToken } : {}),

@@ -3,14 +3,18 @@ import { join } from 'node:path';
 import { DEFAULT_FRAMING, ErrorCode, fedunlearn, ProtocolError, type FlatWeights, type FramingLimits } from '@fedunlearn/protocol';
 import type { FastifyInstance } from 'fastify';
 import { nanoid } from 'nanoid';
+import { abortableSleep as sleep } from './abortable-sleep.js';
 import { FedAvg } from './aggregation/fedavg.js';
 import type { AggregationStrategy } from './aggregation/strategy.js';
 import type { ClientRecord, HistoryStore, JobRecord } from './history/store.js';
 import { buildHttpApi, type TlsFiles } from './http/api.js';
+import { generateOperatorToken } from './http/operator-token.js';
+import { HostPolicy, isLoopbackHost } from './http/request-guard.js';
 import { createLogger, type Logger } from './logger.js';
 import { CoordinatorMetrics } from './metrics.js';
+import { roundFailureReason, roundRetryDelayMs, type RoundFailureReason } from './round-failure.js';
 import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher } from './rounds/dispatcher.js';
-import { QuorumError, RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
+import { RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { assertClientId } from './transport/client-id.js';
 import { ClientRegistry } from './transport/client-registry.js';
 import { generateSecret, hashIssuedSecret, hashSecret, verifySecret } from './transport/credentials.js';
@@ -23,6 +27,8 @@ import { modelSignature } from './model-signature.js';
 export const COORDINATOR_VERSION = '0.1.0';
 /** Pause of the round loop after a round that found no quorum. */
 const QUORUM_RETRY_MS = 1_000;
+/** Back-off of the round loop after failed rounds (other than a missed quorum): doubling from base up to max. */
+export const DEFAULT_ROUND_RETRY = { baseMs: 1_000, maxMs: 60_000 } as const;
 
 /** Abuse limits; every field has a default (DEFAULT_LIMITS). */
 export interface SecurityLimits {
@@ -102,8 +108,21 @@ export interface CoordinatorOptions {
   clock?: Clock;
   /** Serve the API and the clients' endpoint over HTTPS (PEM contents). */
   tls?: TlsFiles;
-  /** Bearer token required on operator routes; none means operator routes are open (development only). */
+  /**
+   * Bearer token required on operator routes. When none is given a random one is made for this coordinator (read it
+   * from `coordinator.operatorToken`; it is kept nowhere), so a coordinator made in code is never open by accident
+   * either: `serve` instead keeps one in the data directory (see cli.ts).
+   */
   operatorToken?: string;
+  /** 'none' opens the operator routes to anyone who can reach the port (development only; warned at start). Default 'token'. */
+  operatorAuth?: 'token' | 'none';
+  /**
+   * Host names (or addresses) the operator API answers to besides the loopback names and the address it listens on
+   * (on 0.0.0.0 / ::, this machine's addresses and host name); '*' turns the Host check off (a proxy in front checks it).
+   */
+  allowedHosts?: string[];
+  /** Back-off after consecutive failed rounds (not a missed quorum): baseMs, doubling up to maxMs (DEFAULT_ROUND_RETRY). */
+  roundRetry?: { baseMs?: number; maxMs?: number };
   /** Whether GET /metrics also requires the operator token (when one is set); default false, like Prometheus exporters. */
   metricsAuth?: boolean;
   helloTimeoutMs?: number;
@@ -130,8 +149,26 @@ export interface CoordinatorEvents {
   jobProgress: [JobRecord];
   /** stop() began: long-lived HTTP streams end now, or they would hold the server open. */
   stopping: [];
+  /** A round attempt of the training loop failed; the loop waits retryInMs before the next. */
+  roundFailed: [RoundFailure];
   error: [Error];
 }
+
+/** A failed round of the training loop, as /healthz and the roundFailed event report it. */
+export interface RoundFailure {
+  reason: RoundFailureReason;
+  message: string;
+  /** Failed rounds since the last commit (a missed quorum counts too). */
+  consecutive: number;
+  /** Unix ms of the first of them. */
+  since: number;
+  retryInMs: number;
+}
+
+/** GET /healthz: ok, or degraded while rounds keep failing for a reason of the coordinator's own. */
+export type Health =
+  | { ok: true; status: 'ok' }
+  | { ok: false; status: 'degraded'; reason: RoundFailureReason; message: string; consecutiveFailures: number; since: number; retryInMs: number };
 
 /**
  * The coordinator service: one HTTP server carrying the operator API and the clients' socket.io endpoint, a round
@@ -150,6 +187,15 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   readonly transport: SocketServer;
   readonly config: FederationConfig;
   readonly startedAt = Date.now();
+  /** The bearer token operator routes require; null when they were opened on purpose (operatorAuth 'none'). */
+  readonly operatorToken: string | null;
+  private readonly hosts: HostPolicy;
+  private readonly roundRetry: { baseMs: number; maxMs: number };
+  /** The training loop's failed rounds since its last commit; null while rounds commit. */
+  private failing: RoundFailure | null = null;
+  /** Of those, the ones that were not a missed quorum (they set the back-off and degrade /healthz), and the last. */
+  private ownFailures = 0;
+  private lastOwnFailure: RoundFailure | null = null;
   private readonly current: ModelCache;
   private work: Promise<unknown> = Promise.resolve();
   private readonly abort = new AbortController();
@@ -172,6 +218,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.log = opts.logger ?? createLogger();
     this.current = current;
     this.roundIntervalMs = opts.roundIntervalMs ?? 0;
+    this.roundRetry = { ...DEFAULT_ROUND_RETRY, ...opts.roundRetry };
     // Its sources are read at scrape time only, by which point every part below exists.
     this.metrics = new CoordinatorMetrics({
       connectedClients: () => this.registry.size,
@@ -235,8 +282,15 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.clientLockout = new FailureLockout({ ...lockout, maxFailures: Math.max(limits.authMaxFailures, limits.authMaxFailuresPerClient) });
     this.forgetLimit = new SlidingWindowLimit({ max: limits.forgetRequestsPerHour, windowMs: 3_600_000, clock });
     if (this.enrolment === 'open') this.log.warn({}, "enrolment is 'open': any new client id is trusted on its first hello (development only)");
+    if (opts.operatorAuth === 'none' && opts.operatorToken) throw new RangeError("operatorAuth 'none' and an operatorToken contradict each other");
+    this.operatorToken = opts.operatorAuth === 'none' ? null : (opts.operatorToken ?? generateOperatorToken());
+    if (this.operatorToken === null) {
+      this.log.warn({}, 'THE OPERATOR API IS OPEN: anyone who can reach this port can issue client credentials, forget clients and download models (operatorAuth none; development only)');
+    }
+    this.hosts = new HostPolicy(opts.allowedHosts ?? []);
     this.http = buildHttpApi(this, {
-      operatorToken: opts.operatorToken,
+      operatorToken: this.operatorToken,
+      hosts: this.hosts,
       metricsAuth: opts.metricsAuth ?? false,
       operatorMutationsPerMinute: limits.operatorMutationsPerMinute,
       ...(opts.tls ? { tls: opts.tls } : {}),
@@ -284,7 +338,14 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   async listen(port = 0, host = '127.0.0.1'): Promise<{ port: number; url: string }> {
+    this.hosts.addListenHost(host);
     await this.http.listen({ port, host });
+    if (!this.tls && !isLoopbackHost(host)) {
+      this.log.warn(
+        { host },
+        'listening beyond this machine without TLS: client secrets, the operator token and model weights cross the network in plaintext (set tls: { cert, key } in the config)',
+      );
+    }
     const addr = this.http.server.address();
     const p = typeof addr === 'object' && addr ? addr.port : port;
     return { port: p, url: `${this.tls ? 'https' : 'http'}://${host}:${p}` };
@@ -317,21 +378,51 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
           await this.runPendingJobs();
           if (this.abort.signal.aborted) break;
           const r = await this.exclusive(() => this.rounds.runRound(this.current, this.abort.signal));
+          this.failing = null;
+          this.ownFailures = 0;
+          this.lastOwnFailure = null;
           this.emit('round', r);
         } catch (e) {
           if (this.abort.signal.aborted) break;
-          if (!(e instanceof QuorumError)) {
-            this.log.error({ err: e }, 'round failed');
-            this.emit('error', e as Error);
-          } else {
-            // A quorum can fail fast (every selected client refused or left at once): without a pause this loop
-            // would retry without ever yielding to the sockets and timers.
-            await sleep(QUORUM_RETRY_MS, this.abort.signal);
-          }
+          const failure = this.roundFailed(e);
+          // A quorum can fail fast (every selected client refused or left at once): without a pause this loop
+          // would retry without ever yielding to the sockets and timers. Any other failure (a full disk, a store
+          // error) would fail again at once and make every selected client retrain each time: back off.
+          await sleep(failure.retryInMs, this.abort.signal);
+          continue;
         }
         if (this.roundIntervalMs > 0) await sleep(this.roundIntervalMs, this.abort.signal);
       }
     })();
+  }
+
+  /** ok, or degraded (with the last failure) while rounds of the training loop keep failing other than for quorum. */
+  health(): Health {
+    const f = this.lastOwnFailure;
+    if (this.ownFailures === 0 || !f) return { ok: true, status: 'ok' };
+    return { ok: false, status: 'degraded', reason: f.reason, message: f.message, consecutiveFailures: this.ownFailures, since: f.since, retryInMs: f.retryInMs };
+  }
+
+  /** Records a failed round of the loop (metric, log, health) and decides the pause before the next attempt. */
+  private roundFailed(e: unknown): RoundFailure {
+    const reason = roundFailureReason(e);
+    const consecutive = (this.failing?.consecutive ?? 0) + 1;
+    // The back-off grows with the coordinator's own failures since the last commit; a missed quorum keeps its
+    // short, fixed pause (clients come and go; waiting longer would only delay the next round).
+    if (reason !== 'quorum') this.ownFailures++;
+    const retryInMs = reason === 'quorum' ? QUORUM_RETRY_MS : roundRetryDelayMs(this.ownFailures, this.roundRetry.baseMs, this.roundRetry.maxMs);
+    const failure: RoundFailure = { reason, message: (e as Error).message ?? String(e), consecutive, since: this.failing?.since ?? Date.now(), retryInMs };
+    this.failing = failure;
+    if (reason !== 'quorum') this.lastOwnFailure = failure;
+    this.metrics.roundFailed(reason);
+    if (reason === 'quorum') {
+      this.log.warn({ reason, consecutive, retryInMs, err: e }, 'round failed: no quorum');
+    } else {
+      this.log.error({ reason, consecutive, retryInMs, err: e }, 'round failed');
+      this.emit('error', e as Error);
+    }
+    this.emit('roundFailed', failure);
+    return failure;
   }
 
   /** Queues a forget job (validated and persisted at once); it runs at the next round boundary. A request identical to
@@ -565,16 +656,6 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 export function toWireState(state: JobRecord['state']): fedunlearn.v1.JobState {
   const S = fedunlearn.v1.JobState;
   return { queued: S.QUEUED, running: S.RUNNING, done: S.DONE, failed: S.FAILED }[state];
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => {
-      clearTimeout(t);
-      resolve();
-    });
-  });
 }
 
 /** A client id and a remote address, as one lockout key (client ids cannot contain a space: transport/client-id.ts). */

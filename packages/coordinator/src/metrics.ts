@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { HistoryStats, JobRecord } from './history/store.js';
+import { ROUND_FAILURE_REASONS, type RoundFailureReason } from './round-failure.js';
 import type { Missing } from './rounds/dispatcher.js';
 
 /** Where a forget request came from: a client asking for itself over its session, or the operator API/CLI. */
@@ -46,6 +47,7 @@ export class CoordinatorMetrics implements DispatchObserver {
   readonly registry = new Registry();
   private readonly roundsCompleted: Counter;
   private readonly roundDuration: Histogram;
+  private readonly roundsFailed: Counter<'reason'>;
   private readonly accepted: Counter;
   private readonly rejected: Counter<'reason'>;
   private readonly missing: Counter<'reason'>;
@@ -59,6 +61,14 @@ export class CoordinatorMetrics implements DispatchObserver {
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
 
     this.roundsCompleted = new Counter({ name: `${PREFIX}rounds_completed_total`, help: 'Training rounds committed.', registers });
+    this.roundsFailed = new Counter({
+      name: `${PREFIX}rounds_failed_total`,
+      help: 'Training rounds of the round loop that failed, by reason: quorum (too few answers), disk_full, store, invalid_model, internal.',
+      labelNames: ['reason'],
+      registers,
+    });
+    // Every reason present from the start, so that a rate() over it has a zero to start from.
+    for (const reason of ROUND_FAILURE_REASONS) this.roundsFailed.inc({ reason }, 0);
     this.roundDuration = new Histogram({
       name: `${PREFIX}round_duration_seconds`,
       help: 'Wall time of committed training rounds, from start (first attempt) to commit.',
@@ -221,6 +231,10 @@ export class CoordinatorMetrics implements DispatchObserver {
   roundCompleted(durationMs: number): void {
     this.roundsCompleted.inc();
     this.roundDuration.observe(durationMs / 1000);
+  }
+
+  roundFailed(reason: RoundFailureReason): void {
+    this.roundsFailed.inc({ reason });
   }
 
   updateAccepted(): void {

@@ -14,6 +14,7 @@ import {
   fsyncPath,
   fsyncPathSync,
   readBlobHeader,
+  TEMP_MARK,
   sha256Hex,
   unlinkDurable,
   weightsSha256,
@@ -21,6 +22,8 @@ import {
   writeFileUnsynced,
   type BlobEncoding,
 } from './blob-files.js';
+import type { Logger } from '../logger.js';
+import { behindMark, HistoryLossError, readHighWaterMark, writeHighWaterMark } from './high-water-mark.js';
 import { migrate } from './migrations.js';
 import {
   HistoryError,
@@ -64,7 +67,17 @@ export interface SqliteHistoryOptions {
    *  the commit that refers to them, and at 'job-purge', once a job's end has committed and before its purged files
    *  are unlinked; the crash tests kill the process there. */
   pause?: (point: string) => Promise<void>;
+  /**
+   * open() refuses a database that is behind the high-water mark of what was committed (history.hwm.json, written
+   * after every commit): committed rounds were lost. True accepts the loss and continues from what the database holds.
+   */
+  acceptHistoryLoss?: boolean;
+  /** Where open() reports what garbage collection moved to quarantine and an accepted history loss; default silent. */
+  log?: Pick<Logger, 'warn' | 'info'>;
 }
+
+/** Where garbage collection moves blob files no committed row refers to, one folder per collection. */
+export const QUARANTINE_DIR = 'quarantine';
 
 export const DB_FILE = 'history.db';
 /** Bytes a WAL is cut back to when it is reset (SQLite's journal_size_limit): without it a WAL that grew while a
@@ -386,7 +399,10 @@ function layoutSpecs(layout: WeightLayout): WeightSpec[] {
 
 class SqliteHistoryStore implements HistoryStore {
   private readonly db: Database.Database;
+  private readonly dataDir: string;
   private readonly blobsDir: string;
+  private readonly acceptHistoryLoss: boolean;
+  private readonly log: Pick<Logger, 'warn' | 'info'> | null;
   private readonly now: () => number;
   private readonly pause: ((point: string) => Promise<void>) | undefined;
   private readonly q: ReturnType<typeof prepareStatements>;
@@ -400,6 +416,9 @@ class SqliteHistoryStore implements HistoryStore {
 
   constructor(dataDir: string, opts: SqliteHistoryOptions) {
     ensureDirSync(path.resolve(dataDir));
+    this.dataDir = dataDir;
+    this.acceptHistoryLoss = opts.acceptHistoryLoss ?? false;
+    this.log = opts.log ?? null;
     this.blobsDir = path.join(dataDir, BLOBS_DIR);
     ensureDirSync(this.blobsDir);
     this.now = opts.now ?? Date.now;
@@ -433,6 +452,7 @@ class SqliteHistoryStore implements HistoryStore {
     checkConfig(init.config);
     const topology = parseTopology(init.topologyJson);
     const row = this.q.federation.get();
+    this.checkHighWaterMark(row !== undefined);
     if (row) {
       const meta = metaOf(row);
       if (!isDeepStrictEqual(parseTopology(row.topology_json), topology)) {
@@ -460,6 +480,8 @@ class SqliteHistoryStore implements HistoryStore {
       const head = this.head();
       const headRow = this.q.model.get(head.version)!;
       if (!fs.existsSync(this.abs(headRow.blob))) throw new HistoryError(`the head model ${head.version} has no blob file (${headRow.blob})`);
+      // From here on the mark describes this database (after an accepted loss, or for a directory that had none).
+      this.recordHighWaterMark();
       return { meta, head, resumed: true };
     }
 
@@ -921,6 +943,37 @@ class SqliteHistoryStore implements HistoryStore {
       this.unlinkPlanned(planned);
       throw e;
     }
+    this.recordHighWaterMark();
+  }
+
+  /**
+   * Moves the high-water mark up to what the database holds now. Never throws: the commit before it is durable, and
+   * a caller told it failed would discard what it committed. A mark left behind only weakens the check until the next.
+   */
+  private recordHighWaterMark(): void {
+    try {
+      const head = this.q.federation.get();
+      if (!head) return;
+      const h = this.q.model.get(head.head)!;
+      writeHighWaterMark(this.dataDir, { models: this.q.modelStats.get()!.n, head: h.version, round: h.round, lineage: h.lineage, at: this.now() });
+    } catch (e) {
+      this.log?.warn({ err: e }, "could not record the history's high-water mark (the commit itself is durable)");
+    }
+  }
+
+  /** open(): refuses a database behind the high-water mark unless the loss is accepted (then says so in the log). */
+  private checkHighWaterMark(hasFederation: boolean): void {
+    const mark = readHighWaterMark(this.dataDir);
+    if (!mark) return;
+    const headRow = hasFederation ? this.q.model.get(this.q.federation.get()!.head) : undefined;
+    const why = behindMark(mark, {
+      models: hasFederation ? this.q.modelStats.get()!.n : 0,
+      hasHead: this.q.model.get(mark.head) !== undefined,
+      head: headRow ? { version: headRow.version, round: headRow.round } : null,
+    });
+    if (!why) return;
+    if (!this.acceptHistoryLoss) throw new HistoryLossError(why);
+    this.log?.warn({ mark, models: hasFederation ? this.q.modelStats.get()!.n : 0, head: headRow?.version ?? null }, `accepting history loss: ${why}`);
   }
 
   private unlinkPlanned(planned: PlannedModel[]): void {
@@ -1340,11 +1393,18 @@ class SqliteHistoryStore implements HistoryStore {
   }
 
   /**
-   * Deletes every blob file that no committed row refers to (stagings of rounds that never committed, temporary files
-   * of interrupted writes, blobs of commits whose transaction never landed) and empty round directories.
+   * Clears every blob file that no committed row refers to (stagings of rounds that never committed, temporary files
+   * of interrupted writes, blobs of commits whose transaction never landed, or of commits the database lost) and
+   * empty round directories. Temporary files are deleted (never complete by construction); every other orphan is
+   * moved to <data>/quarantine/<time>/ keeping its path, never deleted, and the log says what moved where: an orphan
+   * may be the only copy of a commit the database lost.
    */
   private collectGarbage(): void {
     const referenced = new Set(this.q.referencedBlobs.all().map((r) => r.blob));
+    const quarantine = path.join(this.dataDir, QUARANTINE_DIR, new Date(this.now()).toISOString().replace(/[:.]/g, '-'));
+    const moved: string[] = [];
+    let movedBytes = 0;
+    let temporary = 0;
     const sweep = (relDir: string): boolean => {
       const dir = this.abs(relDir);
       if (!fs.existsSync(dir)) return true;
@@ -1358,7 +1418,16 @@ class SqliteHistoryStore implements HistoryStore {
             changed = true;
           } else remaining++;
         } else if (!referenced.has(rel)) {
-          fs.rmSync(this.abs(rel), { force: true });
+          if (ent.name.includes(TEMP_MARK)) {
+            fs.rmSync(this.abs(rel), { force: true });
+            temporary++;
+          } else {
+            const to = path.join(quarantine, rel);
+            ensureDirSync(path.dirname(to));
+            movedBytes += fs.statSync(this.abs(rel)).size;
+            fs.renameSync(this.abs(rel), to);
+            moved.push(rel);
+          }
           changed = true;
         } else remaining++;
       }
@@ -1367,6 +1436,14 @@ class SqliteHistoryStore implements HistoryStore {
     };
     sweep('models');
     sweep('updates');
+    if (moved.length > 0) {
+      fsyncPathSync(path.dirname(quarantine));
+      this.log?.warn(
+        { files: moved.length, bytes: movedBytes, quarantine, models: moved.filter((f) => f.startsWith('models/')).length, list: moved.slice(0, 50) },
+        'history garbage collection: blob files no committed record refers to were moved to quarantine (uncommitted stagings after a crash, or blobs of lost commits); delete the folder once it is not needed',
+      );
+    }
+    if (temporary > 0) this.log?.info({ files: temporary }, 'history garbage collection: deleted temporary files of interrupted writes');
   }
 }
 

@@ -6,6 +6,7 @@ import type { Coordinator } from '../coordinator.js';
 import { ModelErasedError, type JobRecord } from '../history/store.js';
 import type { MethodName, MethodParams } from '../unlearning/method.js';
 import { isOperator } from './operator-token.js';
+import { checkRequest, HostPolicy } from './request-guard.js';
 import { errorSchema, openapiInfo, schemas } from './schemas.js';
 
 /** PEM contents of the server's certificate chain and key (and a CA bundle to send along). */
@@ -16,7 +17,10 @@ export interface TlsFiles {
 }
 
 export interface HttpApiOptions {
-  operatorToken?: string | undefined;
+  /** Bearer token operator routes require; null opens them (only ever on the operator's explicit request). */
+  operatorToken: string | null;
+  /** The Host names the API answers to (the coordinator adds the address it listens on). */
+  hosts: HostPolicy;
   /** GET /metrics requires the operator token too (when one is set); default open, as Prometheus exporters are. */
   metricsAuth?: boolean;
   /** Mutating operator requests per remote address per minute. */
@@ -44,9 +48,12 @@ class HttpError extends Error {
 /** The operator API, versioned under /v1; the clients' socket.io endpoint shares its HTTP server. */
 export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyInstance {
   // With TLS fastify's instance is typed over https.Server; routes and hooks are the same, socket.io takes either.
+  // maxParamLength: a client id may be 128 characters, three times that percent-encoded; fastify's default of 100
+  // refused the longest ids in every route that names one (414), though POST /v1/clients issued them.
+  const base = { logger: false, bodyLimit: 1024 * 1024, routerOptions: { maxParamLength: 512 } } as const;
   const app = (opts.tls
-    ? Fastify({ logger: false, bodyLimit: 1024 * 1024, https: { cert: opts.tls.cert, key: opts.tls.key, ...(opts.tls.ca ? { ca: opts.tls.ca } : {}) } })
-    : Fastify({ logger: false, bodyLimit: 1024 * 1024 })) as unknown as FastifyInstance;
+    ? Fastify({ ...base, https: { cert: opts.tls.cert, key: opts.tls.key, ...(opts.tls.ca ? { ca: opts.tls.ca } : {}) } })
+    : Fastify(base)) as unknown as FastifyInstance;
   const log = coord.log.child({ component: 'http' });
   // Registered before any route, so that its onRoute hook sees them all; the document is built from their schemas.
   void app.register(swagger, {
@@ -76,6 +83,17 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
     coord.log.error({ err }, 'operator API error');
     return reply.code(500).send({ error: { code: 'INTERNAL', message: 'internal error' } });
   });
+  // Before any route's own hooks (authentication included): a request from a rebound DNS name or a cross-site form is
+  // refused whatever it carries. /healthz is exempt: probes address the pod or host by whatever name they have, and
+  // it holds no federation data.
+  app.addHook('onRequest', async (req, reply) => {
+    if (req.url === '/healthz') return;
+    const refused = checkRequest(req, opts.hosts, opts.tls !== undefined);
+    if (refused) return reply.code(refused.status).send({ error: { code: refused.code, message: refused.message } });
+  });
+  app.addHook('onSend', async (_req, reply) => {
+    reply.header('x-content-type-options', 'nosniff');
+  });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url}` } }));
 
   const operator = async (req: FastifyRequest, _reply: FastifyReply) => {
@@ -85,7 +103,10 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
   // In a plugin like every route, so that swagger (registered first) sees them: routes added to the root directly
   // would be added before its hook is.
   app.register(async (service) => {
-    service.get('/healthz', { schema: schemas.healthz }, async () => ({ ok: true }));
+    service.get('/healthz', { schema: schemas.healthz }, async (_req, reply) => {
+      const h = coord.health();
+      return reply.code(h.ok ? 200 : 503).send(h);
+    });
 
     service.get('/metrics', { schema: schemas.metrics, ...(opts.metricsAuth ? { onRequest: operator } : {}) }, async (_req, reply) => {
       const { contentType, body } = await coord.metrics.scrape();

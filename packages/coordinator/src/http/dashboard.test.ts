@@ -1,5 +1,5 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { request } from 'node:http';
+import { request, type IncomingHttpHeaders } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -31,14 +31,14 @@ async function coordinator(operatorToken?: string): Promise<{ coord: Coordinator
 }
 
 /** A raw GET, so that the path reaches the server exactly as written (fetch would normalise `..`). */
-function rawGet(url: string, path: string): Promise<{ status: number; type: string | undefined; body: string }> {
+function rawGet(url: string, path: string): Promise<{ status: number; type: string | undefined; headers: IncomingHttpHeaders; body: string }> {
   return new Promise((resolve, reject) => {
     const u = new URL(url);
     const req = request({ host: u.hostname, port: u.port, path, method: 'GET' }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, type: res.headers['content-type'], body }));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, type: res.headers['content-type'], headers: res.headers, body }));
     });
     req.on('error', reject);
     req.end();
@@ -78,6 +78,12 @@ test('the dashboard serves its known files with their content types, and nothing
     assert.equal(root.headers.get('location'), '/dashboard/');
     const page = await rawGet(url, '/dashboard/');
     assert.equal(page.status, 200);
+    // Its own files only, never inside a frame (the browser test checks that the page runs under it).
+    const csp = page.headers['content-security-policy'] as string;
+    assert.match(csp, /frame-ancestors 'none'/);
+    assert.match(csp, /script-src 'self'(;|$)/);
+    assert.match(csp, /style-src 'self'(;|$)/);
+    assert.equal(page.headers['x-frame-options'], 'DENY');
     assert.match(page.type ?? '', /^text\/html/);
     assert.match(page.body, /<script type="module" src="app.js">/);
     for (const [path, type, marker] of [
@@ -148,8 +154,9 @@ test('GET /v1/events needs the operator token, starts with a snapshot, streams j
 
 test('an open event stream does not keep the coordinator from stopping', { timeout: 20_000 }, async () => {
   const { coord, url } = await coordinator();
-  // Without an operator token the stream is open, like the rest of /v1.
-  const res = await fetch(`${url}/v1/events`);
+  // Without an operator token given, the coordinator made one of its own: the stream needs it like the rest of /v1.
+  assert.equal((await fetch(`${url}/v1/events`)).status, 401);
+  const res = await fetch(`${url}/v1/events`, { headers: { authorization: `Bearer ${coord.operatorToken}` } });
   assert.equal(res.status, 200);
   const read = sseReader(res.body!);
   await read((e) => e.length >= 1);

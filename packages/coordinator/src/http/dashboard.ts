@@ -8,11 +8,13 @@ import type { JobRecord } from '../history/store.js';
 import type { RoundOutcome } from '../rounds/round-engine.js';
 import type { ClientSession } from '../transport/session.js';
 import { isOperator } from './operator-token.js';
+import { DASHBOARD_CSP } from './request-guard.js';
 import { routeSchema } from './schemas.js';
 
 export interface DashboardOptions {
   coord: Coordinator;
-  operatorToken?: string | undefined;
+  /** null: the operator opened the API on purpose (--insecure-no-auth). */
+  operatorToken: string | null;
   /** Interval of the keep-alive comments on the event stream (proxies drop idle connections). */
   keepAliveMs?: number;
 }
@@ -83,7 +85,14 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
     const asset = assets.get(name);
     if (!asset) return reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no dashboard file ${name}` } });
     const body = await readFile(asset.path);
-    return reply.header('content-type', asset.type).header('cache-control', 'no-cache').header('x-content-type-options', 'nosniff').send(body);
+    // The page runs only its own files (no inline script or style) and is never framed (clickjacking of the forms).
+    return reply
+      .header('content-type', asset.type)
+      .header('cache-control', 'no-cache')
+      .header('content-security-policy', DASHBOARD_CSP)
+      .header('x-frame-options', 'DENY')
+      .header('referrer-policy', 'no-referrer')
+      .send(body);
   });
 
   // No implicit HEAD route: it would open a stream that never sends a body.

@@ -158,6 +158,20 @@ const historyStats = {
   },
 } as const;
 
+const health = {
+  type: 'object',
+  required: ['ok', 'status'],
+  properties: {
+    ok: bool,
+    status: { type: 'string', enum: ['ok', 'degraded'] },
+    reason: { type: 'string', description: 'why the last round attempt failed (the reason label of fedunlearn_rounds_failed_total): disk_full, store, invalid_model, internal' },
+    message: str,
+    consecutiveFailures: { type: 'integer', description: 'failed round attempts since the last commit' },
+    since: { type: 'integer', description: 'unix ms of the first of them' },
+    retryInMs: { type: 'integer', description: 'back-off before the next attempt' },
+  },
+} as const;
+
 const jobReport = { type: 'object', ...open, description: 'The forget job certificate (JobReport): models before and after, rounds replayed, cost, purge summary.' } as const;
 
 type Errors = Record<number, string>;
@@ -177,6 +191,8 @@ export function routeSchema(s: {
 }): Record<string, unknown> {
   const errors: Errors = { ...s.errors, 500: 'internal error' };
   if (s.operator) errors[401] ??= 'operator token missing or wrong';
+  errors[403] ??= 'the Host header is not a name the coordinator serves under (HOST_NOT_ALLOWED), or a request that changes state came from another origin (CROSS_ORIGIN)';
+  if (s.body) errors[415] ??= 'the body is not application/json';
   const response: Record<string, object> = { ...s.ok };
   for (const [status, description] of Object.entries(errors)) response[status] = { description, $ref: 'Error#' };
   return {
@@ -196,10 +212,16 @@ const idParam = (name: string, description: string) => ({ type: 'object', requir
 
 export const schemas = {
   healthz: routeSchema({
-    summary: 'Liveness probe',
+    summary: 'Health probe',
+    description:
+      'ok (200) while rounds commit or wait for clients; degraded (503) while training rounds keep failing for a reason of the coordinator\'s own ' +
+      '(a full disk, a store error, a model it cannot write), until a round commits again. A round that only lacks its quorum of clients is not a degradation.',
     tags: ['service'],
     operator: false,
-    ok: { 200: withDescription('the process serves HTTP', { type: 'object', properties: { ok: bool } }) },
+    ok: {
+      200: withDescription('healthy', health),
+      503: withDescription('degraded: rounds keep failing; the reason of the last failure', health),
+    },
   }),
   metrics: routeSchema({
     summary: 'Prometheus metrics',
@@ -384,7 +406,7 @@ export const openapiInfo = {
   ],
   components: {
     securitySchemes: {
-      [OPERATOR_SECURITY]: { type: 'http' as const, scheme: 'bearer', description: 'the operator token set with --operator-token (routes are open when none is set)' },
+      [OPERATOR_SECURITY]: { type: 'http' as const, scheme: 'bearer', description: 'the operator token: --operator-token, or the one `serve` keeps in <data>/operator-token (routes are open only under --insecure-no-auth)' },
     },
   },
 };

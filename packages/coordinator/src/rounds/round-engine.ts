@@ -134,16 +134,28 @@ export class RoundEngine {
         continue;
       }
       const commitStart = performance.now();
-      const model = store.commitRound({
-        round,
-        roundId,
-        modelBefore: current.version,
-        weights: step.weights,
-        participants: step.participants,
-        missing: step.missing,
-        metrics: step.metrics,
-        startedAt: started,
-      });
+      let model: ModelVersion;
+      try {
+        model = store.commitRound({
+          round,
+          roundId,
+          modelBefore: current.version,
+          weights: step.weights,
+          participants: step.participants,
+          missing: step.missing,
+          metrics: step.metrics,
+          startedAt: started,
+        });
+      } catch (e) {
+        // Nothing of the attempt was committed: its staged updates are garbage now, not at the next restart (a disk
+        // that filled up would otherwise fill further with every retry).
+        // (Only when the head did not move: a commit that landed owns them, whatever was thrown after it.)
+        if (store.head().version === current.version) {
+          store.discardStaged(roundId);
+          strategy.recycle?.(step.weights);
+        }
+        throw e;
+      }
       const commitMs = performance.now() - commitStart;
       const outcome: RoundOutcome = {
         round,
