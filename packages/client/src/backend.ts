@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { registerWasmTrainingKernels } from './wasm-conv2d-grad.js';
+import { registerWasmTrainingKernels } from './wasm-kernels.js';
 
 export type Tf = typeof import('@tensorflow/tfjs');
 export type BackendName = 'tensorflow' | 'wasm' | 'cpu';

@@ -23,6 +23,11 @@ export class Fleet extends EventEmitter<FleetEvents> {
     super();
   }
 
+  /** Worker threads the clients are spread over (known once connected). */
+  get threadCount(): number {
+    return this.workers.length;
+  }
+
   /** Starts the workers and connects every client to `url`; resolves when all are welcomed. */
   async connect(url: string, clients: VirtualClientSpec[], options: ConnectOptions = {}): Promise<void> {
     const n = Math.min(this.threads, clients.length);

@@ -40,6 +40,17 @@ function rowLabel(r: { method: string; tuneRounds: number }): string {
   return r.tuneRounds > 0 ? `${r.method} +${r.tuneRounds} rounds` : r.method;
 }
 
+/** Where the training phase's time went, in one sentence. */
+function efficiencyLine(r: SimReport): string {
+  const e = r.efficiency;
+  const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+  return (
+    `training phase ${s(r.trainingWallTimeMs)}: local training ${(r.trainingShare * 100).toFixed(0)} % of ${e.threads} threads' time ` +
+    `(per thread ${e.perThreadTrainingMs.map(s).join(', ')}); rounds ${s(e.roundsMs)}, evaluation after each round ${s(e.evaluationMs)}, ` +
+    `connecting ${s(e.connectMs)}`
+  );
+}
+
 /** report.json, the plots, a markdown summary, and the tables on the terminal. */
 export async function writeReport(dir: string, report: SimReport, progress: Progress): Promise<void> {
   writeFileSync(join(dir, 'report.json'), JSON.stringify(report, null, 2));
@@ -48,7 +59,7 @@ export async function writeReport(dir: string, report: SimReport, progress: Prog
     `${report.config.dataset} ${report.config.model}: test accuracy per round (${report.config.clients} clients, ${report.config.partition})`,
   );
   writeFileSync(join(dir, 'accuracy.svg'), accuracySvg);
-  const md: string[] = [`# Simulation report`, '', `backend: ${report.backend}; wall time ${(report.wallTimeMs / 1000).toFixed(1)} s`, '', '## Training', '', markdownTable(ROUND_COLUMNS, report.rounds as unknown as Record<string, unknown>[]), ''];
+  const md: string[] = [`# Simulation report`, '', `backend: ${report.backend}; wall time ${(report.wallTimeMs / 1000).toFixed(1)} s`, '', efficiencyLine(report), '', '## Training', '', markdownTable(ROUND_COLUMNS, report.rounds as unknown as Record<string, unknown>[]), ''];
   let terminal = `\nTraining (${report.config.dataset}, ${report.config.model}, ${report.config.clients} clients, backend ${report.backend})\n${renderTable(ROUND_COLUMNS, report.rounds as unknown as Record<string, unknown>[])}\nfinal test accuracy ${pct(report.finalTestAccuracy)}%\n`;
   if (report.original) {
     const retrain = report.unlearning.find((r) => r.method === 'retrain');
