@@ -104,7 +104,7 @@ export class Trainer {
       const models = [...this.models.values()];
       this.models.clear();
       for (const m of models) (await m.catch(() => undefined))?.dispose();
-    });
+    }, false);
   }
 
   /**
@@ -113,8 +113,8 @@ export class Trainer {
    * batches) ran back to back as one chain of promise callbacks: no socket of that thread read a ping until the whole
    * queue was done, and the coordinator dropped its clients with `ping timeout`.
    */
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(yieldToEventLoop).then(fn);
+  private serial<T>(fn: () => Promise<T>, yieldFirst = true): Promise<T> {
+    const run = (yieldFirst ? this.queue.then(yieldToEventLoop) : this.queue).then(fn);
     this.queue = run.catch(() => undefined);
     return run;
   }
