@@ -7,7 +7,6 @@ import {
   activeWasmTrainingKernels,
   batchMatMulConfig,
   conv2DBackpropInputConfig,
-  maxPoolGradConfig,
   registerWasmTrainingKernels,
   restoreWasmKernels,
   WASM_TRAINING_KERNELS,
@@ -63,20 +62,19 @@ test('wasm is active and carries every training kernel of ours', () => {
   // Already there: registering again is a no-op.
   assert.deepEqual(registerWasmTrainingKernels(tf), []);
   // Kernels the CNN's backward pass also needs ship with the backend.
-  for (const k of [tf.Step, tf.Conv2D, tf.MaxPool, tf.Transpose, tf.Reverse, tf.Reshape, tf.MaxPoolWithArgmax, tf.ScatterNd]) {
+  for (const k of [tf.MaxPoolGrad, tf.Step, tf.Conv2D, tf.MaxPool, tf.Transpose, tf.Reverse]) {
     assert.ok(tf.getKernel(k, 'wasm'), `${k} missing on wasm`);
   }
 });
 
 test('restoring puts the backend kernels back, and registering ours again replaces them', () => {
   const ownInput = tf.getKernel(tf.Conv2DBackpropInput, 'wasm');
-  assert.deepEqual(restoreWasmKernels(tf).sort(), ['BatchMatMul', 'Conv2DBackpropInput', 'MaxPoolGrad']);
+  assert.deepEqual(restoreWasmKernels(tf).sort(), ['BatchMatMul', 'Conv2DBackpropInput']);
   assert.deepEqual(activeWasmTrainingKernels(tf), ['Conv2DBackpropFilter']);
   assert.notEqual(tf.getKernel(tf.Conv2DBackpropInput, 'wasm'), ownInput);
   assert.ok(tf.getKernel(tf.BatchMatMul, 'wasm'));
-  assert.ok(tf.getKernel(tf.MaxPoolGrad, 'wasm'));
   assert.deepEqual(restoreWasmKernels(tf), []);
-  assert.deepEqual(registerWasmTrainingKernels(tf).sort(), ['BatchMatMul', 'Conv2DBackpropInput', 'MaxPoolGrad']);
+  assert.deepEqual(registerWasmTrainingKernels(tf).sort(), ['BatchMatMul', 'Conv2DBackpropInput']);
   assert.deepEqual(activeWasmTrainingKernels(tf), [...WASM_TRAINING_KERNELS]);
 });
 
@@ -283,102 +281,6 @@ test('BatchMatMul hands the backend untransposed operands only', async () => {
   }
   assert.equal(seen.length, MATMUL_CASES.length);
   assert.ok(seen.every(([ta, tb]) => !ta && !tb), JSON.stringify(seen));
-});
-
-interface PoolCase {
-  x: [number, number, number, number];
-  filterSize: number | [number, number];
-  strides: number | [number, number];
-  pad: 'same' | 'valid' | number;
-  dimRoundingMode?: 'floor' | 'round' | 'ceil';
-}
-
-/** The CNN's two pools (2x2, stride 2, on ReLU outputs) first, then overlapping, padded and odd-sized windows. */
-const POOL_CASES: (PoolCase & { covered: boolean })[] = [
-  { x: [4, 28, 28, 32], filterSize: 2, strides: 2, pad: 'valid', covered: true },
-  { x: [4, 14, 14, 64], filterSize: 2, strides: 2, pad: 'valid', covered: true },
-  { x: [2, 8, 6, 3], filterSize: [2, 3], strides: [2, 3], pad: 'same', covered: true }, // 'same' that pads nothing
-  { x: [2, 7, 9, 3], filterSize: 2, strides: 2, pad: 'valid', covered: false }, // windows do not tile the input
-  { x: [2, 7, 9, 3], filterSize: 2, strides: 2, pad: 'same', covered: false },
-  { x: [2, 9, 9, 4], filterSize: 3, strides: 2, pad: 'same', covered: false },
-  { x: [2, 8, 8, 2], filterSize: 3, strides: 1, pad: 'same', covered: false },
-  { x: [1, 10, 6, 5], filterSize: [3, 2], strides: [2, 1], pad: 'valid', covered: false },
-  { x: [2, 9, 9, 2], filterSize: 3, strides: 2, pad: 1, dimRoundingMode: 'ceil', covered: false },
-];
-
-/**
- * Inputs of a ReLU layer (about half exact zeros) on a coarse grid, so windows often hold tied maxima: where the
- * gradient goes on a tie must match cpu's choice, not only the sums.
- */
-function tiedValues(n: number, rng: () => number, relu: boolean): Float32Array {
-  return Float32Array.from({ length: n }, () => {
-    const v = Math.round((rng() * 2 - 1) * 4) / 4;
-    return relu ? Math.max(0, v) : v - 1; // or every value at most 0: windows with no positive maximum
-  });
-}
-
-async function poolGrad(backend: 'cpu' | 'wasm', c: PoolCase, xv: Float32Array, dyv: Float32Array) {
-  await tf.setBackend(backend);
-  return tf.tidy(() => {
-    const input = tf.tensor(xv, c.x);
-    const output = tf.maxPool(input as import("@tensorflow/tfjs").Tensor4D, c.filterSize, c.strides, c.pad, c.dimRoundingMode);
-    const dy = tf.tensor(dyv, output.shape);
-    const attrs = { filterSize: c.filterSize, strides: c.strides, pad: c.pad, dimRoundingMode: c.dimRoundingMode };
-    const dx = tf.engine().runKernel(tf.MaxPoolGrad, { dy, input, output }, attrs as unknown as NamedAttrMap) as Tensor;
-    assert.deepEqual(dx.shape, c.x);
-    return Float32Array.from(dx.dataSync());
-  });
-}
-
-// Tolerance: each input receives a sum of at most (window / stride)^2 = 9 values of dY, in the same order as cpu's or
-// not, so 1e-6 relative; with ties routed elsewhere the error would be of the order of dY itself.
-test('MaxPoolGrad on wasm matches the cpu backend, ties and windows without a positive value included (relative error < 1e-6)', async () => {
-  const rng = seedrandom('max-pool-grad');
-  for (const relu of [true, false]) {
-    for (const c of POOL_CASES) {
-      // The backend's own kernel (the uncovered cases) routes ties its own way, not cpu's, and sends the gradient of a
-      // window without a positive value to the wrong place (its search starts at FLT_MIN too): it gets positive,
-      // tie-free values only.
-      const n = c.x.reduce((a, b) => a * b, 1);
-      if (!c.covered && !relu) continue;
-      const xv = c.covered ? tiedValues(n, rng, relu) : randoms(n, rng).map((v) => Math.abs(v) + 1e-3);
-      const info = tf.backend_util.computePool2DInfo(c.x, c.filterSize, c.strides, 1, c.pad, c.dimRoundingMode);
-      const dyv = Float32Array.from({ length: info.outShape.reduce((a, b) => a * b, 1) }, () => rng() + 0.5);
-      const ref = await poolGrad('cpu', c, xv, dyv);
-      const got = await poolGrad('wasm', c, xv, dyv);
-      const err = maxDiff(got, ref) / Math.max(1, maxAbs(ref));
-      assert.ok(err < 1e-6, `${JSON.stringify(c)} relu ${relu}: relative error ${err}`);
-    }
-  }
-  await tf.setBackend('wasm');
-});
-
-test('MaxPoolGrad takes the marks-and-scatter path for windows that tile the input, the backend kernel otherwise', async () => {
-  await tf.setBackend('wasm');
-  let fallbacks = 0;
-  assert.equal(restoreWasmKernels(tf, ['MaxPoolGrad']).length, 1);
-  const backendKernel = tf.getKernel(tf.MaxPoolGrad, 'wasm')!;
-  tf.unregisterKernel(tf.MaxPoolGrad, 'wasm');
-  tf.registerKernel(
-    maxPoolGradConfig(tf, (args) => {
-      fallbacks++;
-      return backendKernel.kernelFunc(args);
-    }),
-  );
-  try {
-    const rng = seedrandom('pool-coverage');
-    for (const c of POOL_CASES) {
-      const info = tf.backend_util.computePool2DInfo(c.x, c.filterSize, c.strides, 1, c.pad, c.dimRoundingMode);
-      const before = fallbacks;
-      await poolGrad('wasm', c, tiedValues(c.x.reduce((a, b) => a * b, 1), rng, true), Float32Array.from({ length: info.outShape.reduce((a, b) => a * b, 1) }, () => 1));
-      assert.equal(fallbacks - before, c.covered ? 0 : 1, `${JSON.stringify(c)} ${c.covered ? 'should not' : 'should'} fall back`);
-    }
-  } finally {
-    tf.unregisterKernel(tf.MaxPoolGrad, 'wasm');
-    tf.registerKernel(backendKernel);
-    registerWasmTrainingKernels(tf);
-  }
-  assert.deepEqual(activeWasmTrainingKernels(tf), [...WASM_TRAINING_KERNELS]);
 });
 
 function smallCnn(filters: [number, number], dense: number, size = 28) {

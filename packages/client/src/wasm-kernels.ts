@@ -1,6 +1,5 @@
 import type {
   BatchMatMulAttrs,
-  MaxPoolGradAttrs,
   Conv2DBackpropFilterAttrs,
   Conv2DBackpropInputAttrs,
   DataId,
@@ -22,10 +21,11 @@ type Tf = typeof import('@tensorflow/tfjs');
  *   of a CNN training step went there.
  * - `BatchMatMul`: the backend hands a matmul with a transposed operand to a plain loop instead of XNNPACK (1.4-2.8
  *   GFLOP/s); every dense layer's gradients (dW = xᵀ·dy, dx = dy·Wᵀ) are such matmuls.
- * - `MaxPoolGrad`: the backend's kernel searches every window's maximum again per output, a loop that took 17 % of
- *   the CNN's step once the kernels above had made the convolutions fast.
+ *
+ * MaxPoolGrad, also a plain loop upstream, is left to the backend: after the kernels above it is a few per cent of the
+ * CNN's step (`npm run bench -- --only training` prints the split).
  */
-export const WASM_TRAINING_KERNELS = ['Conv2DBackpropFilter', 'Conv2DBackpropInput', 'BatchMatMul', 'MaxPoolGrad'] as const;
+export const WASM_TRAINING_KERNELS = ['Conv2DBackpropFilter', 'Conv2DBackpropInput', 'BatchMatMul'] as const;
 export type WasmTrainingKernel = (typeof WASM_TRAINING_KERNELS)[number];
 
 /** Marks a kernel config as ours and keeps the backend's kernel it replaced (undefined when there was none). */
@@ -40,11 +40,6 @@ function isOurs(k: KernelConfig | undefined): k is OurKernelConfig {
 /** The slice of the wasm backend these kernels need: freeing the intermediates they allocate. */
 interface DisposingBackend {
   disposeData(dataId: DataId): boolean;
-}
-
-/** The wasm backend's way to make a tensor from values inside a kernel. */
-interface MakingBackend {
-  makeOutput(shape: number[], dtype: 'float32', memoryOffset: undefined, values: Float32Array): TensorInfo;
 }
 
 /**
@@ -73,7 +68,7 @@ export function registerWasmTrainingKernels(tf: Tf, only: readonly WasmTrainingK
  * Puts the backend's own kernels back in place of ours (`Conv2DBackpropFilter`, which has none, stays unless named in
  * `only`). For side-by-side measurements and tests; returns the kernel names it restored or removed.
  */
-export function restoreWasmKernels(tf: Tf, only: readonly WasmTrainingKernel[] = ['Conv2DBackpropInput', 'BatchMatMul', 'MaxPoolGrad']): string[] {
+export function restoreWasmKernels(tf: Tf, only: readonly WasmTrainingKernel[] = ['Conv2DBackpropInput', 'BatchMatMul']): string[] {
   const restored: string[] = [];
   for (const name of only) {
     const current = tf.getKernel(name, 'wasm');
@@ -100,9 +95,6 @@ function makeKernel(tf: Tf, name: WasmTrainingKernel, replaces: KernelConfig | u
     case 'BatchMatMul':
       if (replaces === undefined) throw new Error('the wasm backend has no BatchMatMul kernel to build on');
       return { ...batchMatMulConfig(tf, replaces.kernelFunc), fedunlearnReplaces: replaces };
-    case 'MaxPoolGrad':
-      if (replaces === undefined) throw new Error('the wasm backend has no MaxPoolGrad kernel to fall back on');
-      return { ...maxPoolGradConfig(tf, replaces.kernelFunc), fedunlearnReplaces: replaces };
   }
 }
 
@@ -131,12 +123,6 @@ class KernelScope {
   /** Like `run`, and the result is freed by `dispose()`. */
   temp(name: string, inputs: Record<string, TensorInfo>, attrs: NamedAttrMap): TensorInfo {
     const t = this.run(name, inputs, attrs);
-    this.temps.push(t);
-    return t;
-  }
-
-  /** Frees `t` with the other intermediates. */
-  adopt(t: TensorInfo): TensorInfo {
     this.temps.push(t);
     return t;
   }
@@ -312,69 +298,4 @@ export function batchMatMulConfig(tf: Tf, backendMatMul: KernelFunc): KernelConf
     }
   };
   return { kernelName: tf.BatchMatMul, backendName: 'wasm', kernelFunc };
-}
-
-/**
- * MaxPoolGrad for non-overlapping windows (stride = window, no padding: the usual 2x2/2 pooling) from backend
- * kernels: mark every input equal to its window's maximum (Equal against the pooled output, broadcast over the window)
- * with a weight that falls with its place in the window (kh*kw for the first, 1 for the last, 0 if not a maximum),
- * find each window's largest mark (MaxPoolWithArgmax, batch in the index), and add dY there (ScatterNd). A tie thus
- * goes to the first maximum of its window in row-major order, as on the cpu backend.
- *
- * Why not MaxPoolWithArgmax of the input itself: tfjs-backend-wasm 4.22 starts its search at FLT_MIN and keeps the
- * last of equal values, so a window with no value above 1.2e-38 (all zeros after a ReLU: common) reports index 0 of
- * the tensor, and ties go to the last maximum. The marks are unique within a window and at least 1 where it matters.
- * The backend's MaxPoolGrad, still used for the cases below, has the same FLT_MIN start: it misroutes the gradient of a
- * window whose values are all negative (the tests saw it; not worked around here). Upstream: tfjs-backend-wasm's MaxPoolGrad searches every window's maximum again per output
- * in a scalar loop (17 % of the CNN's step once the convolutions were fast). Overlapping or padded windows, a size
- * the windows do not tile exactly, and a rounding mode go to the backend's kernel.
- */
-export function maxPoolGradConfig(tf: Tf, fallback: KernelFunc): KernelConfig {
-  const kernelFunc: KernelFunc = (args) => {
-    const { inputs, backend, attrs } = args;
-    const dy = inputs['dy'];
-    const input = inputs['input'];
-    const output = inputs['output'];
-    if (dy === undefined || input === undefined || output === undefined) throw new Error('MaxPoolGrad needs inputs dy, input and output');
-    const { filterSize, strides, pad, dimRoundingMode } = attrs as unknown as MaxPoolGradAttrs;
-    if (dimRoundingMode !== undefined || input.dtype !== 'float32' || dy.dtype !== 'float32' || input.shape.length !== 4) return fallback(args);
-    const info = tf.backend_util.computePool2DInfo(input.shape as [number, number, number, number], filterSize, strides, 1, pad);
-    const { batchSize: b, inHeight, inWidth, inChannels: c, outHeight: oh, outWidth: ow, strideHeight: sh, strideWidth: sw } = info;
-    const kh = info.filterHeight;
-    const kw = info.filterWidth;
-    const tiles =
-      sh === kh && sw === kw && oh * kh === inHeight && ow * kw === inWidth &&
-      info.padInfo.top === 0 && info.padInfo.left === 0 && info.padInfo.bottom === 0 && info.padInfo.right === 0;
-    const shapeOk = (t: TensorInfo) => t.shape.length === 4 && info.outShape.every((d, i) => d === t.shape[i]);
-    const argmax = tf.getKernel(tf.MaxPoolWithArgmax, 'wasm');
-    if (!tiles || !shapeOk(dy) || !shapeOk(output) || argmax === undefined) return fallback(args);
-    const scope = new KernelScope(tf, backend);
-    try {
-      const windows = scope.temp(tf.Reshape, { x: input }, { shape: [b, oh, kh, ow, kw, c] });
-      const maxima = scope.temp(tf.Reshape, { x: output }, { shape: [b, oh, 1, ow, 1, c] });
-      const isMax = scope.temp(tf.Equal, { a: windows, b: maxima }, {});
-      const isMaxF = scope.temp(tf.Cast, { x: isMax }, { dtype: 'float32' });
-      // kh*kw for a window's first place down to 1 for its last: the first maximum gets the largest mark.
-      const order = Float32Array.from({ length: kh * kw }, (_, i) => kh * kw - i);
-      const placeWeights = scope.adopt((backend as MakingBackend).makeOutput([1, 1, kh, 1, kw, 1], 'float32', undefined, order));
-      const marks = scope.temp(tf.Multiply, { a: isMaxF, b: placeWeights }, {});
-      const marks4 = scope.temp(tf.Reshape, { x: marks }, { shape: [...input.shape] });
-      const outs = argmax.kernelFunc({
-        inputs: { x: marks4 },
-        backend: backend as never,
-        attrs: { filterSize, strides, pad, includeBatchInIndex: true } as unknown as NamedAttrMap,
-      });
-      if (!Array.isArray(outs) || outs.length !== 2) throw new Error('MaxPoolWithArgmax returned no indexes');
-      scope.adopt(outs[0]!);
-      const indexes = scope.adopt(outs[1]!);
-      const n = b * oh * ow * c;
-      const flatIndexes = scope.temp(tf.Reshape, { x: indexes }, { shape: [n, 1] });
-      const flatDy = scope.temp(tf.Reshape, { x: dy }, { shape: [n] });
-      const dx = scope.temp(tf.ScatterNd, { indices: flatIndexes, updates: flatDy }, { shape: [b * inHeight * inWidth * c] });
-      return scope.run(tf.Reshape, { x: dx }, { shape: [...input.shape] });
-    } finally {
-      scope.dispose();
-    }
-  };
-  return { kernelName: tf.MaxPoolGrad, backendName: 'wasm', kernelFunc };
 }
