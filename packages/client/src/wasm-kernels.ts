@@ -22,6 +22,12 @@ type Tf = typeof import('@tensorflow/tfjs');
  * - `BatchMatMul`: the backend hands a matmul with a transposed operand to a plain loop instead of XNNPACK (1.4-2.8
  *   GFLOP/s); every dense layer's gradients (dW = xᵀ·dy, dx = dy·Wᵀ) are such matmuls.
  *
+ * MaxPoolGrad stays the backend's (a scalar loop, about a sixth of the CNN's step once the kernels above are in): a
+ * version from its MaxPoolWithArgmax, Equal and ScatterNd kernels was slower still (those are scalar loops too, Equal
+ * with broadcasting much slower), and MaxPoolWithArgmax starts its search at FLT_MIN, so a window without a positive
+ * value gets index 0 of the tensor. The backend's MaxPoolGrad has the same start and misroutes the gradient of a
+ * window whose values are all negative (not reached after a ReLU, as in packages/models).
+ *
  * MaxPoolGrad, also a plain loop upstream, is left to the backend: after the kernels above it is a few per cent of the
  * CNN's step (`npm run bench -- --only training` prints the split).
  */

@@ -8,7 +8,7 @@ import {
   type Tf,
 } from '@fedunlearn/client';
 import { buildArchitecture, definitionOf, type ArchitectureName } from '@fedunlearn/models';
-import { compare, spreadOf, summarise } from '../measure.js';
+import { spreadOf } from '../measure.js';
 import { round } from '../fixtures.js';
 import type { SectionOptions, SectionResult } from '../section.js';
 
@@ -19,42 +19,44 @@ const MATMUL_N = 1024;
 /**
  * Local training against the machine's floor: examples/s of the SDK's Trainer per built-in architecture (MNIST
  * shapes) on the backend the SDK picks, turned into a FLOP rate with the architecture's multiply-adds per example, and
- * divided by the same backend's GFLOP/s on a 1024x1024 float32 matmul (the fastest thing it does). On wasm, each
- * architecture is also trained with and without the SDK's training kernels (wasm-kernels.ts), interleaved, for the
- * speed-up they bring; the other rows are measured with them, as clients run.
+ * divided by the same backend's GFLOP/s on a 1024x1024 float32 matmul (the fastest thing it does), interleaved. On
+ * wasm, each architecture is also trained with the backend's own kernels in place of the SDK's (wasm-kernels.ts) for
+ * the speed-up they bring; the other figures are measured with them, as clients run.
  */
 export async function run(opts: SectionOptions): Promise<SectionResult> {
   const { tf, name: backend } = await initBackend();
-  const floor = await matmulFloor(tf, opts.quick ? 3 : 7);
-  opts.log(`training: backend ${backend}, ${MATMUL_N}x${MATMUL_N} matmul ${floor.gflops.toFixed(1)} GFLOP/s`);
-  const out: Record<string, unknown> = { backend, matmulFloorGflops: round(floor.gflops, 2), batchSize: BATCH };
+  const out: Record<string, unknown> = { backend, batchSize: BATCH };
+  const floors: number[] = [];
   for (const arch of ['mlp', 'cnn'] as const) {
-    out[arch] = await measureArchitecture(tf, backend, arch, opts, floor.gflops);
+    const r = await measureArchitecture(tf, backend, arch, opts);
+    floors.push(...r.floorGflops);
+    out[arch] = r.result;
   }
-  out.matmulFloor = { n: MATMUL_N, ms: floor.ms };
+  out.matmulFloorGflops = round(spreadOf(floors).median, 2);
   return out;
 }
 
-async function matmulFloor(tf: Tf, repeats: number): Promise<{ gflops: number; ms: Record<string, number> }> {
+/** A 1024x1024 float32 matmul on the active backend; returns a function timing one (ms), and one to free it. */
+function matmulFloor(tf: Tf): { once: () => Promise<number>; dispose: () => void } {
   const a = tf.randomUniform([MATMUL_N, MATMUL_N], -1, 1, 'float32', 1);
   const b = tf.randomUniform([MATMUL_N, MATMUL_N], -1, 1, 'float32', 2);
-  const times: number[] = [];
-  try {
-    for (let i = 0; i < repeats + 1; i++) {
+  return {
+    once: async () => {
       const t0 = performance.now();
       const c = tf.matMul(a, b);
       await c.data();
       const ms = performance.now() - t0;
       c.dispose();
-      if (i > 0) times.push(ms); // the first run pays for XNNPACK's weight packing and page faults
-    }
-  } finally {
-    a.dispose();
-    b.dispose();
-  }
-  const s = spreadOf(times);
-  return { gflops: (2 * MATMUL_N ** 3) / (s.median / 1000) / 1e9, ms: { median: round(s.median, 2), min: round(s.min, 2), max: round(s.max, 2) } };
+      return ms;
+    },
+    dispose: () => {
+      a.dispose();
+      b.dispose();
+    },
+  };
 }
+
+const gflopsOf = (flops: number, ms: number) => flops / (ms / 1000) / 1e9;
 
 /**
  * Floating-point operations one training example costs, forward and backward, counted as 2 per multiply-add of the
@@ -88,7 +90,12 @@ function randomImages(tf: Tf, n: number, inputShape: number[]): LocalDataset {
   return { x: Float32Array.from(x), y, inputShape, numClasses: 10, count: n };
 }
 
-async function measureArchitecture(tf: Tf, backend: string, arch: ArchitectureName, opts: SectionOptions, floorGflops: number): Promise<Record<string, unknown>> {
+/**
+ * Trains one architecture, interleaved with the floor (and on wasm with the backend's own kernels): each repeat times
+ * a training call with the SDK's kernels, one without them, and three matmuls, so that every figure sees the same
+ * drift of this shared machine; ratios are medians of per-repeat ratios.
+ */
+async function measureArchitecture(tf: Tf, backend: string, arch: ArchitectureName, opts: SectionOptions): Promise<{ result: Record<string, unknown>; floorGflops: number[] }> {
   const inputShape = arch === 'cnn' ? [28, 28, 1] : [784];
   const model = buildArchitecture(arch, { inputShape, numClasses: 10, seed: 1 });
   const flops = trainingFlopsPerExample(model as never);
@@ -100,43 +107,68 @@ async function measureArchitecture(tf: Tf, backend: string, arch: ArchitectureNa
   const trainer = new Trainer({ tf });
   await trainer.layoutFor(def.topologyJson);
   let seed = 0;
-  const trainOnce = async () => {
+  const trainMs = async () => {
+    const t0 = performance.now();
     await trainer.train(def.topologyJson, def.initial.values, data, { learningRate: 0.01, batchSize: BATCH, epochs: 1, seed: seed++ });
+    return performance.now() - t0;
   };
+  const floor = matmulFloor(tf);
+  const onWasm = backend === 'wasm';
   const repeats = opts.quick ? 2 : arch === 'cnn' ? 5 : 7;
+  const withMs: number[] = [];
+  const withoutMs: number[] = [];
+  const floorMs: number[] = [];
+  const ratios: number[] = [];
+  const speedups: number[] = [];
   try {
-    const onWasm = backend === 'wasm';
-    const withKernels = { run: async () => { registerWasmTrainingKernels(tf); await trainOnce(); } };
-    const without = { run: async () => { restoreWasmKernels(tf); await trainOnce(); } };
-    const c = onWasm
-      ? await compare(withKernels, without, { warmup: 1, repeats })
-      : await compare({ run: trainOnce }, { run: trainOnce }, { warmup: 1, repeats });
-    if (onWasm) registerWasmTrainingKernels(tf);
-    const examplesPerSecond = examples / (c.candidate.median / 1000);
-    const gflops = (examplesPerSecond * flops) / 1e9;
+    for (let i = 0; i < repeats + 1; i++) {
+      if (onWasm) registerWasmTrainingKernels(tf);
+      const w = await trainMs();
+      let wo = NaN;
+      if (onWasm) {
+        restoreWasmKernels(tf);
+        wo = await trainMs();
+        registerWasmTrainingKernels(tf);
+      }
+      const f = Math.min(await floor.once(), await floor.once(), await floor.once());
+      if (i === 0) continue; // warm-up: model build, XNNPACK packing, first-touch pages
+      withMs.push(w);
+      withoutMs.push(wo);
+      floorMs.push(f);
+      ratios.push(gflopsOf(examples * flops, w) / gflopsOf(2 * MATMUL_N ** 3, f));
+      speedups.push(wo / w);
+    }
+    const withSpread = spreadOf(withMs);
+    const examplesPerSecond = examples / (withSpread.median / 1000);
+    const floorGflops = floorMs.map((ms) => gflopsOf(2 * MATMUL_N ** 3, ms));
     const result: Record<string, unknown> = {
       examplesPerSecond: round(examplesPerSecond, 1),
       flopsPerExample: Math.round(flops),
-      gflops: round(gflops, 2),
-      ratioToMatmulFloor: round(gflops / floorGflops, 4),
+      gflops: round((examplesPerSecond * flops) / 1e9, 2),
+      ratioToMatmulFloor: round(spreadOf(ratios).median, 4),
+      matmulFloorGflops: round(spreadOf(floorGflops).median, 2),
       examplesPerCall: examples,
       parameters: def.initial.layout.totalSize,
+      detail: { trainMs: spreadOf(withMs), floorMs: spreadOf(floorMs), ratios: spreadOf(ratios), repeats },
     };
     if (onWasm) {
+      const speedup = spreadOf(speedups);
       result.kernels = {
-        ours: activeWasmTrainingKernels(tf),
-        // baseline (the backend's own kernels) time / time with ours: the speed-up the kernels bring.
-        speedup: round(c.ratio, 3),
-        examplesPerSecondWithout: round(examples / (c.baseline.median / 1000), 1),
-        detail: summarise(c),
+        // time with the backend's own kernels / time with ours, per repeat, median: the speed-up the kernels bring.
+        speedup: round(speedup.median, 3),
+        examplesPerSecondWithout: round(examples / (spreadOf(withoutMs).median / 1000), 1),
+        detail: { ours: activeWasmTrainingKernels(tf), withoutMs: spreadOf(withoutMs), speedups: speedup },
       };
-      opts.log(`training: ${arch} ${examplesPerSecond.toFixed(0)} examples/s (${(gflops).toFixed(1)} GFLOP/s, ${(gflops / floorGflops).toFixed(2)} of the floor); without our kernels ${(examples / (c.baseline.median / 1000)).toFixed(0)} examples/s (x${c.ratio.toFixed(2)})`);
-    } else {
-      opts.log(`training: ${arch} ${examplesPerSecond.toFixed(0)} examples/s (${(gflops).toFixed(1)} GFLOP/s, ${(gflops / floorGflops).toFixed(2)} of the floor)`);
     }
-    return result;
+    opts.log(
+      `training: ${arch} ${examplesPerSecond.toFixed(0)} examples/s x ${(flops / 1e6).toFixed(2)} MFLOP = ${((examplesPerSecond * flops) / 1e9).toFixed(1)} GFLOP/s, ` +
+        `${spreadOf(ratios).median.toFixed(2)} of the ${MATMUL_N}x${MATMUL_N} matmul (${spreadOf(floorGflops).median.toFixed(1)} GFLOP/s)` +
+        (onWasm ? `; x${spreadOf(speedups).median.toFixed(2)} over the backend's own kernels (${(examples / (spreadOf(withoutMs).median / 1000)).toFixed(0)} examples/s)` : ''),
+    );
+    return { result, floorGflops };
   } finally {
-    registerWasmTrainingKernels(tf);
+    if (onWasm) registerWasmTrainingKernels(tf);
+    floor.dispose();
     trainer.dispose();
   }
 }
