@@ -59,6 +59,12 @@ export class Fleet extends EventEmitter<FleetEvents> {
     return m as { jobId: string; report: unknown; state: string };
   }
 
+  /** Each thread's event-loop delay (ms) since the previous call or the start; resets it. */
+  async loopDelays(): Promise<{ maxMs: number; p99Ms: number }[]> {
+    const out = await Promise.all(this.workers.map((w) => this.request(w, { type: 'loopDelay' }, 'loopDelay')));
+    return out.map((m) => (m.type === 'loopDelay' ? { maxMs: m.maxMs, p99Ms: m.p99Ms } : { maxMs: NaN, p99Ms: NaN }));
+  }
+
   async stop(): Promise<void> {
     await Promise.all(this.workers.map((w) => this.request(w, { type: 'stop' }, 'stopped').catch(() => undefined)));
     await Promise.all(this.workers.map((w) => w.terminate()));

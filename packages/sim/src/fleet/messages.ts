@@ -19,6 +19,8 @@ export type ToWorker =
   | { type: 'connect'; url: string; clients: VirtualClientSpec[]; options: ConnectOptions }
   | { type: 'reconnect'; url: string }
   | { type: 'forget'; clientId: string; requestId: number }
+  /** The thread's event-loop delay since the last ask (or start), then reset: heartbeats wait this long. */
+  | { type: 'loopDelay' }
   | { type: 'stop' };
 
 /** Fleet worker → main thread. */
@@ -27,4 +29,5 @@ export type FromWorker =
   | { type: 'task'; clientId: string; kind: string; round: number; trainMs: number }
   | { type: 'forgotten'; requestId: number; jobId: string; report: unknown; state: string }
   | { type: 'failed'; message: string; requestId?: number }
+  | { type: 'loopDelay'; maxMs: number; p99Ms: number }
   | { type: 'stopped' };
