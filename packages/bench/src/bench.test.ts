@@ -52,9 +52,11 @@ test('bench --quick produces a finite figure for every key of its sections, in r
     for (const arch of ['mlp', 'cnn']) {
       const t = training[arch]!;
       assert.ok(t.examplesPerSecond! > 0 && t.flopsPerExample! > 0, `training.${arch}`);
-      // The FLOP rate is examples/s times FLOPs per example, the ratio that rate over the matmul floor.
+      // The FLOP rate is examples/s times FLOPs per example; the ratio is that rate over the matmul floor, as a median
+      // of per-repeat ratios, so it sits near (not exactly at) the ratio of the medians.
       const gflops = (t.examplesPerSecond! * t.flopsPerExample!) / 1e9;
-      assert.ok(Math.abs(t.ratioToMatmulFloor! - gflops / (training.matmulFloorGflops as unknown as number)) < 0.01, `training.${arch}.ratioToMatmulFloor`);
+      const ofMedians = gflops / t.matmulFloorGflops!;
+      assert.ok(Math.abs(t.ratioToMatmulFloor! / ofMedians - 1) < 0.5, `training.${arch}.ratioToMatmulFloor ${t.ratioToMatmulFloor} vs ${ofMedians}`);
       if ((training.backend as unknown as string) === 'wasm') assert.ok(t.kernels && Number.isFinite(t.kernels.speedup), `training.${arch}.kernels.speedup`);
     }
     // FLOPs per example from the architectures: MLP 784-128-64-10 and the FedEraser CNN (72.4 MFLOP).
