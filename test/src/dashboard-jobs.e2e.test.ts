@@ -58,6 +58,10 @@ test("the dashboard's job panel shows a job waiting for offline clients (who, ho
   const pageErrors: string[] = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
   await page.goto(`${url}/dashboard/`);
+  // The API is closed by default: the page asks for the operator token once per tab.
+  await page.locator('#token-form').waitFor({ state: 'visible' });
+  await page.fill('#token', coordinator.operatorToken!);
+  await page.click('#token-form button[type=submit]');
   await page.locator('#live[data-state="live"]').waitFor();
 
   const job = coordinator.forget({ clientIds: ['wait-0'], method: 'federaser', requestedBy: 'operator:test' });

@@ -31,11 +31,16 @@ async function start(prefix: string, over: Partial<CoordinatorOptions> = {}): Pr
     ...over,
   });
   const { url } = await coordinator.listen(0);
+  tokens.set(url, coordinator.operatorToken!);
   return { coordinator, url };
 }
 
+/** The operator token each coordinator of this file was made with (the API is closed by default). */
+const tokens = new Map<string, string>();
+
 async function http<T = unknown>(url: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
-  const res = await fetch(url + path, body === undefined ? {} : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const authorization = `Bearer ${tokens.get(url) ?? ''}`;
+  const res = await fetch(url + path, body === undefined ? { headers: { authorization } } : { method: 'POST', headers: { 'content-type': 'application/json', authorization }, body: JSON.stringify(body) });
   return { status: res.status, body: (await res.json()) as T };
 }
 
@@ -248,7 +253,10 @@ test('a job whose clients are offline shows whom it waits for (API and CLI), for
   await waitUntil(() => coordinator.registry.size === 0, 10_000, 'every client gone');
   const head = coordinator.store.head();
   // The operator's command, as issued: forget --wait with nobody connected.
-  const cli = spawn(process.execPath, [CLI, 'forget', 'off-0', '--method', 'federaser', '--wait', '--poll-ms', '100', '--url', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const cli = spawn(process.execPath, [CLI, 'forget', 'off-0', '--method', 'federaser', '--wait', '--poll-ms', '100', '--url', url], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, FEDUNLEARN_OPERATOR_TOKEN: tokens.get(url)! },
+  });
   let stderr = '';
   cli.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => cli.on('exit', (code) => resolve(code)));

@@ -136,13 +136,14 @@ test('a forget job with a reader holding history.db open: purge incomplete until
     answering = false;
     marked.close();
     await answers;
-    const res = await fetch(`${url}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ clientIds: ['marked'], method: 'federaser' }) });
+    const authorization = `Bearer ${coordinator.operatorToken}`;
+    const res = await fetch(`${url}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json', authorization }, body: JSON.stringify({ clientIds: ['marked'], method: 'federaser' }) });
     assert.equal(res.status, 202);
     const { jobId } = (await res.json()) as { jobId: string };
     const [done] = await coordinator.runPendingJobs();
     assert.equal(done!.state, 'done', done!.error ?? '');
 
-    const getReport = async () => (await (await fetch(`${url}/v1/jobs/${jobId}/report`)).json()) as Report;
+    const getReport = async () => (await (await fetch(`${url}/v1/jobs/${jobId}/report`, { headers: { authorization } })).json()) as Report;
     const incompleteGauge = async () => Number(/^fedunlearn_purges_incomplete (\d+)$/m.exec(await (await fetch(`${url}/metrics`)).text())?.[1]);
     const during = await getReport();
     assert.equal(during.purged.updatesDeleted, 3);

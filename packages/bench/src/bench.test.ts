@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { GOALS, numericLeaves } from './report.js';
 
 const CLI = fileURLToPath(new URL('./cli.js', import.meta.url));
-const MINE = ['aggregation', 'codec', 'ingest', 'history'];
+const MINE = ['aggregation', 'codec', 'ingest', 'history', 'training'];
 
 /** Runs the real CLI in --quick mode; asserts on what it produces, never on how long it took. */
 test('bench --quick produces a finite figure for every key of its sections, in results.json and results.md', { timeout: 180_000 }, async () => {
@@ -48,6 +48,20 @@ test('bench --quick produces a finite figure for every key of its sections, in r
     assert.ok(hist.bytesPerClientRound.fp16! < hist.bytesPerClientRound.fp32!);
     assert.ok(hist.bytesPerClientRound.int8! < hist.bytesPerClientRound.fp16!);
     assert.ok(hist.bytesPerClientRound.norms! < hist.bytesPerClientRound.int8!);
+    const training = doc.training as Record<string, Record<string, number> & { kernels?: { speedup: number } }>;
+    for (const arch of ['mlp', 'cnn']) {
+      const t = training[arch]!;
+      assert.ok(t.examplesPerSecond! > 0 && t.flopsPerExample! > 0, `training.${arch}`);
+      // The FLOP rate is examples/s times FLOPs per example; the ratio is that rate over the matmul floor, as a median
+      // of per-repeat ratios, so it sits near (not exactly at) the ratio of the medians.
+      const gflops = (t.examplesPerSecond! * t.flopsPerExample!) / 1e9;
+      const ofMedians = gflops / t.matmulFloorGflops!;
+      assert.ok(Math.abs(t.ratioToMatmulFloor! / ofMedians - 1) < 0.5, `training.${arch}.ratioToMatmulFloor ${t.ratioToMatmulFloor} vs ${ofMedians}`);
+      if ((training.backend as unknown as string) === 'wasm') assert.ok(t.kernels && Number.isFinite(t.kernels.speedup), `training.${arch}.kernels.speedup`);
+    }
+    // FLOPs per example from the architectures: MLP 784-128-64-10 and the FedEraser CNN (72.4 MFLOP).
+    assert.equal(training.mlp!.flopsPerExample, 2 * (2 * (784 * 128) + 3 * (128 * 64 + 64 * 10)));
+    assert.equal(training.cnn!.flopsPerExample, 2 * (2 * 28 * 28 * 25 * 32 + 3 * (14 * 14 * 25 * 32 * 64 + 3136 * 512 + 512 * 10)));
     const md = readFileSync(join(out, 'results.md'), 'utf8');
     assert.match(md, /\| aggregation\.ratioToFloor \| [0-9.]+ \| >= 0\.8 \| (yes|no) \|/);
   } finally {

@@ -12,9 +12,10 @@ import { run as fleet } from './sections/fleet.js';
 import { run as history } from './sections/history.js';
 import { run as ingest } from './sections/ingest.js';
 import { run as jobs } from './sections/jobs.js';
+import { run as training } from './sections/training.js';
 import { run as unlearning } from './sections/unlearning.js';
 
-const SECTIONS: Readonly<Record<string, SectionRun>> = { aggregation, codec, ingest, history, fleet, unlearning, jobs };
+const SECTIONS: Readonly<Record<string, SectionRun>> = { aggregation, codec, ingest, history, training, fleet, unlearning, jobs };
 
 /** bench/ at the repository root, from this file's place (packages/bench/dist/cli.js), whatever the cwd. */
 const DEFAULT_OUT = fileURLToPath(new URL('../../../bench/', import.meta.url));

@@ -1,4 +1,4 @@
-import { registerWasmTrainingKernels } from './wasm-conv2d-grad.js';
+import { registerWasmTrainingKernels } from './wasm-kernels.js';
 
 /** The platform-neutral half of backend selection, shared by the Node (backend.ts) and browser (backend.browser.ts) entries. */
 export type Tf = typeof import('@tensorflow/tfjs');

@@ -2,4 +2,10 @@ export * from './dataset.js';
 export * from './backend.js';
 export * from './trainer.js';
 export * from './federated-client.js';
-export { registerWasmTrainingKernels } from './wasm-conv2d-grad.js';
+export {
+  activeWasmTrainingKernels,
+  registerWasmTrainingKernels,
+  restoreWasmKernels,
+  WASM_TRAINING_KERNELS,
+  type WasmTrainingKernel,
+} from './wasm-kernels.js';

@@ -295,3 +295,60 @@ test('predict yields to the event loop between batches, so sockets in the same t
   assert.ok(timerRan, 'a timer due during predict ran before predict finished');
   trainer.dispose();
 });
+
+/**
+ * The fleet's case: hundreds of clients of one thread queue a short training each on their shared trainer. Each
+ * call alone takes a few milliseconds, under the trainer's yield interval, so before the fix the queued calls ran as
+ * one chain of promise callbacks and no socket of the thread was read until all were done (1,000-client fleet rounds
+ * lost clients to `ping timeout`). A heartbeat over a real loopback socket must be answered while the queue drains.
+ */
+test('queued short trainings let a heartbeat over a real socket through before the queue drains', async () => {
+  const { createServer, connect } = await import('node:net');
+  const server = createServer((s) => s.on('data', () => s.write('pong')));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  const socket = connect(port, '127.0.0.1');
+  await new Promise<void>((r) => socket.once('connect', r));
+  const trainer = new Trainer({ tf });
+  await trainer.layoutFor(MLP.topology);
+  const small = blobs(16, 4, 6, 'short');
+  const calls = 40;
+  let finished = 0;
+  let finishedAtPong = -1;
+  let finishedAtTimer = -1;
+  socket.once('data', () => (finishedAtPong = finished));
+  setTimeout(() => (finishedAtTimer = finished), 0);
+  try {
+    socket.write('ping');
+    await Promise.all(
+      Array.from({ length: calls }, (_, i) =>
+        trainer.train(MLP.topology, MLP.start, small, { learningRate: 0.1, batchSize: 16, epochs: 1, seed: i }).then(() => finished++),
+      ),
+    );
+    // Both must have happened while trainings were still queued, not after the last one.
+    assert.ok(finishedAtTimer >= 0 && finishedAtTimer < calls, `timer ran after ${finishedAtTimer} of ${calls} trainings`);
+    if (finishedAtPong < 0) await new Promise<void>((r) => socket.once('data', () => r()));
+    assert.ok(finishedAtPong >= 0 && finishedAtPong < calls, `pong read after ${finishedAtPong} of ${calls} trainings`);
+  } finally {
+    trainer.dispose();
+    socket.destroy();
+    await new Promise((r) => server.close(r));
+  }
+});
+
+test('one long training lets a heartbeat timer fire between its batches', async () => {
+  const trainer = new Trainer({ tf });
+  const data = blobs(4000, 4, 6, 'long');
+  let ticks = 0;
+  let stepsSeen = 0;
+  const timer = setInterval(() => ticks++, 1);
+  try {
+    const out = await trainer.train(MLP.topology, MLP.start, data, { learningRate: 0.1, batchSize: 8, epochs: 2, seed: 1 });
+    stepsSeen = out.metrics.steps;
+  } finally {
+    clearInterval(timer);
+    trainer.dispose();
+  }
+  assert.equal(stepsSeen, 1000);
+  assert.ok(ticks > 0, 'the interval ran during the training');
+});

@@ -48,7 +48,10 @@ export type ModelFactory = (topologyJson: string) => Promise<LayersModel> | Laye
 /** Probabilities are clipped before the log as Keras does, so a confidently wrong softmax gives a finite loss. */
 const EPSILON = 1e-7;
 const DEFAULT_EVAL_BATCH = 256;
-/** Training yields to the event loop this often so that the SDK's socket keeps answering heartbeats. */
+/**
+ * Training yields to the event loop between batches once this long has passed since the last yield (and every call
+ * starts after one), so that the SDK's sockets keep answering heartbeats and a page stays responsive.
+ */
 const YIELD_EVERY_MS = 50;
 
 /**
@@ -101,11 +104,17 @@ export class Trainer {
       const models = [...this.models.values()];
       this.models.clear();
       for (const m of models) (await m.catch(() => undefined))?.dispose();
-    });
+    }, false);
   }
 
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn);
+  /**
+   * Runs `fn` after every call made before it, and only after a turn of the event loop. Without that turn, calls
+   * queued together (hundreds of virtual clients sharing this trainer in one simulation thread, each training a few
+   * batches) ran back to back as one chain of promise callbacks: no socket of that thread read a ping until the whole
+   * queue was done, and the coordinator dropped its clients with `ping timeout`.
+   */
+  private serial<T>(fn: () => Promise<T>, yieldFirst = true): Promise<T> {
+    const run = (yieldFirst ? this.queue.then(yieldToEventLoop) : this.queue).then(fn);
     this.queue = run.catch(() => undefined);
     return run;
   }
@@ -374,6 +383,32 @@ async function readWeights(tf: Tf, model: LayersModel): Promise<Float32Array> {
   }
 }
 
+/**
+ * Resolves after pending I/O and timers have had their turn: `setImmediate` in Node (after the poll phase, without
+ * setTimeout's 1 ms floor); a MessageChannel message in a browser (a macrotask, without the 4 ms clamp of nested
+ * timeouts); setTimeout elsewhere.
+ */
 function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+  const g = globalThis as unknown as { setImmediate?: (cb: () => void) => unknown; MessageChannel?: new () => BrowserChannel };
+  if (typeof g.setImmediate === 'function') {
+    const immediate = g.setImmediate;
+    return new Promise((resolve) => void immediate(resolve));
+  }
+  if (typeof g.MessageChannel === 'function') {
+    const { port1, port2 } = new g.MessageChannel();
+    return new Promise((resolve) => {
+      port1.onmessage = () => {
+        port1.close();
+        resolve();
+      };
+      port2.postMessage(null);
+    });
+  }
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+/** The part of a browser's MessageChannel used above (Node's typings describe its own). */
+interface BrowserChannel {
+  port1: { onmessage: (() => void) | null; close(): void };
+  port2: { postMessage(m: unknown): void };
 }

@@ -58,6 +58,22 @@ export interface UnlearningRow extends ModelFigures {
   clientsMissing: number;
 }
 
+/** Where the federated-training phase's wall time went (ms). */
+export interface TrainingEfficiency {
+  threads: number;
+  /** Connecting the fleet (hellos, welcomes) before the first round. */
+  connectMs: number;
+  /** Rounds, from each round's start to its commit (the coordinator's durations, summed). */
+  roundsMs: number;
+  /** Evaluating the global model on the test set after each round, on the main thread; no round runs meanwhile. */
+  evaluationMs: number;
+  /** Local training per fleet thread (a thread's clients train one after another). */
+  perThreadTrainingMs: number[];
+  /** What the busiest thread did not spend training during the rounds: the others' share of a round is idle time
+   *  while it finishes (uneven client data), plus decoding, encoding and the coordinator's work. */
+  roundIdleMs: number;
+}
+
 export interface SimReport {
   config: SimConfig;
   backend: string;
@@ -67,6 +83,13 @@ export interface SimReport {
   finalTestAccuracy: number;
   wallTimeMs: number;
   trainingWallTimeMs: number;
+  /**
+   * Share of the federated-training phase's thread time spent in local training: the clients' training times summed
+   * over the fleet's threads, over threads x the phase's wall time (1 = every thread trained all the time). What the
+   * rest went to is in `efficiency`.
+   */
+  trainingShare: number;
+  efficiency: TrainingEfficiency;
   storedBytes: number;
   /** The training history as stored (under the run's retention), and the client-rounds it covers. */
   history: HistoryStats & { clientRounds: number };
@@ -119,6 +142,13 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
   let storedBytes = 0;
   let history: SimReport['history'] | null = null;
   let trainingWallTimeMs = 0;
+  let trainingPhase = true;
+  const perThreadTrainingMs: number[] = [];
+  fleet.on('task', (t) => {
+    if (trainingPhase) perThreadTrainingMs[t.thread] = (perThreadTrainingMs[t.thread] ?? 0) + t.trainMs;
+  });
+  let connectMs = 0;
+  let evaluationMs = 0;
   try {
     // Training.
     const trainDir = join(work, 'train');
@@ -134,9 +164,12 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     // Round 1 starts once the whole fleet (but for late joiners) is connected: a round started earlier would select
     // from whoever happened to be welcomed first, and the run would not be reproducible from its seed.
     await wholeFleet(coord.coordinator, cfg.clients - lateIds.size);
+    connectMs = Date.now() - tTrain;
     progress.start('training', cfg.rounds, 'round');
     const onRound = async (r: RoundOutcome) => {
+      const tEval = performance.now();
       const m = await evaluator.test(coord.coordinator.model().weights);
+      evaluationMs += performance.now() - tEval;
       rounds.push({
         round: r.round,
         testAccuracy: m.accuracy,
@@ -161,6 +194,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     await coord.coordinator.runRounds(cfg.rounds - (lateIds.size > 0 ? cfg.forgetJoinRound - 1 : 0), onRound);
     progress.stop();
     trainingWallTimeMs = Date.now() - tTrain;
+    trainingPhase = false;
     storedBytes = statsBytes(coord.coordinator);
     history = { ...coord.coordinator.store.stats(), clientRounds: rounds.reduce((n, r) => n + r.participants, 0) };
     const trained = coord.coordinator.model().weights;
@@ -279,6 +313,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       finalTestAccuracy: rounds.at(-1)?.testAccuracy ?? NaN,
       wallTimeMs: Date.now() - t0,
       trainingWallTimeMs,
+      ...trainingEfficiency(trainingWallTimeMs, fleet.threadCount, perThreadTrainingMs, connectMs, evaluationMs, rounds),
       storedBytes,
       history: history!,
       forgotten: forgottenIds,
@@ -297,6 +332,30 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     // Every coordinator is stopped by now (each in its own finally). A demo's histories run to hundreds of MB.
     if (!cfg.keepData) rmSync(work, { recursive: true, force: true });
   }
+}
+
+function trainingEfficiency(
+  wallMs: number,
+  threads: number,
+  perThread: number[],
+  connectMs: number,
+  evaluationMs: number,
+  rounds: RoundRow[],
+): { trainingShare: number; efficiency: TrainingEfficiency } {
+  const perThreadTrainingMs = Array.from({ length: threads }, (_, i) => Math.round(perThread[i] ?? 0));
+  const sum = perThreadTrainingMs.reduce((a, b) => a + b, 0);
+  const roundsMs = rounds.reduce((n, r) => n + r.durationMs, 0);
+  return {
+    trainingShare: wallMs > 0 && threads > 0 ? Math.round((sum / (threads * wallMs)) * 1000) / 1000 : 0,
+    efficiency: {
+      threads,
+      connectMs,
+      roundsMs,
+      evaluationMs: Math.round(evaluationMs),
+      perThreadTrainingMs,
+      roundIdleMs: Math.max(0, roundsMs - Math.max(0, ...perThreadTrainingMs)),
+    },
+  };
 }
 
 function orderMethods(methods: MethodName[]): MethodName[] {

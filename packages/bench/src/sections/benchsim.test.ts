@@ -13,6 +13,9 @@ test('fleet section: a real round over real sockets yields its time split and th
   for (const r of out.rounds) {
     assert.ok(r.completed, `${r.model}: ${r.completed ? '' : r.failure}`);
     assert.ok(r.participants > 0, `${r.model}: nobody trained`);
+    // Clients sharing a worker thread must keep answering heartbeats while the others train (issue 13).
+    const dropped = Object.values(r.missingReasons).filter((m) => /ping timeout/.test(m.example));
+    assert.deepEqual(dropped, [], `${r.model}: clients lost to ping timeouts`);
     assert.ok(r.parameters > (r.model.startsWith('mlp-1m') ? 1_000_000 : 100_000));
     const { eventLoopDelayMs, ...coordinatorMs } = r.coordinator;
     for (const [k, v] of Object.entries({ wallTimeMs: r.wallTimeMs, connectMs: r.connectMs, ...r.localTraining, ...coordinatorMs, loopMax: eventLoopDelayMs.max, loopP99: eventLoopDelayMs.p99, bytesOut: r.wire.bytesOut, bytesIn: r.wire.bytesIn, remainderMs: r.wire.remainderMs, idleMs: r.wire.coordinatorIdleMs, peak: r.coordinatorPeakRssMb })) {

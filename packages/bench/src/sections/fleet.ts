@@ -64,6 +64,8 @@ export interface FleetRound {
     /** Event-loop delay during the round (heartbeats wait this long; socket.io drops a client after 10 s). */
     eventLoopDelayMs: { max: number; p99: number };
   };
+  /** Event-loop delay of each fleet thread during the round: its clients' pongs wait this long. */
+  fleetEventLoopDelayMs: { max: number; p99: number }[];
   /**
    * Loopback sockets carry the round while clients train and the coordinator handles updates, so wire time is not a
    * separate phase. Two views of it: the time the coordinator's loop was not busy with its own work (waiting on sockets and
@@ -188,7 +190,9 @@ export async function measureRound(name: string, def: ModelDefinition, shards: L
     // once keeps every hello inside the coordinator's hello timeout.
     await fleet.connect(ready.url, specs, { concurrency: 16, timeoutMs: 60_000 });
     const connectMs = performance.now() - t0;
+    await fleet.loopDelays();
     const round = await child.request({ type: 'round' }, ['round', 'roundFailed'], deadlineMs + 60_000);
+    const loops = (await fleet.loopDelays()).map((l) => ({ max: Math.round(l.maxMs), p99: Math.round(l.p99Ms) }));
     const stopped = await child.request({ type: 'stop' }, 'stopped', 60_000);
     if (round.type === 'roundFailed') {
       return {
@@ -229,6 +233,7 @@ export async function measureRound(name: string, def: ModelDefinition, shards: L
       wallTimeMs: o.durationMs,
       localTraining: { criticalPathMs, sumMs: trainSum, perThreadMs: perThread.map((x) => x ?? 0) },
       coordinator: { ...o.timing, totalMs: coordTotal, cpuMs: round.cpuMs, eventLoopDelayMs: round.eventLoopDelayMs },
+      fleetEventLoopDelayMs: loops,
       wire: { bytesOut: o.cost.bytesOut, bytesIn: o.cost.bytesIn, coordinatorIdleMs: Math.max(0, o.durationMs - coordTotal), remainderMs },
       coordinatorRssMb: { idle: ready.rssMb, afterRound: round.rssMb },
       coordinatorPeakRssMb: stopped.peakRssMb,

@@ -21,6 +21,8 @@ export type ToWorker =
   /** More clients for a worker that is already connected (late joiners). */
   | { type: 'add'; url: string; clients: VirtualClientSpec[] }
   | { type: 'forget'; clientId: string; requestId: number }
+  /** The thread's event-loop delay since the last ask (or start), then reset: heartbeats wait this long. */
+  | { type: 'loopDelay' }
   | { type: 'stop' };
 
 /** Fleet worker → main thread. */
@@ -29,4 +31,5 @@ export type FromWorker =
   | { type: 'task'; clientId: string; kind: string; round: number; trainMs: number }
   | { type: 'forgotten'; requestId: number; jobId: string; report: unknown; state: string }
   | { type: 'failed'; message: string; requestId?: number }
+  | { type: 'loopDelay'; maxMs: number; p99Ms: number }
   | { type: 'stopped' };

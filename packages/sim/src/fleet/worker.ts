@@ -1,3 +1,4 @@
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parentPort } from 'node:worker_threads';
 import { FederatedClient, initBackend, Trainer } from '@fedunlearn/client';
 import type { ConnectOptions, FromWorker, ToWorker, VirtualClientSpec } from './messages.js';
@@ -9,6 +10,9 @@ import type { ConnectOptions, FromWorker, ToWorker, VirtualClientSpec } from './
 const port = parentPort;
 if (!port) throw new Error('fleet worker must run in a worker thread');
 const post = (m: FromWorker) => port.postMessage(m);
+/** How late this thread's callbacks run: a client's pong waits that long, and socket.io drops it past the timeout. */
+const loop = monitorEventLoopDelay({ resolution: 10 });
+loop.enable();
 
 let specs: VirtualClientSpec[] = [];
 let connectOptions: ConnectOptions = {};
@@ -86,7 +90,12 @@ port.on('message', (msg: ToWorker) => {
           post({ type: 'forgotten', requestId: msg.requestId, jobId, report: done.report, state: done.state });
           return;
         }
+        case 'loopDelay':
+          post({ type: 'loopDelay', maxMs: loop.max / 1e6, p99Ms: loop.percentile(99) / 1e6 });
+          loop.reset();
+          return;
         case 'stop':
+          loop.disable();
           await closeAll();
           trainer?.dispose();
           trainer = null;

@@ -49,6 +49,8 @@ function report(originalAuc: number, noiseFloor: number | null): SimReport {
     finalTestAccuracy: 0.8,
     wallTimeMs: 1,
     trainingWallTimeMs: 1,
+    trainingShare: 0.5,
+    efficiency: { threads: 2, connectMs: 1, roundsMs: 1, evaluationMs: 1, perThreadTrainingMs: [1, 1], roundIdleMs: 0 },
     storedBytes: 1,
     history: { clientRounds: 4 } as SimReport['history'],
     forgotten: ['client-000'],

@@ -67,6 +67,17 @@ function rowLabel(r: { method: string; tuneRounds: number; fullHistory?: boolean
   return (r.tuneRounds > 0 ? `${r.method} +${r.tuneRounds} rounds` : r.method) + from;
 }
 
+/** Where the training phase's time went, in one sentence. */
+function efficiencyLine(r: SimReport): string {
+  const e = r.efficiency;
+  const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+  return (
+    `training phase ${s(r.trainingWallTimeMs)}: local training ${(r.trainingShare * 100).toFixed(0)} % of ${e.threads} threads' time ` +
+    `(per thread ${e.perThreadTrainingMs.map(s).join(', ')}); rounds ${s(e.roundsMs)}, evaluation after each round ${s(e.evaluationMs)}, ` +
+    `connecting ${s(e.connectMs)}`
+  );
+}
+
 /** report.json, the plots, a markdown summary, and the tables on the terminal. */
 export async function writeReport(dir: string, report: SimReport, progress: Progress): Promise<void> {
   writeFileSync(join(dir, 'report.json'), JSON.stringify(report, null, 2));
@@ -79,6 +90,8 @@ export async function writeReport(dir: string, report: SimReport, progress: Prog
     `# Simulation report`,
     '',
     `backend: ${report.backend}; wall time ${(report.wallTimeMs / 1000).toFixed(1)} s`,
+    '',
+    efficiencyLine(report),
     '',
     '## Training',
     '',
