@@ -135,7 +135,7 @@ test('a non-binary payload and random bytes are MALFORMED_MESSAGE, and the conne
   assertUnchanged(before0, 'malformed payloads');
 
   // Garbage before the hello is refused frame by frame, not counted as the first message.
-  p.send({ hello: rawHello('raw-a', 'raw-secret-a') });
+  p.hello('raw-a', 'raw-secret-a');
   const w = await p.next('welcome');
   assert.equal(w.welcome!.clientId, 'raw-a');
   assert.deepEqual(p.queued, []);
@@ -160,7 +160,7 @@ test('a hello with the wrong secret for an enrolled client is UNAUTHENTICATED an
   assert.ok(session, 'honest-1 is connected');
   const hashBefore = coordinator.store.getClient('honest-1')!.secretHash;
   const p = await peer(RawPeer.connect(url));
-  p.send({ hello: rawHello('honest-1', 'not-the-right-secret') });
+  p.hello('honest-1', 'not-the-right-secret');
   await p.expectError(ErrorCode.UNAUTHENTICATED);
   await p.disconnected();
   assert.equal(coordinator.registry.get('honest-1'), session, 'the genuine session is still the registered one');

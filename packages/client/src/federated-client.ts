@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { nanoid } from 'nanoid';
 import { io, type Socket } from 'socket.io-client';
 import {
+  answerChallenge,
   Channel,
   decodeWeights,
   DEFAULT_FRAMING,
@@ -28,7 +29,9 @@ export interface FederatedClientOptions {
   /** The coordinator, e.g. http://localhost:8080. */
   url: string;
   clientId: string;
-  /** The credential this client enrolled with (or was issued); sent only inside the hello. */
+  /** The credential this client enrolled with (or was issued). Never sent: the client proves it holds it by answering
+   *  the coordinator's challenge (an HMAC over a fresh nonce, see the proto's Challenge). A secret the client chooses
+   *  itself (open enrolment) must have at least 8 characters. */
   secret: string;
   /** Local training data; a function is called for every task, so an app may serve fresh data. */
   data: LocalDataset | (() => LocalDataset);
@@ -86,6 +89,12 @@ export interface ClientEvents {
   job: [JobUpdate];
   /** An error the coordinator sent (a refused update, a refused hello, ...). */
   serverError: [{ code: string; message: string; ref: string }];
+  /**
+   * Another connection proved this client's credential and the coordinator closed this session for it (code
+   * SESSION_REPLACED). The client does not reconnect by itself after this: the other session holds the same
+   * credential, and reconnecting would displace it in turn, back and forth. Call connect() to take the id back.
+   */
+  displaced: [{ code: 'SESSION_REPLACED'; message: string }];
   error: [Error];
 }
 
@@ -105,6 +114,8 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   private closed = false;
   /** A hello is out and neither welcomed nor refused. */
   private helloPending = false;
+  /** Counts hellos: a challenge answered after its connection was lost is not sent on the next one. */
+  private connection = 0;
   /** Consecutive hellos refused because the coordinator was busy; sets the back-off before the next. */
   private busyRefusals = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -122,8 +133,20 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     return this.backend?.name ?? null;
   }
 
-  /** Starts the backend and connects; resolves once the coordinator has welcomed this client. */
+  /**
+   * Starts the backend and connects; resolves once the coordinator has welcomed this client. Reconnect policy: a lost
+   * connection and a hello refused as RATE_LIMITED are retried with back-off (`reconnect`); any other refusal of the
+   * hello, and a session displaced by another connection of this id ('displaced', SESSION_REPLACED), are final until
+   * connect() is called again.
+   */
   async connect(timeoutMs = 30_000): Promise<void> {
+    if (this.socket) {
+      // Called again (after a displacement or a final refusal): the old connection is dropped for a fresh one.
+      this.socket.removeAllListeners();
+      this.socket.io.removeAllListeners();
+      this.socket.disconnect();
+      this.channel?.close();
+    }
     this.backend = await initBackend(this.opts.backends);
     this.trainer ??= this.opts.trainer ?? new Trainer({ tf: this.backend.tf, ...(this.opts.modelFactory ? { modelFactory: this.opts.modelFactory } : {}) });
     const r = this.opts.reconnect ?? {};
@@ -261,10 +284,10 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
 
   private hello(): void {
     this.helloPending = true;
+    this.connection++;
     this.channel?.send({
       hello: {
         clientId: this.opts.clientId,
-        secret: this.opts.secret,
         sdkVersion: SDK_VERSION,
         numExamples: this.data().count,
         backend: this.backend?.name ?? 'cpu',
@@ -273,8 +296,29 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     });
   }
 
+  /** Proves the secret for this connection's challenge; an answer computed for an earlier connection is dropped. */
+  private async answer(challenge: fedunlearn.v1.Challenge): Promise<void> {
+    const connection = this.connection;
+    try {
+      if (challenge.enrol && this.opts.secret.length < 8) throw new Error('a secret of at least 8 characters is required to enrol');
+      const proof = await answerChallenge(challenge, this.opts.clientId, this.opts.secret);
+      if (connection !== this.connection || !this.socket?.connected) return;
+      this.channel?.send({ helloProof: proof });
+    } catch (e) {
+      this.helloPending = false;
+      const err = new Error(`cannot answer the coordinator's challenge: ${(e as Error).message}`);
+      this.welcomed?.reject(err);
+      this.welcomed = null;
+      this.socket?.disconnect();
+      this.emit('error', err);
+    }
+  }
+
   private onMessage(env: fedunlearn.v1.Envelope): void {
     switch (env.body) {
+      case 'challenge':
+        void this.answer(env.challenge as fedunlearn.v1.Challenge);
+        return;
       case 'welcome':
         this.helloPending = false;
         this.busyRefusals = 0;
@@ -323,6 +367,13 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       case 'error': {
         const e = env.error as fedunlearn.v1.Error;
         const info = { code: errorCodeName(e.code), message: e.message, ref: e.ref };
+        if (!this.helloPending && e.code === ErrorCode.SESSION_REPLACED) {
+          // socket.io does not reconnect after the server closed the socket, and neither does this client: see
+          // 'displaced'.
+          this.emit('serverError', info);
+          this.emit('displaced', { code: 'SESSION_REPLACED', message: info.message });
+          return;
+        }
         if (this.helloPending && e.code === ErrorCode.RATE_LIMITED) {
           // The coordinator is admitting others (a reconnect storm): not a refusal of this client, so try again later.
           this.helloPending = false;

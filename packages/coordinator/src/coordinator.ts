@@ -9,11 +9,12 @@ import type { ClientRecord, HistoryStore, JobRecord } from './history/store.js';
 import { buildHttpApi, type TlsFiles } from './http/api.js';
 import { createLogger, type Logger } from './logger.js';
 import { CoordinatorMetrics } from './metrics.js';
-import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher } from './rounds/dispatcher.js';
+import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher, type UpdateBounds } from './rounds/dispatcher.js';
 import { QuorumError, RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { assertClientId } from './transport/client-id.js';
 import { ClientRegistry } from './transport/client-registry.js';
-import { generateSecret, hashIssuedSecret, hashSecret, verifySecret } from './transport/credentials.js';
+import { CredentialAuthenticator, lockoutKey } from './transport/authenticator.js';
+import { generateSecret, hashIssuedSecret } from './transport/credentials.js';
 import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type Clock } from './transport/rate-limit.js';
 import type { ClientSession } from './transport/session.js';
 import { SocketServer, type Authenticator } from './transport/socket-server.js';
@@ -110,6 +111,9 @@ export interface CoordinatorOptions {
    * 60 s) to arrive.
    */
   uploads?: { windowBytes?: number; grantAboveBytes?: number; uploadTimeoutMs?: number };
+  /** What one update may do to the aggregate: norm bounds and the example-count cap (rounds/dispatcher.ts
+   *  UpdateBounds; defaults DEFAULT_UPDATE_BOUNDS). */
+  updateBounds?: Partial<UpdateBounds>;
 }
 
 export interface CoordinatorEvents {
@@ -152,8 +156,6 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   /** ...and per client id from anywhere. */
   private readonly clientLockout: FailureLockout;
   private readonly forgetLimit: SlidingWindowLimit;
-  /** Client ids whose hello is being verified: one at a time each, so parallel guesses cannot outrun the lockout. */
-  private readonly verifying = new Set<string>();
 
   private constructor(opts: CoordinatorOptions, current: ModelCache) {
     super();
@@ -176,7 +178,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       grantAboveBytes: opts.uploads?.grantAboveBytes ?? DEFAULT_GRANT_ABOVE_BYTES,
       uploadTimeoutMs: opts.uploads?.uploadTimeoutMs ?? DEFAULT_UPLOAD_TIMEOUT_MS,
       maxMessageBytes: framing.maxMessageBytes,
-    });
+    }, opts.updateBounds);
     const strategy = opts.strategy ?? new FedAvg();
     this.unlearning = new UnlearningEngine({
       store: this.store,
@@ -433,52 +435,14 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   private authenticator(): Authenticator {
-    return {
-      authenticate: async (hello, address) => {
-        const id = hello.clientId;
-        if (this.forgotten.has(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
-        const key = lockoutKey(id, address);
-        const locked = Math.max(this.authLockout.lockedFor(key), this.clientLockout.lockedFor(id));
-        if (locked > 0) throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many failed authentications for client ${id}; retry in ${Math.ceil(locked / 1000)} s`);
-        if (this.verifying.has(id)) throw new ProtocolError(ErrorCode.RATE_LIMITED, `a hello for client ${id} is already being verified`);
-        this.verifying.add(id);
-        try {
-          await this.verify(hello, key);
-        } finally {
-          this.verifying.delete(id);
-        }
-        this.authLockout.succeed(key);
-        this.clientLockout.succeed(id);
-        this.store.upsertClient({ clientId: id, numExamples: hello.numExamples, seenAt: Date.now() });
-      },
-    };
-  }
-
-  /** `lockoutKey`: the id and address a wrong secret counts against. */
-  private async verify(hello: fedunlearn.v1.Hello, lockoutKey: string): Promise<void> {
-    const id = hello.clientId;
-    const known = this.store.getClient(id);
-    if (known?.revoked) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `the credential of client ${id} was revoked`);
-    if (known?.secretHash) {
-      const ok = await verifySecret(hello.secret, known.secretHash);
-      if (!ok) {
-        this.authLockout.fail(lockoutKey);
-        this.clientLockout.fail(id);
-        throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'wrong credentials');
-      }
-      // A revocation or rotation that landed while scrypt ran wins over the secret it checked.
-      const now = this.store.getClient(id);
-      if (!now || now.revoked || now.secretHash !== known.secretHash) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `the credential of client ${id} changed`);
-      return;
-    }
-    if (this.enrolment === 'closed') {
-      if (!known) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client ${id}`);
-      throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `no credential was issued to client ${id}`);
-    }
-    if (!hello.secret || hello.secret.length < 8) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'a secret of at least 8 characters is required');
-    const secretHash = await hashSecret(hello.secret);
-    if (this.store.getClient(id)?.secretHash) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `client ${id} enrolled meanwhile; retry`);
-    this.store.upsertClient({ clientId: id, secretHash, numExamples: hello.numExamples, seenAt: Date.now() });
+    return new CredentialAuthenticator({
+      getClient: (id) => this.store.getClient(id),
+      upsertClient: (c) => this.store.upsertClient(c),
+      isForgotten: (id) => this.forgotten.has(id),
+      enrolment: this.enrolment,
+      authLockout: this.authLockout,
+      clientLockout: this.clientLockout,
+    });
   }
 
   private readonly jobWatchers = new Map<string, { session: ClientSession; requestId: string }>();
@@ -541,9 +505,4 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
       resolve();
     });
   });
-}
-
-/** A client id and a remote address, as one lockout key (client ids cannot contain a space: transport/client-id.ts). */
-function lockoutKey(clientId: string, address: string): string {
-  return `${clientId} ${address}`;
 }

@@ -1,7 +1,8 @@
 /** The one socket.io event name; its payload is always one encoded `Envelope`. */
 export const WIRE_EVENT = 'fu';
 
-export const PROTOCOL_VERSION = 1;
+/** 2: challenge-response hello (HelloProof); 1 sent the secret in the Hello. */
+export const PROTOCOL_VERSION = 2;
 
 /** Messages larger than this travel as `Chunk` envelopes. Well under socket.io's 1 MB default buffer. */
 export const DEFAULT_CHUNK_BYTES = 512 * 1024;

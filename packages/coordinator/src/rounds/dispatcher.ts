@@ -101,6 +101,8 @@ interface Pending {
   /** Ends the task as missing at its deadline, until the client asks to upload (it trained in time). */
   deadlineTimer: ReturnType<typeof setTimeout>;
   upload?: Upload;
+  /** Norms of the answers accepted in this task's dispatch so far (shared by its tasks). */
+  norms: number[];
   settle(outcome: { answer?: Answer; missing?: Missing; decodeMs?: number }): void;
 }
 
@@ -133,6 +135,25 @@ export interface UploadFlowOptions {
   /** The largest message the transport accepts: a request for more is refused. */
   maxMessageBytes: number;
 }
+
+/**
+ * Bounds on what one update may do to the aggregate (UPDATE_NORM_TOO_LARGE, TOO_MANY_EXAMPLES above them). With them
+ * every term of FedAvg's weighted sum is at most maxExamples x maxNorm (1e10 by default), so a float32 sum of any
+ * realistic round cannot overflow (3.4e38) and one client cannot move the model by more than its bounded share.
+ */
+export interface UpdateBounds {
+  /** Largest L2 norm of a delta accepted, absolute. Default 1e4 (an MNIST round's deltas are around 1-10). */
+  maxNorm: number;
+  /** Relative bound: a delta's norm may be at most this many times the median norm accepted so far in its dispatch
+   *  (or in the last dispatch of the same kind, until three are known); 0 turns it off. Default 10. */
+  medianFactor: number;
+  /** Most examples an update may claim, on top of what its client declared at hello. Default 1e6. */
+  maxExamples: number;
+}
+
+export const DEFAULT_UPDATE_BOUNDS: Readonly<UpdateBounds> = { maxNorm: 1e4, medianFactor: 10, maxExamples: 1_000_000 };
+/** Norms needed before their median bounds the next update. */
+const MEDIAN_MIN_SAMPLES = 3;
 
 /** 128 MB: 3 updates of a 10M-parameter model, 32 of a 1M-parameter one. */
 export const DEFAULT_UPLOAD_WINDOW_BYTES = 128 * 1024 * 1024;
@@ -176,12 +197,17 @@ export class TaskDispatcher {
   readonly counters: DispatcherCounters = { accepted: 0, rejected: {}, heldUpdateBytes: 0, peakHeldUpdateBytes: 0, uploadGrants: 0, uploadGrantsWithTask: 0, uploadsWaiting: 0, grantedUploadBytes: 0 };
   private readonly buffers = new DecodeBuffers(2);
   private readonly window: UploadWindow | null;
+  /** Accepted norms of the last dispatch of each kind: the relative bound's reference until a dispatch has its own. */
+  private readonly lastNorms = new Map<TaskKind, number[]>();
+  private readonly bounds: UpdateBounds;
 
   constructor(
     private readonly registry: ClientRegistry,
     private readonly observer?: DispatchObserver,
     private readonly uploads: UploadFlowOptions | null = null,
+    bounds: Partial<UpdateBounds> = {},
   ) {
+    this.bounds = { ...DEFAULT_UPDATE_BOUNDS, ...bounds };
     this.window = uploads && uploads.grantAboveBytes > 0 ? new UploadWindow(uploads.windowBytes) : null;
     registry.on('left', (session, reason) => {
       for (const p of this.pending.values()) {
@@ -204,6 +230,7 @@ export class TaskDispatcher {
     let unflushed = 0;
     const flushing = new Set<Promise<void>>();
     let deadlinePassed: Promise<void> | null = null;
+    const norms: number[] = [];
     for (const clientId of clientIds) {
       while (unflushed >= MAX_UNFLUSHED_TASK_BYTES && !opts.signal?.aborted && Date.now() < deadline) {
         deadlinePassed ??= sleep(Math.max(0, deadline - Date.now()));
@@ -231,6 +258,7 @@ export class TaskDispatcher {
         kind: spec.kind,
         spec,
         deadlineTimer: setTimeout(() => pending.settle({ missing: { clientId, reason: 'deadline' } }), Math.max(0, deadline - Date.now())),
+        norms,
         settle: (outcome) => {
           if (settled) return;
           settled = true;
@@ -334,6 +362,7 @@ export class TaskDispatcher {
       await chain;
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
+      if (norms.length >= MEDIAN_MIN_SAMPLES) this.lastNorms.set(spec.kind, norms);
     }
     return result;
   }
@@ -444,14 +473,16 @@ export class TaskDispatcher {
       }
       const layout = p?.spec.weights.layout;
       const target = p && layout && p.kind !== TaskKind.EVALUATE ? this.buffers.take(layout.totalSize) : undefined;
-      const verdict = validateUpdate(update, session.clientId, p && layout && { clientId: p.clientId, kind: p.kind, layout }, this.closed.has(taskId), target);
+      const open = p && layout && { clientId: p.clientId, kind: p.kind, layout, maxExamples: Math.min(session.numExamples, this.bounds.maxExamples), maxNorm: this.normBound(p) };
+      const verdict = validateUpdate(update, session.clientId, open, this.closed.has(taskId), target);
       if (!verdict.ok) {
         if (target) this.buffers.give(target);
         // A bad update closes the task: the client is told why and counts as missing for this round.
         if (p && verdict.closesTask) p.settle({ missing: { clientId: p.clientId, reason: 'rejected', detail: verdict.error.message } });
         throw verdict.error;
       }
-      const { delta, numExamples, metrics } = verdict.update;
+      const { delta, numExamples, metrics, norm } = verdict.update;
+      if (delta) p!.norms.push(norm);
       p!.settle({ answer: { clientId: p!.clientId, taskId, delta, numExamples, metrics, bytesIn }, decodeMs: performance.now() - decodeStart });
     } catch (e) {
       const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, String(e), taskId);
@@ -464,6 +495,17 @@ export class TaskDispatcher {
   receiveFailure(session: ClientSession, taskId: string, message: string): void {
     const p = this.pending.get(taskId);
     if (p && p.clientId === session.clientId) p.settle({ missing: { clientId: p.clientId, reason: 'failed', detail: message } });
+  }
+
+  /** The norm bound for an answer to `p`: the absolute bound, tightened by the median of its dispatch's norms. */
+  private normBound(p: Pending): number {
+    const { maxNorm, medianFactor } = this.bounds;
+    if (!(medianFactor > 0)) return maxNorm;
+    const ref = p.norms.length >= MEDIAN_MIN_SAMPLES ? p.norms : this.lastNorms.get(p.kind);
+    if (!ref) return maxNorm;
+    const m = median(ref);
+    // Clients that send zero deltas (nothing learnt) must not make every real update look too large.
+    return m > 0 ? Math.min(maxNorm, medianFactor * m) : maxNorm;
   }
 
   private releaseUpload(taskId: string): void {
@@ -485,6 +527,12 @@ export class TaskDispatcher {
     this.counters.rejected[reason] = (this.counters.rejected[reason] ?? 0) + 1;
     this.observer?.updateRejected(reason);
   }
+}
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 /** A stable per-client seed, so that a task given again with the same dispatch seed is reproducible. */

@@ -14,17 +14,14 @@ import {
   type FramingLimits,
 } from '@fedunlearn/protocol';
 import type { Logger } from '../logger.js';
+import { challengeMessage, issueChallenge, type Authenticator, type IssuedChallenge } from './authenticator.js';
 import { assertClientId } from './client-id.js';
 import type { ClientRegistry } from './client-registry.js';
 import { HandshakeQueue } from './handshake-queue.js';
 import type { KeyedTokenBucket } from './rate-limit.js';
 import type { ClientSession } from './session.js';
 
-export interface Authenticator {
-  /** Resolves when `hello` proves the client's identity; rejects with a ProtocolError (UNAUTHENTICATED, ...) otherwise.
-   *  `address` is the peer's remote address (lockouts are kept per id and address). */
-  authenticate(hello: fedunlearn.v1.Hello, address: string): Promise<void>;
-}
+export type { Authenticator } from './authenticator.js';
 
 /** What an authenticated client may ask of the coordinator besides answering tasks. */
 export interface SessionHandlers {
@@ -126,11 +123,14 @@ export class SocketServer {
 
   private accept(socket: Socket): void {
     this.counters.connections++;
-    // Nothing is known about the peer yet, so a hello is never verified unless the peer has a token: scrypt per
-    // attempt is what a flood from one address would otherwise buy.
+    // Nothing is known about the peer yet: it gets a hello timeout to say hello, another to prove its credential.
     const address = socket.handshake.address;
-    let state: 'hello' | 'verifying' | 'closed' = 'hello';
+    // hello: waiting for the Hello; planning: its credential looked up (queued); challenged: waiting for the proof;
+    // verifying: the proof being checked.
+    let state: 'hello' | 'planning' | 'challenged' | 'verifying' | 'closed' = 'hello';
     let session: ClientSession | null = null;
+    let hello: fedunlearn.v1.Hello | null = null;
+    let challenge: IssuedChallenge | null = null;
     const refuseAndClose = (err: ProtocolError, count = true) => {
       if (count) this.refuse(err.codeName);
       clearTimeout(helloTimer);
@@ -138,10 +138,49 @@ export class SocketServer {
       channel.sendError(err.code, err.message, err.ref);
       socket.disconnect(true);
     };
-    const helloTimer = setTimeout(() => {
+    const fail = (e: unknown) => {
+      if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'handshake failed');
+      if (state !== 'closed') refuseAndClose(e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error'));
+    };
+    const timeout = (what: string) => () => {
       this.refuse('HELLO_TIMEOUT');
-      refuseAndClose(new ProtocolError(ErrorCode.UNAUTHENTICATED, `no hello within ${this.opts.helloTimeoutMs} ms`), false);
-    }, this.opts.helloTimeoutMs);
+      refuseAndClose(new ProtocolError(ErrorCode.UNAUTHENTICATED, `no ${what} within ${this.opts.helloTimeoutMs} ms`), false);
+    };
+    let helloTimer = setTimeout(timeout('hello'), this.opts.helloTimeoutMs);
+
+    const onHello = (env: fedunlearn.v1.Envelope) => {
+      state = 'planning';
+      // The hello came in time; its credential lookup may wait behind others' (a reconnect storm), which is not the
+      // client's fault.
+      clearTimeout(helloTimer);
+      const admitted = this.hellos.offer(() =>
+        state === 'closed'
+          ? undefined
+          : this.plan(socket, env).then((c) => {
+              if (state === 'closed' || !socket.connected) return;
+              hello = env.hello as fedunlearn.v1.Hello;
+              challenge = c;
+              state = 'challenged';
+              helloTimer = setTimeout(timeout('hello proof'), this.opts.helloTimeoutMs);
+              channel.send({ challenge: challengeMessage(c) });
+            }, fail),
+      );
+      if (!admitted) refuseAndClose(new ProtocolError(ErrorCode.RATE_LIMITED, 'the coordinator is busy admitting other clients; retry later'));
+    };
+    const onProof = (env: fedunlearn.v1.Envelope) => {
+      if (env.body !== 'helloProof' || !env.helloProof) return refuseAndClose(new ProtocolError(ErrorCode.UNAUTHENTICATED, `expected helloProof, got ${env.body}`));
+      state = 'verifying';
+      clearTimeout(helloTimer);
+      // The nonce is spent by this one proof whatever its verdict: the connection either becomes the session or closes.
+      const c = challenge!;
+      challenge = null;
+      const h = hello!;
+      this.auth.verify(h, c, env.helloProof as fedunlearn.v1.HelloProof, address).then(() => {
+        if (state === 'closed' || !socket.connected) return;
+        session = this.session(socket, channel, h, c.sessionId);
+        this.welcome(session);
+      }, fail);
+    };
 
     const channel: Channel = new Channel(
       socket,
@@ -158,29 +197,12 @@ export class SocketServer {
             }
             return;
           }
+          // Before the welcome a peer may send one hello, then one proof once challenged; a peer that does not wait is
+          // not a client we know.
+          if (state === 'hello') return onHello(env);
+          if (state === 'challenged') return onProof(env);
           if (state === 'closed') return;
-          // Nothing but one hello may come before the welcome; a peer that does not wait is not a client we know.
-          if (state === 'verifying') return refuseAndClose(new ProtocolError(ErrorCode.UNAUTHENTICATED, `${env.body} sent before the welcome`));
-          state = 'verifying';
-          // The hello came in time; its verification may wait behind others' on the hash thread pool (a reconnect
-          // storm), which is not the client's fault.
-          clearTimeout(helloTimer);
-          const admitted = this.hellos.offer(() =>
-            state === 'closed'
-              ? undefined
-              : this.handshake(socket, channel, env).then(
-                  (s) => {
-                    if (state === 'closed' || !socket.connected) return;
-                    session = s;
-                    this.welcome(s);
-                  },
-                  (e: unknown) => {
-                    if (!(e instanceof ProtocolError)) this.log.error({ err: e }, 'handshake failed');
-                    if (state !== 'closed') refuseAndClose(e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error'));
-                  },
-                ),
-          );
-          if (!admitted) refuseAndClose(new ProtocolError(ErrorCode.RATE_LIMITED, 'the coordinator is busy admitting other clients; retry later'));
+          return refuseAndClose(new ProtocolError(ErrorCode.UNAUTHENTICATED, `${env.body} sent before the ${state === 'planning' ? 'challenge' : 'welcome'}`));
         },
         protocolError: (err) => this.refuse(err.codeName),
         admitStream: (streamId, totalBytes) => this.handlers.admitStream(session, streamId, totalBytes),
@@ -209,19 +231,25 @@ export class SocketServer {
     }
   }
 
-  private async handshake(socket: Socket, channel: Channel, env: fedunlearn.v1.Envelope): Promise<ClientSession> {
+  /** Checks a first message and decides how its sender must prove its credential. */
+  private async plan(socket: Socket, env: fedunlearn.v1.Envelope): Promise<IssuedChallenge> {
     if (env.body !== 'hello' || !env.hello) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `the first message must be hello, got ${env.body}`);
     const hello = env.hello as fedunlearn.v1.Hello;
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
-      throw new ProtocolError(ErrorCode.PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
+      const why = hello.protocolVersion === 1 ? ': protocol 1 sent the secret in the hello; upgrade the client to prove it by challenge-response instead' : '';
+      throw new ProtocolError(ErrorCode.PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this coordinator speaks ${PROTOCOL_VERSION})${why}`);
     }
     assertClientId(hello.clientId);
     if (!(hello.numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'numExamples must be positive');
-    await this.auth.authenticate(hello, socket.handshake.address);
+    const plan = await this.auth.plan(hello, socket.handshake.address);
+    return issueChallenge(plan, nanoid());
+  }
+
+  private session(socket: Socket, channel: Channel, hello: fedunlearn.v1.Hello, sessionId: string): ClientSession {
     const now = Date.now();
     return {
       clientId: hello.clientId,
-      sessionId: nanoid(),
+      sessionId,
       numExamples: hello.numExamples,
       backend: hello.backend,
       sdkVersion: hello.sdkVersion,
