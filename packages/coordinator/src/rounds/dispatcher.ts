@@ -145,7 +145,8 @@ export interface UpdateBounds {
   /** Largest L2 norm of a delta accepted, absolute. Default 1e4 (an MNIST round's deltas are around 1-10). */
   maxNorm: number;
   /** Relative bound: a delta's norm may be at most this many times the median norm accepted so far in its dispatch
-   *  (or in the last dispatch of the same kind, until three are known); 0 turns it off. Default 10. */
+   *  (with those of the last dispatch of the same kind until it has three; no relative bound before three norms are
+   *  known); 0 turns it off. Default 10. */
   medianFactor: number;
   /** Most examples an update may claim, on top of what its client declared at hello. Default 1e6. */
   maxExamples: number;
@@ -362,7 +363,7 @@ export class TaskDispatcher {
       await chain;
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
-      if (norms.length >= MEDIAN_MIN_SAMPLES) this.lastNorms.set(spec.kind, norms);
+      if (norms.length > 0) this.lastNorms.set(spec.kind, norms);
     }
     return result;
   }
@@ -501,8 +502,9 @@ export class TaskDispatcher {
   private normBound(p: Pending): number {
     const { maxNorm, medianFactor } = this.bounds;
     if (!(medianFactor > 0)) return maxNorm;
-    const ref = p.norms.length >= MEDIAN_MIN_SAMPLES ? p.norms : this.lastNorms.get(p.kind);
-    if (!ref) return maxNorm;
+    // A small round has few norms of its own: the last dispatch of the same kind fills in until there are three.
+    const ref = p.norms.length >= MEDIAN_MIN_SAMPLES ? p.norms : [...p.norms, ...(this.lastNorms.get(p.kind) ?? [])];
+    if (ref.length < MEDIAN_MIN_SAMPLES) return maxNorm;
     const m = median(ref);
     // Clients that send zero deltas (nothing learnt) must not make every real update look too large.
     return m > 0 ? Math.min(maxNorm, medianFactor * m) : maxNorm;
