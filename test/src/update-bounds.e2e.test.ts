@@ -151,7 +151,7 @@ test('an update claiming 10^9 examples, more than the 50 declared at hello, is T
   assert.equal(await metric('fedunlearn_updates_rejected_total', 'TOO_MANY_EXAMPLES'), 1);
 });
 
-test('a client metric named sourceRound is METRIC_NOT_ALLOWED and never reaches the round record or the API (which the dashboard and FedEraser's norms-only replay read)', async () => {
+test('a client metric named sourceRound is METRIC_NOT_ALLOWED and never reaches the round record or the API (which the dashboard and the norms-only FedEraser replay read)', async () => {
   const refusal = await roundWithHostile(5, (taskId, layout) => ({
     taskId,
     delta: tensors(layout, honestDelta(layout.totalSize, 'y')),

@@ -324,7 +324,12 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
         this.busyRefusals = 0;
         this.sessionId = env.welcome!.sessionId ?? '';
         this.grantAboveBytes = Number(env.welcome!.uploadGrantAboveBytes ?? 0);
-        this.channel?.adoptPeerFraming({ chunkBytes: env.welcome!.chunkBytes ?? 0, maxMessageBytes: Number(env.welcome!.maxMessageBytes ?? 0) });
+        this.channel?.adoptPeerFraming({
+          chunkBytes: env.welcome!.chunkBytes ?? 0,
+          maxMessageBytes: Number(env.welcome!.maxMessageBytes ?? 0),
+          minChunkBytes: env.welcome!.minChunkBytes ?? 0,
+          maxFrameBytes: Number(env.welcome!.maxFrameBytes ?? 0),
+        });
         this.emit('connected', { sessionId: this.sessionId, backend: this.backend!.name });
         this.welcomed?.resolve();
         this.welcomed = null;

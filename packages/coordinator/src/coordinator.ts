@@ -44,6 +44,8 @@ export interface SecurityLimits {
   forgetRequestsPerHour: number;
   /** Mutating operator requests (new jobs, credential changes) per remote address per minute. */
   operatorMutationsPerMinute: number;
+  /** Open client connections from one remote address (authenticated or not); more are refused (RATE_LIMITED). */
+  connectionsPerAddress: number;
 }
 
 /**
@@ -60,6 +62,7 @@ export const DEFAULT_LIMITS: Readonly<SecurityLimits> = {
   authMaxLockoutMs: 3_600_000,
   forgetRequestsPerHour: 3,
   operatorMutationsPerMinute: 60,
+  connectionsPerAddress: 4096,
 };
 
 export interface ModelSpec {
@@ -170,6 +173,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       historyStats: () => this.store.stats(),
       jobs: () => this.store.listJobs(),
       transport: () => this.transport.totals(),
+      held: () => this.transport.held(),
       uploads: () => this.dispatcher.counters,
     });
     const framing = opts.framing ?? DEFAULT_FRAMING;
@@ -250,6 +254,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
         heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 5_000,
         coordinatorVersion: COORDINATOR_VERSION,
         handshakeLimit: new KeyedTokenBucket({ burst: limits.handshakeBurst, refillPerSecond: limits.handshakeRefillPerSecond, clock }),
+        maxConnectionsPerAddress: limits.connectionsPerAddress,
       },
       this.log,
     );

@@ -9,8 +9,11 @@ import {
   fedunlearn,
   PROTOCOL_VERSION,
   ProtocolError,
+  DEFAULT_STREAM_IDLE_TIMEOUT_MS,
+  minChunkBytesOf,
   ReassemblyBuffer,
   socketBufferBytes,
+  transportBufferBytes,
   type FramingLimits,
 } from '@fedunlearn/protocol';
 import type { Logger } from '../logger.js';
@@ -51,13 +54,28 @@ export interface SocketServerOptions {
   maxPendingHellos?: number;
   /** Credential checks in flight at once; default one per core (at most 4, the hash thread pool's size). */
   helloConcurrency?: number;
+  /** Open connections from one remote address (authenticated or not); more are refused with RATE_LIMITED and counted
+   *  as TOO_MANY_CONNECTIONS. Default 4096 (a thousand simulated devices behind one address fit). */
+  maxConnectionsPerAddress?: number;
 }
+
+export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 4096;
 
 export interface TransportCounters {
   connections: number;
   refused: Record<string, number>;
   bytesIn: number;
   bytesOut: number;
+}
+
+/** What peers hold on the coordinator right now (read at scrape time): each is bounded, see SocketServer. */
+export interface TransportHeld {
+  /** Open connections, and those still in the hello/challenge handshake. */
+  openConnections: number;
+  handshaking: number;
+  /** Chunked messages still arriving over all connections, and the bytes they hold. */
+  partialStreams: number;
+  partialStreamBytes: number;
 }
 
 /**
@@ -76,6 +94,11 @@ export class SocketServer {
    * message a client may send has a bytes field), and frame events run one at a time.
    */
   private readonly reassembly = new ReassemblyBuffer();
+  /** What this side accepts: the options' framing with the frame limit the Welcome advertises. */
+  private readonly framing: FramingLimits & { maxFrameBytes: number; minChunkBytes: number; streamIdleTimeoutMs: number };
+  private readonly perAddress = new Map<string, number>();
+  private handshaking = 0;
+  private readonly sweep: ReturnType<typeof setInterval>;
 
   constructor(
     http: HttpServer | HttpsServer,
@@ -90,8 +113,25 @@ export class SocketServer {
     this.hellos = new HandshakeQueue({ concurrency: opts.helloConcurrency ?? Math.max(1, Math.min(4, availableParallelism())), maxQueued: opts.maxPendingHellos ?? 256, maxWaitMs: opts.helloTimeoutMs });
     // A client that stops answering (a frozen process, a dead network) is dropped within 3 intervals: a ping is due
     // every interval and its pong within two more. The registry then forgets it and its tasks settle as missing.
+    const f = opts.framing;
+    this.framing = {
+      ...f,
+      maxFrameBytes: f.maxFrameBytes ?? socketBufferBytes(f.chunkBytes),
+      minChunkBytes: minChunkBytesOf(f),
+      streamIdleTimeoutMs: f.streamIdleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS,
+    };
+    // Chunked messages that stopped arriving are dropped (STREAM_TIMEOUT), so that a peer cannot hold their bytes for
+    // as long as its socket stays open.
+    const idle = this.framing.streamIdleTimeoutMs;
+    this.sweep = setInterval(() => {
+      const now = Date.now();
+      for (const c of this.live) c.expireIdleStreams(idle, now);
+    }, Math.max(50, Math.floor(idle / 4)));
+    this.sweep.unref();
     this.io = new Server(http, {
-      maxHttpBufferSize: socketBufferBytes(opts.framing.chunkBytes),
+      // Above the frame limit on purpose: an oversized frame up to this size is answered MESSAGE_TOO_LARGE with the
+      // limit; only a larger one closes the connection (counted as FRAME_TOO_LARGE).
+      maxHttpBufferSize: Math.max(transportBufferBytes(f.chunkBytes), 2 * this.framing.maxFrameBytes),
       pingInterval: opts.heartbeatIntervalMs,
       pingTimeout: opts.heartbeatIntervalMs * 2,
       serveClient: false,
@@ -111,7 +151,20 @@ export class SocketServer {
     return { ...this.counters, refused: { ...this.counters.refused }, bytesIn, bytesOut };
   }
 
+  /** What connected peers hold right now. */
+  held(): TransportHeld {
+    let partialStreams = 0;
+    let partialStreamBytes = 0;
+    for (const c of this.live) {
+      const p = c.partialStreams;
+      partialStreams += p.streams;
+      partialStreamBytes += p.bytes;
+    }
+    return { openConnections: this.live.size, handshaking: this.handshaking, partialStreams, partialStreamBytes };
+  }
+
   close(): Promise<void> {
+    clearInterval(this.sweep);
     return new Promise((resolve) => {
       this.io.close(() => resolve());
     });
@@ -131,6 +184,12 @@ export class SocketServer {
     let session: ClientSession | null = null;
     let hello: fedunlearn.v1.Hello | null = null;
     let challenge: IssuedChallenge | null = null;
+    this.handshaking++;
+    let handshaking = true;
+    const handshakeOver = () => {
+      if (handshaking) this.handshaking--;
+      handshaking = false;
+    };
     const refuseAndClose = (err: ProtocolError, count = true) => {
       if (count) this.refuse(err.codeName);
       clearTimeout(helloTimer);
@@ -176,7 +235,8 @@ export class SocketServer {
       challenge = null;
       const h = hello!;
       this.auth.verify(h, c, env.helloProof as fedunlearn.v1.HelloProof, address).then(() => {
-        if (state === 'closed' || !socket.connected) return;
+          if (state === 'closed' || !socket.connected) return;
+        handshakeOver();
         session = this.session(socket, channel, h, c.sessionId);
         this.welcome(session);
       }, fail);
@@ -207,14 +267,22 @@ export class SocketServer {
         protocolError: (err) => this.refuse(err.codeName),
         admitStream: (streamId, totalBytes) => this.handlers.admitStream(session, streamId, totalBytes),
       },
-      this.opts.framing,
+      this.framing,
       this.reassembly,
     );
     this.live.add(channel);
+    const addressCount = (this.perAddress.get(address) ?? 0) + 1;
+    this.perAddress.set(address, addressCount);
 
-    socket.on('disconnect', (reason) => {
+    socket.on('disconnect', (reason, description) => {
       clearTimeout(helloTimer);
       state = 'closed';
+      handshakeOver();
+      const left = (this.perAddress.get(address) ?? 1) - 1;
+      if (left > 0) this.perAddress.set(address, left);
+      else this.perAddress.delete(address);
+      // socket.io closes the connection by itself on a frame above maxHttpBufferSize: counted, never silent.
+      if (reason === 'transport error' && /payload|MESSAGE_LENGTH/i.test(describeTransportError(description))) this.refuse('FRAME_TOO_LARGE');
       this.live.delete(channel);
       this.counters.bytesIn += channel.stats.bytesIn;
       this.counters.bytesOut += channel.stats.bytesOut;
@@ -225,6 +293,12 @@ export class SocketServer {
       }
     });
 
+    const maxPerAddress = this.opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
+    if (addressCount > maxPerAddress) {
+      this.refuse('TOO_MANY_CONNECTIONS');
+      refuseAndClose(new ProtocolError(ErrorCode.RATE_LIMITED, `more than ${maxPerAddress} open connections from this address; retry later`), false);
+      return;
+    }
     if (this.opts.handshakeLimit && !this.opts.handshakeLimit.take(address)) {
       const wait = this.opts.handshakeLimit.retryAfterMs(address);
       refuseAndClose(new ProtocolError(ErrorCode.RATE_LIMITED, `too many connection attempts from this address; retry in ${Math.max(1, Math.ceil(wait / 1000))} s`));
@@ -267,8 +341,11 @@ export class SocketServer {
         clientId: session.clientId,
         sessionId: session.sessionId,
         coordinatorVersion: this.opts.coordinatorVersion,
-        maxMessageBytes: this.opts.framing.maxMessageBytes,
-        chunkBytes: this.opts.framing.chunkBytes,
+        maxMessageBytes: this.framing.maxMessageBytes,
+        chunkBytes: this.framing.chunkBytes,
+        maxFrameBytes: this.framing.maxFrameBytes,
+        minChunkBytes: this.framing.minChunkBytes,
+        streamIdleTimeoutMs: this.framing.streamIdleTimeoutMs,
         heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
         protocolVersion: PROTOCOL_VERSION,
         uploadGrantAboveBytes: this.handlers.grantAboveBytes(),
@@ -299,6 +376,12 @@ export class SocketServer {
         throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `a client may not send ${env.body}`);
     }
   }
+}
+
+/** The text of the error behind a 'transport error' disconnect (engine.io wraps the ws error in `description`). */
+function describeTransportError(description: unknown): string {
+  const d = description as { message?: string; description?: { message?: string; code?: string } } | undefined;
+  return `${d?.message ?? ''} ${d?.description?.message ?? ''} ${d?.description?.code ?? ''}`;
 }
 
 /**
