@@ -98,8 +98,9 @@ const garbage: fc.Arbitrary<unknown> = fc.oneof(
   {
     weight: 2,
     arbitrary: fc
-      .record({ streamId: fc.constantFrom('o1', 'o2', 'o3', 'o4', 'o5', 'o6'), total: fc.integer({ min: 2, max: 5 }), data: fc.uint8Array({ minLength: 1, maxLength: 40 }) })
-      .map(({ streamId, total, data }) => encodeEnvelope({ chunk: { streamId, seq: 0, total, totalBytes: 4096, data } })),
+      // A first chunk of the minimum chunk size (16 KiB) of a 64 KiB message (under the grant size): a stream that opens.
+      .record({ streamId: fc.constantFrom('o1', 'o2', 'o3', 'o4', 'o5', 'o6'), total: fc.integer({ min: 2, max: 4 }), fill: fc.nat({ max: 255 }) })
+      .map(({ streamId, total, fill }) => encodeEnvelope({ chunk: { streamId, seq: 0, total, totalBytes: 64 * 1024, data: new Uint8Array(16 * 1024).fill(fill) } })),
   },
   { weight: 1, arbitrary: fc.oneof(fc.string(), fc.integer(), fc.constant(null), fc.object({ maxDepth: 1 }), fc.boolean()) },
 );
