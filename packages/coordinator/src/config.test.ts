@@ -203,3 +203,14 @@ test('tls: certificate paths in a file are its neighbours and are read into the 
   assert.match(issues[0]!, /^tls\.key: cannot read .*nope\.pem/);
   assert.ok(issuesOf(() => loadConfig({ overrides: { tls: { cert: 'c.pem' } as never } })).some((i) => /^tls\.key: expected string/.test(i)));
 });
+
+test('aggregation and update bounds: the strategy a config names, its parameters checked, the bounds passed on', () => {
+  assert.equal(coordinatorOptionsOf(loadConfig({ overrides: {} })).strategy!.name, 'fedavg');
+  const file1 = file('robust.yaml', 'aggregation:\n  strategy: trimmed-mean\n  trimFraction: 0.2\nupdates:\n  maxNorm: 100\n  medianFactor: 5\n');
+  const o = coordinatorOptionsOf(loadConfig({ file: file1, overrides: {} }));
+  assert.equal(o.strategy!.name, 'trimmed-mean');
+  assert.deepEqual(o.updateBounds, { maxNorm: 100, medianFactor: 5 });
+  assert.match(issuesOf(() => loadConfig({ file: file('clip.yaml', 'aggregation:\n  strategy: clipped-fedavg\n'), overrides: {} }))[0]!, /^aggregation\.clipNorm: clipped-fedavg needs/);
+  assert.match(issuesOf(() => loadConfig({ file: file('trim.yaml', 'aggregation:\n  strategy: trimmed-mean\n  trimFraction: 0.5\n'), overrides: {} }))[0]!, /^aggregation\.trimFraction/);
+  assert.match(issuesOf(() => loadConfig({ file: file('agg.yaml', 'aggregation:\n  strategy: krum\n'), overrides: {} }))[0]!, /^aggregation\.strategy/);
+});

@@ -145,8 +145,8 @@ export interface UpdateBounds {
   /** Largest L2 norm of a delta accepted, absolute. Default 1e4 (an MNIST round's deltas are around 1-10). */
   maxNorm: number;
   /** Relative bound: a delta's norm may be at most this many times the median norm accepted so far in its dispatch
-   *  (with those of the last dispatch of the same kind until it has three; no relative bound before three norms are
-   *  known); 0 turns it off. Default 10. */
+   *  (with those of the last dispatch of the same kind and job until it has three; no relative bound before three
+   *  norms are known); 0 turns it off. Default 10. */
   medianFactor: number;
   /** Most examples an update may claim, on top of what its client declared at hello. Default 1e6. */
   maxExamples: number;
@@ -198,8 +198,9 @@ export class TaskDispatcher {
   readonly counters: DispatcherCounters = { accepted: 0, rejected: {}, heldUpdateBytes: 0, peakHeldUpdateBytes: 0, uploadGrants: 0, uploadGrantsWithTask: 0, uploadsWaiting: 0, grantedUploadBytes: 0 };
   private readonly buffers = new DecodeBuffers(2);
   private readonly window: UploadWindow | null;
-  /** Accepted norms of the last dispatch of each kind: the relative bound's reference until a dispatch has its own. */
-  private readonly lastNorms = new Map<TaskKind, number[]>();
+  /** Accepted norms of the last dispatch of each kind (per job: a retraining from the initial model must not be held
+   *  to the norms of late training rounds): the relative bound's reference until a dispatch has its own. */
+  private readonly lastNorms = new Map<string, number[]>();
   private readonly bounds: UpdateBounds;
 
   constructor(
@@ -209,6 +210,11 @@ export class TaskDispatcher {
     bounds: Partial<UpdateBounds> = {},
   ) {
     this.bounds = { ...DEFAULT_UPDATE_BOUNDS, ...bounds };
+    // Each term of the weighted sum is at most maxExamples x maxNorm; 1e30 leaves room for 1e8 of them under float32's
+    // 3.4e38, so no configuration can let a round's sum overflow.
+    if (!(this.bounds.maxNorm > 0) || !(this.bounds.maxExamples >= 1) || this.bounds.maxNorm * this.bounds.maxExamples > 1e30) {
+      throw new RangeError(`update bounds: maxNorm (${this.bounds.maxNorm}) x maxExamples (${this.bounds.maxExamples}) must be positive and at most 1e30, so that aggregation cannot overflow`);
+    }
     this.window = uploads && uploads.grantAboveBytes > 0 ? new UploadWindow(uploads.windowBytes) : null;
     registry.on('left', (session, reason) => {
       for (const p of this.pending.values()) {
@@ -363,7 +369,7 @@ export class TaskDispatcher {
       await chain;
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
-      if (norms.length > 0) this.lastNorms.set(spec.kind, norms);
+      if (norms.length > 0) this.lastNorms.set(normsKey(spec), norms);
     }
     return result;
   }
@@ -503,7 +509,7 @@ export class TaskDispatcher {
     const { maxNorm, medianFactor } = this.bounds;
     if (!(medianFactor > 0)) return maxNorm;
     // A small round has few norms of its own: the last dispatch of the same kind fills in until there are three.
-    const ref = p.norms.length >= MEDIAN_MIN_SAMPLES ? p.norms : [...p.norms, ...(this.lastNorms.get(p.kind) ?? [])];
+    const ref = p.norms.length >= MEDIAN_MIN_SAMPLES ? p.norms : [...p.norms, ...(this.lastNorms.get(normsKey(p.spec)) ?? [])];
     if (ref.length < MEDIAN_MIN_SAMPLES) return maxNorm;
     const m = median(ref);
     // Clients that send zero deltas (nothing learnt) must not make every real update look too large.
@@ -529,6 +535,10 @@ export class TaskDispatcher {
     this.counters.rejected[reason] = (this.counters.rejected[reason] ?? 0) + 1;
     this.observer?.updateRejected(reason);
   }
+}
+
+function normsKey(spec: TaskSpec): string {
+  return `${spec.kind}:${spec.jobId ?? ''}`;
 }
 
 function median(xs: readonly number[]): number {

@@ -315,6 +315,8 @@ export class SocketServer {
     }
     assertClientId(hello.clientId);
     if (!(hello.numExamples > 0)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'numExamples must be positive');
+    // Kept with the session and shown to operators: a client may not make them arbitrarily large.
+    if (hello.backend.length > 32 || hello.sdkVersion.length > 64) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'backend (32) or sdkVersion (64 characters) too long');
     const plan = await this.auth.plan(hello, socket.handshake.address);
     return issueChallenge(plan, nanoid());
   }
