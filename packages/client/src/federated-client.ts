@@ -337,7 +337,9 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       case 'task': {
         const task = env.task as fedunlearn.v1.Task;
         // One task at a time: tasks share the trainer's model.
-        this.work = this.work.then(() => this.runTask(task)).catch((e: unknown) => {
+        // The session the task belongs to: its answer is sent in that session only.
+        const sessionId = this.sessionId;
+        this.work = this.work.then(() => this.runTask(task, sessionId)).catch((e: unknown) => {
           this.emit('error', e as Error);
         });
         return;
@@ -408,16 +410,19 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     }
   }
 
-  private async runTask(task: fedunlearn.v1.Task): Promise<void> {
+  private async runTask(task: fedunlearn.v1.Task, sessionId: string): Promise<void> {
     if (this.closed) return;
     // socket.io buffers what is emitted while disconnected and flushes it ahead of the next hello, which the
     // coordinator refuses as a first message: an answer to a task of a lost connection is dropped instead (the
     // coordinator already counted this client missing for it).
     const socket = this.socket!;
     const inner = this.channel!;
+    // Connected is not enough: after a reconnect the socket is connected again while the new session is still proving
+    // its credential, and anything but the proof then ends that handshake. An answer goes out in its own session only.
+    const live = () => socket.connected && !this.helloPending && this.sessionId === sessionId;
     const channel = {
-      send: (msg: fedunlearn.v1.IEnvelope) => (socket.connected ? inner.send(msg) : 0),
-      sendError: (code: ErrorCode, message: string, ref: string) => (socket.connected ? inner.sendError(code, message, ref) : undefined),
+      send: (msg: fedunlearn.v1.IEnvelope) => (live() ? inner.send(msg) : 0),
+      sendError: (code: ErrorCode, message: string, ref: string) => (live() ? inner.sendError(code, message, ref) : undefined),
     };
     const trainer = this.trainer!;
     const deadline = Number(task.deadlineUnixMs);
@@ -457,7 +462,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
         steps: out.metrics.steps,
         samples: Math.round(out.metrics.sampleEpochs * out.numExamples),
       };
-      if (!socket.connected) return;
+      if (!live()) return;
       const answer = inner.prepare({
         update: {
           taskId: task.taskId,
@@ -471,8 +476,8 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       // arriving updates than it can fold and stage; a refusal means the task is over for this client.
       // A task may come with its grant (Task.upload_granted_bytes): then no request and no round trip.
       const needsGrant = needsUploadRequest(answer.bytes, this.grantAboveBytes, Number(task.uploadGrantedBytes ?? 0));
-      if (needsGrant && !(await this.requestUpload(task.taskId, answer.bytes))) return;
-      if (!socket.connected) return;
+      if (needsGrant && (!live() || !(await this.requestUpload(task.taskId, answer.bytes)))) return;
+      if (!live()) return;
       answer.send();
       this.emit('task', { taskId: task.taskId, kind, round: task.round, jobId: task.jobId, metrics, trainMs: out.trainMs });
     } catch (e) {

@@ -192,6 +192,7 @@ export class SocketServer {
     };
     const refuseAndClose = (err: ProtocolError, count = true) => {
       if (count) this.refuse(err.codeName);
+      this.log.debug({ address, clientId: hello?.clientId, code: err.codeName, reason: err.message }, 'connection refused');
       clearTimeout(helloTimer);
       state = 'closed';
       channel.sendError(err.code, err.message, err.ref);
