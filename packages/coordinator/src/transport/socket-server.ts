@@ -48,9 +48,9 @@ export interface SocketServerOptions {
   coordinatorVersion: string;
   /** Handshakes per remote address; none means unlimited. */
   handshakeLimit?: KeyedTokenBucket;
-  /** Hellos waiting for their credential check beyond those in progress; more (or more than a hello timeout's worth
-   *  of checks at their recent pace) are refused with RATE_LIMITED and retried by the SDK after a jittered back-off.
-   *  Default 256. */
+  /** Hellos waiting for their credential lookup beyond those in progress; more (or more than a hello timeout's worth
+   *  of lookups at their recent pace) are refused with RATE_LIMITED and retried by the SDK after a jittered back-off.
+   *  Default 256. (Protocol 2 runs no slow hash on the coordinator: the proof is one HMAC, checked outside the queue.) */
   maxPendingHellos?: number;
   /** Credential checks in flight at once; default one per core (at most 4, the hash thread pool's size). */
   helloConcurrency?: number;
@@ -108,8 +108,9 @@ export class SocketServer {
     private readonly opts: SocketServerOptions,
     private readonly log: Logger,
   ) {
-    // Credential checks run on the thread pool, one per core at most. A hello waits at most about a hello timeout in line, so that an admitted client is welcomed well within the
-    // SDK's connect timeout; the others are told to come back (RATE_LIMITED) and spread out by their back-off.
+    // Credential lookups run a few at a time. A hello waits at most about a hello timeout in line, so that an admitted
+    // client is welcomed well within the SDK's connect timeout; the others are told to come back (RATE_LIMITED) and
+    // spread out by their back-off.
     this.hellos = new HandshakeQueue({ concurrency: opts.helloConcurrency ?? Math.max(1, Math.min(4, availableParallelism())), maxQueued: opts.maxPendingHellos ?? 256, maxWaitMs: opts.helloTimeoutMs });
     // A client that stops answering (a frozen process, a dead network) is dropped within 3 intervals: a ping is due
     // every interval and its pong within two more. The registry then forgets it and its tasks settle as missing.
