@@ -88,7 +88,7 @@ async function issue(clientId?: string): Promise<{ clientId: string; secret: str
 async function helloOutcome(clientId: string, secret: string, base = url, localAddress?: string): Promise<string> {
   const p = await RawPeer.connect(base, localAddress ? { localAddress } : {});
   try {
-    p.send({ hello: rawHello(clientId, secret, 8) });
+    p.hello(clientId, secret, 8);
     return await p.outcome();
   } finally {
     p.close();
@@ -161,7 +161,7 @@ test('a message sent while the hello is being verified is refused, not routed: t
   const cred = await issue('device-eager');
   const p = await RawPeer.connect(url);
   try {
-    p.send({ hello: rawHello('device-eager', cred.secret, 8) });
+    p.hello('device-eager', cred.secret, 8);
     // scrypt takes tens of milliseconds on the thread pool: this arrives before the verdict.
     p.send({ forgetRequest: { requestId: 'too-early', reason: '' } });
     assert.equal(await p.outcome(), 'UNAUTHENTICATED');
@@ -235,7 +235,7 @@ test('a handshake flood from one address is cut off with RATE_LIMITED, and a rea
   const cred = await issue('device-f');
   const peers = await Promise.all(Array.from({ length: 60 }, () => RawPeer.connect(url)));
   try {
-    for (const p of peers) p.send({ hello: rawHello('flooder', 'y'.repeat(43), 8) });
+    for (const p of peers) p.send({ hello: rawHello('flooder', 8) });
     const outcomes = await Promise.all(peers.map((p) => p.outcome()));
     const limited = outcomes.filter((o) => o === 'RATE_LIMITED').length;
     const admitted = outcomes.filter((o) => o === 'UNKNOWN_CLIENT').length;

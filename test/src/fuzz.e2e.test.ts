@@ -6,6 +6,7 @@ import { FederatedClient, type LocalDataset } from '@fedunlearn/client';
 import { Coordinator, createLogger, openSqliteHistory } from '@fedunlearn/coordinator';
 import { builtInDefinition } from '@fedunlearn/models';
 import {
+  answerChallenge,
   Channel,
   DEFAULT_FRAMING,
   encodeEnvelope,
@@ -61,6 +62,9 @@ const validBody: fc.Arbitrary<Envelope> = fc.oneof(
   fc.record({ jobStatus: fc.record({ jobId: text, state: fc.nat({ max: 4 }), step: fc.nat() }) }),
   fc.record({ error: fc.record({ code: fc.nat({ max: 17 }), message: text, ref: text }) }),
   fc.record({ forgetRequest: fc.record({ requestId: text, reason: text }) }),
+  // The handshake's messages sent again inside a session: the challenge is the coordinator's, the proof spent.
+  fc.record({ challenge: fc.record({ nonce: fc.uint8Array({ maxLength: 40 }), sessionId: text, keyDerivation: fc.nat({ max: 3 }), salt: fc.uint8Array({ maxLength: 20 }), enrol: fc.boolean() }) }),
+  fc.record({ helloProof: fc.record({ proof: fc.uint8Array({ maxLength: 40 }), enrolKey: fc.uint8Array({ maxLength: 40 }) }) }),
 );
 
 const chunkFrame = fc
@@ -94,8 +98,9 @@ const garbage: fc.Arbitrary<unknown> = fc.oneof(
   {
     weight: 2,
     arbitrary: fc
-      .record({ streamId: fc.constantFrom('o1', 'o2', 'o3', 'o4', 'o5', 'o6'), total: fc.integer({ min: 2, max: 5 }), data: fc.uint8Array({ minLength: 1, maxLength: 40 }) })
-      .map(({ streamId, total, data }) => encodeEnvelope({ chunk: { streamId, seq: 0, total, totalBytes: 4096, data } })),
+      // A first chunk of the minimum chunk size (16 KiB) of a 64 KiB message (under the grant size): a stream that opens.
+      .record({ streamId: fc.constantFrom('o1', 'o2', 'o3', 'o4', 'o5', 'o6'), total: fc.integer({ min: 2, max: 4 }), fill: fc.nat({ max: 255 }) })
+      .map(({ streamId, total, fill }) => encodeEnvelope({ chunk: { streamId, seq: 0, total, totalBytes: 64 * 1024, data: new Uint8Array(16 * 1024).fill(fill) } })),
   },
   { weight: 1, arbitrary: fc.oneof(fc.string(), fc.integer(), fc.constant(null), fc.object({ maxDepth: 1 }), fc.boolean()) },
 );
@@ -148,7 +153,10 @@ class FuzzPeer {
   private constructor(readonly socket: Socket) {
     this.channel = new Channel(socket, {
       message: (env) => {
-        if (env.body === 'error') this.errors.push(env.error as fedunlearn.v1.Error);
+        if (env.body === 'challenge') {
+          const c = fedunlearn.v1.Challenge.fromObject(fedunlearn.v1.Challenge.toObject(env.challenge as fedunlearn.v1.Challenge));
+          void answerChallenge(c, 'fuzzer', 'fuzzer-secret').then((helloProof) => this.channel.send({ helloProof }));
+        } else if (env.body === 'error') this.errors.push(env.error as fedunlearn.v1.Error);
         else if (env.body === 'welcome') this.welcomed = true;
         else this.other.push(env.body ?? '?');
       },
@@ -214,7 +222,7 @@ test(`${FRAMES} fuzzed frames on a live socket during a round: each refusal has 
     const tasked = () => honest.every((_, i) => (coordinator.registry.get(`honest-${i + 1}`)?.channel.stats.messagesOut ?? 0) >= 2);
     await waitUntil(tasked, WAIT_MS, 'tasks sent to the honest clients');
     peer = await FuzzPeer.connect(url);
-    peer.channel.send({ hello: { clientId: 'fuzzer', secret: 'fuzzer-secret', sdkVersion: 'fuzz', numExamples: 1, backend: 'none', protocolVersion: PROTOCOL_VERSION } });
+    peer.channel.send({ hello: { clientId: 'fuzzer', sdkVersion: 'fuzz', numExamples: 1, backend: 'none', protocolVersion: PROTOCOL_VERSION } });
     await waitUntil(() => peer!.welcomed, WAIT_MS, 'welcome');
 
     // Sent in batches, each answered before the next, so that a flood limiter cannot be the reason for a refusal.

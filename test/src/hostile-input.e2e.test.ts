@@ -135,7 +135,7 @@ test('a non-binary payload and random bytes are MALFORMED_MESSAGE, and the conne
   assertUnchanged(before0, 'malformed payloads');
 
   // Garbage before the hello is refused frame by frame, not counted as the first message.
-  p.send({ hello: rawHello('raw-a', 'raw-secret-a') });
+  p.hello('raw-a', 'raw-secret-a');
   const w = await p.next('welcome');
   assert.equal(w.welcome!.clientId, 'raw-a');
   assert.deepEqual(p.queued, []);
@@ -160,12 +160,51 @@ test('a hello with the wrong secret for an enrolled client is UNAUTHENTICATED an
   assert.ok(session, 'honest-1 is connected');
   const hashBefore = coordinator.store.getClient('honest-1')!.secretHash;
   const p = await peer(RawPeer.connect(url));
-  p.send({ hello: rawHello('honest-1', 'not-the-right-secret') });
+  p.hello('honest-1', 'not-the-right-secret');
   await p.expectError(ErrorCode.UNAUTHENTICATED);
   await p.disconnected();
   assert.equal(coordinator.registry.get('honest-1'), session, 'the genuine session is still the registered one');
   assert.equal(coordinator.store.getClient('honest-1')!.secretHash, hashBefore);
   assertUnchanged(before0, 'a forged hello');
+});
+
+test('hostile handshake messages: a challenge from a client, a malformed proof, an enrolment without its key, all refused without a session', async () => {
+  // A client may not send the coordinator's Challenge, before the hello or after it.
+  const a = await peer(RawPeer.connect(url));
+  a.send({ challenge: { nonce: new Uint8Array(32), sessionId: 'forged', keyDerivation: 1 } });
+  assert.match((await a.expectError(ErrorCode.UNAUTHENTICATED)).message, /first message must be hello/);
+  await a.disconnected();
+  const b = await peer(RawPeer.connect(url));
+  b.send({ hello: rawHello('honest-1') });
+  const c = (await b.next('challenge')).challenge!;
+  assert.equal(c.nonce!.byteLength, 32);
+  b.send({ challenge: { nonce: c.nonce!, sessionId: c.sessionId!, keyDerivation: c.keyDerivation! } });
+  assert.match((await b.expectError(ErrorCode.UNAUTHENTICATED)).message, /expected helloProof, got challenge/);
+  await b.disconnected();
+  // Proofs of the wrong length, empty, or the right length but wrong: UNAUTHENTICATED, the real session untouched.
+  // (Three, with the earlier test's wrong one four: under the lockout of five, so honest-1 could still reconnect.)
+  const session = coordinator.registry.get('honest-1');
+  for (const proof of [new Uint8Array(0), new Uint8Array(4096), new Uint8Array(32).fill(7)]) {
+    const p = await peer(RawPeer.connect(url));
+    p.send({ hello: rawHello('honest-1') });
+    await p.next('challenge');
+    p.send({ helloProof: { proof } });
+    assert.match((await p.expectError(ErrorCode.UNAUTHENTICATED)).message, /wrong credentials/);
+    await p.disconnected();
+  }
+  assert.equal(coordinator.registry.get('honest-1'), session);
+  // Open enrolment of a new id: a proof without the derived key (or with a short one) enrols nothing.
+  for (const enrolKey of [new Uint8Array(0), new Uint8Array(16)]) {
+    const p = await peer(RawPeer.connect(url));
+    p.send({ hello: rawHello('never-enrolled') });
+    const ch = (await p.next('challenge')).challenge!;
+    assert.equal(ch.enrol, true);
+    p.send({ helloProof: { proof: new Uint8Array(32), enrolKey } });
+    assert.match((await p.expectError(ErrorCode.UNAUTHENTICATED)).message, /must carry its 32-byte key/);
+    await p.disconnected();
+  }
+  assert.equal(coordinator.store.getClient('never-enrolled'), null);
+  assertUnchanged(before0, 'hostile handshake messages');
 });
 
 test('an update for an unknown task is UNKNOWN_TASK', async () => {

@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
 import { io, type Socket } from 'socket.io-client';
-import { Channel, DEFAULT_FRAMING, ErrorCode, errorCodeName, fedunlearn, PROTOCOL_VERSION, WIRE_EVENT, type Envelope } from '@fedunlearn/protocol';
+import { answerChallenge, Channel, DEFAULT_FRAMING, ErrorCode, errorCodeName, fedunlearn, PROTOCOL_VERSION, WIRE_EVENT, type Envelope } from '@fedunlearn/protocol';
 
 const WAIT_MS = 15_000;
 type Kind = NonNullable<fedunlearn.v1.Envelope['body']>;
 
-/** A hello as the SDK would send it, for peers that speak the protocol by hand. */
-export function rawHello(clientId: string, secret: string, numExamples = 50): fedunlearn.v1.IHello {
-  return { clientId, secret, sdkVersion: 'raw', numExamples, backend: 'cpu', protocolVersion: PROTOCOL_VERSION };
+/** A hello as the SDK would send it, for peers that speak the protocol by hand (the secret is proven afterwards, in
+ *  answer to the Challenge: see RawPeer.hello). */
+export function rawHello(clientId: string, numExamples = 50): fedunlearn.v1.IHello {
+  return { clientId, sdkVersion: 'raw', numExamples, backend: 'cpu', protocolVersion: PROTOCOL_VERSION };
 }
 
 /**
@@ -19,9 +20,19 @@ export class RawPeer {
   private readonly inbox: fedunlearn.v1.Envelope[] = [];
   private readonly waiters = new Set<() => void>();
   disconnectReason: string | null = null;
+  /** Set by hello(): a Challenge is then answered with a proof of this secret instead of being queued. */
+  private prover: { clientId: string; secret: string } | null = null;
+  /** Every frame this peer received and sent, as put on the wire (tests look for what must never be there). */
+  readonly wire: { in: Uint8Array[]; out: Uint8Array[] } = { in: [], out: [] };
 
   private constructor(readonly socket: Socket) {
     this.channel = new Channel(socket, { message: (env) => this.push(env) }, DEFAULT_FRAMING);
+    socket.on(WIRE_EVENT, (f: unknown) => {
+      if (f instanceof Uint8Array) this.wire.in.push(new Uint8Array(f));
+    });
+    socket.onAnyOutgoing((_event: string, f: unknown) => {
+      if (f instanceof Uint8Array) this.wire.out.push(new Uint8Array(f));
+    });
     socket.on('disconnect', (reason) => {
       this.disconnectReason = String(reason);
       this.wake();
@@ -41,8 +52,14 @@ export class RawPeer {
   /** Connects and says hello; resolves with the peer and the coordinator's answer (a welcome or an error). */
   static async introduce(url: string, clientId: string, secret: string, numExamples?: number): Promise<{ peer: RawPeer; answer: fedunlearn.v1.Envelope }> {
     const peer = await RawPeer.connect(url);
-    peer.send({ hello: rawHello(clientId, secret, numExamples) });
+    peer.hello(clientId, secret, numExamples);
     return { peer, answer: await peer.nextOf(['welcome', 'error']) };
+  }
+
+  /** Sends a hello and answers its Challenge with a proof of `secret`, as the SDK does (the outcome stays queued). */
+  hello(clientId: string, secret: string, numExamples?: number): void {
+    this.prover = { clientId, secret };
+    this.send({ hello: rawHello(clientId, numExamples) });
   }
 
   /** Connects and completes the hello handshake as `clientId`. */
@@ -124,6 +141,22 @@ export class RawPeer {
   }
 
   private push(env: fedunlearn.v1.Envelope): void {
+    if (env.body === 'challenge' && this.prover) {
+      const { clientId, secret } = this.prover;
+      this.prover = null;
+      // The challenge's byte fields are views of memory the channel reuses: copied before the first await.
+      const c = fedunlearn.v1.Challenge.fromObject(fedunlearn.v1.Challenge.toObject(env.challenge as fedunlearn.v1.Challenge));
+      void answerChallenge(c, clientId, secret).then(
+        (proof) => {
+          if (!this.closed) this.send({ helloProof: proof });
+        },
+        (e: unknown) => {
+          this.inbox.push(fedunlearn.v1.Envelope.fromObject({ error: { code: ErrorCode.INVALID_ARGUMENT, message: `raw peer: ${(e as Error).message}` } }));
+          this.wake();
+        },
+      );
+      return;
+    }
     this.inbox.push(env);
     this.wake();
   }

@@ -1,5 +1,6 @@
 import { io, type Socket } from 'socket.io-client';
 import {
+  answerChallenge,
   Channel,
   DEFAULT_FRAMING,
   encodeEnvelope,
@@ -39,7 +40,10 @@ export function connectProtocolClient(url: string, clientId: string, update: Upd
     const answers = new Map<string, PreparedMessage>();
     const channel = new Channel(socket, {
       message: (env) => {
-        if (env.body === 'welcome' && env.welcome) {
+        if (env.body === 'challenge' && env.challenge) {
+          // Protocol 2: the secret is proven, never sent.
+          void answerChallenge(env.challenge, clientId, `secret-of-${clientId}`).then((helloProof) => channel.send({ helloProof }), reject);
+        } else if (env.body === 'welcome' && env.welcome) {
           channel.adoptPeerFraming({ chunkBytes: env.welcome.chunkBytes ?? 0, maxMessageBytes: Number(env.welcome.maxMessageBytes) });
           grantAbove = Number(env.welcome.uploadGrantAboveBytes ?? 0);
           clearTimeout(timer);
@@ -62,7 +66,7 @@ export function connectProtocolClient(url: string, clientId: string, update: Upd
       },
     });
     socket.on('connect', () =>
-      channel.send({ hello: { clientId, secret: `secret-of-${clientId}`, sdkVersion: 'bench', numExamples: update.numExamples, backend: 'bench', protocolVersion: PROTOCOL_VERSION } }),
+      channel.send({ hello: { clientId, sdkVersion: 'bench', numExamples: update.numExamples, backend: 'bench', protocolVersion: PROTOCOL_VERSION } }),
     );
     socket.on('connect_error', (e) => {
       clearTimeout(timer);

@@ -3,6 +3,7 @@ import { EventEmitter } from 'events';
 import { nanoid } from 'nanoid';
 import { io, type Socket } from 'socket.io-client';
 import {
+  answerChallenge,
   Channel,
   decodeWeights,
   DEFAULT_FRAMING,
@@ -31,7 +32,9 @@ export interface FederatedClientOptions {
   /** The coordinator, e.g. http://localhost:8080. */
   url: string;
   clientId: string;
-  /** The credential this client enrolled with (or was issued); sent only inside the hello. */
+  /** The credential this client enrolled with (or was issued). Never sent: the client proves it holds it by answering
+   *  the coordinator's challenge (an HMAC over a fresh nonce, see the proto's Challenge). A secret the client chooses
+   *  itself (open enrolment) must have at least 8 characters. */
   secret: string;
   /** Local training data; a function is called for every task, so an app may serve fresh data. */
   data: LocalDataset | (() => LocalDataset);
@@ -94,6 +97,12 @@ export interface ClientEvents {
   job: [JobUpdate];
   /** An error the coordinator sent (a refused update, a refused hello, ...). */
   serverError: [{ code: string; message: string; ref: string }];
+  /**
+   * Another connection proved this client's credential and the coordinator closed this session for it (code
+   * SESSION_REPLACED). The client does not reconnect by itself after this: the other session holds the same
+   * credential, and reconnecting would displace it in turn, back and forth. Call connect() to take the id back.
+   */
+  displaced: [{ code: 'SESSION_REPLACED'; message: string }];
   error: [Error];
 }
 
@@ -113,6 +122,8 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
   private closed = false;
   /** A hello is out and neither welcomed nor refused. */
   private helloPending = false;
+  /** Counts hellos: a challenge answered after its connection was lost is not sent on the next one. */
+  private connection = 0;
   /** Consecutive hellos refused because the coordinator was busy; sets the back-off before the next. */
   private busyRefusals = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -137,8 +148,19 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
    * Starts the backend and connects; resolves once the coordinator has welcomed this client. Rejects with the cause
    * when the coordinator cannot be reached (connection refused, DNS, TLS), refuses this client (UNAUTHENTICATED, ...)
    * or runs a model the local data cannot train (`dataset examples are [10], the federation's model takes [784]`).
+   * Reconnect policy: a lost
+   * connection and a hello refused as RATE_LIMITED are retried with back-off (`reconnect`); any other refusal of the
+   * hello, and a session displaced by another connection of this id ('displaced', SESSION_REPLACED), are final until
+   * connect() is called again.
    */
   async connect(timeoutMs = 30_000): Promise<void> {
+    if (this.socket) {
+      // Called again (after a displacement or a final refusal): the old connection is dropped for a fresh one.
+      this.socket.removeAllListeners();
+      this.socket.io.removeAllListeners();
+      this.socket.disconnect();
+      this.channel?.close();
+    }
     this.backend = await initBackend(this.opts.backends, this.opts.wasmPaths !== undefined ? { wasmPaths: this.opts.wasmPaths } : {});
     this.trainer ??= this.opts.trainer ?? new Trainer({ tf: this.backend.tf, ...(this.opts.modelFactory ? { modelFactory: this.opts.modelFactory } : {}) });
     const r = this.opts.reconnect ?? {};
@@ -278,10 +300,10 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
 
   private hello(): void {
     this.helloPending = true;
+    this.connection++;
     this.channel?.send({
       hello: {
         clientId: this.opts.clientId,
-        secret: this.opts.secret,
         sdkVersion: SDK_VERSION,
         numExamples: this.data().count,
         backend: this.backend?.name ?? 'cpu',
@@ -290,8 +312,29 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     });
   }
 
+  /** Proves the secret for this connection's challenge; an answer computed for an earlier connection is dropped. */
+  private async answer(challenge: fedunlearn.v1.Challenge): Promise<void> {
+    const connection = this.connection;
+    try {
+      if (challenge.enrol && this.opts.secret.length < 8) throw new Error('a secret of at least 8 characters is required to enrol');
+      const proof = await answerChallenge(challenge, this.opts.clientId, this.opts.secret);
+      if (connection !== this.connection || !this.socket?.connected) return;
+      this.channel?.send({ helloProof: proof });
+    } catch (e) {
+      this.helloPending = false;
+      const err = new Error(`cannot answer the coordinator's challenge: ${(e as Error).message}`);
+      this.welcomed?.reject(err);
+      this.welcomed = null;
+      this.socket?.disconnect();
+      this.emit('error', err);
+    }
+  }
+
   private onMessage(env: fedunlearn.v1.Envelope): void {
     switch (env.body) {
+      case 'challenge':
+        void this.answer(env.challenge as fedunlearn.v1.Challenge);
+        return;
       case 'welcome': {
         this.helloPending = false;
         this.busyRefusals = 0;
@@ -310,7 +353,12 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
         }
         this.sessionId = env.welcome!.sessionId ?? '';
         this.grantAboveBytes = Number(env.welcome!.uploadGrantAboveBytes ?? 0);
-        this.channel?.adoptPeerFraming({ chunkBytes: env.welcome!.chunkBytes ?? 0, maxMessageBytes: Number(env.welcome!.maxMessageBytes ?? 0) });
+        this.channel?.adoptPeerFraming({
+          chunkBytes: env.welcome!.chunkBytes ?? 0,
+          maxMessageBytes: Number(env.welcome!.maxMessageBytes ?? 0),
+          minChunkBytes: env.welcome!.minChunkBytes ?? 0,
+          maxFrameBytes: Number(env.welcome!.maxFrameBytes ?? 0),
+        });
         this.emit('connected', { sessionId: this.sessionId, backend: this.backend!.name });
         this.welcomed?.resolve();
         this.welcomed = null;
@@ -319,7 +367,9 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       case 'task': {
         const task = env.task as fedunlearn.v1.Task;
         // One task at a time: tasks share the trainer's model.
-        this.work = this.work.then(() => this.runTask(task)).catch((e: unknown) => {
+        // The session the task belongs to: its answer is sent in that session only.
+        const sessionId = this.sessionId;
+        this.work = this.work.then(() => this.runTask(task, sessionId)).catch((e: unknown) => {
           this.emit('error', e as Error);
         });
         return;
@@ -354,6 +404,13 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       case 'error': {
         const e = env.error as fedunlearn.v1.Error;
         const info = { code: errorCodeName(e.code), message: e.message, ref: e.ref };
+        if (!this.helloPending && e.code === ErrorCode.SESSION_REPLACED) {
+          // socket.io does not reconnect after the server closed the socket, and neither does this client: see
+          // 'displaced'.
+          this.emit('serverError', info);
+          this.emit('displaced', { code: 'SESSION_REPLACED', message: info.message });
+          return;
+        }
         if (this.helloPending && e.code === ErrorCode.RATE_LIMITED) {
           // The coordinator is admitting others (a reconnect storm): not a refusal of this client, so try again later.
           this.helloPending = false;
@@ -383,16 +440,19 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
     }
   }
 
-  private async runTask(task: fedunlearn.v1.Task): Promise<void> {
+  private async runTask(task: fedunlearn.v1.Task, sessionId: string): Promise<void> {
     if (this.closed) return;
     // socket.io buffers what is emitted while disconnected and flushes it ahead of the next hello, which the
     // coordinator refuses as a first message: an answer to a task of a lost connection is dropped instead (the
     // coordinator already counted this client missing for it).
     const socket = this.socket!;
     const inner = this.channel!;
+    // Connected is not enough: after a reconnect the socket is connected again while the new session is still proving
+    // its credential, and anything but the proof then ends that handshake. An answer goes out in its own session only.
+    const live = () => socket.connected && !this.helloPending && this.sessionId === sessionId;
     const channel = {
-      send: (msg: fedunlearn.v1.IEnvelope) => (socket.connected ? inner.send(msg) : 0),
-      sendError: (code: ErrorCode, message: string, ref: string) => (socket.connected ? inner.sendError(code, message, ref) : undefined),
+      send: (msg: fedunlearn.v1.IEnvelope) => (live() ? inner.send(msg) : 0),
+      sendError: (code: ErrorCode, message: string, ref: string) => (live() ? inner.sendError(code, message, ref) : undefined),
     };
     const trainer = this.trainer!;
     const deadline = Number(task.deadlineUnixMs);
@@ -432,7 +492,7 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
         steps: out.metrics.steps,
         samples: Math.round(out.metrics.sampleEpochs * out.numExamples),
       };
-      if (!socket.connected) return;
+      if (!live()) return;
       const answer = inner.prepare({
         update: {
           taskId: task.taskId,
@@ -446,8 +506,8 @@ export class FederatedClient extends EventEmitter<ClientEvents> {
       // arriving updates than it can fold and stage; a refusal means the task is over for this client.
       // A task may come with its grant (Task.upload_granted_bytes): then no request and no round trip.
       const needsGrant = needsUploadRequest(answer.bytes, this.grantAboveBytes, Number(task.uploadGrantedBytes ?? 0));
-      if (needsGrant && !(await this.requestUpload(task.taskId, answer.bytes))) return;
-      if (!socket.connected) return;
+      if (needsGrant && (!live() || !(await this.requestUpload(task.taskId, answer.bytes)))) return;
+      if (!live()) return;
       answer.send();
       this.emit('task', { taskId: task.taskId, kind, round: task.round, jobId: task.jobId, metrics, trainMs: out.trainMs });
     } catch (e) {

@@ -212,3 +212,14 @@ test('forget jobs and offline clients: a bounded wait (default 5 min) and a poli
   assert.ok(bad.some((i) => /^jobOfflinePolicy: expected one of fail\|server-side, got "wait-forever"/.test(i)), bad.join('\n'));
   assert.ok(bad.some((i) => /^jobWaitForClientsMs: must be >= 0/.test(i)), bad.join('\n'));
 });
+
+test('aggregation and update bounds: the strategy a config names, its parameters checked, the bounds passed on', () => {
+  assert.equal(coordinatorOptionsOf(loadConfig({ overrides: {} })).strategy!.name, 'fedavg');
+  const file1 = file('robust.yaml', 'aggregation:\n  strategy: trimmed-mean\n  trimFraction: 0.2\nupdates:\n  maxNorm: 100\n  medianFactor: 5\n');
+  const o = coordinatorOptionsOf(loadConfig({ file: file1, overrides: {} }));
+  assert.equal(o.strategy!.name, 'trimmed-mean');
+  assert.deepEqual(o.updateBounds, { maxNorm: 100, medianFactor: 5 });
+  assert.match(issuesOf(() => loadConfig({ file: file('clip.yaml', 'aggregation:\n  strategy: clipped-fedavg\n'), overrides: {} }))[0]!, /^aggregation\.clipNorm: clipped-fedavg needs/);
+  assert.match(issuesOf(() => loadConfig({ file: file('trim.yaml', 'aggregation:\n  strategy: trimmed-mean\n  trimFraction: 0.5\n'), overrides: {} }))[0]!, /^aggregation\.trimFraction/);
+  assert.match(issuesOf(() => loadConfig({ file: file('agg.yaml', 'aggregation:\n  strategy: krum\n'), overrides: {} }))[0]!, /^aggregation\.strategy/);
+});

@@ -3,6 +3,7 @@ import { dirname, extname, isAbsolute, resolve } from 'node:path';
 import type { ArchitectureName, ArchitectureOptions } from '@fedunlearn/models';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { AGGREGATIONS, strategyOf } from './aggregation/robust.js';
 import type { CoordinatorOptions, SecurityLimits } from './coordinator.js';
 import { DEFAULT_JOB_OFFLINE, OFFLINE_POLICIES } from './unlearning/offline.js';
 
@@ -88,6 +89,7 @@ export const serviceConfigSchema = z
         authMaxLockoutMs: posInt,
         forgetRequestsPerHour: posInt,
         operatorMutationsPerMinute: posInt,
+        connectionsPerAddress: posInt,
       })
       .partial()
       .strict()
@@ -100,6 +102,18 @@ export const serviceConfigSchema = z
         grantAboveBytes: z.number().int().min(0),
         uploadTimeoutMs: posInt,
       })
+      .partial()
+      .strict()
+      .default({}),
+    /** How updates become one step (aggregation/robust.ts): fedavg (default), clipped-fedavg (needs clipNorm),
+     *  trimmed-mean (trimFraction, default 0.1), median. */
+    aggregation: z
+      .object({ strategy: z.enum(AGGREGATIONS).default('fedavg'), clipNorm: z.number().positive().optional(), trimFraction: z.number().min(0).lt(0.5).optional() })
+      .strict()
+      .default({ strategy: 'fedavg' }),
+    /** Bounds on one update (rounds/dispatcher.ts UpdateBounds); any field left out keeps its default. */
+    updates: z
+      .object({ maxNorm: z.number().positive(), medianFactor: z.number().min(0), maxExamples: posInt })
       .partial()
       .strict()
       .default({}),
@@ -121,6 +135,9 @@ export const serviceConfigSchema = z
     const rr = c.roundRetry;
     if (rr.baseMs !== undefined && rr.maxMs !== undefined && rr.maxMs < rr.baseMs) {
       ctx.addIssue({ code: 'custom', path: ['roundRetry', 'maxMs'], message: `must be at least baseMs (${rr.baseMs})` });
+    }
+    if (c.aggregation.strategy === 'clipped-fedavg' && c.aggregation.clipNorm === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['aggregation', 'clipNorm'], message: 'clipped-fedavg needs the norm updates are clipped to' });
     }
     if (c.model === 'cnn' && c.inputShape.length !== 3) {
       ctx.addIssue({ code: 'custom', path: ['inputShape'], message: `cnn needs an image shape height,width,channels, got ${c.inputShape.join(',')}` });
@@ -220,7 +237,7 @@ export function modelOf(cfg: ServiceConfig): { name: ArchitectureName; options: 
 
 /** Everything of CoordinatorOptions a config decides; the caller adds the store, the model and the logger. */
 export type ConfiguredCoordinatorOptions = Required<
-  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'modelsAfterForget' | 'jobs' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth' | 'uploads'>
+  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'modelsAfterForget' | 'jobs' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth' | 'uploads' | 'strategy' | 'updateBounds'>
 > &
   Pick<CoordinatorOptions, 'operatorToken' | 'tls'> & {
     limits: Partial<SecurityLimits>;
@@ -253,6 +270,8 @@ export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorO
     roundRetry: Object.fromEntries(Object.entries(cfg.roundRetry).filter(([, v]) => v !== undefined)),
     limits: Object.fromEntries(Object.entries(cfg.limits).filter(([, v]) => v !== undefined)) as Partial<SecurityLimits>,
     uploads: Object.fromEntries(Object.entries(cfg.uploads).filter(([, v]) => v !== undefined)),
+    strategy: strategyOf(cfg.aggregation),
+    updateBounds: Object.fromEntries(Object.entries(cfg.updates).filter(([, v]) => v !== undefined)),
     ...(cfg.operatorToken ? { operatorToken: cfg.operatorToken } : {}),
     ...(cfg.tls ? { tls: readTls(cfg.tls) } : {}),
   };

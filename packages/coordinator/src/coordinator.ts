@@ -13,11 +13,12 @@ import { HostPolicy, isLoopbackHost } from './http/request-guard.js';
 import { createLogger, type Logger } from './logger.js';
 import { CoordinatorMetrics } from './metrics.js';
 import { roundFailureReason, roundRetryDelayMs, type RoundFailureReason } from './round-failure.js';
-import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher } from './rounds/dispatcher.js';
-import { RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
+import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher, type UpdateBounds } from './rounds/dispatcher.js';
+import { QuorumError, RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { assertClientId } from './transport/client-id.js';
 import { ClientRegistry } from './transport/client-registry.js';
-import { generateSecret, hashIssuedSecret, hashSecret, verifySecret } from './transport/credentials.js';
+import { CredentialAuthenticator, lockoutKey } from './transport/authenticator.js';
+import { generateSecret, hashIssuedSecret } from './transport/credentials.js';
 import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type Clock } from './transport/rate-limit.js';
 import type { ClientSession } from './transport/session.js';
 import { SocketServer, type Authenticator } from './transport/socket-server.js';
@@ -50,6 +51,8 @@ export interface SecurityLimits {
   forgetRequestsPerHour: number;
   /** Mutating operator requests (new jobs, credential changes) per remote address per minute. */
   operatorMutationsPerMinute: number;
+  /** Open client connections from one remote address (authenticated or not); more are refused (RATE_LIMITED). */
+  connectionsPerAddress: number;
 }
 
 /**
@@ -66,6 +69,7 @@ export const DEFAULT_LIMITS: Readonly<SecurityLimits> = {
   authMaxLockoutMs: 3_600_000,
   forgetRequestsPerHour: 3,
   operatorMutationsPerMinute: 60,
+  connectionsPerAddress: 4096,
 };
 
 export interface ModelSpec {
@@ -140,6 +144,9 @@ export interface CoordinatorOptions {
   purgeRetry?: PurgeRetry;
   /** Test hook (the crash tests): called at the points of a job's end; resolve to go on. */
   pauseJob?: (point: JobPausePoint) => Promise<void>;
+  /** What one update may do to the aggregate: norm bounds and the example-count cap (rounds/dispatcher.ts
+   *  UpdateBounds; defaults DEFAULT_UPDATE_BOUNDS). */
+  updateBounds?: Partial<UpdateBounds>;
 }
 
 export interface CoordinatorEvents {
@@ -208,8 +215,6 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   /** ...and per client id from anywhere. */
   private readonly clientLockout: FailureLockout;
   private readonly forgetLimit: SlidingWindowLimit;
-  /** Client ids whose hello is being verified: one at a time each, so parallel guesses cannot outrun the lockout. */
-  private readonly verifying = new Set<string>();
 
   private constructor(opts: CoordinatorOptions, current: ModelCache) {
     super();
@@ -225,6 +230,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       historyStats: () => this.store.stats(),
       jobs: () => this.store.listJobs(),
       transport: () => this.transport.totals(),
+      held: () => this.transport.held(),
       uploads: () => this.dispatcher.counters,
     });
     const framing = opts.framing ?? DEFAULT_FRAMING;
@@ -233,7 +239,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       grantAboveBytes: opts.uploads?.grantAboveBytes ?? DEFAULT_GRANT_ABOVE_BYTES,
       uploadTimeoutMs: opts.uploads?.uploadTimeoutMs ?? DEFAULT_UPLOAD_TIMEOUT_MS,
       maxMessageBytes: framing.maxMessageBytes,
-    });
+    }, opts.updateBounds);
     const strategy = opts.strategy ?? new FedAvg();
     this.unlearning = new UnlearningEngine({
       store: this.store,
@@ -317,6 +323,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
         // The federation's topology (the store's, which outlives a restart with other options), told in every Welcome.
         model: modelSignature(opts.store.meta().topologyJson),
         handshakeLimit: new KeyedTokenBucket({ burst: limits.handshakeBurst, refillPerSecond: limits.handshakeRefillPerSecond, clock }),
+        maxConnectionsPerAddress: limits.connectionsPerAddress,
       },
       this.log,
     );
@@ -553,55 +560,14 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   private authenticator(): Authenticator {
-    return {
-      authenticate: async (hello, address) => {
-        const id = hello.clientId;
-        if (this.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
-        const key = lockoutKey(id, address);
-        const locked = Math.max(this.authLockout.lockedFor(key), this.clientLockout.lockedFor(id));
-        if (locked > 0) throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many failed authentications for client ${id}; retry in ${Math.ceil(locked / 1000)} s`);
-        if (this.verifying.has(id)) throw new ProtocolError(ErrorCode.RATE_LIMITED, `a hello for client ${id} is already being verified`);
-        this.verifying.add(id);
-        try {
-          await this.verify(hello, key);
-        } finally {
-          this.verifying.delete(id);
-        }
-        if (this.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
-        this.authLockout.succeed(key);
-        this.clientLockout.succeed(id);
-        this.store.upsertClient({ clientId: id, numExamples: hello.numExamples, seenAt: Date.now() });
-      },
-    };
-  }
-
-  /** `lockoutKey`: the id and address a wrong secret counts against. */
-  private async verify(hello: fedunlearn.v1.Hello, lockoutKey: string): Promise<void> {
-    const id = hello.clientId;
-    const known = this.store.getClient(id);
-    if (known?.revoked) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `the credential of client ${id} was revoked`);
-    if (known?.secretHash) {
-      const ok = await verifySecret(hello.secret, known.secretHash);
-      if (!ok) {
-        this.authLockout.fail(lockoutKey);
-        this.clientLockout.fail(id);
-        throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'wrong credentials');
-      }
-      // A revocation or rotation that landed while scrypt ran wins over the secret it checked.
-      const now = this.store.getClient(id);
-      if (!now || now.revoked || now.secretHash !== known.secretHash) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `the credential of client ${id} changed`);
-      return;
-    }
-    if (this.enrolment === 'closed') {
-      if (!known) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client ${id}`);
-      throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `no credential was issued to client ${id}`);
-    }
-    if (!hello.secret || hello.secret.length < 8) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'a secret of at least 8 characters is required');
-    const secretHash = await hashSecret(hello.secret);
-    if (this.store.getClient(id)?.secretHash) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `client ${id} enrolled meanwhile; retry`);
-    // A job may have forgotten it while scrypt ran: a tombstone never takes a secret again.
-    if (this.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
-    this.store.upsertClient({ clientId: id, secretHash, numExamples: hello.numExamples, seenAt: Date.now() });
+    return new CredentialAuthenticator({
+      getClient: (id) => this.store.getClient(id),
+      upsertClient: (c) => this.store.upsertClient(c),
+      isForgotten: (id) => this.isForgotten(id),
+      enrolment: this.enrolment,
+      authLockout: this.authLockout,
+      clientLockout: this.clientLockout,
+    });
   }
 
   private readonly jobWatchers = new Map<string, { session: ClientSession; requestId: string }>();
@@ -656,9 +622,4 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 export function toWireState(state: JobRecord['state']): fedunlearn.v1.JobState {
   const S = fedunlearn.v1.JobState;
   return { queued: S.QUEUED, running: S.RUNNING, done: S.DONE, failed: S.FAILED }[state];
-}
-
-/** A client id and a remote address, as one lockout key (client ids cannot contain a space: transport/client-id.ts). */
-function lockoutKey(clientId: string, address: string): string {
-  return `${clientId} ${address}`;
 }

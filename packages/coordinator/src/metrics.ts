@@ -22,6 +22,8 @@ export interface MetricsSources {
   jobs(): JobRecord[];
   /** The socket server's totals since it started (refusals by reason, bytes including live sessions). */
   transport(): { connections: number; refused: Record<string, number>; bytesIn: number; bytesOut: number };
+  /** What peers hold on the transport now (connections, handshakes, partial chunk streams); optional. */
+  held?(): { openConnections: number; handshaking: number; partialStreams: number; partialStreamBytes: number };
   /** The dispatcher's upload flow control: update bytes held now and at most, grants. */
   uploads(): { heldUpdateBytes: number; peakHeldUpdateBytes: number; grantedUploadBytes: number; uploadsWaiting: number; uploadGrants: number };
 }
@@ -183,6 +185,20 @@ export class CoordinatorMetrics implements DispatchObserver {
         this.reset();
         this.inc({ direction: 'in' }, t.bytesIn);
         this.inc({ direction: 'out' }, t.bytesOut);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}peer_resources`,
+      help: 'What client connections hold on the coordinator now, by resource: open_connections, handshaking (hello or challenge pending, bounded by the hello timeout), partial_streams and partial_stream_bytes (chunked messages still arriving, bounded per connection and dropped after the stream idle timeout).',
+      labelNames: ['resource'],
+      registers,
+      collect() {
+        const h = sources.held?.();
+        if (!h) return;
+        this.set({ resource: 'open_connections' }, h.openConnections);
+        this.set({ resource: 'handshaking' }, h.handshaking);
+        this.set({ resource: 'partial_streams' }, h.partialStreams);
+        this.set({ resource: 'partial_stream_bytes' }, h.partialStreamBytes);
       },
     });
     new Gauge({

@@ -107,9 +107,13 @@ export class Channel {
    * Adopts the peer's framing for what this side sends (a coordinator may use smaller chunks than the default, and
    * its socket buffer is sized for them); what this side accepts keeps its own caps.
    */
-  adoptPeerFraming(peer: { chunkBytes: number; maxMessageBytes: number }): void {
+  adoptPeerFraming(peer: { chunkBytes: number; maxMessageBytes: number; minChunkBytes?: number; maxFrameBytes?: number }): void {
     if (!(peer.chunkBytes > 0) || !(peer.maxMessageBytes > 0)) return;
-    this.limits = { ...this.limits, chunkBytes: Math.min(this.limits.chunkBytes, peer.chunkBytes), maxMessageBytes: Math.min(this.limits.maxMessageBytes, peer.maxMessageBytes) };
+    let chunkBytes = Math.min(this.limits.chunkBytes, peer.chunkBytes);
+    // Chunks but the last must meet the peer's minimum, and every frame (a chunk plus its ~100-byte header) its cap.
+    if (peer.minChunkBytes !== undefined && peer.minChunkBytes > 0) chunkBytes = Math.max(chunkBytes, Math.min(peer.minChunkBytes, peer.chunkBytes));
+    if (peer.maxFrameBytes !== undefined && peer.maxFrameBytes > 1024) chunkBytes = Math.min(chunkBytes, peer.maxFrameBytes - 1024);
+    this.limits = { ...this.limits, chunkBytes, maxMessageBytes: Math.min(this.limits.maxMessageBytes, peer.maxMessageBytes) };
   }
 
   sendError(code: ErrorCode, message: string, ref = ''): void {
@@ -121,6 +125,19 @@ export class Channel {
     this.reassembler.clear();
   }
 
+  /** Bytes held for chunked messages still arriving, and how many there are. */
+  get partialStreams(): { bytes: number; streams: number } {
+    return { bytes: this.reassembler.bufferedBytes, streams: this.reassembler.openStreams };
+  }
+
+  /** Drops the chunked messages that received nothing for `idleMs`, telling the peer (STREAM_TIMEOUT, ref the
+   *  stream id); returns how many. */
+  expireIdleStreams(idleMs: number, now = Date.now()): number {
+    const gone = this.reassembler.expireIdle(idleMs, now);
+    for (const id of gone) this.reject(new ProtocolError(ErrorCode.STREAM_TIMEOUT, `stream ${id} received nothing for ${idleMs} ms and was dropped`, id));
+    return gone.length;
+  }
+
   private receive(raw: unknown): void {
     // Node peers receive Buffers, browsers ArrayBuffers.
     const frame = raw instanceof ArrayBuffer ? new Uint8Array(raw) : raw;
@@ -130,6 +147,11 @@ export class Channel {
       return;
     }
     this.stats.bytesIn += frame.byteLength;
+    if (this.limits.maxFrameBytes !== undefined && frame.byteLength > this.limits.maxFrameBytes) {
+      // Answered, not dropped: a third-party client learns the limit instead of seeing its connection close.
+      this.reject(new ProtocolError(ErrorCode.MESSAGE_TOO_LARGE, `frame of ${frame.byteLength} bytes exceeds the ${this.limits.maxFrameBytes}-byte frame limit; send larger messages as chunks of at most ${this.limits.chunkBytes} bytes (Welcome.max_frame_bytes, chunk_bytes)`));
+      return;
+    }
     this.partialBytes += frame.byteLength;
     this.partialFrames++;
     let env: fedunlearn.v1.Envelope | null;

@@ -11,7 +11,7 @@ import { ErrorCode, ProtocolError } from './errors.js';
 const fuzzSeed = process.env.FEDUNLEARN_FUZZ_SEED;
 const budget = (numRuns: number): fc.Parameters<unknown> => ({ numRuns, ...(fuzzSeed ? { seed: Number(fuzzSeed) } : {}) });
 
-const limits: FramingLimits = { chunkBytes: 32, maxMessageBytes: 512, maxOpenStreams: 3 };
+const limits: FramingLimits = { chunkBytes: 32, maxMessageBytes: 512, maxOpenStreams: 3, minChunkBytes: 8 };
 
 /** A message whose encoding is about `n` bytes. */
 function message(n: number, tag: string): Uint8Array {
@@ -65,12 +65,16 @@ class FramingSpec {
       if (seq !== 0) return fail(ErrorCode.MALFORMED_MESSAGE);
       if (totalBytes > this.l.maxMessageBytes) return fail(ErrorCode.MESSAGE_TOO_LARGE);
       if (total < 1 || totalBytes < 1 || total > totalBytes) return fail(ErrorCode.MALFORMED_MESSAGE);
+      // No more chunks than the size needs at the minimum chunk size.
+      if (total > Math.ceil(totalBytes / this.l.minChunkBytes!)) return fail(ErrorCode.MALFORMED_MESSAGE);
       if (this.open.size >= this.l.maxOpenStreams) return fail(ErrorCode.RATE_LIMITED);
       s = { total, totalBytes, nextSeq: 0, data: [] };
       this.open.set(id, s);
     }
     if (seq !== s.nextSeq || total !== s.total || totalBytes !== s.totalBytes) return fail(ErrorCode.MALFORMED_MESSAGE);
     if (s.data.length + data.byteLength > s.totalBytes) return fail(ErrorCode.MESSAGE_TOO_LARGE);
+    // Every chunk but the last holds at least the minimum.
+    if (seq + 1 < s.total && data.byteLength < this.l.minChunkBytes!) return fail(ErrorCode.MALFORMED_MESSAGE);
     s.data.push(...data);
     s.nextSeq++;
     if (s.nextSeq < s.total) return { kind: 'pending' };
@@ -111,7 +115,7 @@ const hostileFrame: fc.Arbitrary<Uint8Array> = fc.oneof(
   {
     weight: 3,
     arbitrary: fc
-      .record({ streamId: fc.constantFrom('a', 'b', 'c', 'd', ''), total: fc.integer({ min: 2, max: 6 }), extra: fc.nat({ max: 500 }), data: fc.uint8Array({ maxLength: 8 }) })
+      .record({ streamId: fc.constantFrom('a', 'b', 'c', 'd', ''), total: fc.integer({ min: 2, max: 6 }), extra: fc.nat({ max: 500 }), data: fc.uint8Array({ minLength: 6, maxLength: 12 }) })
       .map(({ streamId, total, extra, data }) => encodeEnvelope({ chunk: { streamId, seq: 0, total, totalBytes: total + extra + data.byteLength, data } })),
   },
   // A chunk whose payload is itself a chunk: nesting is refused once reassembled.
@@ -155,13 +159,13 @@ test('any frame sequence: outcomes follow the framing rules and the buffer never
 
 test('an endless stream is cut off at its declared size and never buffers more than the cap', () => {
   fc.assert(
-    fc.property(fc.integer({ min: 1, max: limits.maxMessageBytes }), fc.integer({ min: 1, max: 64 }), fc.string({ maxLength: 8 }), (declared, per, id) => {
+    fc.property(fc.integer({ min: 1, max: limits.maxMessageBytes }), fc.integer({ min: limits.minChunkBytes!, max: 64 }), fc.string({ maxLength: 8 }), (declared, per, id) => {
       const r = new Reassembler(limits);
       // More chunks announced than bytes (a stream that could never end): refused at its first frame.
       const endless = accept(r, encodeEnvelope({ chunk: { streamId: id, seq: 0, total: 0xffffffff, totalBytes: declared, data: new Uint8Array(per) } }));
       assert.deepEqual(endless, { kind: 'error', code: ErrorCode.MALFORMED_MESSAGE });
       // An honest-looking header whose data never stops: the frame that crosses the declared size is refused.
-      const chunks = declared;
+      const chunks = Math.ceil(declared / limits.minChunkBytes!);
       let sent = 0;
       for (let seq = 0; ; seq++) {
         const out = accept(r, encodeEnvelope({ chunk: { streamId: id, seq, total: chunks, totalBytes: declared, data: new Uint8Array(per).fill(7) } }));

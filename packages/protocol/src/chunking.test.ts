@@ -1,13 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { frameMessage, Reassembler, type FramingLimits } from './chunking.js';
+import { frameMessage, minChunkBytesOf, Reassembler, type FramingLimits } from './chunking.js';
 import { DEFAULT_CHUNK_BYTES, DEFAULT_MAX_MESSAGE_BYTES } from './constants.js';
 import { decodeEnvelope, encodeEnvelope } from './envelope.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 import { decodeWeights, encodeWeights } from './tensor-codec.js';
 import { layoutOf } from './weights.js';
 
-const small: FramingLimits = { chunkBytes: 16, maxMessageBytes: 1024, maxOpenStreams: 2 };
+const small: FramingLimits = { chunkBytes: 16, maxMessageBytes: 1024, maxOpenStreams: 2, minChunkBytes: 1 };
 
 function chunkFrame(streamId: string, seq: number, total: number, totalBytes: number, data: Uint8Array): Uint8Array {
   return encodeEnvelope({ chunk: { streamId, seq, total, totalBytes, data } });
@@ -103,7 +103,7 @@ test('a declared size over the cap is refused before anything is allocated', () 
 
 test('a declared size costs memory only as its bytes arrive', () => {
   // Otherwise a peer could pin maxOpenStreams x maxMessageBytes with a few tiny frames, before authenticating.
-  const limits: FramingLimits = { chunkBytes: DEFAULT_CHUNK_BYTES, maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES, maxOpenStreams: 4 };
+  const limits: FramingLimits = { chunkBytes: DEFAULT_CHUNK_BYTES, maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES, maxOpenStreams: 4, minChunkBytes: 1 };
   const r = new Reassembler(limits);
   for (const id of ['a', 'b', 'c', 'd']) r.accept(chunkFrame(id, 0, 1000, limits.maxMessageBytes, new Uint8Array(8)));
   assert.ok(r.bufferedBytes <= 4 * 16, `${r.bufferedBytes} bytes held for 32 received`);
@@ -216,4 +216,41 @@ test('a receiver with a smaller cap than the sender refuses the stream at its fi
   const r = new Reassembler({ chunkBytes: 64, maxMessageBytes: 256, maxOpenStreams: 4 });
   throwsCode(() => r.accept(frames[0]!), ErrorCode.MESSAGE_TOO_LARGE);
   assert.equal(r.bufferedBytes, 0);
+});
+
+test('chunks below the minimum are refused but for the last, and a stream may not declare more chunks than its size needs at it', () => {
+  const limits: FramingLimits = { chunkBytes: 64, maxMessageBytes: 1 << 20, maxOpenStreams: 4, minChunkBytes: 32 };
+  const r = new Reassembler(limits);
+  // The observed attack: 65,535 one-byte chunks of a 64 KiB message, refused at its first frame.
+  throwsCode(() => r.accept(chunkFrame('tiny', 0, 65_535, 65_535, new Uint8Array(1))), ErrorCode.MALFORMED_MESSAGE);
+  assert.equal(r.openStreams, 0);
+  throwsCode(() => r.accept(chunkFrame('many', 0, 126, 4000, new Uint8Array(40))), ErrorCode.MALFORMED_MESSAGE);
+  // One small chunk inside an honest-looking stream: refused, the stream forgotten.
+  assert.equal(r.accept(chunkFrame('s', 0, 3, 70, new Uint8Array(32))), null);
+  throwsCode(() => r.accept(chunkFrame('s', 1, 3, 70, new Uint8Array(31))), ErrorCode.MALFORMED_MESSAGE);
+  assert.equal(r.bufferedBytes, 0);
+  // The last chunk may be as small as it needs to be.
+  const frames = frameMessage(message(100, 'ok'), 'ok', limits);
+  assert.ok(frames.length >= 2);
+  let env = null;
+  for (const f of frames) env = r.accept(f);
+  assert.equal(env?.body, 'forgetRequest');
+  // The default minimum is 16 KiB, capped by the chunk size.
+  assert.equal(minChunkBytesOf({ chunkBytes: DEFAULT_CHUNK_BYTES }), 16 * 1024);
+  assert.equal(minChunkBytesOf({ chunkBytes: 100 }), 100);
+});
+
+test('a stream that receives nothing for the idle timeout is dropped, and its bytes with it', () => {
+  const limits: FramingLimits = { chunkBytes: 64, maxMessageBytes: 4096, maxOpenStreams: 4, minChunkBytes: 32 };
+  const r = new Reassembler(limits);
+  assert.equal(r.accept(chunkFrame('stale', 0, 3, 150, new Uint8Array(64))), null);
+  const t0 = Date.now();
+  assert.equal(r.accept(chunkFrame('fresh', 0, 3, 150, new Uint8Array(64))), null);
+  assert.equal(r.openStreams, 2);
+  assert.deepEqual(r.expireIdle(30_000, t0 + 29_000), [], 'not idle yet');
+  assert.deepEqual(r.expireIdle(30_000, t0 + 31_000).sort(), ['fresh', 'stale']);
+  assert.equal(r.bufferedBytes, 0);
+  assert.equal(r.openStreams, 0);
+  // A chunk of a dropped stream is a stream that does not start at 0.
+  throwsCode(() => r.accept(chunkFrame('stale', 1, 3, 150, new Uint8Array(64))), ErrorCode.MALFORMED_MESSAGE);
 });

@@ -9,6 +9,27 @@ export interface FramingLimits {
   maxMessageBytes: number;
   /** How many partially received messages one peer may have open at once. */
   maxOpenStreams: number;
+  /**
+   * The smallest chunk accepted but a stream's last (default min(16 KiB, chunkBytes)): without it 65,535 one-byte
+   * chunks of a 64 KiB message held 130 times its size in frame and bookkeeping overhead. A stream may also not
+   * declare more chunks than its size needs at this size.
+   */
+  minChunkBytes?: number;
+  /** The largest single frame accepted (MESSAGE_TOO_LARGE above); none: only the transport's own cap. The coordinator
+   *  sets socketBufferBytes(chunkBytes) and advertises it in the Welcome. */
+  maxFrameBytes?: number;
+  /** A chunked message that receives nothing for this long is dropped (STREAM_TIMEOUT); default 30 s. Enforced by
+   *  whoever calls expireIdle (the coordinator sweeps its connections). */
+  streamIdleTimeoutMs?: number;
+}
+
+/** Default of FramingLimits.minChunkBytes (capped by chunkBytes). */
+export const DEFAULT_MIN_CHUNK_BYTES = 16 * 1024;
+export const DEFAULT_STREAM_IDLE_TIMEOUT_MS = 30_000;
+
+/** The smallest chunk `limits` accept but a stream's last. */
+export function minChunkBytesOf(limits: Pick<FramingLimits, 'chunkBytes' | 'minChunkBytes'>): number {
+  return Math.max(1, Math.min(limits.minChunkBytes ?? DEFAULT_MIN_CHUNK_BYTES, limits.chunkBytes));
 }
 
 /**
@@ -62,6 +83,8 @@ interface OpenStream {
   totalBytes: number;
   nextSeq: number;
   written: number;
+  /** When its last chunk arrived (Date.now()), for the idle timeout. */
+  lastAt: number;
   /**
    * The chunks' data as received (views into their frames, no copy): a declared size costs nothing until its bytes
    * arrive, and the message is copied exactly once, into one buffer of its final size, when it is complete (a buffer
@@ -124,13 +147,17 @@ export class Reassembler {
         if (c.total < 1 || totalBytes < 1 || c.total > totalBytes) {
           throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `stream ${id}: ${c.total} chunks for ${totalBytes} bytes`, id);
         }
+        const minChunk = minChunkBytesOf(this.limits);
+        if (c.total > Math.ceil(totalBytes / minChunk)) {
+          throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `stream ${id}: ${c.total} chunks for ${totalBytes} bytes; chunks but the last must hold at least ${minChunk} bytes`, id);
+        }
         if (this.open.size >= this.limits.maxOpenStreams) {
           throw new ProtocolError(ErrorCode.RATE_LIMITED, `more than ${this.limits.maxOpenStreams} chunked messages open at once`, id);
         }
         this.admit?.(id, totalBytes);
         // Allocating the declared size up front would let a peer that sent a few tiny frames (before it even said
         // hello) pin maxOpenStreams x maxMessageBytes of memory; the buffer grows as data arrives instead.
-        s = { total: c.total, totalBytes, nextSeq: 0, written: 0, pieces: [] };
+        s = { total: c.total, totalBytes, nextSeq: 0, written: 0, lastAt: Date.now(), pieces: [] };
         this.open.set(id, s);
       }
       if (c.seq !== s.nextSeq || c.total !== s.total || totalBytes !== s.totalBytes) {
@@ -139,6 +166,10 @@ export class Reassembler {
       if (s.written + c.data.byteLength > s.totalBytes) {
         throw new ProtocolError(ErrorCode.MESSAGE_TOO_LARGE, `stream ${id}: more bytes than the declared ${s.totalBytes}`, id);
       }
+      if (c.seq + 1 < s.total && c.data.byteLength < minChunkBytesOf(this.limits)) {
+        throw new ProtocolError(ErrorCode.MALFORMED_MESSAGE, `stream ${id}: chunk ${c.seq} holds ${c.data.byteLength} bytes; chunks but the last must hold at least ${minChunkBytesOf(this.limits)}`, id);
+      }
+      s.lastAt = Date.now();
       if (c.data.byteLength > 0) s.pieces.push(c.data);
       s.written += c.data.byteLength;
       s.nextSeq++;
@@ -177,6 +208,23 @@ export class Reassembler {
     let n = 0;
     for (const s of this.open.values()) n += s.written;
     return n;
+  }
+
+  /** Incomplete messages being received now. */
+  get openStreams(): number {
+    return this.open.size;
+  }
+
+  /** Drops the streams that received nothing for `idleMs` (at `now`); returns their ids. */
+  expireIdle(idleMs: number, now = Date.now()): string[] {
+    const gone: string[] = [];
+    for (const [id, s] of this.open) {
+      if (now - s.lastAt >= idleMs) {
+        this.open.delete(id);
+        gone.push(id);
+      }
+    }
+    return gone;
   }
 
   clear(): void {

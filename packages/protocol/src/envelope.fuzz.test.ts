@@ -22,8 +22,24 @@ const tensor = fc.record({ name: text, dtype: enumOf(pb.DType), shape: fc.array(
 const body: fc.Arbitrary<Envelope> = fc.oneof(
   fc.record({ hello: fc.record({ clientId: text, secret: text, sdkVersion: text, numExamples: u32, backend: text, protocolVersion: u32 }) }),
   fc.record({
-    welcome: fc.record({ clientId: text, sessionId: text, coordinatorVersion: text, maxMessageBytes: u64, chunkBytes: u32, heartbeatIntervalMs: u32, protocolVersion: u32, uploadGrantAboveBytes: u64 }),
+    welcome: fc.record({
+      clientId: text,
+      sessionId: text,
+      coordinatorVersion: text,
+      maxMessageBytes: u64,
+      chunkBytes: u32,
+      heartbeatIntervalMs: u32,
+      protocolVersion: u32,
+      uploadGrantAboveBytes: u64,
+      maxFrameBytes: u64,
+      minChunkBytes: u32,
+      streamIdleTimeoutMs: u32,
+    }),
   }),
+  fc.record({
+    challenge: fc.record({ nonce: bytes, sessionId: text, keyDerivation: enumOf(pb.KeyDerivation), salt: bytes, scryptLog2N: u32, scryptR: u32, scryptP: u32, enrol: fc.boolean() }),
+  }),
+  fc.record({ helloProof: fc.record({ proof: bytes, enrolKey: bytes }) }),
   fc.record({ heartbeat: fc.record({ sentUnixMs: u64 }) }),
   fc.record({
     task: fc.record({

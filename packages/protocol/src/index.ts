@@ -7,3 +7,4 @@ export * from './envelope.js';
 export * from './chunking.js';
 export * from './pieces.js';
 export * from './channel.js';
+export * from './hello-proof.js';

@@ -13,7 +13,7 @@ import { layoutOf } from './weights.js';
 // A shared reassembly buffer is reused across messages: these tests hold on to messages the way a buggy consumer
 // would, and check that nothing still referenced is ever overwritten.
 
-const limits: FramingLimits = { chunkBytes: 256, maxMessageBytes: 1 << 20, maxOpenStreams: 4 };
+const limits: FramingLimits = { chunkBytes: 256, maxMessageBytes: 1 << 20, maxOpenStreams: 4, minChunkBytes: 1 };
 const layout = layoutOf([
   { name: 'k', shape: [30, 20] },
   { name: 'b', shape: [20] },

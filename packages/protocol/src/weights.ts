@@ -72,3 +72,13 @@ export function layerNorms(layout: WeightLayout, values: Float32Array): Float64A
   }
   return norms;
 }
+
+/** L2 norm of a whole flat buffer, accumulated in float64 (a float32 sum of squares overflows from values near 1e19). */
+export function l2Norm(values: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]!;
+    s += v * v;
+  }
+  return Math.sqrt(s);
+}

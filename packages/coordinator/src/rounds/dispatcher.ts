@@ -101,6 +101,8 @@ interface Pending {
   /** Ends the task as missing at its deadline, until the client asks to upload (it trained in time). */
   deadlineTimer: ReturnType<typeof setTimeout>;
   upload?: Upload;
+  /** Norms of the answers accepted in this task's dispatch so far (shared by its tasks). */
+  norms: number[];
   settle(outcome: { answer?: Answer; missing?: Missing; decodeMs?: number }): void;
 }
 
@@ -133,6 +135,26 @@ export interface UploadFlowOptions {
   /** The largest message the transport accepts: a request for more is refused. */
   maxMessageBytes: number;
 }
+
+/**
+ * Bounds on what one update may do to the aggregate (UPDATE_NORM_TOO_LARGE, TOO_MANY_EXAMPLES above them). With them
+ * every term of FedAvg's weighted sum is at most maxExamples x maxNorm (1e10 by default), so a float32 sum of any
+ * realistic round cannot overflow (3.4e38) and one client cannot move the model by more than its bounded share.
+ */
+export interface UpdateBounds {
+  /** Largest L2 norm of a delta accepted, absolute. Default 1e4 (an MNIST round's deltas are around 1-10). */
+  maxNorm: number;
+  /** Relative bound: a delta's norm may be at most this many times the median norm accepted so far in its dispatch
+   *  (with those of the last dispatch of the same kind and job until it has three; no relative bound before three
+   *  norms are known); 0 turns it off. Default 10. */
+  medianFactor: number;
+  /** Most examples an update may claim, on top of what its client declared at hello. Default 1e6. */
+  maxExamples: number;
+}
+
+export const DEFAULT_UPDATE_BOUNDS: Readonly<UpdateBounds> = { maxNorm: 1e4, medianFactor: 10, maxExamples: 1_000_000 };
+/** Norms needed before their median bounds the next update. */
+const MEDIAN_MIN_SAMPLES = 3;
 
 /** 128 MB: 3 updates of a 10M-parameter model, 32 of a 1M-parameter one. */
 export const DEFAULT_UPLOAD_WINDOW_BYTES = 128 * 1024 * 1024;
@@ -176,12 +198,23 @@ export class TaskDispatcher {
   readonly counters: DispatcherCounters = { accepted: 0, rejected: {}, heldUpdateBytes: 0, peakHeldUpdateBytes: 0, uploadGrants: 0, uploadGrantsWithTask: 0, uploadsWaiting: 0, grantedUploadBytes: 0 };
   private readonly buffers = new DecodeBuffers(2);
   private readonly window: UploadWindow | null;
+  /** Accepted norms of the last dispatch of each kind (per job: a retraining from the initial model must not be held
+   *  to the norms of late training rounds): the relative bound's reference until a dispatch has its own. */
+  private readonly lastNorms = new Map<string, number[]>();
+  private readonly bounds: UpdateBounds;
 
   constructor(
     private readonly registry: ClientRegistry,
     private readonly observer?: DispatchObserver,
     private readonly uploads: UploadFlowOptions | null = null,
+    bounds: Partial<UpdateBounds> = {},
   ) {
+    this.bounds = { ...DEFAULT_UPDATE_BOUNDS, ...bounds };
+    // Each term of the weighted sum is at most maxExamples x maxNorm; 1e30 leaves room for 1e8 of them under float32's
+    // 3.4e38, so no configuration can let a round's sum overflow.
+    if (!(this.bounds.maxNorm > 0) || !(this.bounds.maxExamples >= 1) || this.bounds.maxNorm * this.bounds.maxExamples > 1e30) {
+      throw new RangeError(`update bounds: maxNorm (${this.bounds.maxNorm}) x maxExamples (${this.bounds.maxExamples}) must be positive and at most 1e30, so that aggregation cannot overflow`);
+    }
     this.window = uploads && uploads.grantAboveBytes > 0 ? new UploadWindow(uploads.windowBytes) : null;
     registry.on('left', (session, reason) => {
       for (const p of this.pending.values()) {
@@ -204,6 +237,7 @@ export class TaskDispatcher {
     let unflushed = 0;
     const flushing = new Set<Promise<void>>();
     let deadlinePassed: Promise<void> | null = null;
+    const norms: number[] = [];
     for (const clientId of clientIds) {
       while (unflushed >= MAX_UNFLUSHED_TASK_BYTES && !opts.signal?.aborted && Date.now() < deadline) {
         deadlinePassed ??= sleep(Math.max(0, deadline - Date.now()));
@@ -231,6 +265,7 @@ export class TaskDispatcher {
         kind: spec.kind,
         spec,
         deadlineTimer: setTimeout(() => pending.settle({ missing: { clientId, reason: 'deadline' } }), Math.max(0, deadline - Date.now())),
+        norms,
         settle: (outcome) => {
           if (settled) return;
           settled = true;
@@ -334,6 +369,7 @@ export class TaskDispatcher {
       await chain;
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
+      if (norms.length > 0) this.lastNorms.set(normsKey(spec), norms);
     }
     return result;
   }
@@ -444,14 +480,16 @@ export class TaskDispatcher {
       }
       const layout = p?.spec.weights.layout;
       const target = p && layout && p.kind !== TaskKind.EVALUATE ? this.buffers.take(layout.totalSize) : undefined;
-      const verdict = validateUpdate(update, session.clientId, p && layout && { clientId: p.clientId, kind: p.kind, layout }, this.closed.has(taskId), target);
+      const open = p && layout && { clientId: p.clientId, kind: p.kind, layout, maxExamples: Math.min(session.numExamples, this.bounds.maxExamples), maxNorm: this.normBound(p) };
+      const verdict = validateUpdate(update, session.clientId, open, this.closed.has(taskId), target);
       if (!verdict.ok) {
         if (target) this.buffers.give(target);
         // A bad update closes the task: the client is told why and counts as missing for this round.
         if (p && verdict.closesTask) p.settle({ missing: { clientId: p.clientId, reason: 'rejected', detail: verdict.error.message } });
         throw verdict.error;
       }
-      const { delta, numExamples, metrics } = verdict.update;
+      const { delta, numExamples, metrics, norm } = verdict.update;
+      if (delta) p!.norms.push(norm);
       p!.settle({ answer: { clientId: p!.clientId, taskId, delta, numExamples, metrics, bytesIn }, decodeMs: performance.now() - decodeStart });
     } catch (e) {
       const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, String(e), taskId);
@@ -464,6 +502,18 @@ export class TaskDispatcher {
   receiveFailure(session: ClientSession, taskId: string, message: string): void {
     const p = this.pending.get(taskId);
     if (p && p.clientId === session.clientId) p.settle({ missing: { clientId: p.clientId, reason: 'failed', detail: message } });
+  }
+
+  /** The norm bound for an answer to `p`: the absolute bound, tightened by the median of its dispatch's norms. */
+  private normBound(p: Pending): number {
+    const { maxNorm, medianFactor } = this.bounds;
+    if (!(medianFactor > 0)) return maxNorm;
+    // A small round has few norms of its own: the last dispatch of the same kind fills in until there are three.
+    const ref = p.norms.length >= MEDIAN_MIN_SAMPLES ? p.norms : [...p.norms, ...(this.lastNorms.get(normsKey(p.spec)) ?? [])];
+    if (ref.length < MEDIAN_MIN_SAMPLES) return maxNorm;
+    const m = median(ref);
+    // Clients that send zero deltas (nothing learnt) must not make every real update look too large.
+    return m > 0 ? Math.min(maxNorm, medianFactor * m) : maxNorm;
   }
 
   private releaseUpload(taskId: string): void {
@@ -485,6 +535,16 @@ export class TaskDispatcher {
     this.counters.rejected[reason] = (this.counters.rejected[reason] ?? 0) + 1;
     this.observer?.updateRejected(reason);
   }
+}
+
+function normsKey(spec: TaskSpec): string {
+  return `${spec.kind}:${spec.jobId ?? ''}`;
+}
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 /** A stable per-client seed, so that a task given again with the same dispatch seed is reproducible. */

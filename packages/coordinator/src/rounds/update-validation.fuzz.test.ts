@@ -28,6 +28,9 @@ type Fault =
   | { kind: 'dtype'; layer: number; dtype: number }
   | { kind: 'badScale'; layer: number; scale: number }
   | { kind: 'numExamples'; n: number }
+  | { kind: 'metricKey'; key: string }
+  | { kind: 'tooManyExamples'; n: number }
+  | { kind: 'norm' }
   | { kind: 'foreign' }
   | { kind: 'unknown' }
   | { kind: 'stale' };
@@ -43,6 +46,9 @@ const faultArb: fc.Arbitrary<Fault> = fc.oneof(
   fc.record({ kind: fc.constant('dtype' as const), layer: fc.nat(), dtype: fc.constantFrom(0, 4, 7, -1) }),
   fc.record({ kind: fc.constant('badScale' as const), layer: fc.nat(), scale: fc.constantFrom(0, -1, NaN, Infinity) }),
   fc.record({ kind: fc.constant('numExamples' as const), n: fc.constantFrom(0, -5) }),
+  fc.record({ kind: fc.constant('metricKey' as const), key: fc.constantFrom('sourceRound', '__proto__', 'constructor', 'toString', 'Loss', '') }),
+  fc.record({ kind: fc.constant('tooManyExamples' as const), n: fc.integer({ min: 11, max: 2 ** 32 - 1 }) }),
+  fc.constant({ kind: 'norm' as const }),
   fc.constant({ kind: 'foreign' as const }),
   fc.constant({ kind: 'unknown' as const }),
   fc.constant({ kind: 'stale' as const }),
@@ -79,8 +85,9 @@ function build(c: Case): { update: fedunlearn.v1.IUpdate; sender: string; task: 
   let want: ErrorCode | null = null;
   let numExamples = 10;
   let sender = 'owner';
-  let task: OpenTask | undefined = { clientId: 'owner', kind: c.kind, layout };
+  let task: OpenTask | undefined = { clientId: 'owner', kind: c.kind, layout, maxExamples: 10, maxNorm: 1e3 };
   let closed = false;
+  const metrics: Record<string, number> = { loss: 0.5, accuracy: NaN };
   switch (fault.kind) {
     case 'none':
       break;
@@ -139,6 +146,24 @@ function build(c: Case): { update: fedunlearn.v1.IUpdate; sender: string; task: 
       numExamples = fault.n;
       want = ErrorCode.INVALID_ARGUMENT;
       break;
+    case 'metricKey':
+      Object.defineProperty(metrics, fault.key, { value: 1.75, enumerable: true, configurable: true, writable: true });
+      want = ErrorCode.METRIC_NOT_ALLOWED;
+      break;
+    case 'tooManyExamples':
+      numExamples = fault.n;
+      want = ErrorCode.TOO_MANY_EXAMPLES;
+      break;
+    case 'norm': {
+      // Half the norm of what was sent: any decoding (int8 rounds by at most 0.4 %) stays far above it. Below 1e-3
+      // float16 may flush the values to zero, so the bound is then set above them instead.
+      let ss = 0;
+      for (const v of c.values) ss += v * v;
+      const big = Math.sqrt(ss) > 1e-3;
+      task = { ...task!, maxNorm: big ? Math.sqrt(ss) / 2 : 1 };
+      want = trains && big ? ErrorCode.UPDATE_NORM_TOO_LARGE : null;
+      break;
+    }
     case 'foreign':
       sender = 'intruder';
       want = ErrorCode.PERMISSION_DENIED;
@@ -153,7 +178,7 @@ function build(c: Case): { update: fedunlearn.v1.IUpdate; sender: string; task: 
       want = ErrorCode.STALE_TASK;
       break;
   }
-  return { update: { taskId: 't-1', delta, numExamples, metrics: { loss: 0.5, bad: NaN } }, sender, task, closed, want };
+  return { update: { taskId: 't-1', delta, numExamples, metrics }, sender, task, closed, want };
 }
 
 test('an update is accepted exactly when it is right, and refused with the code of its fault otherwise', () => {
@@ -168,7 +193,9 @@ test('an update is accepted exactly when it is right, and refused with the code 
       if (!v.ok) {
         assert.equal(v.error.ref, 't-1', 'every refusal names the task');
         // Content faults end the task; a stranger, a missing count or an unknown id leave it to its owner.
-        const contentFault = ['SHAPE_MISMATCH', 'DTYPE_MISMATCH', 'NON_FINITE_VALUES'].includes(got!) || (got === 'INVALID_ARGUMENT' && c.fault.kind !== 'numExamples');
+        const contentFault =
+          ['SHAPE_MISMATCH', 'DTYPE_MISMATCH', 'NON_FINITE_VALUES', 'UPDATE_NORM_TOO_LARGE', 'TOO_MANY_EXAMPLES', 'METRIC_NOT_ALLOWED'].includes(got!) ||
+          (got === 'INVALID_ARGUMENT' && c.fault.kind !== 'numExamples');
         assert.equal(v.closesTask, contentFault);
         return;
       }
@@ -187,6 +214,6 @@ test('an update is accepted exactly when it is right, and refused with the code 
   );
   assert.deepEqual(
     [...seen].sort(),
-    ['DTYPE_MISMATCH', 'INVALID_ARGUMENT', 'NON_FINITE_VALUES', 'PERMISSION_DENIED', 'SHAPE_MISMATCH', 'STALE_TASK', 'UNKNOWN_TASK', 'accepted'],
+    ['DTYPE_MISMATCH', 'INVALID_ARGUMENT', 'METRIC_NOT_ALLOWED', 'NON_FINITE_VALUES', 'PERMISSION_DENIED', 'SHAPE_MISMATCH', 'STALE_TASK', 'TOO_MANY_EXAMPLES', 'UNKNOWN_TASK', 'UPDATE_NORM_TOO_LARGE', 'accepted'],
   );
 });

@@ -1,12 +1,21 @@
 import { EventEmitter } from 'node:events';
+import { ErrorCode } from '@fedunlearn/protocol';
 import type { ClientSession } from './session.js';
+
+/** Why a session was closed for a newer one (its 'left' reason; the client is told with SESSION_REPLACED). */
+export const REPLACED_REASON = 'replaced by a newer connection';
 
 export interface RegistryEvents {
   joined: [ClientSession];
   left: [ClientSession, string];
 }
 
-/** The clients connected right now, one session per client id (a reconnect replaces the older session). */
+/**
+ * The clients connected right now, one session per client id. The rule for a second live session of one id: the
+ * newer one replaces the older, which is told so (Error SESSION_REPLACED) and closed. Only a connection that proved
+ * the credential (challenge-response) gets here, so this is the holder of the secret coming back (a device whose old
+ * connection is half-open, a restarted process), never a replayed hello; the SDK does not reconnect on that code.
+ */
 export class ClientRegistry extends EventEmitter<RegistryEvents> {
   private readonly sessions = new Map<string, ClientSession>();
 
@@ -14,8 +23,12 @@ export class ClientRegistry extends EventEmitter<RegistryEvents> {
     const old = this.sessions.get(session.clientId);
     this.sessions.set(session.clientId, session);
     if (old && old !== session) {
-      this.emit('left', old, 'replaced by a newer connection');
-      old.disconnect('replaced by a newer connection');
+      this.emit('left', old, REPLACED_REASON);
+      try {
+        old.channel.sendError(ErrorCode.SESSION_REPLACED, `another connection proved the credential of client ${old.clientId} (session ${session.sessionId}); this session ${old.sessionId} is closed`);
+      } finally {
+        old.disconnect(REPLACED_REASON);
+      }
     }
     this.emit('joined', session);
   }

@@ -1,7 +1,7 @@
 import { randomBytes, scryptSync } from 'node:crypto';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateSecret, hashIssuedSecret, hashSecret, verifySecret } from './credentials.js';
+import { generateSecret, hashIssuedSecret, hashSecret, storedKey, verifySecret } from './credentials.js';
 
 test('an issued secret is 32 random bytes in base64url, different each time', () => {
   const a = generateSecret();
@@ -53,4 +53,19 @@ test('an issued secret is kept as its sha256 and verifies only itself', async ()
   assert.equal(await verifySecret(generateSecret(), stored), false);
   assert.equal(await verifySecret(secret, `${stored}$extra`), false);
   assert.equal(await verifySecret(secret, 'sha256$abcd'), false, 'a truncated digest matches nothing');
+});
+
+test('a stored credential is the key a client derives from its secret: issued (sha256) and chosen (scrypt, protocol 1 records too)', async () => {
+  const { issuedSecretKey, scryptSecretKey, KeyDerivation } = await import('@fedunlearn/protocol');
+  const issued = generateSecret();
+  const k1 = storedKey(hashIssuedSecret(issued))!;
+  assert.equal(k1.derivation, KeyDerivation.SHA256);
+  assert.deepEqual(Buffer.from(k1.key), Buffer.from(issuedSecretKey(issued)));
+  // A record protocol 1 stored for an enrolled client: the client reaches the same key with the salt it is sent.
+  const chosen = 'my own secret, é and all';
+  const k2 = storedKey(await hashSecret(chosen))!;
+  assert.equal(k2.derivation, KeyDerivation.SCRYPT);
+  assert.deepEqual(Buffer.from(await scryptSecretKey(chosen, k2.salt!)), Buffer.from(k2.key));
+  assert.notDeepEqual(Buffer.from(await scryptSecretKey(chosen + 'x', k2.salt!)), Buffer.from(k2.key));
+  for (const bad of ['', 'sha256$abcd', 'scrypt$00$11', 'md5$x', `sha256$${'0'.repeat(64)}$x`]) assert.equal(storedKey(bad), null, bad);
 });

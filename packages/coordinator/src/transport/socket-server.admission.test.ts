@@ -3,14 +3,14 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { io, type Socket } from 'socket.io-client';
-import { Channel, DEFAULT_FRAMING, ErrorCode, fedunlearn, PROTOCOL_VERSION } from '@fedunlearn/protocol';
+import { Channel, DEFAULT_FRAMING, ErrorCode, fedunlearn, KeyDerivation, PROTOCOL_VERSION } from '@fedunlearn/protocol';
 import { createLogger } from '../logger.js';
 import { ClientRegistry } from './client-registry.js';
 import { SocketServer } from './socket-server.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-test('hellos queue for their credential check: one waiting beyond the hello timeout is still welcomed, the overflow is told RATE_LIMITED', async () => {
+test('hellos queue for their credential lookup: one waiting beyond the hello timeout is still welcomed, the overflow is told RATE_LIMITED', async () => {
   const http = createServer();
   const registry = new ClientRegistry();
   let checking = 0;
@@ -19,12 +19,14 @@ test('hellos queue for their credential check: one waiting beyond the hello time
     http,
     registry,
     {
-      // A slow credential check, as scrypt is on a busy machine.
-      authenticate: async () => {
+      // A slow credential lookup (a busy store); the proof itself is accepted.
+      plan: async () => {
         peak = Math.max(peak, ++checking);
         await sleep(400);
         checking--;
+        return { keyDerivation: KeyDerivation.SHA256, enrol: false, stored: null };
       },
+      verify: async () => undefined,
     },
     { update: () => undefined, uploadRequest: () => undefined, admitStream: () => undefined, grantAboveBytes: () => 0, forgetRequest: () => undefined, clientError: () => undefined },
     { framing: DEFAULT_FRAMING, helloTimeoutMs: 500, heartbeatIntervalMs: 5_000, coordinatorVersion: 'test', maxPendingHellos: 1, helloConcurrency: 1 },
@@ -39,9 +41,13 @@ test('hellos queue for their credential check: one waiting beyond the hello time
         const socket = io(url, { transports: ['websocket'], reconnection: false });
         sockets.push(socket);
         const first = new Promise<fedunlearn.v1.Envelope>((resolve) => {
-          const channel = new Channel(socket, { message: resolve }, DEFAULT_FRAMING);
+          const channel: Channel = new Channel(
+            socket,
+            { message: (env) => (env.body === 'challenge' ? channel.send({ helloProof: { proof: new Uint8Array(32) } }) : resolve(env)) },
+            DEFAULT_FRAMING,
+          );
           socket.on('connect', () => {
-            channel.send({ hello: { clientId: `c${i}`, secret: 'secret-123', sdkVersion: 't', numExamples: 1, backend: 'cpu', protocolVersion: PROTOCOL_VERSION } });
+            channel.send({ hello: { clientId: `c${i}`, sdkVersion: 't', numExamples: 1, backend: 'cpu', protocolVersion: PROTOCOL_VERSION } });
           });
         });
         const env = await first;
