@@ -64,12 +64,23 @@ async function serve(flags: ServeFlags): Promise<void> {
   const { name, options: arch } = modelOf(cfg);
   quietTfjsWarnings();
   const model = builtInDefinition(name, arch);
-  const store = openSqliteHistory(options.dataDir);
+  // A port that is taken (or not ours to bind) fails here, before the data directory and history.db are created.
+  await probePort(cfg.port, cfg.host);
+  const { describeDataDirError } = await import('./data-dir-errors.js');
+  let store: ReturnType<typeof openSqliteHistory>;
+  try {
+    store = openSqliteHistory(options.dataDir);
+  } catch (e) {
+    const said = describeDataDirError(options.dataDir, e);
+    throw said ? new CliError(said) : e;
+  }
   let coordinator: Coordinator;
   try {
     coordinator = await CoordinatorClass.create({ ...options, store, model, logger: log });
   } catch (e) {
     store.close();
+    const said = describeDataDirError(options.dataDir, e);
+    if (said) throw new CliError(said);
     // The initialisers' seed is part of the stored topology, so a changed --seed reads as a different model.
     const hint = /topology/.test((e as Error).message) ? ' (--model, --input-shape, --classes and --seed must be the ones it was created with)' : '';
     throw new CliError(`${(e as Error).message}${hint}`);
@@ -90,6 +101,23 @@ async function serve(flags: ServeFlags): Promise<void> {
   stopOnSignals(() => coordinator.stop(), log);
 }
 
+/**
+ * Binds host:port once and lets go, so that a port in use fails `serve` before it touches the disk. (Port 0 always
+ * binds.) The real bind follows within milliseconds; a port taken in between still fails, only after the disk.
+ */
+async function probePort(port: number, host: string): Promise<void> {
+  if (port === 0) return;
+  const { createServer } = await import('node:net');
+  await new Promise<void>((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', (e: NodeJS.ErrnoException) => {
+      const why = e.code === 'EADDRINUSE' ? 'the port is in use (another coordinator?)' : e.code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)' : e.code === 'EADDRNOTAVAIL' ? 'no such address on this machine' : e.message;
+      reject(new CliError(`cannot listen on ${host}:${port}: ${why}; nothing was written to the data directory`));
+    });
+    probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolve()));
+  });
+}
+
 function summary(cfg: ServiceConfig): Record<string, unknown> {
   return {
     architecture: cfg.model,
@@ -98,6 +126,11 @@ function summary(cfg: ServiceConfig): Record<string, unknown> {
     historyInterval: cfg.historyInterval,
     retention: cfg.retention,
     modelsAfterForget: cfg.modelsAfterForget,
+    roundIntervalMs: cfg.roundIntervalMs,
+    maxRounds: cfg.maxRounds || 'none',
+    patienceRounds: cfg.patienceRounds || 'off',
+    keepLastModels: cfg.keepLastModels || 'all',
+    keepModelsEvery: cfg.keepModelsEvery,
     enrolment: cfg.enrolment,
     tls: cfg.tls ? 'on' : 'off',
     operatorAuth: cfg.operatorToken ? 'token' : 'none',
@@ -189,7 +222,7 @@ class OperatorApi {
     }
     if (!res.ok) {
       const err = (data as { error?: { code?: string; message?: string } } | null)?.error;
-      const hint = res.status === 401 ? ' (pass --token or set FEDUNLEARN_OPERATOR_TOKEN)' : '';
+      const hint = res.status !== 401 ? '' : this.token ? ' (check --token or FEDUNLEARN_OPERATOR_TOKEN)' : ' (pass --token or set FEDUNLEARN_OPERATOR_TOKEN)';
       throw new CliError(`${method} ${path}: HTTP ${res.status} ${err?.code ?? res.statusText}: ${err?.message ?? text}${hint}`);
     }
     return data as T;
@@ -275,8 +308,9 @@ function formatClients(clients: ClientRow[]): string {
       c.forgotten ? 'forgotten' : c.revoked ? 'revoked' : c.connected ? 'connected' : 'offline',
       c.backend ?? '-',
       String(c.numExamples),
-      time(c.firstSeen),
-      time(c.lastSeen),
+      // An issued credential that never connected has no times (0).
+      c.firstSeen > 0 ? time(c.firstSeen) : 'never',
+      c.lastSeen > 0 ? time(c.lastSeen) : 'never',
     ]),
   );
 }
@@ -452,6 +486,12 @@ function buildProgram(): Command {
     .option('--retention <kind>', 'how kept updates are stored: fp32|fp16|int8|norms (default fp32)')
     .option('--models-after-forget <policy>', 'erase: a forget job deletes the weights of the model versions the forgotten clients contributed to; keep: they stay downloadable (default erase)')
     .option('--seed <s>', 'seeds the initial model and client selection (default 1)', numberArg)
+    .option('--round-interval-ms <ms>', 'round cadence: a round starts at least this long after the previous one started; 0: back to back (default 60000)', numberArg)
+    .option('--max-rounds <n>', 'stop training after this many training rounds in all; the API and forget jobs keep running (default 0: no limit)', numberArg)
+    .option('--patience-rounds <n>', 'stop training when the training loss has not improved by --min-delta for this many rounds (default 0: off)', numberArg)
+    .option('--min-delta <x>', 'smallest training-loss decrease that counts as an improvement for --patience-rounds (default 0.001)', numberArg)
+    .option('--keep-last-models <n>', 'model retention: the last N model versions keep their weights, older ones are pruned (records stay); 0 keeps all (default 10)', numberArg)
+    .option('--keep-models-every <k>', 'model retention: also keep every version whose round is a multiple of K; 0: none (default 100)', numberArg)
     .addOption(new Option('--operator-token <token>', 'bearer token the operator API requires (default: none, open)').env('FEDUNLEARN_OPERATOR_TOKEN'))
     .option('--enrolment <mode>', 'closed: only clients with issued credentials (`clients add`); open: new ids enrol on first hello, development only (default closed)')
     .option('--metrics-auth', 'GET /metrics requires the operator token too (default: open, like Prometheus exporters)')
@@ -491,7 +531,13 @@ function buildProgram(): Command {
     .option('--lineage <id>', 'another lineage (see `models`)')
     .action(async (flags: ApiFlags & { lineage?: string }) => {
       const q = flags.lineage ? `?lineage=${seg(flags.lineage)}` : '';
-      const r = await api(flags).get<{ rounds: RoundRecord[] }>(`/v1/rounds${q}`);
+      const a = api(flags);
+      const r = await a.get<{ rounds: RoundRecord[] }>(`/v1/rounds${q}`);
+      if (flags.lineage && r.rounds.length === 0) {
+        // An empty answer is also what a mistyped lineage gets: tell them apart by the model versions' lineages.
+        const { models } = await a.get<{ models: ModelVersion[] }>('/v1/models');
+        if (!models.some((m) => m.lineage === flags.lineage)) throw new CliError(`no lineage ${flags.lineage} (lineages: ${[...new Set(models.map((m) => m.lineage))].join(', ')}; see \`${NAME} models\`)`);
+      }
       print(flags, r, () => formatRounds(r.rounds));
     });
 

@@ -10,6 +10,8 @@ import { buildHttpApi, type TlsFiles } from './http/api.js';
 import { createLogger, type Logger } from './logger.js';
 import { CoordinatorMetrics } from './metrics.js';
 import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher } from './rounds/dispatcher.js';
+import { modelsToPrune, type ModelRetentionPolicy } from './history/model-retention.js';
+import { NO_STOPPING, stopReason, type StoppingRule } from './rounds/stopping.js';
 import { QuorumError, RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { assertClientId } from './transport/client-id.js';
 import { ClientRegistry } from './transport/client-registry.js';
@@ -101,8 +103,13 @@ export interface CoordinatorOptions {
   metricsAuth?: boolean;
   helloTimeoutMs?: number;
   heartbeatIntervalMs?: number;
-  /** Pause between rounds when running continuously. */
+  /** Cadence of start(): a round starts at least this long after the previous round started (0, the default: back
+   *  to back). The service's default is one a minute (config.ts). */
   roundIntervalMs?: number;
+  /** When start() stops training (rounds/stopping.ts); default: never. Forget jobs still run after a stop. */
+  stopping?: Partial<StoppingRule>;
+  /** Which model versions keep their weights after each round (history/model-retention.ts); default: all of them. */
+  modelRetention?: ModelRetentionPolicy;
   /**
    * Upload flow control (UploadRequest in the proto): answers above `grantAboveBytes` (default 64 KiB; 0 turns it off)
    * are sent only once granted, and grants keep the update bytes arriving or waiting to be folded and staged under
@@ -115,6 +122,10 @@ export interface CoordinatorOptions {
 export interface CoordinatorEvents {
   round: [RoundOutcome];
   job: [JobRecord];
+  /** start() stopped training for this reason (the API, the clients' endpoint and forget jobs keep running). */
+  trainingStopped: [string];
+  /** Model versions the retention policy pruned after a round. */
+  modelsPruned: [string[]];
   /** A running job's progress (the dashboard shows it live); 'job' fires on submit and when it ends. */
   jobProgress: [JobRecord];
   /** stop() began: long-lived HTTP streams end now, or they would hold the server open. */
@@ -145,6 +156,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private loop: Promise<void> | null = null;
   private forgotten: Set<string>;
   private readonly roundIntervalMs: number;
+  private readonly stopping: StoppingRule;
+  private readonly modelRetention: ModelRetentionPolicy | undefined;
+  /** Why start() stopped training; null while it trains. */
+  private stoppedBecause: string | null = null;
   private readonly enrolment: 'open' | 'closed';
   private readonly tls: boolean;
   /** Wrong secrets per client id and address... */
@@ -162,6 +177,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.log = opts.logger ?? createLogger();
     this.current = current;
     this.roundIntervalMs = opts.roundIntervalMs ?? 0;
+    this.stopping = { ...NO_STOPPING, ...opts.stopping };
+    this.modelRetention = opts.modelRetention;
     // Its sources are read at scrape time only, by which point every part below exists.
     this.metrics = new CoordinatorMetrics({
       connectedClients: () => this.registry.size,
@@ -286,6 +303,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       await this.runPendingJobs();
       const r = await this.exclusive(() => this.rounds.runRound(this.current, this.abort.signal));
       this.emit('round', r);
+      await this.retainModels();
       out.push(r);
       await onRound?.(r);
     }
@@ -296,12 +314,25 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   start(): void {
     if (this.loop) return;
     this.loop = (async () => {
+      let lastStart = -Infinity;
       while (!this.abort.signal.aborted) {
         try {
           await this.runPendingJobs();
           if (this.abort.signal.aborted) break;
-          const r = await this.exclusive(() => this.rounds.runRound(this.current, this.abort.signal));
+          if (this.trainingDone()) {
+            // Stopped: no more rounds, but queued forget jobs still run (checked again on each 'job' or every second).
+            await eventOrTimeout(this, 'job', 1_000, this.abort.signal);
+            continue;
+          }
+          // The cadence counts from round start to round start, so a long round is not followed by a long pause.
+          const wait = lastStart + this.roundIntervalMs - Date.now();
+          if (wait > 0) await sleep(wait, this.abort.signal);
+          if (this.abort.signal.aborted) break;
+          const startedAt = Date.now();
+          lastStart = startedAt;
+          const r = await this.exclusive(() => this.rounds.runRound(this.current, this.abort.signal, startedAt));
           this.emit('round', r);
+          await this.retainModels();
         } catch (e) {
           if (this.abort.signal.aborted) break;
           if (!(e instanceof QuorumError)) {
@@ -313,9 +344,47 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
             await sleep(QUORUM_RETRY_MS, this.abort.signal);
           }
         }
-        if (this.roundIntervalMs > 0) await sleep(this.roundIntervalMs, this.abort.signal);
       }
     })();
+  }
+
+  /** Why training stopped (stopping rule), or null while start() trains. */
+  trainingStoppedBecause(): string | null {
+    return this.stoppedBecause;
+  }
+
+  /** Whether the stopping rule holds now; logs and emits 'trainingStopped' the first time it does. */
+  private trainingDone(): boolean {
+    if (this.stoppedBecause !== null) return true;
+    const { maxRounds, patienceRounds } = this.stopping;
+    if (maxRounds <= 0 && patienceRounds <= 0) return false;
+    const trainingRounds = maxRounds > 0 ? this.store.listModels().filter((m) => m.cause === 'round').length : 0;
+    const losses = patienceRounds > 0 ? this.store.listRounds().map((r) => r.metrics.loss ?? NaN) : [];
+    const reason = stopReason(this.stopping, trainingRounds, losses);
+    if (reason === null) return false;
+    this.stoppedBecause = reason;
+    this.log.info({ reason }, 'training stopped; the API, the clients and forget jobs keep running');
+    this.emit('trainingStopped', reason);
+    return true;
+  }
+
+  /** Prunes the model versions the retention policy does not keep (history/model-retention.ts), between rounds. */
+  private async retainModels(): Promise<void> {
+    const policy = this.modelRetention;
+    if (!policy || policy.keepLast <= 0) return;
+    await this.exclusive(async () => {
+      const reported = new Set<string>();
+      for (const j of this.store.listJobs({ state: 'done' })) {
+        const r = j.report as { modelBefore?: { version?: string }; modelAfter?: { version?: string } } | null;
+        if (r?.modelBefore?.version) reported.add(r.modelBefore.version);
+        if (r?.modelAfter?.version) reported.add(r.modelAfter.version);
+      }
+      const victims = modelsToPrune(this.store.listModels(), { head: this.store.head().version, headRounds: this.store.listRounds(), reported }, policy);
+      if (victims.length === 0) return;
+      const { pruned, bytesDeleted } = await this.store.pruneModels(victims);
+      this.log.debug({ pruned: pruned.length, bytesDeleted }, 'model versions pruned by the retention policy');
+      if (pruned.length > 0) this.emit('modelsPruned', pruned);
+    });
   }
 
   /** Queues a forget job (validated and persisted at once); it runs at the next round boundary. */
@@ -388,7 +457,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     if (this.store.getClient(clientId)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `client ${clientId} already exists`);
     const secret = generateSecret();
     const secretHash = hashIssuedSecret(secret);
-    this.store.upsertClient({ clientId, secretHash, numExamples: 0, seenAt: Date.now(), revoked: false });
+    // Seen at 0, i.e. never: the first and last sighting are those of its first connection.
+    this.store.upsertClient({ clientId, secretHash, numExamples: 0, seenAt: 0, revoked: false });
     this.log.info({ clientId }, 'client credential issued');
     return { clientId, secret };
   }
@@ -531,6 +601,21 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 export function toWireState(state: JobRecord['state']): fedunlearn.v1.JobState {
   const S = fedunlearn.v1.JobState;
   return { queued: S.QUEUED, running: S.RUNNING, done: S.DONE, failed: S.FAILED }[state];
+}
+
+/** Resolves on the emitter's next `event`, after `ms`, or on abort, whichever comes first. */
+function eventOrTimeout(emitter: EventEmitter<CoordinatorEvents>, event: 'job', ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(t);
+      emitter.off(event, done);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    emitter.on(event, done);
+    signal.addEventListener('abort', done);
+  });
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

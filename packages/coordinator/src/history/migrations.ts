@@ -110,6 +110,11 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE models ADD COLUMN erased_at INTEGER;
   `,
+  // 5: a model version whose weights the retention policy let go (history/model-retention.ts) keeps its row for the
+  // lineage and the audit, with the time of the pruning; its blob file is gone.
+  `
+  ALTER TABLE models ADD COLUMN pruned_at INTEGER;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

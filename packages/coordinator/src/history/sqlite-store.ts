@@ -25,6 +25,7 @@ import { migrate } from './migrations.js';
 import {
   HistoryError,
   ModelErasedError,
+  ModelPrunedError,
   keepsUpdatesUnder,
   type ClientRecord,
   type CommitUnlearningInput,
@@ -81,6 +82,7 @@ interface ModelRow {
   bytes: number;
   created_at: number;
   erased_at: number | null;
+  pruned_at: number | null;
 }
 interface FederationRow {
   topology_json: string;
@@ -201,10 +203,11 @@ function prepareStatements(db: Database.Database) {
     updatesOfClient: db.prepare<[string], UpdateRow>('SELECT * FROM updates WHERE client_id = ?'),
     deleteUpdatesOfClient: db.prepare<[string]>('DELETE FROM updates WHERE client_id = ?'),
     deleteParticipantsOfClient: db.prepare<[string]>('DELETE FROM participants WHERE client_id = ?'),
-    referencedBlobs: db.prepare<[], { blob: string }>('SELECT blob FROM models WHERE erased_at IS NULL UNION ALL SELECT blob FROM updates'),
-    modelStats: db.prepare<[], { n: number; bytes: number | null; erased: number }>(
-      'SELECT COUNT(*) AS n, SUM(CASE WHEN erased_at IS NULL THEN bytes END) AS bytes, COUNT(erased_at) AS erased FROM models',
+    referencedBlobs: db.prepare<[], { blob: string }>('SELECT blob FROM models WHERE erased_at IS NULL AND pruned_at IS NULL UNION ALL SELECT blob FROM updates'),
+    modelStats: db.prepare<[], { n: number; bytes: number | null; erased: number; pruned: number }>(
+      'SELECT COUNT(*) AS n, SUM(CASE WHEN erased_at IS NULL AND pruned_at IS NULL THEN bytes END) AS bytes, COUNT(erased_at) AS erased, COUNT(pruned_at) AS pruned FROM models',
     ),
+    pruneModel: db.prepare<[number, string]>('UPDATE models SET pruned_at = ? WHERE version = ? AND pruned_at IS NULL AND erased_at IS NULL'),
     firstRoundsOfClient: db.prepare<[string], { lineage: string; first: number }>(
       `SELECT r.lineage AS lineage, MIN(r.round) AS first FROM participants p JOIN rounds r ON r.round_id = p.round_id
        WHERE p.client_id = ? GROUP BY r.lineage`,
@@ -254,6 +257,7 @@ function toModel(r: ModelRow): ModelVersion {
     sha256: r.sha256,
     createdAt: r.created_at,
     erasedAt: r.erased_at ?? null,
+    prunedAt: r.pruned_at ?? null,
   };
 }
 
@@ -753,6 +757,7 @@ class SqliteHistoryStore implements HistoryStore {
         bytes: encoded.bytes.byteLength,
         created_at: createdAt,
         erased_at: null,
+        pruned_at: null,
       },
     };
   }
@@ -837,6 +842,7 @@ class SqliteHistoryStore implements HistoryStore {
     const row = this.q.model.get(version);
     if (!row) throw new HistoryError(`unknown model version ${version}`);
     if (row.erased_at !== null) throw new ModelErasedError(version, row.erased_at);
+    if (row.pruned_at !== null) throw new ModelPrunedError(version, row.pruned_at);
     const bytes = await this.readBlobFile(row.blob, `model ${version}`);
     let payload: Uint8Array;
     try {
@@ -953,7 +959,29 @@ class SqliteHistoryStore implements HistoryStore {
       updateBytes += u.bytes;
       updates += u.n;
     }
-    return { modelBytes: m.bytes ?? 0, updateBytes, updateBytesByDtype, updates, rounds: this.q.roundCount.get()!.n, models: m.n, modelsErased: m.erased };
+    return { modelBytes: m.bytes ?? 0, updateBytes, updateBytesByDtype, updates, rounds: this.q.roundCount.get()!.n, models: m.n, modelsErased: m.erased, modelsPruned: m.pruned };
+  }
+
+  // --- model retention ------------------------------------------------------------------------------------------
+
+  async pruneModels(versions: string[]): Promise<{ pruned: string[]; bytesDeleted: number }> {
+    this.requireNotClosed();
+    const head = this.q.federation.get()?.head;
+    if (head !== undefined && versions.includes(head)) throw new HistoryError(`the head model ${head} cannot be pruned`);
+    const now = this.now();
+    const pruned: string[] = [];
+    const files: string[] = [];
+    // Rows first, as in purgeClients: a crash before the unlinks leaves only unreferenced files, which open() deletes.
+    this.db.transaction(() => {
+      for (const v of new Set(versions)) {
+        const row = this.q.model.get(v);
+        if (!row) throw new HistoryError(`cannot prune unknown model version ${v}`);
+        if (this.q.pruneModel.run(now, v).changes === 0) continue;
+        pruned.push(v);
+        files.push(this.abs(row.blob));
+      }
+    })();
+    return { pruned, bytesDeleted: await unlinkDurable(files) };
   }
 
   // --- jobs ---------------------------------------------------------------------------------------------------
@@ -1018,7 +1046,8 @@ class SqliteHistoryStore implements HistoryStore {
       client_id: c.clientId,
       secret_hash: c.secretHash !== undefined ? c.secretHash : (cur?.secret_hash ?? null),
       num_examples: c.numExamples ?? cur?.num_examples ?? 0,
-      first_seen: cur ? Math.min(cur.first_seen, c.seenAt) : c.seenAt,
+      // 0 is "never seen" (a credential issued to a client that has not connected yet): any real sighting replaces it.
+      first_seen: !cur || cur.first_seen === 0 ? c.seenAt : c.seenAt > 0 ? Math.min(cur.first_seen, c.seenAt) : cur.first_seen,
       last_seen: cur ? Math.max(cur.last_seen, c.seenAt) : c.seenAt,
       forgotten: c.forgotten !== undefined ? (c.forgotten ? 1 : 0) : (cur?.forgotten ?? 0),
       revoked: c.revoked !== undefined ? (c.revoked ? 1 : 0) : (cur?.revoked ?? 0),

@@ -47,6 +47,7 @@ const modelVersion = {
     sha256: { type: 'string', description: 'sha256 of the float32 little-endian weights, hex' },
     createdAt: ms,
     erasedAt: { type: ['integer', 'null'], description: 'unix ms at which the weights were erased because a forgotten client had contributed to them; null while kept' },
+    prunedAt: { type: ['integer', 'null'], description: 'unix ms at which the model retention policy deleted the weights (the record stays); null while kept' },
   },
 } as const;
 
@@ -132,6 +133,7 @@ const historyStats = {
     rounds: int,
     models: { type: 'integer', description: 'model versions recorded, erased ones included' },
     modelsErased: int,
+    modelsPruned: { type: 'integer', description: 'model versions whose weights the retention policy pruned' },
   },
 } as const;
 
@@ -254,7 +256,7 @@ export const schemas = {
         content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } },
       },
     },
-    errors: { 404: 'no such model version', 410: 'the weights were erased: a forgotten client had contributed to them (MODEL_ERASED)' },
+    errors: { 404: 'no such model version', 410: 'the weights were erased: a forgotten client had contributed to them (MODEL_ERASED); or pruned by the model retention policy (MODEL_PRUNED)' },
   }),
   historyStats: routeSchema({
     summary: 'Storage used by the history',

@@ -1,5 +1,6 @@
 import { TaskKind } from '../rounds/dispatcher.js';
 import { addCost, zeroCost } from '../rounds/federated-step.js';
+import { ModelPrunedError, type RoundRecord } from '../history/store.js';
 import { remaining, type MethodContext, type MethodParams, type MethodResult, type ReplayedRound, type UnlearningMethod } from './method.js';
 
 /**
@@ -21,10 +22,17 @@ export class Retrain implements UnlearningMethod {
       from = rounds.findIndex((r) => r.participants.some((p) => ctx.forgotten.has(p.clientId)));
       if (from < 0) from = rounds.length;
     }
+    // Rollback restarts from M^{t0}; when the model retention policy pruned it (or a model of a round before it, which
+    // the new lineage carries over), it restarts from the latest point before t0 whose models are all kept: every
+    // model before t0 is clean of the forgotten clients, so the result is still exact, only with more rounds to redo.
+    const kept = this.name === 'rollback' && !ctx.resume?.rounds.length ? await keptPrefix(ctx, rounds, from) : null;
+    const wanted = from;
+    if (kept) from = kept.from;
     const done: ReplayedRound[] = [...(ctx.resume?.rounds ?? [])];
     let cost = ctx.resume?.cost ?? zeroCost();
     const notes: string[] = [];
     if (this.name === 'rollback') notes.push(from < rounds.length ? `rolled back to the model before round ${rounds[from]!.round}` : 'no forgotten client took part: nothing to roll back');
+    if (from < wanted) notes.push(`the model before round ${rounds[wanted]?.round ?? rounds.length + 1} was pruned by the model retention policy: rolled back further, to the latest kept model before it`);
     let model: Float32Array;
     if (done.length > 0) {
       model = done[done.length - 1]!.weights;
@@ -46,10 +54,10 @@ export class Retrain implements UnlearningMethod {
           metrics: src.metrics,
           startedAt: src.startedAt,
           closedAt: src.closedAt,
-          weights: await ctx.readModel(src.modelAfter),
+          weights: kept?.weights[t] ?? (await ctx.readModel(src.modelAfter)),
         });
       }
-      model = await ctx.readModel(from < rounds.length ? rounds[from]!.modelBefore : rounds[rounds.length - 1]!.modelAfter);
+      model = kept?.start ?? (await ctx.readModel(from < rounds.length ? rounds[from]!.modelBefore : rounds[rounds.length - 1]!.modelAfter));
     }
     const start = Math.max(from, done.length);
     for (let t = start; t < rounds.length; t++) {
@@ -82,4 +90,33 @@ export class Retrain implements UnlearningMethod {
     }
     return { weights: model, rounds: done, cost, notes };
   }
+}
+
+/**
+ * The longest start of the history, up to round index `to`, whose models are all kept: the models after rounds
+ * 0..from-1 (carried over as they were) and the model round `from` starts from (the model after round from-1, or the
+ * lineage's first model, which the retention policy never prunes: history/model-retention.ts). from = to when nothing
+ * it needs was pruned.
+ */
+async function keptPrefix(ctx: MethodContext, rounds: readonly RoundRecord[], to: number): Promise<{ from: number; weights: Float32Array[]; start: Float32Array }> {
+  const read = async (version: string): Promise<Float32Array | null> => {
+    try {
+      return await ctx.readModel(version);
+    } catch (e) {
+      if (e instanceof ModelPrunedError) return null;
+      throw e;
+    }
+  };
+  const weights: Float32Array[] = [];
+  for (let t = 0; t < to; t++) {
+    const w = await read(rounds[t]!.modelAfter);
+    if (!w) break;
+    weights.push(w);
+  }
+  const from = weights.length;
+  if (from === to && to < rounds.length) {
+    const start = await read(rounds[to]!.modelBefore);
+    if (start) return { from, weights, start };
+  }
+  return { from, weights, start: from > 0 ? weights[from - 1]! : await ctx.readModel(rounds[0]!.modelBefore) };
 }
