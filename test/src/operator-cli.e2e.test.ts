@@ -64,7 +64,7 @@ test('a data directory that cannot be used is named as the data directory, with 
   assert.match(under.stderr, /cannot use data directory .*a-file\/data: a component of the path is a file, not a directory .*\[ENOTDIR\]/);
   const itself = await run(['serve', '--port', '0', '--data', file, '--log-level', 'silent']);
   assert.equal(itself.code, 1);
-  assert.match(itself.stderr, /cannot use data directory .*a-file: a file of that name exists where a directory is needed \[EEXIST\]/);
+  assert.match(itself.stderr, /cannot use data directory .*a-file: it is a file, not a directory \[(ENOTDIR|EEXIST)\]/);
 });
 
 test('operator commands: a refused token, an unknown lineage, clients that never connected', async () => {
@@ -103,5 +103,15 @@ test('operator commands: a refused token, an unknown lineage, clients that never
   assert.match(listed.stdout, /^quiet-device\s+offline\s+-\s+0\s+never\s+never$/m);
   const json = JSON.parse((await run(['clients', '--json', ...as])).stdout) as { clients: { clientId: string; firstSeen: number; lastSeen: number }[] };
   assert.deepEqual(json.clients.map((c) => [c.clientId, c.firstSeen, c.lastSeen]), [['quiet-device', 0, 0]]);
+
+  // The dashboard says it is loading until its data arrives (not "No forget jobs."), and has an icon.
+  const page = await (await fetch(`${url}/dashboard/`)).text();
+  assert.match(page, /<p class="empty muted" id="jobs-empty" data-loading>loading…<\/p>/);
+  for (const panel of ['clients', 'history', 'rounds', 'models']) assert.match(page, new RegExp(`id="${panel}-loading" data-loading>loading…`));
+  const icon = /<link rel="icon" href="([^"]+)"/.exec(page)?.[1];
+  assert.ok(icon, 'the page names its icon');
+  const res = await fetch(new URL(icon, `${url}/dashboard/`));
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('content-type'), 'image/svg+xml');
   proc.kill('SIGTERM');
 });
