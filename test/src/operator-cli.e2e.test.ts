@@ -68,7 +68,9 @@ test('a data directory that cannot be used is named as the data directory, with 
 });
 
 test('operator commands: a refused token, an unknown lineage, clients that never connected', async () => {
-  const proc = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--data', join(work, 'data'), '--operator-token', TOKEN, '--log-level', 'silent'], {
+  const proc = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--data', join(work, 'data'), '--operator-token', TOKEN, '--log-level', 'silent',
+    // The cadence, stopping and retention flags are accepted (config.test.ts checks what they set).
+    '--round-interval-ms', '5000', '--max-rounds', '3', '--patience-rounds', '4', '--min-delta', '0.01', '--keep-last-models', '5', '--keep-models-every', '10'], {
     cwd: work,
     env: cleanEnv(),
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -89,6 +91,9 @@ test('operator commands: a refused token, an unknown lineage, clients that never
   assert.match(wrong.stderr, /check --token/);
   const none = await run(['status', '--url', url]);
   assert.match(none.stderr, /operator token required .*pass --token/);
+
+  const status = await run(['status', ...as]);
+  assert.match(status.stdout, /^training\s+running$/m, 'no client, no round: not stopped');
 
   const lineage = await run(['rounds', '--lineage', 'zzz', ...as]);
   assert.equal(lineage.code, 1, lineage.stdout);

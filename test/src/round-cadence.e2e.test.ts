@@ -42,6 +42,8 @@ test('rounds keep the interval, training stops at max rounds, the retention poli
   await waitUntil(() => stopped.length > 0, 120_000, 'training to stop');
   assert.match(stopped[0]!, /max rounds reached \(4 of 4\)/);
   assert.equal(coordinator.trainingStoppedBecause(), stopped[0]);
+  const status = (await (await fetch(`${url}/v1/status`)).json()) as { trainingStopped: string | null };
+  assert.equal(status.trainingStopped, stopped[0], 'the API says training stopped, and why');
 
   const store = coordinator.store;
   const rounds = store.listRounds();

@@ -235,6 +235,8 @@ interface StatusResponse {
   connectedClients: number;
   jobs: Record<string, number>;
   uptimeMs: number;
+  /** Why training stopped; null while it trains (absent from coordinators before the stopping rule). */
+  trainingStopped?: string | null;
 }
 type ClientRow = Omit<ClientRecord, 'secretHash'> & { connected: boolean; backend: string | null };
 interface IssuedCredential {
@@ -293,6 +295,7 @@ function formatStatus(s: StatusResponse): string {
     ['model', `${s.model.version} (round ${s.model.round}, ${s.model.cause})`],
     ['lineage', s.model.lineage],
     ['sha256', s.model.sha256],
+    ['training', s.trainingStopped ? `stopped: ${s.trainingStopped}` : 'running'],
     ['clients', `${s.connectedClients} connected`],
     ['jobs', jobCounts(s.jobs)],
     ['uptime', duration(s.uptimeMs)],

@@ -110,6 +110,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
           connectedClients: coord.registry.size,
           jobs: countBy(jobs, (j) => j.state),
           uptimeMs: Date.now() - coord.startedAt,
+          trainingStopped: coord.trainingStoppedBecause(),
         };
       });
 
