@@ -1,3 +1,5 @@
+import { statSync } from 'node:fs';
+
 /**
  * A data directory the coordinator cannot use, said as such: the operator sees which directory and why, not a raw
  * `ENOTDIR: not a directory, mkdir '/srv/x/blobs'` or `SQLITE_CANTOPEN`.
@@ -28,7 +30,16 @@ export function describeDataDirError(dir: string, e: unknown): string | null {
   if (typeof code !== 'string') return null;
   const reason = REASONS[code] ?? (code.startsWith('SQLITE_IOERR') ? REASONS.SQLITE_IOERR : code.startsWith('SQLITE_READONLY') ? REASONS.SQLITE_READONLY : code.startsWith('SQLITE_CANTOPEN') ? REASONS.SQLITE_CANTOPEN : undefined);
   if (!reason) return null;
+  if ((code === 'ENOTDIR' || code === 'EEXIST') && isFile(dir)) return `cannot use data directory ${dir}: it is a file, not a directory [${code}]`;
   const path = (e as { path?: unknown }).path;
   const where = typeof path === 'string' && path !== dir ? ` (at ${path})` : '';
   return `cannot use data directory ${dir}: ${reason}${where} [${code}]`;
+}
+
+function isFile(p: string): boolean {
+  try {
+    return statSync(p).isFile();
+  } catch {
+    return false;
+  }
 }
