@@ -68,6 +68,9 @@ test('rounds keep the interval, training stops at max rounds, the retention poli
   }
   assert.equal(store.stats().modelsPruned, 2);
   assert.equal(store.stats().models, 5, 'every version keeps its record');
+  const metrics = await (await fetch(`${url}/metrics`)).text();
+  assert.match(metrics, /^fedunlearn_history_models\{state="pruned"\} 2$/m);
+  assert.match(metrics, /^fedunlearn_history_models\{state="kept"\} 3$/m);
 
   // Stopped, the coordinator still runs a forget job; FedEraser starts from the initial model, which is kept.
   const job = coordinator.forget({ clientIds: ['device-1'], requestedBy: 'operator' });

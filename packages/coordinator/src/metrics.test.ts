@@ -22,7 +22,7 @@ function sources(): MetricsSources & {
 } {
   const state = {
     clients: 0,
-    stats: { modelBytes: 0, updateBytes: 0, updateBytesByDtype: {}, updates: 0, rounds: 0, models: 0, modelsErased: 0 } as HistoryStats,
+    stats: { modelBytes: 0, updateBytes: 0, updateBytesByDtype: {}, updates: 0, rounds: 0, models: 0, modelsErased: 0, modelsPruned: 0 } as HistoryStats,
     jobs: [] as JobRecord[],
     transport: { connections: 0, refused: {} as Record<string, number>, bytesIn: 0, bytesOut: 0 },
     uploads: { heldUpdateBytes: 0, peakHeldUpdateBytes: 0, grantedUploadBytes: 0, uploadsWaiting: 0, uploadGrants: 0 },
@@ -104,6 +104,7 @@ test('state is read from the sources at every scrape', async () => {
   assert.equal(s.get('fedunlearn_history_bytes{kind="model"}'), 5000);
   assert.equal(s.get('fedunlearn_history_models{state="kept"}'), 3);
   assert.equal(s.get('fedunlearn_history_models{state="erased"}'), 1);
+  assert.equal(s.get('fedunlearn_history_models{state="pruned"}'), 0);
   assert.equal(s.has('fedunlearn_history_bytes{kind="update_fp32"}'), false, 'a purged encoding leaves no stale series');
   assert.equal(s.get('fedunlearn_connections_total'), 6);
   assert.equal(s.get('fedunlearn_wire_bytes_total{direction="in"}'), 20000);

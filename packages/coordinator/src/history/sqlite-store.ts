@@ -205,7 +205,7 @@ function prepareStatements(db: Database.Database) {
     deleteParticipantsOfClient: db.prepare<[string]>('DELETE FROM participants WHERE client_id = ?'),
     referencedBlobs: db.prepare<[], { blob: string }>('SELECT blob FROM models WHERE erased_at IS NULL AND pruned_at IS NULL UNION ALL SELECT blob FROM updates'),
     modelStats: db.prepare<[], { n: number; bytes: number | null; erased: number; pruned: number }>(
-      'SELECT COUNT(*) AS n, SUM(CASE WHEN erased_at IS NULL AND pruned_at IS NULL THEN bytes END) AS bytes, COUNT(erased_at) AS erased, COUNT(pruned_at) AS pruned FROM models',
+      'SELECT COUNT(*) AS n, SUM(CASE WHEN erased_at IS NULL AND pruned_at IS NULL THEN bytes END) AS bytes, COUNT(erased_at) AS erased, COUNT(CASE WHEN erased_at IS NULL THEN pruned_at END) AS pruned FROM models',
     ),
     pruneModel: db.prepare<[number, string]>('UPDATE models SET pruned_at = ? WHERE version = ? AND pruned_at IS NULL AND erased_at IS NULL'),
     firstRoundsOfClient: db.prepare<[string], { lineage: string; first: number }>(

@@ -178,7 +178,7 @@ export interface HistoryStats {
   /** Model versions recorded, erased ones included. */
   models: number;
   modelsErased: number;
-  /** Model versions whose weights the retention policy pruned. */
+  /** Model versions whose weights the retention policy pruned (and no forget job erased since: those count as erased). */
   modelsPruned: number;
 }
 
