@@ -386,7 +386,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
         this.log.debug({ pruned: pruned.length, bytesDeleted }, 'model versions pruned by the retention policy');
         if (pruned.length > 0) this.emit('modelsPruned', pruned);
       } catch (e) {
-        // The round is committed; a pruning that failed (rows or files) is retried after the next round, and an
+        // The round is committed; a pruning that failed (rows or files) is retried after the next round, and a
         // blob whose row was marked pruned before its unlink failed is collected at the next open.
         this.log.warn({ err: e }, 'pruning model versions failed');
       }
