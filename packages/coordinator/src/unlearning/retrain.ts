@@ -25,7 +25,9 @@ export class Retrain implements UnlearningMethod {
     // Rollback restarts from M^{t0}; when the model retention policy pruned it (or a model of a round before it, which
     // the new lineage carries over), it restarts from the latest point before t0 whose models are all kept: every
     // model before t0 is clean of the forgotten clients, so the result is still exact, only with more rounds to redo.
-    const kept = this.name === 'rollback' && !ctx.resume?.rounds.length ? await keptPrefix(ctx, rounds, from) : null;
+    // Computed on a resumed job too, so that it goes on from the same point (no round is pruned while a job waits:
+    // pruning follows training rounds, which wait for pending jobs).
+    const kept = this.name === 'rollback' ? await keptPrefix(ctx, rounds, from) : null;
     const wanted = from;
     if (kept) from = kept.from;
     const done: ReplayedRound[] = [...(ctx.resume?.rounds ?? [])];
