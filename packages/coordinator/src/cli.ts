@@ -109,7 +109,9 @@ async function probePort(port: number, host: string): Promise<void> {
   if (port === 0) return;
   const { createServer } = await import('node:net');
   await new Promise<void>((resolve, reject) => {
-    const probe = createServer();
+    // Clients reconnecting after a restart may reach the probe: drop them at once (they retry), or close() would wait
+    // for them and serve would hang.
+    const probe = createServer((socket) => socket.destroy());
     probe.once('error', (e: NodeJS.ErrnoException) => {
       const why = e.code === 'EADDRINUSE' ? 'the port is in use (another coordinator?)' : e.code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)' : e.code === 'EADDRNOTAVAIL' ? 'no such address on this machine' : e.message;
       reject(new CliError(`cannot listen on ${host}:${port}: ${why}; nothing was written to the data directory`));
