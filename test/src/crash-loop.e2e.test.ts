@@ -126,8 +126,9 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
   let paused: string[] = [];
   const config = join(tmp.dir, 'service.json');
   // Short waits so that a restarted service gets going as soon as clients are back; a pause between rounds keeps the
-  // history (and so the jobs' replays) short.
-  writeFileSync(config, JSON.stringify({ waitForClientsMs: 5_000, maxRoundAttempts: 3, roundIntervalMs: 150 }));
+  // history (and so the jobs' replays) short. Every model version is kept (keepLastModels 0): the check below reads each
+  // one back (round-cadence.e2e.test.ts covers the retention policy).
+  writeFileSync(config, JSON.stringify({ waitForClientsMs: 5_000, maxRoundAttempts: 3, roundIntervalMs: 150, keepLastModels: 0 }));
   const args = ['serve', '--config', config, '--port', String(port), '--data', dataDir, '--enrolment', 'open', '--model', 'mlp', '--input-shape', '16', '--classes', '4'];
   args.push('--clients-per-round', '3', '--min-clients', '2', '--round-deadline-ms', '4000', '--history-interval', '1', '--batch-size', '10', '--seed', '3', '--log-level', 'error');
 

@@ -24,7 +24,7 @@ const FLEET = fileURLToPath(new URL('./load/fleet.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'fedunlearn-load-'));
 const children = new Set<ChildProcess>();
 const CONFIG = join(work, 'coordinator.json');
-writeFileSync(CONFIG, JSON.stringify({ enrolment: 'closed', limits: { operatorMutationsPerMinute: 100_000 } }));
+writeFileSync(CONFIG, JSON.stringify({ enrolment: 'closed', roundIntervalMs: 0, limits: { operatorMutationsPerMinute: 100_000 } }));
 
 after(() => {
   for (const p of children) p.kill('SIGKILL');

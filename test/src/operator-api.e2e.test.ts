@@ -167,7 +167,7 @@ test('the rounds the history holds are the rounds /metrics counts', async () => 
 test('responses keep every field of the records they are made from', async () => {
   const status = await getJson<Record<string, unknown>>('/v1/status');
   assert.equal(status.status, 200);
-  assert.deepEqual(Object.keys(status.body).sort(), ['connectedClients', 'jobs', 'model', 'uptimeMs']);
+  assert.deepEqual(Object.keys(status.body).sort(), ['connectedClients', 'jobs', 'model', 'trainingStopped', 'uptimeMs']);
   assert.deepEqual(status.body.model, plain(coordinator.store.head()));
   assert.equal(status.body.connectedClients, 3);
 
@@ -276,9 +276,11 @@ test('/v1/openapi.json is an OpenAPI 3 document with every route the server has'
 });
 
 test('operator routes need the token; /metrics is open unless metricsAuth says otherwise', async () => {
-  assert.equal((await getJson('/v1/status', {})).status, 401);
+  const missing = await getJson<{ error: { code: string; message: string } }>('/v1/status', {});
+  assert.deepEqual(missing, { status: 401, body: { error: { code: 'UNAUTHENTICATED', message: 'operator token required' } } });
+  // A token that was sent and is wrong is said to be refused, not missing.
   const denied = await getJson<{ error: { code: string; message: string } }>('/v1/jobs', { authorization: 'Bearer wrong-token' });
-  assert.deepEqual(denied, { status: 401, body: { error: { code: 'UNAUTHENTICATED', message: 'operator token required' } } });
+  assert.deepEqual(denied, { status: 401, body: { error: { code: 'UNAUTHENTICATED', message: 'operator token refused: it is not the one this coordinator was started with' } } });
   assert.equal((await fetch(`${url}/metrics`)).status, 200);
 
   // A hello with the wrong secret is refused by the transport, and counted by reason.

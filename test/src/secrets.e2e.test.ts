@@ -52,7 +52,7 @@ async function until(cond: () => Promise<boolean> | boolean, what: string): Prom
 test('serve prints no secret and no operator token through credentials, rounds, a forget job, rotation and revocation', async () => {
   const proc = spawn(
     process.execPath,
-    [CLI, 'serve', '--port', '0', '--data', join(work, 'data'), '--operator-token', TOKEN, '--clients-per-round', '2', '--min-clients', '1', '--log-level', 'trace'],
+    [CLI, 'serve', '--port', '0', '--data', join(work, 'data'), '--operator-token', TOKEN, '--clients-per-round', '2', '--min-clients', '1', '--round-interval-ms', '0', '--log-level', 'trace'],
     { cwd: work, env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let output = '';

@@ -78,7 +78,14 @@ function renderHead() {
   $('head-lineage').textContent = m ? short(m.lineage) : '–';
 }
 
+/** Hides a panel's "loading…" line once its first data arrived. */
+function loaded(id) {
+  const p = $(id);
+  if (p) p.hidden = true;
+}
+
 function renderClients(c) {
+  loaded('clients-loading');
   $('clients-count').textContent = String(c.count);
   $('clients-count-2').textContent = `(${c.count})`;
   const forgotten = new Set(c.forgotten ?? []);
@@ -92,10 +99,12 @@ function renderClients(c) {
 }
 
 function renderHistory(s) {
+  loaded('history-loading');
   const rows = [
     ['rounds', fmtInt(s.rounds)],
     ['model versions', fmtInt(s.models)],
     ['model versions erased', fmtInt(s.modelsErased)],
+    ['model versions pruned', fmtInt(s.modelsPruned ?? 0)],
     ['stored updates', fmtInt(s.updates)],
     ['model bytes', fmtBytes(s.modelBytes)],
     ['update bytes', fmtBytes(s.updateBytes)],
@@ -119,6 +128,7 @@ function fromRecord(r) {
 }
 
 function renderRounds() {
+  loaded('rounds-loading');
   const rows = [...state.rounds.values()].sort((a, b) => b.round - a.round);
   $('rounds').tBodies[0].replaceChildren(
     ...rows.map((r) =>
@@ -182,6 +192,7 @@ function renderChart(rows) {
 }
 
 function renderModels() {
+  loaded('models-loading');
   const head = state.head?.version;
   const rows = state.models.slice().reverse();
   $('models').tBodies[0].replaceChildren(
@@ -192,7 +203,8 @@ function renderModels() {
           'data-version': m.version,
           'data-cause': m.cause,
           ...(m.erasedAt ? { 'data-erased': '', title: `weights erased ${fmtTime(m.erasedAt)}: a forgotten client had contributed to them` } : {}),
-          class: m.version === head ? 'head-row' : m.erasedAt ? 'erased' : '',
+          ...(!m.erasedAt && m.prunedAt ? { 'data-pruned': '', title: `weights pruned ${fmtTime(m.prunedAt)} by the model retention policy` } : {}),
+          class: m.version === head ? 'head-row' : m.erasedAt || m.prunedAt ? 'erased' : '',
         },
         h('td', { class: 'mono', title: m.version }, short(m.version)),
         h('td', {}, m.cause),
@@ -202,7 +214,7 @@ function renderModels() {
         h('td', { class: 'mono', title: m.jobId ?? '' }, m.jobId ? short(m.jobId) : ''),
         h('td', { class: 'mono', title: m.sha256 }, `${m.sha256.slice(0, 12)}…`),
         h('td', { class: 'r' }, fmtTime(m.createdAt)),
-        h('td', {}, m.erasedAt ? 'erased' : 'kept'),
+        h('td', {}, m.erasedAt ? 'erased' : m.prunedAt ? 'pruned' : 'kept'),
       ),
     ),
   );
@@ -211,6 +223,8 @@ function renderModels() {
 function renderJobs() {
   const jobs = [...state.jobs.values()].sort((a, b) => b.createdAt - a.createdAt);
   $('jobs-empty').hidden = jobs.length > 0;
+  // Until then it said "loading…": an empty list is only known once the jobs arrived.
+  $('jobs-empty').textContent = 'No forget jobs.';
   $('jobs').tBodies[0].replaceChildren(
     ...jobs.map((j) => {
       const { step, total } = j.progress ?? { step: 0, total: 0 };

@@ -70,6 +70,9 @@ async function serve(flags: ServeFlags): Promise<void> {
   const { name, options: arch } = modelOf(cfg);
   quietTfjsWarnings();
   const model = builtInDefinition(name, arch);
+  // A port that is taken (or not ours to bind) fails here, before the data directory and history.db are created.
+  await probePort(cfg.port, cfg.host);
+  const { describeDataDirError } = await import('./data-dir-errors.js');
   // The operator API is never open by accident: without a token given and without --insecure-no-auth, the one kept in
   // the data directory is used (made at first start, 0600), and the operator commands find it there with --data.
   let tokenFile: { file: string; created: boolean } | null = null;
@@ -83,7 +86,8 @@ async function serve(flags: ServeFlags): Promise<void> {
       tokenFile = t;
       if (t.tightened) process.stderr.write(`WARNING: ${t.file} was readable by other users; its mode is now 0600\n`);
     } catch (e) {
-      throw new CliError((e as Error).message);
+      const said = describeDataDirError(options.dataDir, e);
+      throw new CliError(said ?? (e as Error).message);
     }
   }
   const pause = (await import('./test-hooks.js')).pauseFromEnv();
@@ -91,7 +95,8 @@ async function serve(flags: ServeFlags): Promise<void> {
   try {
     store = openSqliteHistory(options.dataDir, { acceptHistoryLoss: cfg.acceptHistoryLoss, log, ...(pause ? { pause } : {}) });
   } catch (e) {
-    throw new CliError((e as Error).message);
+    const said = describeDataDirError(options.dataDir, e);
+    throw new CliError(said ?? (e as Error).message);
   }
   let coordinator: Coordinator;
   try {
@@ -100,6 +105,8 @@ async function serve(flags: ServeFlags): Promise<void> {
     store.close();
     // Lost commits need the operator's decision (restore, or --accept-history-loss): a supervisor should not retry.
     if ((e as Error).name === 'HistoryLossError') throw new CliError((e as Error).message, 3);
+    const said = describeDataDirError(options.dataDir, e);
+    if (said) throw new CliError(said);
     // The initialisers' seed is part of the stored topology, so a changed --seed reads as a different model.
     const hint = /topology/.test((e as Error).message) ? ' (--model, --input-shape, --classes and --seed must be the ones it was created with)' : '';
     throw new CliError(`${(e as Error).message}${hint}`);
@@ -136,6 +143,25 @@ function isLoopbackName(host: string): boolean {
   return h === 'localhost' || h.endsWith('.localhost') || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
 }
 
+/**
+ * Binds host:port once and lets go, so that a port in use fails `serve` before it touches the disk. (Port 0 always
+ * binds.) The real bind follows within milliseconds; a port taken in between still fails, only after the disk.
+ */
+async function probePort(port: number, host: string): Promise<void> {
+  if (port === 0) return;
+  const { createServer } = await import('node:net');
+  await new Promise<void>((resolve, reject) => {
+    // Clients reconnecting after a restart may reach the probe: drop them at once (they retry), or close() would wait
+    // for them and serve would hang.
+    const probe = createServer((socket) => socket.destroy());
+    probe.once('error', (e: NodeJS.ErrnoException) => {
+      const why = e.code === 'EADDRINUSE' ? 'the port is in use (another coordinator?)' : e.code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)' : e.code === 'EADDRNOTAVAIL' ? 'no such address on this machine' : e.message;
+      reject(new CliError(`cannot listen on ${host}:${port}: ${why}; nothing was written to the data directory`));
+    });
+    probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolve()));
+  });
+}
+
 function summary(cfg: ServiceConfig): Record<string, unknown> {
   return {
     architecture: cfg.model,
@@ -144,6 +170,11 @@ function summary(cfg: ServiceConfig): Record<string, unknown> {
     historyInterval: cfg.historyInterval,
     retention: cfg.retention,
     modelsAfterForget: cfg.modelsAfterForget,
+    roundIntervalMs: cfg.roundIntervalMs,
+    maxRounds: cfg.maxRounds || 'none',
+    patienceRounds: cfg.patienceRounds || 'off',
+    keepLastModels: cfg.keepLastModels || 'all',
+    keepModelsEvery: cfg.keepModelsEvery,
     enrolment: cfg.enrolment,
     tls: cfg.tls ? 'on' : 'off',
     operatorAuth: cfg.insecureNoAuth ? 'none' : cfg.operatorToken ? 'token' : 'token file',
@@ -274,7 +305,7 @@ class OperatorApi {
     }
     if (!res.ok) {
       const err = (data as { error?: { code?: string; message?: string } } | null)?.error;
-      const hint = res.status === 401 ? ' (pass --data DIR of the coordinator, --token, or set FEDUNLEARN_OPERATOR_TOKEN)' : '';
+      const hint = res.status !== 401 ? '' : this.token ? ' (check --token or FEDUNLEARN_OPERATOR_TOKEN)' : ' (pass --data DIR of the coordinator, --token, or set FEDUNLEARN_OPERATOR_TOKEN)';
       throw new CliError(`${method} ${path}: HTTP ${res.status} ${err?.code ?? res.statusText}: ${err?.message ?? text}${hint}`);
     }
     onStatus?.(res.status);
@@ -289,6 +320,8 @@ interface StatusResponse {
   connectedClients: number;
   jobs: Record<string, number>;
   uptimeMs: number;
+  /** Why training stopped; null while it trains (absent from coordinators before the stopping rule). */
+  trainingStopped?: string | null;
 }
 type ClientRow = Omit<ClientRecord, 'secretHash'> & { connected: boolean; backend: string | null };
 interface IssuedCredential {
@@ -347,6 +380,7 @@ function formatStatus(s: StatusResponse): string {
     ['model', `${s.model.version} (round ${s.model.round}, ${s.model.cause})`],
     ['lineage', s.model.lineage],
     ['sha256', s.model.sha256],
+    ['training', s.trainingStopped ? `stopped: ${s.trainingStopped}` : 'running'],
     ['clients', `${s.connectedClients} connected`],
     ['jobs', jobCounts(s.jobs)],
     ['uptime', duration(s.uptimeMs)],
@@ -362,8 +396,9 @@ function formatClients(clients: ClientRow[]): string {
       c.forgotten ? 'forgotten' : c.revoked ? 'revoked' : c.connected ? 'connected' : 'offline',
       c.backend ?? '-',
       String(c.numExamples),
-      time(c.firstSeen),
-      time(c.lastSeen),
+      // An issued credential that never connected has no times (0).
+      c.firstSeen > 0 ? time(c.firstSeen) : 'never',
+      c.lastSeen > 0 ? time(c.lastSeen) : 'never',
     ]),
   );
 }
@@ -559,6 +594,12 @@ function buildProgram(): Command {
     .option('--job-wait-for-clients-ms <ms>', 'a forget job waits at most this long in all for offline clients of its replay steps, showing whom it waits for (default 300000)', numberArg)
     .option('--job-offline-policy <policy>', 'then: fail (the job stops, nothing changed) or server-side (calibration steps are completed from the offline clients\' stored updates, uncalibrated; default fail)')
     .option('--seed <s>', 'seeds the initial model and client selection (default 1)', numberArg)
+    .option('--round-interval-ms <ms>', 'round cadence: a round starts at least this long after the previous one started; 0: back to back (default 60000)', numberArg)
+    .option('--max-rounds <n>', 'stop training after this many training rounds in all; the API and forget jobs keep running (default 0: no limit)', numberArg)
+    .option('--patience-rounds <n>', 'stop training when the training loss has not improved by --min-delta for this many rounds (default 0: off)', numberArg)
+    .option('--min-delta <x>', 'smallest training-loss decrease that counts as an improvement for --patience-rounds (default 0.001)', numberArg)
+    .option('--keep-last-models <n>', 'model retention: the last N model versions keep their weights, older ones are pruned (records stay); 0 keeps all (default 10)', numberArg)
+    .option('--keep-models-every <k>', 'model retention: also keep every version whose round is a multiple of K; 0: none (default 100)', numberArg)
     .addOption(new Option('--operator-token <token>', 'bearer token the operator API requires (default: one generated at first start and kept in <data>/operator-token, mode 0600)').env('FEDUNLEARN_OPERATOR_TOKEN'))
     .option('--insecure-no-auth', 'run the operator API without any token: anyone who can reach the port controls the federation (development only; warned at every start)')
     .option('--allowed-hosts <names>', 'comma-separated host names the operator API answers to besides loopback names and the --host address ("*": any, when a proxy checks it)')
@@ -601,7 +642,13 @@ function buildProgram(): Command {
     .option('--lineage <id>', 'another lineage (see `models`)')
     .action(async (flags: ApiFlags & { lineage?: string }) => {
       const q = flags.lineage ? `?lineage=${seg(flags.lineage)}` : '';
-      const r = await (await api(flags)).get<{ rounds: RoundRecord[] }>(`/v1/rounds${q}`);
+      const a = await api(flags);
+      const r = await a.get<{ rounds: RoundRecord[] }>(`/v1/rounds${q}`);
+      if (flags.lineage && r.rounds.length === 0) {
+        // An empty answer is also what a mistyped lineage gets: tell them apart by the model versions' lineages.
+        const { models } = await a.get<{ models: ModelVersion[] }>('/v1/models');
+        if (!models.some((m) => m.lineage === flags.lineage)) throw new CliError(`no lineage ${flags.lineage} (lineages: ${[...new Set(models.map((m) => m.lineage))].join(', ')}; see \`${NAME} models\`)`);
+      }
       print(flags, r, () => formatRounds(r.rounds));
     });
 

@@ -223,3 +223,30 @@ test('aggregation and update bounds: the strategy a config names, its parameters
   assert.match(issuesOf(() => loadConfig({ file: file('trim.yaml', 'aggregation:\n  strategy: trimmed-mean\n  trimFraction: 0.5\n'), overrides: {} }))[0]!, /^aggregation\.trimFraction/);
   assert.match(issuesOf(() => loadConfig({ file: file('agg.yaml', 'aggregation:\n  strategy: krum\n'), overrides: {} }))[0]!, /^aggregation\.strategy/);
 });
+
+test("an unknown field of a nested section lists that section's fields as allowed, not the top-level keys", () => {
+  const limits = issuesOf(() => loadConfig({ overrides: { limits: { bogus: 1 } as never } }));
+  assert.equal(limits.length, 1, limits.join('\n'));
+  assert.match(limits[0]!, /^limits: unknown field bogus \(allowed: handshakeBurst, handshakeRefillPerSecond, authMaxFailures, .*operatorMutationsPerMinute\)$/);
+  assert.doesNotMatch(limits[0]!, /clientsPerRound/);
+  const uploads = issuesOf(() => loadConfig({ overrides: { uploads: { bogus: 1 } as never } }));
+  assert.match(uploads[0]!, /^uploads: unknown field bogus \(allowed: windowBytes, grantAboveBytes, uploadTimeoutMs\)$/);
+  const tls = issuesOf(() => loadConfig({ overrides: { tls: { cert: 'a', key: 'b', bogus: 1 } as never } }));
+  assert.match(tls[0]!, /^tls: unknown field bogus \(allowed: cert, key, ca\)$/);
+  // The top level still lists the top-level keys.
+  assert.match(issuesOf(() => loadConfig({ overrides: { bogus: 1 } as never }))[0]!, /^config: unknown field bogus \(allowed: port, host, data, .*\)$/);
+});
+
+test('round cadence, stopping rule and model retention: defaults that do not fill a disk, and flags or keys that change them', () => {
+  const d = loadConfig({ overrides: {} });
+  assert.equal(d.roundIntervalMs, 60_000);
+  assert.equal(d.maxRounds, 0);
+  assert.equal(d.patienceRounds, 0);
+  assert.equal(d.keepLastModels, 10);
+  assert.equal(d.keepModelsEvery, 100);
+  const o = coordinatorOptionsOf(loadConfig({ file: file('cadence.yaml', 'roundIntervalMs: 5000\nmaxRounds: 50\nkeepLastModels: 3\n'), overrides: { patienceRounds: 4, minDelta: 0.01, keepModelsEvery: 0 } }));
+  assert.equal(o.roundIntervalMs, 5_000);
+  assert.deepEqual(o.stopping, { maxRounds: 50, patienceRounds: 4, minDelta: 0.01 });
+  assert.deepEqual(o.modelRetention, { keepLast: 3, keepEvery: 0 });
+  assert.match(issuesOf(() => loadConfig({ overrides: { maxRounds: -1 } }))[0]!, /^maxRounds: must be >= 0/);
+});

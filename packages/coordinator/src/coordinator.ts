@@ -14,6 +14,8 @@ import { createLogger, type Logger } from './logger.js';
 import { CoordinatorMetrics } from './metrics.js';
 import { roundFailureReason, roundRetryDelayMs, type RoundFailureReason } from './round-failure.js';
 import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher, type UpdateBounds } from './rounds/dispatcher.js';
+import { modelsToPrune, type ModelRetentionPolicy } from './history/model-retention.js';
+import { NO_STOPPING, stopReason, type StoppingRule } from './rounds/stopping.js';
 import { QuorumError, RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { assertClientId } from './transport/client-id.js';
 import { ClientRegistry } from './transport/client-registry.js';
@@ -131,8 +133,13 @@ export interface CoordinatorOptions {
   metricsAuth?: boolean;
   helloTimeoutMs?: number;
   heartbeatIntervalMs?: number;
-  /** Pause between rounds when running continuously. */
+  /** Cadence of start(): a round starts at least this long after the previous round started (0, the default: back
+   *  to back). The service's default is one a minute (config.ts). */
   roundIntervalMs?: number;
+  /** When start() stops training (rounds/stopping.ts); default: never. Forget jobs still run after a stop. */
+  stopping?: Partial<StoppingRule>;
+  /** Which model versions keep their weights after each round (history/model-retention.ts); default: all of them. */
+  modelRetention?: ModelRetentionPolicy;
   /**
    * Upload flow control (UploadRequest in the proto): answers above `grantAboveBytes` (default 64 KiB; 0 turns it off)
    * are sent only once granted, and grants keep the update bytes arriving or waiting to be folded and staged under
@@ -152,6 +159,10 @@ export interface CoordinatorOptions {
 export interface CoordinatorEvents {
   round: [RoundOutcome];
   job: [JobRecord];
+  /** start() stopped training for this reason (the API, the clients' endpoint and forget jobs keep running). */
+  trainingStopped: [string];
+  /** Model versions the retention policy pruned after a round. */
+  modelsPruned: [string[]];
   /** A running job's progress (the dashboard shows it live); 'job' fires on submit and when it ends. */
   jobProgress: [JobRecord];
   /** stop() began: long-lived HTTP streams end now, or they would hold the server open. */
@@ -208,6 +219,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private readonly abort = new AbortController();
   private loop: Promise<void> | null = null;
   private readonly roundIntervalMs: number;
+  private readonly stopping: StoppingRule;
+  private readonly modelRetention: ModelRetentionPolicy | undefined;
+  /** Why start() stopped training; null while it trains. */
+  private stoppedBecause: string | null = null;
   private readonly enrolment: 'open' | 'closed';
   private readonly tls: boolean;
   /** Wrong secrets per client id and address... */
@@ -224,6 +239,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.current = current;
     this.roundIntervalMs = opts.roundIntervalMs ?? 0;
     this.roundRetry = { ...DEFAULT_ROUND_RETRY, ...opts.roundRetry };
+    this.stopping = { ...NO_STOPPING, ...opts.stopping };
+    this.modelRetention = opts.modelRetention;
     // Its sources are read at scrape time only, by which point every part below exists.
     this.metrics = new CoordinatorMetrics({
       connectedClients: () => this.registry.size,
@@ -370,6 +387,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       await this.runPendingJobs();
       const r = await this.exclusive(() => this.rounds.runRound(this.current, this.abort.signal));
       this.emit('round', r);
+      await this.retainModels();
       out.push(r);
       await onRound?.(r);
     }
@@ -380,15 +398,28 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   start(): void {
     if (this.loop) return;
     this.loop = (async () => {
+      let lastStart = -Infinity;
       while (!this.abort.signal.aborted) {
         try {
           await this.runPendingJobs();
           if (this.abort.signal.aborted) break;
-          const r = await this.exclusive(() => this.rounds.runRound(this.current, this.abort.signal));
+          if (this.trainingDone()) {
+            // Stopped: no more rounds, but queued forget jobs still run (checked again on each 'job' or every second).
+            await eventOrTimeout(this, 'job', 1_000, this.abort.signal);
+            continue;
+          }
+          // The cadence counts from round start to round start, so a long round is not followed by a long pause.
+          const wait = lastStart + this.roundIntervalMs - Date.now();
+          if (wait > 0) await sleep(wait, this.abort.signal);
+          if (this.abort.signal.aborted) break;
+          const startedAt = Date.now();
+          lastStart = startedAt;
+          const r = await this.exclusive(() => this.rounds.runRound(this.current, this.abort.signal, startedAt));
           this.failing = null;
           this.ownFailures = 0;
           this.lastOwnFailure = null;
           this.emit('round', r);
+          await this.retainModels();
         } catch (e) {
           if (this.abort.signal.aborted) break;
           const failure = this.roundFailed(e);
@@ -398,7 +429,6 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
           await sleep(failure.retryInMs, this.abort.signal);
           continue;
         }
-        if (this.roundIntervalMs > 0) await sleep(this.roundIntervalMs, this.abort.signal);
       }
     })();
   }
@@ -430,6 +460,51 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     }
     this.emit('roundFailed', failure);
     return failure;
+  }
+
+  /** Why training stopped (stopping rule), or null while start() trains. */
+  trainingStoppedBecause(): string | null {
+    return this.stoppedBecause;
+  }
+
+  /** Whether the stopping rule holds now; logs and emits 'trainingStopped' the first time it does. */
+  private trainingDone(): boolean {
+    if (this.stoppedBecause !== null) return true;
+    const { maxRounds, patienceRounds } = this.stopping;
+    if (maxRounds <= 0 && patienceRounds <= 0) return false;
+    const trainingRounds = maxRounds > 0 ? this.store.listModels().filter((m) => m.cause === 'round').length : 0;
+    const losses = patienceRounds > 0 ? this.store.listRounds().map((r) => r.metrics.loss ?? NaN) : [];
+    const reason = stopReason(this.stopping, trainingRounds, losses);
+    if (reason === null) return false;
+    this.stoppedBecause = reason;
+    this.log.info({ reason }, 'training stopped; the API, the clients and forget jobs keep running');
+    this.emit('trainingStopped', reason);
+    return true;
+  }
+
+  /** Prunes the model versions the retention policy does not keep (history/model-retention.ts), between rounds. */
+  private async retainModels(): Promise<void> {
+    const policy = this.modelRetention;
+    if (!policy || policy.keepLast <= 0) return;
+    await this.exclusive(async () => {
+      const reported = new Set<string>();
+      for (const j of this.store.listJobs({ state: 'done' })) {
+        const r = j.report as { modelBefore?: { version?: string }; modelAfter?: { version?: string } } | null;
+        if (r?.modelBefore?.version) reported.add(r.modelBefore.version);
+        if (r?.modelAfter?.version) reported.add(r.modelAfter.version);
+      }
+      const victims = modelsToPrune(this.store.listModels(), { head: this.store.head().version, headRounds: this.store.listRounds(), reported }, policy);
+      if (victims.length === 0) return;
+      try {
+        const { pruned, bytesDeleted } = await this.store.pruneModels(victims);
+        this.log.debug({ pruned: pruned.length, bytesDeleted }, 'model versions pruned by the retention policy');
+        if (pruned.length > 0) this.emit('modelsPruned', pruned);
+      } catch (e) {
+        // The round is committed; a pruning that failed (rows or files) is retried after the next round, and a
+        // blob whose row was marked pruned before its unlink failed is collected at the next open.
+        this.log.warn({ err: e }, 'pruning model versions failed');
+      }
+    });
   }
 
   /** Queues a forget job (validated and persisted at once); it runs at the next round boundary. A request identical to
@@ -515,7 +590,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     if (this.store.getClient(clientId)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `client ${clientId} already exists`);
     const secret = generateSecret();
     const secretHash = hashIssuedSecret(secret);
-    this.store.upsertClient({ clientId, secretHash, numExamples: 0, seenAt: Date.now(), revoked: false });
+    // Seen at 0, i.e. never: the first and last sighting are those of its first connection.
+    this.store.upsertClient({ clientId, secretHash, numExamples: 0, seenAt: 0, revoked: false });
     this.log.info({ clientId }, 'client credential issued');
     return { clientId, secret };
   }
@@ -623,3 +699,19 @@ export function toWireState(state: JobRecord['state']): fedunlearn.v1.JobState {
   const S = fedunlearn.v1.JobState;
   return { queued: S.QUEUED, running: S.RUNNING, done: S.DONE, failed: S.FAILED }[state];
 }
+
+/** Resolves on the emitter's next `event`, after `ms`, or on abort, whichever comes first. */
+function eventOrTimeout(emitter: EventEmitter<CoordinatorEvents>, event: 'job', ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(t);
+      emitter.off(event, done);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    emitter.on(event, done);
+    signal.addEventListener('abort', done);
+  });
+}
+

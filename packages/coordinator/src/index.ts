@@ -16,3 +16,5 @@ export type { ClientSession } from './transport/session.js';
 export * from './unlearning/method.js';
 export * from './unlearning/engine.js';
 export * from './unlearning/calibration.js';
+export * from './history/model-retention.js';
+export * from './rounds/stopping.js';

@@ -22,7 +22,7 @@ function sources(): MetricsSources & {
 } {
   const state = {
     clients: 0,
-    stats: { modelBytes: 0, updateBytes: 0, updateBytesByDtype: {}, updates: 0, rounds: 0, models: 0, modelsErased: 0 } as HistoryStats,
+    stats: { modelBytes: 0, updateBytes: 0, updateBytesByDtype: {}, updates: 0, rounds: 0, models: 0, modelsErased: 0, modelsPruned: 0 } as HistoryStats,
     jobs: [] as JobRecord[],
     transport: { connections: 0, refused: {} as Record<string, number>, bytesIn: 0, bytesOut: 0 },
     uploads: { heldUpdateBytes: 0, peakHeldUpdateBytes: 0, grantedUploadBytes: 0, uploadsWaiting: 0, uploadGrants: 0 },
@@ -71,7 +71,7 @@ test('state is read from the sources at every scrape', async () => {
   const src = sources();
   const m = new CoordinatorMetrics(src, { processMetrics: false });
   src.state.clients = 3;
-  src.state.stats = { modelBytes: 4000, updateBytes: 900, updateBytesByDtype: { fp32: 800, int8: 100 }, updates: 3, rounds: 2, models: 3, modelsErased: 0 };
+  src.state.stats = { modelBytes: 4000, updateBytes: 900, updateBytesByDtype: { fp32: 800, int8: 100 }, updates: 3, rounds: 2, models: 3, modelsErased: 0, modelsPruned: 0 };
   src.state.jobs = [job('j1', 'done'), job('j2', 'done'), job('j3', 'queued')];
   src.state.transport = { connections: 5, refused: { UNAUTHENTICATED: 2, HELLO_TIMEOUT: 1 }, bytesIn: 12345, bytesOut: 67890 };
   let s = samples((await m.scrape()).body);
@@ -97,13 +97,14 @@ test('state is read from the sources at every scrape', async () => {
 
   // The next scrape shows the new state, not the old one plus the new one.
   src.state.clients = 1;
-  src.state.stats = { modelBytes: 5000, updateBytes: 0, updateBytesByDtype: {}, updates: 0, rounds: 2, models: 4, modelsErased: 1 };
+  src.state.stats = { modelBytes: 5000, updateBytes: 0, updateBytesByDtype: {}, updates: 0, rounds: 2, models: 4, modelsErased: 1, modelsPruned: 0 };
   src.state.transport = { connections: 6, refused: { UNAUTHENTICATED: 2, HELLO_TIMEOUT: 1 }, bytesIn: 20000, bytesOut: 70000 };
   s = samples((await m.scrape()).body);
   assert.equal(s.get('fedunlearn_connected_clients'), 1);
   assert.equal(s.get('fedunlearn_history_bytes{kind="model"}'), 5000);
   assert.equal(s.get('fedunlearn_history_models{state="kept"}'), 3);
   assert.equal(s.get('fedunlearn_history_models{state="erased"}'), 1);
+  assert.equal(s.get('fedunlearn_history_models{state="pruned"}'), 0);
   assert.equal(s.has('fedunlearn_history_bytes{kind="update_fp32"}'), false, 'a purged encoding leaves no stale series');
   assert.equal(s.get('fedunlearn_connections_total'), 6);
   assert.equal(s.get('fedunlearn_wire_bytes_total{direction="in"}'), 20000);

@@ -145,13 +145,14 @@ export class CoordinatorMetrics implements DispatchObserver {
     });
     new Gauge({
       name: `${PREFIX}history_models`,
-      help: 'Model versions in the history: kept, or erased because a forgotten client had contributed to them.',
+      help: 'Model versions in the history: kept, erased because a forgotten client had contributed to them, or pruned by the model retention policy.',
       labelNames: ['state'],
       registers,
       collect() {
         const s = sources.historyStats();
-        this.set({ state: 'kept' }, s.models - s.modelsErased);
+        this.set({ state: 'kept' }, s.models - s.modelsErased - s.modelsPruned);
         this.set({ state: 'erased' }, s.modelsErased);
+        this.set({ state: 'pruned' }, s.modelsPruned);
       },
     });
     // Totals the socket server already keeps: a counter that takes their value at scrape time is still monotonic,

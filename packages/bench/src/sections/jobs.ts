@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -125,7 +125,9 @@ async function measure(rounds: number, log: (m: string) => void): Promise<JobSiz
     const port = await freePort();
     const base = `http://127.0.0.1:${port}`;
     proc = await startServe(dir, port);
-    const res = await fetch(`${base}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ clientIds: [FORGOTTEN], method: 'federaser' }) });
+    // serve keeps its operator token in the data directory (made at first start), as an operator's tools read it.
+    const authorization = `Bearer ${readFileSync(join(dir, 'operator-token'), 'utf8').trim()}`;
+    const res = await fetch(`${base}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json', authorization }, body: JSON.stringify({ clientIds: [FORGOTTEN], method: 'federaser' }) });
     if (res.status !== 202) throw new Error(`POST /v1/jobs: ${res.status} ${await res.text()}`);
     const { jobId } = (await res.json()) as { jobId: string };
 
@@ -145,20 +147,20 @@ async function measure(rounds: number, log: (m: string) => void): Promise<JobSiz
       const path = i % 2 === 0 ? '/healthz' : '/v1/status';
       const a = performance.now();
       const sentAt = Date.now();
-      const r = await fetch(base + path);
+      const r = await fetch(base + path, { headers: { authorization } });
       await r.arrayBuffer();
       const ms = performance.now() - a;
       latencies.push(ms);
       if (ms > slowest.ms) slowest = { ms, at: sentAt };
       if (i % 10 === 0) {
-        const j = (await (await fetch(`${base}/v1/jobs/${jobId}`)).json()) as { state: string; error: string | null };
+        const j = (await (await fetch(`${base}/v1/jobs/${jobId}`, { headers: { authorization } })).json()) as { state: string; error: string | null };
         state = j.state;
         error = j.error ?? '';
       }
       await new Promise((resolve) => setTimeout(resolve, PROBE_GAP_MS));
     }
     if (state !== 'done') throw new Error(`the job over ${rounds} rounds ${state}: ${error}`);
-    report = (await (await fetch(`${base}/v1/jobs/${jobId}/report`)).json()) as { wallTimeMs: number; finishedAt: number; roundsReplayed: unknown[] };
+    report = (await (await fetch(`${base}/v1/jobs/${jobId}/report`, { headers: { authorization } })).json()) as { wallTimeMs: number; finishedAt: number; roundsReplayed: unknown[] };
     const sorted = [...latencies].sort((x, y) => x - y);
     const replayed = report.roundsReplayed.length;
     const out: JobSize = {

@@ -133,6 +133,11 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX job_staged_by_job ON job_staged (job_id);
   `,
+  // 6: a model version whose weights the retention policy let go (history/model-retention.ts) keeps its row for the
+  // lineage and the audit, with the time of the pruning; its blob file is gone.
+  `
+  ALTER TABLE models ADD COLUMN pruned_at INTEGER;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -28,6 +28,7 @@ import { migrate } from './migrations.js';
 import {
   HistoryError,
   ModelErasedError,
+  ModelPrunedError,
   keepsUpdatesUnder,
   type ClientRecord,
   type CommitUnlearningInput,
@@ -103,6 +104,7 @@ interface ModelRow {
   bytes: number;
   created_at: number;
   erased_at: number | null;
+  pruned_at: number | null;
 }
 interface FederationRow {
   topology_json: string;
@@ -251,7 +253,7 @@ function prepareStatements(db: Database.Database) {
     deleteUpdatesOfClient: db.prepare<[string]>('DELETE FROM updates WHERE client_id = ?'),
     deleteParticipantsOfClient: db.prepare<[string]>('DELETE FROM participants WHERE client_id = ?'),
     referencedBlobs: db.prepare<[], { blob: string }>(
-      'SELECT blob FROM models WHERE erased_at IS NULL UNION ALL SELECT blob FROM updates UNION ALL SELECT blob FROM job_staged',
+      'SELECT blob FROM models WHERE erased_at IS NULL AND pruned_at IS NULL UNION ALL SELECT blob FROM updates UNION ALL SELECT blob FROM job_staged',
     ),
     putJobStaged: db.prepare(
       `INSERT OR REPLACE INTO job_staged (job_id, round_id, client_id, encoding, blob, bytes, blob_sha256)
@@ -262,9 +264,10 @@ function prepareStatements(db: Database.Database) {
     deleteJobStaged: db.prepare<[string]>('DELETE FROM job_staged WHERE job_id = ?'),
     jobStagedOfClient: db.prepare<[string], UpdateRow & { job_id: string }>('SELECT * FROM job_staged WHERE client_id = ?'),
     deleteJobStagedOfClient: db.prepare<[string]>('DELETE FROM job_staged WHERE client_id = ?'),
-    modelStats: db.prepare<[], { n: number; bytes: number | null; erased: number }>(
-      'SELECT COUNT(*) AS n, SUM(CASE WHEN erased_at IS NULL THEN bytes END) AS bytes, COUNT(erased_at) AS erased FROM models',
+    modelStats: db.prepare<[], { n: number; bytes: number | null; erased: number; pruned: number }>(
+      'SELECT COUNT(*) AS n, SUM(CASE WHEN erased_at IS NULL AND pruned_at IS NULL THEN bytes END) AS bytes, COUNT(erased_at) AS erased, COUNT(CASE WHEN erased_at IS NULL THEN pruned_at END) AS pruned FROM models',
     ),
+    pruneModel: db.prepare<[number, string]>('UPDATE models SET pruned_at = ? WHERE version = ? AND pruned_at IS NULL AND erased_at IS NULL'),
     firstRoundsOfClient: db.prepare<[string], { lineage: string; first: number }>(
       `SELECT r.lineage AS lineage, MIN(r.round) AS first FROM participants p JOIN rounds r ON r.round_id = p.round_id
        WHERE p.client_id = ? GROUP BY r.lineage`,
@@ -319,6 +322,7 @@ function toModel(r: ModelRow): ModelVersion {
     sha256: r.sha256,
     createdAt: r.created_at,
     erasedAt: r.erased_at ?? null,
+    prunedAt: r.pruned_at ?? null,
   };
 }
 
@@ -888,6 +892,7 @@ class SqliteHistoryStore implements HistoryStore {
         bytes: encoded.bytes.byteLength,
         created_at: createdAt,
         erased_at: null,
+        pruned_at: null,
       },
     };
   }
@@ -924,6 +929,7 @@ class SqliteHistoryStore implements HistoryStore {
         bytes: encoded.bytes.byteLength,
         created_at: createdAt,
         erased_at: null,
+        pruned_at: null,
       },
     };
   }
@@ -1058,6 +1064,7 @@ class SqliteHistoryStore implements HistoryStore {
     const row = this.q.model.get(version);
     if (!row) throw new HistoryError(`unknown model version ${version}`);
     if (row.erased_at !== null) throw new ModelErasedError(version, row.erased_at);
+    if (row.pruned_at !== null) throw new ModelPrunedError(version, row.pruned_at);
     const bytes = await this.readBlobFile(row.blob, `model ${version}`);
     let payload: Uint8Array;
     try {
@@ -1221,7 +1228,29 @@ class SqliteHistoryStore implements HistoryStore {
       updateBytes += u.bytes;
       updates += u.n;
     }
-    return { modelBytes: m.bytes ?? 0, updateBytes, updateBytesByDtype, updates, rounds: this.q.roundCount.get()!.n, models: m.n, modelsErased: m.erased };
+    return { modelBytes: m.bytes ?? 0, updateBytes, updateBytesByDtype, updates, rounds: this.q.roundCount.get()!.n, models: m.n, modelsErased: m.erased, modelsPruned: m.pruned };
+  }
+
+  // --- model retention ------------------------------------------------------------------------------------------
+
+  async pruneModels(versions: string[]): Promise<{ pruned: string[]; bytesDeleted: number }> {
+    this.requireNotClosed();
+    const head = this.q.federation.get()?.head;
+    if (head !== undefined && versions.includes(head)) throw new HistoryError(`the head model ${head} cannot be pruned`);
+    const now = this.now();
+    const pruned: string[] = [];
+    const files: string[] = [];
+    // Rows first, as in purgeClients: a crash before the unlinks leaves only unreferenced files, which open() deletes.
+    this.db.transaction(() => {
+      for (const v of new Set(versions)) {
+        const row = this.q.model.get(v);
+        if (!row) throw new HistoryError(`cannot prune unknown model version ${v}`);
+        if (this.q.pruneModel.run(now, v).changes === 0) continue;
+        pruned.push(v);
+        files.push(this.abs(row.blob));
+      }
+    })();
+    return { pruned, bytesDeleted: await unlinkDurable(files) };
   }
 
   // --- jobs ---------------------------------------------------------------------------------------------------
@@ -1322,7 +1351,8 @@ class SqliteHistoryStore implements HistoryStore {
       client_id: c.clientId,
       secret_hash: c.secretHash !== undefined ? c.secretHash : (cur?.secret_hash ?? null),
       num_examples: c.numExamples ?? cur?.num_examples ?? 0,
-      first_seen: cur ? Math.min(cur.first_seen, c.seenAt) : c.seenAt,
+      // 0 is "never seen" (a credential issued to a client that has not connected yet): any real sighting replaces it.
+      first_seen: !cur || cur.first_seen === 0 ? c.seenAt : c.seenAt > 0 ? Math.min(cur.first_seen, c.seenAt) : cur.first_seen,
       last_seen: cur ? Math.max(cur.last_seen, c.seenAt) : c.seenAt,
       forgotten: c.forgotten !== undefined ? (c.forgotten ? 1 : 0) : (cur?.forgotten ?? 0),
       revoked: c.revoked !== undefined ? (c.revoked ? 1 : 0) : (cur?.revoked ?? 0),

@@ -20,6 +20,14 @@ export class ModelErasedError extends HistoryError {
   }
 }
 
+/** readModel of a version whose weights the model retention policy pruned (its record stays). */
+export class ModelPrunedError extends HistoryError {
+  override name = 'ModelPrunedError';
+  constructor(readonly version: string, readonly prunedAt: number) {
+    super(`model ${version} was pruned at ${new Date(prunedAt).toISOString()} by the model retention policy (keepLastModels, keepModelsEvery): its record is kept, its weights are not`);
+  }
+}
+
 export type ModelCause = 'init' | 'round' | 'unlearning';
 
 export interface ModelVersion {
@@ -43,6 +51,9 @@ export interface ModelVersion {
   /** Unix ms at which its weights were erased because a forgotten client had contributed to them (the record stays,
    *  for the lineage and the audit; readModel refuses it). null while the weights are kept. */
   erasedAt: number | null;
+  /** Unix ms at which the model retention policy deleted its weights (the record stays; readModel refuses it). null
+   *  while the weights are kept. */
+  prunedAt: number | null;
 }
 
 export interface ParticipantInput {
@@ -130,6 +141,7 @@ export interface ClientRecord {
   clientId: string;
   secretHash: string | null;
   numExamples: number;
+  /** Unix ms of its first and latest connection; 0 while a client with an issued credential has never connected. */
   firstSeen: number;
   lastSeen: number;
   /** Set by purgeClients, which leaves only this tombstone (no secret, no example count) behind. */
@@ -187,6 +199,8 @@ export interface HistoryStats {
   /** Model versions recorded, erased ones included. */
   models: number;
   modelsErased: number;
+  /** Model versions whose weights the retention policy pruned (and no forget job erased since: those count as erased). */
+  modelsPruned: number;
 }
 
 /** One replayed round of an unlearning job, as the engine applied it. */
@@ -287,6 +301,10 @@ export interface HistoryStore {
   /** Makes purged rows leave the disk: checkpoints the WAL into the database (secure_delete has overwritten them
    *  there) and truncates it. Never waits on a reader: false when one still holds a snapshot that needs the WAL. */
   completePurge(): boolean;
+  /** Deletes the weights of these model versions (retention policy), keeping their records with prunedAt set: rows
+   *  first, then the blob files, durably. Refuses the head; already pruned or erased versions are skipped. Returns the
+   *  versions pruned now and the bytes freed. */
+  pruneModels(versions: string[]): Promise<{ pruned: string[]; bytesDeleted: number }>;
   /** Storage statistics: bytes of model blobs, update blobs (by encoding), rows. */
   stats(): HistoryStats;
   // jobs

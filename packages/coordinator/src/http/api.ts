@@ -3,7 +3,7 @@ import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { ProtocolError } from '@fedunlearn/protocol';
 import type { Coordinator } from '../coordinator.js';
-import { ModelErasedError, type JobRecord } from '../history/store.js';
+import { ModelErasedError, ModelPrunedError, type JobRecord } from '../history/store.js';
 import type { MethodName, MethodParams } from '../unlearning/method.js';
 import { isOperator } from './operator-token.js';
 import { checkRequest, HostPolicy } from './request-guard.js';
@@ -77,6 +77,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
     if (raw instanceof ProtocolError) return reply.code(PROTOCOL_ERROR_STATUS[raw.codeName] ?? 400).send({ error: { code: raw.codeName, message: raw.message } });
     if (err instanceof HttpError) return reply.code(err.status).send({ error: { code: err.code, message: err.message } });
     if (err instanceof ModelErasedError) return reply.code(410).send({ error: { code: 'MODEL_ERASED', message: err.message } });
+    if (err instanceof ModelPrunedError) return reply.code(410).send({ error: { code: 'MODEL_PRUNED', message: err.message } });
     if (err.validation) return reply.code(400).send({ error: { code: 'INVALID_ARGUMENT', message: err.message } });
     if (err instanceof RangeError) return reply.code(400).send({ error: { code: 'INVALID_ARGUMENT', message: err.message } });
     if (err.statusCode && err.statusCode < 500) return reply.code(err.statusCode).send({ error: { code: err.code ?? 'BAD_REQUEST', message: err.message } });
@@ -97,7 +98,10 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url}` } }));
 
   const operator = async (req: FastifyRequest, _reply: FastifyReply) => {
-    if (!isOperator(req.headers.authorization, opts.operatorToken)) throw new HttpError(401, 'UNAUTHENTICATED', 'operator token required');
+    if (!isOperator(req.headers.authorization, opts.operatorToken)) {
+      // A token that was sent and refused is not a missing one: the operator must learn that theirs is wrong.
+      throw new HttpError(401, 'UNAUTHENTICATED', req.headers.authorization ? 'operator token refused: it is not the one this coordinator was started with' : 'operator token required');
+    }
   };
 
   // In a plugin like every route, so that swagger (registered first) sees them: routes added to the root directly
@@ -131,6 +135,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
           connectedClients: coord.registry.size,
           jobs: countBy(jobs, (j) => j.state),
           uptimeMs: Date.now() - coord.startedAt,
+          trainingStopped: coord.trainingStoppedBecause(),
         };
       });
 

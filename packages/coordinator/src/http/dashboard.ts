@@ -30,6 +30,7 @@ function assetTable(): Map<string, { path: string; type: string }> {
     ['index.html', { path: join(dir, 'index.html'), type: 'text/html; charset=utf-8' }],
     ['app.js', { path: join(dir, 'app.js'), type: 'text/javascript; charset=utf-8' }],
     ['style.css', { path: join(dir, 'style.css'), type: 'text/css; charset=utf-8' }],
+    ['favicon.svg', { path: join(dir, 'favicon.svg'), type: 'image/svg+xml' }],
     ['vendor/chart.umd.js', { path: join(chartDir, 'chart.umd.js'), type: 'text/javascript; charset=utf-8' }],
   ]);
 }

@@ -47,6 +47,7 @@ const modelVersion = {
     sha256: { type: 'string', description: 'sha256 of the float32 little-endian weights, hex' },
     createdAt: ms,
     erasedAt: { type: ['integer', 'null'], description: 'unix ms at which the weights were erased because a forgotten client had contributed to them; null while kept' },
+    prunedAt: { type: ['integer', 'null'], description: 'unix ms at which the model retention policy deleted the weights (the record stays); null while kept' },
   },
 } as const;
 
@@ -130,8 +131,8 @@ const client = {
   properties: {
     clientId: str,
     numExamples: int,
-    firstSeen: ms,
-    lastSeen: ms,
+    firstSeen: { type: 'integer', description: 'Unix ms of its first connection; 0 if it never connected' },
+    lastSeen: { type: 'integer', description: 'Unix ms of its latest connection; 0 if it never connected' },
     forgotten: bool,
     connected: bool,
     backend: { type: ['string', 'null'], description: 'TensorFlow.js backend of the live session' },
@@ -155,6 +156,7 @@ const historyStats = {
     rounds: int,
     models: { type: 'integer', description: 'model versions recorded, erased ones included' },
     modelsErased: int,
+    modelsPruned: { type: 'integer', description: 'model versions whose weights the retention policy pruned' },
   },
 } as const;
 
@@ -246,7 +248,13 @@ export const schemas = {
         type: 'object',
         ...open,
         required: ['model', 'connectedClients', 'jobs', 'uptimeMs'],
-        properties: { model: modelVersion, connectedClients: int, jobs: numberMap, uptimeMs: int },
+        properties: {
+          model: modelVersion,
+          connectedClients: int,
+          jobs: numberMap,
+          uptimeMs: int,
+          trainingStopped: { type: ['string', 'null'], description: 'why the round loop stopped training (maxRounds, patienceRounds); null while it trains. Forget jobs still run.' },
+        },
       }),
     },
   }),
@@ -299,7 +307,7 @@ export const schemas = {
         content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } },
       },
     },
-    errors: { 404: 'no such model version', 410: 'the weights were erased: a forgotten client had contributed to them (MODEL_ERASED)' },
+    errors: { 404: 'no such model version', 410: 'the weights were erased: a forgotten client had contributed to them (MODEL_ERASED); or pruned by the model retention policy (MODEL_PRUNED)' },
   }),
   historyStats: routeSchema({
     summary: 'Storage used by the history',

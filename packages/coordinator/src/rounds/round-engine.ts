@@ -87,12 +87,14 @@ export class RoundEngine {
     return p;
   }
 
-  async runRound(current: ModelCache, signal?: AbortSignal): Promise<RoundOutcome> {
+  /** `startedAt` (Unix ms, default now): when the round began, as recorded; the round loop passes the start its
+   *  cadence (roundIntervalMs) counts from, so that the recorded spacing is the one it kept. */
+  async runRound(current: ModelCache, signal?: AbortSignal, startedAt?: number): Promise<RoundOutcome> {
     const { store, registry, dispatcher, strategy, config, log } = this.deps;
     const head = store.head();
     if (head.version !== current.version) throw new Error(`model cache ${current.version} is not the head ${head.version}`);
     const round = head.round + 1;
-    const started = Date.now();
+    const started = startedAt ?? Date.now();
     const meta = store.meta();
     let lastAnswered = 0;
     let lastMissing: Missing[] = [];

@@ -66,7 +66,7 @@ test('two federations created with one seed key their rounds alike: lineage posi
     a.commitRound({ round: 1, roundId: 'r1', modelBefore: a.head().version, weights: u, participants: [{ clientId: 'client-000', numExamples: 3, norms: layerNorms(layout, u) }], metrics: {}, startedAt: 1 });
     assert.equal(a.lineagePosition(first), 0, 'rounds do not move a lineage');
     await a.stageUpdate('j1', 'client-001', u);
-    a.commitUnlearning({
+    await a.commitUnlearning({
       jobId: 'job',
       weights: u,
       rounds: [{ round: 1, roundId: 'j1', modelBefore: a.listModels()[0]!.version, participants: [{ clientId: 'client-001', numExamples: 3, norms: layerNorms(layout, u) }], metrics: {}, startedAt: 1, closedAt: 2 }],
