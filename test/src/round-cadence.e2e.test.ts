@@ -29,12 +29,12 @@ async function coordinatorWith(opts: { roundIntervalMs?: number; stopping?: Part
     ...(opts.modelRetention ? { modelRetention: opts.modelRetention } : {}),
   });
   const { url } = await coordinator.listen(0);
-  return { coordinator, url };
+  return { coordinator, url, auth: { headers: { authorization: `Bearer ${coordinator.operatorToken}` } } };
 }
 
 test('rounds keep the interval, training stops at max rounds, the retention policy keeps exactly what it says, and a forget job still runs', async () => {
   const INTERVAL = 400;
-  const { coordinator, url } = await coordinatorWith({ roundIntervalMs: INTERVAL, stopping: { maxRounds: 4 }, modelRetention: { keepLast: 2, keepEvery: 3 } });
+  const { coordinator, url, auth } = await coordinatorWith({ roundIntervalMs: INTERVAL, stopping: { maxRounds: 4 }, modelRetention: { keepLast: 2, keepEvery: 3 } });
   const clients = await connectClients(url, scenario.parts.slice(0, 2));
   const stopped: string[] = [];
   coordinator.on('trainingStopped', (why) => stopped.push(why));
@@ -42,7 +42,7 @@ test('rounds keep the interval, training stops at max rounds, the retention poli
   await waitUntil(() => stopped.length > 0, 120_000, 'training to stop');
   assert.match(stopped[0]!, /max rounds reached \(4 of 4\)/);
   assert.equal(coordinator.trainingStoppedBecause(), stopped[0]);
-  const status = (await (await fetch(`${url}/v1/status`)).json()) as { trainingStopped: string | null };
+  const status = (await (await fetch(`${url}/v1/status`, auth)).json()) as { trainingStopped: string | null };
   assert.equal(status.trainingStopped, stopped[0], 'the API says training stopped, and why');
 
   const store = coordinator.store;
@@ -62,13 +62,13 @@ test('rounds keep the interval, training stops at max rounds, the retention poli
   for (const m of pruned) {
     assert.equal(typeof m.prunedAt, 'number', `model of round ${m.round} keeps its record with the time of pruning`);
     await assert.rejects(store.readModel(m.version), ModelPrunedError);
-    const res = await fetch(`${url}/v1/models/${m.version}/weights`);
+    const res = await fetch(`${url}/v1/models/${m.version}/weights`, auth);
     assert.equal(res.status, 410);
     assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'MODEL_PRUNED');
   }
   assert.equal(store.stats().modelsPruned, 2);
   assert.equal(store.stats().models, 5, 'every version keeps its record');
-  const metrics = await (await fetch(`${url}/metrics`)).text();
+  const metrics = await (await fetch(`${url}/metrics`, auth)).text();
   assert.match(metrics, /^fedunlearn_history_models\{state="pruned"\} 2$/m);
   assert.match(metrics, /^fedunlearn_history_models\{state="kept"\} 3$/m);
 
@@ -86,28 +86,30 @@ test('rounds keep the interval, training stops at max rounds, the retention poli
   await coordinator.stop();
 });
 
-test('rollback after pruning: M^{t0} is gone, so it restarts from the latest kept model before t0 and succeeds', async () => {
+test('pruning keeps M^{t0} of every client: a late joiner\'s rollback starts from it and keeps the rounds before', async () => {
   const { coordinator, url } = await coordinatorWith({ modelRetention: { keepLast: 2, keepEvery: 0 }, clientsPerRound: 3 });
   const early = await connectClients(url, scenario.parts.slice(0, 2));
   await coordinator.runRounds(2);
-  // device-2 joins late: its first round is 3, so rollback wants M^3, the model after round 2.
+  // late-0 joins late: its first round is 3, so a forget job for it starts from M^3, the model after round 2.
   const late = await connectClients(url, scenario.parts.slice(2, 3), 'late');
   await waitUntil(() => coordinator.registry.size === 3, 10_000, 'the late client');
   await coordinator.runRounds(2);
   const store = coordinator.store;
   const rounds = store.listRounds();
   assert.deepEqual(rounds.map((r) => r.participants.some((p) => p.clientId === 'late-0')), [false, false, true, true]);
-  // keepLast 2 keeps rounds 3 and 4 (and the initial model): the models after rounds 1 and 2 are pruned, M^3 with them.
-  assert.notEqual(store.getModel(rounds[2]!.modelBefore)!.prunedAt, null);
+  // keepLast 2 keeps the models after rounds 3 and 4; the initial model and M^3 (where late-0's job starts) are kept
+  // whatever keepLast says; the model after round 1 is pruned.
+  assert.equal(store.getModel(rounds[2]!.modelBefore)!.prunedAt, null, 'M^{t0} of late-0 is kept');
+  assert.notEqual(store.getModel(rounds[0]!.modelAfter)!.prunedAt, null, 'the model after round 1 is pruned');
 
   const job = coordinator.forget({ clientIds: ['late-0'], requestedBy: 'operator', method: 'rollback' });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;
   assert.equal(report.jobId, job.jobId);
-  assert.ok(report.notes.some((n) => /pruned by the model retention policy/.test(n)), report.notes.join('; '));
-  // Restarted from the initial model: all four rounds were redone without late-0.
-  assert.equal(report.roundsReplayed.length, 4);
+  assert.equal(report.t0, 3);
+  assert.equal(report.roundsKeptExact, 2, 'rounds 1-2 never saw late-0 and are kept as they were');
+  assert.equal(report.roundsReplayed.length, 2);
   for (const r of report.roundsReplayed) assert.ok(!r.calibrated.includes('late-0'));
   assert.ok(store.listRounds().every((r) => r.participants.every((p) => p.clientId !== 'late-0')));
   for (const c of [...early, ...late]) await c.close();
