@@ -232,8 +232,15 @@ test(`${FRAMES} fuzzed frames on a live socket during a round: each refusal has 
       // A missing answer fails below, with the first frame whose answer differs.
       if (!answered) break;
     }
-    // A frame that got no answer yet would arrive after a short wait; an extra one would show up here.
-    await new Promise((r) => setTimeout(r, 300));
+    // A barrier instead of a fixed wait: the session answers its frames in order, so once the answer to one last,
+    // well-formed update for an unknown task is in, an answer still owed to an earlier frame (or an extra one) is too.
+    if (!fuzzer.disconnected) {
+      fuzzer.channel.send({ update: { taskId: 'fuzz-barrier', numExamples: 1 } });
+      await waitUntil(() => fuzzer.errors.some((e) => e.ref === 'fuzz-barrier') || fuzzer.disconnected, WAIT_MS, 'the barrier answer');
+      const barrier = fuzzer.errors.pop()!;
+      assert.equal(barrier.ref, 'fuzz-barrier', 'the barrier is answered last: no answer to a fuzzed frame came after it');
+      assert.equal(errorCodeName(barrier.code), 'UNKNOWN_TASK');
+    }
     const roundStillOpen = (await Promise.race([round.then(() => false), Promise.resolve(true)])) as boolean;
 
     assert.equal(fuzzer.disconnected, false, 'garbage is refused frame by frame, the session stays up');

@@ -313,3 +313,55 @@ test('firstNonFinite finds the first NaN or Infinity at any position, and none a
   const offsetView = new Float32Array(v.buffer, 4 * 10, 20);
   assert.equal(firstNonFinite(offsetView), -1);
 });
+
+/**
+ * Positions that straddle the decoder's internal steps on a layer of the MNIST MLP's size (784 x 128 = 100,352 values):
+ * the first index past a 4,096-value check block, past the first and the fourth 16,384-value copy step (65,536), the
+ * last index of each of those, and the last value of the layer. A check that stopped after any step misses one.
+ */
+const FULL_LAYER: [number, number] = [784, 128];
+const STEP_POSITIONS = [4095, 4096, 16383, 16384, 32768, 65535, 65536, 100351];
+
+test('NaN and ±Infinity past every internal validation step of a full-size layer are refused, at their index', () => {
+  const n = FULL_LAYER[0] * FULL_LAYER[1];
+  assert.equal(n, 100_352);
+  assert.equal(STEP_POSITIONS.at(-1), n - 1);
+  const clean = randomValues(rng(17), n);
+  for (const dtype of [DType.FLOAT32, DType.FLOAT16]) {
+    // The clean layer decodes: the refusals below are the poison's, not the size's.
+    const [ok] = overTheWire([encodeTensor('dense1/kernel', FULL_LAYER, clean, dtype)]);
+    const target: Float32Array = new Float32Array(n);
+    decodeTensorInto(ok!, FULL_LAYER, target);
+    if (dtype === DType.FLOAT32) assert.deepEqual(target, clean);
+    for (const at of STEP_POSITIONS) {
+      for (const bad of [NaN, Infinity, -Infinity]) {
+        const v = clean.slice();
+        v[at] = bad;
+        const [t] = overTheWire([encodeTensor('dense1/kernel', FULL_LAYER, v, dtype)]);
+        assert.throws(
+          () => decodeTensorInto(t!, FULL_LAYER, new Float32Array(n)),
+          (e: unknown) => {
+            assert.equal(code(e), 'NON_FINITE_VALUES', `${DType[dtype]}: ${bad} at ${at}`);
+            assert.match((e as Error).message, new RegExp(`index ${at}$`), `${DType[dtype]}: ${bad} at ${at}`);
+            return true;
+          },
+        );
+        assert.equal(firstNonFinite(v), at);
+      }
+    }
+  }
+});
+
+test('a full-size layer poisoned past a step is refused inside a whole update too (decodeWeights)', () => {
+  const big = layoutOf([
+    { name: 'dense1/kernel', shape: FULL_LAYER },
+    { name: 'dense1/bias', shape: [128] },
+  ]);
+  const values = randomValues(rng(19), big.totalSize);
+  for (const at of STEP_POSITIONS) {
+    const v = values.slice();
+    v[at] = NaN;
+    throwsCode(() => decodeWeights(overTheWire(encodeWeights({ layout: big, values: v })), big), ErrorCode.NON_FINITE_VALUES);
+  }
+  assert.deepEqual(decodeWeights(overTheWire(encodeWeights({ layout: big, values })), big), values);
+});

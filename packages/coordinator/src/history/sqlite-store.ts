@@ -13,6 +13,7 @@ import {
   ensureDirSync,
   fsyncPath,
   fsyncPathSync,
+  kernelSync,
   readBlobHeader,
   sha256Hex,
   unlinkDurable,
@@ -20,6 +21,7 @@ import {
   writeFileDurableSync,
   writeFileUnsynced,
   type BlobEncoding,
+  type DiskSync,
 } from './blob-files.js';
 import { migrate } from './migrations.js';
 import {
@@ -58,6 +60,8 @@ import {
 export interface SqliteHistoryOptions {
   /** Clock for createdAt / closedAt / updatedAt (unix ms). */
   now?: () => number;
+  /** The fsyncs and the commit (default: the kernel's). A test passes a recorder that calls through to kernelSync. */
+  disk?: DiskSync;
 }
 
 export const DB_FILE = 'history.db';
@@ -336,6 +340,7 @@ class SqliteHistoryStore implements HistoryStore {
   private readonly db: Database.Database;
   private readonly blobsDir: string;
   private readonly now: () => number;
+  private readonly disk: DiskSync;
   private readonly q: ReturnType<typeof prepareStatements>;
   private fed: FederationMeta | null = null;
   /** roundId -> clientId -> the current staging of that client's update. */
@@ -343,9 +348,10 @@ class SqliteHistoryStore implements HistoryStore {
   private closed = false;
 
   constructor(dataDir: string, opts: SqliteHistoryOptions) {
-    ensureDirSync(path.resolve(dataDir));
+    this.disk = opts.disk ?? kernelSync;
+    ensureDirSync(path.resolve(dataDir), this.disk);
     this.blobsDir = path.join(dataDir, BLOBS_DIR);
-    ensureDirSync(this.blobsDir);
+    ensureDirSync(this.blobsDir, this.disk);
     this.now = opts.now ?? Date.now;
     this.db = new Database(path.join(dataDir, DB_FILE));
     try {
@@ -461,7 +467,7 @@ class SqliteHistoryStore implements HistoryStore {
       // No fsync here: that would hold each answer of the round behind its own disk flush. Nothing refers to the
       // file until a commit, which first makes it durable (syncStaged, or makeDurableSync); a crash before leaves
       // an unreferenced file, which open() deletes.
-      await writeFileUnsynced(this.abs(entry.rel), encoded.bytes);
+      await writeFileUnsynced(this.abs(entry.rel), encoded.bytes, this.disk);
     } catch (e) {
       if (this.stagedEntry(roundId, clientId) === entry) {
         if (previous) byClient.set(clientId, previous);
@@ -487,8 +493,8 @@ class SqliteHistoryStore implements HistoryStore {
     const entries = [...(this.staged.get(roundId)?.values() ?? [])].filter((e) => e.done && !e.durable);
     if (entries.length === 0) return;
     // All at once: the kernel writes the files back together instead of one flush after another.
-    await Promise.all(entries.map((e) => fsyncPath(this.abs(e.rel))));
-    for (const dir of new Set(entries.map((e) => path.dirname(this.abs(e.rel))))) await fsyncPath(dir);
+    await Promise.all(entries.map((e) => fsyncPath(this.abs(e.rel), this.disk)));
+    for (const dir of new Set(entries.map((e) => path.dirname(this.abs(e.rel))))) await fsyncPath(dir, this.disk);
     for (const e of entries) e.durable = true;
   }
 
@@ -496,8 +502,8 @@ class SqliteHistoryStore implements HistoryStore {
   private makeDurableSync(updates: { staged: StagedUpdate }[]): void {
     const pending = updates.map((u) => u.staged).filter((s) => !s.durable);
     if (pending.length === 0) return;
-    for (const s of pending) fsyncPathSync(this.abs(s.rel));
-    for (const dir of new Set(pending.map((s) => path.dirname(this.abs(s.rel))))) fsyncPathSync(dir);
+    for (const s of pending) fsyncPathSync(this.abs(s.rel), this.disk);
+    for (const dir of new Set(pending.map((s) => path.dirname(this.abs(s.rel))))) fsyncPathSync(dir, this.disk);
     for (const s of pending) s.durable = true;
   }
 
@@ -739,7 +745,7 @@ class SqliteHistoryStore implements HistoryStore {
     }
     const version = nanoid();
     const rel = `models/${version}.bin`;
-    writeFileDurableSync(this.abs(rel), encoded.bytes);
+    writeFileDurableSync(this.abs(rel), encoded.bytes, this.disk);
     return {
       row: {
         version,
@@ -760,7 +766,8 @@ class SqliteHistoryStore implements HistoryStore {
   /** Runs the commit transaction; if it fails, the blobs written for it are removed (they would be garbage). */
   private commitWithBlobs(planned: PlannedModel[], body: () => void): void {
     try {
-      this.db.transaction(body)();
+      // Through the seam, with the pragma the transaction commits under: what makes the commit itself durable.
+      this.disk.commit(this.db.transaction(body), this.db.pragma('synchronous', { simple: true }) as number);
     } catch (e) {
       this.unlinkPlanned(planned);
       throw e;
@@ -878,7 +885,7 @@ class SqliteHistoryStore implements HistoryStore {
     const now = this.now();
     // Rows first: once they are gone the files are unreferenced, so a crash before the unlinks leaves only garbage
     // that the next open deletes.
-    this.db.transaction(() => {
+    const purge = this.db.transaction(() => {
       if (opts.eraseModels) {
         // Before the participant rows go: they are what says which rounds, hence which models, a client shaped.
         for (const m of this.modelsShapedBy(ids)) {
@@ -907,7 +914,8 @@ class SqliteHistoryStore implements HistoryStore {
           revoked: c?.revoked ?? 0,
         });
       }
-    })();
+    });
+    this.disk.commit(purge, this.db.pragma('synchronous', { simple: true }) as number);
     // The WAL still holds pre-purge copies of the pages; fold it into the database and empty it.
     this.db.pragma('wal_checkpoint(TRUNCATE)');
     for (const [roundId, byClient] of [...this.staged]) {
@@ -918,8 +926,8 @@ class SqliteHistoryStore implements HistoryStore {
         if (entry.done) files.push(this.abs(entry.rel));
       }
     }
-    const bytesDeleted = await unlinkDurable(files);
-    const modelBytesDeleted = await unlinkDurable(modelFiles);
+    const bytesDeleted = await unlinkDurable(files, this.disk);
+    const modelBytesDeleted = await unlinkDurable(modelFiles, this.disk);
     return { clientIds: ids, updatesDeleted, bytesDeleted, participantRowsDeleted, modelsErased, modelBytesDeleted };
   }
 
@@ -1103,7 +1111,7 @@ class SqliteHistoryStore implements HistoryStore {
           changed = true;
         } else remaining++;
       }
-      if (changed) fsyncPathSync(dir);
+      if (changed) fsyncPathSync(dir, this.disk);
       return remaining === 0;
     };
     sweep('models');
