@@ -93,9 +93,18 @@ test('property: each calibrated layer has the stored norm and the fresh directio
 
 test('mismatched sizes and bad norms are refused', () => {
   const out = new Float32Array(3);
-  assert.throws(() => calibrateUpdate(layout, new Float32Array(4), [1, 1], out), RangeError);
-  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1], out), RangeError);
-  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1, 1], new Float32Array(2)), RangeError);
-  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1, -1], out), RangeError);
-  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1, Number.NaN], out), RangeError);
+  // Each refusal names what is wrong, so that a job that fails says why.
+  assert.throws(() => calibrateUpdate(layout, new Float32Array(4), [1, 1], out), { name: 'RangeError', message: 'fresh update has 4 values, expected 3' });
+  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1], out), { name: 'RangeError', message: 'stored norms has 1 values, expected 2' });
+  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1, 1], new Float32Array(2)), { name: 'RangeError', message: 'output buffer has 2 values, expected 3' });
+  for (const bad of [-1, Number.NaN, Number.POSITIVE_INFINITY]) {
+    assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1, bad], out), {
+      name: 'RangeError',
+      message: `stored norm of layer 1 is ${bad}; a norm must be finite and non-negative`,
+    });
+  }
+  // A zero stored norm is a norm: the layer calibrates to zero.
+  const zero = new Float32Array(3).fill(5);
+  calibrateUpdate(layout, Float32Array.of(1, 1, 1), [0, 2], zero);
+  assert.deepEqual([...zero], [0, 0, 2]);
 });
