@@ -1,6 +1,6 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Coordinator, createLogger, openSqliteHistory, type JobReport } from '@fedunlearn/coordinator';
+import { Coordinator, createLogger, openSqliteHistory, taskSeed, type JobReport } from '@fedunlearn/coordinator';
 import { builtInDefinition } from '@fedunlearn/models';
 import { encodeTensor, fedunlearn, layerView, layoutOf, type WeightLayout, type WireTensor } from '@fedunlearn/protocol';
 import { RawPeer } from './raw-peer.js';
@@ -156,6 +156,8 @@ async function federaserCase({ coordinator, peers, layout, initial }: Federation
     }
   }
 
+  const progress: string[] = [];
+  coordinator.unlearning.on('progress', (j) => progress.push(j.progress.message ?? ''));
   coordinator.forget({ clientIds: ['raw-0'], method: 'federaser', requestedBy: 'operator:test' });
   const remaining = ['raw-1', 'raw-2'];
   const [jobs, ...served] = await Promise.all([
@@ -164,8 +166,21 @@ async function federaserCase({ coordinator, peers, layout, initial }: Federation
   ]);
   const job = jobs[0]!;
   assert.equal(job.state, 'done', job.error ?? '');
-  for (const tasks of served) assert.deepEqual(tasks.map((t) => [t.kind, t.round]), [[fedunlearn.v1.TaskKind.CALIBRATE, 1], [fedunlearn.v1.TaskKind.CALIBRATE, 2]]);
+  served.forEach((tasks, i) => {
+    assert.deepEqual(tasks.map((t) => [t.kind, t.round]), [[fedunlearn.v1.TaskKind.CALIBRATE, 1], [fedunlearn.v1.TaskKind.CALIBRATE, 2]]);
+    tasks.forEach((t, j) => {
+      assert.equal(t.jobId, job.jobId);
+      // r * E local epochs: the default calibration ratio 0.5 of the federation's 2.
+      assert.equal(t.hyper!.localEpochs, 1);
+      // Reproducible per stored round and client: the dispatch seed is the federation's seed and the round replayed.
+      assert.equal(t.hyper!.seed, taskSeed(5 * 7919 + (j + 1), remaining[i]!));
+    });
+  });
+  assert.ok(progress.includes('calibrating stored round 1 (1 of 2) with 2 clients'), progress.join(' | '));
+  assert.ok(progress.includes('calibrating stored round 2 (2 of 2) with 2 clients'), progress.join(' | '));
   const report = job.report as JobReport;
+  assert.deepEqual(report.notes, []);
+  assert.deepEqual(report.roundsReplayed.map((r) => [r.sourceRound, r.uncalibrated, r.missing]), [[1, [], []], [2, [], []]]);
   assert.deepEqual(report.roundsReplayed.map((r) => [...r.calibrated].sort()), [remaining, remaining]);
 
   // By hand. Weights over the remaining clients: raw-1 10/40 = 0.25, raw-2 30/40 = 0.75. Step j (stored round j):
@@ -211,9 +226,20 @@ test('server-side replay (FedAccum): the committed model is M^1 plus, per stored
 
 async function replayCase({ coordinator, layout, initial }: Federation): Promise<void> {
   const layerAt = layerOf(layout);
+  const progress: string[] = [];
+  coordinator.unlearning.on('progress', (j) => progress.push(j.progress.message ?? ''));
   coordinator.forget({ clientIds: ['raw-1'], method: 'replay', requestedBy: 'operator:test' });
   const [job] = await coordinator.runPendingJobs();
   assert.equal(job!.state, 'done', job!.error ?? '');
+  assert.ok(progress.includes('replaying stored round 1 (1 of 2)') && progress.includes('replaying stored round 2 (2 of 2)'), progress.join(' | '));
+  const report = job!.report as JobReport;
+  assert.deepEqual(report.notes, ['approximate: stored updates after the first round were computed from models that had seen the forgotten clients']);
+  assert.equal(report.cost.clientSampleEpochs, 0, 'no client work');
+  // Nobody calibrated anything: every replayed update is as stored.
+  assert.deepEqual(report.roundsReplayed.map((r) => [r.sourceRound, r.calibrated, [...r.uncalibrated].sort(), r.missing]), [
+    [1, [], ['raw-0', 'raw-2'], []],
+    [2, [], ['raw-0', 'raw-2'], []],
+  ]);
   // By hand: without raw-1, weights raw-0 20/50 = 0.4 and raw-2 30/50 = 0.6, on the stored values themselves.
   //   M[i] = M^1[i] + sum_t sum_k w_k * a_{k,t,l} * p_i.
   const w: Record<string, number> = { 'raw-0': 0.4, 'raw-2': 0.6 };
@@ -233,3 +259,42 @@ async function replayCase({ coordinator, layout, initial }: Federation): Promise
   assert.deepEqual(r1.participants.map((p) => p.clientId).sort(), ['raw-0', 'raw-2']);
   assert.deepEqual(await coordinator.store.readUpdate(r1.roundId, 'raw-2'), patterned(layout, (l) => storedValue('raw-2', 1, l)));
 }
+
+test('FedEraser reusing the first round: round t_1 applied as stored, later rounds calibrated with r * E epochs', async () => {
+  const fed = await federation('federaser-reuse');
+  try {
+    const { coordinator, peers, layout, initial } = fed;
+    const layerAt = layerOf(layout);
+    coordinator.forget({ clientIds: ['raw-0'], method: 'federaser', params: { reuseFirstRound: true, calibrationRatio: 0.25 }, requestedBy: 'operator:test' });
+    const remaining = ['raw-1', 'raw-2'];
+    const [jobs, ...served] = await Promise.all([
+      coordinator.runPendingJobs(),
+      ...remaining.map((id) => answer(peers.get(id)!, id, 1, (task, l) => patterned(l, (layer) => freshValue(id, task.round, layer)))),
+    ]);
+    const job = jobs[0]!;
+    assert.equal(job.state, 'done', job.error ?? '');
+    // Only stored round 2 asks the clients, with 0.25 of the federation's 2 local epochs.
+    for (const tasks of served) assert.deepEqual(tasks.map((t) => [t.kind, t.round, t.hyper!.localEpochs]), [[fedunlearn.v1.TaskKind.CALIBRATE, 2, 0.5]]);
+    const report = job.report as JobReport;
+    assert.deepEqual(report.roundsReplayed.map((r) => [r.sourceRound, [...r.calibrated].sort(), [...r.uncalibrated].sort()]), [
+      [1, [], remaining],
+      [2, remaining, []],
+    ]);
+    // By hand: M^1 + sum_k w_k a_{k,1,l} p_i (round t_1 exact, as stored) + sum_k w_k |a_{k,2,l}| sign(c_{k,2,l}) p_i.
+    const w: Record<string, number> = { 'raw-1': 0.25, 'raw-2': 0.75 };
+    const want = Float64Array.from(initial);
+    for (let i = 0; i < want.length; i++) {
+      const l = layerAt[i]!;
+      const p = (i - layout.offsets[l]!) % 2 === 0 ? 1 : 2;
+      for (const k of remaining) want[i]! += w[k]! * (storedValue(k, 1, l) + Math.abs(storedValue(k, 2, l)) * Math.sign(freshValue(k, 2, l))) * p;
+    }
+    const committed = await coordinator.store.readModel(coordinator.store.head().version);
+    const { diff, at } = worst(committed, want);
+    assert.ok(diff <= 1e-6, `the committed model differs from the hand-computed one by ${diff} at value ${at}`);
+    // The first replayed round keeps the stored updates themselves, so that a later job can replay it in turn.
+    const r1 = coordinator.store.listRounds()[0]!;
+    assert.deepEqual(await coordinator.store.readUpdate(r1.roundId, 'raw-1'), patterned(layout, (l) => storedValue('raw-1', 1, l)));
+  } finally {
+    await fed.close();
+  }
+});
