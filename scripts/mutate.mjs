@@ -107,7 +107,7 @@ function strykerConfig(m) {
     inPlace: true,
     coverageAnalysis: 'off',
     concurrency: Number(process.env.FEDUNLEARN_MUTATE_CONCURRENCY ?? 1),
-    timeoutMS: 20_000,
+    timeoutMS: 8_000,
     reporters: ['json', 'html', 'clear-text', 'progress'],
     jsonReporter: { fileName: relative(root, join(reportsDir, `${m.name}.json`)) },
     htmlReporter: { fileName: relative(root, join(reportsDir, `${m.name}.html`)) },
