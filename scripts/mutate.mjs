@@ -46,7 +46,7 @@ const MODULES = [
     name: 'update-validation',
     guarantee: 'bad input is refused with its code',
     file: 'packages/coordinator/dist/rounds/update-validation.js',
-    tests: ['packages/coordinator/dist/rounds/update-validation.fuzz.test.js'],
+    tests: ['packages/coordinator/dist/rounds/update-validation.test.js', 'packages/coordinator/dist/rounds/update-validation.fuzz.test.js'],
   },
   {
     name: 'tensor-codec',

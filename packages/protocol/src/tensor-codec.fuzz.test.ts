@@ -180,13 +180,13 @@ test('a full-size layer with NaN or ±Inf anywhere, including just past each int
         v[at] = bad;
         const t = encodeTensor('fuzz/kernel', FULL_LAYER, v, dtype);
         const wire = { ...t, data: Uint8Array.from(t.data!) };
-        assert.equal(expectedRefusal(wire, FULL_LAYER), ErrorCode.NON_FINITE_VALUES);
         assert.throws(
           () => decodeTensorInto(wire, FULL_LAYER, target),
           (e: unknown) => e instanceof ProtocolError && e.code === ErrorCode.NON_FINITE_VALUES && e.message.endsWith(`index ${at}`),
         );
       },
     ),
-    budget(60),
+    // Each run decodes 100,352 values: a few dozen runs cover every boundary and some random positions.
+    budget(40),
   );
 });
