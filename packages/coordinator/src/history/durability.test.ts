@@ -188,6 +188,52 @@ test(
   }),
 );
 
+test(
+  "syncStaged makes a round's staged updates durable by itself, once: files, then their directory; the commit does not fsync them again",
+  withStore(async (store, events) => {
+    const r = rng(5);
+    const head = store.head();
+    const roundId = 'round-1-sync';
+    const participants: ParticipantInput[] = [];
+    for (const clientId of ['a', 'b', 'c']) {
+      const update = randomWeights(r);
+      await store.stageUpdate(roundId, clientId, update);
+      participants.push({ clientId, numExamples: 10, norms: layerNorms(layout, update) });
+    }
+    const staged = events.length;
+    await store.syncStaged(roundId);
+    const synced = events.slice(staged);
+    const files = synced.filter((e) => e.kind === 'fsync' && !e.dir).map((e) => (e as { file: string }).file);
+    assert.equal(files.length, 3, 'each staged update fsynced once');
+    assert.deepEqual(files.map((f) => path.basename(f).split('.')[0]).sort(), ['a', 'b', 'c']);
+    const dirAt = synced.findIndex((e) => e.kind === 'fsync' && e.dir && e.file === path.dirname(files[0]!));
+    assert.equal(dirAt, synced.length - 1, 'then their directory, last');
+    assert.ok(synced.every((e) => e.kind === 'fsync'), 'nothing is committed by syncStaged');
+    // A second call has nothing left to do.
+    const again = events.length;
+    await store.syncStaged(roundId);
+    assert.equal(events.length, again);
+    store.commitRound({ round: 1, roundId, modelBefore: head.version, weights: randomWeights(r), participants, metrics: {}, startedAt: 1 });
+    const afterSync = events.slice(again);
+    assert.ok(!afterSync.some((e) => e.kind === 'fsync' && files.includes(e.file)), 'the commit does not fsync the synced updates again');
+    const commit = afterSync.find((e) => e.kind === 'commit') as { referenced: Set<string> };
+    for (const f of files) assert.ok(commit.referenced.has(f), `the commit refers to ${path.basename(f)}`);
+    assert.equal(assertDurableBeforeCommit(events), 1 + 1 + 3);
+  }),
+);
+
+test(
+  "a purge leaves no copy of the purged rows in the WAL",
+  withStore(async (store, _events, dir) => {
+    const r = rng(6);
+    await trainRound(store, r, ['a', 'b'], true);
+    await store.purgeClients(['a']);
+    // Deleted pages are overwritten (secure_delete) and the WAL, which held their pre-purge copies, is emptied.
+    const wal = path.join(dir, `${DB_FILE}-wal`);
+    assert.ok(!fs.existsSync(wal) || fs.statSync(wal).size === 0, `the WAL holds ${fs.existsSync(wal) ? fs.statSync(wal).size : 0} bytes after the purge`);
+  }),
+);
+
 test('the recorder sees a real difference: a commit whose blob was not fsynced first is reported', () => {
   // The invariant checker itself, on a hand-made sequence: without this a checker that accepts anything would pass.
   const blob = path.join(os.tmpdir(), 'x', 'blobs', 'models', 'm.bin');
