@@ -9,6 +9,9 @@
 //   npm run mutate                       every module, one after another
 //   npm run mutate -- calibration store  only these modules
 //   npm run mutate -- --summary          rewrite results.md from the reports already there
+//   npm run mutate -- --recheck store    run again only the lines where a mutant of the last report survived (after
+//                                        adding tests: a mutant killed before stays killed, tests are only added),
+//                                        and merge the new verdicts into mutation/reports/<module>.json
 //
 // The machine is shared: one mutant at a time (FEDUNLEARN_MUTATE_CONCURRENCY to change it).
 import { spawnSync } from 'node:child_process';
@@ -95,13 +98,14 @@ function ranges(file, names) {
   });
 }
 
-function strykerConfig(m) {
+function strykerConfig(m, recheck = null) {
+  const name = recheck ? `${m.name}.recheck` : m.name;
   return {
     $schema: '../../node_modules/@stryker-mutator/core/schema/stryker-schema.json',
     packageManager: 'npm',
     testRunner: 'command',
     commandRunner: { command: `node --test ${m.tests.join(' ')}` },
-    mutate: m.only ? ranges(m.file, m.only) : [m.file],
+    mutate: recheck ?? (m.only ? ranges(m.file, m.only) : [m.file]),
     // In place: the workspace packages import each other through node_modules links to these very files, which a
     // sandbox copy would not be. Stryker restores the file when it ends (rebuild if it was killed).
     inPlace: true,
@@ -109,8 +113,8 @@ function strykerConfig(m) {
     concurrency: Number(process.env.FEDUNLEARN_MUTATE_CONCURRENCY ?? 1),
     timeoutMS: 8_000,
     reporters: ['json', 'html', 'clear-text', 'progress'],
-    jsonReporter: { fileName: relative(root, join(reportsDir, `${m.name}.json`)) },
-    htmlReporter: { fileName: relative(root, join(reportsDir, `${m.name}.html`)) },
+    jsonReporter: { fileName: relative(root, join(reportsDir, `${name}.json`)) },
+    htmlReporter: { fileName: relative(root, join(reportsDir, `${name}.html`)) },
     tempDirName: '.stryker-tmp',
     cleanTempDir: true,
     disableTypeChecks: false,
@@ -181,25 +185,64 @@ function summarise() {
   console.log(md);
 }
 
+function runStryker(m, config, label) {
+  const configPath = join(reportsDir, `${label}.stryker.json`);
+  writeFileSync(configPath, JSON.stringify(config, null, 2));
+  const res = spawnSync(process.execPath, [join(root, 'node_modules/@stryker-mutator/core/bin/stryker.js'), 'run', relative(root, configPath)], {
+    cwd: root,
+    stdio: 'inherit',
+    env: { ...process.env, FEDUNLEARN_LOG_LEVEL: 'silent' },
+  });
+  if (res.status !== 0) console.error(`mutate: ${label}: stryker exited with ${res.status}`);
+}
+
+/** Runs the survivors' lines of `m` again and merges the verdicts into its report. */
+function recheck(m) {
+  const path = join(reportsDir, `${m.name}.json`);
+  if (!existsSync(path)) throw new Error(`mutate: no report for ${m.name} to recheck`);
+  const report = JSON.parse(readFileSync(path, 'utf8'));
+  const file = Object.keys(report.files)[0];
+  const survivors = report.files[file].mutants.filter((x) => x.status === 'Survived' || x.status === 'NoCoverage');
+  if (survivors.length === 0) return console.log(`mutate: ${m.name}: no survivor to recheck`);
+  const lines = [...new Set(survivors.map((x) => x.location.start.line))].sort((a, b) => a - b);
+  console.log(`mutate: ${m.name}: rechecking ${survivors.length} survivors on lines ${lines.join(', ')}`);
+  runStryker(m, strykerConfig(m, lines.map((l) => `${m.file}:${l}-${l}`)), `${m.name}.recheck`);
+  const again = JSON.parse(readFileSync(join(reportsDir, `${m.name}.recheck.json`), 'utf8'));
+  const fresh = Object.values(again.files)[0].mutants;
+  const same = (a, b) =>
+    a.mutatorName === b.mutatorName &&
+    a.replacement === b.replacement &&
+    a.location.start.line === b.location.start.line &&
+    a.location.start.column === b.location.start.column &&
+    a.location.end.line === b.location.end.line &&
+    a.location.end.column === b.location.end.column;
+  let killed = 0;
+  for (const x of survivors) {
+    const y = fresh.find((f) => same(f, x));
+    if (y && y.status !== x.status) {
+      x.status = y.status;
+      killed += y.status === 'Killed' || y.status === 'Timeout' ? 1 : 0;
+    }
+  }
+  writeFileSync(path, JSON.stringify(report));
+  console.log(`mutate: ${m.name}: ${killed} of ${survivors.length} survivors now killed`);
+}
+
 const args = process.argv.slice(2);
 mkdirSync(reportsDir, { recursive: true });
-if (!args.includes('--summary')) {
-  const wanted = args.filter((a) => !a.startsWith('--'));
-  const unknown = wanted.filter((w) => !MODULES.some((m) => m.name === w));
-  if (unknown.length) {
-    console.error(`mutate: unknown module(s) ${unknown.join(', ')} (modules: ${MODULES.map((m) => m.name).join(', ')})`);
-    process.exit(2);
-  }
-  for (const m of MODULES.filter((x) => wanted.length === 0 || wanted.includes(x.name))) {
-    const configPath = join(reportsDir, `${m.name}.stryker.json`);
-    writeFileSync(configPath, JSON.stringify(strykerConfig(m), null, 2));
+const wanted = args.filter((a) => !a.startsWith('--'));
+const unknown = wanted.filter((w) => !MODULES.some((m) => m.name === w));
+if (unknown.length) {
+  console.error(`mutate: unknown module(s) ${unknown.join(', ')} (modules: ${MODULES.map((m) => m.name).join(', ')})`);
+  process.exit(2);
+}
+const chosen = MODULES.filter((x) => wanted.length === 0 || wanted.includes(x.name));
+if (args.includes('--recheck')) {
+  for (const m of chosen) recheck(m);
+} else if (!args.includes('--summary')) {
+  for (const m of chosen) {
     console.log(`mutate: ${m.name} (${m.file}${m.only ? `: ${m.only.join(', ')}` : ''}) against ${m.tests.join(', ')}`);
-    const res = spawnSync(process.execPath, [join(root, 'node_modules/@stryker-mutator/core/bin/stryker.js'), 'run', relative(root, configPath)], {
-      cwd: root,
-      stdio: 'inherit',
-      env: { ...process.env, FEDUNLEARN_LOG_LEVEL: 'silent' },
-    });
-    if (res.status !== 0) console.error(`mutate: ${m.name}: stryker exited with ${res.status}`);
+    runStryker(m, strykerConfig(m), m.name);
   }
 }
 summarise();
