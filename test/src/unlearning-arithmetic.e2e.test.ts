@@ -104,6 +104,7 @@ async function federation(prefix: string) {
   const initial = await coordinator.store.readModel(rounds[0]!.modelBefore);
   return {
     coordinator,
+    url,
     peers,
     layout,
     initial,
@@ -296,5 +297,80 @@ test('FedEraser reusing the first round: round t_1 applied as stored, later roun
     assert.deepEqual(await coordinator.store.readUpdate(r1.roundId, 'raw-1'), patterned(layout, (l) => storedValue('raw-1', 1, l)));
   } finally {
     await fed.close();
+  }
+});
+
+test('FedEraser: a stored round whose clients all leave is skipped, the model carries over, and the report says so', async () => {
+  const fed = await federation('federaser-skip');
+  try {
+    const { coordinator, peers, url, layout, initial } = fed;
+    const layerAt = layerOf(layout);
+    coordinator.forget({ clientIds: ['raw-0'], method: 'federaser', requestedBy: 'operator:test' });
+    const remaining = ['raw-1', 'raw-2'];
+    const jobDone = coordinator.runPendingJobs();
+    // Handed stored round 1's calibration, both remaining clients leave without answering.
+    await Promise.all(
+      remaining.map(async (id) => {
+        const p = peers.get(id)!;
+        const task = (await p.next('task', 60_000)).task as fedunlearn.v1.Task;
+        assert.equal(task.round, 1);
+        p.close();
+      }),
+    );
+    // raw-2 comes back for stored round 2 (the step waits, bounded, for one of its clients) and answers it; raw-1 stays
+    // away. (Bringing both back would race the step's start: whoever is not back yet is missing, as 'offline'.)
+    const back = await RawPeer.enrolled(url, 'raw-2', 'secret-of-raw-2');
+    peers.set('raw-2', back);
+    await answer(back, 'raw-2', 1, (task, l) => patterned(l, (layer) => freshValue('raw-2', task.round, layer)));
+    const [job] = await jobDone;
+    assert.equal(job!.state, 'done', job!.error ?? '');
+    const report = job!.report as JobReport;
+    assert.deepEqual(report.notes, ['stored round 1: no client answered; the step was skipped']);
+    assert.deepEqual(
+      report.roundsReplayed.map((r) => [r.sourceRound, r.calibrated, r.missing.map((m) => `${m.clientId} ${m.reason}`).sort()]),
+      [
+        [1, [], ['raw-1 disconnected', 'raw-2 disconnected']],
+        [2, ['raw-2'], ['raw-1 offline']],
+      ],
+    );
+    // By hand: M~_2 = M~_1 (skipped); M~_3 = M~_2 + raw-2's calibrated update of stored round 2, weight 30/30 = 1.
+    const want = Float64Array.from(initial);
+    for (let i = 0; i < want.length; i++) {
+      const l = layerAt[i]!;
+      const p = (i - layout.offsets[l]!) % 2 === 0 ? 1 : 2;
+      want[i]! += Math.abs(storedValue('raw-2', 2, l)) * Math.sign(freshValue('raw-2', 2, l)) * p;
+    }
+    const committed = await coordinator.store.readModel(coordinator.store.head().version);
+    assert.ok(worst(committed, want).diff <= 1e-6, `the committed model differs from the hand-computed one by ${worst(committed, want).diff}`);
+  } finally {
+    await fed.close();
+  }
+});
+
+test('a forget job on a history with no stored round fails and says why (FedEraser and replay alike)', async () => {
+  const tmp = tempDir('no-history');
+  dirs.push(tmp);
+  const coordinator = await Coordinator.create({
+    store: openSqliteHistory(tmp.dir),
+    dataDir: tmp.dir,
+    model: def,
+    federation: { clientsPerRound: 3, minClients: 1, roundDeadlineMs: 5_000, seed: 5, hyper: { learningRate: 0.1, batchSize: 10, localEpochs: 2 }, maxRoundAttempts: 1, waitForClientsMs: 5_000 },
+    historyInterval: 1,
+    retention: 'fp32',
+    enrolment: 'open',
+    logger: createLogger({ level: 'silent' }),
+  });
+  const { url } = await coordinator.listen(0);
+  const peers = [await RawPeer.enrolled(url, 'raw-0', 'secret-of-raw-0'), await RawPeer.enrolled(url, 'raw-1', 'secret-of-raw-1')];
+  try {
+    for (const method of ['federaser', 'replay'] as const) {
+      coordinator.forget({ clientIds: ['raw-0'], method, requestedBy: 'operator:test' });
+      const [job] = await coordinator.runPendingJobs();
+      assert.equal(job!.state, 'failed');
+      assert.equal(job!.error, 'the history holds no stored round to replay', method);
+    }
+  } finally {
+    for (const p of peers) p.close();
+    await coordinator.stop();
   }
 });
