@@ -204,9 +204,10 @@ function recheck(m) {
   const file = Object.keys(report.files)[0];
   const survivors = report.files[file].mutants.filter((x) => x.status === 'Survived' || x.status === 'NoCoverage');
   if (survivors.length === 0) return console.log(`mutate: ${m.name}: no survivor to recheck`);
-  const lines = [...new Set(survivors.map((x) => x.location.start.line))].sort((a, b) => a - b);
-  console.log(`mutate: ${m.name}: rechecking ${survivors.length} survivors on lines ${lines.join(', ')}`);
-  runStryker(m, strykerConfig(m, lines.map((l) => `${m.file}:${l}-${l}`)), `${m.name}.recheck`);
+  // A mutant is rechecked when its whole span is inside a range: one range per distinct span.
+  const spans = [...new Set(survivors.map((x) => `${x.location.start.line}-${x.location.end.line}`))];
+  console.log(`mutate: ${m.name}: rechecking ${survivors.length} survivors on lines ${spans.join(', ')}`);
+  runStryker(m, strykerConfig(m, spans.map((span) => `${m.file}:${span}`)), `${m.name}.recheck`);
   const again = JSON.parse(readFileSync(join(reportsDir, `${m.name}.recheck.json`), 'utf8'));
   const fresh = Object.values(again.files)[0].mutants;
   const same = (a, b) =>
