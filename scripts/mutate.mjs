@@ -153,14 +153,14 @@ function summarise() {
     const open = s.survived.filter((x) => !why.has(key(m.name, x.location.start.line, x.replacement)));
     const score = s.valid > 0 ? (100 * s.killed) / s.valid : NaN;
     const scoreEq = s.valid - equivalent.length > 0 ? (100 * s.killed) / (s.valid - equivalent.length) : NaN;
-    rows.push(`| ${m.name} | ${m.guarantee} | ${s.valid} | ${s.killed} | ${score.toFixed(1)} % | ${scoreEq.toFixed(1)} % (${equivalent.length} equivalent, ${open.length} unexplained) |`);
+    rows.push(`| ${m.name} | ${m.guarantee} | ${s.valid} | ${s.killed} | ${score.toFixed(1)} % | ${scoreEq.toFixed(1)} % (${equivalent.length} explained, ${open.length} unexplained) |`);
     if (s.survived.length > 0) {
       details.push(`\n### ${m.name} (\`${m.file}\`)\n`);
       for (const x of s.survived) {
         const w = why.get(key(m.name, x.location.start.line, x.replacement));
         details.push(
           `- line ${x.location.start.line}, ${x.mutatorName}: \`${snippet(x.source, x.location)}\` -> \`${String(x.replacement).replace(/\s+/g, ' ').slice(0, 80)}\`` +
-            (w ? `\n  equivalent: ${w}` : `\n  **unexplained survivor**`),
+            (w ? `\n  explained: ${w}` : `\n  **unexplained survivor**`),
         );
       }
     }
@@ -170,10 +170,11 @@ function summarise() {
     '',
     'Written by `npm run mutate` (scripts/mutate.mjs): StrykerJS 9 mutates each guarded module as compiled (dist/*.js) and',
     "runs the module's focused tests once per mutant (command runner, `node --test`). Score = killed (a test failed or",
-    'timed out) / (killed + survived). A survivor is either explained as equivalent in mutation/equivalent.json (no',
-    'input can tell it from the original) or listed as unexplained. Line numbers are those of the compiled file.',
+    'timed out) / (killed + survived). A survivor is either explained in mutation/equivalent.json (equivalent: no input',
+    'can tell it from the original; or unreachable through the product; or killed by a slower test named there that the',
+    'per-mutant command does not run, checked by hand) or listed as unexplained. Line numbers are those of the compiled file.',
     '',
-    '| module | guarantee | mutants | killed | score | score without equivalent mutants |',
+    '| module | guarantee | mutants | killed | score | score without explained survivors |',
     '| --- | --- | --- | --- | --- | --- |',
     ...rows,
     '',

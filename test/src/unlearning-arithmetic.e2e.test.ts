@@ -180,6 +180,8 @@ async function federaserCase({ coordinator, peers, layout, initial }: Federation
   assert.ok(progress.includes('calibrating stored round 1 (1 of 2) with 2 clients'), progress.join(' | '));
   assert.ok(progress.includes('calibrating stored round 2 (2 of 2) with 2 clients'), progress.join(' | '));
   const report = job.report as JobReport;
+  assert.equal(report.method, 'federaser');
+  assert.equal(report.exact, false, 'FedEraser is approximate');
   assert.deepEqual(report.notes, []);
   assert.deepEqual(report.roundsReplayed.map((r) => [r.sourceRound, r.uncalibrated, r.missing]), [[1, [], []], [2, [], []]]);
   assert.deepEqual(report.roundsReplayed.map((r) => [...r.calibrated].sort()), [remaining, remaining]);
@@ -234,6 +236,8 @@ async function replayCase({ coordinator, layout, initial }: Federation): Promise
   assert.equal(job!.state, 'done', job!.error ?? '');
   assert.ok(progress.includes('replaying stored round 1 (1 of 2)') && progress.includes('replaying stored round 2 (2 of 2)'), progress.join(' | '));
   const report = job!.report as JobReport;
+  assert.equal(report.method, 'replay');
+  assert.equal(report.exact, false, 'replay is approximate');
   assert.deepEqual(report.notes, ['approximate: stored updates after the first round were computed from models that had seen the forgotten clients']);
   assert.equal(report.cost.clientSampleEpochs, 0, 'no client work');
   // Nobody calibrated anything: every replayed update is as stored.

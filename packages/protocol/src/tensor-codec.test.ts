@@ -365,3 +365,44 @@ test('a full-size layer poisoned past a step is refused inside a whole update to
   }
   assert.deepEqual(decodeWeights(overTheWire(encodeWeights({ layout: big, values })), big), values);
 });
+
+test('decoding refusals say exactly what is wrong (shape, byte count, target size, tensor count and names)', () => {
+  const t = encodeTensor('w', [2, 2], Float32Array.of(1, 2, 3, 4));
+  const [wire] = overTheWire([t]);
+  assert.throws(() => decodeTensorInto(wire!, [4], new Float32Array(4)), { message: 'tensor w: shape [2,2], expected [4]' });
+  assert.throws(() => decodeTensorInto({ ...wire!, name: undefined }, [4], new Float32Array(4)), { message: 'tensor : shape [2,2], expected [4]' });
+  assert.throws(() => decodeTensorInto({ ...wire!, data: wire!.data!.subarray(0, 12) }, [2, 2], new Float32Array(4)), { message: 'tensor w: 12 bytes, expected 16 for FLOAT32' });
+  assert.throws(() => decodeTensorInto(wire!, [2, 2], new Float32Array(3)), { name: 'RangeError', message: 'target holds 3 values, tensor w has 4' });
+  assert.throws(() => decodeTensorInto(wire!, [2, 2], new Float32Array(5)), { name: 'RangeError', message: 'target holds 5 values, tensor w has 4' });
+  // A tensor without a shape is a scalar: it decodes against the empty shape.
+  const scalar = encodeTensor('s', [], Float32Array.of(7));
+  const got = new Float32Array(1);
+  decodeTensorInto({ ...scalar, shape: undefined }, [], got);
+  assert.deepEqual([...got], [7]);
+
+  const two = layoutOf([
+    { name: 'a', shape: [2] },
+    { name: 'b', shape: [1] },
+  ]);
+  const tensors = encodeWeights({ layout: two, values: Float32Array.of(1, 2, 3) });
+  assert.throws(() => decodeWeights(tensors.slice(0, 1), two), { message: '1 tensors, the model has 2' });
+  assert.throws(() => decodeWeights([tensors[1]!, tensors[0]!], two), { message: 'tensor 0 is named b, expected a' });
+  assert.throws(() => decodeWeights(tensors, two, new Float32Array(2)), { name: 'RangeError', message: 'target holds 2 values, layout 3' });
+  // A layer with an empty name is matched by a tensor without one.
+  const unnamed = layoutOf([{ name: '', shape: [1] }]);
+  assert.deepEqual(decodeWeights([{ ...encodeTensor('', [1], Float32Array.of(5)), name: undefined }], unnamed), Float32Array.of(5));
+});
+
+test('a NaN or Infinity at any of the last positions of a 4,096-value check block is found (the unrolled sums cover each)', () => {
+  const v = new Float32Array(3 * 4096 + 3);
+  for (let i = 0; i < v.length; i++) v[i] = i % 5;
+  for (const bad of [NaN, Infinity]) {
+    for (const at of [4088, 4089, 4090, 4091, 4092, 4093, 4094, 4095, 8190, 12287, 12288, 12289, 12290]) {
+      const w = v.slice();
+      w[at] = bad;
+      assert.equal(firstNonFinite(w), at, `${bad} at ${at}`);
+      const [t] = overTheWire([encodeTensor('x', [w.length], w)]);
+      assert.throws(() => decodeTensorInto(t!, [w.length], new Float32Array(w.length)), { message: `tensor x: non-finite value at index ${at}` });
+    }
+  }
+});
