@@ -182,7 +182,9 @@ function summarise() {
     ...(details.length ? details : ['', 'none']),
     '',
   ].join('\n');
-  writeFileSync(join(outDir, 'results.md'), md);
+  // Notes on the last run (what was rechecked, what the machine was like), kept by hand beside the script's output.
+  const notes = existsSync(join(outDir, 'notes.md')) ? `\n${readFileSync(join(outDir, 'notes.md'), 'utf8')}` : '';
+  writeFileSync(join(outDir, 'results.md'), md + notes);
   console.log(md);
 }
 
