@@ -370,6 +370,7 @@ test('decoding refusals say exactly what is wrong (shape, byte count, target siz
   const t = encodeTensor('w', [2, 2], Float32Array.of(1, 2, 3, 4));
   const [wire] = overTheWire([t]);
   assert.throws(() => decodeTensorInto(wire!, [4], new Float32Array(4)), { message: 'tensor w: shape [2,2], expected [4]' });
+  assert.throws(() => decodeTensorInto(wire!, [4, 1], new Float32Array(4)), { message: 'tensor w: shape [2,2], expected [4,1]' });
   assert.throws(() => decodeTensorInto({ ...wire!, name: undefined }, [4], new Float32Array(4)), { message: 'tensor : shape [2,2], expected [4]' });
   assert.throws(() => decodeTensorInto({ ...wire!, data: wire!.data!.subarray(0, 12) }, [2, 2], new Float32Array(4)), { message: 'tensor w: 12 bytes, expected 16 for FLOAT32' });
   assert.throws(() => decodeTensorInto(wire!, [2, 2], new Float32Array(3)), { name: 'RangeError', message: 'target holds 3 values, tensor w has 4' });
