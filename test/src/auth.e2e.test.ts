@@ -105,7 +105,15 @@ after(async () => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
+/** Wrong tokens of exactly the real one's length, differing in the first, a middle and the last character: they go
+ *  the whole way through the constant-time comparison instead of being told apart by their length. */
+const SAME_LENGTH_WRONG = [0, TOKEN.length >> 1, TOKEN.length - 1].map((i) => `${TOKEN.slice(0, i)}${TOKEN[i] === 'x' ? 'y' : 'x'}${TOKEN.slice(i + 1)}`);
+
 test('operator routes, the credential ones included, refuse a missing or wrong token', async () => {
+  for (const wrong of SAME_LENGTH_WRONG) {
+    assert.equal(wrong.length, TOKEN.length);
+    assert.notEqual(wrong, TOKEN);
+  }
   for (const [method, path, body] of [
     ['GET', '/v1/clients', undefined],
     ['POST', '/v1/clients', {}],
@@ -113,7 +121,7 @@ test('operator routes, the credential ones included, refuse a missing or wrong t
     ['POST', '/v1/clients/anyone/secret', {}],
     ['POST', '/v1/jobs', { clientIds: ['anyone'] }],
   ] as const) {
-    for (const token of [null, 'wrong-token-of-same-size!', `${TOKEN}x`]) {
+    for (const token of [null, ...SAME_LENGTH_WRONG, `${TOKEN}x`, TOKEN.slice(0, -1)]) {
       const r = await api(method, path, { token, ...(body ? { body } : {}) });
       assert.equal(r.status, 401, `${method} ${path} with token ${token}`);
       assert.equal(r.body.error.code, 'UNAUTHENTICATED');

@@ -97,14 +97,14 @@ test('a client that drops during a replay does not hang the job; the report says
     return original(t);
   };
   const job = coordinator.forget({ clientIds: ['unit-0'], method: 'federaser', requestedBy: 'operator:test' });
-  const t0 = Date.now();
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
-  assert.ok(Date.now() - t0 < 30_000, 'the job did not wait for the 60 s deadline');
   const report = done!.report as JobReport;
   assert.equal(report.jobId, job.jobId);
-  const missing = report.roundsReplayed.flatMap((r) => r.missing.map((m) => m.clientId));
-  assert.ok(missing.includes('unit-2'), `unit-2 is reported missing: ${JSON.stringify(report.roundsReplayed)}`);
+  const missing = report.roundsReplayed.flatMap((r) => r.missing.filter((m) => m.clientId === 'unit-2').map((m) => m.reason));
+  assert.ok(missing.length > 0, `unit-2 is reported missing: ${JSON.stringify(report.roundsReplayed)}`);
+  // Gone when it left ('disconnected'), or not there when a later step began ('offline'): never left to the 60 s deadline.
+  assert.ok(missing.every((reason) => reason === 'disconnected' || reason === 'offline'), `unit-2 missing as ${missing.join(', ')}`);
   assert.ok(report.roundsReplayed.every((r) => r.calibrated.includes('unit-1') && r.calibrated.includes('unit-3')));
   for (const c of clients) await c.close();
   await coordinator.stop();

@@ -240,8 +240,16 @@ test(`${FRAMES} fuzzed frames on a live socket during a round: each refusal has 
       // A missing answer fails below, with the first frame whose answer differs.
       if (!answered) break;
     }
-    // A frame that got no answer yet would arrive after a short wait; an extra one would show up here.
-    await new Promise((r) => setTimeout(r, 300));
+    // A barrier instead of a fixed wait: the session answers its frames in order, so once the answer to one last,
+    // well-formed update for an unknown task is in, an answer still owed to an earlier frame (or an extra one) is too.
+    const barrierSent = !fuzzer.disconnected;
+    if (barrierSent) {
+      fuzzer.channel.send({ update: { taskId: 'fuzz-barrier', numExamples: 1 } });
+      await waitUntil(() => fuzzer.errors.some((e) => e.ref === 'fuzz-barrier') || fuzzer.disconnected, WAIT_MS, 'the barrier answer');
+      const barrier = fuzzer.errors.pop()!;
+      assert.equal(barrier.ref, 'fuzz-barrier', 'the barrier is answered last: no answer to a fuzzed frame came after it');
+      assert.equal(errorCodeName(barrier.code), 'UNKNOWN_TASK');
+    }
     const roundStillOpen = (await Promise.race([round.then(() => false), Promise.resolve(true)])) as boolean;
 
     assert.equal(fuzzer.disconnected, false, 'garbage is refused frame by frame, the session stays up');
@@ -266,6 +274,8 @@ test(`${FRAMES} fuzzed frames on a live socket during a round: each refusal has 
     for (const [k, n] of refusalsAfter) if (n - (refusalsBefore.get(k) ?? 0) > 0) counted.set(k, n - (refusalsBefore.get(k) ?? 0));
     const refused = new Map<string, number>();
     for (const c of got) refused.set(c, (refused.get(c) ?? 0) + 1);
+    // The barrier's own refusal is counted too.
+    if (barrierSent) refused.set('UNKNOWN_TASK', (refused.get('UNKNOWN_TASK') ?? 0) + 1);
     assert.deepEqual(Object.fromEntries([...counted].sort()), Object.fromEntries([...refused].sort()), 'the metrics count each refusal under its code');
 
     const [outcome] = await round;

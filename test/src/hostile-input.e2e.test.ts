@@ -300,3 +300,45 @@ test('a chunk stream declared over the cap is MESSAGE_TOO_LARGE and the connecti
   assert.ok(coordinator.registry.get('raw-d'));
   assertUnchanged(since, 'an oversized message');
 });
+
+test('NaN and ±Inf past each internal step of the check, deep in the full-size first layer, are refused; the round commits without them', async () => {
+  // The MLP's first kernel holds 784 x 128 = 100,352 values: more than the 16,384 values the decoder copies and
+  // checks per step. A check that stopped after any step would let one of these through.
+  const since = snapshot();
+  // Only the honest clients and the three poisoners are connected, so that the round asks all five.
+  for (const p of peers.splice(0)) p.close();
+  await waitUntil(() => coordinator.registry.size === 2, WAIT_MS, 'the earlier raw peers to leave');
+  const layout = coordinator.store.meta().layout;
+  const first = layout.sizes[0]!;
+  assert.equal(first, 100_352);
+  const poison: [string, number, number][] = [
+    ['raw-step1', 16_384, NaN],
+    ['raw-step4', 65_536, Infinity],
+    ['raw-last', first - 1, -Infinity],
+  ];
+  const poisoners = await Promise.all(poison.map(([id]) => peer(RawPeer.enrolled(url, id, `${id}-secret`))));
+  await waitUntil(() => coordinator.registry.size === 5, WAIT_MS, 'five connected clients');
+  const roundDone = coordinator.runRounds(1);
+  // Awaited below; until then a failed commit (a NaN that got into the sum) must fail this test, not the process.
+  roundDone.catch(() => undefined);
+  await Promise.all(
+    poisoners.map(async (p, i) => {
+      const task = (await p.next('task')).task as fedunlearn.v1.Task;
+      const [, at, bad] = poison[i]!;
+      const delta = new Float32Array(layoutOfTask(task).totalSize);
+      delta[layout.offsets[0]! + at] = bad;
+      p.send({ update: { taskId: task.taskId, delta: deltaTensors(layout, delta), numExamples: 50 } });
+      const e = await p.expectError(ErrorCode.NON_FINITE_VALUES, task.taskId);
+      assert.match(e.message ?? '', new RegExp(`index ${at}$`), `${poison[i]![0]}: ${e.message}`);
+    }),
+  );
+  const [outcome] = await roundDone;
+  assert.ok(outcome);
+  assert.deepEqual([...outcome.participants].sort(), ['honest-1', 'honest-2']);
+  assert.deepEqual(outcome.missing.map((m) => [m.clientId, m.reason]).sort(), poison.map(([id]) => [id, 'rejected']).sort());
+  assert.equal(coordinator.store.head().round, since.round + 1);
+  const record = coordinator.store.getRound(since.round + 1)!;
+  assert.deepEqual(record.participants.map((p) => p.clientId).sort(), ['honest-1', 'honest-2']);
+  const model = await coordinator.store.readModel(coordinator.store.head().version);
+  assert.ok(model.every((v) => Number.isFinite(v)), 'the committed model is finite');
+});

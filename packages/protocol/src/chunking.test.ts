@@ -65,9 +65,9 @@ test('a 10M-float (40 MB) update round-trips through frameMessage and Reassemble
   const ms = performance.now() - t0;
   assert.equal(frames.length, Math.ceil(encoded.byteLength / limits.chunkBytes));
   assert.deepEqual(new Uint32Array(decoded.buffer), new Uint32Array(values.buffer));
-  // Recorded for the report; the bound only guards against an accidental quadratic path.
+  // Recorded for the report, not asserted: a wall-clock bound fails on a busy machine and proves nothing on a quiet one
+  // (the bench measures throughput side by side).
   console.log(`40 MB message: ${frames.length} chunks, encode+frame+reassemble+decode ${ms.toFixed(0)} ms`);
-  assert.ok(ms < 5000, `${ms} ms`);
 });
 
 test('interleaved streams reassemble independently', () => {

@@ -158,3 +158,35 @@ test('encoding refuses a value count that does not fit the shape, and int8 refus
     budget(300),
   );
 });
+
+/** The MNIST MLP's first layer, 784 x 128 = 100,352 values: larger than every internal step of the decoder's check. */
+const FULL_LAYER = [784, 128];
+const FULL_SIZE = 784 * 128;
+/** First index past each internal step (4,096-value check blocks, 16,384-value copy steps), and the layer's last. */
+const STEP_BOUNDARIES = [4096, 16384, 32768, 49152, 65536, 81920, 98304, FULL_SIZE - 1];
+
+test('a full-size layer with NaN or ±Inf anywhere, including just past each internal step, is refused at that index', () => {
+  // One clean layer, poisoned one value at a time (restored after): the property is about where the poison sits.
+  const clean = new Float32Array(FULL_SIZE);
+  for (let i = 0; i < FULL_SIZE; i++) clean[i] = Math.sin(i) * 0.1;
+  const target = new Float32Array(FULL_SIZE);
+  fc.assert(
+    fc.property(
+      fc.oneof(fc.constantFrom(...STEP_BOUNDARIES), fc.integer({ min: 0, max: FULL_SIZE - 1 })),
+      fc.constantFrom(NaN, Infinity, -Infinity),
+      fc.constantFrom(DType.FLOAT32, DType.FLOAT16),
+      (at, bad, dtype) => {
+        const v = clean.slice();
+        v[at] = bad;
+        const t = encodeTensor('fuzz/kernel', FULL_LAYER, v, dtype);
+        const wire = { ...t, data: Uint8Array.from(t.data!) };
+        assert.throws(
+          () => decodeTensorInto(wire, FULL_LAYER, target),
+          (e: unknown) => e instanceof ProtocolError && e.code === ErrorCode.NON_FINITE_VALUES && e.message.endsWith(`index ${at}`),
+        );
+      },
+    ),
+    // Each run decodes 100,352 values: a few dozen runs cover every boundary and some random positions.
+    budget(40),
+  );
+});

@@ -313,3 +313,97 @@ test('firstNonFinite finds the first NaN or Infinity at any position, and none a
   const offsetView = new Float32Array(v.buffer, 4 * 10, 20);
   assert.equal(firstNonFinite(offsetView), -1);
 });
+
+/**
+ * Positions that straddle the decoder's internal steps on a layer of the MNIST MLP's size (784 x 128 = 100,352 values):
+ * the first index past a 4,096-value check block, past the first and the fourth 16,384-value copy step (65,536), the
+ * last index of each of those, and the last value of the layer. A check that stopped after any step misses one.
+ */
+const FULL_LAYER: [number, number] = [784, 128];
+const STEP_POSITIONS = [4095, 4096, 16383, 16384, 32768, 65535, 65536, 100351];
+
+test('NaN and ±Infinity past every internal validation step of a full-size layer are refused, at their index', () => {
+  const n = FULL_LAYER[0] * FULL_LAYER[1];
+  assert.equal(n, 100_352);
+  assert.equal(STEP_POSITIONS.at(-1), n - 1);
+  const clean = randomValues(rng(17), n);
+  for (const dtype of [DType.FLOAT32, DType.FLOAT16]) {
+    // The clean layer decodes: the refusals below are the poison's, not the size's.
+    const [ok] = overTheWire([encodeTensor('dense1/kernel', FULL_LAYER, clean, dtype)]);
+    const target: Float32Array = new Float32Array(n);
+    decodeTensorInto(ok!, FULL_LAYER, target);
+    if (dtype === DType.FLOAT32) assert.deepEqual(target, clean);
+    for (const at of STEP_POSITIONS) {
+      for (const bad of [NaN, Infinity, -Infinity]) {
+        const v = clean.slice();
+        v[at] = bad;
+        const [t] = overTheWire([encodeTensor('dense1/kernel', FULL_LAYER, v, dtype)]);
+        assert.throws(
+          () => decodeTensorInto(t!, FULL_LAYER, new Float32Array(n)),
+          (e: unknown) => {
+            assert.equal(code(e), 'NON_FINITE_VALUES', `${DType[dtype]}: ${bad} at ${at}`);
+            assert.match((e as Error).message, new RegExp(`index ${at}$`), `${DType[dtype]}: ${bad} at ${at}`);
+            return true;
+          },
+        );
+        assert.equal(firstNonFinite(v), at);
+      }
+    }
+  }
+});
+
+test('a full-size layer poisoned past a step is refused inside a whole update too (decodeWeights)', () => {
+  const big = layoutOf([
+    { name: 'dense1/kernel', shape: FULL_LAYER },
+    { name: 'dense1/bias', shape: [128] },
+  ]);
+  const values = randomValues(rng(19), big.totalSize);
+  for (const at of STEP_POSITIONS) {
+    const v = values.slice();
+    v[at] = NaN;
+    throwsCode(() => decodeWeights(overTheWire(encodeWeights({ layout: big, values: v })), big), ErrorCode.NON_FINITE_VALUES);
+  }
+  assert.deepEqual(decodeWeights(overTheWire(encodeWeights({ layout: big, values })), big), values);
+});
+
+test('decoding refusals say exactly what is wrong (shape, byte count, target size, tensor count and names)', () => {
+  const t = encodeTensor('w', [2, 2], Float32Array.of(1, 2, 3, 4));
+  const [wire] = overTheWire([t]);
+  assert.throws(() => decodeTensorInto(wire!, [4], new Float32Array(4)), { message: 'tensor w: shape [2,2], expected [4]' });
+  assert.throws(() => decodeTensorInto(wire!, [4, 1], new Float32Array(4)), { message: 'tensor w: shape [2,2], expected [4,1]' });
+  assert.throws(() => decodeTensorInto({ ...wire!, name: undefined }, [4], new Float32Array(4)), { message: 'tensor : shape [2,2], expected [4]' });
+  assert.throws(() => decodeTensorInto({ ...wire!, data: wire!.data!.subarray(0, 12) }, [2, 2], new Float32Array(4)), { message: 'tensor w: 12 bytes, expected 16 for FLOAT32' });
+  assert.throws(() => decodeTensorInto(wire!, [2, 2], new Float32Array(3)), { name: 'RangeError', message: 'target holds 3 values, tensor w has 4' });
+  assert.throws(() => decodeTensorInto(wire!, [2, 2], new Float32Array(5)), { name: 'RangeError', message: 'target holds 5 values, tensor w has 4' });
+  // A tensor without a shape is a scalar: it decodes against the empty shape.
+  const scalar = encodeTensor('s', [], Float32Array.of(7));
+  const got = new Float32Array(1);
+  decodeTensorInto({ ...scalar, shape: undefined }, [], got);
+  assert.deepEqual([...got], [7]);
+
+  const two = layoutOf([
+    { name: 'a', shape: [2] },
+    { name: 'b', shape: [1] },
+  ]);
+  const tensors = encodeWeights({ layout: two, values: Float32Array.of(1, 2, 3) });
+  assert.throws(() => decodeWeights(tensors.slice(0, 1), two), { message: '1 tensors, the model has 2' });
+  assert.throws(() => decodeWeights([tensors[1]!, tensors[0]!], two), { message: 'tensor 0 is named b, expected a' });
+  assert.throws(() => decodeWeights(tensors, two, new Float32Array(2)), { name: 'RangeError', message: 'target holds 2 values, layout 3' });
+  // A layer with an empty name is matched by a tensor without one.
+  const unnamed = layoutOf([{ name: '', shape: [1] }]);
+  assert.deepEqual(decodeWeights([{ ...encodeTensor('', [1], Float32Array.of(5)), name: undefined }], unnamed), Float32Array.of(5));
+});
+
+test('a NaN or Infinity at any of the last positions of a 4,096-value check block is found (the unrolled sums cover each)', () => {
+  const v = new Float32Array(3 * 4096 + 3);
+  for (let i = 0; i < v.length; i++) v[i] = i % 5;
+  for (const bad of [NaN, Infinity]) {
+    for (const at of [4088, 4089, 4090, 4091, 4092, 4093, 4094, 4095, 8190, 12287, 12288, 12289, 12290]) {
+      const w = v.slice();
+      w[at] = bad;
+      assert.equal(firstNonFinite(w), at, `${bad} at ${at}`);
+      const [t] = overTheWire([encodeTensor('x', [w.length], w)]);
+      assert.throws(() => decodeTensorInto(t!, [w.length], new Float32Array(w.length)), { message: `tensor x: non-finite value at index ${at}` });
+    }
+  }
+});

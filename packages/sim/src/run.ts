@@ -95,6 +95,8 @@ export interface SimReport {
   history: HistoryStats & { clientRounds: number };
   forgotten: string[];
   original: ModelFigures | null;
+  /** The trained model's distance to retraining's: what every method's distanceToRetrain is to fall below. */
+  originalDistanceToRetrain: { l2: number; cosine: number } | null;
   unlearning: UnlearningRow[];
   noiseFloor: { l2BetweenRetrains: number } | null;
   jobs: JobReport[];
@@ -201,6 +203,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     await coord.coordinator.stop();
 
     let original: ModelFigures | null = null;
+    let originalDistanceToRetrain: SimReport['originalDistanceToRetrain'] = null;
     const rows: UnlearningRow[] = [];
     let noiseFloor: SimReport['noiseFloor'] = null;
     if (forgottenIds.length > 0) {
@@ -270,6 +273,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       const retrainProbs = retrain ? evaluated.get(retrain)!.predictions.forgottenProbs : null;
       const floor = retrain && second ? l2Distance(retrain.weights, second.weights) : null;
       if (floor !== null) noiseFloor = { l2BetweenRetrains: floor };
+      if (retrain) originalDistanceToRetrain = { l2: l2Distance(trained, retrain.weights), cosine: displacementCosine(trained, retrain.weights, def.initial.values) };
       for (const r of rowResults) {
         const f = evaluated.get(r)!;
         const l2 = retrain ? l2Distance(r.weights, retrain.weights) : null;
@@ -318,6 +322,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       history: history!,
       forgotten: forgottenIds,
       original,
+      originalDistanceToRetrain,
       unlearning: rows,
       noiseFloor,
       jobs,

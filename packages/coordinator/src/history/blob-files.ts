@@ -136,6 +136,32 @@ export function weightsSha256(values: Float32Array): string {
 // Durable files. A blob becomes visible under its final name only once its bytes are on disk: write a temporary
 // name, fsync it, rename, fsync the directory (the rename is only durable once the directory entry is).
 
+/**
+ * The calls that make writes durable: fsync(2) of a file or of a directory (its entries), and the commit of a
+ * metadata transaction. A seam, not a mock: the store takes one so that a test can record which blobs and directories
+ * were flushed, and in which order against the commit (history/durability.test.ts); `kernelSync` does the real thing,
+ * and a recorder must call through to it. A process kill keeps the page cache, so no crash test can see a missing
+ * fsync: this order is what shows that a commit never refers to bytes that a power loss could take back.
+ */
+export interface DiskSync {
+  /** Flushes the open file or directory `fd` (opened from `file`) to disk. */
+  fsyncSync(fd: number, file: string): void;
+  /** The same off the event loop. */
+  fsync(handle: fsp.FileHandle, file: string): Promise<void>;
+  /**
+   * Runs a metadata commit. `synchronous` is SQLite's PRAGMA synchronous on the committing connection at that moment
+   * (2 = FULL: the WAL is fsynced before the commit returns; 0 = OFF would leave it to the page cache).
+   */
+  commit(run: () => void, synchronous: number): void;
+}
+
+/** The kernel's fsync, and the commit as it is. */
+export const kernelSync: DiskSync = {
+  fsyncSync: (fd) => fs.fsyncSync(fd),
+  fsync: (handle) => handle.sync(),
+  commit: (run) => run(),
+};
+
 /** Marks temporary files so that garbage collection after a crash can recognise them. */
 export const TEMP_MARK = '.tmp-';
 
@@ -144,48 +170,48 @@ function tempNameFor(file: string): string {
 }
 
 /** Creates a directory (and parents), fsyncing each parent whose entries changed. */
-export function ensureDirSync(dir: string): void {
+export function ensureDirSync(dir: string, sync: DiskSync = kernelSync): void {
   if (fs.existsSync(dir)) return;
-  ensureDirSync(path.dirname(dir));
+  ensureDirSync(path.dirname(dir), sync);
   try {
     fs.mkdirSync(dir);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
   }
-  fsyncPathSync(path.dirname(dir));
+  fsyncPathSync(path.dirname(dir), sync);
 }
 
 /** Flushes a file's data, or a directory's entries, to disk. */
-export function fsyncPathSync(file: string): void {
+export function fsyncPathSync(file: string, sync: DiskSync = kernelSync): void {
   const fd = fs.openSync(file, 'r');
   try {
-    fs.fsyncSync(fd);
+    sync.fsyncSync(fd, file);
   } finally {
     fs.closeSync(fd);
   }
 }
 
 /** Flushes a file's data, or a directory's entries, to disk, off the event loop. */
-export async function fsyncPath(file: string): Promise<void> {
+export async function fsyncPath(file: string, sync: DiskSync = kernelSync): Promise<void> {
   const h = await fsp.open(file, 'r');
   try {
-    await h.sync();
+    await sync.fsync(h, file);
   } finally {
     await h.close();
   }
 }
 
 /** Writes `data` to `file` durably and atomically (synchronous: for commits, which are synchronous). */
-export function writeFileDurableSync(file: string, data: Uint8Array): void {
+export function writeFileDurableSync(file: string, data: Uint8Array, sync: DiskSync = kernelSync): void {
   const dir = path.dirname(file);
-  ensureDirSync(dir);
+  ensureDirSync(dir, sync);
   const tmp = tempNameFor(file);
   try {
     const fd = fs.openSync(tmp, 'wx');
     try {
       let done = 0;
       while (done < data.byteLength) done += fs.writeSync(fd, data, done, data.byteLength - done);
-      fs.fsyncSync(fd);
+      sync.fsyncSync(fd, tmp);
     } finally {
       fs.closeSync(fd);
     }
@@ -194,15 +220,15 @@ export function writeFileDurableSync(file: string, data: Uint8Array): void {
     fs.rmSync(tmp, { force: true });
     throw e;
   }
-  fsyncPathSync(dir);
+  fsyncPathSync(dir, sync);
 }
 
 /**
  * Writes `data` to a new file `file` without fsyncing it, off the event loop: for files nothing refers to until they
  * are made durable (fsyncPath of the file and of its directory), so that a crash in between leaves only garbage.
  */
-export async function writeFileUnsynced(file: string, data: Uint8Array): Promise<void> {
-  ensureDirSync(path.dirname(file));
+export async function writeFileUnsynced(file: string, data: Uint8Array, sync: DiskSync = kernelSync): Promise<void> {
+  ensureDirSync(path.dirname(file), sync);
   try {
     await fsp.writeFile(file, data, { flag: 'wx' });
   } catch (e) {
@@ -212,7 +238,7 @@ export async function writeFileUnsynced(file: string, data: Uint8Array): Promise
 }
 
 /** Unlinks files (missing ones are skipped) and fsyncs their directories; returns the bytes freed. */
-export async function unlinkDurable(files: readonly string[]): Promise<number> {
+export async function unlinkDurable(files: readonly string[], sync: DiskSync = kernelSync): Promise<number> {
   let freed = 0;
   const dirs = new Set<string>();
   for (const f of files) {
@@ -225,6 +251,6 @@ export async function unlinkDurable(files: readonly string[]): Promise<number> {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
   }
-  for (const d of dirs) await fsyncPath(d);
+  for (const d of dirs) await fsyncPath(d, sync);
   return freed;
 }

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { layoutOf } from '@fedunlearn/protocol';
+import seedrandom from 'seedrandom';
 import { openSqliteHistory } from './sqlite-store.js';
 
 // Large enough that a kill often lands inside a blob write or a commit, small enough for a few seconds of rounds.
@@ -110,10 +111,14 @@ test('a coordinator killed at random moments resumes from a consistent history w
     const script = path.join(dir, 'child.mjs');
     fs.writeFileSync(script, childSource(new URL('./sqlite-store.js', import.meta.url).href));
     const data = path.join(dir, 'data');
-    const delays = [0, 1, 2].map(() => 150 + Math.floor(Math.random() * 700));
+    // Seeded, and printed, so that a failing run can be repeated: FEDUNLEARN_CRASH_SEED=<seed> picks the same delays.
+    const seed = process.env.FEDUNLEARN_CRASH_SEED ?? String(Date.now());
+    const next = seedrandom(seed);
+    const delays = [0, 1, 2].map(() => 150 + Math.floor(next() * 700));
+    console.log(`store crash test: seed ${seed} (FEDUNLEARN_CRASH_SEED), kill delays ${delays.join(', ')} ms`);
     let reported = 0;
     for (const delay of delays) reported = Math.max(reported, await runAndKill(script, data, delay));
-    const why = `kill delays ${delays.join(', ')} ms`;
+    const why = `seed ${seed}, kill delays ${delays.join(', ')} ms`;
     const orphansBeforeReopen = filesUnder(path.join(data, 'blobs')).length;
 
     const layout = layoutOf(SPECS);

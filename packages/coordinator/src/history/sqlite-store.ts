@@ -13,6 +13,7 @@ import {
   ensureDirSync,
   fsyncPath,
   fsyncPathSync,
+  kernelSync,
   readBlobHeader,
   TEMP_MARK,
   sha256Hex,
@@ -21,6 +22,7 @@ import {
   writeFileDurableSync,
   writeFileUnsynced,
   type BlobEncoding,
+  type DiskSync,
 } from './blob-files.js';
 import type { Logger } from '../logger.js';
 import { behindMark, HistoryLossError, readHighWaterMark, writeHighWaterMark } from './high-water-mark.js';
@@ -75,6 +77,8 @@ export interface SqliteHistoryOptions {
   acceptHistoryLoss?: boolean;
   /** Where open() reports what garbage collection moved to quarantine and an accepted history loss; default silent. */
   log?: Pick<Logger, 'warn' | 'info'>;
+  /** The fsyncs and the commit (default: the kernel's). A test passes a recorder that calls through to kernelSync. */
+  disk?: DiskSync;
 }
 
 /** Where garbage collection moves blob files no committed row refers to, one folder per collection. */
@@ -409,6 +413,7 @@ class SqliteHistoryStore implements HistoryStore {
   private readonly log: Pick<Logger, 'warn' | 'info'> | null;
   private readonly now: () => number;
   private readonly pause: ((point: string) => Promise<void>) | undefined;
+  private readonly disk: DiskSync;
   private readonly q: ReturnType<typeof prepareStatements>;
   private fed: FederationMeta | null = null;
   /** roundId -> clientId -> the current staging of that client's update. */
@@ -419,12 +424,13 @@ class SqliteHistoryStore implements HistoryStore {
   private readonly forgotten = new Set<string>();
 
   constructor(dataDir: string, opts: SqliteHistoryOptions) {
-    ensureDirSync(path.resolve(dataDir));
+    this.disk = opts.disk ?? kernelSync;
+    ensureDirSync(path.resolve(dataDir), this.disk);
     this.dataDir = dataDir;
     this.acceptHistoryLoss = opts.acceptHistoryLoss ?? false;
     this.log = opts.log ?? null;
     this.blobsDir = path.join(dataDir, BLOBS_DIR);
-    ensureDirSync(this.blobsDir);
+    ensureDirSync(this.blobsDir, this.disk);
     this.now = opts.now ?? Date.now;
     this.pause = opts.pause;
     this.db = new Database(path.join(dataDir, DB_FILE));
@@ -552,7 +558,7 @@ class SqliteHistoryStore implements HistoryStore {
       // No fsync here: that would hold each answer of the round behind its own disk flush. Nothing refers to the
       // file until a commit, which first makes it durable (syncStaged, or makeDurableSync); a crash before leaves
       // an unreferenced file, which open() deletes.
-      await writeFileUnsynced(this.abs(entry.rel), encoded.bytes);
+      await writeFileUnsynced(this.abs(entry.rel), encoded.bytes, this.disk);
     } catch (e) {
       if (this.stagedEntry(roundId, clientId) === entry) {
         if (previous) byClient.set(clientId, previous);
@@ -578,8 +584,8 @@ class SqliteHistoryStore implements HistoryStore {
     const entries = [...(this.staged.get(roundId)?.values() ?? [])].filter((e) => e.done && !e.durable);
     if (entries.length === 0) return;
     // All at once: the kernel writes the files back together instead of one flush after another.
-    await Promise.all(entries.map((e) => fsyncPath(this.abs(e.rel))));
-    for (const dir of new Set(entries.map((e) => path.dirname(this.abs(e.rel))))) await fsyncPath(dir);
+    await Promise.all(entries.map((e) => fsyncPath(this.abs(e.rel), this.disk)));
+    for (const dir of new Set(entries.map((e) => path.dirname(this.abs(e.rel))))) await fsyncPath(dir, this.disk);
     for (const e of entries) e.durable = true;
     await this.pause?.('history-write');
   }
@@ -588,8 +594,8 @@ class SqliteHistoryStore implements HistoryStore {
   private makeDurableSync(updates: { staged: StagedUpdate }[]): void {
     const pending = updates.map((u) => u.staged).filter((s) => !s.durable);
     if (pending.length === 0) return;
-    for (const s of pending) fsyncPathSync(this.abs(s.rel));
-    for (const dir of new Set(pending.map((s) => path.dirname(this.abs(s.rel))))) fsyncPathSync(dir);
+    for (const s of pending) fsyncPathSync(this.abs(s.rel), this.disk);
+    for (const dir of new Set(pending.map((s) => path.dirname(this.abs(s.rel))))) fsyncPathSync(dir, this.disk);
     for (const s of pending) s.durable = true;
   }
 
@@ -695,8 +701,8 @@ class SqliteHistoryStore implements HistoryStore {
     await this.pause?.('job-purge');
     // After the commit: nothing refers to these files any more, so a crash before (or during) the unlinks leaves
     // garbage that the next open deletes; unlinking twice is harmless.
-    await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)]);
-    await unlinkDurable(purge!.modelFiles);
+    await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)], this.disk);
+    await unlinkDurable(purge!.modelFiles, this.disk);
     return { model: toModel(prepared.result.row), purged: { ...purged!, complete: this.completePurge() }, job: job! };
   }
 
@@ -878,7 +884,7 @@ class SqliteHistoryStore implements HistoryStore {
     }
     const version = nanoid();
     const rel = `models/${version}.bin`;
-    writeFileDurableSync(this.abs(rel), encoded.bytes);
+    writeFileDurableSync(this.abs(rel), encoded.bytes, this.disk);
     return {
       row: {
         version,
@@ -944,7 +950,8 @@ class SqliteHistoryStore implements HistoryStore {
   /** Runs the commit transaction; if it fails, the blobs written for it are removed (they would be garbage). */
   private commitWithBlobs(planned: PlannedModel[], body: () => void): void {
     try {
-      this.db.transaction(body)();
+      // Through the seam, with the pragma the transaction commits under: what makes the commit itself durable.
+      this.disk.commit(this.db.transaction(body), this.db.pragma('synchronous', { simple: true }) as number);
     } catch (e) {
       this.unlinkPlanned(planned);
       throw e;
@@ -1101,12 +1108,15 @@ class SqliteHistoryStore implements HistoryStore {
     let purge: PurgedRows | undefined;
     // Rows first: once they are gone the files are unreferenced, so a crash before the unlinks leaves only garbage
     // that the next open deletes.
-    this.db.transaction(() => {
-      purge = this.purgeRows(ids, opts.eraseModels ?? false, this.now());
-    })();
+    this.disk.commit(
+      this.db.transaction(() => {
+        purge = this.purgeRows(ids, opts.eraseModels ?? false, this.now());
+      }),
+      this.db.pragma('synchronous', { simple: true }) as number,
+    );
     for (const id of ids) this.forgotten.add(id);
-    await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)]);
-    await unlinkDurable(purge!.modelFiles);
+    await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)], this.disk);
+    await unlinkDurable(purge!.modelFiles, this.disk);
     return { ...purge!.summary, complete: this.completePurge() };
   }
 
@@ -1461,7 +1471,7 @@ class SqliteHistoryStore implements HistoryStore {
           changed = true;
         } else remaining++;
       }
-      if (changed) fsyncPathSync(dir);
+      if (changed) fsyncPathSync(dir, this.disk);
       return remaining === 0;
     };
     sweep('models');

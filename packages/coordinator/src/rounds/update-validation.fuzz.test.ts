@@ -217,3 +217,45 @@ test('an update is accepted exactly when it is right, and refused with the code 
     ['DTYPE_MISMATCH', 'INVALID_ARGUMENT', 'METRIC_NOT_ALLOWED', 'NON_FINITE_VALUES', 'PERMISSION_DENIED', 'SHAPE_MISMATCH', 'STALE_TASK', 'TOO_MANY_EXAMPLES', 'UNKNOWN_TASK', 'UPDATE_NORM_TOO_LARGE', 'accepted'],
   );
 });
+
+/** The MNIST MLP (784-128-64-10): its first kernel, 100,352 values, is larger than every internal step of the check. */
+const MLP = layoutOf([
+  { name: 'dense1/kernel', shape: [784, 128] },
+  { name: 'dense1/bias', shape: [128] },
+  { name: 'dense2/kernel', shape: [128, 64] },
+  { name: 'dense2/bias', shape: [64] },
+  { name: 'out/kernel', shape: [64, 10] },
+  { name: 'out/bias', shape: [10] },
+]);
+/** First index past each internal step of the float32 check (4,096-value blocks, 16,384-value copy steps), and the
+ *  last index of each layer. */
+const BOUNDARIES: [number, number][] = [...[4096, 16384, 32768, 65536, 98304].map((at): [number, number] => [0, at]), ...MLP.sizes.map((n, l): [number, number] => [l, n - 1])];
+
+test('a full-size update with NaN or ±Inf past any internal step of the check is refused; clean, it is accepted', () => {
+  const clean = new Float32Array(MLP.totalSize);
+  for (let i = 0; i < clean.length; i++) clean[i] = Math.cos(i) * 0.01;
+  const task: OpenTask = { clientId: 'owner', kind: TaskKind.TRAIN, layout: MLP };
+  const encode = (v: Float32Array, dtype: DType): WireTensor[] => MLP.specs.map((s, i) => encodeTensor(s.name, s.shape, layerView(MLP, v, i), dtype));
+  const ok = validateUpdate({ taskId: 't-1', delta: encode(clean, DType.FLOAT32), numExamples: 10 }, 'owner', task, false);
+  assert.ok(ok.ok && ok.update.delta!.every((x, i) => x === clean[i]));
+  fc.assert(
+    fc.property(
+      fc.oneof(
+        fc.constantFrom(...BOUNDARIES),
+        fc.tuple(fc.nat({ max: MLP.specs.length - 1 }), fc.nat()).map(([l, pos]): [number, number] => [l, pos % MLP.sizes[l]!]),
+      ),
+      fc.constantFrom(NaN, Infinity, -Infinity),
+      fc.constantFrom(DType.FLOAT32, DType.FLOAT16),
+      ([layer, at], bad, dtype) => {
+        const v = clean.slice();
+        v[MLP.offsets[layer]! + at] = bad;
+        const verdict = validateUpdate({ taskId: 't-1', delta: encode(v, dtype), numExamples: 10 }, 'owner', task, false);
+        assert.ok(!verdict.ok, `${bad} at ${at} of layer ${layer} (${DType[dtype]}) was accepted`);
+        assert.equal(ErrorCode[verdict.error.code], 'NON_FINITE_VALUES');
+        assert.ok(verdict.error.message.includes(MLP.specs[layer]!.name) && verdict.error.message.endsWith(`index ${at}`), verdict.error.message);
+        assert.equal(verdict.closesTask, true);
+      },
+    ),
+    budget(80),
+  );
+});

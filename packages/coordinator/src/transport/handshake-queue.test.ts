@@ -2,6 +2,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { HandshakeQueue } from './handshake-queue.js';
 
+/** Awaits a condition instead of sleeping a fixed time before checking it (bounded, so that a bug fails, not hangs). */
+async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 const busy = (ms: number) => {
   const end = performance.now() + ms;
   while (performance.now() < end);
@@ -21,7 +30,7 @@ test('handshakes run one at a time, timers get a turn between them, and arrivals
   assert.deepEqual(accepted, [true, true, true, true, false]);
   assert.equal(q.refused, 1);
   assert.equal(order.length, 0, 'nothing runs inside offer()');
-  await new Promise((r) => setTimeout(r, 150));
+  await until(() => order.length === 8, 'the four accepted handshakes');
   clearInterval(timer);
   assert.deepEqual(order, ['start 1', 'end 1', 'start 2', 'end 2', 'start 3', 'end 3', 'start 4', 'end 4']);
   // Four busy handshakes of 15 ms: a 0 ms interval timer fired between them, not only after all of them.
@@ -44,16 +53,18 @@ test('asynchronous handshakes overlap up to the concurrency, and a rejected one 
       if (i === 0) throw new Error('a failed handshake');
     });
   }
-  const until = Date.now() + 2000;
-  while (done < 6 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
-  assert.equal(done, 6);
+  await until(() => done === 6, 'six handshakes');
   assert.equal(peak, 2);
 });
 
 test('the bound follows how long handshakes take: a wait beyond maxWaitMs is refused', async () => {
   const q = new HandshakeQueue({ concurrency: 1, maxQueued: 100, maxWaitMs: 100 });
-  q.offer(() => busy(20));
-  await new Promise((r) => setTimeout(r, 40));
+  let first = false;
+  q.offer(() => {
+    busy(20);
+    first = true;
+  });
+  await until(() => first && q.expectedWaitMs(1) > 0, 'the first handshake to be measured');
   const avg = q.expectedWaitMs(1);
   assert.ok(avg >= 20, `one 20 ms handshake measured as ${avg} ms`);
   // Nothing finishes while offering, so the estimate stays put: the queue takes exactly as many as fit in 100 ms.
@@ -61,6 +72,5 @@ test('the bound follows how long handshakes take: a wait beyond maxWaitMs is ref
   while (q.offer(() => busy(1))) accepted++;
   assert.equal(q.size, Math.floor(100 / avg), `${accepted} accepted with a ${avg} ms estimate`);
   assert.equal(accepted, q.size + 1, 'the first went straight to running');
-  await new Promise((r) => setTimeout(r, 100));
-  assert.equal(q.size, 0);
+  await until(() => q.size === 0, 'the queue to drain');
 });

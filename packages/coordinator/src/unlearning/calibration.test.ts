@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { layoutOf, layerNorms, layerView } from '@fedunlearn/protocol';
-import { addScaled, calibrateUpdate, fedAvgWeights, federaserStep, replayStep } from './calibration.js';
+import { calibrateUpdate } from './calibration.js';
 import seedrandom from 'seedrandom';
 
 // Two layers: A holds 2 values, B holds 1. Flat buffer = [A0, A1, B0].
@@ -32,28 +32,20 @@ function cosine(a: Float32Array, b: Float32Array): number {
 }
 
 /*
- * The hand-computed example.
+ * The hand-computed calibration of two clients' fresh updates. The whole FedEraser step (calibration, then the
+ * example-weighted mean of the live aggregation strategy, applied to the committed model) is checked end to end
+ * against a hand-computed M~_{j+1} in test/src/unlearning-arithmetic.e2e.test.ts.
  *
- * Client 1: n = 30, stored norms A = 5, B = 2, fresh update A = (6, 8), B = (-0.5).
+ * Client 1: stored norms A = 5, B = 2, fresh update A = (6, 8), B = (-0.5).
  *   ||fresh_A|| = sqrt(36 + 64) = 10  -> calibrated A = 5 * (6, 8) / 10   = (3, 4)
  *   ||fresh_B|| = 0.5                 -> calibrated B = 2 * (-0.5) / 0.5  = (-2)
- * Client 2: n = 10, stored norms A = 10, B = 4, fresh update A = (0, -2), B = (3).
+ * Client 2: stored norms A = 10, B = 4, fresh update A = (0, -2), B = (3).
  *   ||fresh_A|| = 2                   -> calibrated A = 10 * (0, -2) / 2  = (0, -10)
  *   ||fresh_B|| = 3                   -> calibrated B = 4 * 3 / 3         = (4)
- * Weights: w1 = 30 / 40 = 0.75, w2 = 10 / 40 = 0.25.
- * Aggregate: A = 0.75 * (3, 4) + 0.25 * (0, -10) = (2.25, 3 - 2.5) = (2.25, 0.5)
- *            B = 0.75 * (-2)   + 0.25 * 4         = -1.5 + 1      = -0.5
- * Model M~_j = (1, -1, 0.5)  ->  M~_{j+1} = (1 + 2.25, -1 + 0.5, 0.5 - 0.5) = (3.25, -0.5, 0)
  * Every figure is a dyadic rational, so float32 holds it exactly.
- *
- * Two wrong implementations this example tells apart from the right one:
- * - calibrating the unweighted average fresh update: avg A = (3, 3), avg B = 1.25; with the averaged stored norms
- *   (7.5, 3) it gives A = 7.5 * (3, 3) / (3*sqrt 2) ≈ (5.30, 5.30), not (2.25, 0.5);
- * - weighting uniformly: A = 0.5 * (3, 4) + 0.5 * (0, -10) = (1.5, -3), not (2.25, 0.5).
  */
-const client1 = { fresh: Float32Array.of(6, 8, -0.5), storedNorms: [5, 2], numExamples: 30 };
-const client2 = { fresh: Float32Array.of(0, -2, 3), storedNorms: [10, 4], numExamples: 10 };
-const model = Float32Array.of(1, -1, 0.5);
+const client1 = { fresh: Float32Array.of(6, 8, -0.5), storedNorms: [5, 2] };
+const client2 = { fresh: Float32Array.of(0, -2, 3), storedNorms: [10, 4] };
 
 test('calibrateUpdate matches the hand-computed per-layer calibration', () => {
   const out1 = new Float32Array(3);
@@ -62,39 +54,6 @@ test('calibrateUpdate matches the hand-computed per-layer calibration', () => {
   const out2 = new Float32Array(3);
   calibrateUpdate(layout, client2.fresh, client2.storedNorms, out2);
   assert.deepEqual([...out2], [0, -10, 4]);
-});
-
-test('federaserStep matches the hand-computed aggregation step and leaves its inputs alone', () => {
-  const fresh1 = Float32Array.from(client1.fresh);
-  const modelCopy = Float32Array.from(model);
-  const next = federaserStep(layout, model, [client1, client2]);
-  assert.deepEqual([...next], [3.25, -0.5, 0]);
-  assert.notEqual(next, model);
-  assert.deepEqual(model, modelCopy);
-  assert.deepEqual(client1.fresh, fresh1);
-});
-
-test('federaserStep does not depend on the order of the clients', () => {
-  assert.deepEqual([...federaserStep(layout, model, [client2, client1])], [3.25, -0.5, 0]);
-});
-
-test('replayStep matches a hand-computed weighted replay', () => {
-  /*
-   * Stored updates (1, 2, 3) with n = 30 and (4, 0, -4) with n = 10; weights 0.75 and 0.25.
-   * Aggregate = (0.75 + 1, 1.5 + 0, 2.25 - 1) = (1.75, 1.5, 1.25); model (1, -1, 0.5) -> (2.75, 0.5, 1.75).
-   */
-  const next = replayStep(model, [
-    { stored: Float32Array.of(1, 2, 3), numExamples: 30 },
-    { stored: Float32Array.of(4, 0, -4), numExamples: 10 },
-  ]);
-  assert.deepEqual([...next], [2.75, 0.5, 1.75]);
-  assert.deepEqual([...model], [1, -1, 0.5]);
-});
-
-test('replayStep renormalises over the remaining clients only', () => {
-  // With the forgotten client left out, the one remaining client gets weight 1: model + its stored update.
-  const next = replayStep(model, [{ stored: Float32Array.of(4, 0, -4), numExamples: 10 }]);
-  assert.deepEqual([...next], [5, -1, -3.5]);
 });
 
 test('a layer whose fresh update is zero calibrates to zero, whatever its stored norm', () => {
@@ -132,66 +91,20 @@ test('property: each calibrated layer has the stored norm and the fresh directio
   }
 });
 
-test('property: the step is the model plus the weighted sum of per-client calibrated updates', () => {
-  const next = rng(11);
-  const clients = [3, 17, 40].map((n) => ({
-    fresh: randomBuffer(layout.totalSize, next),
-    storedNorms: [next() * 3, next() * 3],
-    numExamples: n,
-  }));
-  const start = randomBuffer(layout.totalSize, next);
-  const got = federaserStep(layout, start, clients);
-  // Independent recomputation in float64 straight from the formula.
-  const total = 60;
-  for (let i = 0; i < layout.totalSize; i++) {
-    const l = i < 2 ? 0 : 1;
-    let want = start[i]!;
-    for (const c of clients) {
-      const view = layerView(layout, c.fresh, l);
-      const norm = Math.hypot(...view);
-      want += (c.numExamples / total) * c.storedNorms[l]! * (c.fresh[i]! / norm);
-    }
-    assert.ok(Math.abs(got[i]! - want) < 1e-5, `value ${i}: ${got[i]} vs ${want}`);
-  }
-});
-
-test('fedAvgWeights: example-count shares that sum to 1', () => {
-  assert.deepEqual(fedAvgWeights([30, 10]), [0.75, 0.25]);
-  assert.deepEqual(fedAvgWeights([0, 5]), [0, 1]);
-  const next = rng(3);
-  for (let trial = 0; trial < 50; trial++) {
-    const counts = Array.from({ length: 1 + Math.floor(next() * 30) }, () => Math.floor(next() * 1000) + 1);
-    const w = fedAvgWeights(counts);
-    assert.ok(Math.abs(w.reduce((a, b) => a + b, 0) - 1) < 1e-12);
-    const total = counts.reduce((a, b) => a + b, 0);
-    w.forEach((wk, k) => assert.ok(Math.abs(wk * total - counts[k]!) < 1e-9));
-  }
-});
-
-test('fedAvgWeights rejects empty lists, zero totals and bad counts', () => {
-  assert.throws(() => fedAvgWeights([]), RangeError);
-  assert.throws(() => fedAvgWeights([0, 0]), RangeError);
-  assert.throws(() => fedAvgWeights([5, -1]), RangeError);
-  assert.throws(() => fedAvgWeights([5, Number.NaN]), RangeError);
-  assert.throws(() => fedAvgWeights([5, Number.POSITIVE_INFINITY]), RangeError);
-  assert.throws(() => federaserStep(layout, model, []), RangeError);
-  assert.throws(() => replayStep(model, []), RangeError);
-});
-
-test('addScaled accumulates in place', () => {
-  const acc = Float32Array.of(1, 2, 3);
-  addScaled(acc, Float32Array.of(2, -4, 0.5), 0.5);
-  assert.deepEqual([...acc], [2, 0, 3.25]);
-});
-
 test('mismatched sizes and bad norms are refused', () => {
   const out = new Float32Array(3);
-  assert.throws(() => calibrateUpdate(layout, new Float32Array(4), [1, 1], out), RangeError);
-  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1], out), RangeError);
-  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1, 1], new Float32Array(2)), RangeError);
-  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1, -1], out), RangeError);
-  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1, Number.NaN], out), RangeError);
-  assert.throws(() => addScaled(new Float32Array(3), new Float32Array(2), 1), RangeError);
-  assert.throws(() => federaserStep(layout, new Float32Array(2), [client1]), RangeError);
-  assert.throws(() => replayStep(model, [{ stored: new Float32Array(2), numExamples: 1 }]), RangeError);
+  // Each refusal names what is wrong, so that a job that fails says why.
+  assert.throws(() => calibrateUpdate(layout, new Float32Array(4), [1, 1], out), { name: 'RangeError', message: 'fresh update has 4 values, expected 3' });
+  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1], out), { name: 'RangeError', message: 'stored norms has 1 values, expected 2' });
+  assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1, 1], new Float32Array(2)), { name: 'RangeError', message: 'output buffer has 2 values, expected 3' });
+  for (const bad of [-1, Number.NaN, Number.POSITIVE_INFINITY]) {
+    assert.throws(() => calibrateUpdate(layout, new Float32Array(3), [1, bad], out), {
+      name: 'RangeError',
+      message: `stored norm of layer 1 is ${bad}; a norm must be finite and non-negative`,
+    });
+  }
+  // A zero stored norm is a norm: the layer calibrates to zero.
+  const zero = new Float32Array(3).fill(5);
+  calibrateUpdate(layout, Float32Array.of(1, 1, 1), [0, 2], zero);
+  assert.deepEqual([...zero], [0, 0, 2]);
 });
