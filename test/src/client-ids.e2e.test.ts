@@ -66,6 +66,8 @@ const ACCEPTED = [
 const REFUSED = ['', '.', '..', 'x'.repeat(129), 'has space', 'slash/inside', 'back\\slash', '%41', 'a%2Fb', 'a+b', 'a?b', 'a#b', 'é', 'a\nb', 'tab\there', 'quote"d', "<script>"];
 
 test('every id POST /v1/clients accepts works in every route that takes an id, both percent-encoded and as is', async () => {
+  // A client that stays: forgetting every client of a federation is refused at submission (FORGET_REFUSED).
+  assert.equal((await api('POST', '/v1/clients', { clientId: 'bystander' })).status, 201);
   for (const id of ACCEPTED) {
     const issued = await api('POST', '/v1/clients', { clientId: id });
     assert.equal(issued.status, 201, `${JSON.stringify(id)} issued: ${JSON.stringify(issued.body)}`);

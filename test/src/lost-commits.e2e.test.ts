@@ -81,7 +81,9 @@ test('a database behind the high-water mark of what was committed refuses to sta
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   const dataDir = join(tmp.dir, 'data');
-  const args = ['--port', String(port), '--data', dataDir, '--enrolment', 'open', '--model', 'mlp', '--input-shape', '16', '--classes', '4'];
+  // Rounds back to back (serve's default cadence is one a minute), every model version kept: the test counts the lost
+  // rounds' model files in the quarantine.
+  const args = ['--port', String(port), '--data', dataDir, '--enrolment', 'open', '--model', 'mlp', '--input-shape', '16', '--classes', '4', '--round-interval-ms', '0', '--keep-last-models', '0'];
   args.push('--clients-per-round', '2', '--min-clients', '2', '--round-deadline-ms', '4000', '--history-interval', '1', '--batch-size', '10', '--log-level', 'warn');
   const first = serve(args);
   await first.listening;

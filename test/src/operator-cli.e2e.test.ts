@@ -90,7 +90,7 @@ test('operator commands: a refused token, an unknown lineage, clients that never
   assert.match(wrong.stderr, /HTTP 401 UNAUTHENTICATED: operator token refused/);
   assert.match(wrong.stderr, /check --token/);
   const none = await run(['status', '--url', url]);
-  assert.match(none.stderr, /operator token required .*pass --token/);
+  assert.match(none.stderr, /operator token required .*--token/);
 
   const status = await run(['status', ...as]);
   assert.match(status.stdout, /^training\s+running$/m, 'no client, no round: not stopped');

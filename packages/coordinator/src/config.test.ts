@@ -227,7 +227,7 @@ test('aggregation and update bounds: the strategy a config names, its parameters
 test("an unknown field of a nested section lists that section's fields as allowed, not the top-level keys", () => {
   const limits = issuesOf(() => loadConfig({ overrides: { limits: { bogus: 1 } as never } }));
   assert.equal(limits.length, 1, limits.join('\n'));
-  assert.match(limits[0]!, /^limits: unknown field bogus \(allowed: handshakeBurst, handshakeRefillPerSecond, authMaxFailures, .*operatorMutationsPerMinute\)$/);
+  assert.match(limits[0]!, /^limits: unknown field bogus \(allowed: handshakeBurst, handshakeRefillPerSecond, authMaxFailures, .*operatorMutationsPerMinute.*\)$/);
   assert.doesNotMatch(limits[0]!, /clientsPerRound/);
   const uploads = issuesOf(() => loadConfig({ overrides: { uploads: { bogus: 1 } as never } }));
   assert.match(uploads[0]!, /^uploads: unknown field bogus \(allowed: windowBytes, grantAboveBytes, uploadTimeoutMs\)$/);

@@ -142,7 +142,7 @@ test(
     const initVersion = store.listRounds()[0]!.modelBefore;
     const replay = [1, 2].map((round) => ({ round, roundId: `replay-${round}`, updates: new Map([['b', randomWeights(r)]]) }));
     for (const rp of replay) for (const [c, u] of rp.updates) await store.stageUpdate(rp.roundId, c, u);
-    store.commitUnlearning({
+    await store.commitUnlearning({
       jobId: 'job-1',
       weights: randomWeights(r),
       rounds: replay.map((rp, i) => ({

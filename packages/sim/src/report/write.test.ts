@@ -54,6 +54,7 @@ function report(originalAuc: number, noiseFloor: number | null): SimReport {
     storedBytes: 1,
     history: { clientRounds: 4 } as SimReport['history'],
     forgotten: ['client-000'],
+    originalDistanceToRetrain: null,
     original: { testAccuracy: 0.9, testLoss: 0.3, forgottenAccuracy: 0.95, backdoorASR: 0.6, mia: { auc: originalAuc, precision: 0.5, recall: 0.5 } },
     unlearning: [row('retrain', { fidelity: noiseFloor === null ? null : 0.5 }), row('federaser', { fidelity: noiseFloor === null ? null : 1.5 })],
     noiseFloor: noiseFloor === null ? null : { l2BetweenRetrains: noiseFloor },
