@@ -178,6 +178,22 @@ test('security: enrolment is closed unless asked; limits default field by field;
   assert.ok(cross.some((i) => /^limits\.authMaxLockoutMs: must be at least authLockoutMs/.test(i)), cross.join('\n'));
 });
 
+test('security: HTTP bounds (event streams, request deadlines) are limits like the others; a header deadline beyond the request deadline is named', () => {
+  const f = file('http-limits.yaml', 'limits:\n  eventStreamsPerAddress: 2\n  eventStreams: 10\n  httpHeadersTimeoutMs: 2000\n  httpRequestTimeoutMs: 5000\n  httpKeepAliveTimeoutMs: 7000\n');
+  assert.deepEqual(coordinatorOptionsOf(loadConfig({ file: f, overrides: {} })).limits, {
+    eventStreamsPerAddress: 2,
+    eventStreams: 10,
+    httpHeadersTimeoutMs: 2000,
+    httpRequestTimeoutMs: 5000,
+    httpKeepAliveTimeoutMs: 7000,
+  });
+  const zero = issuesOf(() => loadConfig({ file: file('zero-streams.yaml', 'limits:\n  eventStreamsPerAddress: 0\n'), overrides: {} }));
+  assert.ok(zero.some((i) => /^limits\.eventStreamsPerAddress: must be > 0/.test(i)), zero.join('\n'));
+  // Only one given: the other's default (30 s request deadline) is what it is compared with.
+  const cross = issuesOf(() => loadConfig({ file: file('cross-http.yaml', 'limits:\n  httpHeadersTimeoutMs: 40000\n'), overrides: {} }));
+  assert.ok(cross.some((i) => /^limits\.httpRequestTimeoutMs: must be at least httpHeadersTimeoutMs \(40000\)/.test(i)), cross.join('\n'));
+});
+
 test('uploads: flow control options default field by field, 0 turns grants off, bad ones are named', () => {
   assert.deepEqual(coordinatorOptionsOf(loadConfig({ overrides: {} })).uploads, {});
   const c = loadConfig({ file: file('uploads.yaml', 'uploads:\n  windowBytes: 1048576\n  grantAboveBytes: 0\n'), overrides: {} });
@@ -227,7 +243,7 @@ test('aggregation and update bounds: the strategy a config names, its parameters
 test("an unknown field of a nested section lists that section's fields as allowed, not the top-level keys", () => {
   const limits = issuesOf(() => loadConfig({ overrides: { limits: { bogus: 1 } as never } }));
   assert.equal(limits.length, 1, limits.join('\n'));
-  assert.match(limits[0]!, /^limits: unknown field bogus \(allowed: handshakeBurst, handshakeRefillPerSecond, authMaxFailures, .*operatorMutationsPerMinute.*\)$/);
+  assert.match(limits[0]!, /^limits: unknown field bogus \(allowed: handshakeBurst, handshakeRefillPerSecond, authMaxFailures, .*operatorMutationsPerMinute, connectionsPerAddress, eventStreamsPerAddress, .*httpKeepAliveTimeoutMs\)$/);
   assert.doesNotMatch(limits[0]!, /clientsPerRound/);
   const uploads = issuesOf(() => loadConfig({ overrides: { uploads: { bogus: 1 } as never } }));
   assert.match(uploads[0]!, /^uploads: unknown field bogus \(allowed: windowBytes, grantAboveBytes, uploadTimeoutMs\)$/);

@@ -5,6 +5,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { AGGREGATIONS, strategyOf } from './aggregation/robust.js';
 import type { CoordinatorOptions, SecurityLimits } from './coordinator.js';
+import { DEFAULT_HTTP_TIMEOUTS } from './http/api.js';
 import { DEFAULT_JOB_OFFLINE, OFFLINE_POLICIES } from './unlearning/offline.js';
 
 /**
@@ -111,6 +112,11 @@ export const serviceConfigSchema = z
         forgetRequestsPerHour: posInt,
         operatorMutationsPerMinute: posInt,
         connectionsPerAddress: posInt,
+        eventStreamsPerAddress: posInt,
+        eventStreams: posInt,
+        httpHeadersTimeoutMs: posInt,
+        httpRequestTimeoutMs: posInt,
+        httpKeepAliveTimeoutMs: posInt,
       })
       .partial()
       .strict()
@@ -149,6 +155,12 @@ export const serviceConfigSchema = z
     const l = c.limits;
     if (l.authLockoutMs !== undefined && l.authMaxLockoutMs !== undefined && l.authMaxLockoutMs < l.authLockoutMs) {
       ctx.addIssue({ code: 'custom', path: ['limits', 'authMaxLockoutMs'], message: `must be at least authLockoutMs (${l.authLockoutMs})` });
+    }
+    // Node refuses a header deadline beyond the request deadline; the defaults fill what is left out.
+    const headersMs = l.httpHeadersTimeoutMs ?? DEFAULT_HTTP_TIMEOUTS.headersMs;
+    const requestMs = l.httpRequestTimeoutMs ?? DEFAULT_HTTP_TIMEOUTS.requestMs;
+    if (headersMs > requestMs) {
+      ctx.addIssue({ code: 'custom', path: ['limits', 'httpRequestTimeoutMs'], message: `must be at least httpHeadersTimeoutMs (${headersMs})` });
     }
     if (c.insecureNoAuth && c.operatorToken !== undefined) {
       ctx.addIssue({ code: 'custom', path: ['insecureNoAuth'], message: 'cannot be combined with operatorToken: choose a token or no authentication' });

@@ -7,7 +7,8 @@ import { abortableSleep as sleep } from './abortable-sleep.js';
 import { FedAvg } from './aggregation/fedavg.js';
 import type { AggregationStrategy } from './aggregation/strategy.js';
 import type { ClientRecord, HistoryStore, JobRecord } from './history/store.js';
-import { buildHttpApi, type TlsFiles } from './http/api.js';
+import { buildHttpApi, DEFAULT_HTTP_TIMEOUTS, type TlsFiles } from './http/api.js';
+import { StreamSlots } from './http/stream-slots.js';
 import { generateOperatorToken } from './http/operator-token.js';
 import { HostPolicy, isLoopbackHost } from './http/request-guard.js';
 import { createLogger, type Logger } from './logger.js';
@@ -55,6 +56,16 @@ export interface SecurityLimits {
   operatorMutationsPerMinute: number;
   /** Open client connections from one remote address (authenticated or not); more are refused (RATE_LIMITED). */
   connectionsPerAddress: number;
+  /** Open event streams (GET /v1/events) from one remote address, and from all together; more are refused with
+   *  HTTP 429 RATE_LIMITED naming the limit. */
+  eventStreamsPerAddress: number;
+  eventStreams: number;
+  /** HTTP request deadlines (http/api.ts HttpTimeouts): headers complete within httpHeadersTimeoutMs, the whole
+   *  request (body included) within httpRequestTimeoutMs, else 408 and the connection is closed; idle keep-alive
+   *  connections close after httpKeepAliveTimeoutMs. */
+  httpHeadersTimeoutMs: number;
+  httpRequestTimeoutMs: number;
+  httpKeepAliveTimeoutMs: number;
 }
 
 /**
@@ -72,6 +83,12 @@ export const DEFAULT_LIMITS: Readonly<SecurityLimits> = {
   forgetRequestsPerHour: 3,
   operatorMutationsPerMinute: 60,
   connectionsPerAddress: 4096,
+  // A dashboard tab holds one stream; 8 covers an operator's tabs behind one address, 256 a team's.
+  eventStreamsPerAddress: 8,
+  eventStreams: 256,
+  httpHeadersTimeoutMs: DEFAULT_HTTP_TIMEOUTS.headersMs,
+  httpRequestTimeoutMs: DEFAULT_HTTP_TIMEOUTS.requestMs,
+  httpKeepAliveTimeoutMs: DEFAULT_HTTP_TIMEOUTS.keepAliveMs,
 };
 
 export interface ModelSpec {
@@ -202,6 +219,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   readonly log: Logger;
   readonly metrics: CoordinatorMetrics;
   readonly http: FastifyInstance;
+  /** Open event streams (GET /v1/events), bounded per address and in total. */
+  readonly eventStreams: StreamSlots;
   readonly transport: SocketServer;
   readonly config: FederationConfig;
   readonly startedAt = Date.now();
@@ -248,6 +267,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       jobs: () => this.store.listJobs(),
       transport: () => this.transport.totals(),
       held: () => this.transport.held(),
+      eventStreams: () => this.eventStreams.open,
       uploads: () => this.dispatcher.counters,
     });
     const framing = opts.framing ?? DEFAULT_FRAMING;
@@ -311,7 +331,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       this.log.warn({}, 'THE OPERATOR API IS OPEN: anyone who can reach this port can issue client credentials, forget clients and download models (operatorAuth none; development only)');
     }
     this.hosts = new HostPolicy(opts.allowedHosts ?? []);
+    this.eventStreams = new StreamSlots({ perAddress: limits.eventStreamsPerAddress, total: limits.eventStreams });
     this.http = buildHttpApi(this, {
+      eventStreams: this.eventStreams,
+      timeouts: { headersMs: limits.httpHeadersTimeoutMs, requestMs: limits.httpRequestTimeoutMs, keepAliveMs: limits.httpKeepAliveTimeoutMs },
       operatorToken: this.operatorToken,
       hosts: this.hosts,
       metricsAuth: opts.metricsAuth ?? false,

@@ -41,6 +41,14 @@ function job(jobId: string, state: JobRecord['state'], method = 'federaser'): Jo
   return { jobId, kind: 'forget', state, clientIds: ['a'], requestedBy: 'operator', method, params: {}, progress: { step: 0, total: 0 }, checkpoint: null, report: null, error: null, createdAt: 0, updatedAt: 0 };
 }
 
+test('peer resources: open event streams are counted under resource="event_streams", as they are now', async () => {
+  let open = 3;
+  const m = new CoordinatorMetrics({ ...sources(), eventStreams: () => open }, { processMetrics: false });
+  assert.equal(samples((await m.scrape()).body).get('fedunlearn_peer_resources{resource="event_streams"}'), 3);
+  open = 1;
+  assert.equal(samples((await m.scrape()).body).get('fedunlearn_peer_resources{resource="event_streams"}'), 1);
+});
+
 test('events counted through the observer methods appear with their labels', async () => {
   const m = new CoordinatorMetrics(sources(), { processMetrics: false });
   m.roundCompleted(1500);
@@ -94,6 +102,7 @@ test('state is read from the sources at every scrape', async () => {
   assert.equal(s.get('fedunlearn_upload_granted_bytes'), 4_000_000);
   assert.equal(s.get('fedunlearn_upload_requests_waiting'), 7);
   assert.equal(s.get('fedunlearn_upload_grants_total'), 12);
+  assert.equal(s.get('fedunlearn_peer_resources{resource="event_streams"}'), undefined, 'no source, no series');
 
   // The next scrape shows the new state, not the old one plus the new one.
   src.state.clients = 1;

@@ -24,6 +24,8 @@ export interface MetricsSources {
   transport(): { connections: number; refused: Record<string, number>; bytesIn: number; bytesOut: number };
   /** What peers hold on the transport now (connections, handshakes, partial chunk streams); optional. */
   held?(): { openConnections: number; handshaking: number; partialStreams: number; partialStreamBytes: number };
+  /** Event streams (GET /v1/events) open now on the operator API; optional. */
+  eventStreams?(): number;
   /** The dispatcher's upload flow control: update bytes held now and at most, grants. */
   uploads(): { heldUpdateBytes: number; peakHeldUpdateBytes: number; grantedUploadBytes: number; uploadsWaiting: number; uploadGrants: number };
 }
@@ -190,10 +192,12 @@ export class CoordinatorMetrics implements DispatchObserver {
     });
     new Gauge({
       name: `${PREFIX}peer_resources`,
-      help: 'What client connections hold on the coordinator now, by resource: open_connections, handshaking (hello or challenge pending, bounded by the hello timeout), partial_streams and partial_stream_bytes (chunked messages still arriving, bounded per connection and dropped after the stream idle timeout).',
+      help: 'What client connections hold on the coordinator now, by resource: open_connections, handshaking (hello or challenge pending, bounded by the hello timeout), partial_streams and partial_stream_bytes (chunked messages still arriving, bounded per connection and dropped after the stream idle timeout); event_streams (GET /v1/events streams open, bounded per address and in total).',
       labelNames: ['resource'],
       registers,
       collect() {
+        const streams = sources.eventStreams?.();
+        if (streams !== undefined) this.set({ resource: 'event_streams' }, streams);
         const h = sources.held?.();
         if (!h) return;
         this.set({ resource: 'open_connections' }, h.openConnections);

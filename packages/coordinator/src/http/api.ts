@@ -8,6 +8,7 @@ import type { MethodName, MethodParams } from '../unlearning/method.js';
 import { isOperator } from './operator-token.js';
 import { checkRequest, HostPolicy } from './request-guard.js';
 import { errorSchema, openapiInfo, schemas } from './schemas.js';
+import type { StreamSlots } from './stream-slots.js';
 
 /** PEM contents of the server's certificate chain and key (and a CA bundle to send along). */
 export interface TlsFiles {
@@ -27,7 +28,39 @@ export interface HttpApiOptions {
   operatorMutationsPerMinute?: number;
   /** Serve HTTPS (the clients' socket.io endpoint shares the server). */
   tls?: TlsFiles;
+  /** Bounds on open event streams (GET /v1/events), per remote address and in total. */
+  eventStreams: StreamSlots;
+  /** How long a peer may take to send a request; default DEFAULT_HTTP_TIMEOUTS. */
+  timeouts?: Partial<HttpTimeouts>;
 }
+
+/**
+ * How long the HTTP server waits on a peer, in milliseconds. Node checks the header and request deadlines on a timer
+ * (connectionsCheckingInterval, 30 s by default), so the server checks every quarter of the header timeout (at most
+ * every second) to make the bound close to what is configured.
+ */
+export interface HttpTimeouts {
+  /** From a request's first byte to the end of its headers: a peer sending headers byte by byte (slowloris) is
+   *  answered 408 and disconnected after this. */
+  headersMs: number;
+  /** From a request's first byte to the end of its body: a body never finished is cut after this. At least headersMs.
+   *  It bounds receiving the request only: an answer that streams (GET /v1/events) is not cut by it. */
+  requestMs: number;
+  /** How long an idle keep-alive connection stays open between requests; above the 60 s idle timeout of common
+   *  load balancers, so that they close first and never send on a socket the server is closing. */
+  keepAliveMs: number;
+}
+
+/**
+ * Sized for operators and scrapers on slow links, not for peers that stall on purpose. No idle timeout on the socket
+ * itself (fastify's connectionTimeout stays 0): an event stream and a client's socket.io connection stay quiet between
+ * events and have their own keep-alives (15 s comments, 5 s heartbeats). Bodies are capped at 1 MiB (bodyLimit): the
+ * largest operator request is a forget job naming a few thousand clients.
+ */
+export const DEFAULT_HTTP_TIMEOUTS: Readonly<HttpTimeouts> = { headersMs: 10_000, requestMs: 30_000, keepAliveMs: 65_000 };
+
+/** Largest request body the operator API reads (bytes); a larger one is refused 413 before it is buffered. */
+export const HTTP_BODY_LIMIT_BYTES = 1024 * 1024;
 
 /** HTTP status of a ProtocolError by code name; the others are 400. */
 const PROTOCOL_ERROR_STATUS: Record<string, number> = { UNKNOWN_CLIENT: 404, JOB_CONFLICT: 409, FORGET_REFUSED: 422 };
@@ -50,10 +83,21 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
   // With TLS fastify's instance is typed over https.Server; routes and hooks are the same, socket.io takes either.
   // maxParamLength: a client id may be 128 characters, three times that percent-encoded; fastify's default of 100
   // refused the longest ids in every route that names one (414), though POST /v1/clients issued them.
-  const base = { logger: false, bodyLimit: 1024 * 1024, routerOptions: { maxParamLength: 512 } } as const;
+  const t = { ...DEFAULT_HTTP_TIMEOUTS, ...opts.timeouts };
+  if (t.headersMs > t.requestMs) throw new RangeError(`the HTTP header timeout (${t.headersMs} ms) must be at most the request timeout (${t.requestMs} ms)`);
+  // Node reads these at server creation (the checking timer) and validates headersTimeout <= requestTimeout there.
+  const nodeTimeouts = { headersTimeout: t.headersMs, requestTimeout: t.requestMs, connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(t.headersMs / 4))) };
+  const base = {
+    logger: false,
+    bodyLimit: HTTP_BODY_LIMIT_BYTES,
+    requestTimeout: t.requestMs,
+    keepAliveTimeout: t.keepAliveMs,
+    connectionTimeout: 0,
+    routerOptions: { maxParamLength: 512 },
+  } as const;
   const app = (opts.tls
-    ? Fastify({ ...base, https: { cert: opts.tls.cert, key: opts.tls.key, ...(opts.tls.ca ? { ca: opts.tls.ca } : {}) } })
-    : Fastify(base)) as unknown as FastifyInstance;
+    ? Fastify({ ...base, https: { ...nodeTimeouts, cert: opts.tls.cert, key: opts.tls.key, ...(opts.tls.ca ? { ca: opts.tls.ca } : {}) } })
+    : Fastify({ ...base, http: nodeTimeouts })) as unknown as FastifyInstance;
   const log = coord.log.child({ component: 'http' });
   // Registered before any route, so that its onRoute hook sees them all; the document is built from their schemas.
   void app.register(swagger, {
@@ -120,7 +164,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
     // Outside the /v1 plugin: the document describes the API and holds no federation data, so it needs no token.
     service.get(OPENAPI_PATH, { schema: schemas.openapi }, async () => app.swagger());
   });
-  app.register(import('./dashboard.js'), { coord, operatorToken: opts.operatorToken });
+  app.register(import('./dashboard.js'), { coord, operatorToken: opts.operatorToken, eventStreams: opts.eventStreams });
   app.register(import('./examples.js'));
 
   app.register(

@@ -10,6 +10,7 @@ import type { ClientSession } from '../transport/session.js';
 import { isOperator } from './operator-token.js';
 import { DASHBOARD_CSP } from './request-guard.js';
 import { routeSchema } from './schemas.js';
+import type { StreamSlots } from './stream-slots.js';
 
 export interface DashboardOptions {
   coord: Coordinator;
@@ -17,6 +18,8 @@ export interface DashboardOptions {
   operatorToken: string | null;
   /** Interval of the keep-alive comments on the event stream (proxies drop idle connections). */
   keepAliveMs?: number;
+  /** Bounds on open event streams, per remote address and in total (limits.eventStreamsPerAddress, eventStreams). */
+  eventStreams: StreamSlots;
 }
 
 /** Files the dashboard serves, by URL name: nothing else on disk is reachable (no path is built from the URL). */
@@ -103,11 +106,17 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
     tags: ['dashboard'],
     operator: true,
     ok: { 200: { description: 'an endless event stream', content: { 'text/event-stream': { schema: { type: 'string' } } } } },
-    errors: { 503: 'the coordinator is stopping' },
+    errors: { 429: 'too many event streams open, from this address or in total (RATE_LIMITED, naming the limit)', 503: 'the coordinator is stopping' },
   });
   app.get('/v1/events', { exposeHeadRoute: false, schema: eventsSchema }, async (req, reply) => {
     if (!isOperator(req.headers.authorization, opts.operatorToken)) return reply.code(401).send({ error: { code: 'UNAUTHENTICATED', message: 'operator token required' } });
     if (closing) return reply.code(503).send({ error: { code: 'UNAVAILABLE', message: 'the coordinator is stopping' } });
+    // Each stream holds a socket, five listeners and a timer for as long as its client stays: bounded per address
+    // and in total, so that a peer opening streams in a loop cannot exhaust the coordinator.
+    const slot = opts.eventStreams.acquire(req.ip);
+    if ('refused' in slot) return reply.code(429).send({ error: { code: 'RATE_LIMITED', message: slot.refused.message } });
+    // Given back when the client is gone, however the stream ends (client closed, network lost, coordinator stopping).
+    reply.raw.once('close', slot.release);
     reply.hijack();
     const raw = reply.raw;
     raw.writeHead(200, {
