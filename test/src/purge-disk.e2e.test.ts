@@ -109,6 +109,8 @@ test('a forget job with a reader holding history.db open: purge incomplete until
   const honest = [0, 1].map((i) => new FederatedClient({ url, clientId: `honest-${i}`, secret: `honest-secret-${i}`, data: dataset(i), backends: ['cpu'], reconnect: { attempts: 0 } }));
   let held: { proc: ChildProcess; release(): Promise<void> } | undefined;
   let marked: RawPeer | undefined;
+  // The marked client's answer loop runs until this is false: a failed assertion must end it too.
+  let answering = true;
   try {
     await Promise.all(honest.map((c) => c.connect()));
     const layout = def.initial.layout;
@@ -120,7 +122,6 @@ test('a forget job with a reader holding history.db open: purge incomplete until
     };
     // The marked client answers every training task it gets with its marked update.
     const peer = marked;
-    let answering = true;
     const answers = (async () => {
       while (answering) {
         const env = await peer.next('task', 200).catch(() => null);
@@ -174,6 +175,7 @@ test('a forget job with a reader holding history.db open: purge incomplete until
     const wal = join(tmp.dir, 'history.db-wal');
     assert.equal(existsSync(wal) ? statSync(wal).size : 0, 0, 'the WAL was truncated');
   } finally {
+    answering = false;
     held?.proc.kill('SIGKILL');
     marked?.close();
     await Promise.all(honest.map((c) => c.close()));

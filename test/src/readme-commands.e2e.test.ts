@@ -106,8 +106,9 @@ test("README: the operators' commands, in order, through npx against the coordin
     });
     serve.on('exit', (code) => reject(new Error(`serve exited with ${code}:\n${serveErr}`)));
   });
-  // Commands without --url reach it the documented way too.
-  const withUrl = { FEDUNLEARN_URL: url };
+  // Commands without --url reach it the documented way too; commands without --data find its token file the way they
+  // would from the directory the README's serve ran in (./data there): the test's data directory stands in for it.
+  const withUrl = { FEDUNLEARN_URL: url, FEDUNLEARN_DATA: join(work.dir, 'data') };
   const scenario = mnistScenario(3, 10);
   let jobId = '';
   for (const line of commands.filter((c) => c !== serveLine)) {

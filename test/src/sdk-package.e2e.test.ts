@@ -57,8 +57,11 @@ function filesUnder(dir: string): string[] {
 /** Package names a built module imports at run time (type-only imports are gone from the .js). */
 function runtimeImports(source: string): Set<string> {
   const names = new Set<string>();
-  for (const m of source.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)['"]([^'"]+)['"]/g)) {
-    const spec = m[1]!;
+  // Statements only (`import … from '…'`, `export … from '…'`, `import '…'` at the start of a line) and dynamic
+  // `import('…')`: a string that merely contains the word "from" is not an import.
+  const statements = /^\s*(?:import|export)\b[^'"`;]*?\bfrom\s*['"]([^'"]+)['"]|^\s*import\s*['"]([^'"]+)['"]|\bimport\s*\(\s*['"]([^'"]+)['"]\s*\)/gm;
+  for (const m of source.matchAll(statements)) {
+    const spec = (m[1] ?? m[2] ?? m[3])!;
     if (spec.startsWith('.') || spec.startsWith('node:') || spec.startsWith('/')) continue;
     names.add(spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0]!);
   }

@@ -166,7 +166,7 @@ test('a client metric named sourceRound is METRIC_NOT_ALLOWED and never reaches 
     assert.deepEqual(Object.keys(rec.metrics).sort(), ['accuracy', 'loss'], `round ${r} records the documented metrics only`);
     for (const p of rec.participants) assert.ok(!('sourceRound' in (p.metrics ?? {})));
   }
-  const api = (await (await fetch(`${url}/v1/rounds`)).json()) as { rounds: { metrics: Record<string, number> }[] };
+  const api = (await (await fetch(`${url}/v1/rounds`, { headers: { authorization: `Bearer ${coordinator.operatorToken}` } })).json()) as { rounds: { metrics: Record<string, number> }[] };
   assert.ok(api.rounds.length >= 5);
   for (const r of api.rounds) assert.ok(!('sourceRound' in r.metrics), JSON.stringify(r.metrics));
 });
