@@ -921,7 +921,7 @@ class SqliteHistoryStore implements HistoryStore {
     }
     const version = nanoid();
     const rel = `models/${version}.bin`;
-    await writeFileUnsynced(this.abs(rel), encoded.bytes);
+    await writeFileUnsynced(this.abs(rel), encoded.bytes, this.disk);
     return {
       row: {
         version,
@@ -943,8 +943,8 @@ class SqliteHistoryStore implements HistoryStore {
   /** Fsyncs planned model blobs, a bounded number at a time, then their directory. */
   private async syncPlanned(planned: PlannedModel[]): Promise<void> {
     const BATCH = 32;
-    for (let i = 0; i < planned.length; i += BATCH) await Promise.all(planned.slice(i, i + BATCH).map((p) => fsyncPath(this.abs(p.row.blob))));
-    if (planned.length > 0) await fsyncPath(path.join(this.blobsDir, 'models'));
+    for (let i = 0; i < planned.length; i += BATCH) await Promise.all(planned.slice(i, i + BATCH).map((p) => fsyncPath(this.abs(p.row.blob), this.disk)));
+    if (planned.length > 0) await fsyncPath(path.join(this.blobsDir, 'models'), this.disk);
   }
 
   /** Runs the commit transaction; if it fails, the blobs written for it are removed (they would be garbage). */
@@ -1260,7 +1260,7 @@ class SqliteHistoryStore implements HistoryStore {
         files.push(this.abs(row.blob));
       }
     })();
-    return { pruned, bytesDeleted: await unlinkDurable(files) };
+    return { pruned, bytesDeleted: await unlinkDurable(files, this.disk) };
   }
 
   // --- jobs ---------------------------------------------------------------------------------------------------
@@ -1463,7 +1463,7 @@ class SqliteHistoryStore implements HistoryStore {
             temporary++;
           } else {
             const to = path.join(quarantine, rel);
-            ensureDirSync(path.dirname(to));
+            ensureDirSync(path.dirname(to), this.disk);
             movedBytes += fs.statSync(this.abs(rel)).size;
             fs.renameSync(this.abs(rel), to);
             moved.push(rel);
@@ -1477,7 +1477,7 @@ class SqliteHistoryStore implements HistoryStore {
     sweep('models');
     sweep('updates');
     if (moved.length > 0) {
-      fsyncPathSync(path.dirname(quarantine));
+      fsyncPathSync(path.dirname(quarantine), this.disk);
       this.log?.warn(
         { files: moved.length, bytes: movedBytes, quarantine, models: moved.filter((f) => f.startsWith('models/')).length, list: moved.slice(0, 50) },
         'history garbage collection: blob files no committed record refers to were moved to quarantine (uncommitted stagings after a crash, or blobs of lost commits); delete the folder once it is not needed',
