@@ -873,34 +873,9 @@ class SqliteHistoryStore implements HistoryStore {
     m: { parent: string | null; cause: ModelCause; round: number; jobId: string | null; lineage: string },
     createdAt: number,
   ): PlannedModel {
-    if (!(weights instanceof Float32Array) || weights.length !== layout.totalSize) {
-      throw new HistoryError(`model weights hold ${weights.length} values, the layout ${layout.totalSize}`);
-    }
-    let encoded;
-    try {
-      encoded = encodeBlob(layout, weights, 'fp32');
-    } catch (e) {
-      throw new HistoryError(`model weights: ${(e as Error).message}`);
-    }
-    const version = nanoid();
-    const rel = `models/${version}.bin`;
-    writeFileDurableSync(this.abs(rel), encoded.bytes, this.disk);
-    return {
-      row: {
-        version,
-        parent: m.parent,
-        cause: m.cause,
-        round: m.round,
-        job_id: m.jobId,
-        lineage: m.lineage,
-        sha256: weightsSha256(weights),
-        blob: rel,
-        bytes: encoded.bytes.byteLength,
-        created_at: createdAt,
-        erased_at: null,
-        pruned_at: null,
-      },
-    };
+    const { planned, bytes } = this.encodeModel(layout, weights, m, createdAt);
+    writeFileDurableSync(this.abs(planned.row.blob), bytes, this.disk);
+    return planned;
   }
 
   /** As planModel, but the blob is written without an fsync (syncPlanned makes a batch durable before its commit). */
@@ -910,6 +885,18 @@ class SqliteHistoryStore implements HistoryStore {
     m: { parent: string | null; cause: ModelCause; round: number; jobId: string | null; lineage: string },
     createdAt: number,
   ): Promise<PlannedModel> {
+    const { planned, bytes } = this.encodeModel(layout, weights, m, createdAt);
+    await writeFileUnsynced(this.abs(planned.row.blob), bytes, this.disk);
+    return planned;
+  }
+
+  /** Validates weights and encodes their blob; the row names a fresh version and the blob file it is to be written to. */
+  private encodeModel(
+    layout: WeightLayout,
+    weights: Float32Array,
+    m: { parent: string | null; cause: ModelCause; round: number; jobId: string | null; lineage: string },
+    createdAt: number,
+  ): { planned: PlannedModel; bytes: Uint8Array } {
     if (!(weights instanceof Float32Array) || weights.length !== layout.totalSize) {
       throw new HistoryError(`model weights hold ${weights.length} values, the layout ${layout.totalSize}`);
     }
@@ -920,24 +907,21 @@ class SqliteHistoryStore implements HistoryStore {
       throw new HistoryError(`model weights: ${(e as Error).message}`);
     }
     const version = nanoid();
-    const rel = `models/${version}.bin`;
-    await writeFileUnsynced(this.abs(rel), encoded.bytes, this.disk);
-    return {
-      row: {
-        version,
-        parent: m.parent,
-        cause: m.cause,
-        round: m.round,
-        job_id: m.jobId,
-        lineage: m.lineage,
-        sha256: weightsSha256(weights),
-        blob: rel,
-        bytes: encoded.bytes.byteLength,
-        created_at: createdAt,
-        erased_at: null,
-        pruned_at: null,
-      },
+    const row: ModelRow = {
+      version,
+      parent: m.parent,
+      cause: m.cause,
+      round: m.round,
+      job_id: m.jobId,
+      lineage: m.lineage,
+      sha256: weightsSha256(weights),
+      blob: `models/${version}.bin`,
+      bytes: encoded.bytes.byteLength,
+      created_at: createdAt,
+      erased_at: null,
+      pruned_at: null,
     };
+    return { planned: { row }, bytes: encoded.bytes };
   }
 
   /** Fsyncs planned model blobs, a bounded number at a time, then their directory. */
