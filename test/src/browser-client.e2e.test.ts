@@ -1,14 +1,13 @@
 /// <reference lib="dom" />
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { chromium, type BrowserContext } from 'playwright-core';
 import { Coordinator, createLogger, openSqliteHistory, type JobReport } from '@fedunlearn/coordinator';
 import { builtInDefinition } from '@fedunlearn/models';
 import { connectClients, federation, mnistScenario, tempDir, waitUntil } from './support.js';
+import { launchChromium } from './chromium.js';
 
 /**
  * An edge developer's story in a browser: the SDK's browser bundle, served by the coordinator at /examples/client/,
@@ -17,7 +16,6 @@ import { connectClients, federation, mnistScenario, tempDir, waitUntil } from '.
  * finished job, all under the page's Content-Security-Policy.
  */
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), '..', 'artifacts');
 
 const scenario = mnistScenario(3, 20);
@@ -26,17 +24,6 @@ after(async () => {
   for (const c of cleanups.reverse()) await c();
 });
 
-async function launch(): Promise<BrowserContext> {
-  assert.ok(existsSync(CHROMIUM), `chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH`);
-  const profile = mkdtempSync(join(tmpdir(), 'fedunlearn-chromium-'));
-  cleanups.push(() => rmSync(profile, { recursive: true, force: true }));
-  return chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 1280, height: 1000 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-}
 
 test('the example page trains in rounds in Chromium, answers a FedEraser calibration, asks to be forgotten and shows the finished job', { timeout: 120_000 }, async () => {
   const tmp = tempDir('browser-client');
@@ -59,7 +46,7 @@ test('the example page trains in rounds in Chromium, answers a FedEraser calibra
   cleanups.push(() => Promise.all(nodeClients.map((c) => c.close())));
   const credential = coordinator.issueClient('browser-1');
 
-  const browser = await launch();
+  const browser = await launchChromium(cleanups);
   cleanups.push(() => browser.close());
   const page = browser.pages()[0] ?? (await browser.newPage());
   const problems: string[] = [];
@@ -159,7 +146,7 @@ test('the browser bundle starts wasm from its own folder (with the Conv2D filter
   const { url } = await coordinator.listen(0);
   cleanups.push(() => coordinator.stop());
   const cnn = builtInDefinition('cnn', { inputShape: [8, 8, 1], numClasses: 3, seed: 1 });
-  const browser = await launch();
+  const browser = await launchChromium(cleanups);
   cleanups.push(() => browser.close());
   for (const name of ['wasm', 'cpu'] as const) {
     // A fresh page each: tfjs's backend is chosen once per page.

@@ -1,15 +1,12 @@
 /// <reference lib="dom" />
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { chromium } from 'playwright-core';
 import { FederatedClient, type LocalDataset } from '@fedunlearn/client';
 import { Coordinator, createLogger, openSqliteHistory, type JobReport } from '@fedunlearn/coordinator';
 import { connectClients, federation, mnistScenario, tempDir, waitUntil } from './support.js';
+import { launchChromium } from './chromium.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const scenario = mnistScenario(3, 30);
 const cleanups: (() => unknown)[] = [];
 
@@ -45,14 +42,7 @@ test("the dashboard's job panel shows a job waiting for offline clients (who, ho
   for (const c of first) await c.close();
   await waitUntil(() => coordinator.registry.size === 0, 10_000, 'every client gone');
 
-  assert.ok(existsSync(CHROMIUM), `chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH`);
-  const profile = mkdtempSync(join(tmpdir(), 'fedunlearn-chromium-'));
-  cleanups.push(() => rmSync(profile, { recursive: true, force: true }));
-  const browser = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launchChromium(cleanups);
   cleanups.push(() => browser.close());
   const page = browser.pages()[0] ?? (await browser.newPage());
   const pageErrors: string[] = [];

@@ -1,15 +1,13 @@
 /// <reference lib="dom" />
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { chromium, type BrowserContext } from 'playwright-core';
 import { Coordinator, createLogger, openSqliteHistory, type JobReport } from '@fedunlearn/coordinator';
 import { connectClients, federation, mnistScenario, tempDir } from './support.js';
+import { launchChromium } from './chromium.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const TOKEN = 'operator-token-for-the-dashboard-test';
 const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), '..', 'artifacts');
 
@@ -19,18 +17,6 @@ after(async () => {
   for (const c of cleanups.reverse()) await c();
 });
 
-async function launch(): Promise<BrowserContext> {
-  // CI installs chromium: a missing browser is a failure to fix, never a silent skip.
-  assert.ok(existsSync(CHROMIUM), `chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH`);
-  const profile = mkdtempSync(join(tmpdir(), 'fedunlearn-chromium-'));
-  cleanups.push(() => rmSync(profile, { recursive: true, force: true }));
-  return chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 1360, height: 1100 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-}
 
 test('the dashboard asks for the operator token, then shows rounds, the chart, clients and a forget job live, without reloading', { timeout: 90_000 }, async () => {
   const tmp = tempDir('dashboard');
@@ -48,7 +34,7 @@ test('the dashboard asks for the operator token, then shows rounds, the chart, c
   const { url } = await coordinator.listen(0);
   cleanups.push(() => coordinator.stop());
 
-  const browser = await launch();
+  const browser = await launchChromium(cleanups, { width: 1360, height: 1100 });
   cleanups.push(() => browser.close());
   const page = browser.pages()[0] ?? (await browser.newPage());
   const pageErrors: string[] = [];
