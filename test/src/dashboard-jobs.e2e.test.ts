@@ -1,6 +1,5 @@
 /// <reference lib="dom" />
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { FederatedClient, type LocalDataset } from '@fedunlearn/client';
 import { Coordinator, createLogger, openSqliteHistory, type JobReport } from '@fedunlearn/coordinator';
