@@ -17,8 +17,11 @@ import { run as unlearning } from './sections/unlearning.js';
 
 const SECTIONS: Readonly<Record<string, SectionRun>> = { aggregation, codec, ingest, history, training, fleet, unlearning, jobs };
 
-/** bench/ at the repository root, from this file's place (packages/bench/dist/cli.js), whatever the cwd. */
+/** bench/ at the repository root, from this file's place (packages/bench/dist/cli.js), whatever the cwd: where the
+ *  committed results of a full run live. */
 const DEFAULT_OUT = fileURLToPath(new URL('../../../bench/', import.meta.url));
+/** out/bench/ at the repository root: a --quick or --only run goes there, so it never overwrites the committed run. */
+const PARTIAL_OUT = fileURLToPath(new URL('../../../out/bench/', import.meta.url));
 
 async function backendName(): Promise<string> {
   try {
@@ -35,9 +38,10 @@ async function main(): Promise<void> {
     .description('fedunlearn benchmarks: each hot path as a ratio to a baseline measured in the same run')
     .option('--quick', 'a run of under a minute: smaller sizes, fewer repeats', false)
     .option('--only <sections>', `comma-separated sections (${Object.keys(SECTIONS).join(', ')})`)
-    .option('--out <dir>', 'where results.json and results.md go', DEFAULT_OUT)
+    .option('--out <dir>', 'where results.json and results.md go (default: bench/ for a full run, out/bench/ for --quick or --only)')
     .parse();
-  const o = program.opts<{ quick: boolean; only?: string; out: string }>();
+  const opts = program.opts<{ quick: boolean; only?: string; out?: string }>();
+  const o = { ...opts, out: opts.out ?? (opts.quick || opts.only ? PARTIAL_OUT : DEFAULT_OUT) };
   const names = o.only ? o.only.split(',').map((s) => s.trim()).filter(Boolean) : Object.keys(SECTIONS);
   const unknown = names.filter((n) => !(n in SECTIONS));
   if (unknown.length > 0 || names.length === 0) {
