@@ -56,10 +56,12 @@ test("the dashboard's job panel shows a job waiting for offline clients (who, ho
   const job = coordinator.forget({ clientIds: ['wait-0'], method: 'federaser', requestedBy: 'operator:test' });
   const running = coordinator.runPendingJobs();
   const row = page.locator(`#jobs tr[data-job-id="${job.jobId}"][data-waiting="0/2"]`);
-  await row.waitFor();
-  assert.equal(await row.locator('.state').textContent(), 'waiting');
-  const text = (await row.locator('td.waiting').textContent()) ?? '';
-  assert.match(text, /waiting for clients: 0 of 2 connected, 2 needed; offline: (wait-1, wait-2|wait-2, wait-1); until .+, then the job fails with nothing changed/);
+  // The panel re-renders its rows as events arrive: each check waits for a row that says it, rather than reading a
+  // row that may have been replaced in between.
+  await row.locator('.state', { hasText: /^waiting$/ }).waitFor();
+  await row
+    .locator('td.waiting', { hasText: /waiting for clients: 0 of 2 connected, 2 needed; offline: (wait-1, wait-2|wait-2, wait-1); until .+, then the job fails with nothing changed/ })
+    .waitFor();
 
   // One of them comes back (a stranger does not count): the page follows the count live.
   const stranger = await connectClients(url, [scenario.parts[1]!], 'stranger');
