@@ -17,7 +17,7 @@ import { roundFailureReason, roundRetryDelayMs, type RoundFailureReason } from '
 import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher, type UpdateBounds } from './rounds/dispatcher.js';
 import { modelsToPrune, type ModelRetentionPolicy } from './history/model-retention.js';
 import { NO_STOPPING, stopReason, type StoppingRule } from './rounds/stopping.js';
-import { QuorumError, RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
+import { RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { assertClientId } from './transport/client-id.js';
 import { ClientRegistry } from './transport/client-registry.js';
 import { CredentialAuthenticator, lockoutKey } from './transport/authenticator.js';
