@@ -7,6 +7,7 @@ import type { ServiceConfig, ServiceConfigInput } from './config.js';
 import type { Coordinator } from './coordinator.js';
 import type { ClientRecord, JobRecord, ModelVersion, RoundRecord } from './history/store.js';
 import type { JobReport } from './unlearning/engine.js';
+import { METHOD_NAMES } from './unlearning/method.js';
 import type { JobWaiting } from './unlearning/offline.js';
 
 /**
@@ -659,7 +660,7 @@ function buildProgram(): Command {
 
   operatorCommand(program, 'forget', 'queue a job that removes clients from the model')
     .argument('<clients...>', 'client ids to forget')
-    .addOption(new Option('--method <method>', 'unlearning method').choices(['federaser', 'replay', 'retrain', 'rollback']))
+    .addOption(new Option('--method <method>', 'unlearning method').choices(METHOD_NAMES))
     .option('--tune-rounds <n>', 'ordinary rounds with the remaining clients afterwards', intArg)
     .option('--calibration-ratio <r>', 'FedEraser: calibration epochs are r * local epochs', positiveArg)
     .option('--reuse-first-round', 'FedEraser: apply the first stored round as stored')

@@ -1,4 +1,4 @@
-import type { MethodName } from '@fedunlearn/coordinator';
+import { METHOD_NAMES, type MethodName } from '@fedunlearn/coordinator';
 import { DATASET_NAMES, type DatasetName } from './data/datasets.js';
 import { parsePartitionSpec } from './data/partition.js';
 
@@ -98,7 +98,7 @@ export function validateConfig(c: SimConfig): SimConfig {
   if (c.forget.length >= c.clients) fail('forget', 'at least one client must remain');
   if (!Number.isInteger(c.forgetJoinRound) || c.forgetJoinRound < 1 || c.forgetJoinRound > c.rounds) fail('forget-join-round', `must be an integer in 1..${c.rounds} (--rounds), got ${c.forgetJoinRound}`);
   if (c.forgetJoinRound > 1 && c.forget.length === 0) fail('forget-join-round', 'needs --forget: it says when the forgotten clients join');
-  for (const m of c.methods) if (!['federaser', 'replay', 'retrain', 'rollback'].includes(m)) fail('methods', `'${m}' is not one of federaser, replay, retrain, rollback`);
+  for (const m of c.methods) if (!METHOD_NAMES.includes(m)) fail('methods', `'${m}' is not one of ${METHOD_NAMES.join(', ')}`);
   for (const t of c.tuneRounds) if (!Number.isInteger(t) || t < 0) fail('tune-rounds', `must be non-negative integers, got ${t}`);
   return c;
 }
