@@ -452,6 +452,20 @@ function formatJobs(jobs: PublicJob[]): string {
   );
 }
 
+/** SIFU's certificate, as report lines (reports of other methods have none). */
+function certificateLines(r: JobReport): [string, string][] {
+  const c = r.certificate;
+  if (!c) return [];
+  const constants = Object.entries(c.constants).map(([k, v]) => `${k}=${String(v)}`).join(' ');
+  return [
+    ['certificate', `(epsilon ${c.epsilon}, delta ${c.delta}) with sigma ${c.sigma}${c.sigma === 0 ? ' (exact rollback: no noise needed)' : ''}`],
+    ['rolled back to', `round ${c.rollbackRound} (${c.rollbackModel}); bound ${c.bound.toPrecision(4)} <= budget ${c.budget.toPrecision(4)}`],
+    ['head bound', `${Number.isFinite(c.headBound) ? c.headBound.toPrecision(4) : 'infinite'}${c.sigmaToKeepHead !== null ? ` (sigma ${c.sigmaToKeepHead.toPrecision(4)} would have kept the head)` : ''}`],
+    ['constants', constants],
+    ...c.assumptions.map((a, i): [string, string] => [i === 0 ? 'assumes' : '', a]),
+  ];
+}
+
 function formatReport(r: JobReport): string {
   const params = Object.entries(r.params).map(([k, v]) => `${k}=${String(v)}`);
   // Reports written before these fields existed lack them.
@@ -479,6 +493,7 @@ function formatReport(r: JobReport): string {
     ['models erased', `${r.purged.modelsErased?.length ?? 0} versions (${bytes(r.purged.modelBytesDeleted ?? 0)})`],
     ['finished', time(r.finishedAt)],
     ['offline policy', r.offlinePolicy],
+    ...certificateLines(r),
   ]);
   const rounds =
     r.roundsReplayed.length === 0
@@ -503,11 +518,14 @@ function formatReport(r: JobReport): string {
 const api = async (flags: ApiFlags) => new OperatorApi(flags.url, await operatorTokenFor(flags));
 const seg = encodeURIComponent;
 
-async function forget(clientIds: string[], flags: ApiFlags & { method?: string; tuneRounds?: number; calibrationRatio?: number; reuseFirstRound?: boolean; wait?: boolean; pollMs: number }): Promise<void> {
+type SifuFlags = { epsilon?: number; delta?: number; sigma?: number; lipschitz?: number; smoothness?: number };
+
+async function forget(clientIds: string[], flags: ApiFlags & SifuFlags & { method?: string; tuneRounds?: number; calibrationRatio?: number; reuseFirstRound?: boolean; wait?: boolean; pollMs: number }): Promise<void> {
   const params = {
     ...(flags.tuneRounds !== undefined ? { tuneRounds: flags.tuneRounds } : {}),
     ...(flags.calibrationRatio !== undefined ? { calibrationRatio: flags.calibrationRatio } : {}),
     ...(flags.reuseFirstRound ? { reuseFirstRound: true } : {}),
+    ...Object.fromEntries((['epsilon', 'delta', 'sigma', 'lipschitz', 'smoothness'] as const).filter((k) => flags[k] !== undefined).map((k) => [k, flags[k]])),
   };
   const a = await api(flags);
   const posted = await a.postWithStatus<PublicJob>('/v1/jobs', {
@@ -664,6 +682,11 @@ function buildProgram(): Command {
     .option('--tune-rounds <n>', 'ordinary rounds with the remaining clients afterwards', intArg)
     .option('--calibration-ratio <r>', 'FedEraser: calibration epochs are r * local epochs', positiveArg)
     .option('--reuse-first-round', 'FedEraser: apply the first stored round as stored')
+    .option('--epsilon <e>', 'SIFU: unlearning budget epsilon, in (0, 1) (default 0.5)', positiveArg)
+    .option('--delta <d>', 'SIFU: budget delta, in (0, 1) (default 1e-5)', positiveArg)
+    .option('--sigma <s>', 'SIFU: standard deviation of the noise per weight (default 0.05)', positiveArg)
+    .option('--lipschitz <b>', 'SIFU: Lipschitz constant assumed for one round (default 1)', positiveArg)
+    .option('--smoothness <l>', 'SIFU: smoothness L of the losses (per-round constant (1 + lr L)^K)', positiveArg)
     .option('--wait', 'follow the job until it ends and print its report')
     .addOption(new Option('--poll-ms <ms>', 'how often --wait asks').argParser(positiveArg).default(1000).hideHelp())
     .action((clientIds: string[], flags: Parameters<typeof forget>[1]) => forget(clientIds, flags));

@@ -138,6 +138,12 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE models ADD COLUMN pruned_at INTEGER;
   `,
+  // 7: per client and round, the bound on how far the round's aggregate moves when that client is left out
+  // (||agg - agg_{-c}||, rounds/sensitivity.ts), kept at commit for SIFU (unlearning/sifu.ts). NULL on rounds committed
+  // before it was kept, or under an aggregation it cannot be bounded for (median, trimmed mean).
+  `
+  ALTER TABLE participants ADD COLUMN sensitivity REAL;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

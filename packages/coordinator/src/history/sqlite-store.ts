@@ -136,6 +136,7 @@ interface ParticipantRow {
   num_examples: number;
   norms: Buffer;
   metrics_json: string | null;
+  sensitivity: number | null;
   has_update: number;
 }
 interface UpdateRow {
@@ -235,7 +236,7 @@ function prepareStatements(db: Database.Database) {
       'SELECT * FROM rounds WHERE lineage = ? AND round BETWEEN ? AND ? ORDER BY round',
     ),
     participantsOfLineage: db.prepare<[string, number, number], ParticipantRow>(
-      `SELECT p.round_id, p.client_id, p.num_examples, p.norms, p.metrics_json, (u.round_id IS NOT NULL) AS has_update
+      `SELECT p.round_id, p.client_id, p.num_examples, p.norms, p.metrics_json, p.sensitivity, (u.round_id IS NOT NULL) AS has_update
        FROM participants p JOIN rounds r ON r.round_id = p.round_id
        LEFT JOIN updates u ON u.round_id = p.round_id AND u.client_id = p.client_id
        WHERE r.lineage = ? AND r.round BETWEEN ? AND ? ORDER BY r.round, p.ord`,
@@ -245,8 +246,8 @@ function prepareStatements(db: Database.Database) {
        VALUES (@round_id, @lineage, @round, @model_before, @model_after, @updates_stored, @metrics_json, @missing_json, @started_at, @closed_at)`,
     ),
     insertParticipant: db.prepare(
-      `INSERT INTO participants (round_id, client_id, ord, num_examples, norms, metrics_json)
-       VALUES (@round_id, @client_id, @ord, @num_examples, @norms, @metrics_json)`,
+      `INSERT INTO participants (round_id, client_id, ord, num_examples, norms, metrics_json, sensitivity)
+       VALUES (@round_id, @client_id, @ord, @num_examples, @norms, @metrics_json, @sensitivity)`,
     ),
     insertUpdate: db.prepare(
       `INSERT INTO updates (round_id, client_id, encoding, blob, bytes, blob_sha256)
@@ -843,6 +844,7 @@ class SqliteHistoryStore implements HistoryStore {
         num_examples: p.numExamples,
         norms: normsToBlob(p.norms),
         metrics_json: p.metrics === undefined ? null : metricsToJson(p.metrics),
+        sensitivity: p.sensitivity ?? null,
       }),
     );
     for (const u of updates) {
@@ -990,6 +992,7 @@ class SqliteHistoryStore implements HistoryStore {
       if (!list) byRound.set(p.round_id, (list = []));
       const participant: Participant = { clientId: p.client_id, numExamples: p.num_examples, norms: normsFromBlob(p.norms), hasUpdate: p.has_update !== 0 };
       if (p.metrics_json !== null) participant.metrics = metricsFromJson(p.metrics_json);
+      if (p.sensitivity !== null) participant.sensitivity = p.sensitivity;
       list.push(participant);
     }
     return this.q.roundsOfLineage.all(lineage, from, to).map((r) => ({
@@ -1412,7 +1415,11 @@ class SqliteHistoryStore implements HistoryStore {
       const norms = Float64Array.from(p.norms);
       if (norms.length !== layers) throw new HistoryError(`${ctx}: client ${p.clientId} has ${norms.length} norms for ${layers} layers`);
       if (norms.some((n) => !Number.isFinite(n) || n < 0)) throw new HistoryError(`${ctx}: client ${p.clientId} has a negative or non-finite norm`);
-      return p.metrics === undefined ? { clientId: p.clientId, numExamples: p.numExamples, norms } : { clientId: p.clientId, numExamples: p.numExamples, norms, metrics: p.metrics };
+      if (p.sensitivity !== undefined && !(p.sensitivity >= 0 && p.sensitivity <= Number.MAX_VALUE)) throw new HistoryError(`${ctx}: client ${p.clientId} has sensitivity ${p.sensitivity} (a finite number >= 0)`);
+      const out: CheckedParticipant = { clientId: p.clientId, numExamples: p.numExamples, norms };
+      if (p.metrics !== undefined) out.metrics = p.metrics;
+      if (p.sensitivity !== undefined) out.sensitivity = p.sensitivity;
+      return out;
     });
   }
 
@@ -1476,6 +1483,7 @@ interface CheckedParticipant {
   numExamples: number;
   norms: Float64Array;
   metrics?: Record<string, number>;
+  sensitivity?: number;
 }
 
 const littleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;

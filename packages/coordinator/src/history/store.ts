@@ -62,6 +62,12 @@ export interface ParticipantInput {
   /** Per-layer L2 norms of the update, layout order (kept in float64, exactly). */
   norms: Float64Array | number[];
   metrics?: Record<string, number>;
+  /**
+   * An upper bound on ||agg - agg_{-c}||, how far the round's aggregated step moves when this client is left out of
+   * it (L2, in weight units), computed at the round's commit (rounds/sensitivity.ts). SIFU accumulates it
+   * (unlearning/sifu.ts). Absent on rounds committed before it was kept and under aggregations it cannot be bounded for.
+   */
+  sensitivity?: number;
 }
 
 export interface Participant extends ParticipantInput {

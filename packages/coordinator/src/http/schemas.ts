@@ -174,7 +174,7 @@ const health = {
   },
 } as const;
 
-const jobReport = { type: 'object', ...open, description: 'The forget job certificate (JobReport): models before and after, rounds replayed, cost, purge summary.' } as const;
+const jobReport = { type: 'object', ...open, description: 'The forget job certificate (JobReport): models before and after, rounds replayed, cost, purge summary; for sifu, `certificate` (epsilon, delta, sigma, rollback round, bound, constants, assumptions).' } as const;
 
 type Errors = Record<number, string>;
 
@@ -336,6 +336,11 @@ export const schemas = {
             reuseFirstRound: { type: 'boolean' },
             tuneRounds: { type: 'integer', minimum: 0, maximum: 1000 },
             fullHistory: { type: 'boolean', description: 'federaser and replay: replay from the initial model over every stored round instead of from t0 (comparisons only)' },
+            epsilon: { type: 'number', exclusiveMinimum: 0, exclusiveMaximum: 1, description: 'sifu: the unlearning budget epsilon (default 0.5)' },
+            delta: { type: 'number', exclusiveMinimum: 0, exclusiveMaximum: 1, description: 'sifu: the budget delta (default 1e-5)' },
+            sigma: { type: 'number', exclusiveMinimum: 0, maximum: 1e6, description: 'sifu: standard deviation of the Gaussian noise added per weight (default 0.05)' },
+            lipschitz: { type: 'number', exclusiveMinimum: 0, maximum: 1e6, description: 'sifu: Lipschitz constant assumed for one round of training (default 1)' },
+            smoothness: { type: 'number', exclusiveMinimum: 0, maximum: 1e6, description: 'sifu: smoothness L of the losses; the per-round constant becomes (1 + lr L)^K' },
           },
         },
       },

@@ -2,6 +2,7 @@ import { layerNorms, type FlatWeights } from '@fedunlearn/protocol';
 import type { AggregationStrategy } from '../aggregation/strategy.js';
 import type { HistoryStore, ParticipantInput } from '../history/store.js';
 import { TaskKind, type Answer, type HyperParameters, type Missing, type TaskDispatcher } from './dispatcher.js';
+import { boundsSensitivity, withSensitivities } from './sensitivity.js';
 
 /** The cost of one piece of federated work, added up in reports. */
 export interface WorkCost {
@@ -163,7 +164,8 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
   aggregateMs += performance.now() - applyStart;
   return {
     weights,
-    participants,
+    // SIFU's per-client removal sensitivity, from the norms already kept and the step just applied (rounds/sensitivity.ts).
+    participants: weights && boundsSensitivity(strategy.name) ? withSensitivities(participants, args.model.values, weights) : participants,
     missing: res.missing,
     metrics,
     cost: { clientSampleEpochs: samples, bytesOut: res.bytesOut, bytesIn: res.bytesIn, tasks: args.clientIds.length },

@@ -10,11 +10,13 @@ import type { FederationConfig, ModelCache } from '../rounds/round-engine.js';
 import { roundSelectionKey, selectClients } from '../rounds/selection.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import { FedEraser } from './federaser.js';
-import { METHOD_NAMES, resolveParams, type MethodContext, type MethodName, type MethodParams, type MethodResult, type ReplayedRound, type ResolvedParams, type UnlearningMethod } from './method.js';
+import { METHOD_NAMES, resolveParams, type SifuCertificate, type MethodContext, type MethodName, type MethodParams, type MethodResult, type ReplayedRound, type ResolvedParams, type UnlearningMethod } from './method.js';
 import { ServerReplay } from './replay.js';
 import { Retrain } from './retrain.js';
+import { Sifu } from './sifu.js';
 import { DEFAULT_JOB_OFFLINE, type JobOfflineSettings, type JobWaiting } from './offline.js';
 import { JobScratch } from './scratch.js';
+import { withSensitivities } from '../rounds/sensitivity.js';
 
 export * from './offline.js';
 
@@ -66,6 +68,8 @@ export interface JobReport {
   /** The offline policy in force, the wait budget and how much of it the job spent. */
   offline: JobOfflineSettings & { waitedMs: number; completedServerSide: string[] };
   offlinePolicy: string;
+  /** SIFU: epsilon, delta, sigma, the rollback round, the bound, the constants and the assumptions. */
+  certificate?: SifuCertificate;
   notes: string[];
   startedAt: number;
   finishedAt: number;
@@ -83,6 +87,7 @@ interface Checkpoint {
   kept?: number;
   startedFrom?: string;
   notes?: string[];
+  certificate?: SifuCertificate;
 }
 
 /** One persisted step: the replayed round without its weights, which are in the job's scratch file. */
@@ -161,6 +166,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       ['replay', new ServerReplay()],
       ['retrain', new Retrain('retrain')],
       ['rollback', new Retrain('rollback')],
+      ['sifu', new Sifu()],
     ]);
     this.scratch = new JobScratch(deps.scratchDir);
   }
@@ -299,7 +305,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         const ctx = this.context(record, forgotten, rounds, first, wait, signal, resume && checkpoint?.phase === 'method' ? resume : null, (r) => (record = r));
         result =
           resume && checkpoint?.phase === 'tune'
-            ? { weights: resume.rounds.at(-1)!.weights, kept: checkpoint.kept ?? 0, startedFrom: checkpoint.startedFrom ?? '', rounds: resume.rounds, cost: resume.cost, notes: checkpoint.notes ?? [] }
+            ? { weights: resume.rounds.at(-1)!.weights, kept: checkpoint.kept ?? 0, startedFrom: checkpoint.startedFrom ?? '', rounds: resume.rounds, cost: resume.cost, notes: checkpoint.notes ?? [], ...(checkpoint.certificate ? { certificate: checkpoint.certificate } : {}) }
             : await method.run(ctx, params);
         const answered = result.rounds.reduce((n, r) => n + r.participants.length, 0);
         if (result.rounds.length > 0 && answered === 0) {
@@ -307,8 +313,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
           throw new Error('no remaining client answered any step of the replay; the job cannot produce a model');
         }
         const m = result;
-        tune = await this.tune(record, m.rounds, m.cost, m.weights, forgotten, params.tuneRounds ?? 0, signal, (r) => (record = r), { kept: m.kept, startedFrom: m.startedFrom, notes: m.notes });
-        const kept = await this.carryOver(rounds.slice(0, m.kept), tune.rounds.length === 0);
+        tune = await this.tune(record, m.rounds, m.cost, m.weights, forgotten, params.tuneRounds ?? 0, signal, (r) => (record = r), { kept: m.kept, startedFrom: m.startedFrom, notes: m.notes, ...(m.certificate ? { certificate: m.certificate } : {}) });
+        const kept = await this.carryOver(rounds.slice(0, m.kept), tune.rounds.length === 0, forgotten);
         const intermediate = tune.rounds.slice(0, -1).map((r, i) => ({ round: m.kept + i + 1, weights: r.weights }));
         await this.deps.pause?.('job-commit');
         interrupted(signal);
@@ -390,16 +396,25 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
    * stored updates staged again under fresh round ids (round ids are unique across lineages). When nothing follows
    * them, the last one's model is the job's result, which the commit writes.
    */
-  private async carryOver(kept: RoundRecord[], lastIsResult: boolean): Promise<UnlearningRoundInput[]> {
+  private async carryOver(kept: RoundRecord[], lastIsResult: boolean, forgotten: ReadonlySet<string>): Promise<UnlearningRoundInput[]> {
     const { store } = this.deps;
     const out: UnlearningRoundInput[] = [];
-    for (const [i, src] of kept.entries()) {
+    for (const [i, whole] of kept.entries()) {
       const roundId = nanoid();
+      // Only SIFU keeps rounds a forgotten client took part in (their models carry its bounded contribution): its rows
+      // do not follow it into the new lineage, whose models it therefore never shaped (the purge erases the old ones).
+      const src = { ...whole, participants: whole.participants.filter((p) => !forgotten.has(p.clientId)), missing: whole.missing.filter((m) => !forgotten.has(m.clientId)) };
       for (const p of src.participants) {
         const u = p.hasUpdate ? await store.readUpdate(src.roundId, p.clientId) : null;
         if (u) await store.stageUpdate(roundId, p.clientId, u);
       }
-      const participants: ParticipantInput[] = src.participants.map((p) => ({ clientId: p.clientId, numExamples: p.numExamples, norms: p.norms, ...(p.metrics ? { metrics: p.metrics } : {}) }));
+      const participants: ParticipantInput[] = src.participants.map((p) => ({
+        clientId: p.clientId,
+        numExamples: p.numExamples,
+        norms: p.norms,
+        ...(p.metrics ? { metrics: p.metrics } : {}),
+        ...(p.sensitivity !== undefined ? { sensitivity: p.sensitivity } : {}),
+      }));
       const last = i === kept.length - 1;
       out.push({
         round: src.round,
@@ -645,7 +660,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     if (total === 0) return { ...res, participants, missing, serverSide };
     const weights = new Float32Array(n);
     for (let i = 0; i < n; i++) weights[i] = model[i]! + sum[i]! / total;
-    return { ...res, weights, participants, missing, serverSide };
+    // The aggregate changed: the sensitivities the step computed for its live answers no longer hold.
+    return { ...res, weights, participants: withSensitivities(participants, model, weights), missing, serverSide };
   }
 
   private async tune(
@@ -657,7 +673,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     n: number,
     signal: AbortSignal,
     setRecord: (r: JobRecord) => void,
-    method: Pick<Checkpoint, 'kept' | 'startedFrom' | 'notes'>,
+    method: Pick<Checkpoint, 'kept' | 'startedFrom' | 'notes' | 'certificate'>,
   ): Promise<{ rounds: ReplayedRound[]; cost: WorkCost; weights: Float32Array }> {
     const { store, registry, dispatcher, strategy, config } = this.deps;
     const meta = store.meta();
@@ -698,7 +714,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   }
 
   /** Persists the steps not persisted yet: each step's model once (its scratch file), each step's row once. */
-  private async saveCheckpoint(jobId: string, done: ReplayedRound[], cost: WorkCost, phase: Checkpoint['phase'], method: Pick<Checkpoint, 'kept' | 'startedFrom' | 'notes'> = {}): Promise<void> {
+  private async saveCheckpoint(jobId: string, done: ReplayedRound[], cost: WorkCost, phase: Checkpoint['phase'], method: Pick<Checkpoint, 'kept' | 'startedFrom' | 'notes' | 'certificate'> = {}): Promise<void> {
     const from = this.saved.get(jobId) ?? 0;
     for (let i = from; i < done.length; i++) {
       const { weights, ...rest } = done[i]!;
@@ -734,6 +750,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const { store } = this.deps;
     const finishedAt = Date.now();
     const kept = result?.kept ?? 0;
+    // SIFU keeps rounds past t0 (bounded, not exact): only those before t0 count as the exact prefix.
+    const exactKept = Math.min(kept, Math.max(first, 0));
     const start = result ? store.getModel(result.startedFrom) : null;
     const cost = tune?.cost ?? zeroCost();
     const notes = [...(result?.notes ?? [])];
@@ -751,8 +769,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       modelAfter: { version: after.version, sha256: after.sha256, round: after.round },
       t0: first >= 0 ? rounds[first]!.round : null,
       startModel: start ? { version: start.version, sha256: start.sha256, round: start.round } : null,
-      roundsKeptExact: kept,
-      exactPrefix: kept > 0 ? { fromRound: rounds[0]!.round, toRound: rounds[kept - 1]!.round } : null,
+      roundsKeptExact: exactKept,
+      exactPrefix: exactKept > 0 ? { fromRound: rounds[0]!.round, toRound: rounds[exactKept - 1]!.round } : null,
       roundsReplayed: (tune?.rounds ?? []).map((r, i) => ({
         sourceRound: r.sourceRound,
         round: kept + i + 1,
@@ -766,6 +784,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       purged,
       offline: { ...this.offline, waitedMs: wait.spentMs, completedServerSide: [...wait.serverSide] },
       offlinePolicy: describePolicy(this.offline),
+      ...(result?.certificate ? { certificate: result.certificate } : {}),
       notes,
       startedAt: started,
       finishedAt,
@@ -801,6 +820,20 @@ function normaliseParams(p: MethodParams): MethodParams {
     out.tuneRounds = p.tuneRounds;
   }
   if (p.fullHistory !== undefined) out.fullHistory = Boolean(p.fullHistory);
+  // SIFU's constants (unlearning/sifu.ts): bad input is refused at submission, not when the job runs.
+  const open = (name: 'epsilon' | 'delta', v: number | undefined) => {
+    if (v === undefined) return;
+    if (typeof v !== 'number' || !(v > 0 && v < 1)) throw new RangeError(`${name} must be a number in (0, 1), got ${v}`);
+    out[name] = v;
+  };
+  open('epsilon', p.epsilon);
+  open('delta', p.delta);
+  for (const name of ['sigma', 'lipschitz', 'smoothness'] as const) {
+    const v = p[name];
+    if (v === undefined) continue;
+    if (typeof v !== 'number' || !(v > 0 && v <= 1e6)) throw new RangeError(`${name} must be a number in (0, 1e6], got ${v}`);
+    out[name] = v;
+  }
   return out;
 }
 

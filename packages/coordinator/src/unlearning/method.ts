@@ -3,8 +3,8 @@ import type { ParticipantInput, RoundRecord } from '../history/store.js';
 import type { HyperParameters, Missing } from '../rounds/dispatcher.js';
 import type { StepArgs, StepResult, WorkCost } from '../rounds/federated-step.js';
 
-export type MethodName = 'federaser' | 'replay' | 'retrain' | 'rollback';
-export const METHOD_NAMES: readonly MethodName[] = ['federaser', 'replay', 'retrain', 'rollback'];
+export type MethodName = 'federaser' | 'replay' | 'retrain' | 'rollback' | 'sifu';
+export const METHOD_NAMES: readonly MethodName[] = ['federaser', 'replay', 'retrain', 'rollback', 'sifu'];
 
 export interface MethodParams {
   /** FedEraser: calibration epochs are r * E (may be fractional). Default 0.5. */
@@ -20,6 +20,45 @@ export interface MethodParams {
    * so replaying them is work that cannot remove anything. Default false.
    */
   fullHistory?: boolean;
+  /** SIFU: the unlearning budget epsilon, in (0, 1) (the Gaussian mechanism's range). Default 0.5. */
+  epsilon?: number;
+  /** SIFU: the budget's delta, in (0, 1). Default 1e-5. */
+  delta?: number;
+  /** SIFU: the standard deviation of the Gaussian noise added to the rolled-back model, per weight (weight units).
+   *  The budget on the accumulated bound is epsilon * sigma / sqrt(2 ln(1.25/delta)). Default 0.05 (the paper's). */
+  sigma?: number;
+  /** SIFU: B, the Lipschitz constant assumed for the map one round applies to the global model (local training and
+   *  the weighted mean). Default 1 (non-expansive; the paper's experiments with regularisation 0). */
+  lipschitz?: number;
+  /** SIFU: L, the smoothness of the clients' losses; when given, B = (1 + learningRate * L)^K per round, K the most
+   *  local steps a participant took (the non-convex bound; grows fast). */
+  smoothness?: number;
+}
+
+/** What a SIFU job certifies (unlearning/sifu.ts): the job report's `certificate`. */
+export interface SifuCertificate {
+  epsilon: number;
+  delta: number;
+  /** The noise added (0 when the rollback needed none: the model predates every forgotten client). */
+  sigma: number;
+  /** sqrt(2 ln(1.25/delta)) / epsilon: sigma per unit of bound. */
+  noiseMultiplier: number;
+  /** Psi*: the largest bound sigma covers. */
+  budget: number;
+  /** The round whose model the job rolled back to (0: the initial model). */
+  rollbackRound: number;
+  rollbackModel: string;
+  /** max over the forgotten clients of Psi(rollbackRound, c): the L2 distance bound to the model without them. */
+  bound: number;
+  boundByClient: Record<string, number>;
+  /** The bound at the head before the job (Infinity when a round without a kept sensitivity stands in the way). */
+  headBound: number;
+  /** The sigma that would have kept the head itself (null when its bound is infinite). */
+  sigmaToKeepHead: number | null;
+  /** The constants the bound used. */
+  constants: { lipschitz?: number; smoothness?: number; learningRate?: number };
+  /** What the certificate rests on, in plain words, including where our models do not meet it. */
+  assumptions: string[];
 }
 
 /** MethodParams with every default filled in: what a job actually applies (its report shows these). */
@@ -33,8 +72,18 @@ export function resolveParams(method: MethodName, params: MethodParams): Resolve
     out.reuseFirstRound = params.reuseFirstRound ?? false;
   }
   if (method === 'federaser' || method === 'replay') out.fullHistory = params.fullHistory ?? false;
+  if (method === 'sifu') {
+    out.epsilon = params.epsilon ?? SIFU_DEFAULT_PARAMS.epsilon;
+    out.delta = params.delta ?? SIFU_DEFAULT_PARAMS.delta;
+    out.sigma = params.sigma ?? SIFU_DEFAULT_PARAMS.sigma;
+    out.lipschitz = params.lipschitz ?? SIFU_DEFAULT_PARAMS.lipschitz;
+    if (params.smoothness !== undefined) out.smoothness = params.smoothness;
+  }
   return out;
 }
+
+/** SIFU's defaults: epsilon 0.5, delta 1e-5, sigma 0.05 (the reference experiments' noise), lipschitz 1. */
+export const SIFU_DEFAULT_PARAMS = { epsilon: 0.5, delta: 1e-5, sigma: 0.05, lipschitz: 1 } as const;
 
 /** FedEraser's r (Liu et al. 2021, section 4.2: calibration training runs r * E local epochs; the paper uses 0.5). */
 export const DEFAULT_CALIBRATION_RATIO = 0.5;
@@ -105,6 +154,8 @@ export interface MethodResult {
   rounds: ReplayedRound[];
   cost: WorkCost;
   notes: string[];
+  /** SIFU: what the job certifies (the report's `certificate`). */
+  certificate?: SifuCertificate;
 }
 
 /** A way to remove clients' contributions from the global model. */

@@ -4,6 +4,7 @@ import type { ParticipantInput, RoundRecord } from '../history/store.js';
 import type { Missing } from '../rounds/dispatcher.js';
 import { zeroCost } from '../rounds/federated-step.js';
 import { FedAvg } from '../aggregation/fedavg.js';
+import { withSensitivities } from '../rounds/sensitivity.js';
 import { remaining, type MethodContext, type MethodParams, type MethodResult, type ReplayedRound, type UnlearningMethod } from './method.js';
 
 /**
@@ -48,7 +49,7 @@ export async function applyStoredUpdates(
     participants.push({ clientId, numExamples: p.numExamples, norms: Array.from(layerNorms(ctx.layout, u)), ...(p.metrics ? { metrics: p.metrics } : {}) });
   }
   const weights = agg.count > 0 ? agg.apply(model) : model;
-  return { roundId, participants, missing, uncalibrated: participants.map((p) => p.clientId), metrics: {}, weights };
+  return { roundId, participants: agg.count > 0 ? withSensitivities(participants, model, weights) : participants, missing, uncalibrated: participants.map((p) => p.clientId), metrics: {}, weights };
 }
 
 /**
