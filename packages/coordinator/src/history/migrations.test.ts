@@ -66,3 +66,21 @@ test('migration 4 keeps the model versions of a version-3 database, none of them
     db.close();
   }
 });
+
+test('migration 7 adds the participants\' removal sensitivity, NULL on the rows a version-6 database holds', () => {
+  const db = new Database(':memory:');
+  try {
+    for (const m of MIGRATIONS.slice(0, 6)) db.exec(m);
+    db.pragma('user_version = 6');
+    // Only the column is under test here: a participant row without its round.
+    db.pragma('foreign_keys = OFF');
+    db.prepare("INSERT INTO participants (round_id, client_id, ord, num_examples, norms) VALUES ('r1', 'old', 0, 5, x'00')").run();
+    migrate(db);
+    assert.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+    assert.deepEqual({ ...(db.prepare("SELECT client_id, sensitivity FROM participants").get() as object) }, { client_id: 'old', sensitivity: null });
+    db.prepare("INSERT INTO participants (round_id, client_id, ord, num_examples, norms, sensitivity) VALUES ('r1', 'new', 1, 5, x'00', 0.25)").run();
+    assert.equal((db.prepare("SELECT sensitivity FROM participants WHERE client_id = 'new'").get() as { sensitivity: number }).sensitivity, 0.25);
+  } finally {
+    db.close();
+  }
+});

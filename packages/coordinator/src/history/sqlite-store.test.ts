@@ -755,3 +755,36 @@ test("retention 'norms' keeps no update files but every norm, and metrics keep n
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a participant's removal sensitivity is stored with its round and read back; absent stays absent; a bad one is refused", async () => {
+  const dir = tmpDir();
+  try {
+    const r = rng(7);
+    const { store, head } = open(dir, { historyInterval: 1, retention: 'norms' }, randomWeights(r));
+    const norms = (u: Float32Array) => Array.from(layerNorms(layout, u));
+    const u = randomWeights(r, 0.1);
+    const committed = await store.commitRound({
+      round: 1,
+      roundId: 'sens-1',
+      modelBefore: head.version,
+      weights: randomWeights(r),
+      participants: [
+        { clientId: 'a', numExamples: 3, norms: norms(u), sensitivity: 0.125 },
+        { clientId: 'b', numExamples: 1, norms: norms(u) },
+      ],
+      metrics: {},
+      startedAt: 1,
+    });
+    assert.ok(committed);
+    const [rec] = await store.listRounds();
+    assert.equal(rec!.participants.find((p) => p.clientId === 'a')!.sensitivity, 0.125);
+    assert.equal('sensitivity' in rec!.participants.find((p) => p.clientId === 'b')!, false);
+    await assert.rejects(
+      async () => store.commitRound({ round: 2, roundId: 'sens-2', modelBefore: committed.version, weights: randomWeights(r), participants: [{ clientId: "a", numExamples: 1, norms: norms(u), sensitivity: -1 }], metrics: {}, startedAt: 2 }),
+      /sensitivity -1/,
+    );
+    store.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
