@@ -266,7 +266,26 @@ function selectJob(jobId) {
   renderReport();
 }
 
-const KNOWN_REPORT_KEYS = new Set(['jobId', 'clientsForgotten', 'requestedBy', 'method', 'exact', 'params', 'modelBefore', 'modelAfter', 'roundsReplayed', 'tuneRounds', 'cost', 'wallTimeMs', 'purged', 'offlinePolicy', 'notes', 'startedAt', 'finishedAt', 'contributionRemoved', 't0', 'startModel', 'roundsKeptExact', 'exactPrefix', 'offline']);
+const KNOWN_REPORT_KEYS = new Set(['jobId', 'clientsForgotten', 'requestedBy', 'method', 'exact', 'params', 'modelBefore', 'modelAfter', 'roundsReplayed', 'tuneRounds', 'cost', 'wallTimeMs', 'purged', 'offlinePolicy', 'notes', 'startedAt', 'finishedAt', 'contributionRemoved', 't0', 'startModel', 'roundsKeptExact', 'exactPrefix', 'offline', 'certificate']);
+
+/** SIFU's certificate (unlearning/sifu.ts): what the job guarantees and what that rests on. */
+function certificateTable(c) {
+  if (!c) return null;
+  const num = (x) => (x === null || x === undefined ? '–' : Number.isFinite(x) ? Number(x).toPrecision(4) : 'infinite');
+  return h(
+    'div',
+    { class: 'certificate wide', 'data-certificate': '' },
+    h('h4', {}, `Certificate: (ε ${c.epsilon}, δ ${c.delta})-unlearning`),
+    kvTable([
+      ['noise σ', c.sigma > 0 ? String(c.sigma) : '0 (exact rollback: the model predates every forgotten client)'],
+      ['rolled back to', `round ${c.rollbackRound} (${short(c.rollbackModel)})`],
+      ['bound', `${num(c.bound)} ≤ budget ${num(c.budget)}`],
+      ['bound at the head', `${num(c.headBound)}${c.sigmaToKeepHead !== null ? ` (σ ${num(c.sigmaToKeepHead)} would have kept it)` : ''}`],
+      ['constants', Object.entries(c.constants ?? {}).map(([k, v]) => `${k} ${v}`).join(', ')],
+    ]),
+    h('ul', { class: 'muted' }, (c.assumptions ?? []).map((a) => h('li', {}, a))),
+  );
+}
 
 function kvTable(entries) {
   return h('table', { class: 'kv' }, h('tbody', {}, entries.map(([k, v]) => h('tr', { 'data-key': k }, h('td', {}, k), h('td', {}, v)))));
@@ -313,6 +332,7 @@ function renderReport() {
           : []),
         ...extra.map(([k, v]) => [k, typeof v === 'number' ? fmtInt(v) : JSON.stringify(v)]),
       ]),
+      certificateTable(r.certificate),
       kvTable([
         ['client sample-epochs', fmtInt(r.cost?.clientSampleEpochs)],
         ['tasks', fmtInt(r.cost?.tasks)],

@@ -26,9 +26,10 @@ const program = new Command('fedunlearn-sim')
   .option('--out <dir>', 'output directory (report.json, plots)', d.out)
   .option('--forget <i,j>', 'indices of the clients to forget after training', ints, d.forget)
   .option('--forget-join-round <r>', 'the forgotten clients join at round R (not selected before it); adds full-history rows to compare', Number, d.forgetJoinRound)
-  .option('--methods <list>', 'unlearning methods: federaser,replay,retrain,rollback', list, d.methods)
+  .option('--methods <list>', 'unlearning methods: federaser,replay,retrain,rollback,sifu', list, d.methods)
   .option('--tune-rounds <n,m>', 'ordinary rounds after each approximate method (a row per value)', ints, d.tuneRounds)
   .option('--calibration-ratio <r>', 'FedEraser calibration ratio r (epochs r*E)', Number, d.calibrationRatio)
+  .option('--sifu-sigma <s>', 'SIFU: standard deviation of the noise per weight', Number, d.sifuSigma)
   .option('--reuse-first-round', 'FedEraser: apply the first stored round as stored', d.reuseFirstRound)
   .option('--backdoor', 'the forgotten clients also hold triggered, relabelled copies of their images', d.backdoor)
   .option('--noise-floor', 'a second exact retrain with other shuffles, for fidelity', d.noiseFloor)
@@ -60,6 +61,7 @@ const config: SimConfig = {
   methods: o.methods as MethodName[],
   tuneRounds: o.tuneRounds,
   calibrationRatio: o.calibrationRatio,
+  sifuSigma: o.sifuSigma,
   reuseFirstRound: Boolean(o.reuseFirstRound),
   backdoor: Boolean(o.backdoor),
   noiseFloor: Boolean(o.noiseFloor),

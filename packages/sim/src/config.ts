@@ -30,6 +30,8 @@ export interface SimConfig {
   tuneRounds: number[];
   calibrationRatio: number;
   reuseFirstRound: boolean;
+  /** SIFU's noise (params.sigma); its other constants are the job defaults (method.ts SIFU_DEFAULT_PARAMS). */
+  sifuSigma: number;
   backdoor: boolean;
   noiseFloor: boolean;
   /** Use at most this many examples of each class (quick runs and tests). */
@@ -63,6 +65,7 @@ export const DEFAULT_CONFIG: SimConfig = {
   tuneRounds: [0],
   calibrationRatio: 0.5,
   reuseFirstRound: false,
+  sifuSigma: 0.05,
   backdoor: false,
   noiseFloor: false,
   // Virtual clients never vanish, so the deadline only guards against a stuck run: generous enough for a CNN epoch
@@ -88,6 +91,7 @@ export function validateConfig(c: SimConfig): SimConfig {
   if (c.clientsPerRound > c.clients) fail('clients-per-round', `${c.clientsPerRound} is more than --clients ${c.clients}`);
   if (!(c.localEpochs > 0)) fail('local-epochs', `must be positive, got ${c.localEpochs}`);
   if (!(c.lr > 0)) fail('lr', `must be positive, got ${c.lr}`);
+  if (!(c.sifuSigma > 0)) fail('sifu-sigma', `must be positive, got ${c.sifuSigma}`);
   if (!(c.calibrationRatio > 0)) fail('calibration-ratio', `must be positive, got ${c.calibrationRatio}`);
   try {
     parsePartitionSpec(c.partition);

@@ -56,6 +56,8 @@ export interface UnlearningRow extends ModelFigures {
   modelAfter: string;
   roundsReplayed: number;
   clientsMissing: number;
+  /** sifu: the certificate's round rolled back to, its bound and the noise added (0: an exact rollback). */
+  sifu?: { rollbackRound: number; bound: number; budget: number; sigma: number; epsilon: number; delta: number };
 }
 
 /** Where the federated-training phase's wall time went (ms). */
@@ -217,7 +219,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
         for (const tune of exact ? [0] : cfg.tuneRounds) {
           plan.push({ method: m, tune, seed: cfg.seed });
           // With late joiners, the approximate methods also run from the initial model, to show what t0 saves.
-          if (!exact && cfg.forgetJoinRound > 1) plan.push({ method: m, tune, seed: cfg.seed, fullHistory: true });
+          if ((m === 'federaser' || m === 'replay') && cfg.forgetJoinRound > 1) plan.push({ method: m, tune, seed: cfg.seed, fullHistory: true });
         }
       }
       if (cfg.noiseFloor) plan.push({ method: 'retrain', tune: 0, seed: cfg.seed + 7919, noise: true });
@@ -248,7 +250,13 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
             const job = c.coordinator.forget({
               clientIds: forgottenIds,
               method: p.method,
-              params: { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune, ...(p.fullHistory ? { fullHistory: true } : {}) },
+              params: {
+                calibrationRatio: cfg.calibrationRatio,
+                reuseFirstRound: cfg.reuseFirstRound,
+                tuneRounds: p.tune,
+                ...(p.fullHistory ? { fullHistory: true } : {}),
+                ...(p.method === 'sifu' ? { sigma: cfg.sifuSigma } : {}),
+              },
               requestedBy: 'operator:sim',
             });
             jobId = job.jobId;
@@ -304,6 +312,9 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
           modelBefore: r.report.modelBefore.sha256,
           modelAfter: r.report.modelAfter.sha256,
           roundsReplayed: r.report.roundsReplayed.length,
+          ...(r.report.certificate
+            ? { sifu: { rollbackRound: r.report.certificate.rollbackRound, bound: r.report.certificate.bound, budget: r.report.certificate.budget, sigma: r.report.certificate.sigma, epsilon: r.report.certificate.epsilon, delta: r.report.certificate.delta } }
+            : {}),
           clientsMissing: r.report.roundsReplayed.reduce((n, x) => n + x.missing.length, 0),
         });
       }

@@ -62,8 +62,14 @@ function unlearningNotes(miaNoSignal: boolean, noiseFloor: boolean): string[] {
 /** The original model's membership attack cannot tell members from non-members: AUC within this of 0.5. */
 const MIA_NO_SIGNAL = 0.05;
 
-function rowLabel(r: { method: string; tuneRounds: number; fullHistory?: boolean; t0?: number | null; roundsKeptExact?: number }): string {
-  const from = r.fullHistory ? ' (full history)' : r.t0 && r.roundsKeptExact ? ` (from t0 = ${r.t0})` : '';
+function rowLabel(r: { method: string; tuneRounds: number; fullHistory?: boolean; t0?: number | null; roundsKeptExact?: number; sifu?: { rollbackRound: number; sigma: number } }): string {
+  const from = r.sifu
+    ? ` (rolled back to round ${r.sifu.rollbackRound}, ${r.sifu.sigma > 0 ? `noise sigma ${r.sifu.sigma}` : 'no noise needed'})`
+    : r.fullHistory
+      ? ' (full history)'
+      : r.t0 && r.roundsKeptExact
+        ? ` (from t0 = ${r.t0})`
+        : '';
   return (r.tuneRounds > 0 ? `${r.method} +${r.tuneRounds} rounds` : r.method) + from;
 }
 
