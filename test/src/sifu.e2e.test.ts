@@ -50,6 +50,9 @@ test('each commit keeps p/(1-p) (||U|| + ||agg||) per client; a sifu job rolls b
     federation: federation({ clientsPerRound: 4, waitForClientsMs: 5_000 }),
     historyInterval: 1,
     enrolment: 'open',
+    // The models a forgotten client shaped stay readable, so that only SIFU's own rule keeps the second job off the
+    // first one's unperturbed models (with 'erase', the default, they are gone anyway).
+    modelsAfterForget: 'keep',
     logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
   });
   const { url } = await coordinator.listen(0);
@@ -135,30 +138,32 @@ test('each commit keeps p/(1-p) (||U|| + ||agg||) per client; a sifu job rolls b
   assert.deepEqual(fresh[6]!.participants.map((p) => p.clientId).sort(), ['early-0', 'early-1', 'early-2']);
   assert.ok(fresh[6]!.participants.every((p) => p.sensitivity !== undefined), 'rounds a job commits keep sensitivities too');
   assert.ok(fresh.every((r) => r.participants.every((p) => p.clientId !== 'late-0')));
-  // The models late-0 shaped without noise are erased; the perturbed one is the new lineage's.
-  assert.notEqual((await coordinator.store.getModel(old[4]!.modelAfter))!.erasedAt, null);
-  assert.equal((await coordinator.store.getModel(noise.modelAfter))!.erasedAt, null);
+  assert.equal((await coordinator.store.getModel(old[4]!.modelAfter))!.erasedAt, null, "modelsAfterForget 'keep'");
 
-  // 4. A second request, on the lineage the first one left: the bound runs over that lineage (the kept rounds, the
-  // perturbation adding nothing, the continued round). A budget between Psi after the perturbation (round 6) and
-  // after round 7 rolls back to the perturbed model.
+  // 4. A second request, on the lineage the first one left: the bound runs over that lineage (the kept rounds with
+  // early-2's kept sensitivities, the perturbation adding nothing, the continued round). A budget between Psi after
+  // round 4 and after round 5 would allow the model after round 4, but that one carries late-0's contribution without
+  // the first job's noise (it lies between that job's t0 and its perturbation): the job rolls back to round 3.
   const psi2 = psiOf(fresh, 'early-2');
   assert.equal(psi2[6], psi2[5], 'the perturbation adds nothing to the bound');
-  assert.ok(psi2[6]! < psi2[7]!);
-  const sigma2 = (MULTIPLIER * (psi2[6]! + psi2[7]!)) / 2;
+  assert.ok(psi2[4]! < psi2[5]!);
+  const sigma2 = (MULTIPLIER * (psi2[4]! + psi2[5]!)) / 2;
   const second = await post({ clientIds: ['early-2'], method: 'sifu', params: { sigma: sigma2 } });
   assert.equal(second.status, 202, JSON.stringify(second.body));
   const [done2] = await coordinator.runPendingJobs();
   assert.equal(done2!.state, 'done', done2!.error ?? '');
   const cert2 = (done2!.report as JobReport).certificate!;
-  assert.equal(cert2.rollbackRound, 6);
-  assert.equal(cert2.rollbackModel, noise.modelAfter);
-  close(cert2.bound, psi2[6]!, 'second bound');
-  close(cert2.headBound, psi2[7]!, 'second head bound');
+  assert.equal(cert2.rollbackRound, 3);
+  assert.equal(cert2.rollbackModel, fresh[2]!.modelAfter);
+  close(cert2.bound, psi2[3]!, 'second bound');
+  close(cert2.headBound, psi2[7]!, 'second head bound: over the whole new lineage');
+  // Rounds 1-3 kept, the perturbation as round 4, then rounds 4, 5 and 7 of that lineage (its perturbation, round 6,
+  // is not trained again) with early-0 and early-1.
   const third = await coordinator.store.listRounds();
-  assert.deepEqual(third.map((r) => r.round), [1, 2, 3, 4, 5, 6, 7, 8]);
-  assert.equal(third[6]!.metrics.sifuNoiseSigma, sigma2);
-  assert.deepEqual(third[7]!.participants.map((p) => p.clientId).sort(), ['early-0', 'early-1']);
+  assert.deepEqual(third.map((r) => r.round), [1, 2, 3, 4, 5, 6, 7]);
+  assert.equal(third[3]!.metrics.sifuNoiseSigma, sigma2);
+  assert.deepEqual(third.slice(4).map((r) => r.metrics.sourceRound), [4, 5, 7]);
+  for (const r of third.slice(4)) assert.deepEqual(r.participants.map((p) => p.clientId).sort(), ['early-0', 'early-1']);
   assert.ok(third.every((r) => r.participants.every((p) => p.clientId !== 'early-2' && p.clientId !== 'late-0')));
 
   for (const c of clients) await c.close();

@@ -95,7 +95,10 @@ export class Sifu implements UnlearningMethod {
     } else model = chosen.weights;
     // The rounds to continue with: the original schedule after the rollback, or the last round again when the head
     // itself keeps the budget (the noise is still trained off).
-    const schedule = j < rounds.length ? rounds.slice(j) : [rounds[rounds.length - 1]!];
+    // (An earlier job's perturbation, a round without participants, is not a round to train again.)
+    const trained = rounds.slice(j).filter((r) => r.participants.length > 0);
+    const last = rounds.findLast((r) => r.participants.length > 0)!;
+    const schedule = trained.length > 0 ? trained : [last];
     const offset = noisy ? 1 : 0;
     for (let k = done.length - offset; k < schedule.length; k++) {
       const src = schedule[k]!;
