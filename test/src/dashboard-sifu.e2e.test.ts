@@ -1,0 +1,56 @@
+/// <reference lib="dom" />
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { Coordinator, createLogger, openSqliteHistory, type JobReport } from '@fedunlearn/coordinator';
+import { connectClients, federation, mnistScenario, tempDir } from './support.js';
+import { launchChromium } from './chromium.js';
+
+const scenario = mnistScenario(3, 30);
+const cleanups: (() => unknown)[] = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+
+test("the dashboard shows a sifu job's certificate: epsilon, delta, the noise, the round rolled back to, the bound and the assumptions", { timeout: 90_000 }, async () => {
+  const tmp = tempDir('dashboard-sifu');
+  cleanups.push(() => tmp.cleanup());
+  const coordinator = await Coordinator.create({
+    enrolment: 'open',
+    store: openSqliteHistory(tmp.dir),
+    dataDir: tmp.dir,
+    model: scenario.def,
+    federation: federation({ clientsPerRound: 3 }),
+    historyInterval: 1,
+    logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
+  });
+  const { url } = await coordinator.listen(0);
+  cleanups.push(() => coordinator.stop());
+  const clients = await connectClients(url, scenario.parts, 'dev');
+  cleanups.push(() => Promise.all(clients.map((c) => c.close())));
+  await coordinator.runRounds(2);
+
+  const browser = await launchChromium(cleanups);
+  cleanups.push(() => browser.close());
+  const page = browser.pages()[0] ?? (await browser.newPage());
+  const pageErrors: string[] = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  await page.goto(`${url}/dashboard/`);
+  await page.locator('#token-form').waitFor({ state: 'visible' });
+  await page.fill('#token', coordinator.operatorToken!);
+  await page.click('#token-form button[type=submit]');
+  await page.locator('#live[data-state="live"]').waitFor();
+
+  // sigma 0.05 (the default) cannot cover a whole round's removal here: SIFU rolls back to t0, with no noise.
+  const job = coordinator.forget({ clientIds: ['dev-0'], method: 'sifu', requestedBy: 'operator:test' });
+  const [done] = await coordinator.runPendingJobs();
+  assert.equal(done!.state, 'done', done!.error ?? '');
+  const cert = (done!.report as JobReport).certificate!;
+  const box = page.locator(`#report [data-report-for="${job.jobId}"] [data-certificate]`);
+  await box.waitFor();
+  assert.equal(await box.locator('h4').textContent(), `Certificate: (ε ${cert.epsilon}, δ ${cert.delta})-unlearning`);
+  assert.equal(await box.locator('tr[data-key="rolled back to"] td:last-child').textContent(), `round ${cert.rollbackRound} (${cert.rollbackModel.slice(0, 8)})`);
+  assert.match((await box.locator('tr[data-key="noise σ"] td:last-child').textContent()) ?? '', cert.sigma > 0 ? new RegExp(`^${cert.sigma}$`) : /^0 \(exact rollback/);
+  assert.match((await box.locator('tr[data-key="bound"] td:last-child').textContent()) ?? '', /^\S+ ≤ budget \S+$/);
+  assert.equal(await box.locator('li').count(), cert.assumptions.length);
+  assert.deepEqual(pageErrors, []);
+});
