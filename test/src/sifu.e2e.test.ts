@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { after, test } from 'node:test';
 import type { FederatedClient } from '@fedunlearn/client';
 import { Coordinator, createLogger, openSqliteHistory, type JobReport, type RoundRecord } from '@fedunlearn/coordinator';
@@ -13,6 +15,17 @@ import { connectClients, federation, mnistScenario, tempDir } from './support.js
  */
 
 const scenario = mnistScenario(4, 30);
+const CLI = fileURLToPath(new URL('../../packages/coordinator/dist/cli.js', import.meta.url));
+
+/** The operator CLI against a running coordinator. */
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  proc.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+  proc.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  return new Promise((resolve) => proc.on('close', (code) => resolve({ code, stdout, stderr })));
+}
 const dirs: { cleanup(): void }[] = [];
 after(() => dirs.forEach((d) => d.cleanup()));
 
@@ -93,8 +106,11 @@ test('each commit keeps p/(1-p) (||U|| + ||agg||) per client; a sifu job rolls b
   assert.deepEqual(psi.slice(0, 4), [0, 0, 0, 0], 'late-0 took no part in rounds 1-3');
   assert.ok(psi[5]! < psi[6]!);
   const sigma = (MULTIPLIER * (psi[5]! + psi[6]!)) / 2;
-  const posted = await post({ clientIds: ['late-0'], method: 'sifu', params: { sigma } });
-  assert.equal(posted.status, 202, JSON.stringify(posted.body));
+  // Asked for through the operator CLI, which passes SIFU's parameters.
+  const auth = ['--url', url, '--token', coordinator.operatorToken!];
+  const queued = await cli(['forget', 'late-0', '--method', 'sifu', '--sigma', String(sigma), ...auth, '--json']);
+  assert.equal(queued.code, 0, queued.stderr);
+  assert.deepEqual(JSON.parse(queued.stdout).params, { sigma });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;
@@ -118,6 +134,11 @@ test('each commit keeps p/(1-p) (||U|| + ||agg||) per client; a sifu job rolls b
   close(cert.sigmaToKeepHead!, psi[6]! * MULTIPLIER, 'sigma that would have kept the head');
   assert.deepEqual(cert.constants, { lipschitz: 1 });
   assert.ok(cert.assumptions.some((a) => a.includes('MLP/CNN')), 'the report says where our models fall outside the assumptions');
+  const shown = await cli(['report', done!.jobId, ...auth]);
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, /^certificate\s+\(epsilon 0\.5, delta 0\.00001\) with sigma /m);
+  assert.match(shown.stdout, new RegExp(`^rolled back to\\s+round 5 \\(${cert.rollbackModel}\\); bound \\S+ <= budget \\S+$`, 'm'));
+  assert.match(shown.stdout, /^assumes\s+the per-round sensitivity/m);
 
   // The new lineage starts at the rollback round: rounds 1-5 kept (late-0's rows gone), the perturbation as round 6,
   // then round 6 of the old schedule with its remaining clients as round 7.
