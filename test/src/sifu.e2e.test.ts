@@ -190,3 +190,45 @@ test('each commit keeps p/(1-p) (||U|| + ||agg||) per client; a sifu job rolls b
   for (const c of clients) await c.close();
   await coordinator.stop();
 });
+
+test('a later job whose client joined inside a sifu job\'s unperturbed rounds starts before them, never from a model that holds the earlier client without noise', async () => {
+  const tmp = tempDir('sifu-after');
+  dirs.push(tmp);
+  const coordinator = await Coordinator.create({
+    store: openSqliteHistory(tmp.dir),
+    dataDir: tmp.dir,
+    model: scenario.def,
+    federation: federation({ clientsPerRound: 5, waitForClientsMs: 5_000 }),
+    historyInterval: 1,
+    enrolment: 'open',
+    logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
+  });
+  const { url } = await coordinator.listen(0);
+  const clients: FederatedClient[] = [];
+  // late-0 joins for round 4, later-0 for round 5, of 6.
+  clients.push(...(await connectClients(url, scenario.parts.slice(0, 2), 'early')));
+  await coordinator.runRounds(3);
+  clients.push(...(await connectClients(url, [scenario.parts[2]!], 'late')));
+  await coordinator.runRounds(1);
+  clients.push(...(await connectClients(url, [scenario.parts[3]!], 'later')));
+  await coordinator.runRounds(2);
+  const old = await coordinator.store.listRounds();
+  const psi = psiOf(old, 'late-0');
+  const sigma = (MULTIPLIER * (psi[5]! + psi[6]!)) / 2;
+  coordinator.forget({ clientIds: ['late-0'], method: 'sifu', params: { sigma }, requestedBy: 'operator:test' });
+  const [done] = await coordinator.runPendingJobs();
+  assert.equal(done!.state, 'done', done!.error ?? '');
+  assert.equal((done!.report as JobReport).certificate!.rollbackRound, 5, 'rounds 4 and 5 kept: the segment holds later-0 first round');
+
+  // later-0's t0 is round 5, inside the segment (late-0's t0 = round 4 up to the perturbation): rollback starts before
+  // round 4, from the model late-0 never saw, instead of the model after round 4 (erased with late-0's contribution).
+  coordinator.forget({ clientIds: ['later-0'], method: 'rollback', requestedBy: 'operator:test' });
+  const [done2] = await coordinator.runPendingJobs();
+  assert.equal(done2!.state, 'done', done2!.error ?? '');
+  const report = done2!.report as JobReport;
+  assert.equal(report.startModel?.version, old[3]!.modelBefore);
+  assert.equal(report.roundsKeptExact, 3);
+  assert.ok(report.notes.some((n) => n.startsWith('started before round 4, not at t0 = round 5')), report.notes.join('\n'));
+  for (const c of clients) await c.close();
+  await coordinator.stop();
+});

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { layerNorms, layoutOf } from '@fedunlearn/protocol';
 import { modelsToPrune } from './model-retention.js';
 import { openSqliteHistory } from './sqlite-store.js';
-import { ModelPrunedError, type HistoryStore } from './store.js';
+import { ModelPrunedError, type HistoryStore, type ModelVersion, type RoundRecord } from './store.js';
 
 const layout = layoutOf([{ name: 'dense/kernel', shape: [8, 4] }, { name: 'dense/bias', shape: [4] }]);
 const topologyJson = JSON.stringify({ name: 'tiny' });
@@ -95,4 +95,29 @@ test('a client issued a credential but never connected has no sightings (0) unti
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('the model before a sifu segment (its t0 up to its perturbation) is kept: a later job that would start inside the segment starts there', () => {
+  const model = (v: string, round: number): ModelVersion => ({ version: v, parent: null, cause: round === 0 ? 'init' : 'round', round, jobId: null, lineage: 'L', sha256: '', createdAt: round, erasedAt: null, prunedAt: null });
+  const models = [0, 1, 2, 3, 4, 5].map((n) => model(`m${n}`, n));
+  const round = (n: number, participants: string[], metrics: Record<string, number> = {}): RoundRecord => ({
+    round: n,
+    roundId: `r${n}`,
+    lineage: 'L',
+    modelBefore: `m${n - 1}`,
+    modelAfter: `m${n}`,
+    participants: participants.map((clientId) => ({ clientId, numExamples: 1, norms: [1], hasUpdate: false })),
+    missing: [],
+    updatesStored: false,
+    metrics,
+    startedAt: 0,
+    closedAt: 0,
+  });
+  // c1 from round 1; an earlier sifu job's segment from round 3 (its t0) to its perturbation, round 4; round 5 continued.
+  const headRounds = [round(1, ['c1']), round(2, ['c1']), round(3, ['c1']), round(4, [], { sifuNoiseSigma: 1, sifuSegmentStart: 3 }), round(5, ['c1'])];
+  const victims = modelsToPrune(models, { head: 'm5', headRounds, reported: new Set() }, { keepLast: 1, keepEvery: 0 });
+  // m0: init; m2: before round 3, the segment's start; m5: the head.
+  assert.deepEqual(victims, ['m1', 'm3', 'm4']);
+  const without = modelsToPrune(models, { head: 'm5', headRounds: headRounds.map((r) => ({ ...r, metrics: {} })), reported: new Set() }, { keepLast: 1, keepEvery: 0 });
+  assert.ok(without.includes('m2'), 'without the segment nothing keeps it');
 });

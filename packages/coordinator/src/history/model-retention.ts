@@ -32,7 +32,9 @@ export interface RetentionContext {
  *   starts there (FedEraser and replay from t0, rollback: unlearning/replay.ts `replayStart`, retrain.ts), so it is
  *   never pruned; there is one such model per round in which a client first took part, so few in a federation
  *   whose clients mostly join early;
- * - the versions named by finished jobs' reports (before/after).
+ * - the versions named by finished jobs' reports (before/after);
+ * - the model before each SIFU segment of the head lineage (the rounds from a sifu job's t0 to its perturbation),
+ *   where a later job that would start inside the segment starts instead.
  */
 export function modelsToPrune(models: readonly ModelVersion[], ctx: RetentionContext, policy: ModelRetentionPolicy): string[] {
   if (policy.keepLast <= 0) return [];
@@ -46,6 +48,14 @@ export function modelsToPrune(models: readonly ModelVersion[], ctx: RetentionCon
       seen.add(p.clientId);
       if (r.modelBefore) keep.add(r.modelBefore);
     }
+  }
+  // A SIFU perturbation (a round without participants that names its segment's t0): a later job that would start
+  // inside the segment starts before it instead (unlearning/sifu.ts startOutsideSegments), from this model.
+  for (const r of ctx.headRounds) {
+    const start = r.metrics['sifuSegmentStart'];
+    if (r.participants.length > 0 || start === undefined) continue;
+    const before = ctx.headRounds.find((q) => q.round >= start)?.modelBefore;
+    if (before) keep.add(before);
   }
   for (const m of models.slice(-policy.keepLast)) keep.add(m.version);
   const out: string[] = [];

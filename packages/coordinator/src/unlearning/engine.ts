@@ -13,7 +13,7 @@ import { FedEraser } from './federaser.js';
 import { METHOD_NAMES, resolveParams, type SifuCertificate, type MethodContext, type MethodName, type MethodParams, type MethodResult, type ReplayedRound, type ResolvedParams, type UnlearningMethod } from './method.js';
 import { ServerReplay } from './replay.js';
 import { Retrain } from './retrain.js';
-import { Sifu } from './sifu.js';
+import { Sifu, startOutsideSegments } from './sifu.js';
 import { DEFAULT_JOB_OFFLINE, type JobOfflineSettings, type JobWaiting } from './offline.js';
 import { JobScratch } from './scratch.js';
 import { withSensitivities } from '../rounds/sensitivity.js';
@@ -296,7 +296,9 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       this.saved.set(job.jobId, resume?.rounds.length ?? 0);
       const rounds = store.listRounds();
       // t0: every model before it never saw the forgotten clients. Without such a round there is nothing to remove.
-      const first = rounds.findIndex((r) => r.participants.some((p) => forgotten.has(p.clientId)));
+      const t0 = rounds.findIndex((r) => r.participants.some((p) => forgotten.has(p.clientId)));
+      // Never start inside an earlier SIFU job's unperturbed rounds (their models carry its clients' contribution).
+      const first = startOutsideSegments(rounds, t0);
       let result: MethodResult | null = null;
       let tune: { rounds: ReplayedRound[]; cost: WorkCost; weights: Float32Array } | null = null;
       let after = before;
@@ -345,7 +347,10 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
           finish: (after, purged) => ({
             state: 'done',
             progress: { step: record.progress.total, total: record.progress.total, message: 'done' },
-            report: this.report(record, method, params, before, after, rounds, first, m, t, purged, wait, started, [PURGE_INCOMPLETE_NOTE]),
+            report: this.report(record, method, params, before, after, rounds, first, m, t, purged, wait, started, [
+              ...(first !== t0 ? [`started before round ${rounds[first]!.round}, not at t0 = round ${rounds[t0]!.round}: the rounds between hold an earlier sifu job's forgotten clients' contribution without its noise`] : []),
+              PURGE_INCOMPLETE_NOTE,
+            ]),
           }),
         });
         current.version = finished.model.version;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { RoundRecord } from '../history/store.js';
-import { accumulateBounds, addGaussianNoise, gaussianMultiplier, rollbackCandidates, roundLipschitz } from './sifu.js';
+import { accumulateBounds, addGaussianNoise, gaussianMultiplier, rollbackCandidates, roundLipschitz, startOutsideSegments } from './sifu.js';
 
 const close = (a: number, b: number, what: string, tol = 1e-9) => assert.ok(Math.abs(a - b) <= tol, `${what}: ${a} vs ${b}`);
 const hyper = { learningRate: 0.1, batchSize: 32, localEpochs: 1 };
@@ -83,4 +83,15 @@ test('the noise is seeded: the same key gives the same noise, another key other 
   // 200,001 draws: the sample sd is within 1% of sigma and the mean within 5 standard errors of 0.
   assert.ok(Math.abs(sd - 0.05) < 0.0005, `sd ${sd}`);
   assert.ok(Math.abs(mean) < (5 * 0.05) / Math.sqrt(a.length), `mean ${mean}`);
+});
+
+test('a job never starts inside an earlier sifu segment (its t0 up to its perturbation): the start moves back to the segment', () => {
+  const r = (round: number, participants: string[], metrics: Record<string, number> = {}) => ({ round, participants: participants.map((id) => p(id, 0.1)), metrics });
+  // Rounds 1-3 kept; an earlier job's segment from round 2 to its perturbation (round 4); round 5 continued.
+  const rounds = [r(1, ['a']), r(2, ['a', 'b']), r(3, ['a', 'b']), r(4, [], { sifuNoiseSigma: 1, sifuSegmentStart: 2 }), r(5, ['a', 'c'])];
+  assert.equal(startOutsideSegments(rounds, 2), 1, 't0 at round 3, inside: start before round 2');
+  assert.equal(startOutsideSegments(rounds, 1), 1, 't0 at the segment start: already outside');
+  assert.equal(startOutsideSegments(rounds, 0), 0);
+  assert.equal(startOutsideSegments(rounds, 4), 4, 't0 after the perturbation: from the perturbed model');
+  assert.equal(startOutsideSegments(rounds, -1), -1, 'nothing to remove');
 });

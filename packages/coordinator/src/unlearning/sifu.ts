@@ -228,6 +228,26 @@ export function rollbackCandidates(worst: readonly number[], budget: number, fir
   return out;
 }
 
+/**
+ * Where a forget job may start so that it releases no earlier SIFU job's unperturbed model: index `first` (t0 of the
+ * new request) moved back to the start of an earlier SIFU segment it falls into (after that segment's t0, at or
+ * before its perturbation). The models of such a segment carry the earlier job's forgotten clients' contribution,
+ * bounded but without noise; starting before the segment keeps every method's result free of them.
+ */
+export function startOutsideSegments(rounds: readonly Pick<RoundRecord, 'round' | 'participants' | 'metrics'>[], first: number): number {
+  if (first < 0) return first;
+  let out = first;
+  // Latest first, so that a segment that starts inside an earlier one (not possible today) still moves the start back.
+  for (let i = rounds.length - 1; i >= 0; i--) {
+    const r = rounds[i]!;
+    const start = r.metrics[SIFU_SEGMENT_METRIC];
+    if (r.participants.length > 0 || !Number.isFinite(start)) continue;
+    const s = rounds.findIndex((q) => q.round >= start!);
+    if (s >= 0 && out > s && out <= i) out = s;
+  }
+  return out;
+}
+
 /** Whether the model after j rounds lies between an earlier SIFU job's t0 and its perturbation: it carries that job's
  *  forgotten clients' contribution without noise and must not be released. */
 function unreleasedPrefixes(rounds: readonly RoundRecord[]): (j: number) => boolean {
