@@ -20,7 +20,10 @@ import { remaining, type MethodContext, type MethodParams, type MethodResult, ty
  *    descent on an L-smooth loss are (1 + ηL)^K-Lipschitz, without convexity). A round without participants (the
  *    perturbation below) applies the identity: B = 1, ζ = 0. A participant without a kept ζ (rounds from before it
  *    was kept, median and trimmed-mean rounds) makes Ψ infinite from that round on: nothing past it can be certified.
- *    (This is the recursion of the paper's bound, section 4, derived here from first principles; see the report.)
+ *    The paper's theorem text was not available offline: this bound is derived here from first principles. It has the
+ *    shape of the paper's Ψ: its authors' public experiment code accumulates, per client, (1 - η λ)^K Ψ + p/(1-p)
+ *    ||θ_c - θ_agg|| (λ a regularisation, 0 by default, so B = 1), which is our recursion with B = (1 - η λ)^K
+ *    (pass it as `lipschitz`) and with the exact removal distance where we keep its upper bound.
  * 2. Budget. The Gaussian mechanism (Dwork & Roth 2014, Theorem A.1): for ε in (0, 1), releasing θ^n + N(0, σ² I)
  *    is (ε, δ)-indistinguishable from releasing θ^n_{-c} + N(0, σ² I) when Ψ(n, c) <= Ψ* = ε σ / sqrt(2 ln(1.25 / δ)).
  * 3. Roll back to the latest round n whose model keeps max_{c in W} Ψ(n, c) <= Ψ* and still has its weights (a model
