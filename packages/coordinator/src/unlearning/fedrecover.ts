@@ -2,6 +2,7 @@ import { layerNorms } from '@fedunlearn/protocol';
 import type { ParticipantInput, RoundRecord } from '../history/store.js';
 import { TaskKind, type Missing } from '../rounds/dispatcher.js';
 import { addCost, zeroCost } from '../rounds/federated-step.js';
+import { trainingRoundSeed } from '../rounds/round-engine.js';
 import { FedAvg } from '../aggregation/fedavg.js';
 import { LbfgsMemory } from './lbfgs.js';
 import { replayStart } from './replay.js';
@@ -158,7 +159,9 @@ export class FedRecover implements UnlearningMethod {
           model: { layout: ctx.layout, values: model },
           round: j + 1,
           kind: TaskKind.TRAIN,
-          seed: ctx.seed * 7919 + src.round,
+          // The seed of the stored round's first attempt: each client then sees its examples in the order its stored
+          // update did, so that a pair's Δg is the effect of Δw, not of another shuffle.
+          seed: trainingRoundSeed(ctx.seed, src.round, 1),
           // The answer's buffer may be recycled once the step has folded it: keep a copy for the pairs and the mean.
           transform: (a) => {
             exact.set(a.clientId, new Float32Array(a.delta));
