@@ -7,7 +7,7 @@ import type { ServiceConfig, ServiceConfigInput } from './config.js';
 import type { Coordinator } from './coordinator.js';
 import type { ClientRecord, JobRecord, ModelVersion, RoundRecord } from './history/store.js';
 import type { JobReport } from './unlearning/engine.js';
-import { METHOD_NAMES } from './unlearning/method.js';
+import { METHOD_NAMES, type MethodParams } from './unlearning/method.js';
 import type { JobWaiting } from './unlearning/offline.js';
 
 /**
@@ -472,6 +472,7 @@ function formatReport(r: JobReport): string {
     ...start,
     ...kept,
     ['rounds', `${r.roundsReplayed.length} replayed, ${r.tuneRounds} tuning`],
+    ...(r.updates ? ([['client updates', `${r.updates.exact} exact, ${r.updates.estimated} estimated, ${r.updates.stored} stored`]] as [string, string][]) : []),
     ...offline,
     ['client work', `${r.cost.tasks} tasks, ${num(r.cost.clientSampleEpochs)} sample-epochs, ${bytes(r.cost.bytesOnWire)} on the wire`],
     ['wall time', duration(r.wallTimeMs)],
@@ -503,8 +504,12 @@ function formatReport(r: JobReport): string {
 const api = async (flags: ApiFlags) => new OperatorApi(flags.url, await operatorTokenFor(flags));
 const seg = encodeURIComponent;
 
-async function forget(clientIds: string[], flags: ApiFlags & { method?: string; tuneRounds?: number; calibrationRatio?: number; reuseFirstRound?: boolean; wait?: boolean; pollMs: number }): Promise<void> {
+type FedRecoverFlags = Pick<MethodParams, 'warmupRounds' | 'correctionPeriod' | 'finalTuningRounds' | 'abnormalityThreshold' | 'lbfgsMemory'>;
+
+async function forget(clientIds: string[], flags: ApiFlags & FedRecoverFlags & { method?: string; tuneRounds?: number; calibrationRatio?: number; reuseFirstRound?: boolean; wait?: boolean; pollMs: number }): Promise<void> {
+  const fedrecover = (['warmupRounds', 'correctionPeriod', 'finalTuningRounds', 'abnormalityThreshold', 'lbfgsMemory'] as const).filter((k) => flags[k] !== undefined);
   const params = {
+    ...Object.fromEntries(fedrecover.map((k) => [k, flags[k]])),
     ...(flags.tuneRounds !== undefined ? { tuneRounds: flags.tuneRounds } : {}),
     ...(flags.calibrationRatio !== undefined ? { calibrationRatio: flags.calibrationRatio } : {}),
     ...(flags.reuseFirstRound ? { reuseFirstRound: true } : {}),
@@ -664,6 +669,11 @@ function buildProgram(): Command {
     .option('--tune-rounds <n>', 'ordinary rounds with the remaining clients afterwards', intArg)
     .option('--calibration-ratio <r>', 'FedEraser: calibration epochs are r * local epochs', positiveArg)
     .option('--reuse-first-round', 'FedEraser: apply the first stored round as stored')
+    .option('--warmup-rounds <n>', 'FedRecover: T_w, warm-up rounds of exact updates', intArg)
+    .option('--correction-period <n>', 'FedRecover: T_c, exact updates every T_c rounds', intArg)
+    .option('--final-tuning-rounds <n>', 'FedRecover: T_f, last rounds of exact updates', intArg)
+    .option('--abnormality-threshold <x>', 'FedRecover: an estimate with a coordinate above x is replaced by the exact update', positiveArg)
+    .option('--lbfgs-memory <n>', 'FedRecover: L-BFGS pairs kept per client', intArg)
     .option('--wait', 'follow the job until it ends and print its report')
     .addOption(new Option('--poll-ms <ms>', 'how often --wait asks').argParser(positiveArg).default(1000).hideHelp())
     .action((clientIds: string[], flags: Parameters<typeof forget>[1]) => forget(clientIds, flags));

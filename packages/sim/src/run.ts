@@ -217,7 +217,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
         for (const tune of exact ? [0] : cfg.tuneRounds) {
           plan.push({ method: m, tune, seed: cfg.seed });
           // With late joiners, the approximate methods also run from the initial model, to show what t0 saves.
-          if (!exact && cfg.forgetJoinRound > 1) plan.push({ method: m, tune, seed: cfg.seed, fullHistory: true });
+          if (!exact && m !== 'fedrecover' && cfg.forgetJoinRound > 1) plan.push({ method: m, tune, seed: cfg.seed, fullHistory: true });
         }
       }
       if (cfg.noiseFloor) plan.push({ method: 'retrain', tune: 0, seed: cfg.seed + 7919, noise: true });
@@ -248,7 +248,10 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
             const job = c.coordinator.forget({
               clientIds: forgottenIds,
               method: p.method,
-              params: { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune, ...(p.fullHistory ? { fullHistory: true } : {}) },
+              params:
+                p.method === 'fedrecover'
+                  ? { ...cfg.fedrecover, tuneRounds: p.tune }
+                  : { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune, ...(p.fullHistory ? { fullHistory: true } : {}) },
               requestedBy: 'operator:sim',
             });
             jobId = job.jobId;
