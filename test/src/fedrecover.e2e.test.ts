@@ -152,6 +152,53 @@ test('a client offline at a correction keeps its estimate, named in the report; 
   await second.coordinator.stop();
 });
 
+test('a fedrecover job stopped between rounds resumes after a restart from its last checkpointed round, with empty L-BFGS memories', async () => {
+  const tmp = tempDir('fedrecover-resume');
+  dirs.push(tmp);
+  const options = (over: Partial<CoordinatorOptions> = {}): CoordinatorOptions => ({
+    store: openSqliteHistory(tmp.dir),
+    dataDir: tmp.dir,
+    model: scenario.def,
+    federation: federation({ clientsPerRound: 4, waitForClientsMs: 5_000 }),
+    historyInterval: 1,
+    enrolment: 'open',
+    logger: createLogger({ level: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' }),
+    ...over,
+  });
+  let steps = 0;
+  let stopping: Promise<void> | null = null;
+  const first = await Coordinator.create(
+    options({
+      // After the third replayed round (an estimated one) is checkpointed, the coordinator is told to stop.
+      pauseJob: async (point) => {
+        if (point === 'job-step' && ++steps === 3) stopping = first.stop();
+      },
+    }),
+  );
+  const c1 = await connectClients((await first.listen(0)).url, scenario.parts, 'dev');
+  await first.runRounds(6);
+  const job = first.forget({ clientIds: ['dev-0'], method: 'fedrecover', params: PARAMS, requestedBy: 'operator:test' });
+  await first.runPendingJobs().catch(() => undefined);
+  await stopping;
+  await closeAll(c1);
+  const second = await Coordinator.create(options());
+  assert.equal(second.store.getJob(job.jobId)!.state, 'running', 'interrupted, not failed');
+  const c2 = await connectClients((await second.listen(0)).url, scenario.parts, 'dev');
+  const [done] = await second.runPendingJobs();
+  assert.equal(done!.state, 'done', done!.error ?? '');
+  const report = done!.report as JobReport;
+  assert.deepEqual(report.roundsReplayed.map((r) => r.sourceRound), [1, 2, 3, 4, 5, 6]);
+  // Round 4 would have been estimated; after the restart nobody has a pair yet, so it is exact.
+  assert.deepEqual(
+    report.roundsReplayed.map((r) => r.estimated?.length),
+    [0, 0, 3, 0, 0, 0],
+  );
+  assert.deepEqual(report.updates, { exact: 15, estimated: 3, stored: 0 });
+  assert.ok(report.notes.some((n) => /resumed at replayed round 4 of 6: the L-BFGS memories restarted empty/.test(n)), report.notes.join('\n'));
+  await closeAll(c2);
+  await second.stop();
+});
+
 test('an estimate with a coordinate above the abnormality threshold is replaced by the exact update', async () => {
   const { coordinator, url } = await start('fedrecover-abnormal');
   const clients = await connectClients(url, scenario.parts.slice(0, 3), 'dev');

@@ -90,7 +90,8 @@ function maxAbs(v: Float32Array): number {
  *
  * Clients offline (or not answering) when their exact update is wanted keep their estimate (ReplayedRound.keptEstimate);
  * one that has no estimate (no pair yet) is applied from its stored update as is (uncalibrated, like server-side
- * replay), or is missing when it has none. The L-BFGS memories live in memory: after a restart the job resumes from its
+ * replay), or is missing when it has none. The first replayed round starts from the stored model itself (Δw = 0): its
+ * exact updates give no pair, so a warm-up of one round leaves the second round exact too. The L-BFGS memories live in memory: after a restart the job resumes from its
  * last checkpointed step with empty memories, so clients take exact updates until they have a pair again.
  *
  * APPROXIMATE: estimated updates carry the stored updates' error, and those were computed from models that had seen
@@ -117,6 +118,8 @@ export class FedRecover implements UnlearningMethod {
     const originals = new OriginalModels(ctx, replayed, start);
     if (done.length > 0) notes.push(`resumed at replayed round ${done.length + 1} of ${n}: the L-BFGS memories restarted empty`);
     for (let j = done.length; j < n; j++) {
+      // Estimated rounds send no task (the step's own check): stop here, between checkpointed rounds, on shutdown.
+      if (ctx.signal.aborted) throw new Error('the coordinator is stopping; the job resumes from its last completed step');
       const src = replayed[j]!;
       const clients = remaining(src.participants, ctx.forgotten);
       const reason = exactRoundReason(j, n, p);
