@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { after, test } from 'node:test';
 import type { FederatedClient, LocalDataset } from '@fedunlearn/client';
 import { Coordinator, createLogger, openSqliteHistory, type CoordinatorOptions, type JobReport } from '@fedunlearn/coordinator';
@@ -10,6 +13,7 @@ import { connectClients, federation, mnistScenario, tempDir, testAccuracy, waitU
  */
 
 const scenario = mnistScenario(4, 30);
+const CLI = fileURLToPath(new URL('../../packages/coordinator/dist/cli.js', import.meta.url));
 const dirs: { cleanup(): void }[] = [];
 after(() => dirs.forEach((d) => d.cleanup()));
 
@@ -199,16 +203,21 @@ test('a fedrecover job stopped between rounds resumes after a restart from its l
   await second.stop();
 });
 
-test('an estimate with a coordinate above the abnormality threshold is replaced by the exact update', async () => {
+test('an estimate with a coordinate above the abnormality threshold is replaced by the exact update (job queued by the CLI with its flags)', async () => {
   const { coordinator, url } = await start('fedrecover-abnormal');
   const clients = await connectClients(url, scenario.parts.slice(0, 3), 'dev');
   await coordinator.runRounds(3);
   // Round 1 is warm-up; round 2 has no pair yet (round 1 started at the stored model: Δw = 0 carries no curvature), so
   // exact; round 3 has an estimate for both clients, and with τ = 1e-9 both are abnormal: exact again.
-  coordinator.forget({ clientIds: ['dev-0'], method: 'fedrecover', params: { warmupRounds: 1, correctionPeriod: 100, finalTuningRounds: 0, abnormalityThreshold: 1e-9 }, requestedBy: 'operator:test' });
+  const flags = ['--warmup-rounds', '1', '--correction-period', '100', '--final-tuning-rounds', '0', '--abnormality-threshold', '1e-9', '--lbfgs-memory', '3'];
+  const { stdout } = await promisify(execFile)(process.execPath, [CLI, 'forget', 'dev-0', '--method', 'fedrecover', ...flags, '--url', url], {
+    env: { ...process.env, FEDUNLEARN_OPERATOR_TOKEN: coordinator.operatorToken! },
+  });
+  assert.match(stdout, /fedrecover forgetting dev-0/);
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;
+  assert.deepEqual(report.params, { tuneRounds: 0, warmupRounds: 1, correctionPeriod: 100, finalTuningRounds: 0, abnormalityThreshold: 1e-9, lbfgsMemory: 3 });
   assert.deepEqual(report.updates, { exact: 6, estimated: 0, stored: 0 });
   assert.deepEqual(
     coordinator.store.listRounds().map((r) => r.metrics.abnormalEstimates),
