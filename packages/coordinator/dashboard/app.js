@@ -266,7 +266,7 @@ function selectJob(jobId) {
   renderReport();
 }
 
-const KNOWN_REPORT_KEYS = new Set(['jobId', 'clientsForgotten', 'requestedBy', 'method', 'exact', 'params', 'modelBefore', 'modelAfter', 'roundsReplayed', 'tuneRounds', 'cost', 'wallTimeMs', 'purged', 'offlinePolicy', 'notes', 'startedAt', 'finishedAt', 'contributionRemoved', 't0', 'startModel', 'roundsKeptExact', 'exactPrefix', 'offline', 'certificate']);
+const KNOWN_REPORT_KEYS = new Set(['jobId', 'clientsForgotten', 'requestedBy', 'method', 'exact', 'params', 'modelBefore', 'modelAfter', 'roundsReplayed', 'tuneRounds', 'cost', 'wallTimeMs', 'purged', 'offlinePolicy', 'notes', 'startedAt', 'finishedAt', 'contributionRemoved', 't0', 'startModel', 'roundsKeptExact', 'exactPrefix', 'offline', 'certificate', 'updates']);
 
 /** SIFU's certificate (unlearning/sifu.ts): what the job guarantees and what that rests on. */
 function certificateTable(c) {
@@ -324,6 +324,7 @@ function renderReport() {
         ['rounds kept exact', r.exactPrefix ? `${fmtInt(r.roundsKeptExact)} (${r.exactPrefix.fromRound}–${r.exactPrefix.toRound})` : fmtInt(r.roundsKeptExact ?? 0)],
         ['steps replayed', fmtInt(r.roundsReplayed?.length)],
         ['tune rounds', fmtInt(r.tuneRounds)],
+        ...(r.updates ? [['client updates', `${fmtInt(r.updates.exact)} exact, ${fmtInt(r.updates.estimated)} estimated, ${fmtInt(r.updates.stored)} stored`]] : []),
         ['missing clients', missing.length ? missing.join(', ') : 'none'],
         ['wall time', fmtMs(r.wallTimeMs)],
         ['params', JSON.stringify(r.params ?? {})],
@@ -346,12 +347,12 @@ function renderReport() {
       h(
         'table',
         { class: 'grid wide steps' },
-        h('thead', {}, h('tr', {}, h('th', { class: 'r' }, 'step'), h('th', { class: 'r' }, 'source round'), h('th', { class: 'r' }, 'calibrated'), h('th', { class: 'r' }, 'uncalibrated'), h('th', {}, 'missing'))),
+        h('thead', {}, h('tr', {}, h('th', { class: 'r' }, 'step'), h('th', { class: 'r' }, 'source round'), h('th', { class: 'r' }, 'calibrated'), h('th', { class: 'r' }, 'uncalibrated'), h('th', { class: 'r' }, 'estimated'), h('th', {}, 'missing'))),
         h(
           'tbody',
           {},
           (r.roundsReplayed ?? []).map((s) =>
-            h('tr', {}, h('td', { class: 'r' }, s.round), h('td', { class: 'r' }, s.sourceRound), h('td', { class: 'r', title: s.calibrated.join(', ') }, s.calibrated.length), h('td', { class: 'r', title: s.uncalibrated.join(', ') }, s.uncalibrated.length), h('td', { class: 'mono' }, s.missing.map((m) => m.clientId).join(', ') || '–')),
+            h('tr', {}, h('td', { class: 'r' }, s.round), h('td', { class: 'r' }, s.sourceRound), h('td', { class: 'r', title: s.calibrated.join(', ') }, s.calibrated.length), h('td', { class: 'r', title: s.uncalibrated.join(', ') }, s.uncalibrated.length), h('td', { class: 'r', title: (s.estimated ?? []).join(', ') + (s.keptEstimate?.length ? ` (offline when exact was wanted: ${s.keptEstimate.join(', ')})` : '') }, s.estimated ? s.estimated.length : '–'), h('td', { class: 'mono' }, s.missing.map((m) => m.clientId).join(', ') || '–')),
           ),
         ),
       ),

@@ -7,7 +7,7 @@ import type { ServiceConfig, ServiceConfigInput } from './config.js';
 import type { Coordinator } from './coordinator.js';
 import type { ClientRecord, JobRecord, ModelVersion, RoundRecord } from './history/store.js';
 import type { JobReport } from './unlearning/engine.js';
-import { METHOD_NAMES } from './unlearning/method.js';
+import { METHOD_NAMES, type MethodParams } from './unlearning/method.js';
 import type { JobWaiting } from './unlearning/offline.js';
 
 /**
@@ -486,6 +486,7 @@ function formatReport(r: JobReport): string {
     ...start,
     ...kept,
     ['rounds', `${r.roundsReplayed.length} replayed, ${r.tuneRounds} tuning`],
+    ...(r.updates ? ([['client updates', `${r.updates.exact} exact, ${r.updates.estimated} estimated, ${r.updates.stored} stored`]] as [string, string][]) : []),
     ...offline,
     ['client work', `${r.cost.tasks} tasks, ${num(r.cost.clientSampleEpochs)} sample-epochs, ${bytes(r.cost.bytesOnWire)} on the wire`],
     ['wall time', duration(r.wallTimeMs)],
@@ -520,8 +521,12 @@ const seg = encodeURIComponent;
 
 type SifuFlags = { epsilon?: number; delta?: number; sigma?: number; lipschitz?: number; smoothness?: number };
 
-async function forget(clientIds: string[], flags: ApiFlags & SifuFlags & { method?: string; tuneRounds?: number; calibrationRatio?: number; reuseFirstRound?: boolean; wait?: boolean; pollMs: number }): Promise<void> {
+type FedRecoverFlags = Pick<MethodParams, 'warmupRounds' | 'correctionPeriod' | 'finalTuningRounds' | 'abnormalityThreshold' | 'lbfgsMemory'>;
+
+async function forget(clientIds: string[], flags: ApiFlags & SifuFlags & FedRecoverFlags & { method?: string; tuneRounds?: number; calibrationRatio?: number; reuseFirstRound?: boolean; wait?: boolean; pollMs: number }): Promise<void> {
+  const fedrecover = (['warmupRounds', 'correctionPeriod', 'finalTuningRounds', 'abnormalityThreshold', 'lbfgsMemory'] as const).filter((k) => flags[k] !== undefined);
   const params = {
+    ...Object.fromEntries(fedrecover.map((k) => [k, flags[k]])),
     ...(flags.tuneRounds !== undefined ? { tuneRounds: flags.tuneRounds } : {}),
     ...(flags.calibrationRatio !== undefined ? { calibrationRatio: flags.calibrationRatio } : {}),
     ...(flags.reuseFirstRound ? { reuseFirstRound: true } : {}),
@@ -687,6 +692,11 @@ function buildProgram(): Command {
     .option('--sigma <s>', 'SIFU: standard deviation of the noise per weight (default 0.05)', positiveArg)
     .option('--lipschitz <b>', 'SIFU: Lipschitz constant assumed for one round (default 1)', positiveArg)
     .option('--smoothness <l>', 'SIFU: smoothness L of the losses (per-round constant (1 + lr L)^K)', positiveArg)
+    .option('--warmup-rounds <n>', 'FedRecover: T_w, warm-up rounds of exact updates', intArg)
+    .option('--correction-period <n>', 'FedRecover: T_c, exact updates every T_c rounds', intArg)
+    .option('--final-tuning-rounds <n>', 'FedRecover: T_f, last rounds of exact updates', intArg)
+    .option('--abnormality-threshold <x>', 'FedRecover: an estimate with a coordinate above x is replaced by the exact update', positiveArg)
+    .option('--lbfgs-memory <n>', 'FedRecover: L-BFGS pairs kept per client', intArg)
     .option('--wait', 'follow the job until it ends and print its report')
     .addOption(new Option('--poll-ms <ms>', 'how often --wait asks').argParser(positiveArg).default(1000).hideHelp())
     .action((clientIds: string[], flags: Parameters<typeof forget>[1]) => forget(clientIds, flags));

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
-import type { MethodName } from '@fedunlearn/coordinator';
+import { METHOD_NAMES, type MethodName } from '@fedunlearn/coordinator';
 import { DEFAULT_CONFIG, type SimConfig } from './config.js';
 import type { DatasetName } from './data/datasets.js';
 import { runSimulation } from './run.js';
@@ -26,7 +26,8 @@ const program = new Command('fedunlearn-sim')
   .option('--out <dir>', 'output directory (report.json, plots)', d.out)
   .option('--forget <i,j>', 'indices of the clients to forget after training', ints, d.forget)
   .option('--forget-join-round <r>', 'the forgotten clients join at round R (not selected before it); adds full-history rows to compare', Number, d.forgetJoinRound)
-  .option('--methods <list>', 'unlearning methods: federaser,replay,retrain,rollback,sifu', list, d.methods)
+  .option('--methods <list>', `unlearning methods: ${METHOD_NAMES.join(',')}`, list, d.methods)
+  .option('--fedrecover <Tw,Tc,Tf>', 'FedRecover: warm-up rounds, correction period, final tuning rounds', ints, [d.fedrecover.warmupRounds, d.fedrecover.correctionPeriod, d.fedrecover.finalTuningRounds])
   .option('--tune-rounds <n,m>', 'ordinary rounds after each approximate method (a row per value)', ints, d.tuneRounds)
   .option('--calibration-ratio <r>', 'FedEraser calibration ratio r (epochs r*E)', Number, d.calibrationRatio)
   .option('--sifu-sigma <s>', 'SIFU: standard deviation of the noise per weight', Number, d.sifuSigma)
@@ -63,6 +64,7 @@ const config: SimConfig = {
   calibrationRatio: o.calibrationRatio,
   sifuSigma: o.sifuSigma,
   reuseFirstRound: Boolean(o.reuseFirstRound),
+  fedrecover: { warmupRounds: o.fedrecover[0], correctionPeriod: o.fedrecover[1], finalTuningRounds: o.fedrecover[2] },
   backdoor: Boolean(o.backdoor),
   noiseFloor: Boolean(o.noiseFloor),
   ...(o.limitPerClass ? { limitPerClass: o.limitPerClass } : {}),

@@ -32,6 +32,9 @@ export interface SimConfig {
   reuseFirstRound: boolean;
   /** SIFU's noise (params.sigma); its other constants are the job defaults (method.ts SIFU_DEFAULT_PARAMS). */
   sifuSigma: number;
+  /** FedRecover's exact-update schedule (T_w, T_c, T_f; unlearning/fedrecover.ts): the paper's 20, 10, 5 make every
+   *  round of a short history exact, so runs usually pass smaller values. */
+  fedrecover: { warmupRounds: number; correctionPeriod: number; finalTuningRounds: number };
   backdoor: boolean;
   noiseFloor: boolean;
   /** Use at most this many examples of each class (quick runs and tests). */
@@ -66,6 +69,7 @@ export const DEFAULT_CONFIG: SimConfig = {
   calibrationRatio: 0.5,
   reuseFirstRound: false,
   sifuSigma: 0.05,
+  fedrecover: { warmupRounds: 20, correctionPeriod: 10, finalTuningRounds: 5 },
   backdoor: false,
   noiseFloor: false,
   // Virtual clients never vanish, so the deadline only guards against a stuck run: generous enough for a CNN epoch
@@ -103,6 +107,13 @@ export function validateConfig(c: SimConfig): SimConfig {
   if (!Number.isInteger(c.forgetJoinRound) || c.forgetJoinRound < 1 || c.forgetJoinRound > c.rounds) fail('forget-join-round', `must be an integer in 1..${c.rounds} (--rounds), got ${c.forgetJoinRound}`);
   if (c.forgetJoinRound > 1 && c.forget.length === 0) fail('forget-join-round', 'needs --forget: it says when the forgotten clients join');
   for (const m of c.methods) if (!METHOD_NAMES.includes(m)) fail('methods', `'${m}' is not one of ${METHOD_NAMES.join(', ')}`);
+  if (c.methods.includes('fedrecover')) {
+    // FedRecover estimates every replayed round's updates from the stored ones: the history must keep them all.
+    if (c.historyInterval !== 1) fail('history-interval', `method fedrecover needs the full updates of every round: pass --history-interval 1 (got ${c.historyInterval})`);
+    if (c.retention === 'norms') fail('retention', "method fedrecover needs stored updates; retention 'norms' keeps none");
+    const f = c.fedrecover;
+    if (![f.warmupRounds, f.correctionPeriod - 1, f.finalTuningRounds].every((v) => Number.isInteger(v) && v >= 0)) fail('fedrecover', `T_w, T_c, T_f must be integers, T_c at least 1, got ${f.warmupRounds},${f.correctionPeriod},${f.finalTuningRounds}`);
+  }
   for (const t of c.tuneRounds) if (!Number.isInteger(t) || t < 0) fail('tune-rounds', `must be non-negative integers, got ${t}`);
   return c;
 }

@@ -26,8 +26,10 @@ test('after every method the backdoor is gone as it is after retraining, and the
       historyInterval: 1,
       forget: [0],
       backdoor: true,
-      methods: ['retrain', 'federaser', 'replay', 'rollback'],
+      methods: ['retrain', 'federaser', 'replay', 'rollback', 'fedrecover'],
       tuneRounds: [0],
+      // Rounds 1-2 warm-up, 3 estimated, 4 final tuning: one round of server-side estimates in four.
+      fedrecover: { warmupRounds: 2, correctionPeriod: 3, finalTuningRounds: 1 },
       seed: FORGET_SEED,
       threads: 1,
       out,

@@ -48,3 +48,10 @@ test('--forget-join-round is checked against --rounds and needs --forget', () =>
   assert.throws(() => validateConfig({ ...DEFAULT_CONFIG, forget: [0], forgetJoinRound: 11 }), /--forget-join-round: must be an integer in 1\.\.10/);
   assert.throws(() => validateConfig({ ...DEFAULT_CONFIG, forgetJoinRound: 3 }), /needs --forget/);
 });
+
+test('the simulation runs fedrecover only on a history that keeps every round\'s full updates', () => {
+  // FedRecover estimates every replayed round from its stored updates: Δt must be 1 (the default is FedEraser's 2).
+  assert.throws(() => validateConfig({ ...DEFAULT_CONFIG, methods: ['fedrecover'] }), /--history-interval: method fedrecover needs the full updates of every round: pass --history-interval 1/);
+  assert.throws(() => validateConfig({ ...DEFAULT_CONFIG, methods: ['fedrecover'], historyInterval: 1, retention: 'norms' }), /--retention/);
+  assert.doesNotThrow(() => validateConfig({ ...DEFAULT_CONFIG, methods: ['fedrecover'], historyInterval: 1 }));
+});

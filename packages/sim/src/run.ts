@@ -250,13 +250,16 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
             const job = c.coordinator.forget({
               clientIds: forgottenIds,
               method: p.method,
-              params: {
-                calibrationRatio: cfg.calibrationRatio,
-                reuseFirstRound: cfg.reuseFirstRound,
-                tuneRounds: p.tune,
-                ...(p.fullHistory ? { fullHistory: true } : {}),
-                ...(p.method === 'sifu' ? { sigma: cfg.sifuSigma } : {}),
-              },
+              params:
+                p.method === 'fedrecover'
+                  ? { ...cfg.fedrecover, tuneRounds: p.tune }
+                  : {
+                      calibrationRatio: cfg.calibrationRatio,
+                      reuseFirstRound: cfg.reuseFirstRound,
+                      tuneRounds: p.tune,
+                      ...(p.fullHistory ? { fullHistory: true } : {}),
+                      ...(p.method === 'sifu' ? { sigma: cfg.sifuSigma } : {}),
+                    },
               requestedBy: 'operator:sim',
             });
             jobId = job.jobId;

@@ -57,6 +57,12 @@ export interface ModelCache {
   weights: FlatWeights;
 }
 
+/** The dispatch seed of a training round's attempt (each client's task seed derives from it and the client id): FedRecover
+ *  (unlearning/fedrecover.ts) asks for exact updates with the seed of the round they recompute. */
+export function trainingRoundSeed(seed: number, round: number, attempt: number): number {
+  return seed * 1_000_003 + round * 101 + attempt;
+}
+
 /**
  * The coordinator's training round: select K connected clients (seeded), send TRAIN tasks, fold updates into a
  * streaming aggregation, stage every Δt-th round's updates durably, and commit the round with its new model version
@@ -121,7 +127,7 @@ export class RoundEngine {
         topologyJson: meta.topologyJson,
         round,
         hyper: config.hyper,
-        seed: config.seed * 1_000_003 + round * 101 + attempt,
+        seed: trainingRoundSeed(config.seed, round, attempt),
         deadlineMs: config.roundDeadlineMs,
         ...(keep ? { stageAs: { store, roundId } } : {}),
         ...(signal ? { signal } : {}),

@@ -10,6 +10,7 @@ import type { FederationConfig, ModelCache } from '../rounds/round-engine.js';
 import { roundSelectionKey, selectClients } from '../rounds/selection.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import { FedEraser } from './federaser.js';
+import { FedRecover } from './fedrecover.js';
 import { METHOD_NAMES, resolveParams, type SifuCertificate, type MethodContext, type MethodName, type MethodParams, type MethodResult, type ReplayedRound, type ResolvedParams, type UnlearningMethod } from './method.js';
 import { ServerReplay } from './replay.js';
 import { Retrain } from './retrain.js';
@@ -37,7 +38,21 @@ export interface ReportedRound {
   /** Participants applied from their stored updates without fresh work: every one of a server-side replay, and the
    *  clients an offline policy 'server-side' completed. */
   uncalibrated: string[];
+  /** FedRecover: participants whose update the server estimated (no client work). */
+  estimated?: string[];
+  /** FedRecover: of `estimated`, those whose exact update was wanted but who were offline or did not answer. */
+  keptEstimate?: string[];
   missing: Missing[];
+}
+
+/** How the client updates a job applied were obtained, over its replayed and tuning rounds. */
+export interface UpdateCounts {
+  /** Computed by the client in this job (TRAIN or CALIBRATE). */
+  exact: number;
+  /** Estimated on the server (FedRecover). */
+  estimated: number;
+  /** Applied from the stored update as it was (server-side replay, offline completion). */
+  stored: number;
 }
 
 /** The certificate of one forget job. */
@@ -61,6 +76,7 @@ export interface JobReport {
   roundsKeptExact: number;
   exactPrefix: { fromRound: number; toRound: number } | null;
   roundsReplayed: ReportedRound[];
+  updates: UpdateCounts;
   tuneRounds: number;
   cost: WorkCost & { bytesOnWire: number };
   wallTimeMs: number;
@@ -167,6 +183,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       ['retrain', new Retrain('retrain')],
       ['rollback', new Retrain('rollback')],
       ['sifu', new Sifu()],
+      ['fedrecover', new FedRecover()],
     ]);
     this.scratch = new JobScratch(deps.scratchDir);
   }
@@ -242,6 +259,16 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const left = [...tookPart].filter((id) => !wanted.has(id));
     if (left.length === 0) {
       return `every client that took part in the current model's history (${tookPart.size}) would be forgotten: no remaining client could replay or retrain it; nothing was changed`;
+    }
+    if (method === 'fedrecover') {
+      // FedRecover estimates each remaining participant's update of every round from t0 on from its stored one.
+      if (store.meta().config.retention === 'norms') {
+        return "method 'fedrecover' estimates client updates from the stored ones, and this history keeps none (retention 'norms'); use federaser (it needs only the norms), rollback or retrain; nothing was changed";
+      }
+      const unstored = rounds.slice(first).filter((r) => !r.updatesStored);
+      if (unstored.length > 0) {
+        return `method 'fedrecover' needs the full updates of every round it replays (history interval 1), and rounds ${preview(unstored.map((r) => String(r.round)), unstored.length)} from round ${rounds[first]!.round} on kept none; use replay, federaser, rollback or retrain; nothing was changed`;
+      }
     }
     if (method === 'replay') {
       if (store.meta().config.retention === 'norms') {
@@ -525,6 +552,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       seed: config.seed,
       readModel: (v) => store.readModel(v),
       readUpdate: (roundId, clientId) => store.readUpdate(roundId, clientId),
+      connected: (ids) => ids.filter((id) => this.deps.registry.get(id) !== undefined),
       step: async (args) => {
         const online = await this.awaitClients(args.clientIds, wait, signal, (w) => progress(last.step, last.total, waitingMessage(w), w));
         if (online.waited) progress(last.step, last.total, last.message);
@@ -760,6 +788,14 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const start = result ? store.getModel(result.startedFrom) : null;
     const cost = tune?.cost ?? zeroCost();
     const notes = [...(result?.notes ?? [])];
+    const applied = tune?.rounds ?? [];
+    const updates: UpdateCounts = { exact: 0, estimated: 0, stored: 0 };
+    for (const r of applied) {
+      const server = r.uncalibrated.length + (r.estimated?.length ?? 0);
+      updates.exact += r.participants.length - server;
+      updates.estimated += r.estimated?.length ?? 0;
+      updates.stored += r.uncalibrated.length;
+    }
     notes.push(...extraNotes);
     if (first < 0) notes.unshift(`no contribution to remove: ${job.clientIds.join(', ')} took part in no round of the current model's history; the model was left as it was, and what was stored of them purged`);
     return {
@@ -776,13 +812,15 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       startModel: start ? { version: start.version, sha256: start.sha256, round: start.round } : null,
       roundsKeptExact: exactKept,
       exactPrefix: exactKept > 0 ? { fromRound: rounds[0]!.round, toRound: rounds[exactKept - 1]!.round } : null,
-      roundsReplayed: (tune?.rounds ?? []).map((r, i) => ({
+      roundsReplayed: applied.map((r, i) => ({
         sourceRound: r.sourceRound,
         round: kept + i + 1,
-        calibrated: r.participants.map((p) => p.clientId).filter((id) => !r.uncalibrated.includes(id)),
+        calibrated: r.participants.map((p) => p.clientId).filter((id) => !r.uncalibrated.includes(id) && !r.estimated?.includes(id)),
         uncalibrated: r.uncalibrated,
+        ...(r.estimated ? { estimated: r.estimated, keptEstimate: r.keptEstimate ?? [] } : {}),
         missing: r.missing,
       })),
+      updates,
       tuneRounds: params.tuneRounds ?? 0,
       cost: { ...cost, bytesOnWire: cost.bytesIn + cost.bytesOut },
       wallTimeMs: finishedAt - started,
@@ -838,6 +876,22 @@ function normaliseParams(p: MethodParams): MethodParams {
     if (v === undefined) continue;
     if (typeof v !== 'number' || !(v > 0 && v <= 1e6)) throw new RangeError(`${name} must be a number in (0, 1e6], got ${v}`);
     out[name] = v;
+  }
+  const ints: [keyof MethodParams & ('warmupRounds' | 'correctionPeriod' | 'finalTuningRounds' | 'lbfgsMemory'), number, number][] = [
+    ['warmupRounds', 0, 100_000],
+    ['correctionPeriod', 1, 100_000],
+    ['finalTuningRounds', 0, 100_000],
+    ['lbfgsMemory', 1, 64],
+  ];
+  for (const [k, lo, hi] of ints) {
+    const v = p[k];
+    if (v === undefined) continue;
+    if (!Number.isInteger(v) || v < lo || v > hi) throw new RangeError(`${k} must be an integer in [${lo}, ${hi}], got ${v}`);
+    out[k] = v;
+  }
+  if (p.abnormalityThreshold !== undefined) {
+    if (!(p.abnormalityThreshold > 0 && Number.isFinite(p.abnormalityThreshold))) throw new RangeError(`abnormalityThreshold must be positive and finite, got ${p.abnormalityThreshold}`);
+    out.abnormalityThreshold = p.abnormalityThreshold;
   }
   return out;
 }

@@ -3,8 +3,8 @@ import type { ParticipantInput, RoundRecord } from '../history/store.js';
 import type { HyperParameters, Missing } from '../rounds/dispatcher.js';
 import type { StepArgs, StepResult, WorkCost } from '../rounds/federated-step.js';
 
-export type MethodName = 'federaser' | 'replay' | 'retrain' | 'rollback' | 'sifu';
-export const METHOD_NAMES: readonly MethodName[] = ['federaser', 'replay', 'retrain', 'rollback', 'sifu'];
+export type MethodName = 'federaser' | 'replay' | 'retrain' | 'rollback' | 'sifu' | 'fedrecover';
+export const METHOD_NAMES: readonly MethodName[] = ['federaser', 'replay', 'retrain', 'rollback', 'sifu', 'fedrecover'];
 
 export interface MethodParams {
   /** FedEraser: calibration epochs are r * E (may be fractional). Default 0.5. */
@@ -33,6 +33,18 @@ export interface MethodParams {
   /** SIFU: L, the smoothness of the clients' losses; when given, B = (1 + learningRate * L)^K per round, K the most
    *  local steps a participant took (the non-convex bound; grows fast). */
   smoothness?: number;
+  /** FedRecover (Cao et al. 2023, section 4): T_w, the first replayed rounds in which every client computes its exact
+   *  update (warm-up: they fill the L-BFGS memories). */
+  warmupRounds?: number;
+  /** FedRecover: T_c, after the warm-up every T_c-th round is a periodic correction (exact updates). */
+  correctionPeriod?: number;
+  /** FedRecover: T_f, the last replayed rounds in which every client computes its exact update (final tuning). */
+  finalTuningRounds?: number;
+  /** FedRecover: τ, an estimated update with a coordinate above this in absolute value (our update scale: a weight
+   *  change in one round) is abnormal, and that client is asked for its exact update. */
+  abnormalityThreshold?: number;
+  /** FedRecover: s, the L-BFGS pairs kept per client (the paper's buffer size). */
+  lbfgsMemory?: number;
 }
 
 /** What a SIFU job certifies (unlearning/sifu.ts): the job report's `certificate`. */
@@ -79,11 +91,27 @@ export function resolveParams(method: MethodName, params: MethodParams): Resolve
     out.lipschitz = params.lipschitz ?? SIFU_DEFAULT_PARAMS.lipschitz;
     if (params.smoothness !== undefined) out.smoothness = params.smoothness;
   }
+  if (method === 'fedrecover') {
+    out.warmupRounds = params.warmupRounds ?? FEDRECOVER_DEFAULTS.warmupRounds;
+    out.correctionPeriod = params.correctionPeriod ?? FEDRECOVER_DEFAULTS.correctionPeriod;
+    out.finalTuningRounds = params.finalTuningRounds ?? FEDRECOVER_DEFAULTS.finalTuningRounds;
+    out.abnormalityThreshold = params.abnormalityThreshold ?? FEDRECOVER_DEFAULTS.abnormalityThreshold;
+    out.lbfgsMemory = params.lbfgsMemory ?? FEDRECOVER_DEFAULTS.lbfgsMemory;
+  }
   return out;
 }
 
 /** SIFU's defaults: epsilon 0.5, delta 1e-5, sigma 0.05 (the reference experiments' noise), lipschitz 1. */
 export const SIFU_DEFAULT_PARAMS = { epsilon: 0.5, delta: 1e-5, sigma: 0.05, lipschitz: 1 } as const;
+
+/**
+ * FedRecover's defaults. T_w = 20, T_c = 10, T_f = 5 and s = 2 are the paper's settings (Cao et al., IEEE S&P 2023,
+ * section 6.1, as we read it; the text was not at hand offline to re-check). τ is ours: the paper thresholds its
+ * gradient scale, ours applies to a round's update (a weight change), where |coordinate| is typically 1e-3 to 1e-1 for
+ * the built-in models, so 1 flags only estimates that went astray. A history shorter than T_w + T_f rounds is then
+ * replayed with exact updates only: pass smaller values for short histories.
+ */
+export const FEDRECOVER_DEFAULTS = { warmupRounds: 20, correctionPeriod: 10, finalTuningRounds: 5, abnormalityThreshold: 1, lbfgsMemory: 2 } as const;
 
 /** FedEraser's r (Liu et al. 2021, section 4.2: calibration training runs r * E local epochs; the paper uses 0.5). */
 export const DEFAULT_CALIBRATION_RATIO = 0.5;
@@ -100,6 +128,12 @@ export interface ReplayedRound {
    *  a server-side replay, and under the offline policy 'server-side' the clients a calibration step completed from
    *  their stored updates because they stayed offline. */
   uncalibrated: string[];
+  /** FedRecover: participants whose update the server estimated (stored update + L-BFGS Hessian-vector product),
+   *  without client work. Absent for the other methods. */
+  estimated?: string[];
+  /** FedRecover: of `estimated`, those whose exact update this step asked for (warm-up, correction, abnormal, final
+   *  tuning) but who were offline or did not answer: their estimate was applied instead. */
+  keptEstimate?: string[];
   metrics: Record<string, number>;
   startedAt: number;
   closedAt: number;
@@ -124,6 +158,8 @@ export interface MethodContext {
   seed: number;
   readModel(version: string): Promise<Float32Array>;
   readUpdate(roundId: string, clientId: string): Promise<Float32Array | null>;
+  /** The clients of `clientIds` connected now (a method that can do without some clients asks only those). */
+  connected(clientIds: readonly string[]): string[];
   /** A federated step over the live fleet (TRAIN or CALIBRATE); accepted updates are staged under a fresh round id. */
   step(
     args: Pick<StepArgs, 'clientIds' | 'model' | 'round' | 'kind' | 'transform'> & {
