@@ -22,7 +22,8 @@ function row(method: UnlearningRow['method'], over: Partial<UnlearningRow> = {})
     testLoss: 0.3,
     forgottenAccuracy: 0.91,
     backdoorASR: 0.01,
-    mia: { auc: 0.5, precision: 0.5, recall: 0.5 },
+    mia: { auc: 0.5, precision: 0.5, recall: 0.5, tprAt1: 0.01 },
+    witness: null,
     distanceToRetrain: { l2: 1, cosine: 0.9 },
     pDiss: 0.1,
     fidelity: null,
@@ -55,9 +56,10 @@ function report(originalAuc: number, noiseFloor: number | null): SimReport {
     history: { clientRounds: 4 } as SimReport['history'],
     forgotten: ['client-000'],
     originalDistanceToRetrain: null,
-    original: { testAccuracy: 0.9, testLoss: 0.3, forgottenAccuracy: 0.95, backdoorASR: 0.6, mia: { auc: originalAuc, precision: 0.5, recall: 0.5 } },
+    original: { testAccuracy: 0.9, testLoss: 0.3, forgottenAccuracy: 0.95, backdoorASR: 0.6, mia: { auc: originalAuc, precision: 0.5, recall: 0.5, tprAt1: 0.01 }, witness: null },
     unlearning: [row('retrain', { fidelity: noiseFloor === null ? null : 0.5 }), row('federaser', { fidelity: noiseFloor === null ? null : 1.5 })],
     noiseFloor: noiseFloor === null ? null : { l2BetweenRetrains: noiseFloor },
+    signals: [],
     jobs: [],
     notes: [],
   };
@@ -95,4 +97,16 @@ test('an MIA AUC of about 0.5 for the original model is flagged in the column ti
   assert.match(terminal, /MIA AUC \(no signal here\)/);
   assert.match(terminal, /fidelity: empty without --noise-floor/);
   assert.match(terminal, /original model already scores 0\.503/);
+});
+
+test('the report says which witness carries signal in the run, and which does not', async () => {
+  const r = report(0.503, null);
+  r.signals = [
+    { name: 'RMIA TPR at 1% FPR', separation: 0.3, noise: 0.1, carriesSignal: true, basis: 'b' },
+    { name: 'loss-threshold MIA AUC', separation: 0.01, noise: 0.05, carriesSignal: false, basis: 'b' },
+  ];
+  const { md, terminal } = await written(r);
+  assert.match(md, /- RMIA TPR at 1% FPR: \*\*carries signal\*\* \(original − retrain 0\.300 against 0\.100/);
+  assert.match(md, /- loss-threshold MIA AUC: no signal/);
+  assert.match(terminal, /RMIA TPR at 1% FPR: carries signal/);
 });
