@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
 import type { MethodName } from '@fedunlearn/coordinator';
-import { DEFAULT_CONFIG, SCENARIOS, type SimConfig } from './config.js';
+import { applyScenario, DEFAULT_CONFIG, SCENARIOS, type SimConfig } from './config.js';
 import type { DatasetName } from './data/datasets.js';
 import { runSimulation } from './run.js';
 import { runSeeds } from './seeds.js';
@@ -44,13 +44,7 @@ const program = new Command('fedunlearn-sim')
 
 program.parse();
 const o = program.opts();
-// A scenario's values replace the defaults, never a flag the user gave.
-const preset = o.scenario ? SCENARIOS[o.scenario as string]! : {};
-for (const [k, v] of Object.entries(preset)) {
-  const flag = k === 'clientsPerRound' ? 'clientsPerRound' : k;
-  if (program.getOptionValueSource(flag) !== 'cli') o[flag] = v;
-}
-const config: SimConfig = {
+const given: SimConfig = {
   ...d,
   dataset: o.dataset as DatasetName,
   model: o.model,
@@ -80,6 +74,11 @@ const config: SimConfig = {
   quiet: Boolean(o.quiet),
   keepData: Boolean(o.keepData),
 };
+
+// A scenario's values replace the defaults, never a flag the user gave (--clients alone also sets clients per round).
+const explicit = new Set(Object.keys(o).filter((k) => program.getOptionValueSource(k) === 'cli'));
+if (explicit.has('clients') && !explicit.has('clientsPerRound')) explicit.add('clientsPerRound');
+const config = o.scenario ? applyScenario(given, o.scenario as string, explicit) : given;
 
 (o.seeds ? runSeeds(config, o.seeds as number[]) : runSimulation(config)).then(
   () => process.exit(0),

@@ -87,6 +87,18 @@ export const SCENARIOS: Record<string, Partial<SimConfig>> = {
   memorise: { clients: 10, clientsPerRound: 10, rounds: 20, localEpochs: 5, limitPerClass: 1000, testFraction: 0.8, historyInterval: 1, forget: [0] },
 };
 
+/**
+ * `base` with scenario `name`'s values, except the fields in `explicit` (flags the user gave, which win).
+ * @throws RangeError for an unknown scenario.
+ */
+export function applyScenario(base: SimConfig, name: string, explicit: ReadonlySet<string>): SimConfig {
+  const preset = SCENARIOS[name];
+  if (!preset) throw new RangeError(`--scenario: '${name}' is not one of ${Object.keys(SCENARIOS).join(', ')}`);
+  const out: SimConfig = { ...base };
+  for (const [k, v] of Object.entries(preset)) if (!explicit.has(k)) (out as unknown as Record<string, unknown>)[k] = v;
+  return out;
+}
+
 /** Checks a config and says which field is wrong and what is allowed. */
 export function validateConfig(c: SimConfig): SimConfig {
   const fail = (field: string, msg: string): never => {

@@ -3,7 +3,11 @@ import assert from 'node:assert/strict';
 import { DEFAULT_CONFIG } from '../config.js';
 import type { ModelFigures } from '../evaluate.js';
 import type { SimReport, UnlearningRow } from '../run.js';
-import { aggregateSeeds } from './seeds.js';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Progress } from '../progress.js';
+import { aggregateSeeds, writeSeedsReport } from './seeds.js';
 
 const figures = (acc: number, tpr: number): ModelFigures => ({
   testAccuracy: acc,
@@ -72,4 +76,22 @@ test('aggregateSeeds refuses runs whose rows differ and an empty list', () => {
   const b = { ...report(2, 0.3, 0.9, 0.9), unlearning: [row('retrain', 0, 0.9, 0.01, 1000, 1)] } as SimReport;
   assert.throws(() => aggregateSeeds([a, b]), /seed 2 has rows retrain/);
   assert.throws(() => aggregateSeeds([]), /no seed reports/);
+});
+
+test('writeSeedsReport writes the JSON, the table with its verdicts and the plot', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fedunlearn-seeds-'));
+  try {
+    let terminal = '';
+    const agg = aggregateSeeds([report(1, 0.3, 0.9, 0.895), report(2, 0.4, 0.92, 0.915), report(3, 0.35, 0.91, 0.9)]);
+    await writeSeedsReport(dir, agg, new Progress(false, { write: (s: string) => (terminal += s), isTTY: false }));
+    assert.deepEqual(JSON.parse(readFileSync(join(dir, 'seeds.json'), 'utf8')).seeds, [1, 2, 3]);
+    const md = readFileSync(join(dir, 'seeds.md'), 'utf8');
+    assert.match(md, /\| replay \+2 rounds +\| +90\.3 ± 1\.0 \| +-0\.7 ± 0\.3/);
+    assert.match(md, /- RMIA TPR at 1% FPR: \*\*carries signal\*\*/);
+    assert.match(md, /Within 1 point of retraining at 10x or more fewer client sample-epochs: replay \+2 rounds\./);
+    assert.match(readFileSync(join(dir, 'seeds.svg'), 'utf8'), /^<svg/);
+    assert.match(terminal, /seeds 1, 2, 3 \(mean ± sample SD\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
