@@ -114,16 +114,16 @@ const fmt = (scale: number, digits: number, signed = false) => (v: unknown) => {
 
 const COLUMNS: TableColumn[] = [
   { key: 'row', title: 'row', align: 'left' },
-  { key: 'testAccuracy', title: 'test acc %', format: fmt(100, 1) },
-  { key: 'vsRetrain', title: 'vs retrain', format: fmt(100, 1, true) },
-  { key: 'forgottenAccuracy', title: 'forgotten acc %', format: fmt(100, 1) },
-  { key: 'backdoorASR', title: 'backdoor ASR %', format: fmt(100, 1) },
-  { key: 'lossMiaAuc', title: 'loss MIA AUC', format: fmt(1, 3) },
-  { key: 'rmiaTprAt0_1', title: 'RMIA TPR@0.1% %', format: fmt(100, 1) },
-  { key: 'rmiaTprAt1', title: 'RMIA TPR@1% %', format: fmt(100, 1) },
-  { key: 'rmiaAuc', title: 'RMIA AUC', format: fmt(1, 3) },
-  { key: 'l2ToRetrain', title: 'L2 to retrain', format: fmt(1, 2) },
-  { key: 'speedupSampleEpochs', title: 'speed-up (work)', format: fmt(1, 1) },
+  { key: 'testAccuracy', title: 'test acc %', format: fmt(100, 1), align: 'right' },
+  { key: 'vsRetrain', title: 'vs retrain', format: fmt(100, 1, true), align: 'right' },
+  { key: 'forgottenAccuracy', title: 'forgotten acc %', format: fmt(100, 1), align: 'right' },
+  { key: 'backdoorASR', title: 'backdoor ASR %', format: fmt(100, 1), align: 'right' },
+  { key: 'lossMiaAuc', title: 'loss MIA AUC', format: fmt(1, 3), align: 'right' },
+  { key: 'rmiaTprAt0_1', title: 'RMIA TPR@0.1% %', format: fmt(100, 1), align: 'right' },
+  { key: 'rmiaTprAt1', title: 'RMIA TPR@1% %', format: fmt(100, 1), align: 'right' },
+  { key: 'rmiaAuc', title: 'RMIA AUC', format: fmt(1, 3), align: 'right' },
+  { key: 'l2ToRetrain', title: 'L2 to retrain', format: fmt(1, 2), align: 'right' },
+  { key: 'speedupSampleEpochs', title: 'speed-up (work)', format: fmt(1, 1), align: 'right' },
 ];
 
 /** seeds.json, seeds.md (the table with the signal verdicts) and seeds.svg; the table on the terminal. */

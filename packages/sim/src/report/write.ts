@@ -86,7 +86,7 @@ const MIA_NO_SIGNAL = 0.05;
 
 export function rowLabel(r: { method: string; tuneRounds: number; fullHistory?: boolean; t0?: number | null; roundsKeptExact?: number }): string {
   const from = r.fullHistory ? ' (full history)' : r.t0 && r.roundsKeptExact ? ` (from t0 = ${r.t0})` : '';
-  return (r.tuneRounds > 0 ? `${r.method} +${r.tuneRounds} rounds` : r.method) + from;
+  return (r.tuneRounds > 0 ? `${r.method} +${r.tuneRounds} round${r.tuneRounds === 1 ? '' : 's'}` : r.method) + from;
 }
 
 /** Where the training phase's time went, in one sentence. */
