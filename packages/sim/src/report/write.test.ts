@@ -92,7 +92,7 @@ test('report.md explains every column of its tables and lists each round\'s part
 test('an MIA AUC of about 0.5 for the original model is flagged in the column title and the notes; fidelity says what it needs', async () => {
   const { md, terminal } = await written(report(0.503, null));
   assert.match(md, /\| MIA AUC \(no signal here\)/);
-  assert.match(md, /already scores about 0\.5/);
+  assert.match(md, /scores no better than the retrain \(or, without a retrain, about 0\.5\)/);
   assert.match(md, /Empty: this run had no `--noise-floor`/);
   assert.match(terminal, /MIA AUC \(no signal here\)/);
   assert.match(terminal, /fidelity: empty without --noise-floor/);
@@ -109,4 +109,15 @@ test('the report says which witness carries signal in the run, and which does no
   assert.match(md, /- RMIA TPR at 1% FPR: \*\*carries signal\*\* \(original − retrain 0\.300 against 0\.100/);
   assert.match(md, /- loss-threshold MIA AUC: no signal/);
   assert.match(terminal, /RMIA TPR at 1% FPR: carries signal/);
+});
+
+test('the MIA column is flagged by the run\'s own verdict when there is one, not by a fixed band around 0.5', async () => {
+  const r = report(0.62, null);
+  r.signals = [{ name: 'loss-threshold MIA AUC', separation: 0.05, noise: 0.09, carriesSignal: false, basis: 'b' }];
+  const { md, terminal } = await written(r);
+  assert.match(md, /\| MIA AUC \(no signal here\)/);
+  assert.match(terminal, /not above the retrain's by more than the figure's sampling error/);
+  r.signals = [{ name: 'loss-threshold MIA AUC', separation: 0.01, noise: 0.005, carriesSignal: true, basis: 'b' }];
+  r.original!.mia!.auc = 0.51;
+  assert.doesNotMatch((await written(r)).md, /no signal here/);
 });
