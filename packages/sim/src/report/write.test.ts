@@ -121,3 +121,11 @@ test('the MIA column is flagged by the run\'s own verdict when there is one, not
   r.original!.mia!.auc = 0.51;
   assert.doesNotMatch((await written(r)).md, /no signal here/);
 });
+
+test("report.md gives each row's RMIA score quantiles", async () => {
+  const r = report(0.62, null);
+  r.original!.witness = { tprAt0_1: 0.05, tprAt1: 0.15, auc: 0.7, memberScoreQuantiles: [0.1, 0.4, 0.75, 0.95, 0.999], nonMemberScoreQuantiles: [0.05, 0.25, 0.5, 0.75, 0.95], fprResolution: 0.001, references: ['initial model', 'exact retrain'], members: 100, nonMembers: 1000, population: 1000 };
+  const { md } = await written(r);
+  assert.match(md, /- original: members 0\.100 \/ 0\.400 \/ 0\.750 \/ 0\.950 \/ 0\.999; non-members' median 0\.500/);
+  assert.match(md, /- original: initial model \+ exact retrain/);
+});

@@ -73,6 +73,12 @@ function signalLines(report: SimReport): string[] {
   return report.signals.map((s) => `- ${s.name}: ${s.carriesSignal ? '**carries signal**' : 'no signal'} (original − retrain ${s.separation.toFixed(3)} against ${s.noise.toFixed(3)}, ${s.basis})`);
 }
 
+/** Each row's member-score quantiles: a witness's mean hides the few examples a model memorised. */
+function scoreSpreadLines(report: SimReport): string[] {
+  const rows = [{ label: 'original', w: report.original?.witness }, ...report.unlearning.map((r) => ({ label: rowLabel(r), w: r.witness }))];
+  return rows.flatMap(({ label, w }) => (w ? [`- ${label}: members ${w.memberScoreQuantiles.map((q) => q.toFixed(3)).join(' / ')}; non-members' median ${w.nonMemberScoreQuantiles[2]!.toFixed(3)}`] : []));
+}
+
 /** Which reference models each row's RMIA used, grouped. */
 function referenceLines(report: SimReport): string[] {
   const rows = [{ label: 'original', refs: report.original?.witness?.references }, ...report.unlearning.map((r) => ({ label: rowLabel(r), refs: r.witness?.references }))];
@@ -160,6 +166,8 @@ export async function writeReport(dir: string, report: SimReport, progress: Prog
     terminal += `\n${title}\n${renderTable(columns, rows)}\n${[floorNote, miaNote].filter(Boolean).join('\n')}\n${signals.join('\n').replace(/\*\*/g, '')}\ncolumns are explained in report.md\n`;
     md.push('## Unlearning', '', title, '', markdownTable(columns, rows), '', ...unlearningNotes(miaNoSignal, report.noiseFloor !== null), '');
     if (signals.length > 0) md.push('Which witness separates the original from the retrain beyond its sampling error in this run (a witness without signal cannot show forgetting here):', '', ...signals, '');
+    const spread = scoreSpreadLines(report);
+    if (spread.length > 0) md.push("RMIA scores' spread per row (quantiles 5, 25, 50, 75, 95 % of the members' scores; the non-members' median; a score is the share of population examples an example dominates):", '', ...spread, '');
     const refs = referenceLines(report);
     if (refs.length > 0) md.push('RMIA reference models per row:', '', ...refs, '');
     if (report.noiseFloor) md.push(`Noise floor: L2 ${report.noiseFloor.l2BetweenRetrains.toFixed(4)} between two exact retrains with different shuffle seeds.`, '');
