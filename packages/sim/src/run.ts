@@ -286,7 +286,8 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       const floor = retrain && second ? l2Distance(retrain.weights, second.weights) : null;
       if (floor !== null) noiseFloor = { l2BetweenRetrains: floor };
       // The witness's references: the model from before the forgotten clients joined, and the exact retrain, except
-      // for the retrain itself, judged against the second retrain (--noise-floor) when there is one, never itself.
+      // for the retrain itself (and a model equal to it), judged against the second retrain (--noise-floor) when there
+      // is one, never itself.
       const beforeJoinRef = { name: beforeJoin.name, outputs: (await evaluator.outputs(beforeJoin.weights))! };
       const retrainRef = retrain ? { name: 'exact retrain', outputs: evaluated.get(retrain)!.predictions.outputs! } : null;
       const secondRef = second ? { name: 'second exact retrain (noise floor, other shuffles)', outputs: (await evaluator.outputs(second.weights))! } : null;
@@ -298,7 +299,9 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       original = { ...original, witness: judge(orig.predictions.outputs, false) };
       for (const r of rowResults) {
         const e = evaluated.get(r)!;
-        e.figures.witness = judge(e.predictions.outputs, r === retrain);
+        // A model bit-identical to the retrain (rollback when a forgotten client took part in round 1) is the retrain:
+        // judged against the retrain it would be judged against itself.
+        e.figures.witness = judge(e.predictions.outputs, r === retrain || (retrain !== undefined && l2Distance(r.weights, retrain.weights) === 0));
       }
       const retrainRow = retrain ? evaluated.get(retrain)!.figures : null;
       if (retrainRow && original) {
