@@ -48,8 +48,8 @@ export interface ModelOutputs {
 export interface RmiaOptions {
   /**
    * Offline scaling a ∈ [0, 1] of RMIA §4: Pr(x) ≈ ½((1 + a)·Pr_OUT(x) + (1 − a)) stands in for the mean over IN and
-   * OUT reference models when every reference is OUT. Default 0.3 (the paper sets a on a reference model; 0.3 is in
-   * the range it reports for its image data sets).
+   * OUT reference models when every reference is OUT. Default 0.3: the paper fits a on reference models; we have not
+   * fitted it here (with a = 1 the score is the plain ratio to the references' mean).
    */
   a?: number;
   /** Likelihood-ratio threshold γ ≥ 1 of RMIA's score; default 1. */
