@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
 import { METHOD_NAMES, type MethodName } from '@fedunlearn/coordinator';
-import { DEFAULT_CONFIG, type SimConfig } from './config.js';
+import { applyScenario, DEFAULT_CONFIG, SCENARIOS, type SimConfig } from './config.js';
 import type { DatasetName } from './data/datasets.js';
 import { runSimulation } from './run.js';
+import { runSeeds } from './seeds.js';
 
 const list = (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean);
 const ints = (v: string) => list(v).map((s) => Number(s));
@@ -21,6 +22,9 @@ const program = new Command('fedunlearn-sim')
   .option('--lr <x>', 'SGD learning rate', Number, d.lr)
   .option('--partition <spec>', 'iid | dirichlet:ALPHA | shards:S', d.partition)
   .option('--seed <s>', 'seed of data split, partition, model and schedule', Number, d.seed)
+  .option('--seeds <s,t>', 'run once per seed (OUT/seed-S) and report each row\'s mean and spread (OUT/seeds.json, .md, .svg)', ints)
+  .addOption(new Option('--scenario <name>', 'preset (explicit flags override it); memorise: 10 clients of ~200 examples, 5 local epochs x 20 rounds, forget client 0').choices(Object.keys(SCENARIOS)))
+  .option('--test-fraction <f>', 'share of each class held out (test set, membership non-members and population)', Number)
   .option('--history-interval <dt>', 'keep full client updates every DT rounds (FedEraser Δt)', Number, d.historyInterval)
   .addOption(new Option('--retention <kind>', 'how stored updates are kept').choices(['fp32', 'fp16', 'int8', 'norms']).default(d.retention))
   .option('--out <dir>', 'output directory (report.json, plots)', d.out)
@@ -42,7 +46,7 @@ const program = new Command('fedunlearn-sim')
 
 program.parse();
 const o = program.opts();
-const config: SimConfig = {
+const given: SimConfig = {
   ...d,
   dataset: o.dataset as DatasetName,
   model: o.model,
@@ -68,13 +72,19 @@ const config: SimConfig = {
   backdoor: Boolean(o.backdoor),
   noiseFloor: Boolean(o.noiseFloor),
   ...(o.limitPerClass ? { limitPerClass: o.limitPerClass } : {}),
+  ...(o.testFraction ? { testFraction: o.testFraction } : {}),
   ...(o.threads ? { threads: o.threads } : {}),
   roundDeadlineMs: o.roundDeadlineMs,
   quiet: Boolean(o.quiet),
   keepData: Boolean(o.keepData),
 };
 
-runSimulation(config).then(
+// A scenario's values replace the defaults, never a flag the user gave (--clients alone also sets clients per round).
+const explicit = new Set(Object.keys(o).filter((k) => program.getOptionValueSource(k) === 'cli'));
+if (explicit.has('clients') && !explicit.has('clientsPerRound')) explicit.add('clientsPerRound');
+const config = o.scenario ? applyScenario(given, o.scenario as string, explicit) : given;
+
+(o.seeds ? runSeeds(config, o.seeds as number[]) : runSimulation(config)).then(
   () => process.exit(0),
   (e: unknown) => {
     process.stderr.write(`fedunlearn-sim: ${(e as Error).message}\n`);

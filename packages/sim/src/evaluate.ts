@@ -1,6 +1,7 @@
 import type { Trainer } from '@fedunlearn/client';
 import type { LocalDataset } from './data/types.js';
 import { accuracy, attackSuccessRate, fitLossThreshold, meanCrossEntropy, membershipInference, perExampleLoss } from './verify/metrics.js';
+import { tprAtFpr, trueClassProbs, type ModelOutputs, type WitnessFigures } from './verify/mia.js';
 
 /** The data a model is judged on; the forgotten clients' data is their clean data, without triggered copies. */
 export interface EvalSets {
@@ -11,6 +12,8 @@ export interface EvalSets {
   targetClass: number;
   /** Held-out examples standing against the forgotten clients' data in the membership attack. */
   nonMembers: LocalDataset | null;
+  /** Held-out examples, disjoint from nonMembers, that the per-example witness (RMIA) compares each example with. */
+  population: LocalDataset | null;
 }
 
 export interface ModelFigures {
@@ -18,13 +21,18 @@ export interface ModelFigures {
   testLoss: number;
   forgottenAccuracy: number | null;
   backdoorASR: number | null;
-  mia: { auc: number; precision: number; recall: number } | null;
+  /** Loss-threshold attack (threshold fitted on the original model); tprAt1: the loss attack's TPR at 1 % FPR. */
+  mia: { auc: number; precision: number; recall: number; tprAt1: number } | null;
+  /** The per-example witness (RMIA against reference models; verify/mia.ts); null without members. */
+  witness: WitnessFigures | null;
 }
 
 export interface Predictions {
   forgottenProbs: Float32Array | null;
   memberLoss: Float64Array | null;
   nonMemberLoss: Float64Array | null;
+  /** True-label probabilities on members, non-members and population, for the per-example witness. */
+  outputs: ModelOutputs | null;
 }
 
 export class Evaluator {
@@ -36,6 +44,14 @@ export class Evaluator {
 
   private probs(weights: Float32Array, d: LocalDataset): Promise<Float32Array> {
     return this.trainer.predict(this.topologyJson, weights, d.x, d.count);
+  }
+
+  /** The model's true-label probabilities on the witness's three sets (null when the run forgets nobody). */
+  async outputs(weights: Float32Array): Promise<ModelOutputs | null> {
+    const { forgotten, nonMembers, population } = this.sets;
+    if (!forgotten || !nonMembers || !population) return null;
+    const p = async (d: LocalDataset) => trueClassProbs(await this.probs(weights, d), d.y, d.numClasses);
+    return { members: await p(forgotten), nonMembers: await p(nonMembers), population: await p(population) };
   }
 
   async test(weights: Float32Array): Promise<{ accuracy: number; loss: number }> {
@@ -73,10 +89,26 @@ export class Evaluator {
         testLoss: t.loss,
         forgottenAccuracy,
         backdoorASR,
-        mia: mia ? { auc: mia.auc, precision: mia.precision, recall: mia.recall } : null,
+        // Lower loss ⇒ member, hence the negated losses as scores.
+        mia: mia ? { auc: mia.auc, precision: mia.precision, recall: mia.recall, tprAt1: tprAtFpr(memberLoss!.map((l) => -l), nonMemberLoss!.map((l) => -l), 0.01) } : null,
+        // Filled in by the caller once the reference models are known.
+        witness: null,
       },
-      predictions: { forgottenProbs, memberLoss, nonMemberLoss },
+      predictions: { forgottenProbs, memberLoss, nonMemberLoss, outputs: await this.outputs(weights) },
       threshold,
     };
   }
+}
+
+/** The witnesses of forgetting a row's figures hold: name, value (null when the run has no such figure), kind. */
+export function witnessValues(f: ModelFigures): { name: string; value: number | null; kind: 'rate' | 'auc' }[] {
+  return [
+    { name: 'backdoor ASR', value: f.backdoorASR, kind: 'rate' },
+    { name: 'forgotten-data accuracy', value: f.forgottenAccuracy, kind: 'rate' },
+    { name: 'loss-threshold MIA AUC', value: f.mia?.auc ?? null, kind: 'auc' },
+    { name: 'loss-threshold MIA TPR at 1% FPR', value: f.mia?.tprAt1 ?? null, kind: 'rate' },
+    { name: 'RMIA TPR at 0.1% FPR', value: f.witness?.tprAt0_1 ?? null, kind: 'rate' },
+    { name: 'RMIA TPR at 1% FPR', value: f.witness?.tprAt1 ?? null, kind: 'rate' },
+    { name: 'RMIA AUC', value: f.witness?.auc ?? null, kind: 'auc' },
+  ];
 }

@@ -51,6 +51,11 @@ test('after every method the backdoor is gone as it is after retraining, and the
     // not: otherwise "far below the original's" would hold for any model.
     assert.ok(asr0 >= 4 * asrRetrain && asr0 > 0.3, `the original model did not learn the backdoor well enough to test its removal\n${table}`);
     assert.ok(retrain.testAccuracy > 0.5, `retraining did not learn the task\n${table}`);
+    // Rollback lands on the retrain's weights here (client 0 took part in round 1): the witness must not judge it
+    // against the retrain, which would be judging a model against itself.
+    const rollback = report.unlearning.find((r) => r.method === 'rollback')!;
+    assert.equal(rollback.distanceToRetrain!.l2, 0, table);
+    assert.ok(!rollback.witness!.references.includes('exact retrain'), table);
     for (const row of report.unlearning.filter((r) => r.method !== 'retrain')) {
       const asr = row.backdoorASR!;
       // Far below the original: at most a quarter of it.

@@ -8,12 +8,14 @@ import { makeTrigger, stamp, withBackdoor } from './data/backdoor.js';
 import { loadDataset } from './data/datasets.js';
 import { partition } from './data/partition.js';
 import { concat, subset } from './data/types.js';
-import { Evaluator, type ModelFigures } from './evaluate.js';
+import { Evaluator, witnessValues, type ModelFigures } from './evaluate.js';
 import { Fleet } from './fleet/fleet.js';
 import type { VirtualClientSpec } from './fleet/messages.js';
 import { Progress } from './progress.js';
 import { writeReport } from './report/write.js';
 import { displacementCosine, l2Distance, predictionDissimilarity } from './verify/metrics.js';
+import { witness, type ModelOutputs } from './verify/mia.js';
+import { signalInRun, type SignalVerdict } from './verify/signal.js';
 
 export interface RoundRow {
   round: number;
@@ -101,6 +103,8 @@ export interface SimReport {
   originalDistanceToRetrain: { l2: number; cosine: number } | null;
   unlearning: UnlearningRow[];
   noiseFloor: { l2BetweenRetrains: number } | null;
+  /** Which witness separates the original from the retrain beyond its own sampling error in this run (verify/signal.ts). */
+  signals: SignalVerdict[];
   jobs: JobReport[];
   notes: string[];
 }
@@ -120,7 +124,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
   const progress = new Progress(cfg.quiet);
   const notes: string[] = [];
 
-  const loaded = loadDataset(cfg.dataset, { seed: cfg.seed, layout: cfg.model === 'cnn' ? 'image' : 'flat', ...(cfg.limitPerClass ? { limitPerClass: cfg.limitPerClass } : {}) });
+  const loaded = loadDataset(cfg.dataset, { seed: cfg.seed, layout: cfg.model === 'cnn' ? 'image' : 'flat', ...(cfg.limitPerClass ? { limitPerClass: cfg.limitPerClass } : {}), ...(cfg.testFraction ? { testFraction: cfg.testFraction } : {}) });
   const parts = partition(loaded.train, cfg.clients, cfg.partition, cfg.seed);
   const trigger = makeTrigger({});
   const forgottenIds = cfg.forget.map(clientId);
@@ -132,12 +136,16 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
   const forgottenClean = cfg.forget.length > 0 ? concat(cfg.forget.map((i) => parts[i]!)) : null;
   const nonTarget = Array.from(loaded.test.y.keys()).filter((i) => loaded.test.y[i] !== trigger.targetClass);
   const triggered = cfg.backdoor ? stamp(subset(loaded.test, nonTarget), trigger) : null;
-  const nonMembers = forgottenClean ? subset(loaded.test, Array.from({ length: Math.min(forgottenClean.count, loaded.test.count) }, (_, i) => i)) : null;
+  // The held-out test set, halved: non-members the attacks are judged on, and the population the per-example witness
+  // compares every example with (RMIA's z); disjoint, so that no non-member is compared with itself.
+  const half = Math.floor(loaded.test.count / 2);
+  const nonMembers = forgottenClean ? subset(loaded.test, Array.from({ length: half }, (_, i) => i)) : null;
+  const population = forgottenClean ? subset(loaded.test, Array.from({ length: loaded.test.count - half }, (_, i) => half + i)) : null;
 
   const def = builtInDefinition(cfg.model, { inputShape: loaded.train.inputShape, numClasses: loaded.train.numClasses, seed: cfg.seed });
   const backend = await initBackend();
   const trainer = new Trainer({ tf: backend.tf });
-  const evaluator = new Evaluator(trainer, def.topologyJson, { test: loaded.test, forgotten: forgottenClean, triggered, nonMembers, targetClass: trigger.targetClass });
+  const evaluator = new Evaluator(trainer, def.topologyJson, { test: loaded.test, forgotten: forgottenClean, triggered, nonMembers, population, targetClass: trigger.targetClass });
 
   const fleet = new Fleet(cfg.threads);
   fleet.on('failure', (m) => notes.push(`client failure: ${m}`));
@@ -187,8 +195,11 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       });
       progress.tick({ acc: m.accuracy });
     };
+    // The global model before the forgotten clients joined never saw them: the witness's free reference model.
+    let beforeJoin = { name: 'initial model (before the forgotten clients joined)', weights: def.initial.values };
     if (lateIds.size > 0) {
       await coord.coordinator.runRounds(cfg.forgetJoinRound - 1, onRound);
+      beforeJoin = { name: `model after round ${cfg.forgetJoinRound - 1} (before the forgotten clients joined)`, weights: Float32Array.from(coord.coordinator.model().weights) };
       await fleet.add(
         coord.url,
         specs.filter((s) => lateIds.has(s.clientId)),
@@ -208,6 +219,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     let originalDistanceToRetrain: SimReport['originalDistanceToRetrain'] = null;
     const rows: UnlearningRow[] = [];
     let noiseFloor: SimReport['noiseFloor'] = null;
+    let signals: SignalVerdict[] = [];
     if (forgottenIds.length > 0) {
       const orig = await evaluator.figures(trained, 'fit');
       const threshold = orig.threshold;
@@ -284,6 +296,35 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       const retrainProbs = retrain ? evaluated.get(retrain)!.predictions.forgottenProbs : null;
       const floor = retrain && second ? l2Distance(retrain.weights, second.weights) : null;
       if (floor !== null) noiseFloor = { l2BetweenRetrains: floor };
+      // The witness's references: the model from before the forgotten clients joined, and the exact retrain, except
+      // for the retrain itself (and a model equal to it), judged against the second retrain (--noise-floor) when there
+      // is one, never itself.
+      const beforeJoinRef = { name: beforeJoin.name, outputs: (await evaluator.outputs(beforeJoin.weights))! };
+      const retrainRef = retrain ? { name: 'exact retrain', outputs: evaluated.get(retrain)!.predictions.outputs! } : null;
+      const secondRef = second ? { name: 'second exact retrain (noise floor, other shuffles)', outputs: (await evaluator.outputs(second.weights))! } : null;
+      const judge = (target: ModelOutputs | null, isRetrain: boolean) => {
+        if (!target) return null;
+        const refs = [beforeJoinRef, ...(isRetrain ? (secondRef ? [secondRef] : []) : retrainRef ? [retrainRef] : [])];
+        return witness(target, refs);
+      };
+      original = { ...original, witness: judge(orig.predictions.outputs, false) };
+      for (const r of rowResults) {
+        const e = evaluated.get(r)!;
+        // A model bit-identical to the retrain (rollback when a forgotten client took part in round 1) is the retrain:
+        // judged against the retrain it would be judged against itself.
+        e.figures.witness = judge(e.predictions.outputs, r === retrain || (retrain !== undefined && l2Distance(r.weights, retrain.weights) === 0));
+      }
+      const retrainRow = retrain ? evaluated.get(retrain)!.figures : null;
+      if (retrainRow && original) {
+        const o = witnessValues(original);
+        const sizes = { members: forgottenClean!.count, nonMembers: nonMembers!.count, triggered: triggered?.count ?? 0 };
+        signals = witnessValues(retrainRow).flatMap((w, i) => {
+          const ov = o[i]!.value;
+          if (w.value === null || ov === null) return [];
+          const n = w.name === 'backdoor ASR' ? sizes.triggered : sizes.members;
+          return [signalInRun({ name: w.name, original: ov, retrain: w.value, kind: w.kind, n, ...(w.kind === 'auc' ? { nNeg: sizes.nonMembers } : {}) })];
+        });
+      }
       if (retrain) originalDistanceToRetrain = { l2: l2Distance(trained, retrain.weights), cosine: displacementCosine(trained, retrain.weights, def.initial.values) };
       for (const r of rowResults) {
         const f = evaluated.get(r)!;
@@ -339,6 +380,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
       originalDistanceToRetrain,
       unlearning: rows,
       noiseFloor,
+      signals,
       jobs,
       notes,
     };

@@ -168,3 +168,52 @@ export async function unlearningPlotSvg(points: UnlearningPoint[], opts: { title
     config: { legend: { labelLimit: 400 } },
   } as unknown as TopLevelSpec);
 }
+
+/** One row of the seeds picture: means and sample SDs over seeds (fractions in [0, 1]; cost in sample-epochs). */
+export interface SeedPoint {
+  row: string;
+  testAccuracy: { mean: number; sd: number };
+  clientSampleEpochs: { mean: number; sd: number } | null;
+  rmiaTprAt1: { mean: number; sd: number } | null;
+}
+
+/**
+ * The seeds picture, two panels: test accuracy (mean ± SD error bars) against client work, one point per method; and
+ * the per-example witness (RMIA TPR at 1 % FPR, mean ± SD) for the original and every method, retrain's being the target.
+ */
+export async function seedsPlotSvg(points: SeedPoint[], opts: { title: string }): Promise<string> {
+  const order = points.map((p) => p.row);
+  const work = points
+    .filter((p) => p.clientSampleEpochs)
+    .map((p) => ({ row: p.row, cost: p.clientSampleEpochs!.mean, acc: p.testAccuracy.mean, lo: p.testAccuracy.mean - p.testAccuracy.sd, hi: p.testAccuracy.mean + p.testAccuracy.sd }));
+  const tpr = points.filter((p) => p.rmiaTprAt1).map((p) => ({ row: p.row, v: p.rmiaTprAt1!.mean, lo: Math.max(0, p.rmiaTprAt1!.mean - p.rmiaTprAt1!.sd), hi: p.rmiaTprAt1!.mean + p.rmiaTprAt1!.sd }));
+  const x = { field: 'cost', type: 'quantitative', title: 'client sample-epochs (mean)', scale: { zero: true } } as const;
+  const top = {
+    title: 'Test accuracy against client work (mean ± SD over seeds)',
+    width: WIDTH,
+    height: HEIGHT * 0.8,
+    data: { values: work },
+    layer: [
+      { mark: { type: 'rule' }, encoding: { x, y: { field: 'lo', type: 'quantitative', scale: { zero: false }, title: 'Test accuracy', axis: { format: '.0%' } }, y2: { field: 'hi' }, color: { field: 'row', type: 'nominal', title: 'method', scale: { domain: order } } } },
+      { mark: { type: 'point', filled: false, strokeWidth: 2, size: 110 }, encoding: { x, y: { field: 'acc', type: 'quantitative' }, color: { field: 'row', type: 'nominal', title: 'method', scale: { domain: order } }, shape: { field: 'row', type: 'nominal', title: 'method', scale: { domain: order } } } },
+    ],
+  };
+  const bottom = {
+    title: { text: 'Per-example witness: RMIA TPR at 1 % FPR (mean ± SD)', subtitle: "retrain's bar is the target; the original's is what memorisation looks like" },
+    width: WIDTH,
+    data: { values: tpr },
+    layer: [
+      { mark: { type: 'bar', color: '#1f77b4' }, encoding: { y: { field: 'row', type: 'nominal', title: null, sort: order, axis: { labelLimit: 400 } }, x: { field: 'v', type: 'quantitative', title: null, axis: { format: '.0%' } } } },
+      { mark: { type: 'rule', color: 'black' }, encoding: { y: { field: 'row', type: 'nominal', sort: order }, x: { field: 'lo', type: 'quantitative' }, x2: { field: 'hi' } } },
+    ],
+  };
+  return renderSvg({
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: opts.title,
+    background: 'white',
+    vconcat: [top, bottom],
+    resolve: { scale: { color: 'independent', shape: 'independent' } },
+    spacing: 30,
+    config: { legend: { labelLimit: 400 } },
+  } as unknown as TopLevelSpec);
+}
