@@ -49,14 +49,14 @@ export class HistoryBlobMissingError extends Error {
   }
 }
 
-const SEGMENT = /^[A-Za-z0-9._-]+$/;
+const SEGMENT = /^[A-Za-z0-9._~-]+$/;
 
 /** Throws BlobKeyError unless `key` is a valid blob key (see BlobStore). */
 export function checkBlobKey(key: string): void {
   if (typeof key !== 'string' || key.length === 0 || key.length > 512) throw new BlobKeyError(`bad blob key ${JSON.stringify(key)}: 1 to 512 characters`);
   for (const seg of key.split('/')) {
     if (!SEGMENT.test(seg) || seg === '.' || seg === '..') {
-      throw new BlobKeyError(`bad blob key ${JSON.stringify(key)}: '/'-separated segments of [A-Za-z0-9._-], none empty, '.' or '..'`);
+      throw new BlobKeyError(`bad blob key ${JSON.stringify(key)}: '/'-separated segments of [A-Za-z0-9._~-], none empty, '.' or '..'`);
     }
   }
 }
