@@ -130,7 +130,7 @@ export class FsBlobStore implements BlobStore {
 
   /** Temporary files of interrupted writes under `prefix` (never complete by construction): what `discard` of
    *  garbage after a crash also removes. Returns how many were deleted. */
-  async sweepTemporary(prefix = ''): Promise<number> {
+  async sweepInterrupted(prefix = ''): Promise<number> {
     this.requireOpen();
     checkBlobPrefix(prefix);
     let n = 0;
