@@ -437,8 +437,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
             continue;
           }
           // The cadence counts from round start to round start, so a long round is not followed by a long pause.
-          const wait = lastStart + this.roundIntervalMs - Date.now();
-          if (wait > 0) await sleep(wait, this.abort.signal);
+          // Again after each sleep: a timer may fire a millisecond early against Date.now().
+          for (let wait = lastStart + this.roundIntervalMs - Date.now(); wait > 0 && !this.abort.signal.aborted; wait = lastStart + this.roundIntervalMs - Date.now()) {
+            await sleep(wait, this.abort.signal);
+          }
           if (this.abort.signal.aborted) break;
           const startedAt = Date.now();
           lastStart = startedAt;
