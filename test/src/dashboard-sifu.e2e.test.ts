@@ -41,7 +41,7 @@ test("the dashboard shows a sifu job's certificate: epsilon, delta, the noise, t
   await page.locator('#live[data-state="live"]').waitFor();
 
   // sigma 0.05 (the default) cannot cover a whole round's removal here: SIFU rolls back to t0, with no noise.
-  const job = coordinator.forget({ clientIds: ['dev-0'], method: 'sifu', requestedBy: 'operator:test' });
+  const job = await coordinator.forget({ clientIds: ['dev-0'], method: 'sifu', requestedBy: 'operator:test' });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const cert = (done!.report as JobReport).certificate!;

@@ -41,7 +41,7 @@ test("the dashboard's report of a fedrecover job shows how many client updates w
   await page.locator('#live[data-state="live"]').waitFor();
 
   // Rounds: 1-2 warm-up (exact), 3 estimated, 4 final tuning (exact).
-  const job = coordinator.forget({ clientIds: ['dash-0'], method: 'fedrecover', params: { warmupRounds: 2, correctionPeriod: 10, finalTuningRounds: 1 }, requestedBy: 'operator:test' });
+  const job = await coordinator.forget({ clientIds: ['dash-0'], method: 'fedrecover', params: { warmupRounds: 2, correctionPeriod: 10, finalTuningRounds: 1 }, requestedBy: 'operator:test' });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;

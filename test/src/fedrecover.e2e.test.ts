@@ -71,7 +71,7 @@ test('fedrecover through POST /v1/jobs: exact updates in warm-up, correction and
   const cb = await connectClients(b.url, parts, 'dev');
   await a.coordinator.runRounds(6);
   await b.coordinator.runRounds(6);
-  const original = await a.coordinator.store.readModel(a.coordinator.store.head().version);
+  const original = await a.coordinator.store.readModel((await a.coordinator.store.head()).version);
 
   const res = await post(a.coordinator, a.url, { clientIds: ['dev-0'], method: 'fedrecover', params: PARAMS });
   assert.equal(res.status, 202, JSON.stringify(res.body));
@@ -96,12 +96,12 @@ test('fedrecover through POST /v1/jobs: exact updates in warm-up, correction and
   assert.deepEqual(report.updates, { exact: 12, estimated: 6, stored: 0 });
   assert.equal(report.cost.tasks, 12, 'a client task per exact update, none for the estimates');
 
-  const retrain = b.coordinator.forget({ clientIds: ['dev-0'], method: 'retrain', requestedBy: 'operator:test' });
+  const retrain = await b.coordinator.forget({ clientIds: ['dev-0'], method: 'retrain', requestedBy: 'operator:test' });
   const [rdone] = await b.coordinator.runPendingJobs();
   assert.equal(rdone!.state, 'done', rdone!.error ?? '');
   assert.equal(rdone!.jobId, retrain.jobId);
-  const recovered = await a.coordinator.store.readModel(a.coordinator.store.head().version);
-  const retrained = await b.coordinator.store.readModel(b.coordinator.store.head().version);
+  const recovered = await a.coordinator.store.readModel((await a.coordinator.store.head()).version);
+  const retrained = await b.coordinator.store.readModel((await b.coordinator.store.head()).version);
   const before = l2(original, retrained);
   const afterRecovery = l2(recovered, retrained);
   const acc = { original: await testAccuracy(scenario.def, original, scenario.test), fedrecover: await testAccuracy(scenario.def, recovered, scenario.test), retrain: await testAccuracy(scenario.def, retrained, scenario.test) };
@@ -125,7 +125,7 @@ test('a client offline at a correction keeps its estimate, named in the report; 
   });
   clients = await connectClients(url, scenario.parts, 'dev');
   await coordinator.runRounds(6);
-  coordinator.forget({ clientIds: ['dev-0'], method: 'fedrecover', params: PARAMS, requestedBy: 'operator:test' });
+  await coordinator.forget({ clientIds: ['dev-0'], method: 'fedrecover', params: PARAMS, requestedBy: 'operator:test' });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;
@@ -146,7 +146,7 @@ test('a client offline at a correction keeps its estimate, named in the report; 
   await second.coordinator.runRounds(3);
   await c2[3]!.close();
   await waitUntil(() => second.coordinator.registry.get('dev-3') === undefined, 10_000, 'dev-3 gone');
-  second.coordinator.forget({ clientIds: ['dev-0'], method: 'fedrecover', params: { warmupRounds: 1, correctionPeriod: 1, finalTuningRounds: 0 }, requestedBy: 'operator:test' });
+  await second.coordinator.forget({ clientIds: ['dev-0'], method: 'fedrecover', params: { warmupRounds: 1, correctionPeriod: 1, finalTuningRounds: 0 }, requestedBy: 'operator:test' });
   const [d2] = await second.coordinator.runPendingJobs();
   assert.equal(d2!.state, 'done', d2!.error ?? '');
   const r2 = d2!.report as JobReport;
@@ -181,12 +181,12 @@ test('a fedrecover job stopped between rounds resumes after a restart from its l
   );
   const c1 = await connectClients((await first.listen(0)).url, scenario.parts, 'dev');
   await first.runRounds(6);
-  const job = first.forget({ clientIds: ['dev-0'], method: 'fedrecover', params: PARAMS, requestedBy: 'operator:test' });
+  const job = await first.forget({ clientIds: ['dev-0'], method: 'fedrecover', params: PARAMS, requestedBy: 'operator:test' });
   await first.runPendingJobs().catch(() => undefined);
   await stopping;
   await closeAll(c1);
   const second = await Coordinator.create(options());
-  assert.equal(second.store.getJob(job.jobId)!.state, 'running', 'interrupted, not failed');
+  assert.equal((await second.store.getJob(job.jobId))!.state, 'running', 'interrupted, not failed');
   const c2 = await connectClients((await second.listen(0)).url, scenario.parts, 'dev');
   const [done] = await second.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
@@ -220,7 +220,7 @@ test('an estimate with a coordinate above the abnormality threshold is replaced 
   assert.deepEqual(report.params, { tuneRounds: 0, warmupRounds: 1, correctionPeriod: 100, finalTuningRounds: 0, abnormalityThreshold: 1e-9, lbfgsMemory: 3 });
   assert.deepEqual(report.updates, { exact: 6, estimated: 0, stored: 0 });
   assert.deepEqual(
-    coordinator.store.listRounds().map((r) => r.metrics.abnormalEstimates),
+    (await coordinator.store.listRounds()).map((r) => r.metrics.abnormalEstimates),
     [undefined, undefined, 2],
   );
   await closeAll(clients);
@@ -231,15 +231,15 @@ test('fedrecover is refused at submission without every round\'s full updates (h
   const { coordinator, url } = await start('fedrecover-refused', { historyInterval: 2 });
   const clients = await connectClients(url, scenario.parts.slice(0, 3), 'dev');
   await coordinator.runRounds(2);
-  const head = coordinator.store.head().version;
+  const head = (await coordinator.store.head()).version;
   const res = await post(coordinator, url, { clientIds: ['dev-0'], method: 'fedrecover' });
   assert.equal(res.status, 422);
   assert.equal(res.body.error?.code, 'FORGET_REFUSED');
   assert.match(res.body.error?.message ?? '', /fedrecover.*history interval 1.*rounds 2/);
   const bad = await post(coordinator, url, { clientIds: ['dev-0'], method: 'fedrecover', params: { correctionPeriod: 0 } });
   assert.equal(bad.status, 400);
-  assert.equal(coordinator.store.listJobs().length, 0);
-  assert.equal(coordinator.store.head().version, head);
+  assert.equal((await coordinator.store.listJobs()).length, 0);
+  assert.equal((await coordinator.store.head()).version, head);
   await closeAll(clients);
   await coordinator.stop();
 });

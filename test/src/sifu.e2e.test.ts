@@ -215,14 +215,14 @@ test('a later job whose client joined inside a sifu job\'s unperturbed rounds st
   const old = await coordinator.store.listRounds();
   const psi = psiOf(old, 'late-0');
   const sigma = (MULTIPLIER * (psi[5]! + psi[6]!)) / 2;
-  coordinator.forget({ clientIds: ['late-0'], method: 'sifu', params: { sigma }, requestedBy: 'operator:test' });
+  await coordinator.forget({ clientIds: ['late-0'], method: 'sifu', params: { sigma }, requestedBy: 'operator:test' });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   assert.equal((done!.report as JobReport).certificate!.rollbackRound, 5, 'rounds 4 and 5 kept: the segment holds later-0 first round');
 
   // later-0's t0 is round 5, inside the segment (late-0's t0 = round 4 up to the perturbation): rollback starts before
   // round 4, from the model late-0 never saw, instead of the model after round 4 (erased with late-0's contribution).
-  coordinator.forget({ clientIds: ['later-0'], method: 'rollback', requestedBy: 'operator:test' });
+  await coordinator.forget({ clientIds: ['later-0'], method: 'rollback', requestedBy: 'operator:test' });
   const [done2] = await coordinator.runPendingJobs();
   assert.equal(done2!.state, 'done', done2!.error ?? '');
   const report = done2!.report as JobReport;

@@ -1,79 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import { layoutOf } from '@fedunlearn/protocol';
 import { MIGRATIONS, migrate } from './migrations.js';
-import { openSqliteHistory } from './sqlite-store.js';
-import type { HistoryStore, MissingClient } from './store.js';
 
-const layout = layoutOf([
-  { name: 'dense/kernel', shape: [3, 2] },
-  { name: 'dense/bias', shape: [2] },
-]);
-const topologyJson = JSON.stringify({ name: 'tiny-missing' });
-
-function openStore(dir: string): HistoryStore {
-  const store = openSqliteHistory(dir);
-  store.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'fp32' } });
-  return store;
-}
-
-function commit(store: HistoryStore, participants: string[], missing: MissingClient[]): void {
-  const head = store.head();
-  store.commitRound({
-    round: head.round + 1,
-    roundId: `r${head.round + 1}`,
-    modelBefore: head.version,
-    weights: new Float32Array(layout.totalSize).fill(head.round + 1),
-    participants: participants.map((clientId) => ({ clientId, numExamples: 3, norms: [1, 1] })),
-    missing,
-    metrics: {},
-    startedAt: 0,
-  });
-}
-
-test('a round keeps who was missing and why, across reopening; a purge drops the forgotten client from the list', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-missing-'));
-  try {
-    let store = openStore(dir);
-    const missing: MissingClient[] = [
-      { clientId: 'b', reason: 'disconnected', detail: 'ping timeout' },
-      { clientId: 'c', reason: 'deadline' },
-      { clientId: 'x_1', reason: 'offline' },
-    ];
-    commit(store, ['a'], missing);
-    commit(store, ['a', 'b'], []);
-    store.close();
-    store = openStore(dir);
-    assert.deepEqual(store.getRound(1)!.missing, missing);
-    assert.deepEqual(store.getRound(2)!.missing, []);
-    await store.purgeClients(['b']);
-    assert.deepEqual(store.getRound(1)!.missing, missing.filter((m) => m.clientId !== 'b'));
-    // 'x_1' contains a LIKE wildcard: purging 'x11' must not touch it.
-    await store.purgeClients(['x11']);
-    assert.equal(store.getRound(1)!.missing.length, 2);
-    store.close();
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-});
-
-test('commitRound refuses a missing list that overlaps the participants, repeats a client or gives no known reason', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-missing-'));
-  try {
-    const store = openStore(dir);
-    assert.throws(() => commit(store, ['a'], [{ clientId: 'a', reason: 'deadline' }]), /both a participant and missing/);
-    assert.throws(() => commit(store, ['a'], [{ clientId: 'b', reason: 'deadline' }, { clientId: 'b', reason: 'offline' }]), /missing twice/);
-    assert.throws(() => commit(store, ['a'], [{ clientId: 'b', reason: 'asleep' as MissingClient['reason'] }]), /unknown reason/);
-    assert.equal(store.head().round, 0);
-    store.close();
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-});
+// The missing lists' behaviour on every store is in the contract suite (store-contract.ts); this is SQLite's migration.
 
 test('migration 2 gives rounds recorded before it an empty missing list', () => {
   const db = new Database(':memory:');

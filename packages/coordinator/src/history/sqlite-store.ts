@@ -1,32 +1,29 @@
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { isDeepStrictEqual } from 'node:util';
 import Database from 'better-sqlite3';
 import { nanoid } from 'nanoid';
-import { layoutOf, sameLayout, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
+import { layoutOf, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
 import {
   BlobFormatError,
   blobPayload,
   decodeBlob,
   encodeBlob,
   ensureDirSync,
-  fsyncPath,
   fsyncPathSync,
   kernelSync,
   readBlobHeader,
   TEMP_MARK,
   sha256Hex,
-  unlinkDurable,
   weightsSha256,
   writeFileDurableSync,
-  writeFileUnsynced,
   type BlobEncoding,
   type DiskSync,
 } from './blob-files.js';
 import type { Logger } from '../logger.js';
 import { behindMark, HistoryLossError, readHighWaterMark, writeHighWaterMark } from './high-water-mark.js';
 import { migrate } from './migrations.js';
+import { FsBlobStore } from './fs-blob-store.js';
+import { checkConfig, checkMissing, checkNewRoundId, checkParticipants, checkResume, checkRoundOrder, checkUnlearning, checkJobStep, parseTopology, resolveLineage, type CheckedParticipant } from './store-rules.js';
 import {
   HistoryError,
   ModelErasedError,
@@ -79,6 +76,10 @@ export interface SqliteHistoryOptions {
   log?: Pick<Logger, 'warn' | 'info'>;
   /** The fsyncs and the commit (default: the kernel's). A test passes a recorder that calls through to kernelSync. */
   disk?: DiskSync;
+  /** Where the blob bytes live (default: files under <dataDir>/blobs, with the same DiskSync). The store's
+   *  synchronous paths (a round's commit, garbage collection at open) still work on its files, so it is a
+   *  filesystem one. */
+  blobs?: FsBlobStore;
 }
 
 /** Where garbage collection moves blob files no committed row refers to, one folder per collection. */
@@ -94,7 +95,6 @@ export function openSqliteHistory(dataDir: string, opts: SqliteHistoryOptions = 
   return new SqliteHistoryStore(dataDir, opts);
 }
 
-const RETENTIONS = new Set(['fp32', 'fp16', 'int8', 'norms']);
 
 interface ModelRow {
   version: string;
@@ -361,22 +361,6 @@ function toClient(r: ClientRow): ClientRecord {
   };
 }
 
-const MISSING_REASONS: ReadonlySet<string> = new Set(['offline', 'disconnected', 'deadline', 'rejected', 'failed']);
-
-/** A round's missing list: known reasons, each client once, and none of them also a participant. */
-function checkMissing(missing: MissingClient[], participants: readonly { clientId: string }[], ctx: string): MissingClient[] {
-  const taken = new Set(participants.map((p) => p.clientId));
-  const seen = new Set<string>();
-  return missing.map((m) => {
-    if (typeof m.clientId !== 'string' || m.clientId === '') throw new HistoryError(`${ctx}: a missing client has no id`);
-    if (!MISSING_REASONS.has(m.reason)) throw new HistoryError(`${ctx}: missing client ${m.clientId} has unknown reason '${String(m.reason)}'`);
-    if (taken.has(m.clientId)) throw new HistoryError(`${ctx}: client ${m.clientId} is both a participant and missing`);
-    if (seen.has(m.clientId)) throw new HistoryError(`${ctx}: client ${m.clientId} is missing twice`);
-    seen.add(m.clientId);
-    return m.detail === undefined ? { clientId: m.clientId, reason: m.reason } : { clientId: m.clientId, reason: m.reason, detail: String(m.detail) };
-  });
-}
-
 /** JSON for metrics that keeps NaN and ±Infinity (a diverging round still commits, and reads back as it was). */
 function metricsToJson(m: Record<string, number>): string {
   return JSON.stringify(m, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v));
@@ -410,6 +394,8 @@ class SqliteHistoryStore implements HistoryStore {
   private readonly db: Database.Database;
   private readonly dataDir: string;
   private readonly blobsDir: string;
+  private readonly blobs: FsBlobStore;
+  private readonly ownsBlobs: boolean;
   private readonly acceptHistoryLoss: boolean;
   private readonly log: Pick<Logger, 'warn' | 'info'> | null;
   private readonly now: () => number;
@@ -432,6 +418,8 @@ class SqliteHistoryStore implements HistoryStore {
     this.log = opts.log ?? null;
     this.blobsDir = path.join(dataDir, BLOBS_DIR);
     ensureDirSync(this.blobsDir, this.disk);
+    this.ownsBlobs = opts.blobs === undefined;
+    this.blobs = opts.blobs ?? new FsBlobStore(this.blobsDir, { disk: this.disk, quarantineDir: path.join(dataDir, QUARANTINE_DIR), ...(opts.now ? { now: opts.now } : {}) });
     this.now = opts.now ?? Date.now;
     this.pause = opts.pause;
     this.db = new Database(path.join(dataDir, DB_FILE));
@@ -453,33 +441,20 @@ class SqliteHistoryStore implements HistoryStore {
 
   // --- federation ---------------------------------------------------------------------------------------------
 
-  open(init: { topologyJson: string; layout: WeightLayout; initialWeights: Float32Array; config: HistoryConfig }): {
+  async open(init: { topologyJson: string; layout: WeightLayout; initialWeights: Float32Array; config: HistoryConfig }): Promise<{
     meta: FederationMeta;
     head: ModelVersion;
     resumed: boolean;
-  } {
+  }> {
     this.requireNotClosed();
     if (this.fed) throw new HistoryError('the history store is already open');
     checkConfig(init.config);
-    const topology = parseTopology(init.topologyJson);
+    parseTopology(init.topologyJson);
     const row = this.q.federation.get();
     this.checkHighWaterMark(row !== undefined);
     if (row) {
       const meta = metaOf(row);
-      if (!isDeepStrictEqual(parseTopology(row.topology_json), topology)) {
-        throw new HistoryError('this data directory holds a federation with a different topology; use another data directory');
-      }
-      if (!sameLayout(meta.layout, init.layout)) {
-        throw new HistoryError(
-          `this data directory holds a federation whose model layout differs (${describeLayout(meta.layout)} stored, ${describeLayout(init.layout)} given)`,
-        );
-      }
-      if (meta.config.historyInterval !== init.config.historyInterval || meta.config.retention !== init.config.retention) {
-        throw new HistoryError(
-          `this federation keeps history with historyInterval ${meta.config.historyInterval} / retention ${meta.config.retention}; ` +
-            `${init.config.historyInterval} / ${init.config.retention} was given (the schedule cannot change mid-history)`,
-        );
-      }
+      checkResume(meta, init);
       this.fed = meta;
       this.collectGarbage();
       // A running job's stagings, recorded with its steps: staged again, as they were before the restart.
@@ -488,9 +463,9 @@ class SqliteHistoryStore implements HistoryStore {
         if (!byClient) this.staged.set(r.round_id, (byClient = new Map()));
         byClient.set(r.client_id, { rel: r.blob, encoding: r.encoding, bytes: r.bytes, blobSha: r.blob_sha256, done: true, durable: true });
       }
-      const head = this.head();
+      const head = this.headNow();
       const headRow = this.q.model.get(head.version)!;
-      if (!fs.existsSync(this.abs(headRow.blob))) throw new HistoryError(`the head model ${head.version} has no blob file (${headRow.blob})`);
+      if (!fs.existsSync(this.blobs.fileOf(headRow.blob))) throw new HistoryError(`the head model ${head.version} has no blob file (${headRow.blob})`);
       // From here on the mark describes this database (after an accepted loss, or for a directory that had none).
       this.recordHighWaterMark();
       return { meta, head, resumed: true };
@@ -517,17 +492,21 @@ class SqliteHistoryStore implements HistoryStore {
     return { meta, head: toModel(planned.row), resumed: false };
   }
 
-  meta(): FederationMeta {
+  async meta(): Promise<FederationMeta> {
     return this.requireOpen();
   }
 
-  head(): ModelVersion {
+  async head(): Promise<ModelVersion> {
+    return this.headNow();
+  }
+
+  private headNow(): ModelVersion {
     this.requireOpen();
     const row = this.q.federation.get()!;
     return toModel(this.q.model.get(row.head)!);
   }
 
-  keepsUpdates(round: number): boolean {
+  async keepsUpdates(round: number): Promise<boolean> {
     return keepsUpdatesUnder(this.requireOpen().config, round);
   }
 
@@ -559,7 +538,7 @@ class SqliteHistoryStore implements HistoryStore {
       // No fsync here: that would hold each answer of the round behind its own disk flush. Nothing refers to the
       // file until a commit, which first makes it durable (syncStaged, or makeDurableSync); a crash before leaves
       // an unreferenced file, which open() deletes.
-      await writeFileUnsynced(this.abs(entry.rel), encoded.bytes, this.disk);
+      await this.blobs.put(entry.rel, encoded.bytes);
     } catch (e) {
       if (this.stagedEntry(roundId, clientId) === entry) {
         if (previous) byClient.set(clientId, previous);
@@ -569,7 +548,7 @@ class SqliteHistoryStore implements HistoryStore {
     }
     if (this.stagedEntry(roundId, clientId) !== entry) {
       // Superseded, discarded or taken over by a commit while writing: this file belongs to no one.
-      fs.rmSync(this.abs(entry.rel), { force: true });
+      fs.rmSync(this.blobs.fileOf(entry.rel), { force: true });
       if (this.closed) throw new HistoryError(`the history store closed while the update of ${clientId} for round ${roundId} was being staged`);
       if (this.q.roundById.get(roundId)) {
         throw new HistoryError(`round ${roundId} committed while the update of ${clientId} was being staged; it was not included`);
@@ -577,7 +556,7 @@ class SqliteHistoryStore implements HistoryStore {
       return;
     }
     entry.done = true;
-    if (previous?.done) fs.rmSync(this.abs(previous.rel), { force: true });
+    if (previous?.done) fs.rmSync(this.blobs.fileOf(previous.rel), { force: true });
   }
 
   async syncStaged(roundId: string): Promise<void> {
@@ -585,8 +564,7 @@ class SqliteHistoryStore implements HistoryStore {
     const entries = [...(this.staged.get(roundId)?.values() ?? [])].filter((e) => e.done && !e.durable);
     if (entries.length === 0) return;
     // All at once: the kernel writes the files back together instead of one flush after another.
-    await Promise.all(entries.map((e) => fsyncPath(this.abs(e.rel), this.disk)));
-    for (const dir of new Set(entries.map((e) => path.dirname(this.abs(e.rel))))) await fsyncPath(dir, this.disk);
+    await this.blobs.makeDurable(entries.map((e) => e.rel));
     for (const e of entries) e.durable = true;
     await this.pause?.('history-write');
   }
@@ -595,19 +573,23 @@ class SqliteHistoryStore implements HistoryStore {
   private makeDurableSync(updates: { staged: StagedUpdate }[]): void {
     const pending = updates.map((u) => u.staged).filter((s) => !s.durable);
     if (pending.length === 0) return;
-    for (const s of pending) fsyncPathSync(this.abs(s.rel), this.disk);
-    for (const dir of new Set(pending.map((s) => path.dirname(this.abs(s.rel))))) fsyncPathSync(dir, this.disk);
+    for (const s of pending) fsyncPathSync(this.blobs.fileOf(s.rel), this.disk);
+    for (const dir of new Set(pending.map((s) => path.dirname(this.blobs.fileOf(s.rel))))) fsyncPathSync(dir, this.disk);
     for (const s of pending) s.durable = true;
   }
 
-  discardStaged(roundId: string, clientId?: string): void {
+  async discardStaged(roundId: string, clientId?: string): Promise<void> {
+    this.dropStagedFiles(roundId, clientId);
+  }
+
+  private dropStagedFiles(roundId: string, clientId?: string): void {
     const byClient = this.staged.get(roundId);
     if (!byClient) return;
     for (const [c, entry] of [...byClient]) {
       if (clientId !== undefined && c !== clientId) continue;
       this.dropStaged(roundId, c);
       // An unfinished staging removes its own file when it sees it is no longer current.
-      if (entry.done) fs.rmSync(this.abs(entry.rel), { force: true });
+      if (entry.done) fs.rmSync(this.blobs.fileOf(entry.rel), { force: true });
     }
   }
 
@@ -628,13 +610,13 @@ class SqliteHistoryStore implements HistoryStore {
     if (!byClient) return;
     this.staged.delete(roundId);
     for (const [clientId, entry] of byClient) {
-      if (!committed.has(clientId) && entry.done) fs.rmSync(this.abs(entry.rel), { force: true });
+      if (!committed.has(clientId) && entry.done) fs.rmSync(this.blobs.fileOf(entry.rel), { force: true });
     }
   }
 
   // --- commits ------------------------------------------------------------------------------------------------
 
-  commitRound(input: {
+  async commitRound(input: {
     round: number;
     roundId: string;
     modelBefore: string;
@@ -643,21 +625,16 @@ class SqliteHistoryStore implements HistoryStore {
     missing?: MissingClient[];
     metrics: Record<string, number>;
     startedAt: number;
-  }): ModelVersion {
+  }): Promise<ModelVersion> {
     const meta = this.requireOpen();
-    const head = this.head();
-    if (input.round !== head.round + 1) {
-      throw new HistoryError(`round ${input.round} is out of order: lineage ${head.lineage} has completed ${head.round} rounds, the next is ${head.round + 1}`);
-    }
-    if (input.modelBefore !== head.version) {
-      throw new HistoryError(`round ${input.round} started from model ${input.modelBefore}, but the head is ${head.version}`);
-    }
+    const head = this.headNow();
+    checkRoundOrder(head, input);
     this.checkNewRoundId(input.roundId);
-    const participants = this.checkParticipants(input.participants, `round ${input.round}`);
+    const participants = checkParticipants(input.participants, meta.layout.specs.length, `round ${input.round}`);
     const missing = checkMissing(input.missing ?? [], participants, `round ${input.round}`);
     const closedAt = this.now();
     const planned = this.planModel(meta.layout, input.weights, { parent: head.version, cause: 'round', round: input.round, jobId: null, lineage: head.lineage }, closedAt);
-    const keep = this.keepsUpdates(input.round);
+    const keep = keepsUpdatesUnder(meta.config, input.round);
     const updates = keep ? this.finishedStagings(input.roundId, participants) : [];
     this.makeDurableSync(updates);
     this.commitWithBlobs([planned], () => {
@@ -702,78 +679,33 @@ class SqliteHistoryStore implements HistoryStore {
     await this.pause?.('job-purge');
     // After the commit: nothing refers to these files any more, so a crash before (or during) the unlinks leaves
     // garbage that the next open deletes; unlinking twice is harmless.
-    await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)], this.disk);
-    await unlinkDurable(purge!.modelFiles, this.disk);
-    return { model: toModel(prepared.result.row), purged: { ...purged!, complete: this.completePurge() }, job: job! };
+    await this.blobs.delete([...purge!.files, ...this.dropStagedOf(ids)]);
+    await this.blobs.delete(purge!.modelFiles);
+    return { model: toModel(prepared.result.row), purged: { ...purged!, complete: this.checkpointWal() }, job: job! };
   }
 
   /** Validates an unlearning commit and writes its model blobs (async, made durable together before returning). */
   private async prepareUnlearning(input: CommitUnlearningInput): Promise<PreparedUnlearning> {
     const meta = this.requireOpen();
-    const oldHead = this.head();
+    const oldHead = this.headNow();
     const rounds = input.rounds;
-    const ctx = `unlearning job ${input.jobId}`;
-    const seenIds = new Set<string>();
-    rounds.forEach((r, i) => {
-      if (!Number.isInteger(r.round) || r.round < 1) throw new HistoryError(`${ctx}: round number ${r.round} is not a positive integer`);
-      const prev = rounds[i - 1];
-      if (prev && r.round <= prev.round) throw new HistoryError(`${ctx}: rounds must ascend (${prev.round} then ${r.round})`);
-      if (seenIds.has(r.roundId)) throw new HistoryError(`${ctx}: round id ${r.roundId} is given twice`);
-      seenIds.add(r.roundId);
-      this.checkNewRoundId(r.roundId);
-    });
-    const participants = rounds.map((r) => this.checkParticipants(r.participants, `${ctx}, round ${r.round}`));
-    const missing = rounds.map((r, i) => checkMissing(r.missing ?? [], participants[i]!, `${ctx}, round ${r.round}`));
-
-    const intermediates = new Map<number, Float32Array>();
-    const last = rounds[rounds.length - 1];
-    for (const m of input.intermediateModels ?? []) {
-      if (!rounds.some((r) => r.round === m.round)) throw new HistoryError(`${ctx}: intermediate model for round ${m.round}, which is not replayed`);
-      if (m.round === last?.round) throw new HistoryError(`${ctx}: the model after the last replayed round is the job's result, not an intermediate model`);
-      if (intermediates.has(m.round)) throw new HistoryError(`${ctx}: two intermediate models for round ${m.round}`);
-      intermediates.set(m.round, m.weights);
-    }
-
+    const { participants, missing, intermediates } = await checkUnlearning(input, meta.layout.specs.length, (id) => this.q.roundById.get(id) !== undefined);
     const lineage = nanoid();
     const now = this.now();
     const base = { cause: 'unlearning' as const, jobId: input.jobId, lineage };
     const planned: PlannedModel[] = [];
-    const resolved: { before: string | null; after: string | null }[] = [];
     const keep = meta.config.retention !== 'norms';
+    let resolved: { before: string | null; after: string | null }[];
     let updates: { clientId: string; staged: StagedUpdate }[][];
     try {
-      let previousAfter: string | null = null;
-      for (let i = 0; i < rounds.length; i++) {
-        const r = rounds[i]!;
-        const isLast = i === rounds.length - 1;
-        let before: string | null;
-        if (r.modelBefore === '') before = previousAfter;
-        else {
-          this.requireModel(r.modelBefore, `${ctx}, round ${r.round}`);
-          if (previousAfter !== null && previousAfter !== r.modelBefore) {
-            throw new HistoryError(`${ctx}: round ${r.round} starts from ${r.modelBefore}, but the replayed round before it ended at ${previousAfter}`);
-          }
-          before = r.modelBefore;
-        }
-        const explicitAfter = r.modelAfter ?? '';
-        let after: string | null;
-        const weights = isLast ? input.weights : intermediates.get(r.round);
-        if (weights) {
-          if (explicitAfter !== '') {
-            throw new HistoryError(`${ctx}: round ${r.round} names modelAfter ${explicitAfter} but its model is created by this commit`);
-          }
-          const parent = isLast ? oldHead.version : (before ?? oldHead.version);
-          const p = await this.planModelUnsynced(meta.layout, weights, { ...base, parent, round: r.round }, now);
+      ({ resolved } = await resolveLineage(input, intermediates, oldHead, {
+        requireModel: (version, ctx) => this.requireModel(version, ctx),
+        create: async (weights, parent, round) => {
+          const p = await this.planModelUnsynced(meta.layout, weights, { ...base, parent, round }, now);
           planned.push(p);
-          after = p.row.version;
-        } else if (explicitAfter !== '') {
-          this.requireModel(explicitAfter, `${ctx}, round ${r.round}`);
-          after = explicitAfter;
-        } else after = null;
-        resolved.push({ before, after });
-        previousAfter = after;
-      }
-      if (!last) planned.push(await this.planModelUnsynced(meta.layout, input.weights, { ...base, parent: oldHead.version, round: 0 }, now));
+          return p.row.version;
+        },
+      }));
       // Every blob this commit refers to is durable before it: the models, then the replayed rounds' stagings, all
       // flushed together off the event loop (a long replay has thousands; one synchronous fsync each stalled the
       // service for seconds).
@@ -876,7 +808,7 @@ class SqliteHistoryStore implements HistoryStore {
     createdAt: number,
   ): PlannedModel {
     const { planned, bytes } = this.encodeModel(layout, weights, m, createdAt);
-    writeFileDurableSync(this.abs(planned.row.blob), bytes, this.disk);
+    writeFileDurableSync(this.blobs.fileOf(planned.row.blob), bytes, this.disk);
     return planned;
   }
 
@@ -888,7 +820,7 @@ class SqliteHistoryStore implements HistoryStore {
     createdAt: number,
   ): Promise<PlannedModel> {
     const { planned, bytes } = this.encodeModel(layout, weights, m, createdAt);
-    await writeFileUnsynced(this.abs(planned.row.blob), bytes, this.disk);
+    await this.blobs.put(planned.row.blob, bytes);
     return planned;
   }
 
@@ -926,11 +858,9 @@ class SqliteHistoryStore implements HistoryStore {
     return { planned: { row }, bytes: encoded.bytes };
   }
 
-  /** Fsyncs planned model blobs, a bounded number at a time, then their directory. */
+  /** Makes planned model blobs durable, together (the blob store batches the flushes). */
   private async syncPlanned(planned: PlannedModel[]): Promise<void> {
-    const BATCH = 32;
-    for (let i = 0; i < planned.length; i += BATCH) await Promise.all(planned.slice(i, i + BATCH).map((p) => fsyncPath(this.abs(p.row.blob), this.disk)));
-    if (planned.length > 0) await fsyncPath(path.join(this.blobsDir, 'models'), this.disk);
+    await this.blobs.makeDurable(planned.map((p) => p.row.blob));
   }
 
   /** Runs the commit transaction; if it fails, the blobs written for it are removed (they would be garbage). */
@@ -976,14 +906,18 @@ class SqliteHistoryStore implements HistoryStore {
   }
 
   private unlinkPlanned(planned: PlannedModel[]): void {
-    for (const p of planned) fs.rmSync(this.abs(p.row.blob), { force: true });
+    for (const p of planned) fs.rmSync(this.blobs.fileOf(p.row.blob), { force: true });
   }
 
   // --- reads --------------------------------------------------------------------------------------------------
 
-  listRounds(opts: { lineage?: string; from?: number; to?: number } = {}): RoundRecord[] {
+  async listRounds(opts: { lineage?: string; from?: number; to?: number } = {}): Promise<RoundRecord[]> {
+    return this.roundsOf(opts);
+  }
+
+  private roundsOf(opts: { lineage?: string; from?: number; to?: number }): RoundRecord[] {
     this.requireOpen();
-    const lineage = opts.lineage ?? this.head().lineage;
+    const lineage = opts.lineage ?? this.headNow().lineage;
     const from = opts.from ?? 1;
     const to = opts.to ?? Number.MAX_SAFE_INTEGER;
     const byRound = new Map<string, Participant[]>();
@@ -1010,8 +944,8 @@ class SqliteHistoryStore implements HistoryStore {
     }));
   }
 
-  getRound(round: number, lineage?: string): RoundRecord | null {
-    return this.listRounds({ lineage: lineage ?? this.head().lineage, from: round, to: round })[0] ?? null;
+  async getRound(round: number, lineage?: string): Promise<RoundRecord | null> {
+    return this.roundsOf({ lineage: lineage ?? this.headNow().lineage, from: round, to: round })[0] ?? null;
   }
 
   async readUpdate(roundId: string, clientId: string): Promise<Float32Array | null> {
@@ -1029,25 +963,25 @@ class SqliteHistoryStore implements HistoryStore {
     }
   }
 
-  listModels(opts: { lineage?: string } = {}): ModelVersion[] {
+  async listModels(opts: { lineage?: string } = {}): Promise<ModelVersion[]> {
     this.requireNotClosed();
     const rows = opts.lineage === undefined ? this.q.models.all() : this.q.modelsOfLineage.all(opts.lineage);
     return rows.map(toModel);
   }
 
-  lineagePosition(lineage: string): number {
+  async lineagePosition(lineage: string): Promise<number> {
     this.requireNotClosed();
     const first = this.q.lineageStart.get(lineage)?.first;
     if (first === null || first === undefined) throw new HistoryError(`unknown lineage ${lineage}`);
     return this.q.lineagesBefore.get(first)!.n;
   }
 
-  lineageCount(): number {
+  async lineageCount(): Promise<number> {
     this.requireNotClosed();
     return this.q.lineageCount.get()!.n;
   }
 
-  getModel(version: string): ModelVersion | null {
+  async getModel(version: string): Promise<ModelVersion | null> {
     this.requireNotClosed();
     const row = this.q.model.get(version);
     return row ? toModel(row) : null;
@@ -1076,11 +1010,14 @@ class SqliteHistoryStore implements HistoryStore {
   }
 
   private async readBlobFile(rel: string, what: string): Promise<Uint8Array> {
+    let bytes: Uint8Array | null;
     try {
-      return await fsp.readFile(this.abs(rel));
+      bytes = await this.blobs.get(rel);
     } catch (e) {
       throw new HistoryError(`${what}: cannot read its blob ${rel}: ${(e as Error).message}`);
     }
+    if (bytes === null) throw new HistoryError(`${what}: cannot read its blob ${rel}: the blob store holds nothing under it`);
+    return bytes;
   }
 
   private requireModel(version: string, ctx: string): void {
@@ -1102,12 +1039,16 @@ class SqliteHistoryStore implements HistoryStore {
       this.db.pragma('synchronous', { simple: true }) as number,
     );
     for (const id of ids) this.forgotten.add(id);
-    await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)], this.disk);
-    await unlinkDurable(purge!.modelFiles, this.disk);
-    return { ...purge!.summary, complete: this.completePurge() };
+    await this.blobs.delete([...purge!.files, ...this.dropStagedOf(ids)]);
+    await this.blobs.delete(purge!.modelFiles);
+    return { ...purge!.summary, complete: this.checkpointWal() };
   }
 
-  completePurge(): boolean {
+  async completePurge(): Promise<boolean> {
+    return this.checkpointWal();
+  }
+
+  private checkpointWal(): boolean {
     this.requireNotClosed();
     // The WAL still holds pre-purge copies of the pages (secure_delete overwrote them only in the newest copy): fold
     // it into the database and truncate it. Never wait: a reader holding an old snapshot (a backup tool) makes the
@@ -1136,20 +1077,20 @@ class SqliteHistoryStore implements HistoryStore {
       // Before the participant rows go: they are what says which rounds, hence which models, a client shaped.
       for (const m of this.modelsShapedBy(ids)) {
         this.q.eraseModel.run(now, m.version);
-        modelFiles.push(this.abs(m.blob));
+        modelFiles.push(m.blob);
         modelsErased.push(m.version);
         modelBytesDeleted += m.bytes;
       }
     }
     for (const id of ids) {
       for (const u of this.q.updatesOfClient.all(id)) {
-        files.push(this.abs(u.blob));
+        files.push(u.blob);
         bytesDeleted += u.bytes;
       }
       updatesDeleted += this.q.deleteUpdatesOfClient.run(id).changes;
       for (const u of this.q.jobStagedOfClient.all(id)) {
         // Also staged in memory (open() restores them): counted there, dropped and unlinked by dropStagedOf.
-        if (!this.stagedEntry(u.round_id, id)) files.push(this.abs(u.blob));
+        if (!this.stagedEntry(u.round_id, id)) files.push(u.blob);
       }
       this.q.deleteJobStagedOfClient.run(id);
       participantRowsDeleted += this.q.deleteParticipantsOfClient.run(id).changes;
@@ -1189,7 +1130,7 @@ class SqliteHistoryStore implements HistoryStore {
         if (!entry) continue;
         this.dropStaged(roundId, id);
         // An unfinished staging removes its own file when it sees it is no longer current.
-        if (entry.done) files.push(this.abs(entry.rel));
+        if (entry.done) files.push(entry.rel);
       }
     }
     return files;
@@ -1214,7 +1155,7 @@ class SqliteHistoryStore implements HistoryStore {
     return out;
   }
 
-  stats(): HistoryStats {
+  async stats(): Promise<HistoryStats> {
     this.requireNotClosed();
     const m = this.q.modelStats.get()!;
     const updateBytesByDtype: Record<string, number> = {};
@@ -1244,15 +1185,15 @@ class SqliteHistoryStore implements HistoryStore {
         if (!row) throw new HistoryError(`cannot prune unknown model version ${v}`);
         if (this.q.pruneModel.run(now, v).changes === 0) continue;
         pruned.push(v);
-        files.push(this.abs(row.blob));
+        files.push(row.blob);
       }
     })();
-    return { pruned, bytesDeleted: await unlinkDurable(files, this.disk) };
+    return { pruned, bytesDeleted: await this.blobs.delete(files) };
   }
 
   // --- jobs ---------------------------------------------------------------------------------------------------
 
-  createJob(job: Omit<JobRecord, 'createdAt' | 'updatedAt'>): JobRecord {
+  async createJob(job: Omit<JobRecord, 'createdAt' | 'updatedAt'>): Promise<JobRecord> {
     this.requireNotClosed();
     if (this.q.job.get(job.jobId)) throw new HistoryError(`job ${job.jobId} already exists`);
     const t = this.now();
@@ -1274,7 +1215,7 @@ class SqliteHistoryStore implements HistoryStore {
     return toJob(this.q.job.get(job.jobId)!);
   }
 
-  updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): JobRecord {
+  async updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): Promise<JobRecord> {
     this.requireNotClosed();
     return this.writeJob(jobId, patch);
   }
@@ -1298,7 +1239,7 @@ class SqliteHistoryStore implements HistoryStore {
 
   async appendJobStep(jobId: string, step: JobStep, checkpoint: unknown, roundId?: string): Promise<void> {
     this.requireNotClosed();
-    if (!Number.isInteger(step.step) || step.step < 0) throw new HistoryError(`job ${jobId}: step ${step.step} is not a non-negative integer`);
+    checkJobStep(jobId, step.step);
     if (!this.q.job.get(jobId)) throw new HistoryError(`unknown job ${jobId}`);
     if (roundId !== undefined) await this.syncStaged(roundId);
     const staged = roundId === undefined ? [] : [...(this.staged.get(roundId) ?? [])].filter(([, e]) => e.done && e.durable);
@@ -1311,37 +1252,37 @@ class SqliteHistoryStore implements HistoryStore {
     })();
   }
 
-  jobSteps(jobId: string): JobStep[] {
+  async jobSteps(jobId: string): Promise<JobStep[]> {
     this.requireNotClosed();
     return this.q.jobSteps.all(jobId).map((r) => ({ step: r.step, data: JSON.parse(r.data_json) as unknown }));
   }
 
-  clearJobSteps(jobId: string): void {
+  async clearJobSteps(jobId: string): Promise<void> {
     this.requireNotClosed();
     const staged = this.q.jobStagedOfJob.all(jobId);
     this.db.transaction(() => {
       this.q.deleteJobSteps.run(jobId);
       this.q.deleteJobStaged.run(jobId);
     })();
-    for (const r of staged) this.discardStaged(r.round_id, r.client_id);
+    for (const r of staged) this.dropStagedFiles(r.round_id, r.client_id);
     // Files of a previous run (not staged in this process) are unreferenced now; the next open would sweep them.
-    for (const r of staged) fs.rmSync(this.abs(r.blob), { force: true });
+    for (const r of staged) fs.rmSync(this.blobs.fileOf(r.blob), { force: true });
   }
 
-  getJob(jobId: string): JobRecord | null {
+  async getJob(jobId: string): Promise<JobRecord | null> {
     this.requireNotClosed();
     const row = this.q.job.get(jobId);
     return row ? toJob(row) : null;
   }
 
-  listJobs(opts: { state?: JobRecord['state'] } = {}): JobRecord[] {
+  async listJobs(opts: { state?: JobRecord['state'] } = {}): Promise<JobRecord[]> {
     this.requireNotClosed();
     return (opts.state === undefined ? this.q.jobs.all() : this.q.jobsInState.all(opts.state)).map(toJob);
   }
 
   // --- clients ------------------------------------------------------------------------------------------------
 
-  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean; revoked?: boolean }): ClientRecord {
+  async upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean; revoked?: boolean }): Promise<ClientRecord> {
     this.requireNotClosed();
     const cur = this.q.client.get(c.clientId);
     this.q.putClient.run({
@@ -1360,35 +1301,32 @@ class SqliteHistoryStore implements HistoryStore {
     return toClient(row);
   }
 
-  getClient(clientId: string): ClientRecord | null {
+  async getClient(clientId: string): Promise<ClientRecord | null> {
     this.requireNotClosed();
     const row = this.q.client.get(clientId);
     return row ? toClient(row) : null;
   }
 
-  listClients(): ClientRecord[] {
+  async listClients(): Promise<ClientRecord[]> {
     this.requireNotClosed();
     return this.q.clients.all().map(toClient);
   }
 
-  isForgotten(clientId: string): boolean {
+  async isForgotten(clientId: string): Promise<boolean> {
     this.requireNotClosed();
     return this.forgotten.has(clientId);
   }
 
-  close(): void {
+  async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     // Staged files are left to the next open's garbage collection, like after a crash.
     this.staged.clear();
     this.db.close();
+    if (this.ownsBlobs) await this.blobs.close();
   }
 
   // --- internals ----------------------------------------------------------------------------------------------
-
-  private abs(rel: string): string {
-    return path.join(this.blobsDir, rel);
-  }
 
   private requireNotClosed(): void {
     if (this.closed) throw new HistoryError('the history store is closed');
@@ -1401,26 +1339,7 @@ class SqliteHistoryStore implements HistoryStore {
   }
 
   private checkNewRoundId(roundId: string): void {
-    if (typeof roundId !== 'string' || roundId === '') throw new HistoryError('a round needs a non-empty roundId');
-    if (this.q.roundById.get(roundId)) throw new HistoryError(`round id ${roundId} is already committed`);
-  }
-
-  private checkParticipants(ps: ParticipantInput[], ctx: string): CheckedParticipant[] {
-    const layers = this.requireOpen().layout.specs.length;
-    const seen = new Set<string>();
-    return ps.map((p) => {
-      if (seen.has(p.clientId)) throw new HistoryError(`${ctx}: client ${p.clientId} is listed twice`);
-      seen.add(p.clientId);
-      if (!Number.isInteger(p.numExamples) || p.numExamples < 0) throw new HistoryError(`${ctx}: client ${p.clientId} has numExamples ${p.numExamples}`);
-      const norms = Float64Array.from(p.norms);
-      if (norms.length !== layers) throw new HistoryError(`${ctx}: client ${p.clientId} has ${norms.length} norms for ${layers} layers`);
-      if (norms.some((n) => !Number.isFinite(n) || n < 0)) throw new HistoryError(`${ctx}: client ${p.clientId} has a negative or non-finite norm`);
-      if (p.sensitivity !== undefined && !(p.sensitivity >= 0 && p.sensitivity <= Number.MAX_VALUE)) throw new HistoryError(`${ctx}: client ${p.clientId} has sensitivity ${p.sensitivity} (a finite number >= 0)`);
-      const out: CheckedParticipant = { clientId: p.clientId, numExamples: p.numExamples, norms };
-      if (p.metrics !== undefined) out.metrics = p.metrics;
-      if (p.sensitivity !== undefined) out.sensitivity = p.sensitivity;
-      return out;
-    });
+    checkNewRoundId(roundId, typeof roundId === 'string' && roundId !== '' && this.q.roundById.get(roundId) !== undefined);
   }
 
   /**
@@ -1437,7 +1356,7 @@ class SqliteHistoryStore implements HistoryStore {
     let movedBytes = 0;
     let temporary = 0;
     const sweep = (relDir: string): boolean => {
-      const dir = this.abs(relDir);
+      const dir = this.blobs.fileOf(relDir);
       if (!fs.existsSync(dir)) return true;
       let changed = false;
       let remaining = 0;
@@ -1445,18 +1364,18 @@ class SqliteHistoryStore implements HistoryStore {
         const rel = relDir === '' ? ent.name : `${relDir}/${ent.name}`;
         if (ent.isDirectory()) {
           if (sweep(rel) && relDir === 'updates') {
-            fs.rmdirSync(this.abs(rel));
+            fs.rmdirSync(this.blobs.fileOf(rel));
             changed = true;
           } else remaining++;
         } else if (!referenced.has(rel)) {
           if (ent.name.includes(TEMP_MARK)) {
-            fs.rmSync(this.abs(rel), { force: true });
+            fs.rmSync(this.blobs.fileOf(rel), { force: true });
             temporary++;
           } else {
             const to = path.join(quarantine, rel);
             ensureDirSync(path.dirname(to), this.disk);
-            movedBytes += fs.statSync(this.abs(rel)).size;
-            fs.renameSync(this.abs(rel), to);
+            movedBytes += fs.statSync(this.blobs.fileOf(rel)).size;
+            fs.renameSync(this.blobs.fileOf(rel), to);
             moved.push(rel);
           }
           changed = true;
@@ -1478,28 +1397,8 @@ class SqliteHistoryStore implements HistoryStore {
   }
 }
 
-interface CheckedParticipant {
-  clientId: string;
-  numExamples: number;
-  norms: Float64Array;
-  metrics?: Record<string, number>;
-  sensitivity?: number;
-}
 
 const littleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
-
-function checkConfig(c: HistoryConfig): void {
-  if (!Number.isInteger(c.historyInterval) || c.historyInterval < 1) throw new HistoryError(`historyInterval must be a positive integer, got ${c.historyInterval}`);
-  if (!RETENTIONS.has(c.retention)) throw new HistoryError(`unknown retention ${String(c.retention)}`);
-}
-
-function parseTopology(json: string): unknown {
-  try {
-    return JSON.parse(json) as unknown;
-  } catch {
-    throw new HistoryError('topologyJson is not valid JSON');
-  }
-}
 
 function metaOf(row: FederationRow): FederationMeta {
   return {
@@ -1510,6 +1409,3 @@ function metaOf(row: FederationRow): FederationMeta {
   };
 }
 
-function describeLayout(l: WeightLayout): string {
-  return `${l.specs.length} layers, ${l.totalSize} values`;
-}
