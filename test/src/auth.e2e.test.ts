@@ -127,7 +127,7 @@ test('operator routes, the credential ones included, refuse a missing or wrong t
       assert.equal(r.body.error.code, 'UNAUTHENTICATED');
     }
   }
-  assert.equal(coordinator.store.listClients().length, 0, 'a refused request created nothing');
+  assert.equal((await coordinator.store.listClients()).length, 0, 'a refused request created nothing');
 });
 
 test('an issued credential gets in; only its hash is stored; the id is unique', async () => {
@@ -138,7 +138,7 @@ test('an issued credential gets in; only its hash is stored; the id is unique', 
   assert.match(generated.clientId, /^[A-Za-z0-9_-]{21}$/);
   assert.notEqual(generated.secret, cred.secret);
 
-  const stored = coordinator.store.getClient('device-a')!;
+  const stored = (await coordinator.store.getClient('device-a'))!;
   assert.match(stored.secretHash!, /^sha256\$[0-9a-f]{64}$/, 'an issued 256-bit secret is kept as its sha256');
   assert.equal(stored.secretHash!.includes(cred.secret), false);
   const listed = await api('GET', '/v1/clients');
@@ -162,7 +162,7 @@ test('an unknown id and a forged secret are refused, and neither gets a session'
   assert.equal(coordinator.registry.get('nobody'), undefined);
   // The forged hello did not displace the real device's session.
   assert.ok(coordinator.registry.get('device-a'));
-  assert.equal(coordinator.store.getClient('nobody'), null, 'closed enrolment records nobody on a hello');
+  assert.equal((await coordinator.store.getClient('nobody')), null, 'closed enrolment records nobody on a hello');
 });
 
 test('a message sent while the hello is being verified is refused, not routed: the peer gets no session', async () => {
@@ -179,7 +179,7 @@ test('a message sent while the hello is being verified is refused, not routed: t
   }
   assert.ok(!p.queued.includes('welcome'), 'no welcome came after the refusal either');
   assert.equal(coordinator.registry.get('device-eager'), undefined);
-  assert.equal(coordinator.store.listJobs().length, 0, 'the early forget request did nothing');
+  assert.equal((await coordinator.store.listJobs()).length, 0, 'the early forget request did nothing');
   // The credential itself is fine. (The refused hello's verification may still be running: one at a time per id, so
   // the SDK may be told RATE_LIMITED once and retry.)
   await client('device-eager', cred.secret, { reconnect: { delayMs: 100, maxDelayMs: 400, attempts: 10 } }).connect(WAIT_MS);
@@ -198,7 +198,7 @@ test('a revoked client is disconnected and refused; a rotation issues a new secr
   assert.equal((await api('DELETE', '/v1/clients/device-r')).status, 204);
   await waitUntil(() => disconnected && !coordinator.registry.get('device-r'), WAIT_MS, 'the revoked session to close');
   assert.deepEqual(errors, ['PERMISSION_DENIED']);
-  assert.equal(coordinator.store.getClient('device-r')!.revoked, true);
+  assert.equal((await coordinator.store.getClient('device-r'))!.revoked, true);
   assert.equal(await helloOutcome('device-r', cred.secret), 'PERMISSION_DENIED');
   assert.equal((await api('DELETE', '/v1/clients/never-issued')).status, 404);
 
@@ -267,7 +267,7 @@ test('a client may have one forget job in progress and a few requests per hour; 
   const second = await a.forget('again');
   assert.equal(second, first, 'the job in progress is returned, not a second one');
   await assert.rejects(a.forget('third'), /RATE_LIMITED/);
-  const jobs = coordinator.store.listJobs().filter((j) => j.requestedBy === 'client:device-a');
+  const jobs = (await coordinator.store.listJobs()).filter((j) => j.requestedBy === 'client:device-a');
   assert.equal(jobs.length, 1);
   // Another client has its own allowance. (The flood test drained this address's handshake bucket, so it may have to retry.)
   const m = client('device-m2', (await issue('device-m2')).secret, { reconnect: { delayMs: 200, maxDelayMs: 1_000, attempts: 20 } });
@@ -302,7 +302,7 @@ test('TLS: the service runs over HTTPS with a self-signed certificate; a client 
     await assert.rejects(fetch(tls.url.replace('https://', 'http://') + '/healthz'));
 
     const ids = ['tls-a', 'tls-b'];
-    const secrets = await Promise.all(ids.map((id) => tls.coordinator.issueClient(id)));
+    const secrets = await Promise.all(ids.map((id) => (await tls.coordinator.issueClient(id))));
     const untrusting = new FederatedClient({ url: tls.url, clientId: 'tls-a', secret: secrets[0]!.secret, data: tinyDataset(), backends: ['cpu'], reconnect: { attempts: 0 } });
     clients.push(untrusting);
     await assert.rejects(untrusting.connect(WAIT_MS), /certificate|self[- ]signed/i);
@@ -313,7 +313,7 @@ test('TLS: the service runs over HTTPS with a self-signed certificate; a client 
     await Promise.all(devices.map((d) => d.connect(WAIT_MS)));
     const [round] = await tls.coordinator.runRounds(1);
     assert.equal(round!.round, 1);
-    assert.equal(tls.coordinator.store.head().round, 1);
+    assert.equal((await tls.coordinator.store.head()).round, 1);
     await Promise.all(devices.map((d) => d.close()));
   } finally {
     await tls.coordinator.stop();

@@ -44,7 +44,7 @@ test('the example page trains in rounds in Chromium, answers a FedEraser calibra
   cleanups.push(() => coordinator.stop());
   const nodeClients = await connectClients(url, scenario.parts, 'node');
   cleanups.push(() => Promise.all(nodeClients.map((c) => c.close())));
-  const credential = coordinator.issueClient('browser-1');
+  const credential = await coordinator.issueClient('browser-1');
 
   const browser = await launchChromium(cleanups);
   cleanups.push(() => browser.close());
@@ -95,7 +95,7 @@ test('the example page trains in rounds in Chromium, answers a FedEraser calibra
   assert.equal(await page.locator('#rounds-trained').textContent(), '2');
 
   // The operator forgets a Node client with FedEraser: the page is asked to calibrate the rounds it took part in.
-  const other = coordinator.forget({ clientIds: ['node-0'], method: 'federaser', requestedBy: 'operator' });
+  const other = await coordinator.forget({ clientIds: ['node-0'], method: 'federaser', requestedBy: 'operator' });
   const [first] = await coordinator.runPendingJobs();
   assert.equal(first!.jobId, other.jobId);
   assert.equal(first!.state, 'done', first!.error ?? '');
@@ -110,7 +110,7 @@ test('the example page trains in rounds in Chromium, answers a FedEraser calibra
   await page.locator('#job[data-state="queued"]').waitFor();
   const jobId = await page.locator('#job').getAttribute('data-job-id');
   assert.ok(jobId);
-  const queued = coordinator.store.getJob(jobId!);
+  const queued = await coordinator.store.getJob(jobId!);
   assert.deepEqual(queued?.clientIds, [credential.clientId]);
   assert.equal(queued?.requestedBy, `client:${credential.clientId}`);
   const [mine] = await coordinator.runPendingJobs();
@@ -121,7 +121,7 @@ test('the example page trains in rounds in Chromium, answers a FedEraser calibra
   assert.equal(await page.locator('#job-before').textContent(), `${report.modelBefore.version} · sha256 ${report.modelBefore.sha256}`);
   assert.equal(await page.locator('#job-replayed').textContent(), String(report.roundsReplayed.length));
   assert.deepEqual(JSON.parse((await page.locator('#job-report').textContent())!).clientsForgotten, [credential.clientId]);
-  assert.ok(coordinator.isForgotten(credential.clientId));
+  assert.ok(await coordinator.isForgotten(credential.clientId));
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.locator('#job-report-box summary').click();

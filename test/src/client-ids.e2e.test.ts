@@ -84,24 +84,24 @@ test('every id POST /v1/clients accepts works in every route that takes an id, b
       assert.equal(rotated.body.clientId, id);
       const revoked = await api('DELETE', `/v1/clients/${seg}`);
       assert.equal(revoked.status, 204, `revoke ${seg}: ${JSON.stringify(revoked.body)}`);
-      assert.equal(coord.store.getClient(id)!.revoked, true, `${seg} revoked ${JSON.stringify(id)} itself`);
+      assert.equal((await coord.store.getClient(id))!.revoked, true, `${seg} revoked ${JSON.stringify(id)} itself`);
     }
     const job = await api('POST', '/v1/jobs', { clientIds: [id] });
     assert.equal(job.status, 202, `forget ${JSON.stringify(id)}: ${JSON.stringify(job.body)}`);
     const read = await api('GET', `/v1/jobs/${encodeURIComponent(job.body.jobId)}`);
     assert.deepEqual(read.body.clientIds, [id]);
   }
-  assert.equal(coord.store.listClients().length, ACCEPTED.length + 1, 'no id was taken for another (the bystander besides)');
+  assert.equal((await coord.store.listClients()).length, ACCEPTED.length + 1, 'no id was taken for another (the bystander besides)');
 });
 
 test('every other id is refused when issued, and nothing is stored', async () => {
-  const before = coord.store.listClients().length;
+  const before = (await coord.store.listClients()).length;
   for (const id of REFUSED) {
     const r = await api('POST', '/v1/clients', { clientId: id });
     assert.equal(r.status, 400, `${JSON.stringify(id)}: ${JSON.stringify(r.body)}`);
     assert.equal(r.body.error.code, 'INVALID_ARGUMENT');
   }
-  assert.equal(coord.store.listClients().length, before);
+  assert.equal((await coord.store.listClients()).length, before);
   // A hello naming one is refused too (open enrolment would otherwise enrol what the API cannot name).
   for (const id of ['.', '..']) {
     const { peer, answer } = await RawPeer.introduce(url, id, 'a-secret-of-enough-length');
@@ -130,7 +130,7 @@ test('the operator commands take the same ids: add, rotate, revoke and forget (a
     assert.equal(JSON.parse(rotated.stdout).clientId, id);
     const revoked = await cli(['clients', 'revoke', ...conn, '--', id]);
     assert.equal(revoked.code, 0, `revoke ${id}: ${revoked.stderr}`);
-    assert.equal(coord.store.getClient(id)!.revoked, true);
+    assert.equal((await coord.store.getClient(id))!.revoked, true);
     const forgot = await cli(['forget', ...conn, '--json', '--', id]);
     assert.equal(forgot.code, 0, `forget ${id}: ${forgot.stderr}`);
     assert.deepEqual(JSON.parse(forgot.stdout).clientIds, [id]);

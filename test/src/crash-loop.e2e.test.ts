@@ -387,7 +387,7 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
     const store = openSqliteHistory(dataDir);
     const def = builtInDefinition('mlp', { inputShape: [16], numClasses: 4, seed: 3 });
     // Opening checks that topology, layout and config are the ones the service created the federation with.
-    const opened = store.open({ topologyJson: def.topologyJson, layout: def.initial.layout, initialWeights: def.initial.values, config: { historyInterval: 1, retention: 'fp32' } });
+    const opened = await store.open({ topologyJson: def.topologyJson, layout: def.initial.layout, initialWeights: def.initial.values, config: { historyInterval: 1, retention: 'fp32' } });
     assert.equal(opened.resumed, true);
     // Rounds run every 150 ms: one may commit between the last observation and the kill, so the stored head is the one
     // the service last showed or a later round of the same lineage, never an earlier one or another lineage.
@@ -396,16 +396,16 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
       opened.head.version === shown.version || (opened.head.lineage === shown.lineage && opened.head.round > shown.round),
       `the stored head (${opened.head.lineage}/${opened.head.round}) is the one the service last showed (${shown.lineage}/${shown.round}) or a later round of its lineage`,
     );
-    assert.equal(store.getModel(shown.version)?.sha256, shown.sha256, 'the head the service last showed is stored as shown');
+    assert.equal((await store.getModel(shown.version))?.sha256, shown.sha256, 'the head the service last showed is stored as shown');
     let updatesRead = 0;
     try {
-      for (const m of store.listModels()) {
+      for (const m of (await store.listModels())) {
         if (m.erasedAt === null) await store.readModel(m.version);
         else await assert.rejects(store.readModel(m.version), /was erased/);
       }
-      const lineages = new Set(store.listModels().map((m) => m.lineage));
+      const lineages = new Set((await store.listModels()).map((m) => m.lineage));
       for (const lineage of lineages) {
-        for (const r of store.listRounds({ lineage })) {
+        for (const r of (await store.listRounds({ lineage }))) {
           for (const p of r.participants) {
             assert.ok(!forgotten.has(p.clientId), `${p.clientId} was forgotten but has a participant row in ${lineage}/${r.round}`);
             if (!p.hasUpdate) continue;
@@ -416,17 +416,17 @@ test(`SIGKILL the coordinator ${KILLS} times at random points: nothing committed
         }
       }
       for (const id of forgotten) {
-        assert.equal(store.getClient(id)?.forgotten, true, `${id} ends forgotten`);
-        assert.equal(store.getClient(id)?.secretHash, null, `${id} keeps no secret`);
+        assert.equal((await store.getClient(id))?.forgotten, true, `${id} ends forgotten`);
+        assert.equal((await store.getClient(id))?.secretHash, null, `${id} keeps no secret`);
       }
-      assert.equal(store.listJobs().filter((j) => j.state !== 'done').length, 0, 'every job ended done');
+      assert.equal((await store.listJobs()).filter((j) => j.state !== 'done').length, 0, 'every job ended done');
       // No file outlives its row (a kill between a job's end-commit and its unlinks leaves files the open deleted).
       const files = (dir: string) => (existsSync(dir) ? readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).length : 0);
-      assert.equal(files(join(dataDir, 'blobs', 'updates')), store.stats().updates, 'one update file per stored update');
-      assert.equal(files(join(dataDir, 'blobs', 'models')), store.listModels().filter((m) => m.erasedAt === null).length, 'one model file per kept model');
+      assert.equal(files(join(dataDir, 'blobs', 'updates')), (await store.stats()).updates, 'one update file per stored update');
+      assert.equal(files(join(dataDir, 'blobs', 'models')), (await store.listModels()).filter((m) => m.erasedAt === null).length, 'one model file per kept model');
       assert.equal(files(join(dataDir, 'jobs')), 0, 'no job scratch is left');
     } finally {
-      store.close();
+      await store.close();
     }
 
     // Every forced phase got its kill (the test cannot pass by chance missing the windows it is about), with the job

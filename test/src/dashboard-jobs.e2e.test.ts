@@ -53,7 +53,7 @@ test("the dashboard's job panel shows a job waiting for offline clients (who, ho
   await page.click('#token-form button[type=submit]');
   await page.locator('#live[data-state="live"]').waitFor();
 
-  const job = coordinator.forget({ clientIds: ['wait-0'], method: 'federaser', requestedBy: 'operator:test' });
+  const job = await coordinator.forget({ clientIds: ['wait-0'], method: 'federaser', requestedBy: 'operator:test' });
   const running = coordinator.runPendingJobs();
   const row = page.locator(`#jobs tr[data-job-id="${job.jobId}"][data-waiting="0/2"]`);
   // The panel re-renders its rows as events arrive: each check waits for a row that says it, rather than reading a

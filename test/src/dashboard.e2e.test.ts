@@ -71,7 +71,7 @@ test('the dashboard asks for the operator token, then shows rounds, the chart, c
   // Two rounds: each appears in the table and as a point of the chart, with the figures the store holds.
   await coordinator.runRounds(2);
   await page.locator('#rounds tr[data-round="2"]').waitFor();
-  const stored = coordinator.store.listRounds();
+  const stored = await coordinator.store.listRounds();
   assert.equal(stored.length, 2);
   for (const r of stored) {
     const row = page.locator(`#rounds tr[data-round="${r.round}"]`);
@@ -86,7 +86,7 @@ test('the dashboard asks for the operator token, then shows rounds, the chart, c
   assert.deepEqual(chartData.labels, [1, 2]);
   assert.deepEqual(chartData.datasets.find((d) => d.label === 'training loss')!.data, stored.map((r) => r.metrics.loss));
   assert.deepEqual(chartData.datasets.find((d) => d.label === 'training accuracy')!.data, stored.map((r) => r.metrics.accuracy));
-  const head = coordinator.store.head();
+  const head = await coordinator.store.head();
   await page.locator('#head-round', { hasText: '2' }).waitFor();
   await page.locator(`#models tr[data-version="${head.version}"].head-row`).waitFor();
   await page.locator('#history tr[data-key="rounds"] td:last-child', { hasText: '2' }).waitFor();
@@ -133,8 +133,8 @@ test('the dashboard asks for the operator token, then shows rounds, the chart, c
   assert.match((await box.locator('h3').textContent()) ?? '', /forgot dash-0 · federaser/);
   // The unlearned model is the new head, in a new lineage, and the forgotten client left the fleet.
   await page.locator(`#models tr[data-version="${report.modelAfter.version}"][data-cause="unlearning"].head-row`).waitFor();
-  assert.notEqual(coordinator.store.head().lineage, head.lineage);
-  await page.locator('#head-lineage', { hasText: coordinator.store.head().lineage.slice(0, 8) }).waitFor();
+  assert.notEqual((await coordinator.store.head()).lineage, head.lineage);
+  await page.locator('#head-lineage', { hasText: (await coordinator.store.head()).lineage.slice(0, 8) }).waitFor();
 
   // The rounds table now lists the new lineage: the replayed rounds, each naming the round it replays.
   for (const step of report.roundsReplayed) {
@@ -149,9 +149,9 @@ test('the dashboard asks for the operator token, then shows rounds, the chart, c
 
   // Training resumes on the new lineage; the page follows.
   await coordinator.runRounds(1);
-  const resumed = coordinator.store.head();
+  const resumed = await coordinator.store.head();
   await page.locator(`#rounds tr[data-round="${resumed.round}"]`).waitFor();
-  await page.locator(`#chart[data-points="${coordinator.store.listRounds().length}"]`).waitFor();
+  await page.locator(`#chart[data-points="${(await coordinator.store.listRounds()).length}"]`).waitFor();
   await page.locator(`#models tr[data-version="${resumed.version}"].head-row`).waitFor();
   assert.equal(await page.locator('#models tr.head-row').count(), 1);
 

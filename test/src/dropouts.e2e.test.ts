@@ -153,7 +153,7 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
     const detectMs = frozenLeft.at - drops[0]!.at;
 
     // FedEraser forgets one healthy client; the flaky one loses its socket in the middle of the job.
-    const job = coordinator.forget({ clientIds: [forgottenId], method: 'federaser', requestedBy: 'operator:dropouts-test' });
+    const job = await coordinator.forget({ clientIds: [forgottenId], method: 'federaser', requestedBy: 'operator:dropouts-test' });
     let jobDrop = null as { step: number; at: number } | null;
     const onProgress = (j: { progress: { step: number } }) => {
       if (jobDrop || j.progress.step < 1) return;
@@ -163,7 +163,7 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
     coordinator.unlearning.on('progress', onProgress);
     await coordinator.runPendingJobs();
     coordinator.unlearning.off('progress', onProgress);
-    const done = coordinator.store.getJob(job.jobId)!;
+    const done = (await coordinator.store.getJob(job.jobId))!;
     assert.equal(done.state, 'done', `the job finished: ${done.error}`);
     assert.ok(jobDrop, 'the socket dropped during the job');
 
@@ -215,7 +215,7 @@ test('30% of the clients drop at random moments during rounds and an unlearning 
       }
     }
     // The replayed rounds of the new lineage keep the same missing lists.
-    const replayed = coordinator.store.listRounds();
+    const replayed = await coordinator.store.listRounds();
     for (const step of report.roundsReplayed) assert.deepEqual(replayed.find((r) => r.round === step.round)!.missing, step.missing);
 
     const missingRecorded = outcomes.reduce((n, o) => n + o.missing.length, 0);

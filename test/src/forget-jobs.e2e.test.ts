@@ -55,12 +55,12 @@ test('federaser and replay start at t0, the first round a forgotten client took 
   await coordinator.runRounds(3);
   const late = await connectClients(url, [scenario.parts[3]!], 'late');
   await coordinator.runRounds(3);
-  const old = coordinator.store.listRounds();
+  const old = await coordinator.store.listRounds();
   assert.deepEqual(
     old.map((r) => r.participants.some((p) => p.clientId === 'late-0')),
     [false, false, false, true, true, true],
   );
-  const job = coordinator.forget({ clientIds: ['late-0'], method: 'federaser', requestedBy: 'operator:test' });
+  const job = await coordinator.forget({ clientIds: ['late-0'], method: 'federaser', requestedBy: 'operator:test' });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;
@@ -69,7 +69,7 @@ test('federaser and replay start at t0, the first round a forgotten client took 
   assert.equal(report.roundsKeptExact, 3);
   assert.deepEqual(report.exactPrefix, { fromRound: 1, toRound: 3 });
   assert.equal(report.startModel?.version, old[3]!.modelBefore, 'started from the model before round 4');
-  assert.equal(report.startModel?.sha256, coordinator.store.getModel(old[2]!.modelAfter)!.sha256);
+  assert.equal(report.startModel?.sha256, (await coordinator.store.getModel(old[2]!.modelAfter))!.sha256);
   assert.deepEqual(report.roundsReplayed.map((r) => r.sourceRound), [4, 5, 6], 'only the stored rounds from t0 on were replayed');
   assert.deepEqual(report.roundsReplayed.map((r) => r.round), [4, 5, 6]);
   // Three calibration steps of three clients, not six: half the client work of a replay from the initial model.
@@ -79,7 +79,7 @@ test('federaser and replay start at t0, the first round a forgotten client took 
   assert.equal(report.contributionRemoved, true);
 
   // The new lineage holds the kept rounds as they were (same models, participants, stored updates), then the replay.
-  const fresh = coordinator.store.listRounds();
+  const fresh = await coordinator.store.listRounds();
   assert.equal(fresh.length, 6);
   for (let i = 0; i < 3; i++) {
     assert.equal(fresh[i]!.modelBefore, old[i]!.modelBefore);
@@ -93,12 +93,12 @@ test('federaser and replay start at t0, the first round a forgotten client took 
   assert.equal(fresh[3]!.modelBefore, old[3]!.modelBefore);
   assert.ok(fresh.every((r) => r.participants.every((p) => p.clientId !== 'late-0')));
   // The kept models were not erased with late-0's contribution; the ones it shaped were.
-  assert.equal(coordinator.store.getModel(old[2]!.modelAfter)!.erasedAt, null);
-  assert.notEqual(coordinator.store.getModel(old[3]!.modelAfter)!.erasedAt, null);
+  assert.equal((await coordinator.store.getModel(old[2]!.modelAfter))!.erasedAt, null);
+  assert.notEqual((await coordinator.store.getModel(old[3]!.modelAfter))!.erasedAt, null);
 
   // The new lineage is a history a later job can replay in turn: server-side replay of early-2, who took part from
   // round 1 (t0 = 1, nothing kept).
-  const second = coordinator.forget({ clientIds: ['early-2'], method: 'replay', requestedBy: 'operator:test' });
+  const second = await coordinator.forget({ clientIds: ['early-2'], method: 'replay', requestedBy: 'operator:test' });
   const [done2] = await coordinator.runPendingJobs();
   assert.equal(done2!.state, 'done', done2!.error ?? '');
   const r2 = done2!.report as JobReport;
@@ -117,8 +117,8 @@ test('rollback keeps the rounds before t0 and retrains from there; replay from t
   await coordinator.runRounds(2);
   const late = await connectClients(url, [scenario.parts[3]!], 'late');
   await coordinator.runRounds(2);
-  const old = coordinator.store.listRounds();
-  coordinator.forget({ clientIds: ['late-0'], method: 'rollback', requestedBy: 'operator:test' });
+  const old = await coordinator.store.listRounds();
+  await coordinator.forget({ clientIds: ['late-0'], method: 'rollback', requestedBy: 'operator:test' });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;
@@ -126,7 +126,7 @@ test('rollback keeps the rounds before t0 and retrains from there; replay from t
   assert.equal(report.roundsKeptExact, 2);
   assert.equal(report.startModel?.version, old[2]!.modelBefore);
   assert.deepEqual(report.roundsReplayed.map((r) => r.sourceRound), [3, 4]);
-  assert.deepEqual(coordinator.store.listRounds().slice(0, 2).map((r) => r.modelAfter), old.slice(0, 2).map((r) => r.modelAfter), 'kept models are referenced, not copied');
+  assert.deepEqual((await coordinator.store.listRounds()).slice(0, 2).map((r) => r.modelAfter), old.slice(0, 2).map((r) => r.modelAfter), 'kept models are referenced, not copied');
   await closeAll([...early, ...late]);
   await coordinator.stop();
 });
@@ -135,10 +135,10 @@ test('a client that never took part: the job completes without touching the mode
   const { coordinator, url } = await start('never');
   const clients = await connectClients(url, scenario.parts.slice(0, 3), 'dev');
   await coordinator.runRounds(2);
-  const ghost = coordinator.issueClient('ghost-1');
+  const ghost = await coordinator.issueClient('ghost-1');
   assert.equal(ghost.clientId, 'ghost-1');
-  const head = coordinator.store.head();
-  const rounds = coordinator.store.listRounds().length;
+  const head = await coordinator.store.head();
+  const rounds = (await coordinator.store.listRounds()).length;
   for (const method of ['federaser'] as const) {
     const posted = await http<JobRecord>(url, '/v1/jobs', { clientIds: ['ghost-1'], method });
     assert.equal(posted.status, 202);
@@ -153,16 +153,16 @@ test('a client that never took part: the job completes without touching the mode
     assert.equal(report.cost.tasks, 0, 'no client work');
     assert.ok(report.notes.some((n) => n.startsWith('no contribution to remove')), report.notes.join('; '));
   }
-  assert.equal(coordinator.store.head().version, head.version);
-  assert.equal(coordinator.store.listRounds().length, rounds, 'no new lineage');
+  assert.equal((await coordinator.store.head()).version, head.version);
+  assert.equal((await coordinator.store.listRounds()).length, rounds, 'no new lineage');
   assert.equal(coordinator.model().version, head.version);
-  const tomb = coordinator.store.getClient('ghost-1')!;
+  const tomb = (await coordinator.store.getClient('ghost-1'))!;
   assert.equal(tomb.forgotten, true, 'tombstoned');
   assert.equal(tomb.secretHash, null, 'its credential purged');
-  assert.equal(coordinator.isForgotten('ghost-1'), true);
+  assert.equal((await coordinator.isForgotten('ghost-1')), true);
   // Training goes on from the same model.
   const [r] = await coordinator.runRounds(1);
-  assert.equal(coordinator.store.getModel(r!.model.version)!.parent, head.version);
+  assert.equal((await coordinator.store.getModel(r!.model.version))!.parent, head.version);
   await closeAll(clients);
   await coordinator.stop();
 });
@@ -171,7 +171,7 @@ test('the same client twice, also at once: one job, the second request answers w
   const { coordinator, url } = await start('dup');
   const clients = await connectClients(url, scenario.parts, 'dup');
   await coordinator.runRounds(2);
-  const lineages = new Set(coordinator.store.listModels().map((m) => m.lineage)).size;
+  const lineages = new Set((await coordinator.store.listModels()).map((m) => m.lineage)).size;
   // Two POSTs at once over two sockets.
   const [a, b] = await Promise.all([http<JobRecord>(url, '/v1/jobs', { clientIds: ['dup-1'] }), http<JobRecord>(url, '/v1/jobs', { clientIds: ['dup-1'] })]);
   assert.deepEqual([a.status, b.status].sort(), [200, 202], 'one created, one answered with it');
@@ -191,10 +191,10 @@ test('the same client twice, also at once: one job, the second request answers w
   // dup-3 asks twice at once through its SDK with no job in progress: one job.
   const [t1, t2] = await Promise.all([clients[3]!.forget('bye'), clients[3]!.forget('bye again')]);
   assert.equal(t1, t2);
-  assert.equal(coordinator.store.listJobs().length, 2, 'one job per client, not one per request');
+  assert.equal((await coordinator.store.listJobs()).length, 2, 'one job per client, not one per request');
   const ran = await coordinator.runPendingJobs();
   assert.deepEqual(ran.map((j) => j.state), ['done', 'done']);
-  assert.equal(new Set(coordinator.store.listModels().map((m) => m.lineage)).size, lineages + 2, 'one new lineage per job, no extra replay');
+  assert.equal(new Set((await coordinator.store.listModels()).map((m) => m.lineage)).size, lineages + 2, 'one new lineage per job, no extra replay');
   await closeAll(clients);
   await coordinator.stop();
 });
@@ -203,8 +203,8 @@ test('forgetting every client, or every client that took part, is refused at sub
   const { coordinator, url } = await start('all');
   const clients = await connectClients(url, scenario.parts.slice(0, 2), 'all');
   await coordinator.runRounds(2);
-  coordinator.issueClient('bystander'); // registered, never took part
-  const head = coordinator.store.head();
+  (await coordinator.issueClient('bystander')); // registered, never took part
+  const head = await coordinator.store.head();
   const every = await http<{ error: { code: string; message: string } }>(url, '/v1/jobs', { clientIds: ['all-0', 'all-1', 'bystander'] });
   assert.equal(every.status, 422);
   assert.equal(every.body.error.code, 'FORGET_REFUSED');
@@ -213,16 +213,16 @@ test('forgetting every client, or every client that took part, is refused at sub
   assert.equal(tookPart.status, 422);
   assert.equal(tookPart.body.error.code, 'FORGET_REFUSED');
   assert.match(tookPart.body.error.message, /every client that took part/);
-  assert.deepEqual(coordinator.store.listJobs(), [], 'no job was created');
-  assert.equal(coordinator.store.head().version, head.version);
-  assert.equal(coordinator.store.getClient('all-0')!.forgotten, false);
+  assert.deepEqual((await coordinator.store.listJobs()), [], 'no job was created');
+  assert.equal((await coordinator.store.head()).version, head.version);
+  assert.equal((await coordinator.store.getClient('all-0'))!.forgotten, false);
   // The SDK path is refused the same way when its client is the last one that took part.
   await clients[1]!.close();
   const solo = await start('all-solo', { federation: federation({ clientsPerRound: 1, minClients: 1 }) });
   const only = await connectClients(solo.url, scenario.parts.slice(0, 1), 'solo');
   await solo.coordinator.runRounds(1);
   await assert.rejects(only[0]!.forget('last one'), /FORGET_REFUSED/);
-  assert.deepEqual(solo.coordinator.store.listJobs(), []);
+  assert.deepEqual((await solo.coordinator.store.listJobs()), []);
   await closeAll([...clients, ...only]);
   await coordinator.stop();
   await solo.coordinator.stop();
@@ -236,7 +236,7 @@ test("'replay' under retention 'norms' is refused at submission with the reason;
   assert.equal(res.status, 422);
   assert.equal(res.body.error.code, 'FORGET_REFUSED');
   assert.match(res.body.error.message, /retention 'norms'/);
-  assert.deepEqual(coordinator.store.listJobs(), []);
+  assert.deepEqual((await coordinator.store.listJobs()), []);
   const ok = await http<JobRecord>(url, '/v1/jobs', { clientIds: ['nrm-0'], method: 'federaser' });
   assert.equal(ok.status, 202);
   const [done] = await coordinator.runPendingJobs();
@@ -251,7 +251,7 @@ test('a job whose clients are offline shows whom it waits for (API and CLI), for
   await coordinator.runRounds(2);
   await closeAll(clients);
   await waitUntil(() => coordinator.registry.size === 0, 10_000, 'every client gone');
-  const head = coordinator.store.head();
+  const head = await coordinator.store.head();
   // The operator's command, as issued: forget --wait with nobody connected.
   const cli = spawn(process.execPath, [CLI, 'forget', 'off-0', '--method', 'federaser', '--wait', '--poll-ms', '100', '--url', url], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -260,7 +260,7 @@ test('a job whose clients are offline shows whom it waits for (API and CLI), for
   let stderr = '';
   cli.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => cli.on('exit', (code) => resolve(code)));
-  await waitUntil(() => coordinator.store.listJobs().length === 1, 10_000, 'the job queued');
+  await waitUntil(async () => (await coordinator.store.listJobs()).length === 1, 10_000, 'the job queued');
   const seen: JobWaiting[] = [];
   coordinator.on('jobProgress', (j) => {
     const w = (j.progress as { waiting?: JobWaiting }).waiting;
@@ -268,7 +268,7 @@ test('a job whose clients are offline shows whom it waits for (API and CLI), for
   });
   const running = coordinator.runPendingJobs();
   await waitUntil(() => seen.length > 0, 10_000, 'the job to say it waits');
-  const api = await http<JobRecord & { progress: { waiting?: JobWaiting } }>(url, `/v1/jobs/${coordinator.store.listJobs()[0]!.jobId}`);
+  const api = await http<JobRecord & { progress: { waiting?: JobWaiting } }>(url, `/v1/jobs/${(await coordinator.store.listJobs())[0]!.jobId}`);
   const w = api.body.progress.waiting!;
   assert.ok(w, `the API shows the wait: ${JSON.stringify(api.body.progress)}`);
   assert.equal(w.connected, 0);
@@ -284,9 +284,9 @@ test('a job whose clients are offline shows whom it waits for (API and CLI), for
   assert.match(stderr, /waiting for clients: 0 of 2 connected, 2 needed; offline: (off-1, off-2|off-2, off-1); until /);
   assert.match(stderr, /failed: .*stayed offline/);
   // Nothing changed: same head, same history, the client is not forgotten.
-  assert.equal(coordinator.store.head().version, head.version);
-  assert.equal(coordinator.store.getClient('off-0')!.forgotten, false);
-  assert.equal(coordinator.isForgotten('off-0'), false);
+  assert.equal((await coordinator.store.head()).version, head.version);
+  assert.equal((await coordinator.store.getClient('off-0'))!.forgotten, false);
+  assert.equal((await coordinator.isForgotten('off-0')), false);
   await coordinator.stop();
 });
 
@@ -296,14 +296,14 @@ test('a waiting job goes on as soon as its clients reconnect', async () => {
   await coordinator.runRounds(2);
   await closeAll(clients);
   await waitUntil(() => coordinator.registry.size === 0, 10_000, 'every client gone');
-  coordinator.forget({ clientIds: ['back-0'], requestedBy: 'operator:test' });
+  await coordinator.forget({ clientIds: ['back-0'], requestedBy: 'operator:test' });
   let waiting = false;
   coordinator.on('jobProgress', (j) => (waiting ||= (j.progress as { waiting?: JobWaiting }).waiting !== undefined));
   const running = coordinator.runPendingJobs();
   await waitUntil(() => waiting, 10_000, 'the job to wait');
   const back = await connectClients(url, scenario.parts.slice(1, 3), 'back-again');
   // Different ids do not count: the step waits for its own clients (back-1, back-2).
-  assert.equal(coordinator.store.listJobs()[0]!.state, 'running');
+  assert.equal((await coordinator.store.listJobs())[0]!.state, 'running');
   const again = await connectClients(url, [scenario.parts[0]!, scenario.parts[1]!, scenario.parts[2]!], 'back');
   const [done] = await running;
   assert.equal(done!.state, 'done', done!.error ?? '');
@@ -320,8 +320,8 @@ test("offline policy 'server-side': after the wait, calibration steps are comple
   await coordinator.runRounds(2);
   await closeAll(clients);
   await waitUntil(() => coordinator.registry.size === 0, 10_000, 'every client gone');
-  const head = coordinator.store.head();
-  coordinator.forget({ clientIds: ['srv-0'], method: 'federaser', requestedBy: 'operator:test' });
+  const head = await coordinator.store.head();
+  await coordinator.forget({ clientIds: ['srv-0'], method: 'federaser', requestedBy: 'operator:test' });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;
@@ -333,13 +333,13 @@ test("offline policy 'server-side': after the wait, calibration steps are comple
     assert.deepEqual(r.calibrated, []);
   }
   assert.equal(report.cost.tasks, 0);
-  assert.equal(coordinator.store.getClient('srv-0')!.forgotten, true);
+  assert.equal((await coordinator.store.getClient('srv-0'))!.forgotten, true);
   // An exact method is never completed server-side: it fails, nothing changed.
-  const before = coordinator.store.head();
-  coordinator.forget({ clientIds: ['srv-1'], method: 'retrain', requestedBy: 'operator:test' });
+  const before = await coordinator.store.head();
+  await coordinator.forget({ clientIds: ['srv-1'], method: 'retrain', requestedBy: 'operator:test' });
   const [exact] = await coordinator.runPendingJobs();
   assert.equal(exact!.state, 'failed');
   assert.match(exact!.error ?? '', /never completed server-side/);
-  assert.equal(coordinator.store.head().version, before.version);
+  assert.equal((await coordinator.store.head()).version, before.version);
   await coordinator.stop();
 });

@@ -17,7 +17,7 @@ test('a client asks through its SDK to be forgotten: the job runs live, the mode
   coordinator.on('round', (r) => rounds.push(r));
   coordinator.start();
   await waitUntil(() => rounds.length >= 2, 60_000, 'two training rounds');
-  const oldRounds = coordinator.store.listRounds();
+  const oldRounds = await coordinator.store.listRounds();
   assert.ok(oldRounds.some((r) => r.participants.some((p) => p.clientId === 'device-0' && p.hasUpdate)), 'device-0 contributed stored updates');
 
   // A forged identity cannot act for device-0.
@@ -51,15 +51,15 @@ test('a client asks through its SDK to be forgotten: the job runs live, the mode
   // Nothing of device-0 is left in the store, in the new lineage or the old one.
   const store = coordinator.store;
   for (const r of oldRounds) assert.equal(await store.readUpdate(r.roundId, 'device-0'), null);
-  const oldLineage = store.listRounds({ lineage: oldRounds[0]!.lineage });
+  const oldLineage = await store.listRounds({ lineage: oldRounds[0]!.lineage });
   assert.ok(oldLineage.every((r) => r.participants.every((p) => p.clientId !== 'device-0')));
-  assert.ok(store.listRounds().every((r) => r.participants.every((p) => p.clientId !== 'device-0')));
-  const tombstone = store.getClient('device-0');
+  assert.ok((await store.listRounds()).every((r) => r.participants.every((p) => p.clientId !== 'device-0')));
+  const tombstone = await store.getClient('device-0');
   assert.equal(tombstone?.forgotten, true, 'only a tombstone is left, so that the request is honoured');
   assert.equal(tombstone?.secretHash, null);
   assert.equal(tombstone?.numExamples, 0);
-  assert.equal(store.getModel(report.modelAfter.version)?.jobId, jobId);
-  assert.equal(store.getModel(report.modelAfter.version)?.cause, 'unlearning');
+  assert.equal((await store.getModel(report.modelAfter.version))?.jobId, jobId);
+  assert.equal((await store.getModel(report.modelAfter.version))?.cause, 'unlearning');
 
   // Once its final status is delivered, the forgotten client is told why and disconnected, and cannot come back.
   await waitUntil(() => !coordinator.registry.get('device-0'), 10_000, 'device-0 disconnected');
@@ -73,7 +73,7 @@ test('a client asks through its SDK to be forgotten: the job runs live, the mode
   await waitUntil(() => rounds.length >= seen + 1, 60_000, 'a round after the job');
   const resumed = rounds.at(-1)!;
   assert.ok(!resumed.participants.includes('device-0'));
-  assert.equal(store.getModel(resumed.model.version)?.lineage, store.getModel(report.modelAfter.version)?.lineage);
+  assert.equal((await store.getModel(resumed.model.version))?.lineage, (await store.getModel(report.modelAfter.version))?.lineage);
   for (const c of clients) await c.close();
   await coordinator.stop();
 });
@@ -96,7 +96,7 @@ test('a client that drops during a replay does not hang the job; the report says
     }
     return original(t);
   };
-  const job = coordinator.forget({ clientIds: ['unit-0'], method: 'federaser', requestedBy: 'operator:test' });
+  const job = await coordinator.forget({ clientIds: ['unit-0'], method: 'federaser', requestedBy: 'operator:test' });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;
@@ -117,7 +117,7 @@ test('a coordinator stopped during a job resumes it after a restart from its las
   const first = await startCoordinator(tmp.dir, scenario.def, fed, 1);
   const before = await connectClients(first.url, scenario.parts, 'res');
   await first.coordinator.runRounds(3);
-  const job = first.coordinator.forget({ clientIds: ['res-0'], method: 'federaser', requestedBy: 'operator:test' });
+  const job = await first.coordinator.forget({ clientIds: ['res-0'], method: 'federaser', requestedBy: 'operator:test' });
   // Stop the coordinator as soon as the first replay step is checkpointed (progress announces step 2 of 3).
   let stopping: Promise<void> | null = null;
   first.coordinator.unlearning.on('progress', (j) => {
@@ -132,9 +132,9 @@ test('a coordinator stopped during a job resumes it after a restart from its las
   for (const c of before) await c.close();
 
   const second = await startCoordinator(tmp.dir, scenario.def, fed, 1);
-  const saved = second.coordinator.store.getJob(job.jobId)!;
+  const saved = (await second.coordinator.store.getJob(job.jobId))!;
   assert.equal(saved.state, 'running', 'an interrupted job stays running, to be resumed');
-  const steps = second.coordinator.store.jobSteps(job.jobId).map((x) => x.data as { roundId: string; sourceRound: number });
+  const steps = (await second.coordinator.store.jobSteps(job.jobId)).map((x) => x.data as { roundId: string; sourceRound: number });
   assert.equal(steps.length, 1, 'exactly the completed step was checkpointed');
   // The same devices come back under their enrolled identities.
   const resumedClients = await connectClients(second.url, scenario.parts, 'res');
@@ -142,7 +142,7 @@ test('a coordinator stopped during a job resumes it after a restart from its las
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;
   assert.deepEqual(report.roundsReplayed.map((r) => r.sourceRound), [1, 2, 3], 'every stored round replayed once, none twice');
-  assert.equal(second.coordinator.store.listRounds()[0]!.roundId, steps[0]!.roundId, 'the first step was kept, not redone');
+  assert.equal((await second.coordinator.store.listRounds())[0]!.roundId, steps[0]!.roundId, 'the first step was kept, not redone');
   assert.ok(report.cost.clientSampleEpochs > 0);
   for (const c of resumedClients) await c.close();
   await second.coordinator.stop();

@@ -210,8 +210,8 @@ test(`${FRAMES} fuzzed frames on a live socket during a round: each refusal has 
   try {
     await Promise.all(honest.map((c) => c.connect(WAIT_MS)));
     const store = coordinator.store;
-    const statsBefore = store.stats();
-    assert.equal(store.head().round, 0);
+    const statsBefore = await store.stats();
+    assert.equal((await store.head()).round, 0);
 
     const generated = fc.sample(garbage, { numRuns: FRAMES, seed: SEED });
     const { frames, expected } = expectations(generated);
@@ -284,22 +284,22 @@ test(`${FRAMES} fuzzed frames on a live socket during a round: each refusal has 
     assert.deepEqual(honestErrors, []);
 
     // The store holds the honest round and nothing else: no extra rounds, models, updates, jobs or participants.
-    const statsAfter = store.stats();
+    const statsAfter = await store.stats();
     assert.equal(statsAfter.rounds, statsBefore.rounds + 1);
     assert.equal(statsAfter.models, statsBefore.models + 1);
     assert.equal(statsAfter.updates, statsBefore.updates + 2);
-    assert.equal(store.head().round, 1);
-    assert.deepEqual(store.listRounds().map((r) => r.participants.map((p) => p.clientId).sort()), [['honest-1', 'honest-2']]);
-    assert.deepEqual(store.listJobs(), []);
-    assert.deepEqual(store.listClients().map((c) => c.clientId).sort(), ['fuzzer', 'honest-1', 'honest-2']);
-    await store.readModel(store.head().version);
+    assert.equal((await store.head()).round, 1);
+    assert.deepEqual((await store.listRounds()).map((r) => r.participants.map((p) => p.clientId).sort()), [['honest-1', 'honest-2']]);
+    assert.deepEqual((await store.listJobs()), []);
+    assert.deepEqual((await store.listClients()).map((c) => c.clientId).sort(), ['fuzzer', 'honest-1', 'honest-2']);
+    await store.readModel((await store.head()).version);
 
     // Training goes on: once the fuzzer leaves, the next round commits with the honest clients.
     fuzzer.close();
     await waitUntil(() => coordinator.registry.connected().length === 2, WAIT_MS, 'the fuzzer gone');
     const [next] = await coordinator.runRounds(1);
     assert.deepEqual([...next!.participants].sort(), ['honest-1', 'honest-2']);
-    assert.equal(store.head().round, 2);
+    assert.equal((await store.head()).round, 2);
 
     const codes = new Map<string, number>();
     for (const c of wantErrors) codes.set(errorCodeName(c), (codes.get(errorCodeName(c)) ?? 0) + 1);

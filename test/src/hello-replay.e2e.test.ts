@@ -66,7 +66,7 @@ after(async () => {
 for (const kind of ['issued', 'enrolled'] as const) {
   test(`a captured hello and proof (${kind} credential) replayed on another connection are refused, the real session stays, and the secret is never on the wire`, async () => {
     const id = `device-${kind}`;
-    const secret = kind === 'issued' ? coordinator.issueClient(id).secret : 'a-secret-this-device-chose';
+    const secret = kind === 'issued' ? (await coordinator.issueClient(id)).secret : 'a-secret-this-device-chose';
     const real = track(await RawPeer.enrolled(url, id, secret));
     const session = coordinator.registry.get(id);
     assert.ok(session, 'the real client has a session');
@@ -107,7 +107,7 @@ for (const kind of ['issued', 'enrolled'] as const) {
 }
 
 test('a protocol 1 hello (secret inside) is refused with PROTOCOL_VERSION and says why; a protocol 2 hello carrying a secret is refused too', async () => {
-  const { secret } = coordinator.issueClient('device-old');
+  const { secret } = await coordinator.issueClient('device-old');
   const old = track(await RawPeer.connect(url));
   old.send({ hello: { ...rawHello('device-old'), secret, protocolVersion: 1 } });
   const e = await old.expectError(ErrorCode.PROTOCOL_VERSION);
@@ -123,7 +123,7 @@ test('a protocol 1 hello (secret inside) is refused with PROTOCOL_VERSION and sa
 });
 
 test('a message other than the proof after the challenge, and a proof before it, close the connection without a session', async () => {
-  const { secret } = coordinator.issueClient('device-hasty');
+  const { secret } = await coordinator.issueClient('device-hasty');
   const early = track(await RawPeer.connect(url));
   early.sendRaw(new Uint8Array(0));
   early.send({ helloProof: { proof: new Uint8Array(32) } });
@@ -138,13 +138,13 @@ test('a message other than the proof after the challenge, and a proof before it,
   assert.match(e.message, /expected helloProof/);
   await wrongStep.disconnected();
   assert.equal(coordinator.registry.get('device-hasty'), undefined);
-  assert.equal(coordinator.store.listJobs().length, 0);
+  assert.equal((await coordinator.store.listJobs()).length, 0);
   // The credential itself is fine.
   track(await RawPeer.enrolled(url, 'device-hasty', secret));
 });
 
 test('a second session proven with the real secret displaces the first, which is told SESSION_REPLACED; the SDK emits it and does not reconnect', async () => {
-  const { secret } = coordinator.issueClient('device-twice');
+  const { secret } = await coordinator.issueClient('device-twice');
   const first = new FederatedClient({ url, clientId: 'device-twice', secret, data: tinyDataset(), backends: ['cpu'], reconnect: { delayMs: 50, maxDelayMs: 100 } });
   clients.push(first);
   // Everything the SDK put on the wire, as the coordinator received it.

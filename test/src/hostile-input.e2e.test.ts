@@ -65,8 +65,8 @@ let rawA: RawPeer | undefined;
 let rawB: RawPeer | undefined;
 
 function snapshot(): Snapshot {
-  const head = coordinator.store.head();
-  return { head: head.version, round: head.round, stats: coordinator.store.stats() };
+  const head = await coordinator.store.head();
+  return { head: head.version, round: head.round, stats: (await coordinator.store.stats()) };
 }
 
 function assertUnchanged(since: Snapshot, what: string): void {
@@ -158,13 +158,13 @@ test('a first message that is not hello is UNAUTHENTICATED and the connection is
 test('a hello with the wrong secret for an enrolled client is UNAUTHENTICATED and does not displace it', async () => {
   const session = coordinator.registry.get('honest-1');
   assert.ok(session, 'honest-1 is connected');
-  const hashBefore = coordinator.store.getClient('honest-1')!.secretHash;
+  const hashBefore = (await coordinator.store.getClient('honest-1'))!.secretHash;
   const p = await peer(RawPeer.connect(url));
   p.hello('honest-1', 'not-the-right-secret');
   await p.expectError(ErrorCode.UNAUTHENTICATED);
   await p.disconnected();
   assert.equal(coordinator.registry.get('honest-1'), session, 'the genuine session is still the registered one');
-  assert.equal(coordinator.store.getClient('honest-1')!.secretHash, hashBefore);
+  assert.equal((await coordinator.store.getClient('honest-1'))!.secretHash, hashBefore);
   assertUnchanged(before0, 'a forged hello');
 });
 
@@ -203,7 +203,7 @@ test('hostile handshake messages: a challenge from a client, a malformed proof, 
     assert.match((await p.expectError(ErrorCode.UNAUTHENTICATED)).message, /must carry its 32-byte key/);
     await p.disconnected();
   }
-  assert.equal(coordinator.store.getClient('never-enrolled'), null);
+  assert.equal((await coordinator.store.getClient('never-enrolled')), null);
   assertUnchanged(before0, 'hostile handshake messages');
 });
 
@@ -263,10 +263,10 @@ test('a round refuses bad shapes, NaN, a foreign and a replayed answer, and comm
   const missing = new Map(outcome.missing.map((m) => [m.clientId, m.reason]));
   assert.deepEqual([...missing.entries()].sort(), [['raw-a', 'rejected'], ['raw-b', 'rejected']]);
 
-  const record = coordinator.store.getRound(1);
+  const record = await coordinator.store.getRound(1);
   assert.ok(record, 'round 1 is committed');
   assert.deepEqual(record.participants.map((p) => p.clientId).sort(), expected);
-  assert.equal(coordinator.store.head().round, 1);
+  assert.equal((await coordinator.store.head()).round, 1);
   assert.deepEqual(honestErrors, []);
 
   // The committed model is the example-weighted mean of exactly the accepted updates, recomputed here in float64.
@@ -279,7 +279,7 @@ test('a round refuses bad shapes, NaN, a foreign and a replayed answer, and comm
     assert.ok(u, `update of ${p.clientId} is stored`);
     for (let i = 0; i < want.length; i++) want[i]! += (p.numExamples / total) * u[i]!;
   }
-  const got = await coordinator.store.readModel(coordinator.store.head().version);
+  const got = await coordinator.store.readModel((await coordinator.store.head()).version);
   let worst = 0;
   for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
   assert.ok(worst <= 1e-5, `committed model differs from the recomputed aggregate by ${worst}`);
@@ -308,7 +308,7 @@ test('NaN and ±Inf past each internal step of the check, deep in the full-size 
   // Only the honest clients and the three poisoners are connected, so that the round asks all five.
   for (const p of peers.splice(0)) p.close();
   await waitUntil(() => coordinator.registry.size === 2, WAIT_MS, 'the earlier raw peers to leave');
-  const layout = coordinator.store.meta().layout;
+  const layout = (await coordinator.store.meta()).layout;
   const first = layout.sizes[0]!;
   assert.equal(first, 100_352);
   const poison: [string, number, number][] = [
@@ -336,9 +336,9 @@ test('NaN and ±Inf past each internal step of the check, deep in the full-size 
   assert.ok(outcome);
   assert.deepEqual([...outcome.participants].sort(), ['honest-1', 'honest-2']);
   assert.deepEqual(outcome.missing.map((m) => [m.clientId, m.reason]).sort(), poison.map(([id]) => [id, 'rejected']).sort());
-  assert.equal(coordinator.store.head().round, since.round + 1);
-  const record = coordinator.store.getRound(since.round + 1)!;
+  assert.equal((await coordinator.store.head()).round, since.round + 1);
+  const record = (await coordinator.store.getRound(since.round + 1))!;
   assert.deepEqual(record.participants.map((p) => p.clientId).sort(), ['honest-1', 'honest-2']);
-  const model = await coordinator.store.readModel(coordinator.store.head().version);
+  const model = await coordinator.store.readModel((await coordinator.store.head()).version);
   assert.ok(model.every((v) => Number.isFinite(v)), 'the committed model is finite');
 });

@@ -133,7 +133,7 @@ after(async () => {
 
 test('the rounds the history holds are the rounds /metrics counts', async () => {
   const { samples, help, types } = await scrape();
-  const rounds = coordinator.store.listRounds();
+  const rounds = await coordinator.store.listRounds();
   assert.equal(rounds.length, 2);
   assert.equal(samples.get('fedunlearn_rounds_completed_total'), rounds.length);
   assert.equal(samples.get('fedunlearn_round_duration_seconds_count'), rounds.length);
@@ -149,7 +149,7 @@ test('the rounds the history holds are the rounds /metrics counts', async () => 
 
   assert.equal(samples.get('fedunlearn_connected_clients'), coordinator.registry.size);
   assert.equal(samples.get('fedunlearn_connections_total'), 4);
-  const stats = coordinator.store.stats();
+  const stats = await coordinator.store.stats();
   assert.equal(samples.get('fedunlearn_history_bytes{kind="model"}'), stats.modelBytes);
   assert.equal(samples.get('fedunlearn_history_bytes{kind="update_fp32"}'), stats.updateBytesByDtype.fp32);
   // The wire carried at least the tasks and updates the rounds counted, plus handshakes and the refused update.
@@ -168,20 +168,20 @@ test('responses keep every field of the records they are made from', async () =>
   const status = await getJson<Record<string, unknown>>('/v1/status');
   assert.equal(status.status, 200);
   assert.deepEqual(Object.keys(status.body).sort(), ['connectedClients', 'jobs', 'model', 'trainingStopped', 'uptimeMs']);
-  assert.deepEqual(status.body.model, plain(coordinator.store.head()));
+  assert.deepEqual(status.body.model, plain(await coordinator.store.head()));
   assert.equal(status.body.connectedClients, 3);
 
   const listed = await getJson<{ clients: Record<string, unknown>[] }>('/v1/clients');
-  const expected = coordinator.store.listClients().map(({ secretHash: _hidden, ...c }) => ({ ...c, connected: coordinator.registry.get(c.clientId) !== undefined, backend: coordinator.registry.get(c.clientId)?.backend ?? null }));
+  const expected = (await coordinator.store.listClients()).map(({ secretHash: _hidden, ...c }) => ({ ...c, connected: coordinator.registry.get(c.clientId) !== undefined, backend: coordinator.registry.get(c.clientId)?.backend ?? null }));
   assert.deepEqual(listed.body.clients, plain(expected));
   assert.ok(listed.body.clients.every((c) => !('secretHash' in c)));
 
-  assert.deepEqual((await getJson('/v1/rounds')).body, plain({ rounds: coordinator.store.listRounds() }));
-  assert.deepEqual((await getJson('/v1/rounds/2')).body, plain(coordinator.store.getRound(2)));
-  assert.deepEqual((await getJson('/v1/models')).body, plain({ head: coordinator.store.head().version, models: coordinator.store.listModels() }));
-  assert.deepEqual((await getJson('/v1/history/stats')).body, plain(coordinator.store.stats()));
+  assert.deepEqual((await getJson('/v1/rounds')).body, plain({ rounds: (await coordinator.store.listRounds()) }));
+  assert.deepEqual((await getJson('/v1/rounds/2')).body, plain(await coordinator.store.getRound(2)));
+  assert.deepEqual((await getJson('/v1/models')).body, plain({ head: (await coordinator.store.head()).version, models: (await coordinator.store.listModels()) }));
+  assert.deepEqual((await getJson('/v1/history/stats')).body, plain(await coordinator.store.stats()));
 
-  const weights = await fetch(`${url}/v1/models/${coordinator.store.head().version}/weights`, { headers: auth });
+  const weights = await fetch(`${url}/v1/models/${(await coordinator.store.head()).version}/weights`, { headers: auth });
   assert.equal(weights.headers.get('content-type'), 'application/octet-stream');
   const bytes = new Float32Array(await weights.arrayBuffer());
   assert.deepEqual(bytes, coordinator.model().weights, 'weights are sent as raw bytes, not serialised');
@@ -197,7 +197,7 @@ test('a forget job shows in /v1/jobs with every field, and in the job metrics', 
   const created = await fetch(`${url}/v1/jobs`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ clientIds: ['op-2'], method: 'replay' }) });
   assert.equal(created.status, 202);
   const job = (await created.json()) as { jobId: string };
-  const { checkpoint: _c, ...queued } = coordinator.store.getJob(job.jobId)!;
+  const { checkpoint: _c, ...queued } = (await coordinator.store.getJob(job.jobId))!;
   assert.deepEqual(job, plain(queued));
   let s = (await scrape()).samples;
   assert.equal(s.get('fedunlearn_jobs{state="queued"}'), 1);
@@ -206,7 +206,7 @@ test('a forget job shows in /v1/jobs with every field, and in the job metrics', 
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const jobs = await getJson<{ jobs: unknown[] }>('/v1/jobs');
-  assert.deepEqual(jobs.body, plain({ jobs: coordinator.store.listJobs().map(({ checkpoint: _x, ...j }) => j) }));
+  assert.deepEqual(jobs.body, plain({ jobs: (await coordinator.store.listJobs()).map(({ checkpoint: _x, ...j }) => j) }));
   const one = await getJson(`/v1/jobs/${job.jobId}`);
   assert.deepEqual(one.body, (jobs.body.jobs as unknown[])[0]);
   const report = await getJson(`/v1/jobs/${job.jobId}/report`);
@@ -214,13 +214,13 @@ test('a forget job shows in /v1/jobs with every field, and in the job metrics', 
 
   // op-2 trained in the earlier rounds: the models it shaped lost their weights, and say so; the head did not.
   const erased = (done!.report as { purged: { modelsErased: string[] } }).purged.modelsErased;
-  const shaped = coordinator.store.listModels().filter((m) => m.erasedAt !== null).map((m) => m.version);
+  const shaped = (await coordinator.store.listModels()).filter((m) => m.erasedAt !== null).map((m) => m.version);
   assert.ok(erased.length > 0);
   assert.deepEqual(erased, shaped);
   const gone = await fetch(`${url}/v1/models/${erased.at(-1)}/weights`, { headers: auth });
   assert.equal(gone.status, 410);
   assert.equal(((await gone.json()) as { error: { code: string } }).error.code, 'MODEL_ERASED');
-  assert.equal((await fetch(`${url}/v1/models/${coordinator.store.head().version}/weights`, { headers: auth })).status, 200);
+  assert.equal((await fetch(`${url}/v1/models/${(await coordinator.store.head()).version}/weights`, { headers: auth })).status, 200);
 
   s = (await scrape()).samples;
   assert.equal(s.get('fedunlearn_history_models{state="erased"}'), erased.length);
@@ -230,7 +230,7 @@ test('a forget job shows in /v1/jobs with every field, and in the job metrics', 
 
   // A client asking for itself over its session counts as a client request (the job stays queued: nothing runs it).
   const clientJob = await clients[1]!.forget('operator-api test');
-  assert.equal(coordinator.store.getJob(clientJob)?.requestedBy, 'client:op-1');
+  assert.equal((await coordinator.store.getJob(clientJob))?.requestedBy, 'client:op-1');
   s = (await scrape()).samples;
   assert.equal(s.get('fedunlearn_forget_requests_total{source="client"}'), 1);
   assert.equal(s.get('fedunlearn_forget_requests_total{source="operator"}'), 1);

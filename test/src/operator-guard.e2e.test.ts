@@ -75,7 +75,7 @@ test('a coordinator given no token makes one: every route that carries federatio
     assert.equal(r.status, 401, `${method} ${path} anonymous: ${r.body}`);
     assert.equal(errorCode(r.body), 'UNAUTHENTICATED');
   }
-  assert.equal(coord.store.listClients().length, 0, 'nothing was issued');
+  assert.equal((await coord.store.listClients()).length, 0, 'nothing was issued');
   const ok = await fetch(`${url}/v1/status`, { headers: { authorization: `Bearer ${coord.operatorToken}` } });
   assert.equal(ok.status, 200);
 });
@@ -84,8 +84,8 @@ test("a browser tab on another site cannot change state with a no-cors request, 
   const { coord, port, logs } = await start({ operatorAuth: 'none' });
   assert.equal(coord.operatorToken, null);
   assert.match(logs(), /THE OPERATOR API IS OPEN/);
-  const issued = coord.issueClient('victim');
-  const hashBefore = coord.store.getClient('victim')!.secretHash;
+  const issued = await coord.issueClient('victim');
+  const hashBefore = (await coord.store.getClient('victim'))!.secretHash;
   const self = `http://127.0.0.1:${port}`;
   const host = `127.0.0.1:${port}`;
   // What `fetch(url, { method: 'POST', mode: 'no-cors', body: '...' })` from https://evil.example sends.
@@ -106,9 +106,9 @@ test("a browser tab on another site cannot change state with a no-cors request, 
   assert.equal(del.status, 403);
   const job = await raw(port, { method: 'POST', path: '/v1/jobs', headers: { host, 'content-type': 'text/plain' }, body: JSON.stringify({ clientIds: ['victim'] }) });
   assert.equal(job.status, 415);
-  assert.equal(coord.store.getClient('victim')!.secretHash, hashBefore, 'the secret was not rotated');
-  assert.equal(coord.store.getClient('victim')!.revoked, false);
-  assert.deepEqual(coord.store.listJobs(), []);
+  assert.equal((await coord.store.getClient('victim'))!.secretHash, hashBefore, 'the secret was not rotated');
+  assert.equal((await coord.store.getClient('victim'))!.revoked, false);
+  assert.deepEqual((await coord.store.listJobs()), []);
   // The page's own origin (the dashboard) still can.
   const own = await raw(port, { method: 'POST', path: '/v1/clients/victim/secret', headers: { host, origin: self, 'content-type': 'application/json' }, body: '{}' });
   assert.equal(own.status, 200, own.body);

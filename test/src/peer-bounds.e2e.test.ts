@@ -79,7 +79,7 @@ test('one unchunked 614 KB frame is refused with MESSAGE_TOO_LARGE and the limit
   peer.sendRaw(frame);
   const e = await peer.expectError(ErrorCode.MESSAGE_TOO_LARGE);
   assert.match(e.message, new RegExp(`exceeds the ${576 * 1024}-byte frame limit`));
-  assert.equal(coordinator.store.listJobs().length, 0, 'the refused frame did nothing');
+  assert.equal((await coordinator.store.listJobs()).length, 0, 'the refused frame did nothing');
   // Still a session: it is answered, not disconnected.
   peer.send({ update: { taskId: 'after-the-big-frame', numExamples: 1 } });
   await peer.expectError(ErrorCode.UNKNOWN_TASK, 'after-the-big-frame');

@@ -132,7 +132,7 @@ test('a forget job with a reader holding history.db open: purge incomplete until
     })();
 
     await coordinator.runRounds(3);
-    assert.equal(coordinator.store.listRounds().filter((r) => r.participants.some((p) => p.clientId === 'marked')).length, 3, 'the marked client took part in every round');
+    assert.equal((await coordinator.store.listRounds()).filter((r) => r.participants.some((p) => p.clientId === 'marked')).length, 3, 'the marked client took part in every round');
     assert.ok(holding(tmp.dir, needles.update).length > 0, 'the scan finds its updates before the job');
     assert.ok(holding(tmp.dir, needles.norms).length > 0, 'the scan finds its norms before the job');
 

@@ -29,19 +29,19 @@ async function run(name: string, order: number[], forget: (first: string[]) => s
       await c.connect();
     }
     const trained = await coordinator.runRounds(3);
-    const job = coordinator.forget({ clientIds: [forget(trained[0]!.participants)], method: 'retrain', params: { tuneRounds: 1 }, requestedBy: 'operator:test' });
+    const job = await coordinator.forget({ clientIds: [forget(trained[0]!.participants)], method: 'retrain', params: { tuneRounds: 1 }, requestedBy: 'operator:test' });
     await coordinator.runPendingJobs();
-    const done = coordinator.store.getJob(job.jobId)!;
+    const done = (await coordinator.store.getJob(job.jobId))!;
     assert.equal(done.state, 'done', String(done.error));
     await coordinator.runRounds(1);
     const report = done.report as JobReport;
-    const rounds = coordinator.store.listModels().filter((m) => m.cause === 'round');
+    const rounds = (await coordinator.store.listModels()).filter((m) => m.cause === 'round');
     return {
       rounds: [...coordinator.store.listRounds({ lineage: rounds[0]!.lineage }), ...coordinator.store.listRounds()].map((r) => ({
         round: r.round,
         lineage: r.lineage === rounds[0]!.lineage ? 'first' : 'after the job',
         participants: r.participants.map((p) => p.clientId),
-        sha256: coordinator.store.getModel(r.modelAfter)!.sha256,
+        sha256: (await coordinator.store.getModel(r.modelAfter))!.sha256,
       })),
       job: { replayed: report.roundsReplayed.map((r) => ({ sourceRound: r.sourceRound, calibrated: r.calibrated })), modelAfter: report.modelAfter.sha256 },
     };

@@ -46,7 +46,7 @@ test('rounds keep the interval, training stops at max rounds, the retention poli
   assert.equal(status.trainingStopped, stopped[0], 'the API says training stopped, and why');
 
   const store = coordinator.store;
-  const rounds = store.listRounds();
+  const rounds = await store.listRounds();
   assert.deepEqual(rounds.map((r) => r.round), [1, 2, 3, 4]);
   for (let i = 1; i < rounds.length; i++) {
     const spacing = rounds[i]!.startedAt - rounds[i - 1]!.startedAt;
@@ -54,7 +54,7 @@ test('rounds keep the interval, training stops at max rounds, the retention poli
   }
 
   // keepLast 2 keeps rounds 3 and 4, keepEvery 3 keeps round 3, the initial model is always kept: rounds 1 and 2 go.
-  const models = store.listModels();
+  const models = await store.listModels();
   const byRound = (n: number) => models.find((m) => m.cause === 'round' && m.round === n)!;
   const kept = models.filter((m) => m.prunedAt === null).map((m) => m.version);
   assert.deepEqual(kept, [models.find((m) => m.cause === 'init')!.version, byRound(3).version, byRound(4).version]);
@@ -66,14 +66,14 @@ test('rounds keep the interval, training stops at max rounds, the retention poli
     assert.equal(res.status, 410);
     assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'MODEL_PRUNED');
   }
-  assert.equal(store.stats().modelsPruned, 2);
-  assert.equal(store.stats().models, 5, 'every version keeps its record');
+  assert.equal((await store.stats()).modelsPruned, 2);
+  assert.equal((await store.stats()).models, 5, 'every version keeps its record');
   const metrics = await (await fetch(`${url}/metrics`, auth)).text();
   assert.match(metrics, /^fedunlearn_history_models\{state="pruned"\} 2$/m);
   assert.match(metrics, /^fedunlearn_history_models\{state="kept"\} 3$/m);
 
   // Stopped, the coordinator still runs a forget job; FedEraser starts from the initial model, which is kept.
-  const job = coordinator.forget({ clientIds: ['device-1'], requestedBy: 'operator' });
+  const job = await coordinator.forget({ clientIds: ['device-1'], requestedBy: 'operator' });
   const done = await coordinator.waitForJob(job.jobId);
   assert.equal(done.state, 'done', done.error ?? '');
   const report = done.report as JobReport;
@@ -81,7 +81,7 @@ test('rounds keep the interval, training stops at max rounds, the retention poli
   assert.equal(report.roundsReplayed.length, 4);
   // ...and then trains no more: the job's 'job' event woke the loop, which found the rule still holding.
   await new Promise((r) => setImmediate(r));
-  assert.equal(store.listModels().filter((m) => m.cause === 'round').length, 4, 'no training round after the stop');
+  assert.equal((await store.listModels()).filter((m) => m.cause === 'round').length, 4, 'no training round after the stop');
   for (const c of clients) await c.close();
   await coordinator.stop();
 });
@@ -95,14 +95,14 @@ test('pruning keeps M^{t0} of every client: a late joiner\'s rollback starts fro
   await waitUntil(() => coordinator.registry.size === 3, 10_000, 'the late client');
   await coordinator.runRounds(2);
   const store = coordinator.store;
-  const rounds = store.listRounds();
+  const rounds = await store.listRounds();
   assert.deepEqual(rounds.map((r) => r.participants.some((p) => p.clientId === 'late-0')), [false, false, true, true]);
   // keepLast 2 keeps the models after rounds 3 and 4; the initial model and M^3 (where late-0's job starts) are kept
   // whatever keepLast says; the model after round 1 is pruned.
-  assert.equal(store.getModel(rounds[2]!.modelBefore)!.prunedAt, null, 'M^{t0} of late-0 is kept');
-  assert.notEqual(store.getModel(rounds[0]!.modelAfter)!.prunedAt, null, 'the model after round 1 is pruned');
+  assert.equal((await store.getModel(rounds[2]!.modelBefore))!.prunedAt, null, 'M^{t0} of late-0 is kept');
+  assert.notEqual((await store.getModel(rounds[0]!.modelAfter))!.prunedAt, null, 'the model after round 1 is pruned');
 
-  const job = coordinator.forget({ clientIds: ['late-0'], requestedBy: 'operator', method: 'rollback' });
+  const job = await coordinator.forget({ clientIds: ['late-0'], requestedBy: 'operator', method: 'rollback' });
   const [done] = await coordinator.runPendingJobs();
   assert.equal(done!.state, 'done', done!.error ?? '');
   const report = done!.report as JobReport;
@@ -111,7 +111,7 @@ test('pruning keeps M^{t0} of every client: a late joiner\'s rollback starts fro
   assert.equal(report.roundsKeptExact, 2, 'rounds 1-2 never saw late-0 and are kept as they were');
   assert.equal(report.roundsReplayed.length, 2);
   for (const r of report.roundsReplayed) assert.ok(!r.calibrated.includes('late-0'));
-  assert.ok(store.listRounds().every((r) => r.participants.every((p) => p.clientId !== 'late-0')));
+  assert.ok((await store.listRounds()).every((r) => r.participants.every((p) => p.clientId !== 'late-0')));
   for (const c of [...early, ...late]) await c.close();
   await coordinator.stop();
 });

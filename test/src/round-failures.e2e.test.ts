@@ -90,7 +90,7 @@ test('rounds on a full disk fail with back-off, leave no staged blobs, show in /
   const next = () => new Promise<void>((r) => (wake = r));
   coordinator.on('round', (r) => (rounds.push(r), wake()));
   coordinator.on('roundFailed', (f) => {
-    const s = coordinator.store.stats();
+    const s = await coordinator.store.stats();
     onDisk.push({
       updates: filesUnder(join(dataDir, 'blobs', 'updates')).length,
       committedUpdates: s.updates,

@@ -171,11 +171,11 @@ say({ event: 'connected', backend: client.backendName, model: client.federationM
 
   const [round] = await coordinator.runRounds(1);
   assert.deepEqual([...round!.participants].sort(), ['edge-device', 'stays-0']);
-  await waitUntil(() => coordinator!.store.listJobs().length === 1, 30_000, 'the forget request');
+  await waitUntil(async () => (await coordinator!.store.listJobs()).length === 1, 30_000, 'the forget request');
   const [job] = await coordinator.runPendingJobs();
   assert.equal(job!.state, 'done', job!.error ?? '');
   assert.deepEqual(job!.clientIds, ['edge-device']);
   assert.equal(await exited, 0, stderr);
   assert.deepEqual(seen('job'), { event: 'job', state: 'done', forgotten: ['edge-device'] });
-  assert.ok(coordinator.isForgotten('edge-device'));
+  assert.ok(await coordinator.isForgotten('edge-device'));
 });

@@ -71,14 +71,12 @@ export async function testAccuracy(def: ModelDefinition, weights: Float32Array, 
   }
 }
 
-export function waitUntil(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
+/** Polls `cond` (which may read the asynchronous history store) every 20 ms until it holds. */
+export async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
   const until = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    const tick = () => {
-      if (cond()) return resolve();
-      if (Date.now() > until) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 20);
-    };
-    tick();
-  });
+  for (;;) {
+    if (await cond()) return;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }

@@ -18,7 +18,7 @@ test('5 SDK clients train 3 rounds on MNIST; accuracy rises far above chance; a 
   assert.ok(before < 0.25, `the initial model should be near chance, got ${before}`);
   assert.ok(acc > 0.6, `after 3 rounds test accuracy should be well above chance (0.1), got ${acc}`);
 
-  const history = first.coordinator.store.listRounds();
+  const history = await first.coordinator.store.listRounds();
   assert.equal(history.length, 3);
   assert.ok(history.every((r) => r.participants.length === 5 && r.participants.every((p) => p.norms.length === scenario.def.initial.layout.specs.length)));
   await first.coordinator.stop();
@@ -27,12 +27,12 @@ test('5 SDK clients train 3 rounds on MNIST; accuracy rises far above chance; a 
   const second = await startCoordinator(tmp.dir, scenario.def, federation());
   assert.equal(second.coordinator.model().version, trained.version, 'the restarted coordinator resumes from the last committed model');
   assert.deepEqual(second.coordinator.model().weights, trained.weights);
-  assert.equal(second.coordinator.store.listRounds().length, 3, 'the history survives the restart');
+  assert.equal((await second.coordinator.store.listRounds()).length, 3, 'the history survives the restart');
   for (const c of clients) await c.close();
   const again = await connectClients(second.url, scenario.parts);
   const [next] = await second.coordinator.runRounds(1);
   assert.equal(next!.round, 4);
-  assert.equal(second.coordinator.store.getModel(next!.model.version)?.parent, trained.version);
+  assert.equal((await second.coordinator.store.getModel(next!.model.version))?.parent, trained.version);
   for (const c of again) await c.close();
   await second.coordinator.stop();
 });

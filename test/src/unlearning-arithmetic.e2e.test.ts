@@ -91,14 +91,14 @@ async function federation(prefix: string, minClients = 2) {
   const peers = new Map<string, RawPeer>();
   for (const id of Object.keys(EXAMPLES)) peers.set(id, await RawPeer.enrolled(url, id, `secret-of-${id}`));
   await waitUntil(() => coordinator.registry.size === 3, 10_000, 'three connected peers');
-  const layout = coordinator.store.meta().layout;
+  const layout = (await coordinator.store.meta()).layout;
   // Two training rounds whose every stored update is chosen here.
   const [outcomes] = await Promise.all([
     coordinator.runRounds(2),
     ...[...peers].map(([id, p]) => answer(p, id, 2, (task, l) => patterned(l, (layer) => storedValue(id, task.round, layer)))),
   ]);
   assert.equal(outcomes.length, 2);
-  const rounds = coordinator.store.listRounds();
+  const rounds = await coordinator.store.listRounds();
   assert.deepEqual(rounds.map((r) => r.round), [1, 2]);
   assert.ok(rounds.every((r) => r.updatesStored && r.participants.length === 3));
   const initial = await coordinator.store.readModel(rounds[0]!.modelBefore);
@@ -148,7 +148,7 @@ test('FedEraser: the committed model is M~_1 plus, per stored round, the example
 async function federaserCase({ coordinator, peers, layout, initial }: Federation): Promise<void> {
   const layerAt = layerOf(layout);
   // The stored norms really are the hand-computed |a| * sqrt(2.5 n_l): the history holds what the peers sent.
-  for (const r of coordinator.store.listRounds()) {
+  for (const r of (await coordinator.store.listRounds())) {
     for (const p of r.participants) {
       p.norms.forEach((norm, l) => {
         const want = Math.abs(storedValue(p.clientId, r.round, l)) * Math.sqrt(2.5 * layout.sizes[l]!);
@@ -159,7 +159,7 @@ async function federaserCase({ coordinator, peers, layout, initial }: Federation
 
   const progress: string[] = [];
   coordinator.unlearning.on('progress', (j) => progress.push(j.progress.message ?? ''));
-  coordinator.forget({ clientIds: ['raw-0'], method: 'federaser', requestedBy: 'operator:test' });
+  await coordinator.forget({ clientIds: ['raw-0'], method: 'federaser', requestedBy: 'operator:test' });
   const remaining = ['raw-1', 'raw-2'];
   const [jobs, ...served] = await Promise.all([
     coordinator.runPendingJobs(),
@@ -200,13 +200,13 @@ async function federaserCase({ coordinator, peers, layout, initial }: Federation
       for (const k of remaining) want[i]! += w[k]! * Math.abs(storedValue(k, j, l)) * Math.sign(freshValue(k, j, l)) * p;
     }
   }
-  const head = coordinator.store.head();
+  const head = await coordinator.store.head();
   assert.equal(head.version, report.modelAfter.version);
   const committed = await coordinator.store.readModel(head.version);
   const { diff, at } = worst(committed, want);
   assert.ok(diff <= 1e-6, `the committed model differs from the hand-computed M~_3 by ${diff} at value ${at} (layer ${layerAt[at]})`);
   // The intermediate model M~_2 is committed too, and is the hand-computed one after the first step.
-  const newRounds = coordinator.store.listRounds();
+  const newRounds = await coordinator.store.listRounds();
   assert.deepEqual(newRounds.map((r) => r.round), [1, 2]);
   const m2 = await coordinator.store.readModel(newRounds[0]!.modelAfter!);
   const want2 = Float64Array.from(initial);
@@ -231,7 +231,7 @@ async function replayCase({ coordinator, layout, initial }: Federation): Promise
   const layerAt = layerOf(layout);
   const progress: string[] = [];
   coordinator.unlearning.on('progress', (j) => progress.push(j.progress.message ?? ''));
-  coordinator.forget({ clientIds: ['raw-1'], method: 'replay', requestedBy: 'operator:test' });
+  await coordinator.forget({ clientIds: ['raw-1'], method: 'replay', requestedBy: 'operator:test' });
   const [job] = await coordinator.runPendingJobs();
   assert.equal(job!.state, 'done', job!.error ?? '');
   assert.ok(progress.includes('replaying stored round 1 (1 of 2)') && progress.includes('replaying stored round 2 (2 of 2)'), progress.join(' | '));
@@ -256,11 +256,11 @@ async function replayCase({ coordinator, layout, initial }: Federation): Promise
       for (const k of Object.keys(w)) want[i]! += w[k]! * storedValue(k, t, l) * p;
     }
   }
-  const committed = await coordinator.store.readModel(coordinator.store.head().version);
+  const committed = await coordinator.store.readModel((await coordinator.store.head()).version);
   const { diff, at } = worst(committed, want);
   assert.ok(diff <= 1e-6, `the committed model differs from the hand-computed replay by ${diff} at value ${at}`);
   // The new lineage stores the replayed updates as they were: a later job can replay them in turn.
-  const r1 = coordinator.store.listRounds()[0]!;
+  const r1 = (await coordinator.store.listRounds())[0]!;
   assert.deepEqual(r1.participants.map((p) => p.clientId).sort(), ['raw-0', 'raw-2']);
   assert.deepEqual(await coordinator.store.readUpdate(r1.roundId, 'raw-2'), patterned(layout, (l) => storedValue('raw-2', 1, l)));
 }
@@ -270,7 +270,7 @@ test('FedEraser reusing the first round: round t_1 applied as stored, later roun
   try {
     const { coordinator, peers, layout, initial } = fed;
     const layerAt = layerOf(layout);
-    coordinator.forget({ clientIds: ['raw-0'], method: 'federaser', params: { reuseFirstRound: true, calibrationRatio: 0.25 }, requestedBy: 'operator:test' });
+    await coordinator.forget({ clientIds: ['raw-0'], method: 'federaser', params: { reuseFirstRound: true, calibrationRatio: 0.25 }, requestedBy: 'operator:test' });
     const remaining = ['raw-1', 'raw-2'];
     const [jobs, ...served] = await Promise.all([
       coordinator.runPendingJobs(),
@@ -293,11 +293,11 @@ test('FedEraser reusing the first round: round t_1 applied as stored, later roun
       const p = (i - layout.offsets[l]!) % 2 === 0 ? 1 : 2;
       for (const k of remaining) want[i]! += w[k]! * (storedValue(k, 1, l) + Math.abs(storedValue(k, 2, l)) * Math.sign(freshValue(k, 2, l))) * p;
     }
-    const committed = await coordinator.store.readModel(coordinator.store.head().version);
+    const committed = await coordinator.store.readModel((await coordinator.store.head()).version);
     const { diff, at } = worst(committed, want);
     assert.ok(diff <= 1e-6, `the committed model differs from the hand-computed one by ${diff} at value ${at}`);
     // The first replayed round keeps the stored updates themselves, so that a later job can replay it in turn.
-    const r1 = coordinator.store.listRounds()[0]!;
+    const r1 = (await coordinator.store.listRounds())[0]!;
     assert.deepEqual(await coordinator.store.readUpdate(r1.roundId, 'raw-1'), patterned(layout, (l) => storedValue('raw-1', 1, l)));
   } finally {
     await fed.close();
@@ -311,7 +311,7 @@ test('FedEraser: a stored round whose clients all leave is skipped, the model ca
   try {
     const { coordinator, peers, url, layout, initial } = fed;
     const layerAt = layerOf(layout);
-    coordinator.forget({ clientIds: ['raw-0'], method: 'federaser', requestedBy: 'operator:test' });
+    await coordinator.forget({ clientIds: ['raw-0'], method: 'federaser', requestedBy: 'operator:test' });
     const remaining = ['raw-1', 'raw-2'];
     const jobDone = coordinator.runPendingJobs();
     // Handed stored round 1's calibration, both remaining clients leave without answering.
@@ -346,7 +346,7 @@ test('FedEraser: a stored round whose clients all leave is skipped, the model ca
       const p = (i - layout.offsets[l]!) % 2 === 0 ? 1 : 2;
       want[i]! += Math.abs(storedValue('raw-2', 2, l)) * Math.sign(freshValue('raw-2', 2, l)) * p;
     }
-    const committed = await coordinator.store.readModel(coordinator.store.head().version);
+    const committed = await coordinator.store.readModel((await coordinator.store.head()).version);
     assert.ok(worst(committed, want).diff <= 1e-6, `the committed model differs from the hand-computed one by ${worst(committed, want).diff}`);
   } finally {
     await fed.close();
@@ -370,16 +370,16 @@ test('a forget job for a client with no contribution (an empty history) leaves t
   const peers = [0, 1, 2].map((i) => RawPeer.enrolled(url, `raw-${i}`, `secret-of-raw-${i}`));
   const connected = await Promise.all(peers);
   try {
-    const head = coordinator.store.head();
+    const head = await coordinator.store.head();
     for (const [i, method] of (['federaser', 'replay'] as const).entries()) {
-      coordinator.forget({ clientIds: [`raw-${i}`], method, requestedBy: 'operator:test' });
+      await coordinator.forget({ clientIds: [`raw-${i}`], method, requestedBy: 'operator:test' });
       const [job] = await coordinator.runPendingJobs();
       assert.equal(job!.state, 'done', job!.error ?? method);
       const report = job!.report as JobReport & { contributionRemoved: boolean };
       assert.equal(report.contributionRemoved, false, method);
       assert.match(report.notes[0]!, /^no contribution to remove/, method);
-      assert.deepEqual(coordinator.store.head(), head, `${method}: the model is left as it was`);
-      assert.equal(coordinator.isForgotten(`raw-${i}`), true, `${method}: the client is still tombstoned`);
+      assert.deepEqual((await coordinator.store.head()), head, `${method}: the model is left as it was`);
+      assert.equal((await coordinator.isForgotten(`raw-${i}`)), true, `${method}: the client is still tombstoned`);
     }
   } finally {
     for (const p of connected) p.close();

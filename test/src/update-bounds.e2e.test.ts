@@ -103,7 +103,7 @@ async function roundWithHostile(round: number, answer: (taskId: string, layout: 
     worst = Math.max(worst, Math.abs(got[i]! - want));
   }
   assert.ok(worst <= 1e-6, `the model differs from the honest peers' mean by ${worst}`);
-  assert.equal(coordinator.store.head().round, round);
+  assert.equal((await coordinator.store.head()).round, round);
   return refusal;
 }
 
@@ -117,7 +117,7 @@ test('a delta of zeros but one 3e38 with numExamples 2 is refused with UPDATE_NO
   assert.match(refusal.message, /norm 3\.000e\+38 is above the bound/);
   assert.equal(await metric('fedunlearn_updates_rejected_total', 'UPDATE_NORM_TOO_LARGE'), 1);
   // Nothing of a failed attempt is left behind: the round's staged files are the two honest updates.
-  const record = coordinator.store.getRound(1)!;
+  const record = (await coordinator.store.getRound(1))!;
   assert.equal(await coordinator.store.readUpdate(record.roundId, 'hostile'), null);
 });
 
@@ -162,7 +162,7 @@ test('a client metric named sourceRound is METRIC_NOT_ALLOWED and never reaches 
   assert.match(refusal.message, /"sourceRound" is not accepted from clients/);
   assert.equal(await metric('fedunlearn_updates_rejected_total', 'METRIC_NOT_ALLOWED'), 1);
   for (let r = 1; r <= 5; r++) {
-    const rec = coordinator.store.getRound(r)!;
+    const rec = (await coordinator.store.getRound(r))!;
     assert.deepEqual(Object.keys(rec.metrics).sort(), ['accuracy', 'loss'], `round ${r} records the documented metrics only`);
     for (const p of rec.participants) assert.ok(!('sourceRound' in (p.metrics ?? {})));
   }

@@ -145,9 +145,9 @@ async function crowdedRound(uploads: { windowBytes?: number; grantAboveBytes?: n
     const [outcome] = await coordinator.runRounds(1);
     const stats = await devices.stats();
     const metrics = await (await fetch(`${url}/metrics`)).text();
-    const record = coordinator.store.getRound(1);
+    const record = await coordinator.store.getRound(1);
     const stored = record ? await Promise.all(record.participants.map((p) => coordinator.store.readUpdate(record.roundId, p.clientId))) : [];
-    return { outcome: outcome!, counters: { ...coordinator.dispatcher.counters }, head: coordinator.store.head(), record, stored, stats, metrics };
+    return { outcome: outcome!, counters: { ...coordinator.dispatcher.counters }, head: await coordinator.store.head(), record, stored, stats, metrics };
   } finally {
     await devices.close();
     await coordinator.stop();

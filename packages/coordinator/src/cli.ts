@@ -103,7 +103,7 @@ async function serve(flags: ServeFlags): Promise<void> {
   try {
     coordinator = await CoordinatorClass.create({ ...options, ...(operatorToken !== undefined ? { operatorToken } : {}), store, model, logger: log, ...(pause ? { pauseJob: pause } : {}) });
   } catch (e) {
-    store.close();
+    await store.close();
     // Lost commits need the operator's decision (restore, or --accept-history-loss): a supervisor should not retry.
     if ((e as Error).name === 'HistoryLossError') throw new CliError((e as Error).message, 3);
     const said = describeDataDirError(options.dataDir, e);

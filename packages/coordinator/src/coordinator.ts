@@ -6,7 +6,7 @@ import { nanoid } from 'nanoid';
 import { abortableSleep as sleep } from './abortable-sleep.js';
 import { FedAvg } from './aggregation/fedavg.js';
 import type { AggregationStrategy } from './aggregation/strategy.js';
-import type { ClientRecord, HistoryStore, JobRecord } from './history/store.js';
+import type { ClientRecord, FederationMeta, HistoryStore, JobRecord } from './history/store.js';
 import { buildHttpApi, DEFAULT_HTTP_TIMEOUTS, type TlsFiles } from './http/api.js';
 import { StreamSlots } from './http/stream-slots.js';
 import { generateOperatorToken } from './http/operator-token.js';
@@ -250,7 +250,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private readonly clientLockout: FailureLockout;
   private readonly forgetLimit: SlidingWindowLimit;
 
-  private constructor(opts: CoordinatorOptions, current: ModelCache) {
+  private constructor(opts: CoordinatorOptions & { meta: FederationMeta }, current: ModelCache) {
     super();
     this.store = opts.store;
     this.config = opts.federation;
@@ -298,7 +298,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       strategy,
       config: opts.federation,
       log: this.log,
-      isEligible: (id) => !this.isForgotten(id),
+      ineligible: async () => new Set((await this.store.listClients()).filter((c) => c.forgotten).map((c) => c.clientId)),
     });
     this.unlearning.on('progress', (job) => {
       this.metrics.jobUpdated(job);
@@ -361,7 +361,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
         heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 5_000,
         coordinatorVersion: COORDINATOR_VERSION,
         // The federation's topology (the store's, which outlives a restart with other options), told in every Welcome.
-        model: modelSignature(opts.store.meta().topologyJson),
+        model: modelSignature(opts.meta.topologyJson),
         handshakeLimit: new KeyedTokenBucket({ burst: limits.handshakeBurst, refillPerSecond: limits.handshakeRefillPerSecond, clock }),
         maxConnectionsPerAddress: limits.connectionsPerAddress,
       },
@@ -371,15 +371,15 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   /** Opens (or creates) the federation in `store` and resumes from its last committed round. */
   static async create(opts: CoordinatorOptions): Promise<Coordinator> {
-    const { meta, head, resumed } = opts.store.open({
+    const { meta, head, resumed } = await opts.store.open({
       topologyJson: opts.model.topologyJson,
       layout: opts.model.initial.layout,
       initialWeights: opts.model.initial.values,
       config: { historyInterval: opts.historyInterval, retention: opts.retention ?? 'fp32' },
     });
     const weights = await opts.store.readModel(head.version);
-    const c = new Coordinator(opts, { version: head.version, weights: { layout: meta.layout, values: weights } });
-    c.unlearning.recover();
+    const c = new Coordinator({ ...opts, meta }, { version: head.version, weights: { layout: meta.layout, values: weights } });
+    await c.unlearning.recover();
     c.log.info({ resumed, round: head.round, version: head.version }, resumed ? 'federation resumed' : 'federation created');
     return c;
   }
@@ -426,7 +426,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
         try {
           await this.runPendingJobs();
           if (this.abort.signal.aborted) break;
-          if (this.trainingDone()) {
+          if (await this.trainingDone()) {
             // Stopped: no more rounds, but queued forget jobs still run (checked again on each 'job' or every second).
             await eventOrTimeout(this, 'job', 1_000, this.abort.signal);
             continue;
@@ -491,12 +491,12 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /** Whether the stopping rule holds now; logs and emits 'trainingStopped' the first time it does. */
-  private trainingDone(): boolean {
+  private async trainingDone(): Promise<boolean> {
     if (this.stoppedBecause !== null) return true;
     const { maxRounds, patienceRounds } = this.stopping;
     if (maxRounds <= 0 && patienceRounds <= 0) return false;
-    const trainingRounds = maxRounds > 0 ? this.store.listModels().filter((m) => m.cause === 'round').length : 0;
-    const losses = patienceRounds > 0 ? this.store.listRounds().map((r) => r.metrics.loss ?? NaN) : [];
+    const trainingRounds = maxRounds > 0 ? (await this.store.listModels()).filter((m) => m.cause === 'round').length : 0;
+    const losses = patienceRounds > 0 ? (await this.store.listRounds()).map((r) => r.metrics.loss ?? NaN) : [];
     const reason = stopReason(this.stopping, trainingRounds, losses);
     if (reason === null) return false;
     this.stoppedBecause = reason;
@@ -511,12 +511,12 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     if (!policy || policy.keepLast <= 0) return;
     await this.exclusive(async () => {
       const reported = new Set<string>();
-      for (const j of this.store.listJobs({ state: 'done' })) {
+      for (const j of await this.store.listJobs({ state: 'done' })) {
         const r = j.report as { modelBefore?: { version?: string }; modelAfter?: { version?: string } } | null;
         if (r?.modelBefore?.version) reported.add(r.modelBefore.version);
         if (r?.modelAfter?.version) reported.add(r.modelAfter.version);
       }
-      const victims = modelsToPrune(this.store.listModels(), { head: this.store.head().version, headRounds: this.store.listRounds(), reported }, policy);
+      const victims = modelsToPrune(await this.store.listModels(), { head: (await this.store.head()).version, headRounds: await this.store.listRounds(), reported }, policy);
       if (victims.length === 0) return;
       try {
         const { pruned, bytesDeleted } = await this.store.pruneModels(victims);
@@ -532,8 +532,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   /** Queues a forget job (validated and persisted at once); it runs at the next round boundary. A request identical to
    *  a job in progress returns that job. Throws as submitForget does. */
-  forget(input: ForgetJobInput): JobRecord {
-    return this.submitForget(input).job;
+  async forget(input: ForgetJobInput): Promise<JobRecord> {
+    return (await this.submitForget(input)).job;
   }
 
   /**
@@ -542,12 +542,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
    * (already forgotten), JOB_CONFLICT (a job in progress covers some of the clients otherwise), FORGET_REFUSED (it
    * would forget every client, or every one that took part, or the method cannot run on this history).
    */
-  submitForget(input: ForgetJobInput): { job: JobRecord; created: boolean } {
-    const unknown = input.clientIds.filter((id) => !this.store.getClient(id));
-    if (unknown.length > 0) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client(s): ${unknown.join(', ')}`);
-    const already = input.clientIds.filter((id) => this.isForgotten(id));
-    if (already.length > 0) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `already forgotten: ${already.join(', ')}`);
-    const out = this.unlearning.submit(input);
+  async submitForget(input: ForgetJobInput): Promise<{ job: JobRecord; created: boolean }> {
+    const out = await this.unlearning.submit(input);
     if (out.created) {
       this.metrics.forgetRequested(input.requestedBy.startsWith('client:') ? 'client' : 'operator');
       this.emit('job', out.job);
@@ -558,7 +554,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   /** Runs every queued (or interrupted) job now. */
   async runPendingJobs(): Promise<JobRecord[]> {
     const done: JobRecord[] = [];
-    for (const job of this.unlearning.pending()) {
+    for (const job of await this.unlearning.pending()) {
       if (this.abort.signal.aborted) break;
       // No silent wait here: each replay step waits (bounded, shown in the job's progress) for its own clients, so a
       // job resumed before the fleet has reconnected neither replays with nobody nor waits without saying so.
@@ -568,12 +564,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /** Resolves when the job is done or failed. */
-  waitForJob(jobId: string): Promise<JobRecord> {
-    const now = this.store.getJob(jobId);
-    if (!now) return Promise.reject(new Error(`no job ${jobId}`));
-    if (now.state === 'done' || now.state === 'failed') return Promise.resolve(now);
-    return new Promise((resolve) => {
-      const on = (job: JobRecord) => {
+  async waitForJob(jobId: string): Promise<JobRecord> {
+    // Listening before the read: a job that ends while the store answers is not missed.
+    let on: (job: JobRecord) => void = () => undefined;
+    const ended = new Promise<JobRecord>((resolve) => {
+      on = (job: JobRecord) => {
         if (job.jobId === jobId && (job.state === 'done' || job.state === 'failed')) {
           this.off('job', on);
           resolve(job);
@@ -581,11 +576,21 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       };
       this.on('job', on);
     });
+    const now = await this.store.getJob(jobId).catch((e: unknown) => {
+      this.off('job', on);
+      throw e;
+    });
+    if (!now || now.state === 'done' || now.state === 'failed') {
+      this.off('job', on);
+      if (!now) throw new Error(`no job ${jobId}`);
+      return now;
+    }
+    return ended;
   }
 
   /** The client's tombstone in the history, set in the same transaction as its job's end: the one source of truth
    *  for selection, hellos, new jobs and the API, also right after a crash. */
-  isForgotten(clientId: string): boolean {
+  isForgotten(clientId: string): Promise<boolean> {
     return this.store.isForgotten(clientId);
   }
 
@@ -598,7 +603,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     for (const s of this.registry.connected()) s.disconnect('coordinator stopping');
     await this.transport.close();
     await this.http.close();
-    this.store.close();
+    await this.store.close();
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -608,23 +613,23 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /** Issues a credential for a new client; the secret is returned once and only its hash is kept. */
-  issueClient(clientId: string = nanoid()): { clientId: string; secret: string } {
+  async issueClient(clientId: string = nanoid()): Promise<{ clientId: string; secret: string }> {
     assertClientId(clientId);
-    if (this.store.getClient(clientId)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `client ${clientId} already exists`);
+    if (await this.store.getClient(clientId)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `client ${clientId} already exists`);
     const secret = generateSecret();
     const secretHash = hashIssuedSecret(secret);
     // Seen at 0, i.e. never: the first and last sighting are those of its first connection.
-    this.store.upsertClient({ clientId, secretHash, numExamples: 0, seenAt: 0, revoked: false });
+    await this.store.upsertClient({ clientId, secretHash, numExamples: 0, seenAt: 0, revoked: false });
     this.log.info({ clientId }, 'client credential issued');
     return { clientId, secret };
   }
 
   /** Replaces a client's secret (the old one stops working at once, and a connected session is closed); also lifts a revocation. */
-  rotateSecret(clientId: string): { clientId: string; secret: string } {
-    const c = this.requireIssuable(clientId);
+  async rotateSecret(clientId: string): Promise<{ clientId: string; secret: string }> {
+    const c = await this.requireIssuable(clientId);
     const secret = generateSecret();
     const secretHash = hashIssuedSecret(secret);
-    this.store.upsertClient({ clientId, secretHash, seenAt: c.lastSeen, revoked: false });
+    await this.store.upsertClient({ clientId, secretHash, seenAt: c.lastSeen, revoked: false });
     this.authLockout.succeedAllWithPrefix(lockoutKey(clientId, ''));
     this.clientLockout.succeed(clientId);
     this.closeSession(clientId, 'credential rotated');
@@ -633,16 +638,16 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /** Revokes a client's credential: its session is closed and later hellos are refused; its history stays. */
-  revokeClient(clientId: string): void {
-    const c = this.store.getClient(clientId);
+  async revokeClient(clientId: string): Promise<void> {
+    const c = await this.store.getClient(clientId);
     if (!c) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client ${clientId}`);
-    this.store.upsertClient({ clientId, seenAt: c.lastSeen, revoked: true });
+    await this.store.upsertClient({ clientId, seenAt: c.lastSeen, revoked: true });
     this.closeSession(clientId, 'credential revoked');
     this.log.info({ clientId }, 'client credential revoked');
   }
 
-  private requireIssuable(clientId: string): ClientRecord {
-    const c = this.store.getClient(clientId);
+  private async requireIssuable(clientId: string): Promise<ClientRecord> {
+    const c = await this.store.getClient(clientId);
     if (!c) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client ${clientId}`);
     if (c.forgotten) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${clientId} was forgotten; its id is not reissued`);
     return c;
@@ -677,17 +682,24 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       const wait = Math.ceil(this.forgetLimit.retryAfterMs(session.clientId) / 1000);
       throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many forget requests from this client; retry in ${wait} s`, req.requestId);
     }
+    // The store answers asynchronously: refusals are sent from here, answered with the request's id, so that the
+    // client's pending request fails instead of waiting forever.
+    this.answerForgetRequest(session, req).catch((e: unknown) => {
+      const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
+      if (!(e instanceof ProtocolError)) this.log.error({ err: e, clientId: session.clientId }, 'forget request failed');
+      try {
+        session.channel.sendError(err.code, err.message, req.requestId);
+      } catch {
+        // The session is gone: nobody is waiting for the answer.
+      }
+    });
+  }
+
+  private async answerForgetRequest(session: ClientSession, req: fedunlearn.v1.ForgetRequest): Promise<void> {
     // A job in progress that already forgets this client (asked for by it, or by the operator) is its answer: a
     // repeated request never starts a second replay.
-    const existing = this.unlearning.inProgressFor([session.clientId]);
-    let job: JobRecord;
-    try {
-      job = existing ?? this.forget({ clientIds: [session.clientId], requestedBy: `client:${session.clientId}` });
-    } catch (e) {
-      // Answered with the request's id, so that the client's pending request fails instead of waiting forever.
-      if (e instanceof ProtocolError) throw new ProtocolError(e.code, e.message, req.requestId);
-      throw e;
-    }
+    const existing = await this.unlearning.inProgressFor([session.clientId]);
+    const job = existing ?? (await this.forget({ clientIds: [session.clientId], requestedBy: `client:${session.clientId}` }));
     this.jobWatchers.set(job.jobId, { session, requestId: req.requestId });
     session.channel.send({ forgetReceipt: { requestId: req.requestId, jobId: job.jobId, state: toWireState(job.state) } });
   }

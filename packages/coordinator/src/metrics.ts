@@ -18,8 +18,8 @@ export interface DispatchObserver {
 /** What the metrics read from the coordinator's parts when Prometheus scrapes, instead of mirroring their state. */
 export interface MetricsSources {
   connectedClients(): number;
-  historyStats(): HistoryStats;
-  jobs(): JobRecord[];
+  historyStats(): HistoryStats | Promise<HistoryStats>;
+  jobs(): JobRecord[] | Promise<JobRecord[]>;
   /** The socket server's totals since it started (refusals by reason, bytes including live sessions). */
   transport(): { connections: number; refused: Record<string, number>; bytesIn: number; bytesOut: number };
   /** What peers hold on the transport now (connections, handshakes, partial chunk streams); optional. */
@@ -119,9 +119,9 @@ export class CoordinatorMetrics implements DispatchObserver {
       help: 'Forget jobs in the history, by state.',
       labelNames: ['state'],
       registers,
-      collect() {
+      async collect() {
         const counts = new Map<string, number>(JOB_STATES.map((s) => [s, 0]));
-        for (const j of sources.jobs()) counts.set(j.state, (counts.get(j.state) ?? 0) + 1);
+        for (const j of await sources.jobs()) counts.set(j.state, (counts.get(j.state) ?? 0) + 1);
         for (const [state, n] of counts) this.set({ state }, n);
       },
     });
@@ -129,8 +129,8 @@ export class CoordinatorMetrics implements DispatchObserver {
       name: `${PREFIX}purges_incomplete`,
       help: 'Done forget jobs whose purged bytes are still on disk (a reader blocks the WAL checkpoint; retried until it completes).',
       registers,
-      collect() {
-        this.set(sources.jobs().filter((j) => j.state === 'done' && (j.report as { purged?: { complete?: boolean } } | null)?.purged?.complete === false).length);
+      async collect() {
+        this.set((await sources.jobs()).filter((j) => j.state === 'done' && (j.report as { purged?: { complete?: boolean } } | null)?.purged?.complete === false).length);
       },
     });
     new Gauge({
@@ -138,8 +138,8 @@ export class CoordinatorMetrics implements DispatchObserver {
       help: 'Bytes of blobs in the history, by kind: model, or update_<dtype> for client updates by stored encoding.',
       labelNames: ['kind'],
       registers,
-      collect() {
-        const s = sources.historyStats();
+      async collect() {
+        const s = await sources.historyStats();
         this.reset();
         this.set({ kind: 'model' }, s.modelBytes);
         for (const [dtype, bytes] of Object.entries(s.updateBytesByDtype)) this.set({ kind: `update_${dtype}` }, bytes);
@@ -150,8 +150,8 @@ export class CoordinatorMetrics implements DispatchObserver {
       help: 'Model versions in the history: kept, erased because a forgotten client had contributed to them, or pruned by the model retention policy.',
       labelNames: ['state'],
       registers,
-      collect() {
-        const s = sources.historyStats();
+      async collect() {
+        const s = await sources.historyStats();
         this.set({ state: 'kept' }, s.models - s.modelsErased - s.modelsPruned);
         this.set({ state: 'erased' }, s.modelsErased);
         this.set({ state: 'pruned' }, s.modelsPruned);

@@ -197,8 +197,8 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
     progress.stop();
     trainingWallTimeMs = Date.now() - tTrain;
     trainingPhase = false;
-    storedBytes = statsBytes(coord.coordinator);
-    history = { ...coord.coordinator.store.stats(), clientRounds: rounds.reduce((n, r) => n + r.participants, 0) };
+    storedBytes = await statsBytes(coord.coordinator);
+    history = { ...(await coord.coordinator.store.stats()), clientRounds: rounds.reduce((n, r) => n + r.participants, 0) };
     const trained = coord.coordinator.model().weights;
     await coord.coordinator.stop();
 
@@ -245,7 +245,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
             jobId = (await pending).jobId;
             if (jobId !== started) throw new Error(`SDK job ${jobId} is not the queued job ${started}`);
           } else {
-            const job = c.coordinator.forget({
+            const job = await c.coordinator.forget({
               clientIds: forgottenIds,
               method: p.method,
               params: { calibrationRatio: cfg.calibrationRatio, reuseFirstRound: cfg.reuseFirstRound, tuneRounds: p.tune, ...(p.fullHistory ? { fullHistory: true } : {}) },
@@ -255,7 +255,7 @@ export async function runSimulation(input: SimConfig): Promise<SimReport> {
             await c.coordinator.runPendingJobs();
           }
           progress.stop();
-          const done = c.coordinator.store.getJob(jobId)!;
+          const done = (await c.coordinator.store.getJob(jobId))!;
           if (done.state !== 'done') throw new Error(`${p.method} job ${jobId} ${done.state}: ${done.error}`);
           const report = done.report as JobReport;
           jobs.push(report);
@@ -407,8 +407,8 @@ function waitForQueued(c: Coordinator): Promise<string> {
   });
 }
 
-function statsBytes(c: Coordinator): number {
-  const s = c.store.stats();
+async function statsBytes(c: Coordinator): Promise<number> {
+  const s = await c.store.stats();
   return s.modelBytes + s.updateBytes;
 }
 

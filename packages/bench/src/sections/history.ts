@@ -30,7 +30,7 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
     const dir = mkdtempSync(join(tmpdir(), `fedunlearn-bench-history-${retention}-`));
     const store = openSqliteHistory(dir);
     try {
-      let head = store.open({ topologyJson: def.topologyJson, layout, initialWeights: def.initial.values, config: { historyInterval: 1, retention } }).head;
+      let head = (await store.open({ topologyJson: def.topologyJson, layout, initialWeights: def.initial.values, config: { historyInterval: 1, retention } })).head;
       let stagingMs = 0;
       let committing = 0;
       for (let r = 1; r <= rounds; r++) {
@@ -39,7 +39,7 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
         await Promise.all(updates.map((u, i) => store.stageUpdate(roundId, `client-${i}`, u)));
         stagingMs += performance.now() - t0;
         const t1 = performance.now();
-        head = store.commitRound({
+        head = await store.commitRound({
           round: r,
           roundId,
           modelBefore: head.version,
@@ -50,10 +50,10 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
         });
         committing += performance.now() - t1;
       }
-      const stats = store.stats();
+      const stats = await store.stats();
       let normBytes = 0;
       let participants = 0;
-      for (const rec of store.listRounds()) {
+      for (const rec of await store.listRounds()) {
         for (const p of rec.participants) {
           normBytes += p.norms.length * 8;
           participants++;
@@ -64,7 +64,7 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
       if (retention !== 'norms') writeMBpsBy[retention] = round(stats.updateBytes / (stagingMs / 1000) / 1e6, 1);
       commitMs[retention] = round(committing / rounds, 2);
     } finally {
-      store.close();
+      await store.close();
       rmSync(dir, { recursive: true, force: true });
     }
   }

@@ -110,7 +110,7 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
         }),
     };
     const c = await compare(candidate, baseline, { warmup: 1, repeats: opts.quick ? 2 : 7 });
-    const stats = coordinator.store.stats();
+    const stats = await coordinator.store.stats();
     const perRound = CLIENTS * (taskBytes + updateBytes);
     return {
       ratioToRawSocket: round(c.ratio, 4),

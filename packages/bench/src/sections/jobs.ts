@@ -64,19 +64,19 @@ function quantile(sorted: number[], q: number): number {
 }
 
 /** N rounds of three clients, committed directly (norms only, as `serve --retention norms` keeps them). */
-function buildHistory(dir: string, rounds: number): void {
+async function buildHistory(dir: string, rounds: number): Promise<void> {
   const def = builtInDefinition('mlp', MODEL);
   const layout = def.initial.layout;
   const store = openSqliteHistory(dir);
   try {
-    store.open({ topologyJson: def.topologyJson, layout, initialWeights: def.initial.values, config: { historyInterval: 1, retention: 'norms' } });
-    for (const clientId of [...CLIENTS, FORGOTTEN]) store.upsertClient({ clientId, numExamples: 40, seenAt: Date.now() });
+    await store.open({ topologyJson: def.topologyJson, layout, initialWeights: def.initial.values, config: { historyInterval: 1, retention: 'norms' } });
+    for (const clientId of [...CLIENTS, FORGOTTEN]) await store.upsertClient({ clientId, numExamples: 40, seenAt: Date.now() });
     const weights = def.initial.values.slice();
     const norms = Array.from(layerNorms(layout, weights), (n) => n * 0.01);
     for (let t = 1; t <= rounds; t++) {
-      const head = store.head();
+      const head = await store.head();
       weights[t % weights.length] = (weights[t % weights.length] ?? 0) + 1e-3;
-      store.commitRound({
+      await store.commitRound({
         round: t,
         roundId: `bench-${t}`,
         modelBefore: head.version,
@@ -87,7 +87,7 @@ function buildHistory(dir: string, rounds: number): void {
       });
     }
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -119,7 +119,7 @@ async function measure(rounds: number, log: (m: string) => void): Promise<JobSiz
   const clients: LoadClient[] = [];
   try {
     const t0 = performance.now();
-    buildHistory(dir, rounds);
+    await buildHistory(dir, rounds);
     const buildMs = performance.now() - t0;
     log(`jobs: ${rounds} rounds written in ${(buildMs / 1000).toFixed(1)} s`);
     const port = await freePort();

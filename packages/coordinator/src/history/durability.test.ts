@@ -90,7 +90,7 @@ function randomWeights(r: () => number): Float32Array {
 }
 
 async function trainRound(store: HistoryStore, r: () => number, clients: string[], syncFirst: boolean): Promise<void> {
-  const head = store.head();
+  const head = await store.head();
   const round = head.round + 1;
   const roundId = `round-${round}-${head.lineage.slice(0, 6)}`;
   const participants: ParticipantInput[] = [];
@@ -102,7 +102,7 @@ async function trainRound(store: HistoryStore, r: () => number, clients: string[
   // The round engine syncs its staged updates together before committing; a caller that does not is covered by the
   // commit itself. Both paths must leave the same order.
   if (syncFirst) await store.syncStaged(roundId);
-  store.commitRound({ round, roundId, modelBefore: head.version, weights: randomWeights(r), participants, metrics: {}, startedAt: round });
+  await store.commitRound({ round, roundId, modelBefore: head.version, weights: randomWeights(r), participants, metrics: {}, startedAt: round });
 }
 
 function withStore(fn: (store: HistoryStore, events: DiskEvent[], dir: string) => Promise<void>): () => Promise<void> {
@@ -111,11 +111,11 @@ function withStore(fn: (store: HistoryStore, events: DiskEvent[], dir: string) =
     const rec = recorder(dir);
     const store = openSqliteHistory(dir, { disk: rec.disk });
     try {
-      store.open({ topologyJson, layout, initialWeights: randomWeights(rng(1)), config: { historyInterval: 1, retention: 'fp32' } });
+      await store.open({ topologyJson, layout, initialWeights: randomWeights(rng(1)), config: { historyInterval: 1, retention: 'fp32' } });
       await fn(store, rec.events, dir);
     } finally {
-      rec.close();
-      store.close();
+      await rec.close();
+      await store.close();
       fs.rmSync(dir, { recursive: true, force: true });
     }
   };
@@ -139,7 +139,7 @@ test(
   withStore(async (store, events) => {
     const r = rng(3);
     await trainRound(store, r, ['a', 'b'], true);
-    const initVersion = store.listRounds()[0]!.modelBefore;
+    const initVersion = (await store.listRounds())[0]!.modelBefore;
     const replay = [1, 2].map((round) => ({ round, roundId: `replay-${round}`, updates: new Map([['b', randomWeights(r)]]) }));
     for (const rp of replay) for (const [c, u] of rp.updates) await store.stageUpdate(rp.roundId, c, u);
     await store.commitUnlearning({
@@ -192,7 +192,7 @@ test(
   "syncStaged makes a round's staged updates durable by itself, once: files, then their directory; the commit does not fsync them again",
   withStore(async (store, events) => {
     const r = rng(5);
-    const head = store.head();
+    const head = await store.head();
     const roundId = 'round-1-sync';
     const participants: ParticipantInput[] = [];
     for (const clientId of ['a', 'b', 'c']) {
@@ -213,7 +213,7 @@ test(
     const again = events.length;
     await store.syncStaged(roundId);
     assert.equal(events.length, again);
-    store.commitRound({ round: 1, roundId, modelBefore: head.version, weights: randomWeights(r), participants, metrics: {}, startedAt: 1 });
+    await store.commitRound({ round: 1, roundId, modelBefore: head.version, weights: randomWeights(r), participants, metrics: {}, startedAt: 1 });
     const afterSync = events.slice(again);
     assert.ok(!afterSync.some((e) => e.kind === 'fsync' && files.includes(e.file)), 'the commit does not fsync the synced updates again');
     const commit = afterSync.find((e) => e.kind === 'commit') as { referenced: Set<string> };

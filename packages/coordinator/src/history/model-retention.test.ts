@@ -18,10 +18,10 @@ function weights(seed: number): Float32Array {
 
 async function train(store: HistoryStore, rounds: number): Promise<void> {
   for (let k = 0; k < rounds; k++) {
-    const head = store.head();
+    const head = await store.head();
     const update = weights(100 + head.round);
-    if (store.keepsUpdates(head.round + 1)) await store.stageUpdate(`r${head.round + 1}`, 'c1', update);
-    store.commitRound({
+    if (await store.keepsUpdates(head.round + 1)) await store.stageUpdate(`r${head.round + 1}`, 'c1', update);
+    (await store.commitRound({
       round: head.round + 1,
       roundId: `r${head.round + 1}`,
       modelBefore: head.version,
@@ -29,7 +29,7 @@ async function train(store: HistoryStore, rounds: number): Promise<void> {
       participants: [{ clientId: 'c1', numExamples: 10, norms: layerNorms(layout, update) }],
       metrics: {},
       startedAt: 1_000 + head.round,
-    });
+    }));
   }
 }
 
@@ -41,15 +41,15 @@ test('the retention policy keeps the last N, every k-th round, the head and the 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-retention-'));
   try {
     let store = openSqliteHistory(dir);
-    store.open({ topologyJson, layout, initialWeights: weights(0), config });
+    await store.open({ topologyJson, layout, initialWeights: weights(0), config });
     await train(store, 6);
-    const ctx = () => ({ head: store.head().version, headRounds: store.listRounds(), reported: new Set<string>() });
-    const round = (n: number) => store.listModels().find((m) => m.cause === 'round' && m.round === n)!.version;
+    const ctx = () => ({ head: (await store.head()).version, headRounds: await store.listRounds(), reported: new Set<string>() });
+    const round = (n: number) => (await store.listModels()).find((m) => m.cause === 'round' && m.round === n)!.version;
     // Last 2: rounds 5 and 6; every 3rd: rounds 3 and 6; always: the initial model (also the lineage's first model).
-    const victims = modelsToPrune(store.listModels(), ctx(), { keepLast: 2, keepEvery: 3 });
+    const victims = modelsToPrune((await store.listModels()), ctx(), { keepLast: 2, keepEvery: 3 });
     assert.deepEqual(victims, [round(1), round(2), round(4)]);
-    assert.deepEqual(modelsToPrune(store.listModels(), ctx(), { keepLast: 0, keepEvery: 3 }), [], 'keepLast 0 keeps every version');
-    assert.deepEqual(modelsToPrune(store.listModels(), { ...ctx(), reported: new Set([round(2)]) }, { keepLast: 2, keepEvery: 3 }), [round(1), round(4)], 'a job report names it');
+    assert.deepEqual(modelsToPrune((await store.listModels()), ctx(), { keepLast: 0, keepEvery: 3 }), [], 'keepLast 0 keeps every version');
+    assert.deepEqual(modelsToPrune((await store.listModels()), { ...ctx(), reported: new Set([round(2)]) }, { keepLast: 2, keepEvery: 3 }), [round(1), round(4)], 'a job report names it');
 
     const before = blobFiles(dir);
     const { pruned, bytesDeleted } = await store.pruneModels(victims);
@@ -57,24 +57,24 @@ test('the retention policy keeps the last N, every k-th round, the head and the 
     assert.ok(bytesDeleted > 0);
     assert.equal(blobFiles(dir), before - 3, 'their blob files are gone, the updates stay');
     for (const v of victims) {
-      assert.equal(typeof store.getModel(v)!.prunedAt, 'number');
+      assert.equal(typeof (await store.getModel(v))!.prunedAt, 'number');
       await assert.rejects(store.readModel(v), ModelPrunedError);
     }
     assert.deepEqual(await store.readModel(round(3)), weights(3), 'kept ones read back');
-    assert.equal(store.stats().modelsPruned, 3);
-    assert.equal(store.stats().models, 7);
+    assert.equal((await store.stats()).modelsPruned, 3);
+    assert.equal((await store.stats()).models, 7);
     assert.deepEqual((await store.pruneModels(victims)).pruned, [], 'pruning again is a no-op');
-    await assert.rejects(store.pruneModels([store.head().version]), /head model .* cannot be pruned/);
-    assert.deepEqual(modelsToPrune(store.listModels(), ctx(), { keepLast: 2, keepEvery: 3 }), [], 'nothing left to prune under the same policy');
+    await assert.rejects(store.pruneModels([(await store.head()).version]), /head model .* cannot be pruned/);
+    assert.deepEqual(modelsToPrune((await store.listModels()), ctx(), { keepLast: 2, keepEvery: 3 }), [], 'nothing left to prune under the same policy');
 
     // Reopened: the records and the pruning stay, and the stored updates are untouched.
-    store.close();
+    await store.close();
     store = openSqliteHistory(dir);
-    store.open({ topologyJson, layout, initialWeights: weights(0), config });
-    assert.equal(store.stats().modelsPruned, 3);
-    assert.equal(store.listRounds().length, 6);
+    await store.open({ topologyJson, layout, initialWeights: weights(0), config });
+    assert.equal((await store.stats()).modelsPruned, 3);
+    assert.equal((await store.listRounds()).length, 6);
     assert.notEqual(await store.readUpdate('r1', 'c1'), null, 'the updates unlearning replays are not model versions');
-    store.close();
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -84,14 +84,14 @@ test('a client issued a credential but never connected has no sightings (0) unti
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-seen-'));
   try {
     const store = openSqliteHistory(dir);
-    store.open({ topologyJson, layout, initialWeights: weights(0), config });
-    store.upsertClient({ clientId: 'c1', secretHash: 'h', numExamples: 0, seenAt: 0 });
-    assert.deepEqual([store.getClient('c1')!.firstSeen, store.getClient('c1')!.lastSeen], [0, 0]);
-    store.upsertClient({ clientId: 'c1', numExamples: 5, seenAt: 5_000 });
-    assert.deepEqual([store.getClient('c1')!.firstSeen, store.getClient('c1')!.lastSeen], [5_000, 5_000]);
-    store.upsertClient({ clientId: 'c1', seenAt: 0 }); // a rotation of a client seen before keeps its sightings
-    assert.deepEqual([store.getClient('c1')!.firstSeen, store.getClient('c1')!.lastSeen], [5_000, 5_000]);
-    store.close();
+    await store.open({ topologyJson, layout, initialWeights: weights(0), config });
+    await store.upsertClient({ clientId: 'c1', secretHash: 'h', numExamples: 0, seenAt: 0 });
+    assert.deepEqual([(await store.getClient('c1'))!.firstSeen, (await store.getClient('c1'))!.lastSeen], [0, 0]);
+    await store.upsertClient({ clientId: 'c1', numExamples: 5, seenAt: 5_000 });
+    assert.deepEqual([(await store.getClient('c1'))!.firstSeen, (await store.getClient('c1'))!.lastSeen], [5_000, 5_000]);
+    (await store.upsertClient({ clientId: 'c1', seenAt: 0 })); // a rotation of a client seen before keeps its sightings
+    assert.deepEqual([(await store.getClient('c1'))!.firstSeen, (await store.getClient('c1'))!.lastSeen], [5_000, 5_000]);
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -53,7 +53,7 @@ const offsets = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0)
 const layout = { specs, sizes, offsets, totalSize: sizes.reduce((a, b) => a + b, 0) };
 const clients = ${JSON.stringify(CLIENTS)};
 const store = openSqliteHistory(process.argv[2]);
-let { head } = store.open({ topologyJson: ${JSON.stringify(TOPOLOGY)}, layout, initialWeights: weightsFor(0, layout.totalSize), config: ${JSON.stringify(CONFIG)} });
+let { head } = await store.open({ topologyJson: ${JSON.stringify(TOPOLOGY)}, layout, initialWeights: weightsFor(0, layout.totalSize), config: ${JSON.stringify(CONFIG)} });
 process.stdout.write('open ' + head.round + '\\n');
 for (;;) {
   const round = head.round + 1;
@@ -61,10 +61,10 @@ for (;;) {
   const participants = [];
   for (const [k, clientId] of clients.entries()) {
     const u = updateFor(round, k, layout.totalSize);
-    if (store.keepsUpdates(round)) await store.stageUpdate(roundId, clientId, u);
+    if (await store.keepsUpdates(round)) await store.stageUpdate(roundId, clientId, u);
     participants.push({ clientId, numExamples: 10 + k, norms: normsOf(u, sizes) });
   }
-  head = store.commitRound({ round, roundId, modelBefore: head.version, weights: weightsFor(round, layout.totalSize), participants, metrics: { round }, startedAt: round });
+  head = await store.commitRound({ round, roundId, modelBefore: head.version, weights: weightsFor(round, layout.totalSize), participants, metrics: { round }, startedAt: round });
   process.stdout.write('committed ' + round + '\\n');
 }
 `;
@@ -124,16 +124,16 @@ test('a coordinator killed at random moments resumes from a consistent history w
     const layout = layoutOf(SPECS);
     const sizes = [...layout.sizes];
     const store = openSqliteHistory(data);
-    const { head, resumed } = store.open({ topologyJson: TOPOLOGY, layout, initialWeights: new Float32Array(layout.totalSize), config: CONFIG });
+    const { head, resumed } = await store.open({ topologyJson: TOPOLOGY, layout, initialWeights: new Float32Array(layout.totalSize), config: CONFIG });
     try {
       assert.equal(resumed, true);
       // Every round the child reported is there; at most the one it was killed while reporting is beyond it.
       assert.ok(head.round >= reported && head.round <= reported + 1, `head ${head.round}, reported ${reported} (${why})`);
       assert.ok(head.round >= 1, `nothing committed (${why})`);
 
-      const rounds = store.listRounds();
+      const rounds = await store.listRounds();
       assert.deepEqual(rounds.map((r) => r.round), Array.from({ length: head.round }, (_, i) => i + 1), why);
-      const init = store.listModels()[0]!;
+      const init = (await store.listModels())[0]!;
       assert.deepEqual(await store.readModel(init.version), weightsFor(0, layout.totalSize));
       let before = init.version;
       for (const r of rounds) {
@@ -153,7 +153,7 @@ test('a coordinator killed at random moments resumes from a consistent history w
       assert.equal(before, head.version);
 
       // No orphans: every file left is a committed model or update, nothing temporary.
-      const s = store.stats();
+      const s = await store.stats();
       const files = filesUnder(path.join(data, 'blobs'));
       assert.equal(files.filter((f) => f.includes(`${path.sep}models${path.sep}`)).length, s.models, why);
       assert.equal(files.filter((f) => f.includes(`${path.sep}updates${path.sep}`)).length, s.updates, why);
@@ -161,7 +161,7 @@ test('a coordinator killed at random moments resumes from a consistent history w
       assert.ok(files.every((f) => !f.includes('.tmp-')));
       assert.ok(orphansBeforeReopen >= files.length);
     } finally {
-      store.close();
+      await store.close();
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

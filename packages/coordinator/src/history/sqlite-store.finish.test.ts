@@ -57,11 +57,11 @@ async function history(dir: string, rounds: number): Promise<{ store: HistorySto
   const r = seedrandom('finish');
   const rand = () => Float32Array.from({ length: layout.totalSize }, () => r() - 0.5);
   const store = openSqliteHistory(dir);
-  const { head } = store.open({ topologyJson, layout, initialWeights: rand(), config: { historyInterval: 1, retention: 'fp32' } });
-  store.upsertClient({ clientId: 'u', secretHash: 'hash-of-u', numExamples: 10, seenAt: 1 });
-  store.upsertClient({ clientId: 'k', secretHash: 'hash-of-k', numExamples: 10, seenAt: 1 });
+  const { head } = await store.open({ topologyJson, layout, initialWeights: rand(), config: { historyInterval: 1, retention: 'fp32' } });
+  await store.upsertClient({ clientId: 'u', secretHash: 'hash-of-u', numExamples: 10, seenAt: 1 });
+  await store.upsertClient({ clientId: 'k', secretHash: 'hash-of-k', numExamples: 10, seenAt: 1 });
   for (let t = 1; t <= rounds; t++) {
-    const h = store.head();
+    const h = await store.head();
     const roundId = `r${t}`;
     const participants: ParticipantInput[] = [];
     for (const [clientId, update] of [['u', markedUpdate()], ['k', rand()]] as const) {
@@ -69,7 +69,7 @@ async function history(dir: string, rounds: number): Promise<{ store: HistorySto
       participants.push({ clientId, numExamples: 10, norms: layerNorms(layout, update) });
     }
     await store.syncStaged(roundId);
-    store.commitRound({ round: t, roundId, modelBefore: h.version, weights: rand(), participants, metrics: {}, startedAt: t });
+    await store.commitRound({ round: t, roundId, modelBefore: h.version, weights: rand(), participants, metrics: {}, startedAt: t });
   }
   return { store, initial: head.version };
 }
@@ -132,7 +132,7 @@ test('finishUnlearning commits the new head, the purge, the tombstone and the jo
     const { store, initial } = await history(dir, 3);
     runningJob(store);
     const rounds = await replayed(store, initial, 3);
-    const before = { head: store.head(), models: store.listModels().length, files: filesUnder(dir).filter((f) => f.includes('models')).length };
+    const before = { head: await store.head(), models: (await store.listModels()).length, files: filesUnder(dir).filter((f) => f.includes('models')).length };
     const weights = new Float32Array(layout.totalSize).fill(0.5);
 
     // A failure inside the transaction (here: computing the job's final state) rolls everything back.
@@ -140,13 +140,13 @@ test('finishUnlearning commits the new head, the purge, the tombstone and the jo
       store.finishUnlearning({ jobId: 'job-1', weights, rounds, purge: { clientIds: ['u'], eraseModels: true }, finish: () => { throw new Error('report failed'); } }),
       /report failed/,
     );
-    assert.deepEqual(store.head(), before.head);
-    assert.equal(store.listModels().length, before.models);
+    assert.deepEqual((await store.head()), before.head);
+    assert.equal((await store.listModels()).length, before.models);
     assert.equal(filesUnder(dir).filter((f) => f.includes('models')).length, before.files, 'no model blob of the failed commit is left');
-    assert.equal(store.isForgotten('u'), false);
-    assert.equal(store.getClient('u')!.secretHash, 'hash-of-u');
-    assert.equal(store.listRounds().flatMap((r) => r.participants).filter((p) => p.clientId === 'u').length, 3);
-    assert.equal(store.getJob('job-1')!.state, 'running');
+    assert.equal((await store.isForgotten('u')), false);
+    assert.equal((await store.getClient('u'))!.secretHash, 'hash-of-u');
+    assert.equal((await store.listRounds()).flatMap((r) => r.participants).filter((p) => p.clientId === 'u').length, 3);
+    assert.equal((await store.getJob('job-1'))!.state, 'running');
 
     // The same commit succeeds: all of it at once.
     let seen: { version: string; erased: number } | null = null;
@@ -160,22 +160,22 @@ test('finishUnlearning commits the new head, the purge, the tombstone and the jo
         return { state: 'done', report: { after: after.version, purged } };
       },
     });
-    assert.equal(store.head().version, out.model.version);
+    assert.equal((await store.head()).version, out.model.version);
     assert.deepEqual(seen, { version: out.model.version, erased: 3 });
     assert.equal(out.job.state, 'done');
     assert.equal(out.job.checkpoint, null);
-    assert.deepEqual(store.jobSteps('job-1'), []);
-    assert.equal(store.isForgotten('u'), true);
-    assert.equal(store.getClient('u')!.secretHash, null);
+    assert.deepEqual((await store.jobSteps('job-1')), []);
+    assert.equal((await store.isForgotten('u')), true);
+    assert.equal((await store.getClient('u'))!.secretHash, null);
     assert.equal(out.purged.updatesDeleted, 3);
     assert.equal(out.purged.complete, true, 'no reader: the WAL checkpoint completed at once');
-    for (const lineage of new Set(store.listModels().map((m) => m.lineage))) {
-      assert.equal(store.listRounds({ lineage }).flatMap((r) => r.participants).filter((p) => p.clientId === 'u').length, 0);
+    for (const lineage of new Set((await store.listModels()).map((m) => m.lineage))) {
+      assert.equal((await store.listRounds({ lineage })).flatMap((r) => r.participants).filter((p) => p.clientId === 'u').length, 0);
     }
     const m = markers();
     assert.deepEqual(filesHolding(dir, m.update), [], "no file holds the forgotten client's update");
     assert.deepEqual(filesHolding(dir, m.norm), [], "no file holds the forgotten client's norms");
-    store.close();
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -195,20 +195,20 @@ test('with another process holding a read transaction, the purge is incomplete u
 
     const out = await store.finishUnlearning({ jobId: 'job-1', weights: new Float32Array(layout.totalSize), rounds, purge: { clientIds: ['u'], eraseModels: true }, finish: () => ({ state: 'done' }) });
     assert.equal(out.purged.complete, false, 'the reader keeps the checkpoint from completing, and the purge says so');
-    assert.equal(store.completePurge(), false, 'retrying never waits on the reader, and says it is still incomplete');
+    assert.equal((await store.completePurge()), false, 'retrying never waits on the reader, and says it is still incomplete');
     assert.ok(filesHolding(dir, m.norm).length > 0, 'pre-purge pages are indeed still on disk while the reader holds them');
     // Meanwhile the WAL grows with every commit (it cannot be reset under the reader)...
-    for (let t = 0; t < 30; t++) store.upsertClient({ clientId: `c${t}`, secretHash: 'x'.repeat(2_000), numExamples: t, seenAt: t });
+    for (let t = 0; t < 30; t++) (await store.upsertClient({ clientId: `c${t}`, secretHash: 'x'.repeat(2_000), numExamples: t, seenAt: t }));
 
     await held.release();
-    assert.equal(store.completePurge(), true);
+    assert.equal((await store.completePurge()), true);
     assert.deepEqual(filesHolding(dir, m.update), [], "no file holds the forgotten client's update");
     assert.deepEqual(filesHolding(dir, m.norm), [], "no file holds the forgotten client's norms");
     // ...and is truncated once the checkpoint completes.
     const wal = path.join(dir, `${DB_FILE}-wal`);
     assert.ok(!fs.existsSync(wal) || fs.statSync(wal).size <= WAL_SIZE_LIMIT, 'the WAL is cut back');
     assert.equal(fs.existsSync(wal) ? fs.statSync(wal).size : 0, 0);
-    store.close();
+    await store.close();
   } finally {
     proc?.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
@@ -219,18 +219,18 @@ test('job steps are appended one row each, replaced when redone, and read back i
   const dir = tmpDir();
   try {
     const store = openSqliteHistory(dir);
-    store.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'norms' } });
+    await store.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'norms' } });
     runningJob(store);
     await store.appendJobStep('job-1', { step: 0, data: { a: 0 } }, { steps: 1 });
     await store.appendJobStep('job-1', { step: 1, data: { a: 1 } }, { steps: 2 });
     await store.appendJobStep('job-1', { step: 1, data: { a: 'again' } }, { steps: 2 });
-    assert.deepEqual(store.jobSteps('job-1'), [{ step: 0, data: { a: 0 } }, { step: 1, data: { a: 'again' } }]);
-    assert.deepEqual(store.getJob('job-1')!.checkpoint, { steps: 2 });
+    assert.deepEqual((await store.jobSteps('job-1')), [{ step: 0, data: { a: 0 } }, { step: 1, data: { a: 'again' } }]);
+    assert.deepEqual((await store.getJob('job-1'))!.checkpoint, { steps: 2 });
     await assert.rejects(store.appendJobStep('nope', { step: 0, data: {} }, {}), /unknown job/);
     await assert.rejects(store.appendJobStep('job-1', { step: -1, data: {} }, {}), /non-negative/);
-    store.clearJobSteps('job-1');
-    assert.deepEqual(store.jobSteps('job-1'), []);
-    store.close();
+    await store.clearJobSteps('job-1');
+    assert.deepEqual((await store.jobSteps('job-1')), []);
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -244,20 +244,20 @@ test("a running job's staged updates, recorded with its steps, survive a restart
     const rounds = await replayed(store, initial, 2);
     // The job checkpoints its two steps with their rounds' stagings, then the process dies (close: memory is lost).
     for (const [i, r] of rounds.entries()) await store.appendJobStep('job-1', { step: i, data: { roundId: r.roundId } }, { steps: i + 1 }, r.roundId);
-    store.close();
+    await store.close();
 
     const again = openSqliteHistory(dir);
-    again.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'fp32' } });
+    await again.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'fp32' } });
     const out = await again.finishUnlearning({ jobId: 'job-1', weights: new Float32Array(layout.totalSize), rounds, purge: { clientIds: ['u'], eraseModels: false }, finish: () => ({ state: 'done' }) });
-    const stored = again.listRounds({ lineage: out.model.lineage });
+    const stored = await again.listRounds({ lineage: out.model.lineage });
     assert.deepEqual(stored.map((r) => r.participants.map((p) => [p.clientId, p.hasUpdate])), [[['k', true]], [['k', true]]], 'the resumed job stored the updates it staged before the restart');
     for (const [t, r] of stored.entries()) assert.deepEqual(await again.readUpdate(r.roundId, 'k'), await again.readUpdate(`r${t + 1}`, 'k'));
-    again.close();
+    await again.close();
     // Nothing is left over: a reopen keeps exactly what the rows refer to.
     const third = openSqliteHistory(dir);
-    third.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'fp32' } });
-    assert.equal(filesUnder(path.join(dir, 'blobs', 'updates')).length, third.stats().updates);
-    third.close();
+    await third.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'fp32' } });
+    assert.equal(filesUnder(path.join(dir, 'blobs', 'updates')).length, (await third.stats()).updates);
+    await third.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -17,13 +17,13 @@ const topologyJson = JSON.stringify({ name: 'tiny-missing' });
 
 function openStore(dir: string): HistoryStore {
   const store = openSqliteHistory(dir);
-  store.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'fp32' } });
+  await store.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'fp32' } });
   return store;
 }
 
 function commit(store: HistoryStore, participants: string[], missing: MissingClient[]): void {
-  const head = store.head();
-  store.commitRound({
+  const head = await store.head();
+  (await store.commitRound({
     round: head.round + 1,
     roundId: `r${head.round + 1}`,
     modelBefore: head.version,
@@ -32,7 +32,7 @@ function commit(store: HistoryStore, participants: string[], missing: MissingCli
     missing,
     metrics: {},
     startedAt: 0,
-  });
+  }));
 }
 
 test('a round keeps who was missing and why, across reopening; a purge drops the forgotten client from the list', async () => {
@@ -46,16 +46,16 @@ test('a round keeps who was missing and why, across reopening; a purge drops the
     ];
     commit(store, ['a'], missing);
     commit(store, ['a', 'b'], []);
-    store.close();
+    await store.close();
     store = openStore(dir);
-    assert.deepEqual(store.getRound(1)!.missing, missing);
-    assert.deepEqual(store.getRound(2)!.missing, []);
+    assert.deepEqual((await store.getRound(1))!.missing, missing);
+    assert.deepEqual((await store.getRound(2))!.missing, []);
     await store.purgeClients(['b']);
-    assert.deepEqual(store.getRound(1)!.missing, missing.filter((m) => m.clientId !== 'b'));
+    assert.deepEqual((await store.getRound(1))!.missing, missing.filter((m) => m.clientId !== 'b'));
     // 'x_1' contains a LIKE wildcard: purging 'x11' must not touch it.
     await store.purgeClients(['x11']);
-    assert.equal(store.getRound(1)!.missing.length, 2);
-    store.close();
+    assert.equal((await store.getRound(1))!.missing.length, 2);
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -68,8 +68,8 @@ test('commitRound refuses a missing list that overlaps the participants, repeats
     assert.throws(() => commit(store, ['a'], [{ clientId: 'a', reason: 'deadline' }]), /both a participant and missing/);
     assert.throws(() => commit(store, ['a'], [{ clientId: 'b', reason: 'deadline' }, { clientId: 'b', reason: 'offline' }]), /missing twice/);
     assert.throws(() => commit(store, ['a'], [{ clientId: 'b', reason: 'asleep' as MissingClient['reason'] }]), /unknown reason/);
-    assert.equal(store.head().round, 0);
-    store.close();
+    assert.equal((await store.head()).round, 0);
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -48,27 +48,27 @@ interface Ledger {
 
 function open(dir: string, config: HistoryConfig, init: Float32Array, now?: () => number) {
   const store = openSqliteHistory(dir, now ? { now } : {});
-  const opened = store.open({ topologyJson, layout, initialWeights: init, config });
+  const opened = await store.open({ topologyJson, layout, initialWeights: init, config });
   return { store, ...opened };
 }
 
 /** Trains `rounds` rounds with `clients`, staging updates where the policy keeps them, and records what was sent. */
 async function train(store: HistoryStore, ledger: Ledger, r: () => number, rounds: number, clients: string[], tag = 'r'): Promise<void> {
   for (let k = 0; k < rounds; k++) {
-    const head = store.head();
+    const head = await store.head();
     const round = head.round + 1;
     const roundId = `${tag}${round}-${head.lineage.slice(0, 6)}`;
     const participants: ParticipantInput[] = [];
     for (const clientId of clients) {
       const update = randomWeights(r, 0.1);
-      if (store.keepsUpdates(round)) {
+      if (await store.keepsUpdates(round)) {
         await store.stageUpdate(roundId, clientId, update);
         ledger.updates.set(`${roundId}/${clientId}`, update);
       }
       participants.push({ clientId, numExamples: 10 + Math.floor(r() * 90), norms: layerNorms(layout, update), metrics: { loss: r() } });
     }
     const weights = randomWeights(r);
-    const mv = store.commitRound({ round, roundId, modelBefore: head.version, weights, participants, metrics: { loss: r(), acc: r() }, startedAt: 1000 + round });
+    const mv = await store.commitRound({ round, roundId, modelBefore: head.version, weights, participants, metrics: { loss: r(), acc: r() }, startedAt: 1000 + round });
     ledger.models.set(mv.version, weights);
     ledger.participants.set(roundId, participants);
   }
@@ -89,10 +89,10 @@ test('keepsUpdates follows Δt and retention', () => {
     ];
     for (const [i, [config, kept]] of cases.entries()) {
       const { store } = open(path.join(dir, String(i)), config, randomWeights(rng(1)));
-      const got = [1, 2, 3, 4, 5, 6, 7].filter((t) => store.keepsUpdates(t));
+      const got = [1, 2, 3, 4, 5, 6, 7].filter((t) => (await store.keepsUpdates(t)));
       assert.deepEqual(got, kept, JSON.stringify(config));
-      assert.equal(store.keepsUpdates(0), false);
-      store.close();
+      assert.equal((await store.keepsUpdates(0)), false);
+      await store.close();
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -114,9 +114,9 @@ test('committed rounds read back bit-exact after reopening (fp32)', async () => 
     const ledger = newLedger(init);
     ledger.models.set(first.head.version, init);
     await train(first.store, ledger, r, 5, ['alice', 'bob', 'carol']);
-    const roundsBefore = first.store.listRounds();
-    const modelsBefore = first.store.listModels();
-    first.store.close();
+    const roundsBefore = await first.store.listRounds();
+    const modelsBefore = await first.store.listModels();
+    await first.store.close();
 
     const { store, resumed, head, meta } = open(dir, config, randomWeights(rng(99)));
     assert.equal(resumed, true);
@@ -124,23 +124,23 @@ test('committed rounds read back bit-exact after reopening (fp32)', async () => 
     assert.deepEqual(meta.layout, layout);
     assert.equal(meta.topologyJson, topologyJson);
     assert.deepEqual(meta.config, config);
-    assert.deepEqual(store.listRounds(), roundsBefore);
-    assert.deepEqual(store.listModels(), modelsBefore);
+    assert.deepEqual((await store.listRounds()), roundsBefore);
+    assert.deepEqual((await store.listModels()), modelsBefore);
     assert.equal(modelsBefore.length, 6);
 
     // Every model: bytes identical, hash = sha256 of its float32 little-endian bytes, parents chain to the init model.
-    for (const m of store.listModels()) {
+    for (const m of (await store.listModels())) {
       const expected = ledger.models.get(m.version)!;
       const got = await store.readModel(m.version);
       assert.deepEqual(bytesOf(got), bytesOf(expected));
       assert.equal(m.sha256, createHash('sha256').update(bytesOf(expected)).digest('hex'));
     }
-    const rounds = store.listRounds();
+    const rounds = await store.listRounds();
     assert.deepEqual(rounds.map((x) => x.round), [1, 2, 3, 4, 5]);
     let prev = first.head.version;
     for (const rec of rounds) {
       assert.equal(rec.modelBefore, prev);
-      const after = store.getModel(rec.modelAfter)!;
+      const after = (await store.getModel(rec.modelAfter))!;
       assert.equal(after.parent, prev);
       assert.equal(after.round, rec.round);
       assert.equal(after.cause, 'round');
@@ -160,18 +160,18 @@ test('committed rounds read back bit-exact after reopening (fp32)', async () => 
       }
     }
     assert.equal(prev, head.version);
-    assert.deepEqual(store.getRound(3), rounds[2]);
-    assert.equal(store.getRound(6), null);
-    assert.deepEqual(store.listRounds({ from: 2, to: 3 }).map((x) => x.round), [2, 3]);
+    assert.deepEqual((await store.getRound(3)), rounds[2]);
+    assert.equal((await store.getRound(6)), null);
+    assert.deepEqual((await store.listRounds({ from: 2, to: 3 })).map((x) => x.round), [2, 3]);
 
-    const s = store.stats();
+    const s = await store.stats();
     assert.equal(s.models, 6);
     assert.equal(s.rounds, 5);
     assert.equal(s.updates, 9); // rounds 1, 3, 5 × 3 clients
     const onDisk = filesUnder(path.join(dir, 'blobs', 'updates')).reduce((n, f) => n + fs.statSync(f).size, 0);
     assert.equal(s.updateBytes, onDisk);
     assert.deepEqual(s.updateBytesByDtype, { fp32: onDisk });
-    store.close();
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -187,9 +187,9 @@ for (const retention of ['fp16', 'int8'] as const satisfies readonly Retention[]
       const first = open(dir, config, init);
       const ledger = newLedger(init);
       await train(first.store, ledger, r, 2, ['a', 'b']);
-      first.store.close();
+      await first.store.close();
       const { store } = open(dir, config, init);
-      for (const rec of store.listRounds()) {
+      for (const rec of (await store.listRounds())) {
         for (const p of rec.participants) {
           const sent = ledger.updates.get(`${rec.roundId}/${p.clientId}`)!;
           const got = (await store.readUpdate(rec.roundId, p.clientId))!;
@@ -208,12 +208,12 @@ for (const retention of ['fp16', 'int8'] as const satisfies readonly Retention[]
           assert.deepEqual(p.norms, Array.from(layerNorms(layout, sent)));
         }
       }
-      const s = store.stats();
+      const s = await store.stats();
       const width = retention === 'fp16' ? 2 : 1;
       assert.ok(s.updateBytes < 4 * 4 * layout.totalSize, 'smaller than 4 fp32 payloads');
       assert.ok(s.updateBytes >= 4 * width * layout.totalSize);
       assert.deepEqual(Object.keys(s.updateBytesByDtype), [retention]);
-      store.close();
+      await store.close();
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -234,14 +234,14 @@ test('staged but uncommitted updates vanish after reopening, and the round can s
     await first.store.stageUpdate('open-round', 'b', randomWeights(r));
     assert.equal(filesUnder(path.join(dir, 'blobs')).length, committedFiles.length + 2);
     fs.writeFileSync(path.join(dir, 'blobs', 'models', 'x.bin.tmp-deadbeef'), 'half-written'); // an interrupted write
-    first.store.close();
+    await first.store.close();
 
     const { store, head } = open(dir, config, init);
     assert.deepEqual(filesUnder(path.join(dir, 'blobs')).sort(), committedFiles);
     assert.equal(fs.existsSync(path.join(dir, 'blobs', 'updates', 'open-round')), false);
     const u = randomWeights(r);
     await store.stageUpdate('open-round', 'a', u);
-    store.commitRound({
+    (await store.commitRound({
       round: 2,
       roundId: 'open-round',
       modelBefore: head.version,
@@ -249,11 +249,11 @@ test('staged but uncommitted updates vanish after reopening, and the round can s
       participants: [{ clientId: 'a', numExamples: 5, norms: layerNorms(layout, u) }],
       metrics: {},
       startedAt: 0,
-    });
+    }));
     assert.deepEqual(await store.readUpdate('open-round', 'a'), u);
     assert.equal(await store.readUpdate('open-round', 'b'), null);
-    assert.deepEqual(store.getRound(2)!.participants.map((p) => [p.clientId, p.hasUpdate]), [['a', true]]);
-    store.close();
+    assert.deepEqual((await store.getRound(2))!.participants.map((p) => [p.clientId, p.hasUpdate]), [['a', true]]);
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -273,9 +273,9 @@ test('staging is idempotent per client; discarded and unlisted stagings leave no
     await store.stageUpdate('R1', 'dropped', randomWeights(r));
     await store.stageUpdate('R1', 'unlisted', randomWeights(r));
     assert.equal(filesUnder(roundDir).length, 3);
-    store.discardStaged('R1', 'dropped');
+    await store.discardStaged('R1', 'dropped');
     assert.equal(filesUnder(roundDir).length, 2);
-    store.commitRound({
+    (await store.commitRound({
       round: 1,
       roundId: 'R1',
       modelBefore: head.version,
@@ -283,7 +283,7 @@ test('staging is idempotent per client; discarded and unlisted stagings leave no
       participants: [{ clientId: 'a', numExamples: 1, norms: layerNorms(layout, second) }],
       metrics: {},
       startedAt: 0,
-    });
+    }));
     assert.equal(filesUnder(roundDir).length, 1, 'only the listed participant is kept');
     assert.deepEqual(await store.readUpdate('R1', 'a'), second);
     assert.equal(await store.readUpdate('R1', 'unlisted'), null);
@@ -291,21 +291,21 @@ test('staging is idempotent per client; discarded and unlisted stagings leave no
     assert.equal(filesUnder(roundDir).length, 1);
 
     // A staging still in flight when its round commits is not part of the commit, and cleans up after itself.
-    const v1 = store.head();
+    const v1 = await store.head();
     const inFlight = store.stageUpdate('R2', 'slow', randomWeights(r));
-    store.commitRound({ round: 2, roundId: 'R2', modelBefore: v1.version, weights: randomWeights(r), participants: [{ clientId: 'slow', numExamples: 1, norms: [0, 0, 0, 0] }], metrics: {}, startedAt: 0 });
+    await store.commitRound({ round: 2, roundId: 'R2', modelBefore: v1.version, weights: randomWeights(r), participants: [{ clientId: 'slow', numExamples: 1, norms: [0, 0, 0, 0] }], metrics: {}, startedAt: 0 });
     await assert.rejects(inFlight, /was not included/);
-    assert.equal(store.getRound(2)!.participants[0]!.hasUpdate, false);
+    assert.equal((await store.getRound(2))!.participants[0]!.hasUpdate, false);
     assert.equal(filesUnder(path.join(dir, 'blobs', 'updates', 'R2')).length, 0);
 
     await store.stageUpdate('R3', 'a', randomWeights(r));
-    store.discardStaged('R3');
+    await store.discardStaged('R3');
     assert.equal(filesUnder(path.join(dir, 'blobs', 'updates', 'R3')).length, 0);
     const bad = randomWeights(r);
     bad[2] = Number.POSITIVE_INFINITY;
     await assert.rejects(store.stageUpdate('R3', 'a', bad), /non-finite/);
     await assert.rejects(store.stageUpdate('R3', 'a', new Float32Array(3)), /values for a layout/);
-    store.close();
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -326,21 +326,21 @@ test('commitRound refuses out-of-order rounds, stale models and bad participants
       startedAt: 0,
     });
     const filesAtStart = filesUnder(path.join(dir, 'blobs')).length;
-    assert.throws(() => store.commitRound(ok(2, head.version)), /out of order/);
-    assert.throws(() => store.commitRound(ok(0, head.version)), /out of order/);
-    assert.throws(() => store.commitRound(ok(1, 'nope')), /head is/);
-    assert.throws(() => store.commitRound({ ...ok(1, head.version), participants: [{ clientId: 'a', numExamples: 1, norms: [1] }] }), /1 norms for 4 layers/);
-    assert.throws(() => store.commitRound({ ...ok(1, head.version), weights: new Float32Array(2) }), /values, the layout/);
-    assert.deepEqual(store.head(), head);
-    assert.equal(store.listRounds().length, 0);
+    await assert.rejects(async () => (await store.commitRound(ok(2, head.version))), /out of order/);
+    await assert.rejects(async () => (await store.commitRound(ok(0, head.version))), /out of order/);
+    await assert.rejects(async () => (await store.commitRound(ok(1, 'nope'))), /head is/);
+    await assert.rejects(async () => (await store.commitRound({ ...ok(1, head.version), participants: [{ clientId: 'a', numExamples: 1, norms: [1] }] })), /1 norms for 4 layers/);
+    await assert.rejects(async () => (await store.commitRound({ ...ok(1, head.version), weights: new Float32Array(2) })), /values, the layout/);
+    assert.deepEqual((await store.head()), head);
+    assert.equal((await store.listRounds()).length, 0);
     assert.equal(filesUnder(path.join(dir, 'blobs')).length, filesAtStart);
 
-    const v1 = store.commitRound(ok(1, head.version));
-    assert.throws(() => store.commitRound(ok(1, head.version, 'other')), /out of order/);
-    assert.throws(() => store.commitRound(ok(2, v1.version, 'id1')), /already committed/);
-    assert.throws(() => store.commitRound(ok(2, head.version)), /head is/);
-    assert.equal(store.commitRound(ok(2, v1.version)).round, 2);
-    store.close();
+    const v1 = await store.commitRound(ok(1, head.version));
+    await assert.rejects(async () => (await store.commitRound(ok(1, head.version, 'other'))), /out of order/);
+    await assert.rejects(async () => (await store.commitRound(ok(2, v1.version, 'id1'))), /already committed/);
+    await assert.rejects(async () => (await store.commitRound(ok(2, head.version))), /head is/);
+    assert.equal((await store.commitRound(ok(2, v1.version))).round, 2);
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -353,8 +353,8 @@ test('readModel and readUpdate detect a flipped byte and never serve it', async 
     const config: HistoryConfig = { historyInterval: 1, retention: 'int8' };
     const first = open(dir, config, randomWeights(r));
     await train(first.store, newLedger(new Float32Array()), r, 1, ['a']);
-    const round = first.store.getRound(1)!;
-    first.store.close();
+    const round = (await first.store.getRound(1))!;
+    await first.store.close();
     const { store } = open(dir, config, randomWeights(r));
     const flip = (file: string, at: number) => {
       const b = fs.readFileSync(file);
@@ -378,7 +378,7 @@ test('readModel and readUpdate detect a flipped byte and never serve it', async 
     fs.rmSync(updateFile!);
     await assert.rejects(store.readUpdate(round.roundId, 'a'), /cannot read/);
     await assert.rejects(store.readModel('unknown'), /unknown model/);
-    store.close();
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -394,8 +394,8 @@ test('commitUnlearning starts a new lineage that listRounds follows, keeps the o
     const initVersion = first.head.version;
     const ledger = newLedger(init);
     await train(first.store, ledger, r, 4, ['u', 'k1', 'k2']);
-    const oldHead = first.store.head();
-    const oldRounds = first.store.listRounds();
+    const oldHead = await first.store.head();
+    const oldRounds = await first.store.listRounds();
     const store = first.store;
 
     // Replay stored rounds 1 and 3 without u: calibrated updates staged under fresh round ids.
@@ -426,10 +426,10 @@ test('commitUnlearning starts a new lineage that listRounds follows, keeps the o
     assert.equal(unlearned.parent, oldHead.version);
     assert.equal(unlearned.round, 3);
     assert.notEqual(unlearned.lineage, oldHead.lineage);
-    assert.deepEqual(store.head(), unlearned);
+    assert.deepEqual((await store.head()), unlearned);
 
     const check = async (s: HistoryStore) => {
-      const rounds = s.listRounds();
+      const rounds = await s.listRounds();
       assert.deepEqual(rounds.map((x) => [x.round, x.roundId, x.lineage]), [
         [1, 'replay-1', unlearned.lineage],
         [3, 'replay-3', unlearned.lineage],
@@ -438,39 +438,39 @@ test('commitUnlearning starts a new lineage that listRounds follows, keeps the o
       assert.equal(r1.modelBefore, initVersion);
       assert.equal(r3.modelBefore, r1.modelAfter);
       assert.equal(r3.modelAfter, unlearned.version);
-      const midModel = s.getModel(r1.modelAfter)!;
+      const midModel = (await s.getModel(r1.modelAfter))!;
       assert.deepEqual([midModel.cause, midModel.jobId, midModel.lineage, midModel.round, midModel.parent], ['unlearning', job, unlearned.lineage, 1, initVersion]);
       assert.deepEqual(await s.readModel(r1.modelAfter), mid);
       assert.deepEqual(await s.readModel(unlearned.version), result);
-      assert.deepEqual(s.listModels({ lineage: unlearned.lineage }).map((m) => m.version), [r1.modelAfter, unlearned.version]);
+      assert.deepEqual((await s.listModels({ lineage: unlearned.lineage })).map((m) => m.version), [r1.modelAfter, unlearned.version]);
       for (const [i, rec] of rounds.entries()) {
         assert.equal(rec.updatesStored, true);
         assert.deepEqual(rec.participants.map((p) => p.clientId), ['k1', 'k2']);
         for (const [c, u] of replay[i]!.updates) assert.deepEqual(await s.readUpdate(rec.roundId, c), u);
       }
       // The old lineage stays readable for audit, u included.
-      assert.deepEqual(s.listRounds({ lineage: oldHead.lineage }), oldRounds);
+      assert.deepEqual((await s.listRounds({ lineage: oldHead.lineage })), oldRounds);
       assert.deepEqual(await s.readModel(oldHead.version), ledger.models.get(oldHead.version));
     };
     await check(store);
 
     // Training resumes on the new lineage, numbered after its last round.
-    assert.throws(
-      () => store.commitRound({ round: 5, roundId: 'x', modelBefore: unlearned.version, weights: result, participants: [], metrics: {}, startedAt: 0 }),
+    await assert.rejects(
+      async () => (await store.commitRound({ round: 5, roundId: 'x', modelBefore: unlearned.version, weights: result, participants: [], metrics: {}, startedAt: 0 })),
       /out of order/,
     );
     await train(store, ledger, r, 1, ['k1', 'k2'], 'after');
-    const resumedRound = store.getRound(4)!;
+    const resumedRound = (await store.getRound(4))!;
     assert.equal(resumedRound.lineage, unlearned.lineage);
     assert.equal(resumedRound.modelBefore, unlearned.version);
     assert.equal(resumedRound.updatesStored, false); // 4 is not 1 + kΔt
-    store.close();
+    await store.close();
 
     const { store: reopened, head } = open(dir, config, init);
     assert.equal(head.lineage, unlearned.lineage);
     assert.equal(head.round, 4);
-    assert.deepEqual(reopened.listRounds().map((x) => x.round), [1, 3, 4]);
-    reopened.close();
+    assert.deepEqual((await reopened.listRounds()).map((x) => x.round), [1, 3, 4]);
+    await reopened.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -494,15 +494,15 @@ test('commitUnlearning rejects inconsistent replays without leaving blobs', asyn
       store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1), round(2, head.version)], intermediateModels: [{ round: 1, weights: w }] }),
       /ended at/,
     );
-    assert.deepEqual(store.head(), head);
+    assert.deepEqual((await store.head()), head);
     assert.equal(filesUnder(path.join(dir, 'blobs')).length, files);
     // Without intermediate models the chain is simply unknown ('').
     const v = await store.commitUnlearning({ jobId: 'j', weights: w, rounds: [round(1, head.version), round(2)] });
-    assert.deepEqual(store.listRounds().map((x) => [x.modelBefore, x.modelAfter]), [
+    assert.deepEqual((await store.listRounds()).map((x) => [x.modelBefore, x.modelAfter]), [
       [head.version, ''],
       ['', v.version],
     ]);
-    store.close();
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -517,7 +517,7 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     const first = open(dir, config, init);
     const store = first.store;
     const ledger = newLedger(init);
-    store.upsertClient({ clientId: 'u', secretHash: 'h-u', numExamples: 50, seenAt: 100 });
+    await store.upsertClient({ clientId: 'u', secretHash: 'h-u', numExamples: 50, seenAt: 100 });
     await train(store, ledger, r, 2, ['u', 'k']);
     // An unlearning that (deliberately, for this test) still lists u, so u has rows in two lineages.
     const u = randomWeights(r, 0.1);
@@ -540,9 +540,9 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     });
     await store.stageUpdate('open', 'u', u); // staged in a round still open: purged too
 
-    const lineages = [...new Set(store.listModels().map((m) => m.lineage))];
+    const lineages = [...new Set((await store.listModels()).map((m) => m.lineage))];
     assert.equal(lineages.length, 2);
-    const rowsOf = (c: string) => lineages.flatMap((l) => store.listRounds({ lineage: l }).flatMap((x) => x.participants.filter((p) => p.clientId === c)));
+    const rowsOf = (c: string) => lineages.flatMap((l) => (await store.listRounds({ lineage: l })).flatMap((x) => x.participants.filter((p) => p.clientId === c)));
     const uFiles = filesUnder(path.join(dir, 'blobs', 'updates')).filter((f) => path.basename(f).startsWith('u.'));
     assert.equal(uFiles.length, 4); // rounds 1, 2, replay-1, open
     const uBytes = uFiles.reduce((n, f) => n + fs.statSync(f).size, 0);
@@ -551,7 +551,7 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     const uNorms = Buffer.from(new Float64Array(rowsOf('u')[0]!.norms).buffer);
     const dbBytes = () => Buffer.concat(['history.db', 'history.db-wal'].filter((f) => fs.existsSync(path.join(dir, f))).map((f) => fs.readFileSync(path.join(dir, f))));
     assert.ok(dbBytes().includes(uNorms), 'the search finds the norms before the purge');
-    const statsBefore = store.stats();
+    const statsBefore = await store.stats();
 
     const summary = await store.purgeClients(['u', 'u']);
     assert.deepEqual(summary, { clientIds: ['u'], updatesDeleted: 3, bytesDeleted: uBytes, participantRowsDeleted: 3, modelsErased: [], modelBytesDeleted: 0, complete: true });
@@ -560,20 +560,20 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     assert.ok(!dbBytes().includes(uNorms), 'no copy of the norms is left in the database files');
     assert.deepEqual(rowsOf('k'), kRowsBefore);
     for (const roundId of ['r1-', 'r2-']) {
-      const id = store.listRounds({ lineage: first.head.lineage }).find((x) => x.roundId.startsWith(roundId))!.roundId;
+      const id = (await store.listRounds({ lineage: first.head.lineage })).find((x) => x.roundId.startsWith(roundId))!.roundId;
       assert.equal(await store.readUpdate(id, 'u'), null);
       assert.notEqual(await store.readUpdate(id, 'k'), null);
     }
     assert.equal(await store.readUpdate('replay-1', 'u'), null);
-    assert.equal(store.stats().updates, statsBefore.updates - 3);
-    const tomb = store.getClient('u')!;
+    assert.equal((await store.stats()).updates, statsBefore.updates - 3);
+    const tomb = (await store.getClient('u'))!;
     assert.deepEqual([tomb.forgotten, tomb.secretHash, tomb.numExamples], [true, null, 0]);
-    store.close();
+    await store.close();
 
     const { store: reopened } = open(dir, config, init);
     assert.equal(filesUnder(path.join(dir, 'blobs', 'updates')).filter((f) => path.basename(f).startsWith('u.')).length, 0);
-    assert.equal(reopened.getClient('u')!.forgotten, true);
-    reopened.close();
+    assert.equal((await reopened.getClient('u'))!.forgotten, true);
+    await reopened.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -593,14 +593,14 @@ test('purgeClients with eraseModels erases the weights of every model a client s
     await train(store, ledger, r, 2, ['k']);
     await train(store, ledger, r, 2, ['u', 'k']);
     await train(store, ledger, r, 1, ['k']);
-    const old = store.listModels({ lineage: first.head.lineage });
+    const old = await store.listModels({ lineage: first.head.lineage });
     assert.deepEqual(old.map((m) => m.round), [0, 1, 2, 3, 4, 5]);
     assert.ok(old.every((m) => m.erasedAt === null));
 
     // Erasing while the head still holds u's contribution is refused, and changes nothing.
     await assert.rejects(store.purgeClients(['u'], { eraseModels: true }), /head model .* unlearn them before/);
-    assert.equal(store.listRounds().flatMap((x) => x.participants).filter((p) => p.clientId === 'u').length, 2);
-    assert.equal(store.stats().modelsErased, 0);
+    assert.equal((await store.listRounds()).flatMap((x) => x.participants).filter((p) => p.clientId === 'u').length, 2);
+    assert.equal((await store.stats()).modelsErased, 0);
 
     // Lineage 2: an unlearning without u, with an intermediate model.
     const replayed = [1, 2].map((round) => ({
@@ -613,8 +613,8 @@ test('purgeClients with eraseModels erases the weights of every model a client s
       closedAt: 0,
     }));
     const after = await store.commitUnlearning({ jobId: 'j', weights: randomWeights(r), rounds: replayed, intermediateModels: [{ round: 1, weights: randomWeights(r) }] });
-    const fresh = store.listModels({ lineage: after.lineage });
-    const statsBefore = store.stats();
+    const fresh = await store.listModels({ lineage: after.lineage });
+    const statsBefore = await store.stats();
     const modelFiles = () => filesUnder(path.join(dir, 'blobs', 'models')).map((f) => path.basename(f, '.bin')).sort();
     assert.equal(modelFiles().length, old.length + fresh.length);
 
@@ -625,7 +625,7 @@ test('purgeClients with eraseModels erases the weights of every model a client s
     assert.ok(summary.modelBytesDeleted > 0);
     assert.deepEqual(modelFiles(), [...old.filter((m) => m.round < 3), ...fresh].map((m) => m.version).sort(), 'only their files are gone');
     for (const m of old) {
-      const now = store.getModel(m.version)!;
+      const now = (await store.getModel(m.version))!;
       if (m.round >= 3) {
         assert.equal(now.erasedAt, 9_000);
         assert.equal(now.sha256, m.sha256, 'the record stays for the audit');
@@ -636,18 +636,18 @@ test('purgeClients with eraseModels erases the weights of every model a client s
       }
     }
     for (const m of fresh) await store.readModel(m.version);
-    const stats = store.stats();
+    const stats = await store.stats();
     assert.equal(stats.models, statsBefore.models);
     assert.equal(stats.modelsErased, 3);
     assert.equal(stats.modelBytes, statsBefore.modelBytes - summary.modelBytesDeleted);
 
     // Idempotent, and it survives a reopen (the next open's garbage sweep keeps every kept blob).
     assert.deepEqual((await store.purgeClients(['u'], { eraseModels: true })).modelsErased, []);
-    store.close();
+    await store.close();
     const { store: reopened } = open(dir, config, init);
-    assert.deepEqual(reopened.listModels().filter((m) => m.erasedAt !== null).map((m) => m.version), shaped);
-    for (const m of reopened.listModels()) if (m.erasedAt === null) await reopened.readModel(m.version);
-    reopened.close();
+    assert.deepEqual((await reopened.listModels()).filter((m) => m.erasedAt !== null).map((m) => m.version), shaped);
+    for (const m of (await reopened.listModels())) if (m.erasedAt === null) await reopened.readModel(m.version);
+    await reopened.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -661,9 +661,9 @@ test('reopening with another topology, layout or history config is refused with 
     const attempt = (init: Partial<Parameters<HistoryStore['open']>[0]>) => {
       const s = openSqliteHistory(dir);
       try {
-        s.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config, ...init });
+        await s.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config, ...init });
       } finally {
-        s.close();
+        await s.close();
       }
     };
     assert.throws(() => attempt({ topologyJson: JSON.stringify({ name: 'other' }) }), /different topology/);
@@ -671,8 +671,8 @@ test('reopening with another topology, layout or history config is refused with 
     assert.throws(() => attempt({ config: { historyInterval: 1, retention: 'fp32' } }), /historyInterval 2/);
     // Same topology written with other whitespace / key order is the same federation.
     const s = openSqliteHistory(dir);
-    assert.equal(s.open({ topologyJson: '{ "layers": ["conv","dense"], "name": "tiny" }', layout, initialWeights: new Float32Array(0), config }).resumed, true);
-    s.close();
+    assert.equal((await s.open({ topologyJson: '{ "layers": ["conv","dense"], "name": "tiny" }', layout, initialWeights: new Float32Array(0), config })).resumed, true);
+    await s.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -684,7 +684,7 @@ test('jobs and clients persist across reopening', () => {
     let clock = 1_000;
     const config: HistoryConfig = { historyInterval: 1, retention: 'norms' };
     const { store } = open(dir, config, randomWeights(rng(2)), () => clock++);
-    const created = store.createJob({
+    const created = await store.createJob({
       jobId: 'j1',
       kind: 'forget',
       state: 'queued',
@@ -697,31 +697,31 @@ test('jobs and clients persist across reopening', () => {
       report: null,
       error: null,
     });
-    store.createJob({ ...created, jobId: 'j2', state: 'queued' });
-    assert.throws(() => store.createJob({ ...created }), /already exists/);
-    const updated = store.updateJob('j1', { state: 'running', progress: { step: 2, total: 5, message: 'round 3' }, checkpoint: { j: 2, model: 'abc' } });
+    await store.createJob({ ...created, jobId: 'j2', state: 'queued' });
+    await assert.rejects(async () => (await store.createJob({ ...created })), /already exists/);
+    const updated = await store.updateJob('j1', { state: 'running', progress: { step: 2, total: 5, message: 'round 3' }, checkpoint: { j: 2, model: 'abc' } });
     assert.ok(updated.updatedAt > updated.createdAt);
-    store.updateJob('j2', { state: 'failed', error: 'client offline', report: { partial: true } });
-    assert.throws(() => store.updateJob('nope', { state: 'done' }), /unknown job/);
-    store.upsertClient({ clientId: 'c1', secretHash: 'h1', numExamples: 10, seenAt: 50 });
-    store.upsertClient({ clientId: 'c1', seenAt: 40 }); // an older sighting neither rewinds lastSeen nor clears fields
-    store.upsertClient({ clientId: 'c2', seenAt: 60, numExamples: 3 });
-    store.upsertClient({ clientId: 'c2', seenAt: 70, secretHash: 'h2' });
-    store.upsertClient({ clientId: 'c2', seenAt: 65, revoked: true });
-    const jobs = store.listJobs();
-    const clients = store.listClients();
-    store.close();
+    await store.updateJob('j2', { state: 'failed', error: 'client offline', report: { partial: true } });
+    await assert.rejects(async () => (await store.updateJob('nope', { state: 'done' })), /unknown job/);
+    await store.upsertClient({ clientId: 'c1', secretHash: 'h1', numExamples: 10, seenAt: 50 });
+    (await store.upsertClient({ clientId: 'c1', seenAt: 40 })); // an older sighting neither rewinds lastSeen nor clears fields
+    await store.upsertClient({ clientId: 'c2', seenAt: 60, numExamples: 3 });
+    await store.upsertClient({ clientId: 'c2', seenAt: 70, secretHash: 'h2' });
+    await store.upsertClient({ clientId: 'c2', seenAt: 65, revoked: true });
+    const jobs = await store.listJobs();
+    const clients = await store.listClients();
+    await store.close();
 
     const { store: again } = open(dir, config, new Float32Array(0));
-    assert.deepEqual(again.listJobs(), jobs);
-    assert.deepEqual(again.getJob('j1'), updated);
-    assert.deepEqual(again.listJobs({ state: 'failed' }).map((j) => [j.jobId, j.error, j.report]), [['j2', 'client offline', { partial: true }]]);
-    assert.deepEqual(again.listJobs({ state: 'done' }), []);
-    assert.deepEqual(again.listClients(), clients);
-    assert.deepEqual(again.getClient('c1'), { clientId: 'c1', secretHash: 'h1', numExamples: 10, firstSeen: 40, lastSeen: 50, forgotten: false, revoked: false });
-    assert.deepEqual(again.getClient('c2'), { clientId: 'c2', secretHash: 'h2', numExamples: 3, firstSeen: 60, lastSeen: 70, forgotten: false, revoked: true });
-    assert.equal(again.getClient('nobody'), null);
-    again.close();
+    assert.deepEqual((await again.listJobs()), jobs);
+    assert.deepEqual((await again.getJob('j1')), updated);
+    assert.deepEqual((await again.listJobs({ state: 'failed' })).map((j) => [j.jobId, j.error, j.report]), [['j2', 'client offline', { partial: true }]]);
+    assert.deepEqual((await again.listJobs({ state: 'done' })), []);
+    assert.deepEqual((await again.listClients()), clients);
+    assert.deepEqual((await again.getClient('c1')), { clientId: 'c1', secretHash: 'h1', numExamples: 10, firstSeen: 40, lastSeen: 50, forgotten: false, revoked: false });
+    assert.deepEqual((await again.getClient('c2')), { clientId: 'c2', secretHash: 'h2', numExamples: 3, firstSeen: 60, lastSeen: 70, forgotten: false, revoked: true });
+    assert.equal((await again.getClient('nobody')), null);
+    await again.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -734,7 +734,7 @@ test("retention 'norms' keeps no update files but every norm, and metrics keep n
     const { store, head } = open(dir, { historyInterval: 1, retention: 'norms' }, randomWeights(r));
     const u = randomWeights(r);
     await store.stageUpdate('R1', 'a', u);
-    store.commitRound({
+    (await store.commitRound({
       round: 1,
       roundId: 'R1',
       modelBefore: head.version,
@@ -742,15 +742,15 @@ test("retention 'norms' keeps no update files but every norm, and metrics keep n
       participants: [{ clientId: 'a', numExamples: 1, norms: layerNorms(layout, u), metrics: { loss: Number.NaN } }],
       metrics: { loss: Number.POSITIVE_INFINITY, acc: 0.5 },
       startedAt: 0,
-    });
+    }));
     assert.equal(filesUnder(path.join(dir, 'blobs', 'updates')).length, 0);
-    const rec = store.getRound(1)!;
+    const rec = (await store.getRound(1))!;
     assert.equal(rec.updatesStored, false);
     assert.deepEqual(rec.participants[0]!.norms, Array.from(layerNorms(layout, u)));
     assert.deepEqual(rec.metrics, { loss: Number.POSITIVE_INFINITY, acc: 0.5 });
     assert.ok(Number.isNaN(rec.participants[0]!.metrics!.loss));
     assert.equal(await store.readUpdate('R1', 'a'), null);
-    store.close();
+    await store.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

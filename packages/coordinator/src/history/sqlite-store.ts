@@ -452,11 +452,11 @@ class SqliteHistoryStore implements HistoryStore {
 
   // --- federation ---------------------------------------------------------------------------------------------
 
-  open(init: { topologyJson: string; layout: WeightLayout; initialWeights: Float32Array; config: HistoryConfig }): {
+  async open(init: { topologyJson: string; layout: WeightLayout; initialWeights: Float32Array; config: HistoryConfig }): Promise<{
     meta: FederationMeta;
     head: ModelVersion;
     resumed: boolean;
-  } {
+  }> {
     this.requireNotClosed();
     if (this.fed) throw new HistoryError('the history store is already open');
     checkConfig(init.config);
@@ -487,7 +487,7 @@ class SqliteHistoryStore implements HistoryStore {
         if (!byClient) this.staged.set(r.round_id, (byClient = new Map()));
         byClient.set(r.client_id, { rel: r.blob, encoding: r.encoding, bytes: r.bytes, blobSha: r.blob_sha256, done: true, durable: true });
       }
-      const head = this.head();
+      const head = this.headNow();
       const headRow = this.q.model.get(head.version)!;
       if (!fs.existsSync(this.abs(headRow.blob))) throw new HistoryError(`the head model ${head.version} has no blob file (${headRow.blob})`);
       // From here on the mark describes this database (after an accepted loss, or for a directory that had none).
@@ -516,17 +516,21 @@ class SqliteHistoryStore implements HistoryStore {
     return { meta, head: toModel(planned.row), resumed: false };
   }
 
-  meta(): FederationMeta {
+  async meta(): Promise<FederationMeta> {
     return this.requireOpen();
   }
 
-  head(): ModelVersion {
+  async head(): Promise<ModelVersion> {
+    return this.headNow();
+  }
+
+  private headNow(): ModelVersion {
     this.requireOpen();
     const row = this.q.federation.get()!;
     return toModel(this.q.model.get(row.head)!);
   }
 
-  keepsUpdates(round: number): boolean {
+  async keepsUpdates(round: number): Promise<boolean> {
     return keepsUpdatesUnder(this.requireOpen().config, round);
   }
 
@@ -599,7 +603,11 @@ class SqliteHistoryStore implements HistoryStore {
     for (const s of pending) s.durable = true;
   }
 
-  discardStaged(roundId: string, clientId?: string): void {
+  async discardStaged(roundId: string, clientId?: string): Promise<void> {
+    this.dropStagedFiles(roundId, clientId);
+  }
+
+  private dropStagedFiles(roundId: string, clientId?: string): void {
     const byClient = this.staged.get(roundId);
     if (!byClient) return;
     for (const [c, entry] of [...byClient]) {
@@ -633,7 +641,7 @@ class SqliteHistoryStore implements HistoryStore {
 
   // --- commits ------------------------------------------------------------------------------------------------
 
-  commitRound(input: {
+  async commitRound(input: {
     round: number;
     roundId: string;
     modelBefore: string;
@@ -642,9 +650,9 @@ class SqliteHistoryStore implements HistoryStore {
     missing?: MissingClient[];
     metrics: Record<string, number>;
     startedAt: number;
-  }): ModelVersion {
+  }): Promise<ModelVersion> {
     const meta = this.requireOpen();
-    const head = this.head();
+    const head = this.headNow();
     if (input.round !== head.round + 1) {
       throw new HistoryError(`round ${input.round} is out of order: lineage ${head.lineage} has completed ${head.round} rounds, the next is ${head.round + 1}`);
     }
@@ -656,7 +664,7 @@ class SqliteHistoryStore implements HistoryStore {
     const missing = checkMissing(input.missing ?? [], participants, `round ${input.round}`);
     const closedAt = this.now();
     const planned = this.planModel(meta.layout, input.weights, { parent: head.version, cause: 'round', round: input.round, jobId: null, lineage: head.lineage }, closedAt);
-    const keep = this.keepsUpdates(input.round);
+    const keep = keepsUpdatesUnder(meta.config, input.round);
     const updates = keep ? this.finishedStagings(input.roundId, participants) : [];
     this.makeDurableSync(updates);
     this.commitWithBlobs([planned], () => {
@@ -703,13 +711,13 @@ class SqliteHistoryStore implements HistoryStore {
     // garbage that the next open deletes; unlinking twice is harmless.
     await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)], this.disk);
     await unlinkDurable(purge!.modelFiles, this.disk);
-    return { model: toModel(prepared.result.row), purged: { ...purged!, complete: this.completePurge() }, job: job! };
+    return { model: toModel(prepared.result.row), purged: { ...purged!, complete: this.checkpointWal() }, job: job! };
   }
 
   /** Validates an unlearning commit and writes its model blobs (async, made durable together before returning). */
   private async prepareUnlearning(input: CommitUnlearningInput): Promise<PreparedUnlearning> {
     const meta = this.requireOpen();
-    const oldHead = this.head();
+    const oldHead = this.headNow();
     const rounds = input.rounds;
     const ctx = `unlearning job ${input.jobId}`;
     const seenIds = new Set<string>();
@@ -979,9 +987,13 @@ class SqliteHistoryStore implements HistoryStore {
 
   // --- reads --------------------------------------------------------------------------------------------------
 
-  listRounds(opts: { lineage?: string; from?: number; to?: number } = {}): RoundRecord[] {
+  async listRounds(opts: { lineage?: string; from?: number; to?: number } = {}): Promise<RoundRecord[]> {
+    return this.roundsOf(opts);
+  }
+
+  private roundsOf(opts: { lineage?: string; from?: number; to?: number }): RoundRecord[] {
     this.requireOpen();
-    const lineage = opts.lineage ?? this.head().lineage;
+    const lineage = opts.lineage ?? this.headNow().lineage;
     const from = opts.from ?? 1;
     const to = opts.to ?? Number.MAX_SAFE_INTEGER;
     const byRound = new Map<string, Participant[]>();
@@ -1007,8 +1019,8 @@ class SqliteHistoryStore implements HistoryStore {
     }));
   }
 
-  getRound(round: number, lineage?: string): RoundRecord | null {
-    return this.listRounds({ lineage: lineage ?? this.head().lineage, from: round, to: round })[0] ?? null;
+  async getRound(round: number, lineage?: string): Promise<RoundRecord | null> {
+    return this.roundsOf({ lineage: lineage ?? this.headNow().lineage, from: round, to: round })[0] ?? null;
   }
 
   async readUpdate(roundId: string, clientId: string): Promise<Float32Array | null> {
@@ -1026,25 +1038,25 @@ class SqliteHistoryStore implements HistoryStore {
     }
   }
 
-  listModels(opts: { lineage?: string } = {}): ModelVersion[] {
+  async listModels(opts: { lineage?: string } = {}): Promise<ModelVersion[]> {
     this.requireNotClosed();
     const rows = opts.lineage === undefined ? this.q.models.all() : this.q.modelsOfLineage.all(opts.lineage);
     return rows.map(toModel);
   }
 
-  lineagePosition(lineage: string): number {
+  async lineagePosition(lineage: string): Promise<number> {
     this.requireNotClosed();
     const first = this.q.lineageStart.get(lineage)?.first;
     if (first === null || first === undefined) throw new HistoryError(`unknown lineage ${lineage}`);
     return this.q.lineagesBefore.get(first)!.n;
   }
 
-  lineageCount(): number {
+  async lineageCount(): Promise<number> {
     this.requireNotClosed();
     return this.q.lineageCount.get()!.n;
   }
 
-  getModel(version: string): ModelVersion | null {
+  async getModel(version: string): Promise<ModelVersion | null> {
     this.requireNotClosed();
     const row = this.q.model.get(version);
     return row ? toModel(row) : null;
@@ -1101,10 +1113,14 @@ class SqliteHistoryStore implements HistoryStore {
     for (const id of ids) this.forgotten.add(id);
     await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)], this.disk);
     await unlinkDurable(purge!.modelFiles, this.disk);
-    return { ...purge!.summary, complete: this.completePurge() };
+    return { ...purge!.summary, complete: this.checkpointWal() };
   }
 
-  completePurge(): boolean {
+  async completePurge(): Promise<boolean> {
+    return this.checkpointWal();
+  }
+
+  private checkpointWal(): boolean {
     this.requireNotClosed();
     // The WAL still holds pre-purge copies of the pages (secure_delete overwrote them only in the newest copy): fold
     // it into the database and truncate it. Never wait: a reader holding an old snapshot (a backup tool) makes the
@@ -1211,7 +1227,7 @@ class SqliteHistoryStore implements HistoryStore {
     return out;
   }
 
-  stats(): HistoryStats {
+  async stats(): Promise<HistoryStats> {
     this.requireNotClosed();
     const m = this.q.modelStats.get()!;
     const updateBytesByDtype: Record<string, number> = {};
@@ -1249,7 +1265,7 @@ class SqliteHistoryStore implements HistoryStore {
 
   // --- jobs ---------------------------------------------------------------------------------------------------
 
-  createJob(job: Omit<JobRecord, 'createdAt' | 'updatedAt'>): JobRecord {
+  async createJob(job: Omit<JobRecord, 'createdAt' | 'updatedAt'>): Promise<JobRecord> {
     this.requireNotClosed();
     if (this.q.job.get(job.jobId)) throw new HistoryError(`job ${job.jobId} already exists`);
     const t = this.now();
@@ -1271,7 +1287,7 @@ class SqliteHistoryStore implements HistoryStore {
     return toJob(this.q.job.get(job.jobId)!);
   }
 
-  updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): JobRecord {
+  async updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): Promise<JobRecord> {
     this.requireNotClosed();
     return this.writeJob(jobId, patch);
   }
@@ -1308,37 +1324,37 @@ class SqliteHistoryStore implements HistoryStore {
     })();
   }
 
-  jobSteps(jobId: string): JobStep[] {
+  async jobSteps(jobId: string): Promise<JobStep[]> {
     this.requireNotClosed();
     return this.q.jobSteps.all(jobId).map((r) => ({ step: r.step, data: JSON.parse(r.data_json) as unknown }));
   }
 
-  clearJobSteps(jobId: string): void {
+  async clearJobSteps(jobId: string): Promise<void> {
     this.requireNotClosed();
     const staged = this.q.jobStagedOfJob.all(jobId);
     this.db.transaction(() => {
       this.q.deleteJobSteps.run(jobId);
       this.q.deleteJobStaged.run(jobId);
     })();
-    for (const r of staged) this.discardStaged(r.round_id, r.client_id);
+    for (const r of staged) this.dropStagedFiles(r.round_id, r.client_id);
     // Files of a previous run (not staged in this process) are unreferenced now; the next open would sweep them.
     for (const r of staged) fs.rmSync(this.abs(r.blob), { force: true });
   }
 
-  getJob(jobId: string): JobRecord | null {
+  async getJob(jobId: string): Promise<JobRecord | null> {
     this.requireNotClosed();
     const row = this.q.job.get(jobId);
     return row ? toJob(row) : null;
   }
 
-  listJobs(opts: { state?: JobRecord['state'] } = {}): JobRecord[] {
+  async listJobs(opts: { state?: JobRecord['state'] } = {}): Promise<JobRecord[]> {
     this.requireNotClosed();
     return (opts.state === undefined ? this.q.jobs.all() : this.q.jobsInState.all(opts.state)).map(toJob);
   }
 
   // --- clients ------------------------------------------------------------------------------------------------
 
-  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean; revoked?: boolean }): ClientRecord {
+  async upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean; revoked?: boolean }): Promise<ClientRecord> {
     this.requireNotClosed();
     const cur = this.q.client.get(c.clientId);
     this.q.putClient.run({
@@ -1357,23 +1373,23 @@ class SqliteHistoryStore implements HistoryStore {
     return toClient(row);
   }
 
-  getClient(clientId: string): ClientRecord | null {
+  async getClient(clientId: string): Promise<ClientRecord | null> {
     this.requireNotClosed();
     const row = this.q.client.get(clientId);
     return row ? toClient(row) : null;
   }
 
-  listClients(): ClientRecord[] {
+  async listClients(): Promise<ClientRecord[]> {
     this.requireNotClosed();
     return this.q.clients.all().map(toClient);
   }
 
-  isForgotten(clientId: string): boolean {
+  async isForgotten(clientId: string): Promise<boolean> {
     this.requireNotClosed();
     return this.forgotten.has(clientId);
   }
 
-  close(): void {
+  async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     // Staged files are left to the next open's garbage collection, like after a crash.

@@ -238,11 +238,11 @@ export interface HistoryStore {
     head: ModelVersion;
     resumed: boolean;
   };
-  meta(): FederationMeta;
+  meta(): Promise<FederationMeta>;
   /** Current global model version (the latest committed). */
-  head(): ModelVersion;
+  head(): Promise<ModelVersion>;
   /** Whether round `round` (1-based) keeps full updates under the config (Δt); always false under retention 'norms'. */
-  keepsUpdates(round: number): boolean;
+  keepsUpdates(round: number): Promise<boolean>;
   /** Durably writes one client's full update for an open round BEFORE the round commits (off the commit's critical
    *  path). Idempotent per (roundId, clientId): staging again replaces the previous staging. Must resolve before the
    *  commit that should include it. A no-op under retention 'norms'. */
@@ -251,7 +251,7 @@ export interface HistoryStore {
    *  its own critical path). Call after the stagings resolved and before the commit. */
   syncStaged(roundId: string): Promise<void>;
   /** Drops staged updates of a round that will not commit (or of a client dropped from it). */
-  discardStaged(roundId: string, clientId?: string): void;
+  discardStaged(roundId: string, clientId?: string): Promise<void>;
   /** Atomically: the round record with its participants, its staged updates (only those of listed participants, and
    *  only when keepsUpdates(round)), and the new model version (cause 'round', parent = modelBefore, round =
    *  record.round). After a crash either all of it is there or none. round must be head.round + 1 and modelBefore the
@@ -266,22 +266,22 @@ export interface HistoryStore {
     missing?: MissingClient[];
     metrics: Record<string, number>;
     startedAt: number;
-  }): ModelVersion;
+  }): Promise<ModelVersion>;
   /** Rounds of a lineage (default: the head's), ascending; from/to are inclusive round numbers. */
-  listRounds(opts?: { lineage?: string; from?: number; to?: number }): RoundRecord[];
-  getRound(round: number, lineage?: string): RoundRecord | null;
+  listRounds(opts?: { lineage?: string; from?: number; to?: number }): Promise<RoundRecord[]>;
+  getRound(round: number, lineage?: string): Promise<RoundRecord | null>;
   /** A stored full update, decoded to float32 (dequantised if fp16/int8), or null if not kept / purged. Throws if the
    *  blob is corrupted. */
   readUpdate(roundId: string, clientId: string): Promise<Float32Array | null>;
   /** Model versions in creation order (default: every lineage). */
-  listModels(opts?: { lineage?: string }): ModelVersion[];
-  getModel(version: string): ModelVersion | null;
+  listModels(opts?: { lineage?: string }): Promise<ModelVersion[]>;
+  getModel(version: string): Promise<ModelVersion | null>;
   /** A lineage's position in creation order: 0 for the federation's first lineage, n for the lineage the n-th
    *  committed unlearning job started. Unlike the lineage id (random), it is the same in every run of the same
    *  schedule, so client selection is keyed on it. Throws HistoryError for an unknown lineage. */
-  lineagePosition(lineage: string): number;
+  lineagePosition(lineage: string): Promise<number>;
   /** How many lineages exist: the position the next unlearning commit's lineage will take. */
-  lineageCount(): number;
+  lineageCount(): Promise<number>;
   /** Verifies sha256 on read; a mismatch throws (corruption is never served). */
   readModel(version: string): Promise<Float32Array>;
   /** Commits the result of an unlearning job atomically: a new model version (cause 'unlearning', parent = the head at
@@ -300,36 +300,36 @@ export interface HistoryStore {
   finishUnlearning(input: FinishUnlearningInput): Promise<{ model: ModelVersion; purged: PurgeSummary; job: JobRecord }>;
   /** Makes purged rows leave the disk: checkpoints the WAL into the database (secure_delete has overwritten them
    *  there) and truncates it. Never waits on a reader: false when one still holds a snapshot that needs the WAL. */
-  completePurge(): boolean;
+  completePurge(): Promise<boolean>;
   /** Deletes the weights of these model versions (retention policy), keeping their records with prunedAt set: rows
    *  first, then the blob files, durably. Refuses the head; already pruned or erased versions are skipped. Returns the
    *  versions pruned now and the bytes freed. */
   pruneModels(versions: string[]): Promise<{ pruned: string[]; bytesDeleted: number }>;
   /** Storage statistics: bytes of model blobs, update blobs (by encoding), rows. */
-  stats(): HistoryStats;
+  stats(): Promise<HistoryStats>;
   // jobs
-  createJob(job: Omit<JobRecord, 'createdAt' | 'updatedAt'>): JobRecord;
-  updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): JobRecord;
-  getJob(jobId: string): JobRecord | null;
+  createJob(job: Omit<JobRecord, 'createdAt' | 'updatedAt'>): Promise<JobRecord>;
+  updateJob(jobId: string, patch: Partial<Pick<JobRecord, 'state' | 'progress' | 'checkpoint' | 'report' | 'error'>>): Promise<JobRecord>;
+  getJob(jobId: string): Promise<JobRecord | null>;
   /** Appends a completed step to a running job and sets its (small) checkpoint, in one transaction. Replaces a step
    *  of the same number (a step redone after a crash). With `roundId`, the updates staged for that round are made
    *  durable and recorded with the job, so that they survive a restart and its commit still stores them. */
   appendJobStep(jobId: string, step: JobStep, checkpoint: unknown, roundId?: string): Promise<void>;
   /** The job's steps, ascending. */
-  jobSteps(jobId: string): JobStep[];
+  jobSteps(jobId: string): Promise<JobStep[]>;
   /** Deletes the job's steps and the updates it staged (a failed job). */
-  clearJobSteps(jobId: string): void;
+  clearJobSteps(jobId: string): Promise<void>;
   /** Jobs in creation order. */
-  listJobs(opts?: { state?: JobRecord['state'] }): JobRecord[];
+  listJobs(opts?: { state?: JobRecord['state'] }): Promise<JobRecord[]>;
   // clients
   /** Creates or refreshes a client: lastSeen moves forward only; absent fields keep their stored values. */
-  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean; revoked?: boolean }): ClientRecord;
-  getClient(clientId: string): ClientRecord | null;
+  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number; forgotten?: boolean; revoked?: boolean }): Promise<ClientRecord>;
+  getClient(clientId: string): Promise<ClientRecord | null>;
   /** Whether the client was forgotten: its tombstone, set in the transaction that finished its job. The one source
    *  of truth every check (selection, hello, new jobs, the API) reads. */
-  isForgotten(clientId: string): boolean;
-  listClients(): ClientRecord[];
-  close(): void;
+  isForgotten(clientId: string): Promise<boolean>;
+  listClients(): Promise<ClientRecord[]>;
+  close(): Promise<void>;
 }
 
 /** Full updates are kept on rounds 1, 1+Δt, 1+2Δt, ... (the FedEraser schedule t_{j+1} = t_j + Δt). */

@@ -172,8 +172,8 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
       v1.addHook('onRequest', operator);
 
       v1.get('/status', { schema: schemas.status }, async () => {
-        const head = coord.store.head();
-        const jobs = coord.store.listJobs();
+        const head = await coord.store.head();
+        const jobs = await coord.store.listJobs();
         return {
           model: head,
           connectedClients: coord.registry.size,
@@ -186,7 +186,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
       v1.get('/clients', { schema: schemas.clients }, async () => {
         const connected = new Map(coord.registry.connected().map((s) => [s.clientId, s]));
         return {
-          clients: coord.store.listClients().map(({ secretHash: _hidden, ...c }) => ({
+          clients: (await coord.store.listClients()).map(({ secretHash: _hidden, ...c }) => ({
             ...c,
             connected: connected.has(c.clientId),
             backend: connected.get(c.clientId)?.backend ?? null,
@@ -196,49 +196,49 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
 
       v1.post('/clients', { schema: schemas.issueClient, config: mutation }, async (req, reply) => {
         const body = (req.body ?? {}) as { clientId?: string };
-        if (body.clientId !== undefined && coord.store.getClient(body.clientId)) throw new HttpError(409, 'ALREADY_EXISTS', `client ${body.clientId} already exists`);
+        if (body.clientId !== undefined && (await coord.store.getClient(body.clientId))) throw new HttpError(409, 'ALREADY_EXISTS', `client ${body.clientId} already exists`);
         // The only response that ever carries the secret: it is not stored, so it cannot be shown again.
-        return reply.code(201).send(coord.issueClient(body.clientId));
+        return reply.code(201).send(await coord.issueClient(body.clientId));
       });
 
       v1.delete('/clients/:id', { schema: schemas.revokeClient, config: mutation }, async (req, reply) => {
         const { id } = req.params as { id: string };
-        coord.revokeClient(id);
+        await coord.revokeClient(id);
         return reply.code(204).send();
       });
 
       v1.post('/clients/:id/secret', { schema: schemas.rotateSecret, config: mutation }, async (req) => {
         const { id } = req.params as { id: string };
-        if (coord.store.getClient(id)?.forgotten) throw new HttpError(409, 'FORGOTTEN', `client ${id} was forgotten; its id is not reissued`);
+        if ((await coord.store.getClient(id))?.forgotten) throw new HttpError(409, 'FORGOTTEN', `client ${id} was forgotten; its id is not reissued`);
         return coord.rotateSecret(id);
       });
 
       v1.get('/rounds', { schema: schemas.rounds }, async (req) => {
         const q = req.query as { lineage?: string };
-        return { rounds: coord.store.listRounds(q.lineage ? { lineage: q.lineage } : undefined) };
+        return { rounds: await coord.store.listRounds(q.lineage ? { lineage: q.lineage } : undefined) };
       });
 
       v1.get('/rounds/:round', { schema: schemas.round }, async (req) => {
         const { round } = req.params as { round: number };
-        const r = coord.store.getRound(Number(round));
+        const r = await coord.store.getRound(Number(round));
         if (!r) throw new HttpError(404, 'NOT_FOUND', `no round ${round} in the current lineage`);
         return r;
       });
 
-      v1.get('/models', { schema: schemas.models }, async () => ({ head: coord.store.head().version, models: coord.store.listModels() }));
+      v1.get('/models', { schema: schemas.models }, async () => ({ head: (await coord.store.head()).version, models: await coord.store.listModels() }));
 
       v1.get('/models/:version', { schema: schemas.model }, async (req) => {
         const { version } = req.params as { version: string };
-        const m = coord.store.getModel(version);
+        const m = await coord.store.getModel(version);
         if (!m) throw new HttpError(404, 'NOT_FOUND', `no model version ${version}`);
         return m;
       });
 
       v1.get('/models/:version/weights', { schema: schemas.modelWeights }, async (req, reply) => {
         const { version } = req.params as { version: string };
-        if (!coord.store.getModel(version)) throw new HttpError(404, 'NOT_FOUND', `no model version ${version}`);
+        if (!(await coord.store.getModel(version))) throw new HttpError(404, 'NOT_FOUND', `no model version ${version}`);
         const w = await coord.store.readModel(version);
-        const meta = coord.store.meta();
+        const meta = await coord.store.meta();
         reply.header('content-type', 'application/octet-stream');
         reply.header('x-fedunlearn-layout', JSON.stringify(meta.layout.specs));
         return Buffer.from(w.buffer, w.byteOffset, w.byteLength);
@@ -248,7 +248,7 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
 
       v1.post('/jobs', { schema: schemas.createJob, config: mutation }, async (req, reply) => {
         const body = req.body as { clientIds: string[]; method?: MethodName; params?: MethodParams };
-        const { job, created } = coord.submitForget({
+        const { job, created } = await coord.submitForget({
           clientIds: body.clientIds,
           ...(body.method ? { method: body.method } : {}),
           ...(body.params ? { params: body.params } : {}),
@@ -258,18 +258,18 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
         return reply.code(created ? 202 : 200).send(publicJob(job));
       });
 
-      v1.get('/jobs', { schema: schemas.jobs }, async () => ({ jobs: coord.store.listJobs().map(publicJob) }));
+      v1.get('/jobs', { schema: schemas.jobs }, async () => ({ jobs: (await coord.store.listJobs()).map(publicJob) }));
 
       v1.get('/jobs/:id', { schema: schemas.job }, async (req) => {
         const { id } = req.params as { id: string };
-        const job = coord.store.getJob(id);
+        const job = await coord.store.getJob(id);
         if (!job) throw new HttpError(404, 'NOT_FOUND', `no job ${id}`);
         return publicJob(job);
       });
 
       v1.get('/jobs/:id/report', { schema: schemas.jobReport }, async (req) => {
         const { id } = req.params as { id: string };
-        const job = coord.store.getJob(id);
+        const job = await coord.store.getJob(id);
         if (!job) throw new HttpError(404, 'NOT_FOUND', `no job ${id}`);
         if (!job.report) throw new HttpError(409, 'NOT_READY', `job ${id} is ${job.state}; its report is written when it is done`);
         return job.report;

@@ -127,15 +127,15 @@ test('GET /v1/events needs the operator token, starts with a snapshot, streams j
     const first = await read((e) => e.length >= 1);
     assert.equal(first[0]!.event, 'snapshot');
     const snap = first[0]!.data as { head: { version: string }; clients: { count: number; ids: string[] } };
-    assert.equal(snap.head.version, coord.store.head().version);
+    assert.equal(snap.head.version, (await coord.store.head()).version);
     assert.deepEqual(snap.clients, { count: 0, ids: [], forgotten: [] });
     assert.equal(listeners(), baseline + 5);
 
     // A real job submission (the client must be known to the store) reaches the stream.
-    coord.store.upsertClient({ clientId: 'leaver', numExamples: 10, seenAt: Date.now() });
+    await coord.store.upsertClient({ clientId: 'leaver', numExamples: 10, seenAt: Date.now() });
     // Forgetting the only client would be refused (FORGET_REFUSED): another one stays.
-    coord.store.upsertClient({ clientId: 'stayer', numExamples: 10, seenAt: Date.now() });
-    const job = coord.forget({ clientIds: ['leaver'], requestedBy: 'operator:test' });
+    await coord.store.upsertClient({ clientId: 'stayer', numExamples: 10, seenAt: Date.now() });
+    const job = await coord.forget({ clientIds: ['leaver'], requestedBy: 'operator:test' });
     const next = await read((e) => e.some((x) => x.event === 'job'));
     const ev = next.find((x) => x.event === 'job')!.data as { jobId: string; state: string; checkpoint?: unknown; report: unknown };
     assert.equal(ev.jobId, job.jobId);

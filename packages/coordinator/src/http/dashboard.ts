@@ -125,26 +125,36 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
-    const send = (event: string, data: unknown) => {
-      if (!raw.writableEnded) raw.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    // Events whose data is read from the store are written in the order they happened: every event goes through one
+    // queue per stream, its data awaited there (a store read never lets a later event overtake an earlier one).
+    let queue: Promise<void> = Promise.resolve();
+    const send = (event: string, data: unknown | (() => Promise<unknown>)) => {
+      queue = queue
+        .then(async () => {
+          const value = typeof data === 'function' ? await (data as () => Promise<unknown>)() : data;
+          if (!raw.writableEnded) raw.write(`event: ${event}\ndata: ${JSON.stringify(value)}\n\n`);
+        })
+        .catch((e: unknown) => app.log.warn({ err: e, event }, 'an event stream could not read its data'));
     };
-    const clients = () => {
+    const clients = async () => {
       const ids = coord.registry.connected().map((s) => s.clientId).sort();
       // A forgotten client may still be connected; it takes no part in training any more.
-      return { count: ids.length, ids, forgotten: ids.filter((id) => coord.isForgotten(id)) };
+      const forgotten = await Promise.all(ids.map((id) => coord.isForgotten(id)));
+      return { count: ids.length, ids, forgotten: ids.filter((_, i) => forgotten[i]) };
     };
+    const head = () => coord.store.head();
     const onRound = (r: RoundOutcome) => {
       send('round', roundSummary(r));
-      send('model', coord.store.head());
+      send('model', head);
     };
     const onJob = (job: JobRecord) => {
       send('job', jobEvent(job));
       if (job.state === 'done') {
-        send('model', coord.store.head());
-        send('clients', clients());
+        send('model', head);
+        send('clients', clients);
       }
     };
-    const onClients = (_s: ClientSession) => send('clients', clients());
+    const onClients = (_s: ClientSession) => send('clients', clients);
     coord.on('round', onRound);
     coord.on('job', onJob);
     coord.on('jobProgress', onJob);
@@ -165,7 +175,7 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
     };
     raw.on('close', cleanup);
     // A reconnecting page reloads everything from the JSON API when this arrives, so no event is lost in between.
-    send('snapshot', { head: coord.store.head(), clients: clients(), serverTime: Date.now() });
+    send('snapshot', async () => ({ head: await coord.store.head(), clients: await clients(), serverTime: Date.now() }));
   });
 
   // Open streams would keep the HTTP server from closing (socket.io closes it before fastify does): end them first.

@@ -144,7 +144,7 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
   stageMs += performance.now() - drain;
   if (stagingError) {
     // An update already in the sum could not be made durable: this step cannot be committed as it stands.
-    args.stageAs?.store.discardStaged(args.stageAs.roundId);
+    await args.stageAs?.store.discardStaged(args.stageAs.roundId).catch(() => undefined);
     throw stagingError;
   }
   // Answers arrive in whatever order the clients finish: the record, and every float sum over it, follow the

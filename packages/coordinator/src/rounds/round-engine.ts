@@ -71,17 +71,19 @@ export class RoundEngine {
       strategy: AggregationStrategy;
       config: FederationConfig;
       log: Logger;
-      isEligible(clientId: string): boolean;
+      /** Clients that may not take part (the forgotten ones). Read once per attempt: rounds and forget jobs never
+       *  overlap (the coordinator's work lock), so no tombstone appears while a round runs. */
+      ineligible(): Promise<ReadonlySet<string>>;
     },
   ) {}
 
   /** Positions never change once a lineage exists: read once per lineage, not per round. */
   private readonly positions = new Map<string, number>();
 
-  private lineagePosition(lineage: string): number {
+  private async lineagePosition(lineage: string): Promise<number> {
     let p = this.positions.get(lineage);
     if (p === undefined) {
-      p = this.deps.store.lineagePosition(lineage);
+      p = await this.deps.store.lineagePosition(lineage);
       this.positions.set(lineage, p);
     }
     return p;
@@ -91,28 +93,29 @@ export class RoundEngine {
    *  cadence (roundIntervalMs) counts from, so that the recorded spacing is the one it kept. */
   async runRound(current: ModelCache, signal?: AbortSignal, startedAt?: number): Promise<RoundOutcome> {
     const { store, registry, dispatcher, strategy, config, log } = this.deps;
-    const head = store.head();
+    const head = await store.head();
     if (head.version !== current.version) throw new Error(`model cache ${current.version} is not the head ${head.version}`);
     const round = head.round + 1;
     const started = startedAt ?? Date.now();
-    const meta = store.meta();
+    const meta = await store.meta();
+    const keep = await store.keepsUpdates(round);
     let lastAnswered = 0;
     let lastMissing: Missing[] = [];
     for (let attempt = 1; attempt <= config.maxRoundAttempts; attempt++) {
       if (signal?.aborted) throw new Error('round aborted');
       // Only clients that may take part count: forgotten ones still connected must not end the wait at once.
-      await registry.waitFor(config.minClients, config.waitForClientsMs, signal, (id) => this.deps.isEligible(id));
-      const candidates = registry.connected().map((s) => s.clientId).filter((id) => this.deps.isEligible(id));
+      const ineligible = await this.deps.ineligible();
+      await registry.waitFor(config.minClients, config.waitForClientsMs, signal, (id) => !ineligible.has(id));
+      const candidates = registry.connected().map((s) => s.clientId).filter((id) => !ineligible.has(id));
       if (candidates.length < config.minClients) {
         log.warn({ round, connected: candidates.length, needed: config.minClients }, 'not enough clients for a round');
         lastAnswered = 0;
         lastMissing = [];
         continue;
       }
-      const key = roundSelectionKey(this.lineagePosition(head.lineage), round, attempt);
+      const key = roundSelectionKey(await this.lineagePosition(head.lineage), round, attempt);
       const selected = selectClients(candidates, config.clientsPerRound, config.seed, key);
       const roundId = nanoid();
-      const keep = store.keepsUpdates(round);
       log.info({ round, roundId, attempt, selected: selected.length }, 'round started');
       const step = await federatedStep(dispatcher, strategy, {
         clientIds: selected,
@@ -127,7 +130,7 @@ export class RoundEngine {
         ...(signal ? { signal } : {}),
       });
       if (!step.weights || step.participants.length < config.minClients) {
-        store.discardStaged(roundId);
+        await store.discardStaged(roundId);
         // An uncommitted model was never published: its buffer can hold the next attempt's sum.
         if (step.weights) strategy.recycle?.(step.weights);
         lastAnswered = step.participants.length;
@@ -138,7 +141,7 @@ export class RoundEngine {
       const commitStart = performance.now();
       let model: ModelVersion;
       try {
-        model = store.commitRound({
+        model = await store.commitRound({
           round,
           roundId,
           modelBefore: current.version,
@@ -152,8 +155,10 @@ export class RoundEngine {
         // Nothing of the attempt was committed: its staged updates are garbage now, not at the next restart (a disk
         // that filled up would otherwise fill further with every retry).
         // (Only when the head did not move: a commit that landed owns them, whatever was thrown after it.)
-        if (store.head().version === current.version) {
-          store.discardStaged(roundId);
+        // (A head that cannot be read says nothing: the stagings are then left to the next open's garbage collection.)
+        const now = await store.head().catch(() => null);
+        if (now?.version === current.version) {
+          await store.discardStaged(roundId).catch(() => undefined);
           strategy.recycle?.(step.weights);
         }
         throw e;

@@ -48,34 +48,34 @@ test('two federations created with one seed key their rounds alike: lineage posi
   try {
     const stores = dirs.map((d) => {
       const s = openSqliteHistory(d);
-      s.open({ topologyJson: '{}', layout, initialWeights: init, config: { historyInterval: 1, retention: 'fp32' } });
+      await s.open({ topologyJson: '{}', layout, initialWeights: init, config: { historyInterval: 1, retention: 'fp32' } });
       return s;
     });
     const [a, b] = stores as [(typeof stores)[0], (typeof stores)[0]];
-    assert.notEqual(a.head().lineage, b.head().lineage, 'lineage ids are random');
-    assert.equal(a.lineagePosition(a.head().lineage), 0);
-    assert.equal(b.lineagePosition(b.head().lineage), 0);
-    assert.equal(a.lineageCount(), 1);
-    const key = (s: typeof a, round: number) => roundSelectionKey(s.lineagePosition(s.head().lineage), round, 1);
+    assert.notEqual((await a.head()).lineage, (await b.head()).lineage, 'lineage ids are random');
+    assert.equal((await a.lineagePosition(a.head().lineage)), 0);
+    assert.equal((await b.lineagePosition(b.head().lineage)), 0);
+    assert.equal((await a.lineageCount()), 1);
+    const key = (s: typeof a, round: number) => roundSelectionKey((await s.lineagePosition(s.head().lineage)), round, 1);
     assert.deepEqual(selectClients(shuffled(ids, 5), 15, 29, key(b, 1)), selectClients(ids, 15, 29, key(a, 1)));
 
     // A round and an unlearning commit: the new lineage is at position 1, the first stays at 0.
-    const first = a.head().lineage;
+    const first = (await a.head()).lineage;
     const u = Float32Array.from([0.01, 0.02, 0.03, 0.04]);
     await a.stageUpdate('r1', 'client-000', u);
-    a.commitRound({ round: 1, roundId: 'r1', modelBefore: a.head().version, weights: u, participants: [{ clientId: 'client-000', numExamples: 3, norms: layerNorms(layout, u) }], metrics: {}, startedAt: 1 });
-    assert.equal(a.lineagePosition(first), 0, 'rounds do not move a lineage');
+    await a.commitRound({ round: 1, roundId: 'r1', modelBefore: a.head().version, weights: u, participants: [{ clientId: 'client-000', numExamples: 3, norms: layerNorms(layout, u) }], metrics: {}, startedAt: 1 });
+    assert.equal((await a.lineagePosition(first)), 0, 'rounds do not move a lineage');
     await a.stageUpdate('j1', 'client-001', u);
     await a.commitUnlearning({
       jobId: 'job',
       weights: u,
-      rounds: [{ round: 1, roundId: 'j1', modelBefore: a.listModels()[0]!.version, participants: [{ clientId: 'client-001', numExamples: 3, norms: layerNorms(layout, u) }], metrics: {}, startedAt: 1, closedAt: 2 }],
+      rounds: [{ round: 1, roundId: 'j1', modelBefore: (await a.listModels())[0]!.version, participants: [{ clientId: 'client-001', numExamples: 3, norms: layerNorms(layout, u) }], metrics: {}, startedAt: 1, closedAt: 2 }],
     });
-    assert.equal(a.lineagePosition(a.head().lineage), 1);
-    assert.equal(a.lineagePosition(first), 0);
-    assert.equal(a.lineageCount(), 2);
-    assert.throws(() => a.lineagePosition('no-such-lineage'), /unknown lineage/);
-    for (const s of stores) s.close();
+    assert.equal((await a.lineagePosition(a.head().lineage)), 1);
+    assert.equal((await a.lineagePosition(first)), 0);
+    assert.equal((await a.lineageCount()), 2);
+    await assert.rejects(async () => (await a.lineagePosition('no-such-lineage')), /unknown lineage/);
+    for (const s of stores) (await s.close());
   } finally {
     for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
   }

@@ -31,9 +31,9 @@ export interface Authenticator {
 }
 
 export interface CredentialAuthenticatorDeps {
-  getClient(id: string): ClientRecord | null | undefined;
-  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number }): unknown;
-  isForgotten(id: string): boolean;
+  getClient(id: string): Promise<ClientRecord | null | undefined>;
+  upsertClient(c: { clientId: string; secretHash?: string | null; numExamples?: number; seenAt: number }): Promise<unknown>;
+  isForgotten(id: string): Promise<boolean>;
   enrolment: 'open' | 'closed';
   /** Wrong proofs per client id and address... */
   authLockout: FailureLockout;
@@ -73,9 +73,9 @@ export class CredentialAuthenticator implements Authenticator {
   async plan(hello: fedunlearn.v1.Hello, address: string): Promise<ChallengePlan> {
     const id = hello.clientId;
     if (hello.secret) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'a protocol 2 hello must not carry the secret: it is proven with HelloProof, never sent');
-    if (this.deps.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
+    if (await this.deps.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
     this.assertNotLocked(id, address);
-    const known = this.deps.getClient(id);
+    const known = await this.deps.getClient(id);
     if (known?.revoked) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `the credential of client ${id} was revoked`);
     if (known?.secretHash) {
       const key = storedKey(known.secretHash);
@@ -96,13 +96,13 @@ export class CredentialAuthenticator implements Authenticator {
     // A lockout reached by other connections while this one computed its proof applies to it too.
     this.assertNotLocked(id, address);
     // So does a forget job that ended meanwhile: a tombstone never takes a credential again (open enrolment included).
-    if (this.deps.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
+    if (await this.deps.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
     let key: Uint8Array;
     if (c.enrol) {
       if (proof.enrolKey.byteLength !== HELLO_KEY_BYTES) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `an enrolling proof must carry its ${HELLO_KEY_BYTES}-byte key`);
       key = proof.enrolKey;
     } else {
-      const now = this.deps.getClient(id);
+      const now = await this.deps.getClient(id);
       // A revocation or rotation that landed after the challenge wins over the credential it named.
       if (!now || now.revoked || now.secretHash !== c.stored) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `the credential of client ${id} changed`);
       key = storedKey(c.stored!)!.key;
@@ -114,12 +114,19 @@ export class CredentialAuthenticator implements Authenticator {
       throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'wrong credentials');
     }
     if (c.enrol) {
-      if (this.deps.getClient(id)?.secretHash) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `client ${id} enrolled meanwhile; retry`);
-      this.deps.upsertClient({ clientId: id, secretHash: `scrypt$${Buffer.from(c.salt!).toString('hex')}$${Buffer.from(key).toString('hex')}`, numExamples: hello.numExamples, seenAt: Date.now() });
+      // Checked and written without an await in between would be atomic only on a synchronous store; the enrolment
+      // reads again after its write, so of two proofs racing to enrol the same id only the last writer is admitted.
+      if ((await this.deps.getClient(id))?.secretHash) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `client ${id} enrolled meanwhile; retry`);
+      const secretHash = `scrypt$${Buffer.from(c.salt!).toString('hex')}$${Buffer.from(key).toString('hex')}`;
+      await this.deps.upsertClient({ clientId: id, secretHash, numExamples: hello.numExamples, seenAt: Date.now() });
+      if ((await this.deps.getClient(id))?.secretHash !== secretHash) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `client ${id} enrolled meanwhile; retry`);
     }
     this.deps.authLockout.succeed(lockout);
     this.deps.clientLockout.succeed(id);
-    this.deps.upsertClient({ clientId: id, numExamples: hello.numExamples, seenAt: Date.now() });
+    await this.deps.upsertClient({ clientId: id, numExamples: hello.numExamples, seenAt: Date.now() });
+    // With an asynchronous store a forget job may have ended between the check above and here: its tombstone, read
+    // again after the last write, keeps a forgotten client out (its job's end closes only sessions already joined).
+    if (await this.deps.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
   }
 
   private assertNotLocked(id: string, address: string): void {

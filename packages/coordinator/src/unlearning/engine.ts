@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { ErrorCode, layerNorms, ProtocolError } from '@fedunlearn/protocol';
 import { nanoid } from 'nanoid';
 import type { AggregationStrategy } from '../aggregation/strategy.js';
-import { onSchedule, type HistoryStore, type JobRecord, type ModelVersion, type ParticipantInput, type PurgeSummary, type RoundRecord, type UnlearningRoundInput } from '../history/store.js';
+import { onSchedule, type FederationMeta, type HistoryStore, type JobRecord, type ModelVersion, type ParticipantInput, type PurgeSummary, type RoundRecord, type UnlearningRoundInput } from '../history/store.js';
 import type { Logger } from '../logger.js';
 import { TaskKind, type Missing, type TaskDispatcher } from '../rounds/dispatcher.js';
 import { addCost, federatedStep, zeroCost, type WorkCost } from '../rounds/federated-step.js';
@@ -170,18 +170,39 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   }
 
   /**
-   * Validates and persists a forget request as a queued job, synchronously (two requests at once cannot both pass the
-   * checks). A request identical to a job in progress (same clients, method and parameters) is answered with that job
-   * (`created: false`). Throws ProtocolError JOB_CONFLICT when a job in progress already covers some of the clients
-   * otherwise, and FORGET_REFUSED when the job could only fail or do harm (see `refusal`); RangeError on bad input.
+   * Validates and persists a forget request as a queued job. Submissions run one at a time (`submitting`): with an
+   * asynchronous store, two requests checked concurrently could both find no job in progress and both create one.
+   * A request identical to a job in progress (same clients, method and parameters) is answered with that job
+   * (`created: false`). Throws ProtocolError UNKNOWN_CLIENT, INVALID_ARGUMENT (already forgotten), JOB_CONFLICT when a
+   * job in progress already covers some of the clients otherwise, and FORGET_REFUSED when the job could only fail or
+   * do harm (see `refusal`); RangeError on bad input.
    */
-  submit(input: ForgetJobInput): { job: JobRecord; created: boolean } {
+  submit(input: ForgetJobInput): Promise<{ job: JobRecord; created: boolean }> {
+    const run = this.submitting.then(() => this.submitNow(input));
+    this.submitting = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The tail of the submission queue (see submit). One process's queue: a store shared by several coordinators
+   *  needs its own exclusion around job creation. */
+  private submitting: Promise<unknown> = Promise.resolve();
+
+  private async submitNow(input: ForgetJobInput): Promise<{ job: JobRecord; created: boolean }> {
+    const { store } = this.deps;
     const method = input.method ?? 'federaser';
     if (!METHOD_NAMES.includes(method)) throw new RangeError(`unknown method '${method}' (allowed: ${METHOD_NAMES.join(', ')})`);
     const clientIds = [...new Set(input.clientIds)];
     if (clientIds.length === 0) throw new RangeError('a forget job needs at least one client id');
     const params = normaliseParams(input.params ?? {});
-    const existing = this.inProgressFor(clientIds);
+    const records = await Promise.all(clientIds.map((id) => store.getClient(id)));
+    const unknown = clientIds.filter((_, i) => !records[i]);
+    if (unknown.length > 0) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client(s): ${unknown.join(', ')}`);
+    // Jobs in progress are read BEFORE the tombstones: a job that ends meanwhile sets its tombstones in the same
+    // transaction as 'done', so a job missing from this read has tombstoned its clients before the read below.
+    const existing = await this.inProgressFor(clientIds);
+    const forgotten = await Promise.all(clientIds.map((id) => store.isForgotten(id)));
+    const already = clientIds.filter((_, i) => forgotten[i]);
+    if (already.length > 0 && !existing) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `already forgotten: ${already.join(', ')}`);
     if (existing) {
       const same = sameSet(existing.clientIds, clientIds) && existing.method === method && canonicalJson(existing.params) === canonicalJson(params);
       if (same) return { job: existing, created: false };
@@ -191,9 +212,9 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         `${overlap.join(', ')} ${overlap.length === 1 ? 'is' : 'are'} already being forgotten by job ${existing.jobId} (${existing.method}, ${existing.state}, clients ${existing.clientIds.join(', ')}); wait for it to end, or ask for exactly its clients, method and parameters to follow it`,
       );
     }
-    const refused = this.refusal(clientIds, method, params);
+    const refused = await this.refusal(clientIds, method, params);
     if (refused) throw new ProtocolError(ErrorCode.FORGET_REFUSED, refused);
-    const job = this.deps.store.createJob({
+    const job = await store.createJob({
       jobId: nanoid(),
       kind: 'forget',
       state: 'queued',
@@ -211,9 +232,9 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   }
 
   /** The queued or running job that covers any of `clientIds`, if one does (at most one can: submit refuses overlaps). */
-  inProgressFor(clientIds: readonly string[]): JobRecord | null {
+  async inProgressFor(clientIds: readonly string[]): Promise<JobRecord | null> {
     const wanted = new Set(clientIds);
-    return this.pending().find((j) => j.clientIds.some((id) => wanted.has(id))) ?? null;
+    return (await this.pending()).find((j) => j.clientIds.some((id) => wanted.has(id))) ?? null;
   }
 
   /**
@@ -223,12 +244,12 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
    * and `replay` when no stored full update of a remaining client exists from t0 on (it re-applies stored updates
    * and has no other input).
    */
-  private refusal(clientIds: string[], method: MethodName, params: MethodParams): string | null {
+  private async refusal(clientIds: string[], method: MethodName, params: MethodParams): Promise<string | null> {
     const { store } = this.deps;
     const wanted = new Set(clientIds);
-    const others = store.listClients().filter((c) => !c.forgotten && !wanted.has(c.clientId));
+    const others = (await store.listClients()).filter((c) => !c.forgotten && !wanted.has(c.clientId));
     if (others.length === 0) return `every client of the federation (${clientIds.length}) would be forgotten: no client would be left to train the model; nothing was changed`;
-    const rounds = store.listRounds();
+    const rounds = await store.listRounds();
     const first = rounds.findIndex((r) => r.participants.some((p) => wanted.has(p.clientId)));
     // Nothing of theirs is in the model: the job only tombstones and purges, whatever the method.
     if (first < 0) return null;
@@ -238,7 +259,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       return `every client that took part in the current model's history (${tookPart.size}) would be forgotten: no remaining client could replay or retrain it; nothing was changed`;
     }
     if (method === 'replay') {
-      if (store.meta().config.retention === 'norms') {
+      if ((await store.meta()).config.retention === 'norms') {
         return "method 'replay' re-applies stored client updates, and this history keeps none (retention 'norms'); use federaser (it needs only the norms), rollback or retrain; nothing was changed";
       }
       const from = params.fullHistory ? 0 : first;
@@ -249,18 +270,18 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   }
 
   /** Jobs to run, oldest first: interrupted ones (running) before queued ones. */
-  pending(): JobRecord[] {
+  async pending(): Promise<JobRecord[]> {
     const { store } = this.deps;
-    return [...store.listJobs({ state: 'running' }), ...store.listJobs({ state: 'queued' })].sort((a, b) => a.createdAt - b.createdAt);
+    return [...(await store.listJobs({ state: 'running' })), ...(await store.listJobs({ state: 'queued' }))].sort((a, b) => a.createdAt - b.createdAt);
   }
 
   /**
    * After a (re)start: removes the scratch of jobs that ended (a crash may have come between a job's commit and the
    * removal) and resumes the background retry of purges a reader kept from completing.
    */
-  recover(): void {
-    this.scratch.sweep(new Set(this.pending().map((j) => j.jobId)));
-    if (this.incompletePurges().length > 0) this.schedulePurgeRetry();
+  async recover(): Promise<void> {
+    this.scratch.sweep(new Set((await this.pending()).map((j) => j.jobId)));
+    if ((await this.incompletePurges()).length > 0) this.schedulePurgeRetry();
   }
 
   /** Stops the background purge retry (the coordinator is stopping; a restart resumes it). */
@@ -270,8 +291,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   }
 
   /** Done jobs whose report says the purge has not reached the disk yet. */
-  incompletePurges(): JobRecord[] {
-    return this.deps.store.listJobs({ state: 'done' }).filter((j) => (j.report as JobReport | null)?.purged?.complete === false);
+  async incompletePurges(): Promise<JobRecord[]> {
+    return (await this.deps.store.listJobs({ state: 'done' })).filter((j) => (j.report as JobReport | null)?.purged?.complete === false);
   }
 
   async run(job: JobRecord, current: ModelCache, signal: AbortSignal): Promise<JobRecord> {
@@ -280,15 +301,16 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const method = this.methods.get(job.method as MethodName)!;
     const params = job.params as MethodParams;
     const forgotten = new Set(job.clientIds);
-    const before = store.head();
+    const before = await store.head();
+    const meta = await store.meta();
     const wait = { spentMs: 0, serverSide: new Set<string>() };
-    let record = store.updateJob(job.jobId, { state: 'running', progress: { step: 0, total: 0, message: 'starting' } });
+    let record = await store.updateJob(job.jobId, { state: 'running', progress: { step: 0, total: 0, message: 'starting' } });
     this.emit('progress', record);
     try {
       const checkpoint = job.checkpoint as Checkpoint | null;
       const resume = checkpoint ? await this.restore(job.jobId, checkpoint, current.weights.layout.totalSize) : null;
       this.saved.set(job.jobId, resume?.rounds.length ?? 0);
-      const rounds = store.listRounds();
+      const rounds = await store.listRounds();
       // t0: every model before it never saw the forgotten clients. Without such a round there is nothing to remove.
       const first = rounds.findIndex((r) => r.participants.some((p) => forgotten.has(p.clientId)));
       let result: MethodResult | null = null;
@@ -296,11 +318,12 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       let after = before;
       let purgeComplete = false;
       if (first >= 0) {
-        const ctx = this.context(record, forgotten, rounds, first, wait, signal, resume && checkpoint?.phase === 'method' ? resume : null, (r) => (record = r));
+        const { ctx, flush } = this.context(record, meta, forgotten, rounds, first, wait, signal, resume && checkpoint?.phase === 'method' ? resume : null, (r) => (record = r));
         result =
           resume && checkpoint?.phase === 'tune'
             ? { weights: resume.rounds.at(-1)!.weights, kept: checkpoint.kept ?? 0, startedFrom: checkpoint.startedFrom ?? '', rounds: resume.rounds, cost: resume.cost, notes: checkpoint.notes ?? [] }
             : await method.run(ctx, params);
+        await flush();
         const answered = result.rounds.reduce((n, r) => n + r.participants.length, 0);
         if (result.rounds.length > 0 && answered === 0) {
           // Committing would publish a model nobody recomputed (the start model); refuse rather than mislead.
@@ -316,6 +339,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         // transaction: a crash at any point either leaves the job running (it resumes and commits) or finds it done,
         // its clients forgotten. Nothing can leave a new head without the purge, or a purge without `done`.
         const t = tune;
+        // Read before the commit: the report is computed inside its transaction, where the store cannot be awaited.
+        const startModel = await store.getModel(m.startedFrom);
         const finished = await store.finishUnlearning({
           jobId: job.jobId,
           weights: t.weights,
@@ -339,7 +364,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
           finish: (after, purged) => ({
             state: 'done',
             progress: { step: record.progress.total, total: record.progress.total, message: 'done' },
-            report: this.report(record, method, params, before, after, rounds, first, m, t, purged, wait, started, [PURGE_INCOMPLETE_NOTE]),
+            report: this.report(record, method, params, before, after, rounds, first, m, startModel, t, purged, wait, started, [PURGE_INCOMPLETE_NOTE]),
           }),
         });
         current.version = finished.model.version;
@@ -351,13 +376,13 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         // No contribution to remove: the model stays as it is (same version and sha256); the clients are still purged
         // and tombstoned. The purge is idempotent, so a crash before `done` re-runs this branch on resume.
         const purged = await store.purgeClients([...forgotten], { eraseModels: this.deps.eraseModels });
-        record = store.updateJob(job.jobId, {
+        record = await store.updateJob(job.jobId, {
           state: 'done',
           progress: { step: record.progress.total, total: record.progress.total, message: 'done' },
           checkpoint: null,
-          report: this.report(record, method, params, before, before, rounds, first, null, null, { ...purged, complete: false }, wait, started, [PURGE_INCOMPLETE_NOTE]),
+          report: this.report(record, method, params, before, before, rounds, first, null, null, null, { ...purged, complete: false }, wait, started, [PURGE_INCOMPLETE_NOTE]),
         });
-        store.clearJobSteps(job.jobId);
+        await store.clearJobSteps(job.jobId);
         purgeComplete = purged.complete;
       }
       this.saved.delete(job.jobId);
@@ -367,16 +392,17 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       record = await this.settlePurge(record, purgeComplete, signal);
       log.info({ jobId: job.jobId, method: method.name, before: before.version, after: after.version, ms: (record.report as JobReport).wallTimeMs }, 'forget job done');
     } catch (e) {
-      if (signal.aborted && store.getJob(job.jobId)?.state !== 'done') throw e; // shutting down: the job stays running and resumes after a restart
-      if (store.getJob(job.jobId)?.state === 'done') {
+      const now = await store.getJob(job.jobId);
+      if (signal.aborted && now?.state !== 'done') throw e; // shutting down: the job stays running and resumes after a restart
+      if (now?.state === 'done') {
         // The job committed; what failed came after (the purge's checkpoint); its report says the purge is incomplete.
         log.error({ jobId: job.jobId, err: e }, 'forget job done, but its purge did not complete');
-        record = store.getJob(job.jobId)!;
+        record = now;
       } else {
         log.error({ jobId: job.jobId, err: e }, 'forget job failed');
         // Nothing of a failed job stays behind: the updates its completed steps staged are dropped with its steps.
-        record = store.updateJob(job.jobId, { state: 'failed', error: (e as Error).message, checkpoint: null, progress: { ...record.progress, message: 'failed' } });
-        store.clearJobSteps(job.jobId);
+        record = await store.updateJob(job.jobId, { state: 'failed', error: (e as Error).message, checkpoint: null, progress: { ...record.progress, message: 'failed' } });
+        await store.clearJobSteps(job.jobId);
         await this.scratch.remove(job.jobId);
       }
       this.saved.delete(job.jobId);
@@ -427,7 +453,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const deadline = Date.now() + retry.waitMs;
     while (!complete && Date.now() < deadline && !signal.aborted) {
       await sleep(Math.min(200, retry.waitMs), signal);
-      complete = store.completePurge();
+      complete = await store.completePurge();
     }
     if (complete) return this.markPurged(record);
     this.deps.log.warn({ jobId: record.jobId }, 'purge incomplete: a reader holds an old snapshot of the history; retrying in the background');
@@ -435,7 +461,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     return record;
   }
 
-  private markPurged(record: JobRecord): JobRecord {
+  private markPurged(record: JobRecord): Promise<JobRecord> {
     const report = record.report as JobReport;
     return this.deps.store.updateJob(record.jobId, {
       report: { ...report, purged: { ...report.purged, complete: true }, notes: report.notes.filter((n) => n !== PURGE_INCOMPLETE_NOTE) } satisfies JobReport,
@@ -445,18 +471,18 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   private schedulePurgeRetry(): void {
     if (this.purgeTimer) return;
     const every = (this.deps.purgeRetry ?? DEFAULT_PURGE_RETRY).everyMs;
-    const tick = () => {
+    const tick = async () => {
       this.purgeTimer = null;
       try {
-        const waiting = this.incompletePurges();
+        const waiting = await this.incompletePurges();
         if (waiting.length === 0) return;
-        if (!this.deps.store.completePurge()) {
+        if (!(await this.deps.store.completePurge())) {
           this.purgeTimer = setTimeout(tick, every);
           this.purgeTimer.unref();
           return;
         }
         for (const j of waiting) {
-          const r = this.markPurged(j);
+          const r = await this.markPurged(j);
           this.deps.log.info({ jobId: j.jobId }, 'purge completed');
           this.emit('purged', r);
         }
@@ -471,6 +497,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
 
   private context(
     job: JobRecord,
+    meta: FederationMeta,
     forgotten: Set<string>,
     rounds: RoundRecord[],
     firstContribution: number,
@@ -478,9 +505,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     signal: AbortSignal,
     resume: { rounds: ReplayedRound[]; cost: WorkCost } | null,
     setRecord: (r: JobRecord) => void,
-  ): MethodContext {
+  ): { ctx: MethodContext; flush: () => Promise<void> } {
     const { store, dispatcher, strategy, config } = this.deps;
-    const meta = store.meta();
     const method = this.methods.get(job.method as MethodName)!;
     // Under 'norms' no round keeps its full updates, yet the per-layer norms FedEraser needs are there on every round:
     // the replay points are then the scheduled training rounds, and every round of a lineage an earlier job replayed.
@@ -488,13 +514,28 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const storedRounds = rounds.filter((r) =>
       meta.config.retention === 'norms' ? Number.isFinite(r.metrics.sourceRound) || onSchedule(meta.config, r.round) : r.updatesStored && r.participants.some((p) => p.hasUpdate),
     );
+    // Progress is reported synchronously by the methods but written asynchronously: the writes are queued in order,
+    // and `flush` (awaited by every step, checkpoint and the end of the method) surfaces the first that failed.
+    let writes: Promise<void> = Promise.resolve();
+    let failed: { error: unknown } | null = null;
     const progress = (step: number, total: number, message: string, waiting?: JobWaiting) => {
-      const r = store.updateJob(job.jobId, { progress: { step, total, message, ...(waiting ? { waiting } : {}) } });
-      setRecord(r);
-      this.emit('progress', r);
+      writes = writes.then(async () => {
+        if (failed) return;
+        try {
+          const r = await store.updateJob(job.jobId, { progress: { step, total, message, ...(waiting ? { waiting } : {}) } });
+          setRecord(r);
+          this.emit('progress', r);
+        } catch (e) {
+          failed = { error: e };
+        }
+      });
+    };
+    const flush = async () => {
+      await writes;
+      if (failed) throw failed.error;
     };
     let last = { step: 0, total: 0, message: '' };
-    return {
+    const ctx: MethodContext = {
       forgotten,
       rounds,
       storedRounds,
@@ -506,8 +547,10 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       readModel: (v) => store.readModel(v),
       readUpdate: (roundId, clientId) => store.readUpdate(roundId, clientId),
       step: async (args) => {
+        await flush();
         const online = await this.awaitClients(args.clientIds, wait, signal, (w) => progress(last.step, last.total, waitingMessage(w), w));
         if (online.waited) progress(last.step, last.total, last.message);
+        await flush();
         interrupted(signal);
         const offline = args.clientIds.filter((id) => !online.connected.has(id));
         const quorum = Math.min(config.minClients, args.clientIds.length);
@@ -549,9 +592,13 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         progress(step, total, message);
       },
       resume,
-      checkpoint: async (done, cost) => this.saveCheckpoint(job.jobId, done, cost, 'method'),
+      checkpoint: async (done, cost) => {
+        await flush();
+        await this.saveCheckpoint(job.jobId, done, cost, 'method');
+      },
       signal,
     };
+    return { ctx, flush };
   }
 
   /**
@@ -619,7 +666,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     roundId: string,
   ): Promise<Awaited<ReturnType<typeof federatedStep>> & { serverSide: string[] }> {
     const { store } = this.deps;
-    const layout = store.meta().layout;
+    const layout = (await store.meta()).layout;
     const n = model.length;
     const live = res.participants.reduce((a, p) => a + p.numExamples, 0);
     const sum = new Float64Array(n);
@@ -660,18 +707,18 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     method: Pick<Checkpoint, 'kept' | 'startedFrom' | 'notes'>,
   ): Promise<{ rounds: ReplayedRound[]; cost: WorkCost; weights: Float32Array }> {
     const { store, registry, dispatcher, strategy, config } = this.deps;
-    const meta = store.meta();
+    const meta = await store.meta();
     const done = [...rounds];
     const already = done.filter((r) => r.sourceRound === 0).length;
     let model = weights;
     for (let i = already; i < n; i++) {
-      const r = store.updateJob(job.jobId, { progress: { step: i, total: n, message: `tuning round ${i + 1} of ${n}` } });
+      const r = await store.updateJob(job.jobId, { progress: { step: i, total: n, message: `tuning round ${i + 1} of ${n}` } });
       setRecord(r);
       this.emit('progress', r);
       const candidates = registry.connected().map((s) => s.clientId).filter((id) => !forgotten.has(id));
       // A tuning round is round done.length + 1 of the lineage this job creates (at position lineageCount(), jobs run
       // one at a time): selected like any round, never keyed on the random job id, so a rerun selects the same clients.
-      const key = roundSelectionKey(store.lineageCount(), done.length + 1, 1);
+      const key = roundSelectionKey(await store.lineageCount(), done.length + 1, 1);
       const selected = selectClients(candidates, config.clientsPerRound, config.seed, key);
       const roundId = nanoid();
       const startedAt = Date.now();
@@ -710,7 +757,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   }
 
   private async restore(jobId: string, c: Checkpoint, size: number): Promise<{ rounds: ReplayedRound[]; cost: WorkCost }> {
-    const steps = c.rounds ?? this.deps.store.jobSteps(jobId).map((s) => s.data as StepData);
+    const steps = c.rounds ?? (await this.deps.store.jobSteps(jobId)).map((s) => s.data as StepData);
     const rounds: ReplayedRound[] = [];
     for (const { weightsFile, ...r } of steps) rounds.push({ ...r, weights: await this.scratch.readWeights(jobId, weightsFile, size) });
     return { rounds, cost: c.cost };
@@ -725,16 +772,15 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     rounds: RoundRecord[],
     first: number,
     result: MethodResult | null,
+    start: ModelVersion | null,
     tune: { rounds: ReplayedRound[]; cost: WorkCost } | null,
     purged: PurgeSummary,
     wait: { spentMs: number; serverSide: Set<string> },
     started: number,
     extraNotes: string[] = [],
   ): JobReport {
-    const { store } = this.deps;
     const finishedAt = Date.now();
     const kept = result?.kept ?? 0;
-    const start = result ? store.getModel(result.startedFrom) : null;
     const cost = tune?.cost ?? zeroCost();
     const notes = [...(result?.notes ?? [])];
     notes.push(...extraNotes);
