@@ -65,7 +65,7 @@ export function isPgUrl(s: string): boolean {
 
 /** The URL with its password replaced, for messages and logs. */
 export function redact(url: string): string {
-  return url.replace(/^(postgres(?:ql)?:\/\/[^:/@]*):[^@]*@/i, '$1:***@');
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*):[^@]*@/i, '$1:***@');
 }
 
 export interface PgPoolOptions {
