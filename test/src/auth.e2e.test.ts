@@ -302,7 +302,7 @@ test('TLS: the service runs over HTTPS with a self-signed certificate; a client 
     await assert.rejects(fetch(tls.url.replace('https://', 'http://') + '/healthz'));
 
     const ids = ['tls-a', 'tls-b'];
-    const secrets = await Promise.all(ids.map((id) => (await tls.coordinator.issueClient(id))));
+    const secrets = await Promise.all(ids.map((id) => tls.coordinator.issueClient(id)));
     const untrusting = new FederatedClient({ url: tls.url, clientId: 'tls-a', secret: secrets[0]!.secret, data: tinyDataset(), backends: ['cpu'], reconnect: { attempts: 0 } });
     clients.push(untrusting);
     await assert.rejects(untrusting.connect(WAIT_MS), /certificate|self[- ]signed/i);

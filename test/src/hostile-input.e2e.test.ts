@@ -64,13 +64,13 @@ let before0: Snapshot;
 let rawA: RawPeer | undefined;
 let rawB: RawPeer | undefined;
 
-function snapshot(): Snapshot {
+async function snapshot(): Promise<Snapshot> {
   const head = await coordinator.store.head();
   return { head: head.version, round: head.round, stats: (await coordinator.store.stats()) };
 }
 
-function assertUnchanged(since: Snapshot, what: string): void {
-  assert.deepEqual(snapshot(), since, `${what} changed the federation's state`);
+async function assertUnchanged(since: Snapshot, what: string): Promise<void> {
+  assert.deepEqual(await snapshot(), since, `${what} changed the federation's state`);
 }
 
 async function peer(p: Promise<RawPeer>): Promise<RawPeer> {
@@ -109,7 +109,7 @@ before(async () => {
     honest.push(c);
   }
   await Promise.all(honest.map((c) => c.connect()));
-  before0 = snapshot();
+  before0 = await snapshot();
   assert.equal(before0.round, 0);
 });
 
@@ -132,7 +132,7 @@ test('a non-binary payload and random bytes are MALFORMED_MESSAGE, and the conne
   assert.throws(() => decodeEnvelope(noise), 'precondition: the noise is not a valid envelope');
   p.sendRaw(noise);
   await p.expectError(ErrorCode.MALFORMED_MESSAGE);
-  assertUnchanged(before0, 'malformed payloads');
+  await assertUnchanged(before0, 'malformed payloads');
 
   // Garbage before the hello is refused frame by frame, not counted as the first message.
   p.hello('raw-a', 'raw-secret-a');
@@ -152,7 +152,7 @@ test('a first message that is not hello is UNAUTHENTICATED and the connection is
   q.send({ update: { taskId: 'x', numExamples: 1 } });
   await q.expectError(ErrorCode.UNAUTHENTICATED);
   await q.disconnected();
-  assertUnchanged(before0, 'unauthenticated messages');
+  await assertUnchanged(before0, 'unauthenticated messages');
 });
 
 test('a hello with the wrong secret for an enrolled client is UNAUTHENTICATED and does not displace it', async () => {
@@ -165,7 +165,7 @@ test('a hello with the wrong secret for an enrolled client is UNAUTHENTICATED an
   await p.disconnected();
   assert.equal(coordinator.registry.get('honest-1'), session, 'the genuine session is still the registered one');
   assert.equal((await coordinator.store.getClient('honest-1'))!.secretHash, hashBefore);
-  assertUnchanged(before0, 'a forged hello');
+  await assertUnchanged(before0, 'a forged hello');
 });
 
 test('hostile handshake messages: a challenge from a client, a malformed proof, an enrolment without its key, all refused without a session', async () => {
@@ -204,14 +204,14 @@ test('hostile handshake messages: a challenge from a client, a malformed proof, 
     await p.disconnected();
   }
   assert.equal((await coordinator.store.getClient('never-enrolled')), null);
-  assertUnchanged(before0, 'hostile handshake messages');
+  await assertUnchanged(before0, 'hostile handshake messages');
 });
 
 test('an update for an unknown task is UNKNOWN_TASK', async () => {
   const p = await peer(RawPeer.enrolled(url, 'raw-b', 'raw-secret-b'));
   p.send({ update: { taskId: 'no-such-task', delta: [], numExamples: 50 } });
   await p.expectError(ErrorCode.UNKNOWN_TASK, 'no-such-task');
-  assertUnchanged(before0, 'an update for an unknown task');
+  await assertUnchanged(before0, 'an update for an unknown task');
   rawB = p;
 });
 
@@ -287,7 +287,7 @@ test('a round refuses bad shapes, NaN, a foreign and a replayed answer, and comm
 });
 
 test('a chunk stream declared over the cap is MESSAGE_TOO_LARGE and the connection survives', async () => {
-  const since = snapshot();
+  const since = await snapshot();
   assert.equal(since.round, 1);
   const p = await peer(RawPeer.enrolled(url, 'raw-d', 'raw-secret-d'));
   const cap = DEFAULT_FRAMING.maxMessageBytes;
@@ -298,13 +298,13 @@ test('a chunk stream declared over the cap is MESSAGE_TOO_LARGE and the connecti
   await p.expectError(ErrorCode.UNKNOWN_TASK, 'after-the-big-one');
   assert.equal(p.disconnectReason, null);
   assert.ok(coordinator.registry.get('raw-d'));
-  assertUnchanged(since, 'an oversized message');
+  await assertUnchanged(since, 'an oversized message');
 });
 
 test('NaN and ±Inf past each internal step of the check, deep in the full-size first layer, are refused; the round commits without them', async () => {
   // The MLP's first kernel holds 784 x 128 = 100,352 values: more than the 16,384 values the decoder copies and
   // checks per step. A check that stopped after any step would let one of these through.
-  const since = snapshot();
+  const since = await snapshot();
   // Only the honest clients and the three poisoners are connected, so that the round asks all five.
   for (const p of peers.splice(0)) p.close();
   await waitUntil(() => coordinator.registry.size === 2, WAIT_MS, 'the earlier raw peers to leave');

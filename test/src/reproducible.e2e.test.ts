@@ -37,12 +37,14 @@ async function run(name: string, order: number[], forget: (first: string[]) => s
     const report = done.report as JobReport;
     const rounds = (await coordinator.store.listModels()).filter((m) => m.cause === 'round');
     return {
-      rounds: [...coordinator.store.listRounds({ lineage: rounds[0]!.lineage }), ...coordinator.store.listRounds()].map((r) => ({
-        round: r.round,
-        lineage: r.lineage === rounds[0]!.lineage ? 'first' : 'after the job',
-        participants: r.participants.map((p) => p.clientId),
-        sha256: (await coordinator.store.getModel(r.modelAfter))!.sha256,
-      })),
+      rounds: await Promise.all(
+        [...(await coordinator.store.listRounds({ lineage: rounds[0]!.lineage })), ...(await coordinator.store.listRounds())].map(async (r) => ({
+          round: r.round,
+          lineage: r.lineage === rounds[0]!.lineage ? 'first' : 'after the job',
+          participants: r.participants.map((p) => p.clientId),
+          sha256: (await coordinator.store.getModel(r.modelAfter))!.sha256,
+        })),
+      ),
       job: { replayed: report.roundsReplayed.map((r) => ({ sourceRound: r.sourceRound, calibrated: r.calibrated })), modelAfter: report.modelAfter.sha256 },
     };
   } finally {

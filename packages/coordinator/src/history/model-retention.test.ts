@@ -43,13 +43,13 @@ test('the retention policy keeps the last N, every k-th round, the head and the 
     let store = openSqliteHistory(dir);
     await store.open({ topologyJson, layout, initialWeights: weights(0), config });
     await train(store, 6);
-    const ctx = () => ({ head: (await store.head()).version, headRounds: await store.listRounds(), reported: new Set<string>() });
-    const round = (n: number) => (await store.listModels()).find((m) => m.cause === 'round' && m.round === n)!.version;
+    const ctx = async () => ({ head: (await store.head()).version, headRounds: await store.listRounds(), reported: new Set<string>() });
+    const round = async (n: number) => (await store.listModels()).find((m) => m.cause === 'round' && m.round === n)!.version;
     // Last 2: rounds 5 and 6; every 3rd: rounds 3 and 6; always: the initial model (also the lineage's first model).
-    const victims = modelsToPrune((await store.listModels()), ctx(), { keepLast: 2, keepEvery: 3 });
-    assert.deepEqual(victims, [round(1), round(2), round(4)]);
-    assert.deepEqual(modelsToPrune((await store.listModels()), ctx(), { keepLast: 0, keepEvery: 3 }), [], 'keepLast 0 keeps every version');
-    assert.deepEqual(modelsToPrune((await store.listModels()), { ...ctx(), reported: new Set([round(2)]) }, { keepLast: 2, keepEvery: 3 }), [round(1), round(4)], 'a job report names it');
+    const victims = modelsToPrune((await store.listModels()), await ctx(), { keepLast: 2, keepEvery: 3 });
+    assert.deepEqual(victims, [(await round(1)), await round(2), await round(4)]);
+    assert.deepEqual(modelsToPrune((await store.listModels()), await ctx(), { keepLast: 0, keepEvery: 3 }), [], 'keepLast 0 keeps every version');
+    assert.deepEqual(modelsToPrune((await store.listModels()), { ...(await ctx()), reported: new Set([(await round(2))]) }, { keepLast: 2, keepEvery: 3 }), [(await round(1)), await round(4)], 'a job report names it');
 
     const before = blobFiles(dir);
     const { pruned, bytesDeleted } = await store.pruneModels(victims);
@@ -60,12 +60,12 @@ test('the retention policy keeps the last N, every k-th round, the head and the 
       assert.equal(typeof (await store.getModel(v))!.prunedAt, 'number');
       await assert.rejects(store.readModel(v), ModelPrunedError);
     }
-    assert.deepEqual(await store.readModel(round(3)), weights(3), 'kept ones read back');
+    assert.deepEqual(await store.readModel(await round(3)), weights(3), 'kept ones read back');
     assert.equal((await store.stats()).modelsPruned, 3);
     assert.equal((await store.stats()).models, 7);
     assert.deepEqual((await store.pruneModels(victims)).pruned, [], 'pruning again is a no-op');
     await assert.rejects(store.pruneModels([(await store.head()).version]), /head model .* cannot be pruned/);
-    assert.deepEqual(modelsToPrune((await store.listModels()), ctx(), { keepLast: 2, keepEvery: 3 }), [], 'nothing left to prune under the same policy');
+    assert.deepEqual(modelsToPrune((await store.listModels()), await ctx(), { keepLast: 2, keepEvery: 3 }), [], 'nothing left to prune under the same policy');
 
     // Reopened: the records and the pruning stay, and the stored updates are untouched.
     await store.close();
@@ -80,7 +80,7 @@ test('the retention policy keeps the last N, every k-th round, the head and the 
   }
 });
 
-test('a client issued a credential but never connected has no sightings (0) until its first connection', () => {
+test('a client issued a credential but never connected has no sightings (0) until its first connection', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-seen-'));
   try {
     const store = openSqliteHistory(dir);

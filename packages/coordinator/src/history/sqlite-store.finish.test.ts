@@ -74,7 +74,7 @@ async function history(dir: string, rounds: number): Promise<{ store: HistorySto
   return { store, initial: head.version };
 }
 
-function runningJob(store: HistoryStore): JobRecord {
+function runningJob(store: HistoryStore): Promise<JobRecord> {
   return store.createJob({
     jobId: 'job-1',
     kind: 'forget',
@@ -130,7 +130,7 @@ test('finishUnlearning commits the new head, the purge, the tombstone and the jo
   const dir = tmpDir();
   try {
     const { store, initial } = await history(dir, 3);
-    runningJob(store);
+    await runningJob(store);
     const rounds = await replayed(store, initial, 3);
     const before = { head: await store.head(), models: (await store.listModels()).length, files: filesUnder(dir).filter((f) => f.includes('models')).length };
     const weights = new Float32Array(layout.totalSize).fill(0.5);
@@ -186,7 +186,7 @@ test('with another process holding a read transaction, the purge is incomplete u
   let proc: ChildProcess | undefined;
   try {
     const { store, initial } = await history(dir, 3);
-    runningJob(store);
+    await runningJob(store);
     const m = markers();
     assert.ok(filesHolding(dir, m.update).length > 0 && filesHolding(dir, m.norm).length > 0, 'the scan finds the markers before the purge');
     const rounds = await replayed(store, initial, 3);
@@ -220,7 +220,7 @@ test('job steps are appended one row each, replaced when redone, and read back i
   try {
     const store = openSqliteHistory(dir);
     await store.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'norms' } });
-    runningJob(store);
+    await runningJob(store);
     await store.appendJobStep('job-1', { step: 0, data: { a: 0 } }, { steps: 1 });
     await store.appendJobStep('job-1', { step: 1, data: { a: 1 } }, { steps: 2 });
     await store.appendJobStep('job-1', { step: 1, data: { a: 'again' } }, { steps: 2 });
@@ -240,7 +240,7 @@ test("a running job's staged updates, recorded with its steps, survive a restart
   const dir = tmpDir();
   try {
     const { store, initial } = await history(dir, 2);
-    runningJob(store);
+    await runningJob(store);
     const rounds = await replayed(store, initial, 2);
     // The job checkpoints its two steps with their rounds' stagings, then the process dies (close: memory is lost).
     for (const [i, r] of rounds.entries()) await store.appendJobStep('job-1', { step: i, data: { roundId: r.roundId } }, { steps: i + 1 }, r.roundId);

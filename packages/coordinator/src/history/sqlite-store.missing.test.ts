@@ -15,13 +15,13 @@ const layout = layoutOf([
 ]);
 const topologyJson = JSON.stringify({ name: 'tiny-missing' });
 
-function openStore(dir: string): HistoryStore {
+async function openStore(dir: string): Promise<HistoryStore> {
   const store = openSqliteHistory(dir);
   await store.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'fp32' } });
   return store;
 }
 
-function commit(store: HistoryStore, participants: string[], missing: MissingClient[]): void {
+async function commit(store: HistoryStore, participants: string[], missing: MissingClient[]): Promise<void> {
   const head = await store.head();
   (await store.commitRound({
     round: head.round + 1,
@@ -38,16 +38,16 @@ function commit(store: HistoryStore, participants: string[], missing: MissingCli
 test('a round keeps who was missing and why, across reopening; a purge drops the forgotten client from the list', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-missing-'));
   try {
-    let store = openStore(dir);
+    let store = await openStore(dir);
     const missing: MissingClient[] = [
       { clientId: 'b', reason: 'disconnected', detail: 'ping timeout' },
       { clientId: 'c', reason: 'deadline' },
       { clientId: 'x_1', reason: 'offline' },
     ];
-    commit(store, ['a'], missing);
-    commit(store, ['a', 'b'], []);
+    await commit(store, ['a'], missing);
+    await commit(store, ['a', 'b'], []);
     await store.close();
-    store = openStore(dir);
+    store = await openStore(dir);
     assert.deepEqual((await store.getRound(1))!.missing, missing);
     assert.deepEqual((await store.getRound(2))!.missing, []);
     await store.purgeClients(['b']);
@@ -61,13 +61,13 @@ test('a round keeps who was missing and why, across reopening; a purge drops the
   }
 });
 
-test('commitRound refuses a missing list that overlaps the participants, repeats a client or gives no known reason', () => {
+test('commitRound refuses a missing list that overlaps the participants, repeats a client or gives no known reason', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-missing-'));
   try {
-    const store = openStore(dir);
-    assert.throws(() => commit(store, ['a'], [{ clientId: 'a', reason: 'deadline' }]), /both a participant and missing/);
-    assert.throws(() => commit(store, ['a'], [{ clientId: 'b', reason: 'deadline' }, { clientId: 'b', reason: 'offline' }]), /missing twice/);
-    assert.throws(() => commit(store, ['a'], [{ clientId: 'b', reason: 'asleep' as MissingClient['reason'] }]), /unknown reason/);
+    const store = await openStore(dir);
+    await assert.rejects(commit(store, ['a'], [{ clientId: 'a', reason: 'deadline' }]), /both a participant and missing/);
+    await assert.rejects(commit(store, ['a'], [{ clientId: 'b', reason: 'deadline' }, { clientId: 'b', reason: 'offline' }]), /missing twice/);
+    await assert.rejects(commit(store, ['a'], [{ clientId: 'b', reason: 'asleep' as MissingClient['reason'] }]), /unknown reason/);
     assert.equal((await store.head()).round, 0);
     await store.close();
   } finally {

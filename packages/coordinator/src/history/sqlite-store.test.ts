@@ -46,7 +46,7 @@ interface Ledger {
   participants: Map<string, ParticipantInput[]>; // roundId -> as committed
 }
 
-function open(dir: string, config: HistoryConfig, init: Float32Array, now?: () => number) {
+async function open(dir: string, config: HistoryConfig, init: Float32Array, now?: () => number) {
   const store = openSqliteHistory(dir, now ? { now } : {});
   const opened = await store.open({ topologyJson, layout, initialWeights: init, config });
   return { store, ...opened };
@@ -78,7 +78,7 @@ function newLedger(init: Float32Array): Ledger {
   return { init, models: new Map(), updates: new Map(), participants: new Map() };
 }
 
-test('keepsUpdates follows Δt and retention', () => {
+test('keepsUpdates follows Δt and retention', async () => {
   const dir = tmpDir();
   try {
     const cases: [HistoryConfig, number[]][] = [
@@ -88,8 +88,9 @@ test('keepsUpdates follows Δt and retention', () => {
       [{ historyInterval: 2, retention: 'norms' }, []],
     ];
     for (const [i, [config, kept]] of cases.entries()) {
-      const { store } = open(path.join(dir, String(i)), config, randomWeights(rng(1)));
-      const got = [1, 2, 3, 4, 5, 6, 7].filter((t) => (await store.keepsUpdates(t)));
+      const { store } = await open(path.join(dir, String(i)), config, randomWeights(rng(1)));
+      const got: number[] = [];
+      for (const t of [1, 2, 3, 4, 5, 6, 7]) if (await store.keepsUpdates(t)) got.push(t);
       assert.deepEqual(got, kept, JSON.stringify(config));
       assert.equal((await store.keepsUpdates(0)), false);
       await store.close();
@@ -106,7 +107,7 @@ test('committed rounds read back bit-exact after reopening (fp32)', async () => 
     const config: HistoryConfig = { historyInterval: 2, retention: 'fp32' };
     const init = randomWeights(r);
     let clock = 5000;
-    const first = open(dir, config, init, () => clock++);
+    const first = await open(dir, config, init, () => clock++);
     assert.equal(first.resumed, false);
     assert.equal(first.head.cause, 'init');
     assert.equal(first.head.round, 0);
@@ -118,7 +119,7 @@ test('committed rounds read back bit-exact after reopening (fp32)', async () => 
     const modelsBefore = await first.store.listModels();
     await first.store.close();
 
-    const { store, resumed, head, meta } = open(dir, config, randomWeights(rng(99)));
+    const { store, resumed, head, meta } = await open(dir, config, randomWeights(rng(99)));
     assert.equal(resumed, true);
     assert.equal(head.round, 5);
     assert.deepEqual(meta.layout, layout);
@@ -184,11 +185,11 @@ for (const retention of ['fp16', 'int8'] as const satisfies readonly Retention[]
       const r = rng(retention === 'fp16' ? 3 : 4);
       const config: HistoryConfig = { historyInterval: 1, retention };
       const init = randomWeights(r);
-      const first = open(dir, config, init);
+      const first = await open(dir, config, init);
       const ledger = newLedger(init);
       await train(first.store, ledger, r, 2, ['a', 'b']);
       await first.store.close();
-      const { store } = open(dir, config, init);
+      const { store } = await open(dir, config, init);
       for (const rec of (await store.listRounds())) {
         for (const p of rec.participants) {
           const sent = ledger.updates.get(`${rec.roundId}/${p.clientId}`)!;
@@ -226,7 +227,7 @@ test('staged but uncommitted updates vanish after reopening, and the round can s
     const r = rng(11);
     const config: HistoryConfig = { historyInterval: 1, retention: 'fp32' };
     const init = randomWeights(r);
-    const first = open(dir, config, init);
+    const first = await open(dir, config, init);
     const ledger = newLedger(init);
     await train(first.store, ledger, r, 1, ['a', 'b']);
     const committedFiles = filesUnder(path.join(dir, 'blobs')).sort();
@@ -236,7 +237,7 @@ test('staged but uncommitted updates vanish after reopening, and the round can s
     fs.writeFileSync(path.join(dir, 'blobs', 'models', 'x.bin.tmp-deadbeef'), 'half-written'); // an interrupted write
     await first.store.close();
 
-    const { store, head } = open(dir, config, init);
+    const { store, head } = await open(dir, config, init);
     assert.deepEqual(filesUnder(path.join(dir, 'blobs')).sort(), committedFiles);
     assert.equal(fs.existsSync(path.join(dir, 'blobs', 'updates', 'open-round')), false);
     const u = randomWeights(r);
@@ -263,7 +264,7 @@ test('staging is idempotent per client; discarded and unlisted stagings leave no
   const dir = tmpDir();
   try {
     const r = rng(12);
-    const { store, head } = open(dir, { historyInterval: 1, retention: 'fp32' }, randomWeights(r));
+    const { store, head } = await open(dir, { historyInterval: 1, retention: 'fp32' }, randomWeights(r));
     const roundDir = path.join(dir, 'blobs', 'updates', 'R1');
     const first = randomWeights(r);
     const second = randomWeights(r);
@@ -315,7 +316,7 @@ test('commitRound refuses out-of-order rounds, stale models and bad participants
   const dir = tmpDir();
   try {
     const r = rng(13);
-    const { store, head } = open(dir, { historyInterval: 1, retention: 'fp32' }, randomWeights(r));
+    const { store, head } = await open(dir, { historyInterval: 1, retention: 'fp32' }, randomWeights(r));
     const ok = (round: number, modelBefore: string, roundId = `id${round}`) => ({
       round,
       roundId,
@@ -351,11 +352,11 @@ test('readModel and readUpdate detect a flipped byte and never serve it', async 
   try {
     const r = rng(14);
     const config: HistoryConfig = { historyInterval: 1, retention: 'int8' };
-    const first = open(dir, config, randomWeights(r));
+    const first = await open(dir, config, randomWeights(r));
     await train(first.store, newLedger(new Float32Array()), r, 1, ['a']);
     const round = (await first.store.getRound(1))!;
     await first.store.close();
-    const { store } = open(dir, config, randomWeights(r));
+    const { store } = await open(dir, config, randomWeights(r));
     const flip = (file: string, at: number) => {
       const b = fs.readFileSync(file);
       b[at] = b[at]! ^ 0x01;
@@ -390,7 +391,7 @@ test('commitUnlearning starts a new lineage that listRounds follows, keeps the o
     const r = rng(15);
     const config: HistoryConfig = { historyInterval: 2, retention: 'fp32' };
     const init = randomWeights(r);
-    const first = open(dir, config, init);
+    const first = await open(dir, config, init);
     const initVersion = first.head.version;
     const ledger = newLedger(init);
     await train(first.store, ledger, r, 4, ['u', 'k1', 'k2']);
@@ -466,7 +467,7 @@ test('commitUnlearning starts a new lineage that listRounds follows, keeps the o
     assert.equal(resumedRound.updatesStored, false); // 4 is not 1 + kΔt
     await store.close();
 
-    const { store: reopened, head } = open(dir, config, init);
+    const { store: reopened, head } = await open(dir, config, init);
     assert.equal(head.lineage, unlearned.lineage);
     assert.equal(head.round, 4);
     assert.deepEqual((await reopened.listRounds()).map((x) => x.round), [1, 3, 4]);
@@ -480,7 +481,7 @@ test('commitUnlearning rejects inconsistent replays without leaving blobs', asyn
   const dir = tmpDir();
   try {
     const r = rng(16);
-    const { store, head } = open(dir, { historyInterval: 1, retention: 'fp32' }, randomWeights(r));
+    const { store, head } = await open(dir, { historyInterval: 1, retention: 'fp32' }, randomWeights(r));
     const files = filesUnder(path.join(dir, 'blobs')).length;
     const round = (n: number, modelBefore = '') => ({ round: n, roundId: `x${n}`, modelBefore, participants: [], metrics: {}, startedAt: 0, closedAt: 0 });
     const w = randomWeights(r);
@@ -514,7 +515,7 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     const r = rng(17);
     const config: HistoryConfig = { historyInterval: 1, retention: 'fp16' };
     const init = randomWeights(r);
-    const first = open(dir, config, init);
+    const first = await open(dir, config, init);
     const store = first.store;
     const ledger = newLedger(init);
     await store.upsertClient({ clientId: 'u', secretHash: 'h-u', numExamples: 50, seenAt: 100 });
@@ -542,13 +543,13 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
 
     const lineages = [...new Set((await store.listModels()).map((m) => m.lineage))];
     assert.equal(lineages.length, 2);
-    const rowsOf = (c: string) => lineages.flatMap((l) => (await store.listRounds({ lineage: l })).flatMap((x) => x.participants.filter((p) => p.clientId === c)));
+    const rowsOf = async (c: string) => (await Promise.all(lineages.map((l) => store.listRounds({ lineage: l })))).flat().flatMap((x) => x.participants.filter((p) => p.clientId === c));
     const uFiles = filesUnder(path.join(dir, 'blobs', 'updates')).filter((f) => path.basename(f).startsWith('u.'));
     assert.equal(uFiles.length, 4); // rounds 1, 2, replay-1, open
     const uBytes = uFiles.reduce((n, f) => n + fs.statSync(f).size, 0);
-    const kRowsBefore = rowsOf('k');
+    const kRowsBefore = await rowsOf('k');
     // u's norms as the database stores them (float64 little-endian), to look for in its files.
-    const uNorms = Buffer.from(new Float64Array(rowsOf('u')[0]!.norms).buffer);
+    const uNorms = Buffer.from(new Float64Array((await rowsOf('u'))[0]!.norms).buffer);
     const dbBytes = () => Buffer.concat(['history.db', 'history.db-wal'].filter((f) => fs.existsSync(path.join(dir, f))).map((f) => fs.readFileSync(path.join(dir, f))));
     assert.ok(dbBytes().includes(uNorms), 'the search finds the norms before the purge');
     const statsBefore = await store.stats();
@@ -556,9 +557,9 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     const summary = await store.purgeClients(['u', 'u']);
     assert.deepEqual(summary, { clientIds: ['u'], updatesDeleted: 3, bytesDeleted: uBytes, participantRowsDeleted: 3, modelsErased: [], modelBytesDeleted: 0, complete: true });
     for (const f of uFiles) assert.equal(fs.existsSync(f), false, f);
-    assert.deepEqual(rowsOf('u'), []);
+    assert.deepEqual((await rowsOf('u')), []);
     assert.ok(!dbBytes().includes(uNorms), 'no copy of the norms is left in the database files');
-    assert.deepEqual(rowsOf('k'), kRowsBefore);
+    assert.deepEqual((await rowsOf('k')), kRowsBefore);
     for (const roundId of ['r1-', 'r2-']) {
       const id = (await store.listRounds({ lineage: first.head.lineage })).find((x) => x.roundId.startsWith(roundId))!.roundId;
       assert.equal(await store.readUpdate(id, 'u'), null);
@@ -570,7 +571,7 @@ test('purgeClients removes a client from every lineage, on disk too, and leaves 
     assert.deepEqual([tomb.forgotten, tomb.secretHash, tomb.numExamples], [true, null, 0]);
     await store.close();
 
-    const { store: reopened } = open(dir, config, init);
+    const { store: reopened } = await open(dir, config, init);
     assert.equal(filesUnder(path.join(dir, 'blobs', 'updates')).filter((f) => path.basename(f).startsWith('u.')).length, 0);
     assert.equal((await reopened.getClient('u'))!.forgotten, true);
     await reopened.close();
@@ -586,7 +587,7 @@ test('purgeClients with eraseModels erases the weights of every model a client s
     const config: HistoryConfig = { historyInterval: 1, retention: 'fp32' };
     const init = randomWeights(r);
     let clock = 5_000;
-    const first = open(dir, config, init, () => clock);
+    const first = await open(dir, config, init, () => clock);
     const store = first.store;
     const ledger = newLedger(init);
     // Lineage 1: u takes part in rounds 3 and 4 only.
@@ -644,7 +645,7 @@ test('purgeClients with eraseModels erases the weights of every model a client s
     // Idempotent, and it survives a reopen (the next open's garbage sweep keeps every kept blob).
     assert.deepEqual((await store.purgeClients(['u'], { eraseModels: true })).modelsErased, []);
     await store.close();
-    const { store: reopened } = open(dir, config, init);
+    const { store: reopened } = await open(dir, config, init);
     assert.deepEqual((await reopened.listModels()).filter((m) => m.erasedAt !== null).map((m) => m.version), shaped);
     for (const m of (await reopened.listModels())) if (m.erasedAt === null) await reopened.readModel(m.version);
     await reopened.close();
@@ -653,12 +654,12 @@ test('purgeClients with eraseModels erases the weights of every model a client s
   }
 });
 
-test('reopening with another topology, layout or history config is refused with a clear error', () => {
+test('reopening with another topology, layout or history config is refused with a clear error', async () => {
   const dir = tmpDir();
   try {
     const config: HistoryConfig = { historyInterval: 2, retention: 'fp32' };
-    open(dir, config, randomWeights(rng(1))).store.close();
-    const attempt = (init: Partial<Parameters<HistoryStore['open']>[0]>) => {
+    await (await open(dir, config, randomWeights(rng(1)))).store.close();
+    const attempt = async (init: Partial<Parameters<HistoryStore['open']>[0]>) => {
       const s = openSqliteHistory(dir);
       try {
         await s.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config, ...init });
@@ -666,9 +667,9 @@ test('reopening with another topology, layout or history config is refused with 
         await s.close();
       }
     };
-    assert.throws(() => attempt({ topologyJson: JSON.stringify({ name: 'other' }) }), /different topology/);
-    assert.throws(() => attempt({ layout: layoutOf([{ name: 'conv/kernel', shape: [3, 3, 1, 3] }]) }), /layout differs/);
-    assert.throws(() => attempt({ config: { historyInterval: 1, retention: 'fp32' } }), /historyInterval 2/);
+    await assert.rejects(async () => (await attempt({ topologyJson: JSON.stringify({ name: 'other' }) })), /different topology/);
+    await assert.rejects(async () => (await attempt({ layout: layoutOf([{ name: 'conv/kernel', shape: [3, 3, 1, 3] }]) })), /layout differs/);
+    await assert.rejects(async () => (await attempt({ config: { historyInterval: 1, retention: 'fp32' } })), /historyInterval 2/);
     // Same topology written with other whitespace / key order is the same federation.
     const s = openSqliteHistory(dir);
     assert.equal((await s.open({ topologyJson: '{ "layers": ["conv","dense"], "name": "tiny" }', layout, initialWeights: new Float32Array(0), config })).resumed, true);
@@ -678,12 +679,12 @@ test('reopening with another topology, layout or history config is refused with 
   }
 });
 
-test('jobs and clients persist across reopening', () => {
+test('jobs and clients persist across reopening', async () => {
   const dir = tmpDir();
   try {
     let clock = 1_000;
     const config: HistoryConfig = { historyInterval: 1, retention: 'norms' };
-    const { store } = open(dir, config, randomWeights(rng(2)), () => clock++);
+    const { store } = await open(dir, config, randomWeights(rng(2)), () => clock++);
     const created = await store.createJob({
       jobId: 'j1',
       kind: 'forget',
@@ -712,7 +713,7 @@ test('jobs and clients persist across reopening', () => {
     const clients = await store.listClients();
     await store.close();
 
-    const { store: again } = open(dir, config, new Float32Array(0));
+    const { store: again } = await open(dir, config, new Float32Array(0));
     assert.deepEqual((await again.listJobs()), jobs);
     assert.deepEqual((await again.getJob('j1')), updated);
     assert.deepEqual((await again.listJobs({ state: 'failed' })).map((j) => [j.jobId, j.error, j.report]), [['j2', 'client offline', { partial: true }]]);
@@ -731,7 +732,7 @@ test("retention 'norms' keeps no update files but every norm, and metrics keep n
   const dir = tmpDir();
   try {
     const r = rng(18);
-    const { store, head } = open(dir, { historyInterval: 1, retention: 'norms' }, randomWeights(r));
+    const { store, head } = await open(dir, { historyInterval: 1, retention: 'norms' }, randomWeights(r));
     const u = randomWeights(r);
     await store.stageUpdate('R1', 'a', u);
     (await store.commitRound({

@@ -233,11 +233,11 @@ export interface CommitUnlearningInput {
 export interface HistoryStore {
   /** Opens an existing federation or creates one with this initial model; returns its meta and the head. On resume the
    *  topology, layout and config must match the stored ones (else a clear error) and initialWeights is ignored. */
-  open(init: { topologyJson: string; layout: WeightLayout; initialWeights: Float32Array; config: HistoryConfig }): {
+  open(init: { topologyJson: string; layout: WeightLayout; initialWeights: Float32Array; config: HistoryConfig }): Promise<{
     meta: FederationMeta;
     head: ModelVersion;
     resumed: boolean;
-  };
+  }>;
   meta(): Promise<FederationMeta>;
   /** Current global model version (the latest committed). */
   head(): Promise<ModelVersion>;

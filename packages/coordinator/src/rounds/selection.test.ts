@@ -46,24 +46,24 @@ test('two federations created with one seed key their rounds alike: lineage posi
   const init = Float32Array.from([0.1, 0.2, 0.3, 0.4]);
   const dirs = [0, 1].map(() => fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-selection-')));
   try {
-    const stores = dirs.map((d) => {
+    const stores = await Promise.all(dirs.map(async (d) => {
       const s = openSqliteHistory(d);
       await s.open({ topologyJson: '{}', layout, initialWeights: init, config: { historyInterval: 1, retention: 'fp32' } });
       return s;
-    });
+    }));
     const [a, b] = stores as [(typeof stores)[0], (typeof stores)[0]];
     assert.notEqual((await a.head()).lineage, (await b.head()).lineage, 'lineage ids are random');
-    assert.equal((await a.lineagePosition(a.head().lineage)), 0);
-    assert.equal((await b.lineagePosition(b.head().lineage)), 0);
+    assert.equal((await a.lineagePosition((await a.head()).lineage)), 0);
+    assert.equal((await b.lineagePosition((await b.head()).lineage)), 0);
     assert.equal((await a.lineageCount()), 1);
-    const key = (s: typeof a, round: number) => roundSelectionKey((await s.lineagePosition(s.head().lineage)), round, 1);
-    assert.deepEqual(selectClients(shuffled(ids, 5), 15, 29, key(b, 1)), selectClients(ids, 15, 29, key(a, 1)));
+    const key = async (s: typeof a, round: number) => roundSelectionKey(await s.lineagePosition((await s.head()).lineage), round, 1);
+    assert.deepEqual(selectClients(shuffled(ids, 5), 15, 29, await key(b, 1)), selectClients(ids, 15, 29, await key(a, 1)));
 
     // A round and an unlearning commit: the new lineage is at position 1, the first stays at 0.
     const first = (await a.head()).lineage;
     const u = Float32Array.from([0.01, 0.02, 0.03, 0.04]);
     await a.stageUpdate('r1', 'client-000', u);
-    await a.commitRound({ round: 1, roundId: 'r1', modelBefore: a.head().version, weights: u, participants: [{ clientId: 'client-000', numExamples: 3, norms: layerNorms(layout, u) }], metrics: {}, startedAt: 1 });
+    await a.commitRound({ round: 1, roundId: 'r1', modelBefore: (await a.head()).version, weights: u, participants: [{ clientId: 'client-000', numExamples: 3, norms: layerNorms(layout, u) }], metrics: {}, startedAt: 1 });
     assert.equal((await a.lineagePosition(first)), 0, 'rounds do not move a lineage');
     await a.stageUpdate('j1', 'client-001', u);
     await a.commitUnlearning({
@@ -71,11 +71,11 @@ test('two federations created with one seed key their rounds alike: lineage posi
       weights: u,
       rounds: [{ round: 1, roundId: 'j1', modelBefore: (await a.listModels())[0]!.version, participants: [{ clientId: 'client-001', numExamples: 3, norms: layerNorms(layout, u) }], metrics: {}, startedAt: 1, closedAt: 2 }],
     });
-    assert.equal((await a.lineagePosition(a.head().lineage)), 1);
+    assert.equal((await a.lineagePosition((await a.head()).lineage)), 1);
     assert.equal((await a.lineagePosition(first)), 0);
     assert.equal((await a.lineageCount()), 2);
     await assert.rejects(async () => (await a.lineagePosition('no-such-lineage')), /unknown lineage/);
-    for (const s of stores) (await s.close());
+    for (const s of stores) await s.close();
   } finally {
     for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
   }
