@@ -5,7 +5,7 @@ import { migratePg } from './pg-migrations.js';
 
 /**
  * BlobStore on PostgreSQL: one row per key in the `blobs` table, the bytes a `bytea` column stored out of line and
- * uncompressed (STORAGE EXTERNAL, see pg-migrations.ts).
+ * uncompressed (STORAGE EXTERNAL, see pg-migrations.ts), in the partition `blobPart(key)` names.
  *
  * Why bytea rather than large objects: a bytea row lives in the store's own schema (large objects are database-wide,
  * in pg_largeobject, which a per-federation schema cannot scope, drop or vacuum without owning the catalog), it is
@@ -37,7 +37,7 @@ export class PgBlobStore implements BlobStore {
     this.requireOpen();
     keys.forEach(checkBlobKey);
     if (keys.length === 0) return;
-    const { rows } = await this.pool.query<{ key: string }>('SELECT key FROM blobs WHERE key = ANY($1::text[])', [[...new Set(keys)]]);
+    const { rows } = await this.pool.query<{ key: string }>(`SELECT key FROM blobs WHERE ${BY_KEYS}`, byKeys(keys));
     const present = new Set(rows.map((r) => r.key));
     for (const k of keys) if (!present.has(k)) throw new HistoryBlobMissingError(k);
   }
@@ -65,7 +65,7 @@ export class PgBlobStore implements BlobStore {
     this.requireOpen();
     keys.forEach(checkBlobKey);
     if (keys.length === 0) return [];
-    const { rows } = await this.pool.query<{ key: string }>('DELETE FROM blobs WHERE key = ANY($1::text[]) RETURNING key', [[...new Set(keys)]]);
+    const { rows } = await this.pool.query<{ key: string }>(`DELETE FROM blobs WHERE ${BY_KEYS} RETURNING key`, byKeys(keys));
     return rows.map((r) => r.key);
   }
 
@@ -84,25 +84,63 @@ export class PgBlobStore implements BlobStore {
  *  its blobs inside its own transaction. */
 export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 
+/** Partitions of the `blobs` table holding updates (1..UPDATE_PARTS); part 0 holds every other blob. */
+export const UPDATE_PARTS = 16;
+
+/**
+ * The partition of a key: for `updates/<round>/<client>/<nonce>` a hash (FNV-1a, 32 bits) of the client segment, so
+ * that all of one client's updates share a partition and a purge rewrites only the partitions of the clients it
+ * forgot; 0 for every other key. A pure function of the key, so that the key alone identifies a blob.
+ */
+export function blobPart(key: string): number {
+  const seg = key.split('/');
+  if (seg.length !== 4 || seg[0] !== 'updates') return 0;
+  return 1 + (fnv1a(seg[2]!) % UPDATE_PARTS);
+}
+
+/** The partition table (in the store's schema) that holds `part`. */
+export function blobPartition(part: number): string {
+  return part === 0 ? 'blobs_other' : `blobs_u${String(part - 1).padStart(2, '0')}`;
+}
+
+function fnv1a(s: string): number {
+  let h = 0x811c9dc5;
+  for (const b of Buffer.from(s, 'utf8')) h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  return h;
+}
+
+/** A WHERE clause matching the keys `byKeys` binds as $1 (parts) and $2 (keys): the planner prunes to their partitions. */
+const BY_KEYS = '(part, key) IN (SELECT * FROM unnest($1::smallint[], $2::text[]))';
+function byKeys(keys: readonly string[]): [number[], string[]] {
+  const unique = [...new Set(keys)];
+  return [unique.map(blobPart), unique];
+}
+
 /** Inserts or replaces one blob (in the caller's transaction when `q` is a transaction's client). */
 export async function putBlob(q: Queryable, key: string, bytes: Uint8Array, now: number): Promise<void> {
   await q.query(
-    `INSERT INTO blobs (key, bytes, size, created_at) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (key) DO UPDATE SET bytes = EXCLUDED.bytes, size = EXCLUDED.size, created_at = EXCLUDED.created_at`,
-    [key, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), bytes.byteLength, now],
+    `INSERT INTO blobs (part, key, bytes, size, created_at) VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (part, key) DO UPDATE SET bytes = EXCLUDED.bytes, size = EXCLUDED.size, created_at = EXCLUDED.created_at`,
+    [blobPart(key), key, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), bytes.byteLength, now],
   );
 }
 
 /** The blob's bytes, or null. */
 export async function getBlob(q: Queryable, key: string): Promise<Uint8Array | null> {
-  const { rows } = await q.query<{ bytes: Buffer }>('SELECT bytes FROM blobs WHERE key = $1', [key]);
+  const { rows } = await q.query<{ bytes: Buffer }>('SELECT bytes FROM blobs WHERE part = $1 AND key = $2', [blobPart(key), key]);
   return rows[0]?.bytes ?? null;
+}
+
+/** Whether the key holds a blob. */
+export async function hasBlob(q: Queryable, key: string): Promise<boolean> {
+  const { rowCount } = await q.query('SELECT 1 FROM blobs WHERE part = $1 AND key = $2', [blobPart(key), key]);
+  return (rowCount ?? 0) > 0;
 }
 
 /** Deletes these blobs (missing ones skipped); resolves with the bytes freed. */
 export async function deleteBlobs(q: Queryable, keys: readonly string[]): Promise<number> {
   if (keys.length === 0) return 0;
-  const { rows } = await q.query<{ size: number }>('DELETE FROM blobs WHERE key = ANY($1::text[]) RETURNING size', [[...new Set(keys)]]);
+  const { rows } = await q.query<{ size: number }>(`DELETE FROM blobs WHERE ${BY_KEYS} RETURNING size`, byKeys(keys));
   return rows.reduce((s, r) => s + r.size, 0);
 }
 

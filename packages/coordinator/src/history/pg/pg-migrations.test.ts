@@ -22,7 +22,7 @@ test('migratePg brings a fresh schema to the current version once; a second run 
     assert.equal(await pgSchemaVersion(pool, schema), PG_SCHEMA_VERSION);
     assert.deepEqual(await migratePg(pool, schema), { from: PG_SCHEMA_VERSION, to: PG_SCHEMA_VERSION });
     const tables = (await pool.query<{ t: string }>('SELECT tablename AS t FROM pg_tables WHERE schemaname = $1 ORDER BY 1', [schema])).rows.map((r) => r.t);
-    for (const t of ['blobs', 'clients', 'federation', 'job_steps', 'jobs', 'models', 'participants', 'rounds', 'schema_migrations', 'staged_updates', 'updates']) {
+    for (const t of ['blobs', 'clients', 'federation', 'job_steps', 'jobs', 'models', 'participants', 'purge_pending', 'rounds', 'schema_migrations', 'staged_updates', 'updates']) {
       assert.ok(tables.includes(t), `table ${t} exists`);
     }
     // The columns the store relies on: a nullable sensitivity, blob bytes kept out of line and uncompressed.
@@ -37,6 +37,16 @@ test('migratePg brings a fresh schema to the current version once; a second run 
       [schema],
     );
     assert.equal(storage.rows[0]?.s, 'e', 'STORAGE EXTERNAL');
+    // Its partitions: one for models and other blobs, 16 for updates, each keeping the column's storage.
+    const parts = await pool.query<{ relname: string; s: string }>(
+      `SELECT c.relname, a.attstorage AS s FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+       JOIN pg_namespace n ON n.oid = p.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'bytes'
+       WHERE n.nspname = $1 AND p.relname = 'blobs' ORDER BY 1`,
+      [schema],
+    );
+    assert.equal(parts.rows.length, 17);
+    assert.deepEqual([parts.rows[0]!.relname, parts.rows[16]!.relname], ['blobs_other', 'blobs_u15']);
+    assert.ok(parts.rows.every((r) => r.s === 'e'));
   } finally {
     await pool.end();
   }

@@ -10,7 +10,8 @@ import { checkSchemaName, withTransaction } from './pg-connection.js';
  *
  * Differences from the SQLite schema (history/migrations.ts), and why:
  * - blob bytes live in the `blobs` table (bytea, STORAGE EXTERNAL: out of line in TOAST and never compressed, since
- *   float weights do not compress and a purge test must find their bytes); rows name them by key;
+ *   float weights do not compress and a purge test must find their bytes), partitioned so that a purge rewrites the
+ *   forgotten clients' partitions only; rows name blobs by key;
  * - staged updates are rows (`staged_updates`), not process memory, so that any replica may commit a round whose
  *   updates another staged, and a job's stagings survive a restart by carrying its job_id (SQLite's job_staged);
  * - participants keep an optional per-client `sensitivity` (the SIFU bound), NULL when not given;
@@ -18,13 +19,32 @@ import { checkSchemaName, withTransaction } from './pg-connection.js';
  */
 export const PG_MIGRATIONS: readonly string[] = [
   `
+  -- Partitioned so that a purge rewrites (VACUUM FULL) only the partitions that held the forgotten clients' bytes,
+  -- not the whole history: part 0 holds models and other blobs, parts 1..16 the updates, by a hash of the client
+  -- (pg-blob-store.ts blobPart computes it from the key; the key alone is unique, part is a function of it).
   CREATE TABLE blobs (
-    key        text PRIMARY KEY,
+    part       smallint NOT NULL CHECK (part BETWEEN 0 AND 16),
+    key        text NOT NULL,
     bytes      bytea NOT NULL,
     size       integer NOT NULL CHECK (size >= 0),
-    created_at bigint NOT NULL
-  );
+    created_at bigint NOT NULL,
+    PRIMARY KEY (part, key)
+  ) PARTITION BY LIST (part);
   ALTER TABLE blobs ALTER COLUMN bytes SET STORAGE EXTERNAL;
+  CREATE TABLE blobs_other PARTITION OF blobs FOR VALUES IN (0);
+  DO $$ BEGIN
+    FOR i IN 1..16 LOOP
+      EXECUTE format('CREATE TABLE blobs_u%s PARTITION OF blobs FOR VALUES IN (%s)', lpad((i - 1)::text, 2, '0'), i);
+    END LOOP;
+  END $$;
+
+  -- Relations a committed purge deleted from and that completePurge has not yet rewritten (it may find a reader in
+  -- the way, or the process may stop): any replica's next completePurge finishes them.
+  CREATE TABLE purge_pending (
+    seq     bigserial PRIMARY KEY,
+    relname text NOT NULL,
+    since   bigint NOT NULL
+  );
 
   CREATE TABLE models (
     seq        bigserial PRIMARY KEY,                       -- creation order
@@ -83,7 +103,7 @@ export const PG_MIGRATIONS: readonly string[] = [
     round_id    text NOT NULL,
     client_id   text NOT NULL,
     encoding    text NOT NULL CHECK (encoding IN ('fp32', 'fp16', 'int8')),
-    blob        text NOT NULL UNIQUE REFERENCES blobs(key),
+    blob        text NOT NULL UNIQUE,                       -- key in blobs
     bytes       integer NOT NULL,
     blob_sha256 text NOT NULL,                              -- of the whole blob: any flipped byte is caught
     PRIMARY KEY (round_id, client_id),
@@ -122,7 +142,7 @@ export const PG_MIGRATIONS: readonly string[] = [
     round_id    text NOT NULL,
     client_id   text NOT NULL,
     encoding    text NOT NULL CHECK (encoding IN ('fp32', 'fp16', 'int8')),
-    blob        text NOT NULL UNIQUE REFERENCES blobs(key),
+    blob        text NOT NULL UNIQUE,                       -- key in blobs
     bytes       integer NOT NULL,
     blob_sha256 text NOT NULL,
     job_id      text REFERENCES jobs(job_id),

@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { layerNorms, layoutOf } from '@fedunlearn/protocol';
 import { encodeBlob } from '../blob-files.js';
+import { blobPart, blobPartition } from './pg-blob-store.js';
 import { openPgHistory, type PgHistoryStore } from './pg-store.js';
 import { adminClient, dropSchemas, freshSchemaName, schemaUrl } from './pg.test-support.js';
 
@@ -106,9 +107,31 @@ test('purgeClients leaves no byte of the forgotten client’s updates in any rel
     const before = await relationFiles(schema);
     assert.ok(filesWith(before, 'QZFORGET') > 0, 'the marker is on disk before the purge (the search works)');
 
+    // Only the partition holding the forgotten client's blobs is rewritten (a new relfilenode), not the others.
+    const forgetPart = blobPartition(blobPart('updates/r/forget-me/n'));
+    const keepPart = blobPartition(blobPart('updates/r/keep-me/n'));
+    assert.notEqual(forgetPart, keepPart, 'the two clients hash to different partitions (else pick other ids)');
+    const filenodes = async () => {
+      const c = await adminClient();
+      try {
+        const { rows } = await c.query<{ relname: string; n: string }>(
+          `SELECT c.relname, c.relfilenode::text AS n FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = $1`,
+          [schema],
+        );
+        return new Map(rows.map((r) => [r.relname, r.n]));
+      } finally {
+        await c.end();
+      }
+    };
+    const nodesBefore = await filenodes();
     const purged = await store.purgeClients(['forget-me']);
     assert.equal(purged.complete, true);
     assert.equal(purged.updatesDeleted, 2);
+    const nodesAfter = await filenodes();
+    assert.notEqual(nodesAfter.get(forgetPart), nodesBefore.get(forgetPart), `${forgetPart} was rewritten`);
+    assert.equal(nodesAfter.get(keepPart), nodesBefore.get(keepPart), `${keepPart} was not`);
+    assert.equal(nodesAfter.get('blobs_other'), nodesBefore.get('blobs_other'), 'nor the models');
+    assert.equal(await store.completePurge(), true, 'nothing left to do');
     // Two stored updates and the staged one, each an fp32 blob of the layout.
     assert.equal(purged.bytesDeleted, 3 * encodeBlob(layout, markerUpdate('QZFORGET'), 'fp32').bytes.byteLength);
 

@@ -27,7 +27,7 @@ import {
   type PurgeSummary,
   type RoundRecord,
 } from '../store.js';
-import { deleteBlobs, getBlob, PgBlobStore, putBlob, type Queryable } from './pg-blob-store.js';
+import { blobPart, blobPartition, deleteBlobs, getBlob, hasBlob, PgBlobStore, putBlob, type Queryable } from './pg-blob-store.js';
 import { createPool, parsePgUrl, ping, redact, withTransaction, type PgPoolOptions } from './pg-connection.js';
 import { migratePg } from './pg-migrations.js';
 
@@ -42,9 +42,9 @@ import { migratePg } from './pg-migrations.js';
  * deletes the rest. Commits lock the federation row (SELECT … FOR UPDATE), so two writers cannot both advance the head
  * from the same model.
  *
- * Purge: DELETE in the transaction, then `completePurge` runs VACUUM FULL on the tables that held the forgotten
- * clients' rows: it rewrites them (and their TOAST relations) into new files, so that the relation files hold no byte
- * of the deleted rows. It does not wait on readers (lock_timeout) and reports incomplete while another session holds a
+ * Purge: DELETE in the transaction, then `completePurge` runs VACUUM FULL on the blob partitions and tables that held
+ * the forgotten clients' rows: it rewrites them (and their TOAST relations) into new files, so that the relation files
+ * hold no byte of the deleted rows (a plain VACUUM leaves them in the pages). It does not wait on readers (lock_timeout) and reports incomplete while another session holds a
  * snapshot from before the purge (which keeps the deleted rows alive); a later call completes it. What stays the
  * operator's: the WAL segments (pg_wal, archives), base backups and replicas, which keep copies until they are
  * recycled or expire.
@@ -86,8 +86,9 @@ export async function openPgHistory(url: string, opts: PgHistoryOptions = {}): P
 
 const RETENTIONS = new Set(['fp32', 'fp16', 'int8', 'norms']);
 const MISSING_REASONS: ReadonlySet<string> = new Set(['offline', 'disconnected', 'deadline', 'rejected', 'failed']);
-/** Tables a purge deletes from: the ones completePurge rewrites. */
-const PURGED_TABLES = ['blobs', 'updates', 'staged_updates', 'participants', 'rounds', 'clients', 'models'] as const;
+/** Tables of the rows a purge deletes or rewrites (besides the blob partitions): completePurge rewrites them. */
+const PURGED_TABLES = ['updates', 'staged_updates', 'participants', 'rounds', 'clients'] as const;
+const RELNAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
 interface ModelRow {
   version: string;
@@ -245,7 +246,7 @@ export class PgHistoryStore implements HistoryStore {
           );
         }
         const head = await this.headIn(tx);
-        if (!(await tx.query('SELECT 1 FROM blobs WHERE key = $1', [head.blob])).rowCount) {
+        if (!(await hasBlob(tx, head.blob))) {
           throw new HistoryError(`the head model ${head.version} has no blob (${head.blob})`);
         }
         return { meta, head: toModel(head), resumed: true };
@@ -290,7 +291,9 @@ export class PgHistoryStore implements HistoryStore {
     } catch (e) {
       throw new HistoryError(`update of ${clientId} for round ${roundId}: ${(e as Error).message}`);
     }
-    const key = `updates/${safeName(roundId)}/${safeName(clientId)}.${nanoid(10)}`;
+    // One key per staging (a fresh nonce), so that a staging never overwrites bytes a commit may be taking; the
+    // client segment picks the partition (blobPart).
+    const key = `updates/${safeName(roundId)}/${safeName(clientId)}/${nanoid(10)}`;
     const now = this.now();
     await withTransaction(this.pool, async (tx) => {
       await putBlob(tx, key, encoded.bytes, now);
@@ -327,10 +330,10 @@ export class PgHistoryStore implements HistoryStore {
   }
 
   /** Deletes staged rows matching `where` and their blobs (one statement each, in `q`'s transaction if any). */
-  private async dropStagedRows(q: Queryable, where: string, params: unknown[]): Promise<{ rows: number; bytes: number }> {
+  private async dropStagedRows(q: Queryable, where: string, params: unknown[]): Promise<{ rows: number; bytes: number; keys: string[] }> {
     const { rows } = await q.query<{ blob: string; bytes: number }>(`DELETE FROM staged_updates WHERE ${where} RETURNING blob, bytes`, params);
     await deleteBlobs(q, rows.map((r) => r.blob));
-    return { rows: rows.length, bytes: rows.reduce((s, r) => s + r.bytes, 0) };
+    return { rows: rows.length, bytes: rows.reduce((s, r) => s + r.bytes, 0), keys: rows.map((r) => r.blob) };
   }
 
   // --- commits ------------------------------------------------------------------------------------------------
@@ -587,16 +590,14 @@ export class PgHistoryStore implements HistoryStore {
 
   async readUpdate(roundId: string, clientId: string): Promise<Float32Array | null> {
     const meta = this.requireOpen();
-    const { rows } = await this.pool.query<StagedRow & { data: Buffer | null }>(
-      'SELECT u.*, b.bytes AS data FROM updates u LEFT JOIN blobs b ON b.key = u.blob WHERE u.round_id = $1 AND u.client_id = $2',
-      [roundId, clientId],
-    );
+    const { rows } = await this.pool.query<StagedRow>('SELECT * FROM updates WHERE round_id = $1 AND client_id = $2', [roundId, clientId]);
     const row = rows[0];
     if (!row) return null;
-    if (!row.data) throw new HistoryError(`update of ${clientId} in round ${roundId}: its blob ${row.blob} is missing`);
-    if (sha256Hex(row.data) !== row.blob_sha256) throw new HistoryError(`update of ${clientId} in round ${roundId} is corrupted (sha256 mismatch in ${row.blob})`);
+    const data = await getBlob(this.pool, row.blob);
+    if (!data) throw new HistoryError(`update of ${clientId} in round ${roundId}: its blob ${row.blob} is missing`);
+    if (sha256Hex(data) !== row.blob_sha256) throw new HistoryError(`update of ${clientId} in round ${roundId} is corrupted (sha256 mismatch in ${row.blob})`);
     try {
-      return decodeBlob(meta.layout, row.data).values;
+      return decodeBlob(meta.layout, data).values;
     } catch (e) {
       throw new HistoryError(`update of ${clientId} in round ${roundId}: ${(e as Error).message}`);
     }
@@ -664,13 +665,20 @@ export class PgHistoryStore implements HistoryStore {
   }
 
   /**
-   * Rewrites the tables a purge deleted from (VACUUM FULL: new relation files, TOAST included, without the dead rows;
-   * the old files are truncated and unlinked), so that no byte of a purged row is left in them. True when done.
+   * Rewrites what purges recorded in purge_pending (VACUUM FULL: new relation files, TOAST included, without the dead
+   * rows; the old files are truncated and unlinked): the blob partitions that held the forgotten clients' bytes and
+   * the tables of their rows, so that no byte of a purged row is left in them. Other partitions are not touched, so
+   * the cost follows the forgotten clients' share of the history, not its size. True when nothing is left to do.
    * False, without waiting, when another session holds a lock on one of the tables (lock_timeout) or a snapshot from
    * before the purge (it keeps the deleted rows alive, and VACUUM copies them): call again later.
    */
   async completePurge(): Promise<boolean> {
     this.requireNotClosed();
+    const pending = await this.pool.query<{ seq: number; relname: string }>('SELECT seq, relname FROM purge_pending ORDER BY seq');
+    if (pending.rows.length === 0) return true;
+    const upTo = pending.rows[pending.rows.length - 1]!.seq;
+    const rels = [...new Set(pending.rows.map((r) => r.relname))];
+    for (const r of rels) if (!RELNAME.test(r)) throw new HistoryError(`purge_pending names ${JSON.stringify(r)}, not a table of this store`);
     const client = await this.pool.connect();
     try {
       // Every transaction id below this one has ended or is running now: a session whose snapshot predates it may
@@ -678,7 +686,7 @@ export class PgHistoryStore implements HistoryStore {
       const { rows } = await client.query<{ horizon: string }>('SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS horizon');
       await client.query(`SET lock_timeout = ${Math.max(1, Math.floor(this.purgeLockTimeoutMs))}`);
       try {
-        await client.query(`VACUUM (FULL) ${PURGED_TABLES.join(', ')}`);
+        await client.query(`VACUUM (FULL) ${rels.join(', ')}`);
       } catch (e) {
         if ((e as { code?: string }).code === '55P03') return false; // lock_not_available
         throw e;
@@ -695,7 +703,10 @@ export class PgHistoryStore implements HistoryStore {
                     AND age(xmin) > age(($1::bigint % 4294967296)::text::xid)) AS n`,
         [rows[0]!.horizon],
       );
-      return Number(older.rows[0]!.n) === 0;
+      if (Number(older.rows[0]!.n) !== 0) return false;
+      // Purges committed while this ran added rows after upTo: they are the next call's.
+      await client.query('DELETE FROM purge_pending WHERE seq <= $1', [upTo]);
+      return true;
     } finally {
       client.release();
     }
@@ -718,7 +729,7 @@ export class PgHistoryStore implements HistoryStore {
     const upd = await tx.query<{ blob: string; bytes: number }>('DELETE FROM updates WHERE client_id = ANY($1::text[]) RETURNING blob, bytes', [ids]);
     await deleteBlobs(tx, upd.rows.map((r) => r.blob));
     const staged = await this.dropStagedRows(tx, 'client_id = ANY($1::text[])', [ids]);
-    const parts = await tx.query('DELETE FROM participants WHERE client_id = ANY($1::text[])', [ids]);
+    const partRows = await tx.query('DELETE FROM participants WHERE client_id = ANY($1::text[])', [ids]);
     for (const id of ids) {
       // A missing-list entry names the client too; the round keeps its other absentees only.
       const rs = await tx.query<{ round_id: string; missing_json: string }>('SELECT round_id, missing_json FROM rounds WHERE strpos(missing_json, $1) > 0', [
@@ -729,6 +740,11 @@ export class PgHistoryStore implements HistoryStore {
         await tx.query('UPDATE rounds SET missing_json = $1 WHERE round_id = $2', [JSON.stringify(kept), r.round_id]);
       }
     }
+    // What completePurge must rewrite: the partitions that held the deleted blobs, and the tables of the rows.
+    const parts = new Set([...upd.rows.map((r) => r.blob), ...staged.keys].map(blobPart));
+    if (eraseModels && modelsErased.length > 0) parts.add(0);
+    const rels = [...[...parts].sort((a, b) => a - b).map(blobPartition), ...PURGED_TABLES];
+    await tx.query('INSERT INTO purge_pending (relname, since) SELECT r, $2 FROM unnest($1::text[]) AS r', [rels, now]);
     if (ids.length > 0) {
       await tx.query(
         `INSERT INTO clients (client_id, secret_hash, num_examples, first_seen, last_seen, forgotten, revoked)
@@ -741,7 +757,7 @@ export class PgHistoryStore implements HistoryStore {
       clientIds: ids,
       updatesDeleted: upd.rowCount ?? 0,
       bytesDeleted: upd.rows.reduce((s, r) => s + r.bytes, 0) + staged.bytes,
-      participantRowsDeleted: parts.rowCount ?? 0,
+      participantRowsDeleted: partRows.rowCount ?? 0,
       modelsErased,
       modelBytesDeleted,
     };
@@ -1011,7 +1027,7 @@ export class PgHistoryStore implements HistoryStore {
     const dropped = await withTransaction(this.pool, async (tx) => {
       const staged = await this.dropStagedRows(tx, 'job_id IS NULL AND staged_at <= $1', [cutoff]);
       const orphans = await tx.query<{ key: string }>(
-        `DELETE FROM blobs b WHERE starts_with(b.key, 'updates/') AND b.created_at <= $1
+        `DELETE FROM blobs b WHERE b.part >= 1 AND b.created_at <= $1
            AND NOT EXISTS (SELECT 1 FROM updates u WHERE u.blob = b.key)
            AND NOT EXISTS (SELECT 1 FROM staged_updates s WHERE s.blob = b.key)
          RETURNING key`,
