@@ -1,10 +1,9 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { isDeepStrictEqual } from 'node:util';
 import Database from 'better-sqlite3';
 import { nanoid } from 'nanoid';
-import { layoutOf, sameLayout, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
+import { layoutOf, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
 import {
   BlobFormatError,
   blobPayload,
@@ -27,6 +26,7 @@ import {
 import type { Logger } from '../logger.js';
 import { behindMark, HistoryLossError, readHighWaterMark, writeHighWaterMark } from './high-water-mark.js';
 import { migrate } from './migrations.js';
+import { checkConfig, checkMissing, checkNewRoundId, checkParticipants, checkResume, checkRoundOrder, checkUnlearning, checkJobStep, parseTopology, resolveLineage, type CheckedParticipant } from './store-rules.js';
 import {
   HistoryError,
   ModelErasedError,
@@ -94,7 +94,6 @@ export function openSqliteHistory(dataDir: string, opts: SqliteHistoryOptions = 
   return new SqliteHistoryStore(dataDir, opts);
 }
 
-const RETENTIONS = new Set(['fp32', 'fp16', 'int8', 'norms']);
 
 interface ModelRow {
   version: string;
@@ -360,22 +359,6 @@ function toClient(r: ClientRow): ClientRecord {
   };
 }
 
-const MISSING_REASONS: ReadonlySet<string> = new Set(['offline', 'disconnected', 'deadline', 'rejected', 'failed']);
-
-/** A round's missing list: known reasons, each client once, and none of them also a participant. */
-function checkMissing(missing: MissingClient[], participants: readonly { clientId: string }[], ctx: string): MissingClient[] {
-  const taken = new Set(participants.map((p) => p.clientId));
-  const seen = new Set<string>();
-  return missing.map((m) => {
-    if (typeof m.clientId !== 'string' || m.clientId === '') throw new HistoryError(`${ctx}: a missing client has no id`);
-    if (!MISSING_REASONS.has(m.reason)) throw new HistoryError(`${ctx}: missing client ${m.clientId} has unknown reason '${String(m.reason)}'`);
-    if (taken.has(m.clientId)) throw new HistoryError(`${ctx}: client ${m.clientId} is both a participant and missing`);
-    if (seen.has(m.clientId)) throw new HistoryError(`${ctx}: client ${m.clientId} is missing twice`);
-    seen.add(m.clientId);
-    return m.detail === undefined ? { clientId: m.clientId, reason: m.reason } : { clientId: m.clientId, reason: m.reason, detail: String(m.detail) };
-  });
-}
-
 /** JSON for metrics that keeps NaN and ±Infinity (a diverging round still commits, and reads back as it was). */
 function metricsToJson(m: Record<string, number>): string {
   return JSON.stringify(m, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v));
@@ -460,25 +443,12 @@ class SqliteHistoryStore implements HistoryStore {
     this.requireNotClosed();
     if (this.fed) throw new HistoryError('the history store is already open');
     checkConfig(init.config);
-    const topology = parseTopology(init.topologyJson);
+    parseTopology(init.topologyJson);
     const row = this.q.federation.get();
     this.checkHighWaterMark(row !== undefined);
     if (row) {
       const meta = metaOf(row);
-      if (!isDeepStrictEqual(parseTopology(row.topology_json), topology)) {
-        throw new HistoryError('this data directory holds a federation with a different topology; use another data directory');
-      }
-      if (!sameLayout(meta.layout, init.layout)) {
-        throw new HistoryError(
-          `this data directory holds a federation whose model layout differs (${describeLayout(meta.layout)} stored, ${describeLayout(init.layout)} given)`,
-        );
-      }
-      if (meta.config.historyInterval !== init.config.historyInterval || meta.config.retention !== init.config.retention) {
-        throw new HistoryError(
-          `this federation keeps history with historyInterval ${meta.config.historyInterval} / retention ${meta.config.retention}; ` +
-            `${init.config.historyInterval} / ${init.config.retention} was given (the schedule cannot change mid-history)`,
-        );
-      }
+      checkResume(meta, init);
       this.fed = meta;
       this.collectGarbage();
       // A running job's stagings, recorded with its steps: staged again, as they were before the restart.
@@ -653,14 +623,9 @@ class SqliteHistoryStore implements HistoryStore {
   }): Promise<ModelVersion> {
     const meta = this.requireOpen();
     const head = this.headNow();
-    if (input.round !== head.round + 1) {
-      throw new HistoryError(`round ${input.round} is out of order: lineage ${head.lineage} has completed ${head.round} rounds, the next is ${head.round + 1}`);
-    }
-    if (input.modelBefore !== head.version) {
-      throw new HistoryError(`round ${input.round} started from model ${input.modelBefore}, but the head is ${head.version}`);
-    }
+    checkRoundOrder(head, input);
     this.checkNewRoundId(input.roundId);
-    const participants = this.checkParticipants(input.participants, `round ${input.round}`);
+    const participants = checkParticipants(input.participants, meta.layout.specs.length, `round ${input.round}`);
     const missing = checkMissing(input.missing ?? [], participants, `round ${input.round}`);
     const closedAt = this.now();
     const planned = this.planModel(meta.layout, input.weights, { parent: head.version, cause: 'round', round: input.round, jobId: null, lineage: head.lineage }, closedAt);
@@ -719,68 +684,23 @@ class SqliteHistoryStore implements HistoryStore {
     const meta = this.requireOpen();
     const oldHead = this.headNow();
     const rounds = input.rounds;
-    const ctx = `unlearning job ${input.jobId}`;
-    const seenIds = new Set<string>();
-    rounds.forEach((r, i) => {
-      if (!Number.isInteger(r.round) || r.round < 1) throw new HistoryError(`${ctx}: round number ${r.round} is not a positive integer`);
-      const prev = rounds[i - 1];
-      if (prev && r.round <= prev.round) throw new HistoryError(`${ctx}: rounds must ascend (${prev.round} then ${r.round})`);
-      if (seenIds.has(r.roundId)) throw new HistoryError(`${ctx}: round id ${r.roundId} is given twice`);
-      seenIds.add(r.roundId);
-      this.checkNewRoundId(r.roundId);
-    });
-    const participants = rounds.map((r) => this.checkParticipants(r.participants, `${ctx}, round ${r.round}`));
-    const missing = rounds.map((r, i) => checkMissing(r.missing ?? [], participants[i]!, `${ctx}, round ${r.round}`));
-
-    const intermediates = new Map<number, Float32Array>();
-    const last = rounds[rounds.length - 1];
-    for (const m of input.intermediateModels ?? []) {
-      if (!rounds.some((r) => r.round === m.round)) throw new HistoryError(`${ctx}: intermediate model for round ${m.round}, which is not replayed`);
-      if (m.round === last?.round) throw new HistoryError(`${ctx}: the model after the last replayed round is the job's result, not an intermediate model`);
-      if (intermediates.has(m.round)) throw new HistoryError(`${ctx}: two intermediate models for round ${m.round}`);
-      intermediates.set(m.round, m.weights);
-    }
-
+    const { participants, missing, intermediates } = await checkUnlearning(input, meta.layout.specs.length, (id) => this.q.roundById.get(id) !== undefined);
     const lineage = nanoid();
     const now = this.now();
     const base = { cause: 'unlearning' as const, jobId: input.jobId, lineage };
     const planned: PlannedModel[] = [];
-    const resolved: { before: string | null; after: string | null }[] = [];
     const keep = meta.config.retention !== 'norms';
+    let resolved: { before: string | null; after: string | null }[];
     let updates: { clientId: string; staged: StagedUpdate }[][];
     try {
-      let previousAfter: string | null = null;
-      for (let i = 0; i < rounds.length; i++) {
-        const r = rounds[i]!;
-        const isLast = i === rounds.length - 1;
-        let before: string | null;
-        if (r.modelBefore === '') before = previousAfter;
-        else {
-          this.requireModel(r.modelBefore, `${ctx}, round ${r.round}`);
-          if (previousAfter !== null && previousAfter !== r.modelBefore) {
-            throw new HistoryError(`${ctx}: round ${r.round} starts from ${r.modelBefore}, but the replayed round before it ended at ${previousAfter}`);
-          }
-          before = r.modelBefore;
-        }
-        const explicitAfter = r.modelAfter ?? '';
-        let after: string | null;
-        const weights = isLast ? input.weights : intermediates.get(r.round);
-        if (weights) {
-          if (explicitAfter !== '') {
-            throw new HistoryError(`${ctx}: round ${r.round} names modelAfter ${explicitAfter} but its model is created by this commit`);
-          }
-          const parent = isLast ? oldHead.version : (before ?? oldHead.version);
-          const p = await this.planModelUnsynced(meta.layout, weights, { ...base, parent, round: r.round }, now);
+      ({ resolved } = await resolveLineage(input, intermediates, oldHead, {
+        requireModel: (version, ctx) => this.requireModel(version, ctx),
+        create: async (weights, parent, round) => {
+          const p = await this.planModelUnsynced(meta.layout, weights, { ...base, parent, round }, now);
           planned.push(p);
-          after = p.row.version;
-        } else if (explicitAfter !== '') {
-          this.requireModel(explicitAfter, `${ctx}, round ${r.round}`);
-          after = explicitAfter;
-        } else after = null;
-        resolved.push({ before, after });
-        previousAfter = after;
-      }
-      if (!last) planned.push(await this.planModelUnsynced(meta.layout, input.weights, { ...base, parent: oldHead.version, round: 0 }, now));
+          return p.row.version;
+        },
+      }));
       // Every blob this commit refers to is durable before it: the models, then the replayed rounds' stagings, all
       // flushed together off the event loop (a long replay has thousands; one synchronous fsync each stalled the
       // service for seconds).
@@ -1311,7 +1231,7 @@ class SqliteHistoryStore implements HistoryStore {
 
   async appendJobStep(jobId: string, step: JobStep, checkpoint: unknown, roundId?: string): Promise<void> {
     this.requireNotClosed();
-    if (!Number.isInteger(step.step) || step.step < 0) throw new HistoryError(`job ${jobId}: step ${step.step} is not a non-negative integer`);
+    checkJobStep(jobId, step.step);
     if (!this.q.job.get(jobId)) throw new HistoryError(`unknown job ${jobId}`);
     if (roundId !== undefined) await this.syncStaged(roundId);
     const staged = roundId === undefined ? [] : [...(this.staged.get(roundId) ?? [])].filter(([, e]) => e.done && e.durable);
@@ -1414,22 +1334,7 @@ class SqliteHistoryStore implements HistoryStore {
   }
 
   private checkNewRoundId(roundId: string): void {
-    if (typeof roundId !== 'string' || roundId === '') throw new HistoryError('a round needs a non-empty roundId');
-    if (this.q.roundById.get(roundId)) throw new HistoryError(`round id ${roundId} is already committed`);
-  }
-
-  private checkParticipants(ps: ParticipantInput[], ctx: string): CheckedParticipant[] {
-    const layers = this.requireOpen().layout.specs.length;
-    const seen = new Set<string>();
-    return ps.map((p) => {
-      if (seen.has(p.clientId)) throw new HistoryError(`${ctx}: client ${p.clientId} is listed twice`);
-      seen.add(p.clientId);
-      if (!Number.isInteger(p.numExamples) || p.numExamples < 0) throw new HistoryError(`${ctx}: client ${p.clientId} has numExamples ${p.numExamples}`);
-      const norms = Float64Array.from(p.norms);
-      if (norms.length !== layers) throw new HistoryError(`${ctx}: client ${p.clientId} has ${norms.length} norms for ${layers} layers`);
-      if (norms.some((n) => !Number.isFinite(n) || n < 0)) throw new HistoryError(`${ctx}: client ${p.clientId} has a negative or non-finite norm`);
-      return p.metrics === undefined ? { clientId: p.clientId, numExamples: p.numExamples, norms } : { clientId: p.clientId, numExamples: p.numExamples, norms, metrics: p.metrics };
-    });
+    checkNewRoundId(roundId, typeof roundId === 'string' && roundId !== '' && this.q.roundById.get(roundId) !== undefined);
   }
 
   /**
@@ -1487,27 +1392,8 @@ class SqliteHistoryStore implements HistoryStore {
   }
 }
 
-interface CheckedParticipant {
-  clientId: string;
-  numExamples: number;
-  norms: Float64Array;
-  metrics?: Record<string, number>;
-}
 
 const littleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
-
-function checkConfig(c: HistoryConfig): void {
-  if (!Number.isInteger(c.historyInterval) || c.historyInterval < 1) throw new HistoryError(`historyInterval must be a positive integer, got ${c.historyInterval}`);
-  if (!RETENTIONS.has(c.retention)) throw new HistoryError(`unknown retention ${String(c.retention)}`);
-}
-
-function parseTopology(json: string): unknown {
-  try {
-    return JSON.parse(json) as unknown;
-  } catch {
-    throw new HistoryError('topologyJson is not valid JSON');
-  }
-}
 
 function metaOf(row: FederationRow): FederationMeta {
   return {
@@ -1518,6 +1404,3 @@ function metaOf(row: FederationRow): FederationMeta {
   };
 }
 
-function describeLayout(l: WeightLayout): string {
-  return `${l.specs.length} layers, ${l.totalSize} values`;
-}
