@@ -1,7 +1,6 @@
-import { isDeepStrictEqual } from 'node:util';
 import type pg from 'pg';
 import { nanoid } from 'nanoid';
-import { layoutOf, sameLayout, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
+import { layoutOf, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
 import { BlobFormatError, blobPayload, decodeBlob, encodeBlob, readBlobHeader, sha256Hex, weightsSha256, type BlobEncoding } from '../blob-files.js';
 import type { Logger } from '../../logger.js';
 import {
@@ -28,6 +27,19 @@ import {
   type RoundRecord,
 } from '../store.js';
 import { blobPart, blobPartition, deleteBlobs, getBlob, hasBlob, PgBlobStore, putBlob, type Queryable } from './pg-blob-store.js';
+import {
+  checkConfig,
+  checkJobStep,
+  checkMissing,
+  checkNewRoundId,
+  checkParticipants as checkParticipantsRule,
+  checkResume,
+  checkRoundOrder,
+  checkUnlearning,
+  resolveLineage,
+  type CheckedParticipant as RuleParticipant,
+  type CheckedUnlearning,
+} from '../store-rules.js';
 import { createPool, parsePgUrl, ping, redact, withTransaction, type PgPoolOptions } from './pg-connection.js';
 import { migratePg } from './pg-migrations.js';
 
@@ -84,8 +96,6 @@ export async function openPgHistory(url: string, opts: PgHistoryOptions = {}): P
   return new PgHistoryStore(pool, loc.schema, redact(url), opts);
 }
 
-const RETENTIONS = new Set(['fp32', 'fp16', 'int8', 'norms']);
-const MISSING_REASONS: ReadonlySet<string> = new Set(['offline', 'disconnected', 'deadline', 'rejected', 'failed']);
 /** Tables of the rows a purge deletes or rewrites (besides the blob partitions): completePurge rewrites them. */
 const PURGED_TABLES = ['updates', 'staged_updates', 'participants', 'rounds', 'clients'] as const;
 const RELNAME = /^[a-z_][a-z0-9_]{0,62}$/;
@@ -166,15 +176,6 @@ interface ClientRow {
   revoked: boolean;
 }
 
-/** A participant as checked: norms in float64, the optional SIFU sensitivity. */
-interface CheckedParticipant {
-  clientId: string;
-  numExamples: number;
-  norms: Float64Array;
-  metrics?: Record<string, number>;
-  sensitivity?: number;
-}
-
 type RoundInput = {
   round: number;
   roundId: string;
@@ -224,27 +225,13 @@ export class PgHistoryStore implements HistoryStore {
     this.requireNotClosed();
     if (this.fed) throw new HistoryError('the history store is already open');
     checkConfig(init.config);
-    const topology = parseTopology(init.topologyJson);
     const opened = await withTransaction(this.pool, async (tx) => {
       // Two replicas opening an empty schema together: one creates the federation, the other then resumes it.
       await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`fedunlearn.open.${this.schema}`]);
       const row = (await tx.query<FederationRow>('SELECT * FROM federation WHERE id = 1')).rows[0];
       if (row) {
         const meta = metaOf(row);
-        if (!isDeepStrictEqual(parseTopology(row.topology_json), topology)) {
-          throw new HistoryError(`schema ${this.schema} holds a federation with a different topology; use another schema`);
-        }
-        if (!sameLayout(meta.layout, init.layout)) {
-          throw new HistoryError(
-            `schema ${this.schema} holds a federation whose model layout differs (${describeLayout(meta.layout)} stored, ${describeLayout(init.layout)} given)`,
-          );
-        }
-        if (meta.config.historyInterval !== init.config.historyInterval || meta.config.retention !== init.config.retention) {
-          throw new HistoryError(
-            `this federation keeps history with historyInterval ${meta.config.historyInterval} / retention ${meta.config.retention}; ` +
-              `${init.config.historyInterval} / ${init.config.retention} was given (the schedule cannot change mid-history)`,
-          );
-        }
+        checkResume(meta, init);
         const head = await this.headIn(tx);
         if (!(await hasBlob(tx, head.blob))) {
           throw new HistoryError(`the head model ${head.version} has no blob (${head.blob})`);
@@ -349,17 +336,12 @@ export class PgHistoryStore implements HistoryStore {
     startedAt: number;
   }): Promise<ModelVersion> {
     const meta = this.requireOpen();
-    const participants = checkParticipants(input.participants, meta.layout, `round ${input.round}`);
+    const participants = checkParticipants(input.participants, meta.layout.specs.length, `round ${input.round}`);
     const missing = checkMissing(input.missing ?? [], participants, `round ${input.round}`);
     const keep = keepsUpdatesUnder(meta.config, input.round);
     const row = await withTransaction(this.pool, async (tx) => {
       const head = await this.lockHead(tx);
-      if (input.round !== head.round + 1) {
-        throw new HistoryError(`round ${input.round} is out of order: lineage ${head.lineage} has completed ${head.round} rounds, the next is ${head.round + 1}`);
-      }
-      if (input.modelBefore !== head.version) {
-        throw new HistoryError(`round ${input.round} started from model ${input.modelBefore}, but the head is ${head.version}`);
-      }
+      checkRoundOrder(toModel(head), input);
       await this.checkNewRoundId(tx, input.roundId);
       const closedAt = this.now();
       const model = await this.insertModel(tx, meta.layout, input.weights, { parent: head.version, cause: 'round', round: input.round, jobId: null, lineage: head.lineage }, closedAt);
@@ -377,7 +359,7 @@ export class PgHistoryStore implements HistoryStore {
 
   async commitUnlearning(input: CommitUnlearningInput): Promise<ModelVersion> {
     const meta = this.requireOpen();
-    const checked = checkUnlearning(input, meta.layout);
+    const checked = await this.checkUnlearning(input, meta.layout);
     const row = await withTransaction(this.pool, async (tx) => this.insertUnlearning(tx, input, checked));
     return toModel(row);
   }
@@ -385,7 +367,7 @@ export class PgHistoryStore implements HistoryStore {
   async finishUnlearning(input: FinishUnlearningInput): Promise<{ model: ModelVersion; purged: PurgeSummary; job: JobRecord }> {
     const meta = this.requireOpen();
     if (!(await this.jobRow(this.pool, input.jobId))) throw new HistoryError(`unknown job ${input.jobId}`);
-    const checked = checkUnlearning(input, meta.layout);
+    const checked = await this.checkUnlearning(input, meta.layout);
     const ids = [...new Set(input.purge.clientIds)];
     // One transaction: the new head, the purge and tombstones, and the job's end. A crash leaves all of it or none,
     // so a restarted coordinator either resumes the job (nothing of it committed) or finds it done (all of it).
@@ -402,57 +384,38 @@ export class PgHistoryStore implements HistoryStore {
     return { ...out, purged: { ...out.purged, complete: await this.completePurge() } };
   }
 
-  /** The rows and blobs of an unlearning commit, inside the caller's transaction (which has checked nothing yet). */
-  private async insertUnlearning(tx: pg.PoolClient, input: CommitUnlearningInput, checked: CheckedUnlearning): Promise<ModelRow> {
+  /** The shared rules (store-rules.ts), and the sensitivity each participant may carry. */
+  private async checkUnlearning(input: CommitUnlearningInput, layout: WeightLayout): Promise<CheckedUnlearning & { participants: CheckedParticipant[][] }> {
+    const checked = await checkUnlearning(input, layout.specs.length, (roundId) => this.roundExists(this.pool, roundId));
+    return { ...checked, participants: checked.participants.map((ps, i) => withSensitivity(ps, input.rounds[i]!.participants, `unlearning job ${input.jobId}, round ${input.rounds[i]!.round}`)) };
+  }
+
+  /** The rows and blobs of an unlearning commit, inside the caller's transaction (the rules were checked before it;
+   *  what depends on the rows is checked again here, under the head's lock). */
+  private async insertUnlearning(tx: pg.PoolClient, input: CommitUnlearningInput, checked: CheckedUnlearning & { participants: CheckedParticipant[][] }): Promise<ModelRow> {
     const meta = this.requireOpen();
-    const ctx = `unlearning job ${input.jobId}`;
     const oldHead = await this.lockHead(tx);
+    for (const r of input.rounds) await this.checkNewRoundId(tx, r.roundId);
     const lineage = nanoid();
     const now = this.now();
-    const base = { cause: 'unlearning' as const, jobId: input.jobId, lineage };
+    const created = new Map<string, ModelRow>();
+    const { resolved, result } = await resolveLineage(input, checked.intermediates, toModel(oldHead), {
+      requireModel: (version, ctx) => this.requireModel(tx, version, ctx),
+      create: async (weights, parent, round) => {
+        const m = await this.insertModel(tx, meta.layout, weights, { cause: 'unlearning', jobId: input.jobId, lineage, parent, round }, now);
+        created.set(m.version, m);
+        return m.version;
+      },
+    });
     const keep = meta.config.retention !== 'norms';
-    const rounds = input.rounds;
-    let previousAfter: string | null = null;
-    let result: ModelRow | undefined;
-    for (let i = 0; i < rounds.length; i++) {
-      const r = rounds[i]!;
-      await this.checkNewRoundId(tx, r.roundId);
-      const isLast = i === rounds.length - 1;
-      let before: string | null;
-      if (r.modelBefore === '') before = previousAfter;
-      else {
-        await this.requireModel(tx, r.modelBefore, `${ctx}, round ${r.round}`);
-        if (previousAfter !== null && previousAfter !== r.modelBefore) {
-          throw new HistoryError(`${ctx}: round ${r.round} starts from ${r.modelBefore}, but the replayed round before it ended at ${previousAfter}`);
-        }
-        before = r.modelBefore;
-      }
-      const explicitAfter = r.modelAfter ?? '';
-      let after: string | null;
-      const weights = isLast ? input.weights : checked.intermediates.get(r.round);
-      if (weights) {
-        if (explicitAfter !== '') throw new HistoryError(`${ctx}: round ${r.round} names modelAfter ${explicitAfter} but its model is created by this commit`);
-        const parent = isLast ? oldHead.version : (before ?? oldHead.version);
-        const m = await this.insertModel(tx, meta.layout, weights, { ...base, parent, round: r.round }, now);
-        if (isLast) result = m;
-        after = m.version;
-      } else if (explicitAfter !== '') {
-        await this.requireModel(tx, explicitAfter, `${ctx}, round ${r.round}`);
-        after = explicitAfter;
-      } else after = null;
-      await this.insertRound(
-        tx,
-        { ...r, missing: checked.missing[i]!, lineage, modelBefore: before, modelAfter: after, updatesStored: keep },
-        checked.participants[i]!,
-        keep,
-      );
-      previousAfter = after;
+    for (const [i, r] of input.rounds.entries()) {
+      const { before, after } = resolved[i]!;
+      await this.insertRound(tx, { ...r, missing: checked.missing[i]!, lineage, modelBefore: before, modelAfter: after, updatesStored: keep }, checked.participants[i]!, keep);
     }
-    if (!result) result = await this.insertModel(tx, meta.layout, input.weights, { ...base, parent: oldHead.version, round: 0 }, now);
     // Stagings the job recorded but no replayed round listed are garbage now.
     await this.dropStagedRows(tx, 'job_id = $1', [input.jobId]);
-    await tx.query('UPDATE federation SET head = $1 WHERE id = 1', [result.version]);
-    return result;
+    await tx.query('UPDATE federation SET head = $1 WHERE id = 1', [result]);
+    return created.get(result)!;
   }
 
   private async insertRound(tx: pg.PoolClient, r: RoundInput, participants: CheckedParticipant[], keep: boolean): Promise<void> {
@@ -879,7 +842,7 @@ export class PgHistoryStore implements HistoryStore {
 
   async appendJobStep(jobId: string, step: JobStep, checkpoint: unknown, roundId?: string): Promise<void> {
     this.requireNotClosed();
-    if (!Number.isInteger(step.step) || step.step < 0) throw new HistoryError(`job ${jobId}: step ${step.step} is not a non-negative integer`);
+    checkJobStep(jobId, step.step);
     if (!(await this.jobRow(this.pool, jobId))) throw new HistoryError(`unknown job ${jobId}`);
     if (roundId !== undefined) await this.syncStaged(roundId);
     await withTransaction(this.pool, async (tx) => {
@@ -1013,8 +976,7 @@ export class PgHistoryStore implements HistoryStore {
   }
 
   private async checkNewRoundId(q: Queryable, roundId: string): Promise<void> {
-    if (typeof roundId !== 'string' || roundId === '') throw new HistoryError('a round needs a non-empty roundId');
-    if (await this.roundExists(q, roundId)) throw new HistoryError(`round id ${roundId} is already committed`);
+    checkNewRoundId(roundId, typeof roundId === 'string' && roundId !== '' && (await this.roundExists(q, roundId)));
   }
 
   /**
@@ -1043,86 +1005,24 @@ export class PgHistoryStore implements HistoryStore {
 
 // --- rules and encodings ----------------------------------------------------------------------------------------
 
-interface CheckedUnlearning {
-  participants: CheckedParticipant[][];
-  missing: MissingClient[][];
-  intermediates: Map<number, Float32Array>;
+/** A participant as checked by the shared rules, with the optional SIFU sensitivity (a finite number >= 0). */
+type CheckedParticipant = RuleParticipant & { sensitivity?: number };
+
+function checkParticipants(ps: ParticipantInput[], layers: number, ctx: string): CheckedParticipant[] {
+  return withSensitivity(checkParticipantsRule(ps, layers, ctx), ps, ctx);
 }
 
-/** What an unlearning commit must satisfy before it touches the database. */
-function checkUnlearning(input: CommitUnlearningInput, layout: WeightLayout): CheckedUnlearning {
-  const rounds = input.rounds;
-  const ctx = `unlearning job ${input.jobId}`;
-  const seenIds = new Set<string>();
-  rounds.forEach((r, i) => {
-    if (!Number.isInteger(r.round) || r.round < 1) throw new HistoryError(`${ctx}: round number ${r.round} is not a positive integer`);
-    const prev = rounds[i - 1];
-    if (prev && r.round <= prev.round) throw new HistoryError(`${ctx}: rounds must ascend (${prev.round} then ${r.round})`);
-    if (typeof r.roundId !== 'string' || r.roundId === '') throw new HistoryError('a round needs a non-empty roundId');
-    if (seenIds.has(r.roundId)) throw new HistoryError(`${ctx}: round id ${r.roundId} is given twice`);
-    seenIds.add(r.roundId);
-  });
-  const participants = rounds.map((r) => checkParticipants(r.participants, layout, `${ctx}, round ${r.round}`));
-  const missing = rounds.map((r, i) => checkMissing(r.missing ?? [], participants[i]!, `${ctx}, round ${r.round}`));
-  const intermediates = new Map<number, Float32Array>();
-  const last = rounds[rounds.length - 1];
-  for (const m of input.intermediateModels ?? []) {
-    if (!rounds.some((r) => r.round === m.round)) throw new HistoryError(`${ctx}: intermediate model for round ${m.round}, which is not replayed`);
-    if (m.round === last?.round) throw new HistoryError(`${ctx}: the model after the last replayed round is the job's result, not an intermediate model`);
-    if (intermediates.has(m.round)) throw new HistoryError(`${ctx}: two intermediate models for round ${m.round}`);
-    intermediates.set(m.round, m.weights);
-  }
-  return { participants, missing, intermediates };
-}
-
-function checkParticipants(ps: ParticipantInput[], layout: WeightLayout, ctx: string): CheckedParticipant[] {
-  const layers = layout.specs.length;
-  const seen = new Set<string>();
-  return ps.map((p) => {
-    if (seen.has(p.clientId)) throw new HistoryError(`${ctx}: client ${p.clientId} is listed twice`);
-    seen.add(p.clientId);
-    if (!Number.isInteger(p.numExamples) || p.numExamples < 0) throw new HistoryError(`${ctx}: client ${p.clientId} has numExamples ${p.numExamples}`);
-    const norms = Float64Array.from(p.norms);
-    if (norms.length !== layers) throw new HistoryError(`${ctx}: client ${p.clientId} has ${norms.length} norms for ${layers} layers`);
-    if (norms.some((n) => !Number.isFinite(n) || n < 0)) throw new HistoryError(`${ctx}: client ${p.clientId} has a negative or non-finite norm`);
-    const out: CheckedParticipant = { clientId: p.clientId, numExamples: p.numExamples, norms };
-    if (p.metrics !== undefined) out.metrics = p.metrics;
-    const sensitivity = (p as ParticipantInput & { sensitivity?: unknown }).sensitivity;
-    if (sensitivity !== undefined) {
-      if (typeof sensitivity !== 'number' || !Number.isFinite(sensitivity) || sensitivity < 0) {
-        throw new HistoryError(`${ctx}: client ${p.clientId} has sensitivity ${String(sensitivity)}, not a finite number >= 0`);
-      }
-      out.sensitivity = sensitivity;
+/** Adds each input's sensitivity, when given, to its checked participant (HistoryError when it is not a finite
+ *  number >= 0). */
+function withSensitivity(checked: RuleParticipant[], input: ParticipantInput[], ctx: string): CheckedParticipant[] {
+  return checked.map((c, i) => {
+    const sensitivity = (input[i] as ParticipantInput & { sensitivity?: unknown }).sensitivity;
+    if (sensitivity === undefined) return c;
+    if (typeof sensitivity !== 'number' || !Number.isFinite(sensitivity) || sensitivity < 0) {
+      throw new HistoryError(`${ctx}: client ${c.clientId} has sensitivity ${String(sensitivity)}, not a finite number >= 0`);
     }
-    return out;
+    return { ...c, sensitivity };
   });
-}
-
-/** A round's missing list: known reasons, each client once, and none of them also a participant. */
-function checkMissing(missing: MissingClient[], participants: readonly { clientId: string }[], ctx: string): MissingClient[] {
-  const taken = new Set(participants.map((p) => p.clientId));
-  const seen = new Set<string>();
-  return missing.map((m) => {
-    if (typeof m.clientId !== 'string' || m.clientId === '') throw new HistoryError(`${ctx}: a missing client has no id`);
-    if (!MISSING_REASONS.has(m.reason)) throw new HistoryError(`${ctx}: missing client ${m.clientId} has unknown reason '${String(m.reason)}'`);
-    if (taken.has(m.clientId)) throw new HistoryError(`${ctx}: client ${m.clientId} is both a participant and missing`);
-    if (seen.has(m.clientId)) throw new HistoryError(`${ctx}: client ${m.clientId} is missing twice`);
-    seen.add(m.clientId);
-    return m.detail === undefined ? { clientId: m.clientId, reason: m.reason } : { clientId: m.clientId, reason: m.reason, detail: String(m.detail) };
-  });
-}
-
-function checkConfig(c: HistoryConfig): void {
-  if (!Number.isInteger(c.historyInterval) || c.historyInterval < 1) throw new HistoryError(`historyInterval must be a positive integer, got ${c.historyInterval}`);
-  if (!RETENTIONS.has(c.retention)) throw new HistoryError(`unknown retention ${String(c.retention)}`);
-}
-
-function parseTopology(json: string): unknown {
-  try {
-    return JSON.parse(json) as unknown;
-  } catch {
-    throw new HistoryError('topologyJson is not valid JSON');
-  }
 }
 
 function metaOf(row: FederationRow): FederationMeta {
@@ -1132,10 +1032,6 @@ function metaOf(row: FederationRow): FederationMeta {
     config: { historyInterval: row.history_interval, retention: row.retention },
     createdAt: row.created_at,
   };
-}
-
-function describeLayout(l: WeightLayout): string {
-  return `${l.specs.length} layers, ${l.totalSize} values`;
 }
 
 function layoutSpecs(layout: WeightLayout): WeightSpec[] {
