@@ -176,6 +176,14 @@ interface ClientRow {
   revoked: boolean;
 }
 
+/** A staging being written by this process. */
+interface InFlight {
+  /** False once a later staging of the same client, or a discard, replaced it. */
+  current: boolean;
+  /** The outcome (committed or not) of a commit of its round that started while it was in flight. */
+  commit: Promise<boolean> | null;
+}
+
 type RoundInput = {
   round: number;
   roundId: string;
@@ -199,6 +207,8 @@ export class PgHistoryStore implements HistoryStore {
   private readonly purgeLockTimeoutMs: number;
   private fed: FederationMeta | null = null;
   private closed = false;
+  /** roundId -> clientId -> this process's staging of it still being written (what a commit must leave out). */
+  private readonly inFlight = new Map<string, Map<string, InFlight>>();
 
   constructor(
     private readonly pool: pg.Pool,
@@ -271,10 +281,38 @@ export class PgHistoryStore implements HistoryStore {
   async stageUpdate(roundId: string, clientId: string, update: Float32Array): Promise<void> {
     const meta = this.requireOpen();
     if (meta.config.retention === 'norms') return;
+    // Registered before the first await: a commit of the round called after this call began leaves it out.
+    const entry: InFlight = { current: true, commit: null };
+    let byClient = this.inFlight.get(roundId);
+    if (!byClient) this.inFlight.set(roundId, (byClient = new Map()));
+    const previous = byClient.get(clientId);
+    if (previous) previous.current = false;
+    byClient.set(clientId, entry);
+    let key: string;
+    try {
+      key = await this.writeStaging(meta.layout, meta.config.retention, roundId, clientId, update);
+    } finally {
+      if (byClient.get(clientId) === entry) {
+        byClient.delete(clientId);
+        if (byClient.size === 0 && this.inFlight.get(roundId) === byClient) this.inFlight.delete(roundId);
+      }
+    }
+    // A commit of the round that started while this staging was in flight left it out (as the embedded store does):
+    // once that commit landed, the staging belongs to no one. So does one a later staging or a discard replaced.
+    const committedMeanwhile = entry.commit !== null && (await entry.commit);
+    if (committedMeanwhile || (await this.roundExists(this.pool, roundId))) {
+      await this.dropStagedRows(this.pool, 'blob = $1', [key]);
+      throw new HistoryError(`round ${roundId} committed while the update of ${clientId} was being staged; it was not included`);
+    }
+    if (!entry.current) await this.dropStagedRows(this.pool, 'blob = $1', [key]);
+  }
+
+  /** Writes one staging (blob and row, replacing the client's previous staging of the round); returns its key. */
+  private async writeStaging(layout: WeightLayout, encoding: BlobEncoding, roundId: string, clientId: string, update: Float32Array): Promise<string> {
     if (await this.roundExists(this.pool, roundId)) throw new HistoryError(`round ${roundId} is already committed; its updates can no longer change`);
     let encoded;
     try {
-      encoded = encodeBlob(meta.layout, update, meta.config.retention);
+      encoded = encodeBlob(layout, update, encoding);
     } catch (e) {
       throw new HistoryError(`update of ${clientId} for round ${roundId}: ${(e as Error).message}`);
     }
@@ -283,12 +321,10 @@ export class PgHistoryStore implements HistoryStore {
     const key = `updates/${safeName(roundId)}/${safeName(clientId)}/${nanoid(10)}`;
     const now = this.now();
     await withTransaction(this.pool, async (tx) => {
+      // Stagings of one client for one round take turns (staging again replaces: delete, then insert).
+      await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`fedunlearn.stage.${this.schema}.${JSON.stringify([roundId, clientId])}`]);
       await putBlob(tx, key, encoded.bytes, now);
-      // Staging again replaces: the previous staging's blob goes with its row.
-      const prev = await tx.query<{ blob: string }>(
-        'DELETE FROM staged_updates WHERE round_id = $1 AND client_id = $2 RETURNING blob',
-        [roundId, clientId],
-      );
+      const prev = await tx.query<{ blob: string }>('DELETE FROM staged_updates WHERE round_id = $1 AND client_id = $2 RETURNING blob', [roundId, clientId]);
       await tx.query(
         `INSERT INTO staged_updates (round_id, client_id, encoding, blob, bytes, blob_sha256, job_id, staged_at)
          VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)`,
@@ -296,11 +332,23 @@ export class PgHistoryStore implements HistoryStore {
       );
       await deleteBlobs(tx, prev.rows.map((r) => r.blob));
     });
-    // A round that committed while this staging was written did not include it: it belongs to no one.
-    if (await this.roundExists(this.pool, roundId)) {
-      await this.dropStagedRows(this.pool, 'blob = $1', [key]);
-      throw new HistoryError(`round ${roundId} committed while the update of ${clientId} was being staged; it was not included`);
+    return key;
+  }
+
+  /**
+   * For a commit of `roundId` about to start: the clients whose staging of it is still in flight in this process
+   * (left out of the commit), and `settle`, which tells those stagings whether the commit landed.
+   */
+  private claimInFlight(roundId: string): { excluded: ReadonlySet<string>; settle(committed: boolean): void } {
+    const byClient = this.inFlight.get(roundId);
+    let settle: (committed: boolean) => void = () => {};
+    const outcome = new Promise<boolean>((resolve) => (settle = resolve));
+    const excluded = new Set<string>();
+    for (const [clientId, entry] of byClient ?? []) {
+      entry.commit = outcome;
+      excluded.add(clientId);
     }
+    return { excluded, settle };
   }
 
   async syncStaged(roundId: string): Promise<void> {
@@ -312,6 +360,8 @@ export class PgHistoryStore implements HistoryStore {
 
   async discardStaged(roundId: string, clientId?: string): Promise<void> {
     this.requireNotClosed();
+    // A staging still in flight removes its own row once it sees it is no longer current.
+    for (const [c, entry] of this.inFlight.get(roundId) ?? []) if (clientId === undefined || c === clientId) entry.current = false;
     if (clientId === undefined) await this.dropStagedRows(this.pool, 'round_id = $1', [roundId]);
     else await this.dropStagedRows(this.pool, 'round_id = $1 AND client_id = $2', [roundId, clientId]);
   }
@@ -339,7 +389,26 @@ export class PgHistoryStore implements HistoryStore {
     const participants = checkParticipants(input.participants, meta.layout.specs.length, `round ${input.round}`);
     const missing = checkMissing(input.missing ?? [], participants, `round ${input.round}`);
     const keep = keepsUpdatesUnder(meta.config, input.round);
-    const row = await withTransaction(this.pool, async (tx) => {
+    const inFlight = this.claimInFlight(input.roundId);
+    let committed = false;
+    try {
+      const row = await this.commitRoundRows(input, participants, missing, keep, inFlight.excluded);
+      committed = true;
+      return toModel(row);
+    } finally {
+      inFlight.settle(committed);
+    }
+  }
+
+  private async commitRoundRows(
+    input: Parameters<HistoryStore['commitRound']>[0],
+    participants: CheckedParticipant[],
+    missing: MissingClient[],
+    keep: boolean,
+    excluded: ReadonlySet<string>,
+  ): Promise<ModelRow> {
+    const meta = this.requireOpen();
+    return withTransaction(this.pool, async (tx) => {
       const head = await this.lockHead(tx);
       checkRoundOrder(toModel(head), input);
       await this.checkNewRoundId(tx, input.roundId);
@@ -350,11 +419,11 @@ export class PgHistoryStore implements HistoryStore {
         { ...input, missing, lineage: head.lineage, modelBefore: head.version, modelAfter: model.version, updatesStored: keep, closedAt },
         participants,
         keep,
+        excluded,
       );
       await tx.query('UPDATE federation SET head = $1 WHERE id = 1', [model.version]);
       return model;
     });
-    return toModel(row);
   }
 
   async commitUnlearning(input: CommitUnlearningInput): Promise<ModelVersion> {
@@ -418,7 +487,8 @@ export class PgHistoryStore implements HistoryStore {
     return created.get(result)!;
   }
 
-  private async insertRound(tx: pg.PoolClient, r: RoundInput, participants: CheckedParticipant[], keep: boolean): Promise<void> {
+  /** A round's rows; its stagings of listed participants (but `excluded`, still in flight) become its updates. */
+  private async insertRound(tx: pg.PoolClient, r: RoundInput, participants: CheckedParticipant[], keep: boolean, excluded: ReadonlySet<string> = new Set()): Promise<void> {
     await tx.query(
       `INSERT INTO rounds (round_id, lineage, round, model_before, model_after, updates_stored, metrics_json, missing_json, started_at, closed_at)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
@@ -442,14 +512,15 @@ export class PgHistoryStore implements HistoryStore {
       );
     }
     // The round's stagings: the listed participants' become its updates (when the policy keeps them), the rest go.
-    if (keep && participants.length > 0) {
+    const taken = participants.map((p) => p.clientId).filter((c) => !excluded.has(c));
+    if (keep && taken.length > 0) {
       await tx.query(
         `INSERT INTO updates (round_id, client_id, encoding, blob, bytes, blob_sha256)
          SELECT round_id, client_id, encoding, blob, bytes, blob_sha256 FROM staged_updates
          WHERE round_id = $1 AND client_id = ANY($2::text[])`,
-        [r.roundId, participants.map((p) => p.clientId)],
+        [r.roundId, taken],
       );
-      await tx.query('DELETE FROM staged_updates WHERE round_id = $1 AND client_id = ANY($2::text[])', [r.roundId, participants.map((p) => p.clientId)]);
+      await tx.query('DELETE FROM staged_updates WHERE round_id = $1 AND client_id = ANY($2::text[])', [r.roundId, taken]);
     }
     await this.dropStagedRows(tx, 'round_id = $1', [r.roundId]);
   }
@@ -557,7 +628,7 @@ export class PgHistoryStore implements HistoryStore {
     const row = rows[0];
     if (!row) return null;
     const data = await getBlob(this.pool, row.blob);
-    if (!data) throw new HistoryError(`update of ${clientId} in round ${roundId}: its blob ${row.blob} is missing`);
+    if (!data) throw new HistoryError(`update of ${clientId} in round ${roundId}: cannot read its blob ${row.blob}: it is missing`);
     if (sha256Hex(data) !== row.blob_sha256) throw new HistoryError(`update of ${clientId} in round ${roundId} is corrupted (sha256 mismatch in ${row.blob})`);
     try {
       return decodeBlob(meta.layout, data).values;
@@ -606,7 +677,7 @@ export class PgHistoryStore implements HistoryStore {
     if (row.erased_at !== null) throw new ModelErasedError(version, row.erased_at);
     if (row.pruned_at !== null) throw new ModelPrunedError(version, row.pruned_at);
     const bytes = await getBlob(this.pool, row.blob);
-    if (!bytes) throw new HistoryError(`model ${version}: its blob ${row.blob} is missing`);
+    if (!bytes) throw new HistoryError(`model ${version}: cannot read its blob ${row.blob}: it is missing`);
     let payload: Uint8Array;
     try {
       if (readBlobHeader(meta.layout, bytes).encoding !== 'fp32') throw new BlobFormatError('model blob is not fp32');
