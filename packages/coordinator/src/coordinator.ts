@@ -16,6 +16,8 @@ import { CoordinatorMetrics } from './metrics.js';
 import { roundFailureReason, roundRetryDelayMs, type RoundFailureReason } from './round-failure.js';
 import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher, type UpdateBounds } from './rounds/dispatcher.js';
 import { modelsToPrune, type ModelRetentionPolicy } from './history/model-retention.js';
+import type { BlobStore } from './history/blob-store.js';
+import { FsBlobStore } from './history/fs-blob-store.js';
 import { NO_STOPPING, stopReason, type StoppingRule } from './rounds/stopping.js';
 import { RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { assertClientId } from './transport/client-id.js';
@@ -100,6 +102,9 @@ export interface CoordinatorOptions {
   store: HistoryStore;
   /** Where job scratch files live (normally the store's data directory). */
   dataDir: string;
+  /** Where forget jobs keep their checkpoints (each step's model, keys `jobs/<jobId>/...`); default files under
+   *  dataDir (dataDir/jobs). */
+  checkpoints?: BlobStore;
   /** The model a new federation starts from; ignored when the store already holds a federation. */
   model: ModelSpec;
   federation: FederationConfig;
@@ -284,7 +289,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       dispatcher: this.dispatcher,
       strategy,
       config: opts.federation,
-      scratchDir: join(opts.dataDir, 'jobs'),
+      checkpoints: opts.checkpoints ?? new FsBlobStore(opts.dataDir),
       eraseModels: (opts.modelsAfterForget ?? 'erase') === 'erase',
       offline: { ...DEFAULT_JOB_OFFLINE, ...opts.jobs },
       log: this.log,

@@ -30,6 +30,9 @@ export interface BlobStore {
   /** Removes unreferenced blobs found by garbage collection. An implementation may keep them aside for inspection
    *  (the filesystem one moves them to `quarantine/`) rather than destroy them. Resolves with the keys removed. */
   discard(keys: readonly string[]): Promise<string[]>;
+  /** Optional: removes what puts interrupted by a crash left under `prefix` (the filesystem one's temporary files,
+   *  never listed); resolves with how many. Stores whose put is atomic have nothing to remove and omit it. */
+  sweepInterrupted?(prefix: string): Promise<number>;
   /** Releases resources; later calls reject with BlobStoreClosedError. Idempotent. */
   close(): Promise<void>;
 }
@@ -49,14 +52,14 @@ export class HistoryBlobMissingError extends Error {
   }
 }
 
-const SEGMENT = /^[A-Za-z0-9._-]+$/;
+const SEGMENT = /^[A-Za-z0-9._~-]+$/;
 
 /** Throws BlobKeyError unless `key` is a valid blob key (see BlobStore). */
 export function checkBlobKey(key: string): void {
   if (typeof key !== 'string' || key.length === 0 || key.length > 512) throw new BlobKeyError(`bad blob key ${JSON.stringify(key)}: 1 to 512 characters`);
   for (const seg of key.split('/')) {
     if (!SEGMENT.test(seg) || seg === '.' || seg === '..') {
-      throw new BlobKeyError(`bad blob key ${JSON.stringify(key)}: '/'-separated segments of [A-Za-z0-9._-], none empty, '.' or '..'`);
+      throw new BlobKeyError(`bad blob key ${JSON.stringify(key)}: '/'-separated segments of [A-Za-z0-9._~-], none empty, '.' or '..'`);
     }
   }
 }

@@ -15,6 +15,7 @@ import { ServerReplay } from './replay.js';
 import { Retrain } from './retrain.js';
 import { DEFAULT_JOB_OFFLINE, type JobOfflineSettings, type JobWaiting } from './offline.js';
 import { JobScratch } from './scratch.js';
+import type { BlobStore } from '../history/blob-store.js';
 
 export * from './offline.js';
 
@@ -144,7 +145,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       dispatcher: TaskDispatcher;
       strategy: AggregationStrategy;
       config: FederationConfig;
-      scratchDir: string;
+      /** Where job checkpoints (each step's model) are kept, under `jobs/<jobId>/`. */
+      checkpoints: BlobStore;
       /** Erase the weights of the model versions the forgotten clients contributed to (CoordinatorOptions.modelsAfterForget). */
       eraseModels: boolean;
       /** Waiting for offline clients and what follows it (default DEFAULT_JOB_OFFLINE). */
@@ -162,7 +164,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       ['retrain', new Retrain('retrain')],
       ['rollback', new Retrain('rollback')],
     ]);
-    this.scratch = new JobScratch(deps.scratchDir);
+    this.scratch = new JobScratch(deps.checkpoints);
   }
 
   private get offline(): JobOfflineSettings {
@@ -280,7 +282,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
    * removal) and resumes the background retry of purges a reader kept from completing.
    */
   async recover(): Promise<void> {
-    this.scratch.sweep(new Set((await this.pending()).map((j) => j.jobId)));
+    await this.scratch.sweep(new Set((await this.pending()).map((j) => j.jobId)));
     if ((await this.incompletePurges()).length > 0) this.schedulePurgeRetry();
   }
 
