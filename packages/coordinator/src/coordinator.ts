@@ -437,8 +437,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
             continue;
           }
           // The cadence counts from round start to round start, so a long round is not followed by a long pause.
-          const wait = lastStart + this.roundIntervalMs - Date.now();
-          if (wait > 0) await sleep(wait, this.abort.signal);
+          // Again after each sleep: a timer may fire a millisecond early against Date.now().
+          for (let wait = lastStart + this.roundIntervalMs - Date.now(); wait > 0 && !this.abort.signal.aborted; wait = lastStart + this.roundIntervalMs - Date.now()) {
+            await sleep(wait, this.abort.signal);
+          }
           if (this.abort.signal.aborted) break;
           const startedAt = Date.now();
           lastStart = startedAt;
@@ -619,6 +621,24 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   /** Issues a credential for a new client; the secret is returned once and only its hash is kept. */
   async issueClient(clientId: string = nanoid()): Promise<{ clientId: string; secret: string }> {
+    return this.credentialChange(() => this.issueClientNow(clientId));
+  }
+
+  /**
+   * Runs credential changes (issue, rotate, revoke) one at a time: each reads a client's record and then writes it,
+   * and with an asynchronous store two changes of one client could otherwise interleave (two issues of one id would
+   * both pass the existence check, the second secret silently replacing the first). One process's queue: several
+   * coordinators on one store need the store's own exclusion.
+   */
+  private credentialChange<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.credentials.then(fn);
+    this.credentials = run.catch(() => undefined);
+    return run;
+  }
+
+  private credentials: Promise<unknown> = Promise.resolve();
+
+  private async issueClientNow(clientId: string): Promise<{ clientId: string; secret: string }> {
     assertClientId(clientId);
     if (await this.store.getClient(clientId)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `client ${clientId} already exists`);
     const secret = generateSecret();
@@ -630,7 +650,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /** Replaces a client's secret (the old one stops working at once, and a connected session is closed); also lifts a revocation. */
-  async rotateSecret(clientId: string): Promise<{ clientId: string; secret: string }> {
+  rotateSecret(clientId: string): Promise<{ clientId: string; secret: string }> {
+    return this.credentialChange(() => this.rotateSecretNow(clientId));
+  }
+
+  private async rotateSecretNow(clientId: string): Promise<{ clientId: string; secret: string }> {
     const c = await this.requireIssuable(clientId);
     const secret = generateSecret();
     const secretHash = hashIssuedSecret(secret);
@@ -643,7 +667,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /** Revokes a client's credential: its session is closed and later hellos are refused; its history stays. */
-  async revokeClient(clientId: string): Promise<void> {
+  revokeClient(clientId: string): Promise<void> {
+    return this.credentialChange(() => this.revokeClientNow(clientId));
+  }
+
+  private async revokeClientNow(clientId: string): Promise<void> {
     const c = await this.store.getClient(clientId);
     if (!c) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client ${clientId}`);
     await this.store.upsertClient({ clientId, seenAt: c.lastSeen, revoked: true });
