@@ -708,42 +708,54 @@ export class PgHistoryStore implements HistoryStore {
    */
   async completePurge(): Promise<boolean> {
     this.requireNotClosed();
-    const pending = await this.pool.query<{ seq: number; relname: string }>('SELECT seq, relname FROM purge_pending ORDER BY seq');
+    const pending = await this.pool.query<{ seq: number; relname: string; xid: string }>('SELECT seq, relname, xid::text AS xid FROM purge_pending ORDER BY seq');
     if (pending.rows.length === 0) return true;
     const upTo = pending.rows[pending.rows.length - 1]!.seq;
     const rels = [...new Set(pending.rows.map((r) => r.relname))];
     for (const r of rels) if (!RELNAME.test(r)) throw new HistoryError(`purge_pending names ${JSON.stringify(r)}, not a table of this store`);
+    // The newest purge to finish: the vacuum drops its deleted rows only if no snapshot reaches back to its transaction.
+    const purgeXid = pending.rows.reduce((m, r) => (BigInt(r.xid) > m ? BigInt(r.xid) : m), 0n);
     const client = await this.pool.connect();
     try {
-      // Every transaction id below this one has ended or is running now: a session whose snapshot predates it may
-      // still see the purged rows.
-      const { rows } = await client.query<{ horizon: string }>('SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS horizon');
+      // A session (or a replication slot, or a prepared transaction) whose oldest snapshot reaches back to the purge
+      // makes VACUUM keep the deleted rows as "recently dead". Checked before the vacuum: no snapshot that old can
+      // start afterwards. Short transactions end within the wait; a backup or report holding one makes this false.
+      const deadline = Date.now() + this.purgeLockTimeoutMs;
+      while (await this.snapshotsReachBack(client, purgeXid)) {
+        if (Date.now() >= deadline) return false;
+        await new Promise((r) => setTimeout(r, 50));
+      }
       await client.query(`SET lock_timeout = ${Math.max(1, Math.floor(this.purgeLockTimeoutMs))}`);
       try {
         await client.query(`VACUUM (FULL) ${rels.join(', ')}`);
       } catch (e) {
-        if ((e as { code?: string }).code === '55P03') return false; // lock_not_available
+        if ((e as { code?: string }).code === '55P03') return false; // lock_not_available: a reader holds a table
         throw e;
       } finally {
         await client.query('RESET lock_timeout');
       }
-      // Snapshots older than the horizon, in this database's sessions or its replication slots, kept the rows.
-      const older = await client.query<{ n: number }>(
-        `SELECT (SELECT COUNT(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL
-                    AND age(backend_xmin) > age(($1::bigint % 4294967296)::text::xid))
-              + (SELECT COUNT(*) FROM pg_replication_slots
-                  WHERE (database IS NULL OR database = current_database()) AND xmin IS NOT NULL
-                    AND age(xmin) > age(($1::bigint % 4294967296)::text::xid)) AS n`,
-        [rows[0]!.horizon],
-      );
-      if (Number(older.rows[0]!.n) !== 0) return false;
       // Purges committed while this ran added rows after upTo: they are the next call's.
       await client.query('DELETE FROM purge_pending WHERE seq <= $1', [upTo]);
       return true;
     } finally {
       client.release();
     }
+  }
+
+  /** Whether any other session of this database, replication slot or prepared transaction may still see rows that
+   *  transaction `xid` deleted (its xmin or own xid is not after it). */
+  private async snapshotsReachBack(client: pg.PoolClient, xid: bigint): Promise<boolean> {
+    const { rows } = await client.query<{ n: number }>(
+      `WITH p AS (SELECT (($1::bigint % 4294967296)::text)::xid AS x)
+       SELECT (SELECT COUNT(*) FROM pg_stat_activity, p
+                WHERE datname = current_database() AND pid <> pg_backend_pid()
+                  AND ((backend_xmin IS NOT NULL AND age(backend_xmin) >= age(p.x)) OR (backend_xid IS NOT NULL AND age(backend_xid) >= age(p.x))))
+            + (SELECT COUNT(*) FROM pg_replication_slots, p
+                WHERE (database IS NULL OR database = current_database()) AND xmin IS NOT NULL AND age(xmin) >= age(p.x))
+            + (SELECT COUNT(*) FROM pg_prepared_xacts, p WHERE database = current_database() AND age(transaction) >= age(p.x)) AS n`,
+      [xid.toString()],
+    );
+    return Number(rows[0]!.n) > 0;
   }
 
   /** Deletes the clients' rows and blobs and tombstones them, in `tx`. */
@@ -778,7 +790,7 @@ export class PgHistoryStore implements HistoryStore {
     const parts = new Set([...upd.rows.map((r) => r.blob), ...staged.keys].map(blobPart));
     if (eraseModels && modelsErased.length > 0) parts.add(0);
     const rels = [...[...parts].sort((a, b) => a - b).map(blobPartition), ...PURGED_TABLES];
-    await tx.query('INSERT INTO purge_pending (relname, since) SELECT r, $2 FROM unnest($1::text[]) AS r', [rels, now]);
+    await tx.query('INSERT INTO purge_pending (relname, since, xid) SELECT r, $2, pg_current_xact_id() FROM unnest($1::text[]) AS r', [rels, now]);
     if (ids.length > 0) {
       await tx.query(
         `INSERT INTO clients (client_id, secret_hash, num_examples, first_seen, last_seen, forgotten, revoked)
