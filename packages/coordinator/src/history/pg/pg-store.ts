@@ -56,10 +56,10 @@ import { migratePg } from './pg-migrations.js';
  *
  * Purge: DELETE in the transaction, then `completePurge` runs VACUUM FULL on the blob partitions and tables that held
  * the forgotten clients' rows: it rewrites them (and their TOAST relations) into new files, so that the relation files
- * hold no byte of the deleted rows (a plain VACUUM leaves them in the pages). It does not wait on readers (lock_timeout) and reports incomplete while another session holds a
- * snapshot from before the purge (which keeps the deleted rows alive); a later call completes it. What stays the
- * operator's: the WAL segments (pg_wal, archives), base backups and replicas, which keep copies until they are
- * recycled or expire.
+ * hold no byte of the deleted rows (a plain VACUUM leaves them in the pages). It waits at most purgeLockTimeoutMs on
+ * readers and reports incomplete while another session holds a snapshot reaching back to the purge (which keeps the
+ * deleted rows alive); a later call completes it. What stays the operator's: the WAL segments (pg_wal, archives), base
+ * backups and replicas, which keep copies until they are recycled or expire.
  */
 
 export interface PgHistoryOptions {
@@ -74,7 +74,8 @@ export interface PgHistoryOptions {
    *  one coordinator per schema, as the embedded store; replicas sharing a schema set it above the longest round,
    *  so that a replica starting does not drop the stagings of a round in flight on another. */
   stagingGraceMs?: number;
-  /** How long completePurge waits for a table lock before it reports the purge incomplete (ms, default 2,000). */
+  /** How long completePurge waits for older snapshots to end, and then for each table lock, before it reports the
+   *  purge incomplete (ms, default 2,000). */
   purgeLockTimeoutMs?: number;
 }
 
@@ -703,8 +704,9 @@ export class PgHistoryStore implements HistoryStore {
    * rows; the old files are truncated and unlinked): the blob partitions that held the forgotten clients' bytes and
    * the tables of their rows, so that no byte of a purged row is left in them. Other partitions are not touched, so
    * the cost follows the forgotten clients' share of the history, not its size. True when nothing is left to do.
-   * False, without waiting, when another session holds a lock on one of the tables (lock_timeout) or a snapshot from
-   * before the purge (it keeps the deleted rows alive, and VACUUM copies them): call again later.
+   * False, after at most purgeLockTimeoutMs, when another session holds a lock on one of the tables or a snapshot
+   * reaching back to the purge (it keeps the deleted rows alive, and VACUUM would copy them): call again later, from
+   * any replica (what is pending is a table, purge_pending).
    */
   async completePurge(): Promise<boolean> {
     this.requireNotClosed();
