@@ -288,9 +288,13 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
 
   /** Stops the background purge retry (the coordinator is stopping; a restart resumes it). */
   close(): void {
+    this.closed = true;
     if (this.purgeTimer) clearTimeout(this.purgeTimer);
     this.purgeTimer = null;
   }
+
+  /** Set by close: a retry whose store reads were in flight then does not schedule another. */
+  private closed = false;
 
   /** Done jobs whose report says the purge has not reached the disk yet. */
   async incompletePurges(): Promise<JobRecord[]> {
@@ -471,7 +475,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   }
 
   private schedulePurgeRetry(): void {
-    if (this.purgeTimer) return;
+    if (this.purgeTimer || this.closed) return;
     const every = (this.deps.purgeRetry ?? DEFAULT_PURGE_RETRY).everyMs;
     const tick = async () => {
       this.purgeTimer = null;
@@ -479,6 +483,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         const waiting = await this.incompletePurges();
         if (waiting.length === 0) return;
         if (!(await this.deps.store.completePurge())) {
+          if (this.closed) return;
           this.purgeTimer = setTimeout(tick, every);
           this.purgeTimer.unref();
           return;
