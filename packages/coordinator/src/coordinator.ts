@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events';
-import { join } from 'node:path';
 import { DEFAULT_FRAMING, ErrorCode, fedunlearn, ProtocolError, type FlatWeights, type FramingLimits } from '@fedunlearn/protocol';
 import type { FastifyInstance } from 'fastify';
 import { nanoid } from 'nanoid';

@@ -1,5 +1,4 @@
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { nanoid } from 'nanoid';
@@ -10,16 +9,13 @@ import {
   decodeBlob,
   encodeBlob,
   ensureDirSync,
-  fsyncPath,
   fsyncPathSync,
   kernelSync,
   readBlobHeader,
   TEMP_MARK,
   sha256Hex,
-  unlinkDurable,
   weightsSha256,
   writeFileDurableSync,
-  writeFileUnsynced,
   type BlobEncoding,
   type DiskSync,
 } from './blob-files.js';
