@@ -171,6 +171,38 @@ describe('LeaderLease on the real PostgreSQL', () => {
     await l.stop();
   });
 
+  test('a fenced commit in progress holds off the takeover: the next term starts after the commit, by the database clock', async () => {
+    const name = 'held';
+    const a = lease('held-a', { name });
+    const aEvents = recordEvents(a);
+    await a.start();
+    const e1 = a.epoch!;
+    const b = lease('held-b', { name });
+    await b.start();
+    assert.equal(b.isLeader, false);
+
+    const tx = await connectPg();
+    try {
+      await tx.query('BEGIN');
+      await a.fence(tx);
+      await tx.query(`INSERT INTO "${schema}".commits (epoch, holder) VALUES ($1, 'held-a')`, [e1]);
+      // The open commit holds the lease row FOR SHARE: a's renewals (and b's takeover) wait on it, so a gives its term
+      // up when its TTL passes without a renewal; b cannot take the lease while the commit is open.
+      const lost = await nextEvent<LeaseLost>(a, 'lost', BOUND);
+      assert.equal(lost.reason, 'expired');
+      assert.equal(b.isLeader, false, 'b took the lease while a fenced commit was open');
+      const taken = nextEvent<LeaseAcquired>(b, 'acquired', BOUND);
+      const { rows: at } = await tx.query<{ t: Date }>('SELECT clock_timestamp() AS t');
+      await tx.query('COMMIT');
+      assert.equal((await taken).epoch, e1 + 1);
+      const { rows } = await db.query<{ acquired_at: Date }>(`SELECT acquired_at FROM "${schema}".leader_lease WHERE name = $1`, [name]);
+      assert.ok(rows[0]!.acquired_at.getTime() >= at[0]!.t.getTime(), 'the new term began before the commit ended');
+      assert.deepEqual(aEvents, [`acquired ${e1}`, `lost ${e1} expired`]);
+    } finally {
+      await tx.end();
+    }
+  });
+
   test('fence refuses to run outside a transaction block, and a lease that was never taken', async () => {
     await assert.rejects(fenceLease(db, { schema, name: 'conn', epoch: 1 }), /inside the commit transaction/);
     await db.query('BEGIN');

@@ -1,11 +1,13 @@
 import { EventEmitter } from 'node:events';
-import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { migrateCluster } from './migrations.js';
 import { quoteSchema } from './sql-identifier.js';
 
 /** Default lease time to live: a dead leader is replaced within TTL + one renewal period (issue 14: at most 10 s). */
 export const DEFAULT_LEASE_TTL_MS = 10_000;
+
+/** Milliseconds left of the lease row's term, by the database's clock, as a RETURNING column. */
+const REMAINING_MS = `(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::float8 AS remaining_ms`;
 
 /** Why a replica stopped leading. */
 export type LeaseLossReason =
@@ -84,8 +86,8 @@ interface LeaseRow {
  * One row per lease name holds the holder, an epoch and an expiry. A contender takes the row when it has expired (or
  * is its own, after it lost it), which increments the epoch; the holder renews it every `renewEveryMs`. Every time
  * comparison is made by the database (`clock_timestamp()`), so replicas' clocks may disagree freely. A replica's own
- * (monotonic) timer only makes it give up early: when no renewal succeeded within the TTL since the last successful
- * one was sent, it reports `lost` without waiting to hear so.
+ * timer only makes it stop work without waiting to hear so: when the time the database gave its last renewal runs
+ * out without another, it reports `lost` (expired).
  *
  * Leading is not enough to commit: a leader that was paused past its lease may still believe it leads. Every commit of
  * a term therefore runs `fence(client, epoch)` inside its transaction, which locks the lease row `FOR SHARE` and
@@ -228,36 +230,48 @@ export class LeaderLease extends EventEmitter<LeaseEvents> {
   }
 
   private async tryAcquire(client: pg.Client): Promise<void> {
-    const sentAt = performance.now();
     // One statement: a missing row is inserted (epoch 1); an expired row, or one still naming this holder (it lost the
     // lease and contends again), is taken with the next epoch. Concurrent contenders serialise on the row lock, and
-    // the WHERE is evaluated again on the row the winner wrote, so exactly one wins.
-    const { rows } = await client.query<{ epoch: string }>(
+    // the WHERE is evaluated again on the row the winner wrote, so exactly one wins. The times are taken in the SET,
+    // after any wait for the row lock (a fenced commit in progress): the VALUES row was computed before that wait.
+    const { rows } = await client.query<{ epoch: string; remaining_ms: number }>(
       `INSERT INTO ${this.table} AS l (name, holder, epoch, acquired_at, expires_at)
        VALUES ($1, $2, 1, clock_timestamp(), clock_timestamp() + $3::float8 * interval '1 millisecond')
        ON CONFLICT (name) DO UPDATE
-         SET holder = EXCLUDED.holder, epoch = l.epoch + 1, acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
+         SET holder = EXCLUDED.holder, epoch = l.epoch + 1, acquired_at = clock_timestamp(),
+             expires_at = clock_timestamp() + $3::float8 * interval '1 millisecond'
          WHERE l.expires_at <= clock_timestamp() OR l.holder = EXCLUDED.holder
-       RETURNING epoch`,
+       RETURNING epoch, ${REMAINING_MS}`,
       [this.name, this.opts.holder, this.ttlMs],
     );
     const row = rows[0];
     if (!row || this.stopped) return;
     this.held = Number(row.epoch);
-    this.armExpiry(sentAt);
+    this.armExpiry(row.remaining_ms);
     this.emit('acquired', { epoch: this.held, holder: this.opts.holder });
   }
 
   private async renew(client: pg.Client, epoch: number): Promise<void> {
-    const sentAt = performance.now();
-    const { rows } = await client.query<{ epoch: string }>(
-      `UPDATE ${this.table} SET expires_at = clock_timestamp() + $3::float8 * interval '1 millisecond'
-       WHERE name = $1 AND epoch = $2 AND holder = $4 AND expires_at > clock_timestamp() RETURNING epoch`,
-      [this.name, epoch, this.ttlMs, this.opts.holder],
-    );
+    // The row is locked first, then checked: an UPDATE alone evaluates its WHERE before waiting for a lock, and a row
+    // that was only locked meanwhile (a fenced commit, FOR SHARE) is not checked again, so a renewal that waited past
+    // the expiry would still extend it.
+    await client.query('BEGIN');
+    let rows: { epoch: string; remaining_ms: number }[];
+    try {
+      await client.query(`SELECT 1 FROM ${this.table} WHERE name = $1 FOR NO KEY UPDATE`, [this.name]);
+      ({ rows } = await client.query<{ epoch: string; remaining_ms: number }>(
+        `UPDATE ${this.table} SET expires_at = clock_timestamp() + $3::float8 * interval '1 millisecond'
+         WHERE name = $1 AND epoch = $2 AND holder = $4 AND expires_at > clock_timestamp() RETURNING epoch, ${REMAINING_MS}`,
+        [this.name, epoch, this.ttlMs, this.opts.holder],
+      ));
+      await client.query('COMMIT');
+    } catch (e) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw e;
+    }
     if (this.held !== epoch) return; // lost meanwhile (expiry timer, connection event)
     if (rows.length > 0) {
-      this.armExpiry(sentAt);
+      this.armExpiry(rows[0]!.remaining_ms);
       return;
     }
     const now = await client.query<LeaseRow>(`SELECT holder, epoch, expires_at > clock_timestamp() AS live FROM ${this.table} WHERE name = $1`, [this.name]);
@@ -266,12 +280,14 @@ export class LeaderLease extends EventEmitter<LeaseEvents> {
     else this.lose('expired', 'the lease expired before it was renewed');
   }
 
-  /** Gives up the term when no renewal succeeds within the TTL of the last one sent (measured from its sending, so
-   *  the local estimate never outlives the database's). */
-  private armExpiry(sentAt: number): void {
+  /**
+   * Gives up the term when no renewal succeeds before the lease runs out: `remainingMs` is what the database said was
+   * left when it wrote the expiry, counted here from the answer's arrival (later by the answer's way back, which only
+   * makes this replica stop a little late; commits are fenced by the database, not by this timer).
+   */
+  private armExpiry(remainingMs: number): void {
     if (this.expiry) clearTimeout(this.expiry);
-    const left = Math.max(0, this.ttlMs - (performance.now() - sentAt));
-    this.expiry = setTimeout(() => this.lose('expired', `no renewal succeeded within the lease's ${this.ttlMs} ms`), left);
+    this.expiry = setTimeout(() => this.lose('expired', `no renewal succeeded within the lease's ${this.ttlMs} ms`), Math.max(0, remainingMs));
   }
 
   private lose(reason: LeaseLossReason, message: string): void {
