@@ -9,9 +9,10 @@ import { LeaderLease, LeaseFencedError, fenceLease, type LeaseAcquired, type Lea
 import { migrateCluster } from './migrations.js';
 import { connectPg, dropSchema, nextEvent, uniqueName } from './services.test-support.js';
 
-// Short leases keep the tests quick; every wait below is a bound on a hang, and the assertions are on the order of
-// events and on epochs, never on how long anything took.
-const TTL = 1_000;
+// Short leases keep the tests quick, yet long enough that a loaded machine's event-loop stalls (the whole suite runs
+// on 2 cores) do not end a term by themselves; every wait below is a bound on a hang, and the assertions are on the
+// order of events and on epochs, never on how long anything took.
+const TTL = 3_000;
 const BOUND = 15_000;
 
 interface Msg {
