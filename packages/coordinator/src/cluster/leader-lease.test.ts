@@ -214,6 +214,7 @@ describe('LeaderLease on the real PostgreSQL', () => {
   test('bad options are refused with a clear error', () => {
     const connect = () => connectPg();
     assert.throws(() => new LeaderLease({ schema: 'Bad-Name', holder: 'x', connect }), /schema name/);
+    assert.throws(() => new LeaderLease({ schema: 'pg_lease', holder: 'x', connect }), /not starting with a digit or pg_/);
     assert.throws(() => new LeaderLease({ schema, holder: 'x', ttlMs: 1000, renewEveryMs: 1000, connect }), /renewEveryMs/);
     assert.throws(() => new LeaderLease({ schema, holder: '', connect }), /holder/);
   });
