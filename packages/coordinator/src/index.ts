@@ -23,3 +23,9 @@ export * from './unlearning/engine.js';
 export * from './unlearning/calibration.js';
 export * from './history/model-retention.js';
 export * from './rounds/stopping.js';
+// The cluster's parts (issue 14): not wired into the coordinator yet.
+export * from './cluster/leader-lease.js';
+export { migrateCluster, CLUSTER_MIGRATIONS } from './cluster/migrations.js';
+export * from './cluster/bus.js';
+export * from './cluster/shared-limits.js';
+export { clusterStrategyOf } from './cluster/cluster-aggregation.js';
