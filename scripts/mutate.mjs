@@ -74,7 +74,11 @@ const MODULES = [
     guarantee: 'history commits are atomic and durable; a purge leaves nothing',
     file: 'packages/coordinator/dist/history/blob-files.js',
     only: ['ensureDirSync', 'fsyncPathSync', 'fsyncPath', 'writeFileDurableSync', 'writeFileUnsynced', 'unlinkDurable'],
-    tests: ['packages/coordinator/dist/history/durability.test.js', 'packages/coordinator/dist/history/blob-files.test.js'],
+    tests: [
+      'packages/coordinator/dist/history/durability.test.js',
+      'packages/coordinator/dist/history/blob-files.test.js',
+      'packages/coordinator/dist/history/blob-files.failures.test.js',
+    ],
   },
   {
     name: 'upload-window',
