@@ -37,13 +37,13 @@ const MODULES = [
     name: 'federaser',
     guarantee: 'FedEraser: calibrated replay',
     file: 'packages/coordinator/dist/unlearning/federaser.js',
-    tests: ['test/dist/unlearning-arithmetic.e2e.test.js'],
+    tests: ['packages/coordinator/dist/unlearning/replay-methods.test.js', 'test/dist/unlearning-arithmetic.e2e.test.js'],
   },
   {
     name: 'replay',
     guarantee: 'server-side replay (FedAccum)',
     file: 'packages/coordinator/dist/unlearning/replay.js',
-    tests: ['test/dist/unlearning-arithmetic.e2e.test.js'],
+    tests: ['packages/coordinator/dist/unlearning/replay-methods.test.js', 'test/dist/unlearning-arithmetic.e2e.test.js'],
   },
   {
     name: 'update-validation',
