@@ -21,9 +21,32 @@ function tempDir(t: TestContext): string {
   return dir;
 }
 
+const TINY_DISK = 'fedunlearn-tinydisk-';
+
+/**
+ * Unmounts the tiny disks of test processes that are gone: a process killed mid-test (a timeout, a mutant that hangs
+ * under `npm run mutate`) never reaches its t.after. The owner's pid is in the mount point's name.
+ */
+function sweepTinyDisks(): void {
+  if (!fs.existsSync('/proc/mounts')) return;
+  for (const line of fs.readFileSync('/proc/mounts', 'utf8').split('\n')) {
+    const dir = line.split(' ')[1] ?? '';
+    const m = new RegExp(`/${TINY_DISK}(\\d+)-[^/]*$`).exec(dir);
+    if (!m) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+      continue; // its owner is alive
+    } catch {
+      spawnSync('umount', [dir]);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+}
+
 /** A tmpfs of `bytes` bytes and `inodes` inodes (its root directory is one), unmounted after the test; null if refused. */
 function tinyDisk(t: TestContext, bytes: number, inodes: number): string | null {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-tinydisk-'));
+  sweepTinyDisks();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${TINY_DISK}${process.pid}-`));
   const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${bytes},nr_inodes=${inodes},mode=0700`, 'tmpfs', dir], { encoding: 'utf8' });
   if (r.status !== 0) {
     fs.rmdirSync(dir);
