@@ -62,11 +62,25 @@ const MODULES = [
     name: 'store',
     guarantee: 'history commits are atomic and durable; a purge leaves nothing',
     file: 'packages/coordinator/dist/history/sqlite-store.js',
-    only: ['syncStaged', 'makeDurableSync', 'commitRound', 'commitUnlearning', 'commitWithBlobs', 'purgeClients'],
+    // commitUnlearning and purgeClients delegate to the methods after them (shared with finishUnlearning).
+    only: [
+      'syncStaged',
+      'makeDurableSync',
+      'commitRound',
+      'commitUnlearning',
+      'finishUnlearning',
+      'prepareUnlearning',
+      'insertUnlearning',
+      'commitWithBlobs',
+      'purgeClients',
+      'purgeRows',
+      'dropStagedOf',
+    ],
     tests: [
       'packages/coordinator/dist/history/durability.test.js',
       'packages/coordinator/dist/history/sqlite-store.test.js',
       'packages/coordinator/dist/history/sqlite-store.missing.test.js',
+      'packages/coordinator/dist/history/store-input-checks.test.js',
     ],
   },
   {
