@@ -224,3 +224,25 @@ test('FedEraser resumed after a restart calibrates from the checkpointed model o
   assert.notDeepEqual(all.weights, res.weights);
   assert.deepEqual(all.cost, addCost(addCost(addCost(zeroCost(), step), step), step));
 });
+
+test('FedEraser refuses a calibration ratio that is not positive before it reads or trains anything', async () => {
+  for (const ratio of [0, -0.5, Number.NaN]) {
+    const { ctx, calls } = context();
+    await assert.rejects(new FedEraser().run(ctx, { calibrationRatio: ratio }), (e: unknown) => {
+      assert.ok(e instanceof RangeError);
+      assert.equal(e.message, `calibrationRatio must be positive, got ${ratio}`);
+      return true;
+    });
+    assert.deepEqual([calls.readModel, calls.stepModels], [[], []]);
+  }
+  // The smallest positive ratio is accepted, and scales the calibration epochs: r * E.
+  const { ctx } = context();
+  const epochs: number[] = [];
+  const step = ctx.step.bind(ctx);
+  ctx.step = async (args) => {
+    epochs.push(args.hyper!.localEpochs);
+    return step(args);
+  };
+  await new FedEraser().run(ctx, { calibrationRatio: Number.MIN_VALUE });
+  assert.deepEqual(epochs, [Number.MIN_VALUE * 2, Number.MIN_VALUE * 2, Number.MIN_VALUE * 2]);
+});
