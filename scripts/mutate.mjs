@@ -13,7 +13,8 @@
 //                                        adding tests: a mutant killed before stays killed, tests are only added),
 //                                        and merge the new verdicts into mutation/reports/<module>.json
 //
-// The machine is shared: one mutant at a time (FEDUNLEARN_MUTATE_CONCURRENCY to change it).
+// The machine is shared: one mutant at a time (FEDUNLEARN_MUTATE_CONCURRENCY to change it; FEDUNLEARN_MUTATE_TIMEOUT_MS
+// for the time a mutant's tests may take beyond 1.5 times the initial run's, 8 s by default).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
@@ -130,7 +131,9 @@ function strykerConfig(m, recheck = null) {
     inPlace: true,
     coverageAnalysis: 'off',
     concurrency: Number(process.env.FEDUNLEARN_MUTATE_CONCURRENCY ?? 1),
-    timeoutMS: 8_000,
+    // Added to 1.5 times the tests' time in the initial run; raise it on a loaded machine, where slow runs would
+    // otherwise count as timeouts (killed) rather than as the verdict of the tests.
+    timeoutMS: Number(process.env.FEDUNLEARN_MUTATE_TIMEOUT_MS ?? 8_000),
     reporters: ['json', 'html', 'clear-text', 'progress'],
     jsonReporter: { fileName: relative(root, join(reportsDir, `${name}.json`)) },
     htmlReporter: { fileName: relative(root, join(reportsDir, `${name}.html`)) },
