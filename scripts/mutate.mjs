@@ -81,6 +81,7 @@ const MODULES = [
       'packages/coordinator/dist/history/durability.test.js',
       'packages/coordinator/dist/history/sqlite-store.test.js',
       'packages/coordinator/dist/history/sqlite-store.missing.test.js',
+      'packages/coordinator/dist/history/sqlite-store.finish.test.js',
       'packages/coordinator/dist/history/store-input-checks.test.js',
     ],
   },

@@ -115,6 +115,42 @@ test("commitRound's participant refusals name the round", async (t) => {
   );
 });
 
+test("commitRound's missing-list refusals name the round", async (t) => {
+  const f = await fixture(t);
+  await refused(
+    f,
+    () =>
+      f.store.commitRound({
+        round: 3,
+        roundId: 'r3',
+        modelBefore: f.v[2]!,
+        weights: weights(3),
+        participants: [participant('a')],
+        missing: [{ clientId: 'a', reason: 'deadline' }],
+        metrics: {},
+        startedAt: 3,
+      }),
+    /^round 3: client a is both a participant and missing$/,
+  );
+});
+
+test('an unlearning commit whose head moved while its blobs were written is refused, and removes its blobs', async (t) => {
+  const f = await fixture(t);
+  const blobs = f.blobs();
+  // The work lock keeps rounds and jobs apart in the service; here a round commits while the job's commit is between
+  // writing its model blob and its transaction.
+  const pending = f.store.commitUnlearning(job([replayed(1)]));
+  const round3 = await f.store.commitRound({ round: 3, roundId: 'r3', modelBefore: f.v[2]!, weights: weights(3), participants: [participant('a')], metrics: {}, startedAt: 3 });
+  await assert.rejects(pending, (e: unknown) => {
+    assert.ok(e instanceof HistoryError);
+    assert.equal(e.message, 'unlearning job J: the head moved while its commit was prepared');
+    return true;
+  });
+  assert.equal((await f.store.head()).version, round3.version);
+  assert.deepEqual(f.blobs(), [...blobs, path.join('models', `${round3.version}.bin`)].sort(), "only round 3's model was added");
+  assert.equal((await f.store.listModels()).filter((m) => m.cause === 'unlearning').length, 0);
+});
+
 test('a failed round commit leaves no model blob behind, and its retry does not fsync the staged update again', async (t) => {
   let failNext = false;
   const fsyncs: string[] = [];
