@@ -39,12 +39,14 @@ const MODULES = [
     guarantee: 'FedEraser: calibrated replay',
     file: 'packages/coordinator/dist/unlearning/federaser.js',
     tests: ['packages/coordinator/dist/unlearning/replay-methods.test.js', 'test/dist/unlearning-arithmetic.e2e.test.js'],
+    failFast: true,
   },
   {
     name: 'replay',
     guarantee: 'server-side replay (FedAccum)',
     file: 'packages/coordinator/dist/unlearning/replay.js',
     tests: ['packages/coordinator/dist/unlearning/replay-methods.test.js', 'test/dist/unlearning-arithmetic.e2e.test.js'],
+    failFast: true,
   },
   {
     name: 'update-validation',
@@ -124,8 +126,14 @@ function strykerConfig(m, recheck = null) {
     $schema: '../../node_modules/@stryker-mutator/core/schema/stryker-schema.json',
     packageManager: 'npm',
     testRunner: 'command',
-    // The module's test files run side by side: they spend most of their time waiting on fsync, not on the CPU.
-    commandRunner: { command: `node --test --test-concurrency=${m.tests.length} ${m.tests.join(' ')}` },
+    // `failFast`: one file after another, fast unit tests first, stopping at the first that fails (a slow end-to-end
+    // test then runs only for the mutants the unit tests miss). Otherwise the module's test files run side by side:
+    // they spend most of their time waiting on fsync, not on the CPU.
+    commandRunner: {
+      command: m.failFast
+        ? m.tests.map((t) => `node --test ${t}`).join(' && ')
+        : `node --test --test-concurrency=${m.tests.length} ${m.tests.join(' ')}`,
+    },
     mutate: recheck ?? (m.only ? ranges(m.file, m.only) : [m.file]),
     // In place: the workspace packages import each other through node_modules links to these very files, which a
     // sandbox copy would not be. Stryker restores the file when it ends (rebuild if it was killed).
