@@ -353,3 +353,46 @@ test('syncStaged of a round with nothing staged is a no-op: no history write, so
   await f.store.syncStaged('r3');
   assert.deepEqual(points, ['history-write'], 'a round already durable writes nothing again');
 });
+
+test('finishUnlearning refuses an unknown job by name and writes nothing', async (t) => {
+  const f = await fixture(t);
+  await refused(
+    f,
+    () => f.store.finishUnlearning({ ...job([replayed(1)], { jobId: 'nope' }), purge: { clientIds: ['a'], eraseModels: false }, finish: () => ({ state: 'done' }) }),
+    /^unknown job nope$/,
+  );
+  assert.equal((await f.store.getClient('a'))?.forgotten ?? false, false, 'nobody was purged');
+});
+
+test("finishUnlearning's report sees the purge as not yet complete, and the job-purge pause point comes after the commit", async (t) => {
+  const points: string[] = [];
+  const f = await fixture(t, { store: { pause: async (p) => void points.push(p) } });
+  await f.store.createJob({
+    jobId: 'J',
+    kind: 'forget',
+    state: 'running',
+    clientIds: ['a'],
+    requestedBy: 'operator',
+    method: 'replay',
+    params: {},
+    progress: { step: 0, total: 1 },
+    checkpoint: null,
+    report: null,
+    error: null,
+  });
+  points.length = 0;
+  const seen: { complete: boolean; head: string }[] = [];
+  const out = await f.store.finishUnlearning({
+    ...job([replayed(1)]),
+    purge: { clientIds: ['a'], eraseModels: false },
+    finish: (after, purged) => {
+      seen.push({ complete: purged.complete, head: after.version });
+      return { state: 'done' };
+    },
+  });
+  // Inside the transaction the purged pages are still in the WAL: complete is only known after the checkpoint.
+  assert.deepEqual(seen, [{ complete: false, head: out.model.version }]);
+  assert.equal(out.purged.complete, true);
+  assert.equal(out.job.state, 'done');
+  assert.deepEqual(points, ['job-purge']);
+});
