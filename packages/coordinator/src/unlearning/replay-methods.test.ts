@@ -6,7 +6,7 @@ import type { HyperParameters } from '../rounds/dispatcher.js';
 import { addCost, zeroCost, type WorkCost } from '../rounds/federated-step.js';
 import { FedAvg } from '../aggregation/fedavg.js';
 import { FedEraser } from './federaser.js';
-import { ServerReplay } from './replay.js';
+import { replayStart, ServerReplay } from './replay.js';
 import type { MethodContext, ReplayedRound } from './method.js';
 
 // ServerReplay and FedEraser run against a MethodContext held in memory: the history is three stored rounds with
@@ -76,7 +76,7 @@ interface Calls {
  * keys whose stored update reads as null. `step` (FedEraser) answers every client with the fresh update `fresh(c, j)`
  * and aggregates it as federatedStep does: transform, then FedAvg.
  */
-function context(opts: { missingUpdates?: string[]; resume?: MethodContext['resume'] } = {}): { ctx: MethodContext; calls: Calls } {
+function context(opts: { missingUpdates?: string[]; resume?: MethodContext['resume']; patch?: Partial<MethodContext> } = {}): { ctx: MethodContext; calls: Calls } {
   const rounds = [1, 2, 3].map(roundRecord);
   const calls: Calls = { readModel: [], progress: [], checkpoints: [], staged: [], stepModels: [] };
   let ids = 0;
@@ -130,6 +130,7 @@ function context(opts: { missingUpdates?: string[]; resume?: MethodContext['resu
       calls.checkpoints.push([...done]);
     },
     signal: new AbortController().signal,
+    ...opts.patch,
   };
   return { ctx, calls };
 }
@@ -245,4 +246,36 @@ test('FedEraser refuses a calibration ratio that is not positive before it reads
   };
   await new FedEraser().run(ctx, { calibrationRatio: Number.MIN_VALUE });
   assert.deepEqual(epochs, [Number.MIN_VALUE * 2, Number.MIN_VALUE * 2, Number.MIN_VALUE * 2]);
+});
+
+test('replayStart: from the model before t0 over the stored rounds from t0 on, keeping the rounds before; or the full history', () => {
+  const rounds = [1, 2, 3].map(roundRecord);
+  const { ctx } = context({ patch: { firstContribution: 1 } });
+  assert.deepEqual(replayStart(ctx, {}), {
+    kept: 1,
+    startedFrom: 'v1',
+    stored: [rounds[1], rounds[2]],
+    notes: ['rounds 1-1 are kept as they were: no forgotten client took part in them'],
+  });
+  assert.deepEqual(replayStart(ctx, { fullHistory: true }), { kept: 0, startedFrom: 'v0', stored: rounds, notes: [] });
+  // t0 after the last stored round: nothing to replay, the result is the model before t0.
+  const late = context({ patch: { firstContribution: 2, storedRounds: [rounds[0]!] } }).ctx;
+  assert.deepEqual(replayStart(late, {}), {
+    kept: 2,
+    startedFrom: 'v2',
+    stored: [],
+    notes: ['rounds 1-2 are kept as they were: no forgotten client took part in them', 'no stored round from round 3 on: the result is the model before round 3'],
+  });
+});
+
+test('replayStart refuses a start past the history or from an unknown model; replay refuses a history with no stored round', async () => {
+  const { ctx } = context({ patch: { firstContribution: 3 } });
+  assert.throws(() => replayStart(ctx, {}), { message: 'the history holds no round to replay' });
+  const unknown = context().ctx;
+  unknown.rounds = [{ ...roundRecord(1), modelBefore: '' }, roundRecord(2)];
+  assert.throws(() => replayStart(unknown, {}), { message: 'the model before round 1 is not known; the replay cannot start there' });
+  const none = context({ patch: { storedRounds: [] } });
+  await assert.rejects(new ServerReplay().run(none.ctx, {}), { message: 'the history holds no stored round to replay' });
+  await assert.rejects(new FedEraser().run(none.ctx, {}), { message: 'the history holds no stored round to replay' });
+  assert.deepEqual(none.calls.readModel, []);
 });
