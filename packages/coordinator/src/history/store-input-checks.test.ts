@@ -354,13 +354,23 @@ test('syncStaged of a round with nothing staged is a no-op: no history write, so
   assert.deepEqual(points, ['history-write'], 'a round already durable writes nothing again');
 });
 
-test('finishUnlearning refuses an unknown job by name and writes nothing', async (t) => {
+test('finishUnlearning refuses an unknown job by name before any work: no blob written, no report computed', async (t) => {
   const f = await fixture(t);
+  let reports = 0;
   await refused(
     f,
-    () => f.store.finishUnlearning({ ...job([replayed(1)], { jobId: 'nope' }), purge: { clientIds: ['a'], eraseModels: false }, finish: () => ({ state: 'done' }) }),
+    () =>
+      f.store.finishUnlearning({
+        ...job([replayed(1)], { jobId: 'nope' }),
+        purge: { clientIds: ['a'], eraseModels: false },
+        finish: () => {
+          reports++;
+          return { state: 'done' };
+        },
+      }),
     /^unknown job nope$/,
   );
+  assert.equal(reports, 0);
   assert.equal((await f.store.getClient('a'))?.forgotten ?? false, false, 'nobody was purged');
 });
 
