@@ -33,6 +33,7 @@ const MODULES = [
     guarantee: 'FedEraser: calibrated replay',
     file: 'packages/coordinator/dist/unlearning/calibration.js',
     tests: ['packages/coordinator/dist/unlearning/calibration.test.js', 'test/dist/unlearning-arithmetic.e2e.test.js'],
+    failFast: true,
   },
   {
     name: 'federaser',
