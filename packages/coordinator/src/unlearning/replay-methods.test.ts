@@ -279,3 +279,19 @@ test('replayStart refuses a start past the history or from an unknown model; rep
   await assert.rejects(new FedEraser().run(none.ctx, {}), { message: 'the history holds no stored round to replay' });
   assert.deepEqual(none.calls.readModel, []);
 });
+
+test('FedEraser reusing the first round applies it as stored, and says so when that round did not start from the start model', async () => {
+  // t0 = round 1, stored: the first replayed round started from the replay's start model; no note.
+  const exact = context();
+  const res = await new FedEraser().run(exact.ctx, { reuseFirstRound: true });
+  assert.deepEqual(res.rounds[0]!.weights, plusMean(START, [['a', stored('a', 1)], ['b', stored('b', 1)]]));
+  assert.deepEqual(res.rounds[0]!.uncalibrated, ['a', 'b']);
+  assert.equal(exact.calls.stepModels.length, 2, 'rounds 2 and 3 are calibrated');
+  assert.deepEqual(res.notes, []);
+  // Round 1 not stored (Δt = 2): the first stored round, 2, started from v1, not from the start model v0.
+  const rounds = [1, 2, 3].map(roundRecord);
+  const late = context({ patch: { storedRounds: [rounds[1]!, rounds[2]!] } });
+  const approx = await new FedEraser().run(late.ctx, { reuseFirstRound: true });
+  assert.deepEqual(approx.notes, ["reuseFirstRound: stored round 2 did not start from the replay's start model; applied as stored, approximately"]);
+  assert.deepEqual(approx.rounds[0]!.weights, plusMean(START, [['a', stored('a', 2)], ['b', stored('b', 2)]]));
+});
