@@ -13,7 +13,8 @@
 //                                        adding tests: a mutant killed before stays killed, tests are only added),
 //                                        and merge the new verdicts into mutation/reports/<module>.json
 //
-// The machine is shared: one mutant at a time (FEDUNLEARN_MUTATE_CONCURRENCY to change it).
+// The machine is shared: one mutant at a time (FEDUNLEARN_MUTATE_CONCURRENCY to change it; FEDUNLEARN_MUTATE_TIMEOUT_MS
+// for the time a mutant's tests may take beyond 1.5 times the initial run's, 8 s by default).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
@@ -32,18 +33,21 @@ const MODULES = [
     guarantee: 'FedEraser: calibrated replay',
     file: 'packages/coordinator/dist/unlearning/calibration.js',
     tests: ['packages/coordinator/dist/unlearning/calibration.test.js', 'test/dist/unlearning-arithmetic.e2e.test.js'],
+    failFast: true,
   },
   {
     name: 'federaser',
     guarantee: 'FedEraser: calibrated replay',
     file: 'packages/coordinator/dist/unlearning/federaser.js',
-    tests: ['test/dist/unlearning-arithmetic.e2e.test.js'],
+    tests: ['packages/coordinator/dist/unlearning/replay-methods.test.js', 'test/dist/unlearning-arithmetic.e2e.test.js'],
+    failFast: true,
   },
   {
     name: 'replay',
     guarantee: 'server-side replay (FedAccum)',
     file: 'packages/coordinator/dist/unlearning/replay.js',
-    tests: ['test/dist/unlearning-arithmetic.e2e.test.js'],
+    tests: ['packages/coordinator/dist/unlearning/replay-methods.test.js', 'test/dist/unlearning-arithmetic.e2e.test.js'],
+    failFast: true,
   },
   {
     name: 'update-validation',
@@ -62,11 +66,27 @@ const MODULES = [
     name: 'store',
     guarantee: 'history commits are atomic and durable; a purge leaves nothing',
     file: 'packages/coordinator/dist/history/sqlite-store.js',
-    only: ['syncStaged', 'makeDurableSync', 'commitRound', 'commitUnlearning', 'commitWithBlobs', 'purgeClients'],
+    // commitUnlearning and purgeClients delegate to the methods after them (shared with finishUnlearning).
+    only: [
+      'syncStaged',
+      'makeDurableSync',
+      'commitRound',
+      'commitUnlearning',
+      'finishUnlearning',
+      'prepareUnlearning',
+      'insertUnlearning',
+      'commitWithBlobs',
+      'purgeClients',
+      'purgeRows',
+      'dropStagedOf',
+    ],
     tests: [
       'packages/coordinator/dist/history/durability.test.js',
       'packages/coordinator/dist/history/sqlite-store.contract.test.js',
       'packages/coordinator/dist/history/sqlite-store.test.js',
+      'packages/coordinator/dist/history/sqlite-store.missing.test.js',
+      'packages/coordinator/dist/history/sqlite-store.finish.test.js',
+      'packages/coordinator/dist/history/store-input-checks.test.js',
     ],
   },
   {
@@ -74,7 +94,7 @@ const MODULES = [
     guarantee: 'bad input is refused with its code (the rules every history store enforces)',
     file: 'packages/coordinator/dist/history/store-rules.js',
     only: ['checkConfig', 'checkResume', 'checkRoundOrder', 'checkNewRoundId', 'checkParticipants', 'checkMissing', 'checkUnlearning', 'resolveLineage'],
-    tests: ['packages/coordinator/dist/history/sqlite-store.contract.test.js'],
+    tests: ['packages/coordinator/dist/history/sqlite-store.contract.test.js', 'packages/coordinator/dist/history/store-input-checks.test.js'],
   },
   {
     name: 'fs-blob-store',
@@ -88,7 +108,11 @@ const MODULES = [
     guarantee: 'history commits are atomic and durable; a purge leaves nothing',
     file: 'packages/coordinator/dist/history/blob-files.js',
     only: ['ensureDirSync', 'fsyncPathSync', 'fsyncPath', 'writeFileDurableSync', 'writeFileUnsynced', 'unlinkDurable'],
-    tests: ['packages/coordinator/dist/history/durability.test.js', 'packages/coordinator/dist/history/blob-files.test.js'],
+    tests: [
+      'packages/coordinator/dist/history/durability.test.js',
+      'packages/coordinator/dist/history/blob-files.test.js',
+      'packages/coordinator/dist/history/blob-files.failures.test.js',
+    ],
   },
   {
     name: 'upload-window',
@@ -118,14 +142,23 @@ function strykerConfig(m, recheck = null) {
     $schema: '../../node_modules/@stryker-mutator/core/schema/stryker-schema.json',
     packageManager: 'npm',
     testRunner: 'command',
-    commandRunner: { command: `node --test ${m.tests.join(' ')}` },
+    // `failFast`: one file after another, fast unit tests first, stopping at the first that fails (a slow end-to-end
+    // test then runs only for the mutants the unit tests miss). Otherwise the module's test files run side by side:
+    // they spend most of their time waiting on fsync, not on the CPU.
+    commandRunner: {
+      command: m.failFast
+        ? m.tests.map((t) => `node --test ${t}`).join(' && ')
+        : `node --test --test-concurrency=${m.tests.length} ${m.tests.join(' ')}`,
+    },
     mutate: recheck ?? (m.only ? ranges(m.file, m.only) : [m.file]),
     // In place: the workspace packages import each other through node_modules links to these very files, which a
     // sandbox copy would not be. Stryker restores the file when it ends (rebuild if it was killed).
     inPlace: true,
     coverageAnalysis: 'off',
     concurrency: Number(process.env.FEDUNLEARN_MUTATE_CONCURRENCY ?? 1),
-    timeoutMS: 8_000,
+    // Added to 1.5 times the tests' time in the initial run; raise it on a loaded machine, where slow runs would
+    // otherwise count as timeouts (killed) rather than as the verdict of the tests.
+    timeoutMS: Number(process.env.FEDUNLEARN_MUTATE_TIMEOUT_MS ?? 8_000),
     reporters: ['json', 'html', 'clear-text', 'progress'],
     jsonReporter: { fileName: relative(root, join(reportsDir, `${name}.json`)) },
     htmlReporter: { fileName: relative(root, join(reportsDir, `${name}.html`)) },

@@ -161,6 +161,8 @@ test('decoding refuses a tensor of another shape (same element count or not)', (
   throwsCode(() => decodeTensorInto(t!, [3, 2], new Float32Array(6)), ErrorCode.SHAPE_MISMATCH);
   throwsCode(() => decodeTensorInto(t!, [2, 3, 1], new Float32Array(6)), ErrorCode.SHAPE_MISMATCH);
   throwsCode(() => decodeTensorInto(t!, [2, 4], new Float32Array(8)), ErrorCode.SHAPE_MISMATCH);
+  // The message names the tensor and both shapes: what a client's developer needs to find the mismatched layer.
+  assert.throws(() => decodeTensorInto(t!, [3, 2], new Float32Array(6)), { message: /tensor w: shape \[2,3\], expected \[3,2\]/ });
 });
 
 test('decodeWeights refuses a missing or extra tensor', () => {

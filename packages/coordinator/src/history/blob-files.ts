@@ -226,13 +226,16 @@ export function writeFileDurableSync(file: string, data: Uint8Array, sync: DiskS
 /**
  * Writes `data` to a new file `file` without fsyncing it, off the event loop: for files nothing refers to until they
  * are made durable (fsyncPath of the file and of its directory), so that a crash in between leaves only garbage.
+ * Throws the write's own error (EEXIST when `file` exists, which is left as it was; ENOSPC when the disk is full, and
+ * then no partial file is left).
  */
 export async function writeFileUnsynced(file: string, data: Uint8Array, sync: DiskSync = kernelSync): Promise<void> {
   ensureDirSync(path.dirname(file), sync);
   try {
     await fsp.writeFile(file, data, { flag: 'wx' });
   } catch (e) {
-    await fsp.rm(file, { force: true });
+    // A partial file (disk full) is ours to remove; a file that was there before ('wx' refused it) is not.
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') await fsp.rm(file, { force: true });
     throw e;
   }
 }

@@ -78,3 +78,54 @@ test('a decoding error that is not the peer fault (a target of the wrong size) i
   assert.equal(v.update.delta, target);
   assert.deepEqual(target, values);
 });
+
+/** The accepted update's metrics and norm, or fails. */
+function accepted(update: fedunlearn.v1.IUpdate, t: OpenTask = task) {
+  const v = validateUpdate(update, 'owner', t, false);
+  assert.ok(v.ok, v.ok ? '' : `refused: ${v.error.message}`);
+  return v.update;
+}
+
+test('metrics: the documented keys at the ends of their ranges are accepted, NaN dropped; out of range or unknown keys end the task', () => {
+  const ok = accepted({ taskId: 't', delta, numExamples: 5, metrics: { loss: -0.5, accuracy: 0, steps: 0, samples: 0 } });
+  assert.deepEqual(ok.metrics, { loss: -0.5, accuracy: 0, steps: 0, samples: 0 });
+  assert.deepEqual(accepted({ taskId: 't', delta, numExamples: 5, metrics: { accuracy: 1, loss: Number.NaN } }).metrics, { accuracy: 1 });
+  const range = (k: string, v: number) => refusal({ taskId: 't', delta, numExamples: 5, metrics: { [k]: v } });
+  assert.deepEqual(range('accuracy', 1.5), {
+    code: 'INVALID_ARGUMENT',
+    message: 'metric accuracy = 1.5 is out of range (fraction of local examples classified correctly, in [0, 1])',
+    ref: 't',
+    closesTask: true,
+  });
+  assert.equal(range('accuracy', -0.25).message, 'metric accuracy = -0.25 is out of range (fraction of local examples classified correctly, in [0, 1])');
+  assert.equal(range('steps', -1).message, 'metric steps = -1 is out of range (optimizer steps taken (>= 0))');
+  assert.equal(range('samples', -2).message, 'metric samples = -2 is out of range (examples processed, an epoch over n examples counting n (>= 0))');
+  assert.deepEqual(refusal({ taskId: 't', delta, numExamples: 5, metrics: { sourceRound: 3 } }), {
+    code: 'METRIC_NOT_ALLOWED',
+    message: 'metric "sourceRound" is not accepted from clients (allowed: loss, accuracy, steps, samples)',
+    ref: 't',
+    closesTask: true,
+  });
+  // A long key is quoted cut to 64 characters.
+  assert.equal(refusal({ taskId: 't', delta, numExamples: 5, metrics: { ['k'.repeat(100)]: 1 } }).message, `metric "${'k'.repeat(64)}" is not accepted from clients (allowed: loss, accuracy, steps, samples)`);
+});
+
+test('the example cap and the norm bound: at the bound accepted, above it refused with both figures, ending the task', () => {
+  assert.equal(accepted({ taskId: 't', delta, numExamples: 7 }, { ...task, maxExamples: 7 }).numExamples, 7);
+  assert.deepEqual(refusal({ taskId: 't', delta, numExamples: 8 }, 'owner', { ...task, maxExamples: 7 }), {
+    code: 'TOO_MANY_EXAMPLES',
+    message: 'numExamples 8 is above the 7 this client may claim (declared at hello, capped)',
+    ref: 't',
+    closesTask: true,
+  });
+  const norm = accepted({ taskId: 't', delta, numExamples: 5 }).norm;
+  assert.equal(norm, Math.hypot(...values));
+  assert.equal(accepted({ taskId: 't', delta, numExamples: 5 }, { ...task, maxNorm: norm }).norm, norm);
+  const bound = norm * (1 - 1e-9);
+  assert.deepEqual(refusal({ taskId: 't', delta, numExamples: 5 }, 'owner', { ...task, maxNorm: bound }), {
+    code: 'UPDATE_NORM_TOO_LARGE',
+    message: `update norm ${norm.toPrecision(4)} is above the bound ${bound.toPrecision(4)}`,
+    ref: 't',
+    closesTask: true,
+  });
+});
