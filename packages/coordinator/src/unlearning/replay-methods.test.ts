@@ -154,10 +154,18 @@ test('replay: a remaining client whose stored update is gone is listed missing, 
   const r2 = res.rounds[1]!;
   assert.deepEqual(r2.missing, [{ clientId: 'b', reason: 'offline', detail: 'no stored update' }]);
   // The participants are what was applied: the stored round's example counts and metrics, the applied update's norms.
-  assert.deepEqual(r2.participants, [{ clientId: 'a', numExamples: 10, norms: Array.from(layerNorms(layout, stored('a', 2))), metrics: { loss: 0.5 } }]);
+  // SIFU's sensitivity (rounds/sensitivity.ts): a sole participant moves the aggregate by its whole update.
+  const l2 = (v: Float32Array) => Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+  const [p2] = r2.participants;
+  assert.ok(Math.abs(p2!.sensitivity! - l2(stored('a', 2))) < 1e-6 * l2(stored('a', 2)), `sole participant: ${p2!.sensitivity} vs ${l2(stored('a', 2))}`);
+  assert.deepEqual({ ...p2, sensitivity: undefined }, { clientId: 'a', numExamples: 10, norms: Array.from(layerNorms(layout, stored('a', 2))), metrics: { loss: 0.5 }, sensitivity: undefined });
   assert.deepEqual(r2.uncalibrated, ['a']);
   assert.deepEqual(res.rounds[0]!.participants.map((p) => p.clientId), ['a', 'b']);
-  assert.deepEqual(res.rounds[0]!.participants[1], { clientId: 'b', numExamples: 30, norms: Array.from(layerNorms(layout, stored('b', 1))) });
+  // b holds 30 of the 40 examples: p/(1-p) (||U_b|| + ||agg||) with p = 0.75, agg = m1 - START.
+  const pb = res.rounds[0]!.participants[1]!;
+  const zeta = (0.75 / 0.25) * (l2(stored('b', 1)) + l2(m1.map((x, i) => x - START[i]!)));
+  assert.ok(Math.abs(pb.sensitivity! - zeta) < 1e-5 * zeta, `b's sensitivity ${pb.sensitivity} vs ${zeta}`);
+  assert.deepEqual({ ...pb, sensitivity: undefined }, { clientId: 'b', numExamples: 30, norms: Array.from(layerNorms(layout, stored('b', 1))), sensitivity: undefined });
   // Only what was applied is staged under the new rounds' ids; the forgotten client's updates never are.
   const ids = res.rounds.map((r) => r.roundId);
   assert.deepEqual(calls.staged, [`${ids[0]}/a`, `${ids[0]}/b`, `${ids[1]}/a`, `${ids[2]}/a`, `${ids[2]}/b`]);
