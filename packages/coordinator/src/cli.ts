@@ -617,6 +617,7 @@ function buildProgram(): Command {
     .option('--models-after-forget <policy>', 'erase: a forget job deletes the weights of the model versions the forgotten clients contributed to; keep: they stay downloadable (default erase)')
     .option('--job-wait-for-clients-ms <ms>', 'a forget job waits at most this long in all for offline clients of its replay steps, showing whom it waits for (default 300000)', numberArg)
     .option('--job-offline-policy <policy>', 'then: fail (the job stops, nothing changed) or server-side (calibration steps are completed from the offline clients\' stored updates, uncalibrated; default fail)')
+    .addOption(new Option('--client-forget-method <method>', 'the unlearning method of the jobs clients ask for through the SDK (default federaser)').choices(METHOD_NAMES))
     .option('--seed <s>', 'seeds the initial model and client selection (default 1)', numberArg)
     .option('--round-interval-ms <ms>', 'round cadence: a round starts at least this long after the previous one started; 0: back to back (default 60000)', numberArg)
     .option('--max-rounds <n>', 'stop training after this many training rounds in all; the API and forget jobs keep running (default 0: no limit)', numberArg)

@@ -86,6 +86,12 @@ test('a bad value names its field and the allowed values, from a file or from a 
 });
 
 test('cross-field and unknown-field errors name the field', () => {
+  // A client's forget request must be able to run on the history kept: refused at start, not at the first request.
+  assert.match(issuesOf(() => loadConfig({ overrides: { clientForgetMethod: 'fedrecover' } }))[0]!, /^clientForgetMethod: fedrecover needs every round's full updates/);
+  assert.match(issuesOf(() => loadConfig({ overrides: { clientForgetMethod: 'replay', retention: 'norms' } }))[0]!, /^clientForgetMethod: replay re-applies stored updates/);
+  assert.equal(loadConfig({ overrides: { clientForgetMethod: 'fedrecover', historyInterval: 1 } }).clientForgetMethod, 'fedrecover');
+  assert.equal(coordinatorOptionsOf(loadConfig({ overrides: { clientForgetMethod: 'sifu' } })).clientForgetMethod, 'sifu');
+  assert.match(issuesOf(() => loadConfig({ overrides: { clientForgetMethod: 'erase' as 'sifu' } }))[0]!, /^clientForgetMethod: expected one of federaser\|replay/);
   assert.match(issuesOf(() => loadConfig({ overrides: { clientsPerRound: 3, minClients: 4 } }))[0]!, /^minClients: must be at most clientsPerRound \(3\)/);
   assert.match(issuesOf(() => loadConfig({ overrides: { model: 'cnn' } }))[0]!, /^inputShape: cnn needs/);
   assert.match(issuesOf(() => loadConfig({ overrides: { inputShape: '28,x' } }))[0]!, /^inputShape\.1: expected number, got "x"/);

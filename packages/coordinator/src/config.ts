@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { AGGREGATIONS, strategyOf } from './aggregation/robust.js';
 import type { CoordinatorOptions, SecurityLimits } from './coordinator.js';
 import { DEFAULT_HTTP_TIMEOUTS } from './http/api.js';
+import { METHOD_NAMES, type MethodName } from './unlearning/method.js';
 import { DEFAULT_JOB_OFFLINE, OFFLINE_POLICIES } from './unlearning/offline.js';
 
 /**
@@ -65,6 +66,9 @@ export const serviceConfigSchema = z
     jobWaitForClientsMs: z.number().int().min(0).default(DEFAULT_JOB_OFFLINE.waitMs),
     /** ...then 'fail' stops it with nothing changed; 'server-side' completes calibration steps from stored updates. */
     jobOfflinePolicy: z.enum(OFFLINE_POLICIES).default(DEFAULT_JOB_OFFLINE.policy),
+    /** The unlearning method of the jobs clients ask for through the SDK (a ForgetRequest names no method: the
+     *  operator chooses it for the federation). */
+    clientForgetMethod: z.enum(METHOD_NAMES as unknown as [MethodName, ...MethodName[]]).default('federaser'),
     /** Seeds the initial model, client selection and the clients' shuffles. */
     seed: z.number().int().min(0).default(1),
     operatorToken: z.string().min(8).optional(),
@@ -168,6 +172,13 @@ export const serviceConfigSchema = z
     const rr = c.roundRetry;
     if (rr.baseMs !== undefined && rr.maxMs !== undefined && rr.maxMs < rr.baseMs) {
       ctx.addIssue({ code: 'custom', path: ['roundRetry', 'maxMs'], message: `must be at least baseMs (${rr.baseMs})` });
+    }
+    // A client's request must be able to run on the history this service keeps (the engine refuses it otherwise).
+    if (c.clientForgetMethod === 'fedrecover' && (c.historyInterval !== 1 || c.retention === 'norms')) {
+      ctx.addIssue({ code: 'custom', path: ['clientForgetMethod'], message: "fedrecover needs every round's full updates: historyInterval 1 and a retention other than norms" });
+    }
+    if (c.clientForgetMethod === 'replay' && c.retention === 'norms') {
+      ctx.addIssue({ code: 'custom', path: ['clientForgetMethod'], message: "replay re-applies stored updates, and retention 'norms' keeps none" });
     }
     if (c.aggregation.strategy === 'clipped-fedavg' && c.aggregation.clipNorm === undefined) {
       ctx.addIssue({ code: 'custom', path: ['aggregation', 'clipNorm'], message: 'clipped-fedavg needs the norm updates are clipped to' });
@@ -289,7 +300,7 @@ export function modelOf(cfg: ServiceConfig): { name: ArchitectureName; options: 
 
 /** Everything of CoordinatorOptions a config decides; the caller adds the store, the model and the logger. */
 export type ConfiguredCoordinatorOptions = Required<
-  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'modelsAfterForget' | 'jobs' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth' | 'uploads' | 'strategy' | 'updateBounds' | 'stopping' | 'modelRetention'>
+  Pick<CoordinatorOptions, 'dataDir' | 'federation' | 'historyInterval' | 'retention' | 'modelsAfterForget' | 'jobs' | 'clientForgetMethod' | 'enrolment' | 'roundIntervalMs' | 'metricsAuth' | 'uploads' | 'strategy' | 'updateBounds' | 'stopping' | 'modelRetention'>
 > &
   Pick<CoordinatorOptions, 'operatorToken' | 'tls'> & {
     limits: Partial<SecurityLimits>;
@@ -314,6 +325,7 @@ export function coordinatorOptionsOf(cfg: ServiceConfig): ConfiguredCoordinatorO
     retention: cfg.retention,
     modelsAfterForget: cfg.modelsAfterForget,
     jobs: { waitMs: cfg.jobWaitForClientsMs, policy: cfg.jobOfflinePolicy },
+    clientForgetMethod: cfg.clientForgetMethod,
     enrolment: cfg.enrolment,
     roundIntervalMs: cfg.roundIntervalMs,
     stopping: { maxRounds: cfg.maxRounds, patienceRounds: cfg.patienceRounds, minDelta: cfg.minDelta },

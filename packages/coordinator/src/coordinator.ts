@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { DEFAULT_FRAMING, ErrorCode, fedunlearn, ProtocolError, type FlatWeights, type FramingLimits } from '@fedunlearn/protocol';
 import type { FastifyInstance } from 'fastify';
-import { nanoid } from 'nanoid';
+import { newId } from './ids.js';
 import { abortableSleep as sleep } from './abortable-sleep.js';
 import { FedAvg } from './aggregation/fedavg.js';
 import type { AggregationStrategy } from './aggregation/strategy.js';
@@ -26,6 +26,7 @@ import { generateSecret, hashIssuedSecret } from './transport/credentials.js';
 import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type Clock } from './transport/rate-limit.js';
 import type { ClientSession } from './transport/session.js';
 import { SocketServer, type Authenticator } from './transport/socket-server.js';
+import type { MethodName } from './unlearning/method.js';
 import { DEFAULT_JOB_OFFLINE, UnlearningEngine, type ForgetJobInput, type JobOfflineSettings, type JobPausePoint, type PurgeRetry } from './unlearning/engine.js';
 import { modelSignature } from './model-signature.js';
 
@@ -122,6 +123,8 @@ export interface CoordinatorOptions {
    * the job with nothing changed, 'server-side' completes calibration steps from the offline clients' stored updates.
    */
   jobs?: Partial<JobOfflineSettings>;
+  /** The method of the forget jobs clients ask for through the SDK (their request names none). Default federaser. */
+  clientForgetMethod?: MethodName;
   strategy?: AggregationStrategy;
   logger?: Logger;
   framing?: FramingLimits;
@@ -254,6 +257,9 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private readonly clientLockout: FailureLockout;
   private readonly forgetLimit: SlidingWindowLimit;
 
+  /** The method of the jobs clients ask for (CoordinatorOptions.clientForgetMethod). */
+  private readonly clientForgetMethod: MethodName;
+
   private constructor(opts: CoordinatorOptions & { meta: FederationMeta }, current: ModelCache) {
     super();
     this.store = opts.store;
@@ -261,6 +267,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.log = opts.logger ?? createLogger();
     this.current = current;
     this.roundIntervalMs = opts.roundIntervalMs ?? 0;
+    this.clientForgetMethod = opts.clientForgetMethod ?? 'federaser';
     this.roundRetry = { ...DEFAULT_ROUND_RETRY, ...opts.roundRetry };
     this.stopping = { ...NO_STOPPING, ...opts.stopping };
     this.modelRetention = opts.modelRetention;
@@ -619,7 +626,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /** Issues a credential for a new client; the secret is returned once and only its hash is kept. */
-  async issueClient(clientId: string = nanoid()): Promise<{ clientId: string; secret: string }> {
+  async issueClient(clientId: string = newId()): Promise<{ clientId: string; secret: string }> {
     return this.credentialChange(() => this.issueClientNow(clientId));
   }
 
@@ -731,7 +738,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     // A job in progress that already forgets this client (asked for by it, or by the operator) is its answer: a
     // repeated request never starts a second replay.
     const existing = await this.unlearning.inProgressFor([session.clientId]);
-    const job = existing ?? (await this.forget({ clientIds: [session.clientId], requestedBy: `client:${session.clientId}` }));
+    const job = existing ?? (await this.forget({ clientIds: [session.clientId], requestedBy: `client:${session.clientId}`, method: this.clientForgetMethod }));
     this.jobWatchers.set(job.jobId, { session, requestId: req.requestId });
     session.channel.send({ forgetReceipt: { requestId: req.requestId, jobId: job.jobId, state: toWireState(job.state) } });
   }

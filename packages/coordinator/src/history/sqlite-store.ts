@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import { nanoid } from 'nanoid';
+import { newId } from '../ids.js';
 import { layoutOf, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
 import {
   BlobFormatError,
@@ -476,7 +476,7 @@ class SqliteHistoryStore implements HistoryStore {
     const meta: FederationMeta = { topologyJson: init.topologyJson, layout, config: { ...init.config }, createdAt };
     // A crash while creating may have left an initial blob behind.
     this.collectGarbage();
-    const planned = this.planModel(layout, init.initialWeights, { parent: null, cause: 'init', round: 0, jobId: null, lineage: nanoid() }, createdAt);
+    const planned = this.planModel(layout, init.initialWeights, { parent: null, cause: 'init', round: 0, jobId: null, lineage: newId() }, createdAt);
     this.commitWithBlobs([planned], () => {
       this.q.insertModel.run(planned.row);
       this.q.insertFederation.run({
@@ -523,7 +523,7 @@ class SqliteHistoryStore implements HistoryStore {
       throw new HistoryError(`update of ${clientId} for round ${roundId}: ${(e as Error).message}`);
     }
     const entry: StagedUpdate = {
-      rel: `updates/${safeName(roundId)}/${safeName(clientId)}.${nanoid(10)}.bin`,
+      rel: `updates/${safeName(roundId)}/${safeName(clientId)}.${newId().slice(0, 10)}.bin`,
       encoding: encoded.encoding,
       bytes: encoded.bytes.byteLength,
       blobSha: sha256Hex(encoded.bytes),
@@ -690,7 +690,7 @@ class SqliteHistoryStore implements HistoryStore {
     const oldHead = this.headNow();
     const rounds = input.rounds;
     const { participants, missing, intermediates } = await checkUnlearning(input, meta.layout.specs.length, (id) => this.q.roundById.get(id) !== undefined);
-    const lineage = nanoid();
+    const lineage = newId();
     const now = this.now();
     const base = { cause: 'unlearning' as const, jobId: input.jobId, lineage };
     const planned: PlannedModel[] = [];
@@ -840,7 +840,7 @@ class SqliteHistoryStore implements HistoryStore {
     } catch (e) {
       throw new HistoryError(`model weights: ${(e as Error).message}`);
     }
-    const version = nanoid();
+    const version = newId();
     const row: ModelRow = {
       version,
       parent: m.parent,

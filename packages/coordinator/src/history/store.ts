@@ -31,7 +31,7 @@ export class ModelPrunedError extends HistoryError {
 export type ModelCause = 'init' | 'round' | 'unlearning';
 
 export interface ModelVersion {
-  /** Id (nanoid) of this model version. */
+  /** Id (ids.ts: 21 letters and digits) of this model version. */
   version: string;
   /** The version it was derived from: null for 'init'; for 'round' the round's modelBefore; for the final model of an
    *  unlearning job the head it replaced (so the old lineage stays reachable); for an intermediate replay model the

@@ -1,4 +1,4 @@
-import { nanoid } from 'nanoid';
+import { newId } from '../ids.js';
 import type { FlatWeights } from '@fedunlearn/protocol';
 import type { AggregationStrategy } from '../aggregation/strategy.js';
 import type { HistoryStore, ModelVersion } from '../history/store.js';
@@ -121,7 +121,7 @@ export class RoundEngine {
       }
       const key = roundSelectionKey(await this.lineagePosition(head.lineage), round, attempt);
       const selected = selectClients(candidates, config.clientsPerRound, config.seed, key);
-      const roundId = nanoid();
+      const roundId = newId();
       log.info({ round, roundId, attempt, selected: selected.length }, 'round started');
       const step = await federatedStep(dispatcher, strategy, {
         clientIds: selected,

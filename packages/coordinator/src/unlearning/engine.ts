@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { ErrorCode, layerNorms, ProtocolError } from '@fedunlearn/protocol';
-import { nanoid } from 'nanoid';
+import { newId } from '../ids.js';
 import type { AggregationStrategy } from '../aggregation/strategy.js';
 import { onSchedule, type FederationMeta, type HistoryStore, type JobRecord, type ModelVersion, type ParticipantInput, type PurgeSummary, type RoundRecord, type UnlearningRoundInput } from '../history/store.js';
 import type { Logger } from '../logger.js';
@@ -240,7 +240,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const refused = await this.refusal(clientIds, method, params);
     if (refused) throw new ProtocolError(ErrorCode.FORGET_REFUSED, refused);
     const job = await store.createJob({
-      jobId: nanoid(),
+      jobId: newId(),
       kind: 'forget',
       state: 'queued',
       clientIds,
@@ -464,7 +464,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     const { store } = this.deps;
     const out: UnlearningRoundInput[] = [];
     for (const [i, whole] of kept.entries()) {
-      const roundId = nanoid();
+      const roundId = newId();
       // Only SIFU keeps rounds a forgotten client took part in (their models carry its bounded contribution): its rows
       // do not follow it into the new lineage, whose models it therefore never shaped (the purge erases the old ones).
       const src = { ...whole, participants: whole.participants.filter((p) => !forgotten.has(p.clientId)), missing: whole.missing.filter((m) => !forgotten.has(m.clientId)) };
@@ -616,7 +616,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
               `only ${online.connected.size} connected, ${quorum} needed; offline policy '${this.offline.policy}'${method.exact ? ` (the exact method ${method.name} is never completed server-side)` : ''}: the job stops with nothing changed`,
           );
         }
-        const roundId = nanoid();
+        const roundId = newId();
         const res = await federatedStep(dispatcher, strategy, {
           clientIds: completeServerSide ? args.clientIds.filter((id) => online.connected.has(id)) : args.clientIds,
           model: args.model,
@@ -641,7 +641,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         return { ...completed, roundId };
       },
       stage: (roundId, clientId, update) => store.stageUpdate(roundId, clientId, update),
-      newRoundId: () => nanoid(),
+      newRoundId: () => newId(),
       progress: (step, total, message) => {
         last = { step, total, message };
         progress(step, total, message);
@@ -776,7 +776,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       // one at a time): selected like any round, never keyed on the random job id, so a rerun selects the same clients.
       const key = roundSelectionKey(await store.lineageCount(), done.length + 1, 1);
       const selected = selectClients(candidates, config.clientsPerRound, config.seed, key);
-      const roundId = nanoid();
+      const roundId = newId();
       const startedAt = Date.now();
       const res = await federatedStep(dispatcher, strategy, {
         clientIds: selected,

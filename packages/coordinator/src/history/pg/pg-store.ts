@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { nanoid } from 'nanoid';
+import { newId } from '../../ids.js';
 import { layoutOf, type WeightLayout } from '@fedunlearn/protocol';
 import { BlobFormatError, blobPayload, decodeBlob, encodeBlob, readBlobHeader, sha256Hex, weightsSha256, type BlobEncoding } from '../blob-files.js';
 import type { Logger } from '../../logger.js';
@@ -195,7 +195,7 @@ export class PgHistoryStore implements HistoryStore {
       const layout = layoutOf(layoutSpecs(init.layout));
       const createdAt = this.now();
       const meta: FederationMeta = { topologyJson: init.topologyJson, layout, config: { ...init.config }, createdAt };
-      const model = await this.insertModel(tx, layout, init.initialWeights, { parent: null, cause: 'init', round: 0, jobId: null, lineage: nanoid() }, createdAt);
+      const model = await this.insertModel(tx, layout, init.initialWeights, { parent: null, cause: 'init', round: 0, jobId: null, lineage: newId() }, createdAt);
       await tx.query(
         `INSERT INTO federation (id, topology_json, layout_json, history_interval, retention, created_at, head) VALUES (1, $1, $2, $3, $4, $5, $6)`,
         [init.topologyJson, JSON.stringify(layoutSpecs(layout)), init.config.historyInterval, init.config.retention, createdAt, model.version],
@@ -262,7 +262,7 @@ export class PgHistoryStore implements HistoryStore {
     }
     // One key per staging (a fresh nonce), so that a staging never overwrites bytes a commit may be taking; the
     // client segment picks the partition (blobPart).
-    const key = `updates/${safeName(roundId)}/${safeName(clientId)}/${nanoid(10)}`;
+    const key = `updates/${safeName(roundId)}/${safeName(clientId)}/${newId().slice(0, 10)}`;
     const now = this.now();
     await withTransaction(this.pool, async (tx) => {
       // Stagings of one client for one round take turns (staging again replaces: delete, then insert).
@@ -409,7 +409,7 @@ export class PgHistoryStore implements HistoryStore {
     const meta = this.requireOpen();
     const oldHead = await this.lockHead(tx);
     for (const r of input.rounds) await this.checkNewRoundId(tx, r.roundId);
-    const lineage = nanoid();
+    const lineage = newId();
     const now = this.now();
     const created = new Map<string, ModelRow>();
     const { resolved, result } = await resolveLineage(input, checked.intermediates, toModel(oldHead), {
@@ -486,7 +486,7 @@ export class PgHistoryStore implements HistoryStore {
     } catch (e) {
       throw new HistoryError(`model weights: ${(e as Error).message}`);
     }
-    const version = nanoid();
+    const version = newId();
     const row: ModelRow = {
       version,
       parent: m.parent,
