@@ -1,6 +1,7 @@
 import { l2Norm, type WeightLayout } from '@fedunlearn/protocol';
 import { FedAvg } from './fedavg.js';
-import type { Aggregation, AggregationStrategy } from './strategy.js';
+import type { Aggregation, AggregationStrategy, PartialAggregate } from './strategy.js';
+import { mergeSum, WeightedSumPartial } from './weighted-sum-partial.js';
 
 /**
  * Robust aggregation strategies, selectable instead of plain FedAvg (config `aggregation`).
@@ -15,18 +16,29 @@ import type { Aggregation, AggregationStrategy } from './strategy.js';
  * The trimmed mean and the median need every update of a round at once: they keep a float32 copy of each (K x the
  * model's size; 1,000 updates of a 1M-parameter model hold 4 GB), so they suit rounds of tens of clients, not
  * thousands. They compute in float64.
+ *
+ * Clipped FedAvg is a sum, and merges from partial aggregates exactly as FedAvg does (its clip norm travels with the
+ * partial: replicas clipping differently are refused). The trimmed mean and the median are not mergeable: an order
+ * statistic of the union is not a function of the parts' order statistics (the median of medians is not the median),
+ * and sending every update to the leader would undo what replicas are for.
  */
 
 /** FedAvg over updates clipped to `clipNorm` (L2): an update above it is scaled by clipNorm / norm. */
 export class ClippedFedAvg implements AggregationStrategy {
   readonly name = 'clipped-fedavg';
+  readonly mergeable = true;
 
   constructor(readonly clipNorm: number) {
     if (!(clipNorm > 0)) throw new RangeError(`clipNorm must be positive, got ${clipNorm}`);
   }
 
+  decodePartial(bytes: Uint8Array, layout: WeightLayout): PartialAggregate {
+    return WeightedSumPartial.decode(bytes, this.name, [this.clipNorm], layout);
+  }
+
   begin(layout: WeightLayout): Aggregation {
     const clip = this.clipNorm;
+    const params = [clip];
     const sum = new Float64Array(layout.totalSize);
     let count = 0;
     let totalExamples = 0;
@@ -46,6 +58,18 @@ export class ClippedFedAvg implements AggregationStrategy {
         count++;
         totalExamples += numExamples;
       },
+      merge(partial: PartialAggregate) {
+        if (applied) throw new Error('this aggregation was already applied');
+        // Partials carry sums of updates their replica already clipped: merging adds, it never clips again.
+        mergeSum(sum, count, partial, 'clipped-fedavg', params);
+        count += partial.count;
+        totalExamples += partial.totalExamples;
+      },
+      partial() {
+        if (applied) throw new Error('this aggregation was already applied');
+        applied = true;
+        return new WeightedSumPartial('clipped-fedavg', params, count, totalExamples, count > 0 ? sum : null);
+      },
       apply(base: Float32Array) {
         guardApply(applied, count, base, sum.length);
         applied = true;
@@ -60,6 +84,7 @@ export class ClippedFedAvg implements AggregationStrategy {
 /** Keeps a copy of every update and reduces each coordinate's K values with `reduce` (given sorted, float64). */
 abstract class CoordinateWise implements AggregationStrategy {
   abstract readonly name: string;
+  readonly mergeable = false;
   protected abstract reduce(sorted: Float64Array): number;
 
   begin(layout: WeightLayout): Aggregation {

@@ -6,6 +6,31 @@
 /** Milliseconds since some epoch; Date.now by default. */
 export type Clock = () => number;
 
+/** A value now (the in-memory limiters here), or once a shared store answered (the Redis-backed ones of a cluster,
+ *  `cluster/shared-limits.ts`): a caller that awaits works with either. */
+export type MaybePromise<T> = T | Promise<T>;
+
+/** Attempts allowed per key: handshakes per address (`KeyedTokenBucket`), forget requests per client
+ *  (`SlidingWindowLimit`). */
+export interface AttemptLimit {
+  /** Records an attempt of `key` when allowed; false when the key is over its limit. */
+  take(key: string): MaybePromise<boolean>;
+  /** Milliseconds until `key` may try again (0: now). */
+  retryAfterMs(key: string): MaybePromise<number>;
+}
+
+/** Lockout after repeated failures (`FailureLockout`): wrong secrets per client and address, and per client. */
+export interface Lockout {
+  /** Milliseconds `key` stays locked (0: not locked). */
+  lockedFor(key: string): MaybePromise<number>;
+  /** Records a failure; how long the key is now locked (0: not locked). */
+  fail(key: string): MaybePromise<number>;
+  /** Clears the key's failures and lockouts. */
+  succeed(key: string): MaybePromise<void>;
+  /** Clears every key that starts with `prefix`. */
+  succeedAllWithPrefix(prefix: string): MaybePromise<void>;
+}
+
 export interface TokenBucketOptions {
   /** Tokens a quiet key starts with: how many attempts may come at once. */
   burst: number;
@@ -15,7 +40,7 @@ export interface TokenBucketOptions {
 }
 
 /** One token bucket per key (a remote address): `take` spends a token, or refuses when the bucket is empty. */
-export class KeyedTokenBucket {
+export class KeyedTokenBucket implements AttemptLimit {
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
   private readonly clock: Clock;
   private lastSweep: number;
@@ -82,7 +107,7 @@ interface LockState {
  * Exponential lockout after repeated failures (wrong secrets for one client id): a secret cannot be guessed online.
  * A success clears the key's record.
  */
-export class FailureLockout {
+export class FailureLockout implements Lockout {
   private readonly state = new Map<string, LockState>();
   private readonly clock: Clock;
   private lastSweep = 0;
@@ -147,7 +172,7 @@ export interface WindowLimitOptions {
 }
 
 /** At most `max` events per key in any sliding window of `windowMs` (forget requests per client per hour). */
-export class SlidingWindowLimit {
+export class SlidingWindowLimit implements AttemptLimit {
   private readonly events = new Map<string, number[]>();
   private readonly clock: Clock;
   private lastSweep = 0;
