@@ -176,10 +176,12 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
         const jobs = await coord.store.listJobs();
         return {
           model: head,
-          connectedClients: coord.registry.size,
+          // On a cluster: the whole federation's (every replica's presence); this replica's are in cluster.replicas.
+          connectedClients: coord.cluster ? (await coord.cluster.presence.connected()).length : coord.registry.size,
           jobs: countBy(jobs, (j) => j.state),
           uptimeMs: Date.now() - coord.startedAt,
           trainingStopped: coord.trainingStoppedBecause(),
+          cluster: await coord.clusterStatus(),
         };
       });
 

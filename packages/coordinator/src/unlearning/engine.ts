@@ -5,7 +5,11 @@ import type { AggregationStrategy } from '../aggregation/strategy.js';
 import { onSchedule, type FederationMeta, type HistoryStore, type JobRecord, type ModelVersion, type ParticipantInput, type PurgeSummary, type RoundRecord, type UnlearningRoundInput } from '../history/store.js';
 import type { Logger } from '../logger.js';
 import { TaskKind, type Missing, type TaskDispatcher } from '../rounds/dispatcher.js';
-import { addCost, federatedStep, zeroCost, type WorkCost } from '../rounds/federated-step.js';
+import { addCost, federatedStep, zeroCost, type StepRunner, type WorkCost } from '../rounds/federated-step.js';
+import { localClients, type FederationClients } from '../rounds/federation-clients.js';
+
+/** How often a job waiting for offline clients looks at where clients are connected (other replicas' presence). */
+const CLIENT_POLL_MS = 1_000;
 import type { FederationConfig, ModelCache } from '../rounds/round-engine.js';
 import { roundSelectionKey, selectClients } from '../rounds/selection.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
@@ -14,7 +18,7 @@ import { METHOD_NAMES, resolveParams, type MethodContext, type MethodName, type 
 import { ServerReplay } from './replay.js';
 import { Retrain } from './retrain.js';
 import { DEFAULT_JOB_OFFLINE, type JobOfflineSettings, type JobWaiting } from './offline.js';
-import { JobScratch } from './scratch.js';
+import { JobScratch, type JobCheckpoints } from './scratch.js';
 
 export * from './offline.js';
 
@@ -132,10 +136,12 @@ export interface EngineEvents {
  */
 export class UnlearningEngine extends EventEmitter<EngineEvents> {
   private readonly methods: Map<MethodName, UnlearningMethod>;
-  private readonly scratch: JobScratch;
+  private readonly scratch: JobCheckpoints;
   /** Steps persisted per running job (so a checkpoint appends only the new ones). */
   private readonly saved = new Map<string, number>();
   private purgeTimer: NodeJS.Timeout | null = null;
+  private readonly clients: FederationClients;
+  private readonly step: StepRunner;
 
   constructor(
     private readonly deps: {
@@ -153,16 +159,24 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       purgeRetry?: PurgeRetry;
       /** Test hook: resolves when the job may go on (the crash tests never resolve it and kill the process). */
       pause?: (point: JobPausePoint) => Promise<void>;
+      /** Where clients are connected (default: this process's registry; a cluster: every replica). */
+      clients?: FederationClients;
+      /** How a step reaches its clients (default: this process's dispatcher, federatedStep). */
+      step?: StepRunner;
+      /** Where step models are checkpointed (default: files under scratchDir; a cluster: the shared blob store). */
+      checkpoints?: JobCheckpoints;
     },
   ) {
     super();
+    this.clients = deps.clients ?? localClients(deps.registry);
+    this.step = deps.step ?? ((args) => federatedStep(deps.dispatcher, deps.strategy, args));
     this.methods = new Map<MethodName, UnlearningMethod>([
       ['federaser', new FedEraser()],
       ['replay', new ServerReplay()],
       ['retrain', new Retrain('retrain')],
       ['rollback', new Retrain('rollback')],
     ]);
-    this.scratch = new JobScratch(deps.scratchDir);
+    this.scratch = deps.checkpoints ?? new JobScratch(deps.scratchDir);
   }
 
   private get offline(): JobOfflineSettings {
@@ -280,7 +294,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
    * removal) and resumes the background retry of purges a reader kept from completing.
    */
   async recover(): Promise<void> {
-    this.scratch.sweep(new Set((await this.pending()).map((j) => j.jobId)));
+    await this.scratch.sweep(new Set((await this.pending()).map((j) => j.jobId)));
     if ((await this.incompletePurges()).length > 0) this.schedulePurgeRetry();
   }
 
@@ -562,7 +576,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
           );
         }
         const roundId = nanoid();
-        const res = await federatedStep(dispatcher, strategy, {
+        const res = await this.step({
           clientIds: completeServerSide ? args.clientIds.filter((id) => online.connected.has(id)) : args.clientIds,
           model: args.model,
           modelVersion: `${job.jobId}/${args.round}`,
@@ -574,6 +588,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
           jobId: job.jobId,
           kind: args.kind ?? TaskKind.TRAIN,
           ...(args.transform ? { transform: args.transform } : {}),
+          ...(args.calibrateTo ? { calibrateTo: args.calibrateTo } : {}),
           stageAs: { store, roundId },
           signal,
         });
@@ -613,9 +628,12 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     show: (w: JobWaiting) => void,
   ): Promise<{ connected: Set<string>; waited: boolean }> {
     const { registry, config } = this.deps;
-    const connectedNow = () => new Set(clientIds.filter((id) => registry.get(id) !== undefined));
+    const connectedNow = async () => {
+      const here = new Set(await this.clients.connected());
+      return new Set(clientIds.filter((id) => here.has(id)));
+    };
     const needed = Math.min(config.minClients, clientIds.length);
-    let connected = connectedNow();
+    let connected = await connectedNow();
     if (connected.size >= needed || wait.spentMs >= this.offline.waitMs || clientIds.length === 0) return { connected, waited: false };
     const since = Date.now();
     const until = since + (this.offline.waitMs - wait.spentMs);
@@ -626,31 +644,36 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     };
     show(describe());
     await new Promise<void>((resolve) => {
+      let finished = false;
       const done = () => {
+        if (finished) return;
+        finished = true;
         clearTimeout(timer);
-        registry.off('joined', joined);
-        registry.off('left', left);
+        clearInterval(poll);
+        registry.off('joined', changed);
+        registry.off('left', changed);
         signal.removeEventListener('abort', done);
         resolve();
       };
-      const joined = (s: { clientId: string }) => {
-        if (!wanted.has(s.clientId)) return;
-        connected = connectedNow();
+      // Sessions of this process are heard at once; those of other replicas (a cluster's presence) by polling.
+      const recheck = async () => {
+        const before = connected.size;
+        connected = await connectedNow().catch(() => connected);
+        if (finished) return;
         if (connected.size >= needed) return done();
-        show(describe());
+        if (connected.size !== before) show(describe());
       };
-      const left = (s: { clientId: string }) => {
-        if (!wanted.has(s.clientId)) return;
-        connected = connectedNow();
-        show(describe());
+      const changed = (s: { clientId: string }) => {
+        if (wanted.has(s.clientId)) void recheck();
       };
       const timer = setTimeout(done, until - since);
-      registry.on('joined', joined);
-      registry.on('left', left);
+      const poll = setInterval(() => void recheck(), CLIENT_POLL_MS);
+      registry.on('joined', changed);
+      registry.on('left', changed);
       signal.addEventListener('abort', done);
     });
     wait.spentMs += Date.now() - since;
-    return { connected: connectedNow(), waited: true };
+    return { connected: await connectedNow(), waited: true };
   }
 
   /**
@@ -715,14 +738,14 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       const r = await store.updateJob(job.jobId, { progress: { step: i, total: n, message: `tuning round ${i + 1} of ${n}` } });
       setRecord(r);
       this.emit('progress', r);
-      const candidates = registry.connected().map((s) => s.clientId).filter((id) => !forgotten.has(id));
+      const candidates = (await this.clients.connected()).filter((id) => !forgotten.has(id));
       // A tuning round is round done.length + 1 of the lineage this job creates (at position lineageCount(), jobs run
       // one at a time): selected like any round, never keyed on the random job id, so a rerun selects the same clients.
       const key = roundSelectionKey(await store.lineageCount(), done.length + 1, 1);
       const selected = selectClients(candidates, config.clientsPerRound, config.seed, key);
       const roundId = nanoid();
       const startedAt = Date.now();
-      const res = await federatedStep(dispatcher, strategy, {
+      const res = await this.step({
         clientIds: selected,
         model: { layout: meta.layout, values: model },
         modelVersion: `${job.jobId}/tune/${i + 1}`,

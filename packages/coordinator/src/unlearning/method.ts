@@ -77,7 +77,7 @@ export interface MethodContext {
   readUpdate(roundId: string, clientId: string): Promise<Float32Array | null>;
   /** A federated step over the live fleet (TRAIN or CALIBRATE); accepted updates are staged under a fresh round id. */
   step(
-    args: Pick<StepArgs, 'clientIds' | 'model' | 'round' | 'kind' | 'transform'> & {
+    args: Pick<StepArgs, 'clientIds' | 'model' | 'round' | 'kind' | 'transform' | 'calibrateTo'> & {
       hyper?: HyperParameters;
       seed: number;
       /** The stored round this step recomputes: under the offline policy 'server-side', a calibration step completes

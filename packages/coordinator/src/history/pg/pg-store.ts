@@ -76,6 +76,12 @@ export interface PgHistoryOptions {
   stagingGraceMs?: number;
   /** How long completePurge waits for a table lock before it reports the purge incomplete (ms, default 2,000). */
   purgeLockTimeoutMs?: number;
+  /**
+   * A cluster's fencing (cluster/leader-lease.ts `fence`): run first inside every transaction that only the leader may
+   * commit (a round, an unlearning commit or end, a job step, a pruning); it throws to refuse a deposed leader's
+   * commit, which then rolls back.
+   */
+  fence?: (tx: pg.PoolClient) => Promise<void>;
 }
 
 /**
@@ -197,6 +203,7 @@ export class PgHistoryStore implements HistoryStore {
   private readonly log: Pick<Logger, 'warn' | 'info'> | null;
   private readonly stagingGraceMs: number;
   private readonly purgeLockTimeoutMs: number;
+  private readonly fence: (tx: pg.PoolClient) => Promise<void>;
   private fed: FederationMeta | null = null;
   private closed = false;
 
@@ -212,6 +219,7 @@ export class PgHistoryStore implements HistoryStore {
     this.log = opts.log ?? null;
     this.stagingGraceMs = opts.stagingGraceMs ?? 0;
     this.purgeLockTimeoutMs = opts.purgeLockTimeoutMs ?? 2_000;
+    this.fence = opts.fence ?? (async () => undefined);
     this.blobs = new PgBlobStore(pool, false, this.now);
   }
 
@@ -340,6 +348,7 @@ export class PgHistoryStore implements HistoryStore {
     const missing = checkMissing(input.missing ?? [], participants, `round ${input.round}`);
     const keep = keepsUpdatesUnder(meta.config, input.round);
     const row = await withTransaction(this.pool, async (tx) => {
+      await this.fence(tx);
       const head = await this.lockHead(tx);
       checkRoundOrder(toModel(head), input);
       await this.checkNewRoundId(tx, input.roundId);
@@ -360,7 +369,10 @@ export class PgHistoryStore implements HistoryStore {
   async commitUnlearning(input: CommitUnlearningInput): Promise<ModelVersion> {
     const meta = this.requireOpen();
     const checked = await this.checkUnlearning(input, meta.layout);
-    const row = await withTransaction(this.pool, async (tx) => this.insertUnlearning(tx, input, checked));
+    const row = await withTransaction(this.pool, async (tx) => {
+      await this.fence(tx);
+      return this.insertUnlearning(tx, input, checked);
+    });
     return toModel(row);
   }
 
@@ -372,6 +384,7 @@ export class PgHistoryStore implements HistoryStore {
     // One transaction: the new head, the purge and tombstones, and the job's end. A crash leaves all of it or none,
     // so a restarted coordinator either resumes the job (nothing of it committed) or finds it done (all of it).
     const out = await withTransaction(this.pool, async (tx) => {
+      await this.fence(tx);
       const row = await this.insertUnlearning(tx, input, checked);
       const summary = await this.purgeRows(tx, ids, input.purge.eraseModels, this.now());
       const purged: PurgeSummary = { ...summary, complete: false };
@@ -772,6 +785,7 @@ export class PgHistoryStore implements HistoryStore {
   async pruneModels(versions: string[]): Promise<{ pruned: string[]; bytesDeleted: number }> {
     this.requireNotClosed();
     return withTransaction(this.pool, async (tx) => {
+      await this.fence(tx);
       const head = (await tx.query<{ head: string }>('SELECT head FROM federation WHERE id = 1 FOR UPDATE')).rows[0]?.head;
       if (head !== undefined && versions.includes(head)) throw new HistoryError(`the head model ${head} cannot be pruned`);
       const now = this.now();
@@ -846,6 +860,7 @@ export class PgHistoryStore implements HistoryStore {
     if (!(await this.jobRow(this.pool, jobId))) throw new HistoryError(`unknown job ${jobId}`);
     if (roundId !== undefined) await this.syncStaged(roundId);
     await withTransaction(this.pool, async (tx) => {
+      await this.fence(tx);
       const r = await tx.query('UPDATE jobs SET checkpoint_json = $1, updated_at = $2 WHERE job_id = $3', [JSON.stringify(checkpoint), this.now(), jobId]);
       if (!r.rowCount) throw new HistoryError(`unknown job ${jobId}`);
       await tx.query(
