@@ -1,0 +1,383 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import seedrandom from 'seedrandom';
+import { FederatedClient, type LocalDataset } from '@fedunlearn/client';
+import { tempDir } from './support.js';
+
+/**
+ * Issue 14 §2-4 end to end: replicas of the real service (`serve --store postgres://… --redis redis://…`, child
+ * processes) on the machine's PostgreSQL and Redis (a fresh schema and key prefix per run, dropped after), real SDK
+ * clients behind a round-robin TCP balancer without sticky sessions (as nginx in front of the websocket transport), the
+ * leader SIGKILLed mid-job and mid-round (a supervisor restarts it as a new replica), and a leader SIGSTOPped past its
+ * lease. Outcomes and orderings are asserted, never durations.
+ */
+
+const CLI = fileURLToPath(new URL('../../packages/coordinator/dist/cli.js', import.meta.url));
+const PG_URL = process.env.FEDUNLEARN_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
+const REDIS_URL = process.env.FEDUNLEARN_TEST_REDIS ?? 'redis://127.0.0.1:6379';
+const TOKEN = `cluster-e2e-${randomBytes(8).toString('hex')}`;
+const WAIT_MS = 240_000;
+
+const tmp = tempDir('cluster');
+const running = new Set<ChildProcess>();
+const schemas: string[] = [];
+const servers: Server[] = [];
+after(() => {
+  for (const p of running) p.kill('SIGKILL');
+  for (const s of servers) s.close();
+  for (const schema of schemas) {
+    try {
+      execFileSync('psql', [PG_URL.replace(/\?.*$/, ''), '-qAtc', `DROP SCHEMA IF EXISTS "${schema}" CASCADE`], { stdio: 'ignore' });
+    } catch {
+      // best effort: the schema name is unique to this run
+    }
+    try {
+      const url = new URL(REDIS_URL);
+      const keys = execFileSync('redis-cli', ['-h', url.hostname, '-p', url.port || '6379', '--scan', '--pattern', `${schema}:*`], { encoding: 'utf8' }).split('\n').filter(Boolean);
+      for (let i = 0; i < keys.length; i += 500) execFileSync('redis-cli', ['-h', url.hostname, '-p', url.port || '6379', 'DEL', ...keys.slice(i, i + 500)], { stdio: 'ignore' });
+    } catch {
+      // best effort
+    }
+  }
+  tmp.cleanup();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = WAIT_MS, everyMs = 200): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown = null;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
+    await sleep(everyMs);
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function dataset(seed: number, count = 30): LocalDataset {
+  const r = seedrandom(`cluster-data-${seed}`);
+  const x = Float32Array.from({ length: count * 16 }, () => r());
+  return { x, y: Int32Array.from({ length: count }, (_, i) => i % 4), inputShape: [16], numClasses: 4, count };
+}
+
+/** A TCP balancer: each connection goes to the next backend in turn that accepts it (no stickiness, as nginx
+ *  round-robin in front of the websocket transport). */
+async function balancer(ports: () => number[]): Promise<number> {
+  let next = 0;
+  const server = createServer((down: Socket) => {
+    down.pause();
+    const backends = ports();
+    const tryAt = (k: number) => {
+      if (k >= backends.length) return down.destroy();
+      const port = backends[(next + k) % backends.length]!;
+      const up = connect(port, '127.0.0.1');
+      let linked = false;
+      up.once('connect', () => {
+        linked = true;
+        next = (next + k + 1) % backends.length;
+        down.pipe(up).pipe(down);
+        down.resume();
+        down.once('close', () => up.destroy());
+        up.once('close', () => down.destroy());
+      });
+      up.on('error', () => {
+        up.destroy();
+        // A backend that refuses (killed) is skipped; one that fails later drops this connection (the client reconnects).
+        if (!linked) tryAt(k + 1);
+        else down.destroy();
+      });
+      down.on('error', () => up.destroy());
+    };
+    tryAt(0);
+  });
+  servers.push(server);
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as { port: number }).port)));
+}
+
+interface Model {
+  version: string;
+  parent: string | null;
+  lineage: string;
+  round: number;
+  sha256: string;
+  erasedAt: number | null;
+  prunedAt: number | null;
+}
+interface Round {
+  round: number;
+  lineage: string;
+  roundId: string;
+  participants: { clientId: string }[];
+}
+interface Job {
+  jobId: string;
+  state: string;
+  progress: { step: number; total: number };
+  report: unknown;
+}
+interface ClusterStatus {
+  replicaId: string;
+  isLeader: boolean;
+  leader: { replicaId: string; epoch: number } | null;
+  replicas: { replicaId: string; clients: string[] }[];
+}
+
+/** A cluster of replicas of the real service on one fresh schema and Redis prefix. */
+class Cluster {
+  readonly schema = `cluster_e2e_${process.pid}_${randomBytes(4).toString('hex')}`;
+  readonly procs = new Map<number, { proc: ChildProcess; replicaId: string; exited: Promise<void> }>();
+  private generation = 0;
+
+  constructor(
+    readonly ports: number[],
+    private readonly config: string,
+  ) {
+    schemas.push(this.schema);
+  }
+
+  static async create(n: number, extra: Record<string, unknown>): Promise<Cluster> {
+    const ports: number[] = [];
+    for (let i = 0; i < n; i++) ports.push(await freePort());
+    const config = join(tmp.dir, `cluster-${randomBytes(3).toString('hex')}.json`);
+    const c = new Cluster(ports, config);
+    writeFileSync(config, JSON.stringify({ redisPrefix: c.schema, keepLastModels: 0, roundIntervalMs: 0, leaseTtlMs: 3_000, ...extra }));
+    for (let i = 0; i < n; i++) await c.start(i);
+    return c;
+  }
+
+  /** Starts (or restarts, as a new replica) the replica on ports[i]; resolves once it listens. */
+  async start(i: number): Promise<void> {
+    const replicaId = `r${i}-g${this.generation++}`;
+    const args = ['serve', '--config', this.config, '--port', String(this.ports[i]), '--data', join(tmp.dir, `${this.schema}-${replicaId}`)];
+    args.push('--store', `${PG_URL}?schema=${this.schema}`, '--redis', REDIS_URL, '--replica-id', replicaId, '--operator-token', TOKEN);
+    args.push('--enrolment', 'open', '--model', 'mlp', '--input-shape', '16', '--classes', '4', '--seed', '5', '--log-level', 'warn');
+    const proc = spawn(process.execPath, [CLI, ...args], { env: { ...process.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    running.add(proc);
+    let stderr = '';
+    proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    const exited = new Promise<void>((resolve) => proc.on('exit', () => (running.delete(proc), resolve())));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`replica ${replicaId}: no "listening" within 60 s; stderr:\n${stderr}`)), 60_000);
+      createInterface({ input: proc.stdout! }).on('line', (line) => {
+        if (line.startsWith('listening on ')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      proc.on('exit', (code, signal) => {
+        clearTimeout(timer);
+        reject(new Error(`replica ${replicaId} exited (${code ?? signal}) before listening; stderr:\n${stderr}`));
+      });
+    });
+    this.procs.set(i, { proc, replicaId, exited });
+  }
+
+  async kill(i: number): Promise<void> {
+    const p = this.procs.get(i)!;
+    p.proc.kill('SIGKILL');
+    await p.exited;
+    this.procs.delete(i);
+  }
+
+  /** The index of the replica that leads now, as the replicas themselves say (every live one agrees on it). */
+  async leader(): Promise<number> {
+    return until('a leader', async () => {
+      const s = (await this.api<{ cluster: ClusterStatus }>('/v1/status')).cluster;
+      if (!s.leader) return undefined;
+      for (const [i, p] of this.procs) if (p.replicaId === s.leader.replicaId) return i;
+      return undefined;
+    });
+  }
+
+  /** An operator request to any live replica (the first that answers). */
+  async api<T>(path: string, init?: { method: string; body: unknown }, only?: number): Promise<T> {
+    let last: Error | null = null;
+    for (const [i] of [...this.procs].sort(([a], [b]) => a - b)) {
+      if (only !== undefined && i !== only) continue;
+      const headers = { authorization: `Bearer ${TOKEN}`, ...(init ? { 'content-type': 'application/json' } : {}) };
+      try {
+        const res = await fetch(`http://127.0.0.1:${this.ports[i]}${path}`, init ? { method: init.method, headers, body: JSON.stringify(init.body) } : { headers });
+        const text = await res.text();
+        if (!res.ok) throw new Error(`${init?.method ?? 'GET'} ${path}: HTTP ${res.status} ${text}`);
+        return JSON.parse(text) as T;
+      } catch (e) {
+        last = e as Error;
+      }
+    }
+    throw last ?? new Error('no replica answers');
+  }
+
+  /** Every model and round, per lineage, as committed. */
+  async history(): Promise<{ head: string; models: Model[]; rounds: Round[] }> {
+    const { head, models } = await this.api<{ head: string; models: Model[] }>('/v1/models');
+    const rounds: Round[] = [];
+    for (const lineage of new Set(models.map((m) => m.lineage))) rounds.push(...(await this.api<{ rounds: Round[] }>(`/v1/rounds?lineage=${encodeURIComponent(lineage)}`)).rounds);
+    return { head, models, rounds };
+  }
+
+  /** Every model whose weights are kept matches its sha256; each lineage's rounds are numbered once each, in order. */
+  async verify(): Promise<{ head: string; models: Model[]; rounds: Round[] }> {
+    const h = await this.history();
+    for (const m of h.models) {
+      if (m.erasedAt !== null || m.prunedAt !== null) continue;
+      const res = await fetch(`http://127.0.0.1:${this.ports[[...this.procs.keys()][0]!]}/v1/models/${m.version}/weights`, { headers: { authorization: `Bearer ${TOKEN}` } });
+      assert.equal(res.status, 200, `model ${m.version} weights are served`);
+      const digest = createHash('sha256').update(Buffer.from(await res.arrayBuffer())).digest('hex');
+      assert.equal(digest, m.sha256, `model ${m.version} bytes match their sha256`);
+    }
+    for (const lineage of new Set(h.rounds.map((r) => r.lineage))) {
+      const numbers = h.rounds.filter((r) => r.lineage === lineage).map((r) => r.round);
+      assert.deepEqual(numbers, [...numbers].sort((a, b) => a - b), `lineage ${lineage}: rounds in order`);
+      assert.equal(new Set(numbers).size, numbers.length, `lineage ${lineage}: no round committed twice (no deposed leader committed)`);
+    }
+    // Each round's model follows the previous one of its lineage: one chain, never a fork.
+    const byLineage = new Map<string, Model[]>();
+    for (const m of h.models) byLineage.set(m.lineage, [...(byLineage.get(m.lineage) ?? []), m]);
+    for (const [lineage, ms] of byLineage) {
+      const rounds = ms.filter((m) => m.round > 0);
+      assert.equal(new Set(rounds.map((m) => m.round)).size, rounds.length, `lineage ${lineage}: one model per round`);
+    }
+    return h;
+  }
+}
+
+test('3 replicas, 30 clients: rounds with every client, a FedEraser job calibrating on all replicas, the leader SIGKILLed mid-job and mid-round', async () => {
+  const cluster = await Cluster.create(3, { clientsPerRound: 30, minClients: 20, roundDeadlineMs: 20_000, historyInterval: 1, waitForClientsMs: 10_000, batchSize: 10, jobWaitForClientsMs: 120_000 });
+  const lb = await balancer(() => [...cluster.procs.keys()].map((i) => cluster.ports[i]!));
+  const clients: FederatedClient[] = [];
+  const denied = new Set<string>();
+  for (let i = 0; i < 30; i++) {
+    const id = `dev-${i}`;
+    const c = new FederatedClient({ url: `http://127.0.0.1:${lb}`, clientId: id, secret: `secret-${id}`, data: dataset(i), backends: ['cpu'], reconnect: { delayMs: 300, maxDelayMs: 1_000 } });
+    c.on('error', () => undefined);
+    c.on('serverError', (e) => {
+      if (e.code === 'PERMISSION_DENIED') denied.add(id);
+    });
+    clients.push(c);
+  }
+  try {
+    await Promise.all(clients.map((c) => c.connect()));
+    // The balancer spread them: every replica holds some, and the federation sees all 30.
+    const spread = await until('30 clients on 3 replicas', async () => {
+      const s = (await cluster.api<{ connectedClients: number; cluster: ClusterStatus }>('/v1/status'));
+      return s.connectedClients === 30 && s.cluster.replicas.length === 3 && s.cluster.replicas.every((r) => r.clients.length > 0) ? s.cluster : undefined;
+    });
+    const replicaOf = new Map(spread.replicas.flatMap((r) => r.clients.map((c) => [c, r.replicaId] as const)));
+
+    // 5 rounds in which every client takes part, whichever replica it is connected to.
+    const full = await until('5 rounds with all 30 clients', async () => {
+      const { rounds } = await cluster.history();
+      const f = rounds.filter((r) => r.participants.length === 30);
+      return f.length >= 5 ? f : undefined;
+    });
+    for (const r of full.slice(0, 5)) assert.deepEqual(new Set(r.participants.map((p) => replicaOf.get(p.clientId))).size, 3, `round ${r.round} took clients of all 3 replicas`);
+
+    // A FedEraser job, its leader SIGKILLed once it checkpointed a step: the next leader resumes it.
+    const victim = 'dev-7';
+    const job = await cluster.api<Job>('/v1/jobs', { method: 'POST', body: { clientIds: [victim], method: 'federaser' } });
+    await until('the job checkpointed a step', async () => {
+      const j = await cluster.api<Job>(`/v1/jobs/${job.jobId}`);
+      return j.state === 'running' && j.progress.step >= 1 ? j : undefined;
+    });
+    const jobLeader = await cluster.leader();
+    await cluster.kill(jobLeader);
+    await cluster.start(jobLeader);
+    await cluster.leader();
+    const done = await until('the job done', async () => {
+      const j = await cluster.api<Job>(`/v1/jobs/${job.jobId}`);
+      if (j.state === 'failed') throw new Error(`job failed: ${JSON.stringify(j)}`);
+      return j.state === 'done' ? j : undefined;
+    });
+    assert.ok(done.report, 'the job has its report');
+
+    // Its replayed (calibrated) rounds took clients of all three replicas of the spread above.
+    const afterJob = await cluster.history();
+    const jobLineage = afterJob.models.find((m) => m.version === afterJob.head)!.lineage;
+    const replayed = afterJob.rounds.filter((r) => r.lineage === jobLineage);
+    assert.ok(replayed.length > 0, 'the job replayed rounds');
+    const calibrated = new Set(replayed.flatMap((r) => r.participants.map((p) => replicaOf.get(p.clientId))));
+    assert.equal(calibrated.size, 3, 'calibration clients sat on all 3 replicas');
+    assert.ok(replayed.every((r) => r.participants.every((p) => p.clientId !== victim)), 'the forgotten client is in no replayed round');
+
+    // Mid-round: the leader SIGKILLed twice more while rounds run back to back; rounds continue on the next leader.
+    for (let k = 0; k < 2; k++) {
+      const before = (await cluster.history()).rounds.length;
+      await until('a round after the last kill', async () => ((await cluster.history()).rounds.length > before ? true : undefined));
+      const l = await cluster.leader();
+      await cluster.kill(l);
+      await cluster.start(l);
+      const now = (await cluster.history()).rounds.length;
+      await until('a round committed by the next leader', async () => ((await cluster.history()).rounds.length > now ? true : undefined));
+    }
+
+    const h = await cluster.verify();
+    const headLineage = h.models.find((m) => m.version === h.head)!.lineage;
+    assert.equal(headLineage, jobLineage, 'training continued on the job’s lineage');
+    for (const r of h.rounds.filter((x) => x.lineage === headLineage)) assert.ok(r.participants.every((p) => p.clientId !== victim), `round ${r.round}: the forgotten client never returns`);
+    assert.ok(denied.has(victim), 'the forgotten client was told it is forgotten');
+    const status = await cluster.api<{ cluster: ClusterStatus }>('/v1/status');
+    assert.ok(status.cluster.replicas.every((r) => !r.clients.includes(victim)), 'the forgotten client is connected nowhere');
+  } finally {
+    for (const c of clients) c.close();
+  }
+});
+
+test('a leader SIGSTOPped past its lease resumes and cannot commit: another leads, the history stays one chain', async () => {
+  const cluster = await Cluster.create(2, { clientsPerRound: 6, minClients: 3, roundDeadlineMs: 10_000, historyInterval: 1, waitForClientsMs: 10_000, batchSize: 10 });
+  const lb = await balancer(() => [...cluster.procs.keys()].map((i) => cluster.ports[i]!));
+  const clients = Array.from({ length: 6 }, (_, i) => {
+    const c = new FederatedClient({ url: `http://127.0.0.1:${lb}`, clientId: `stop-${i}`, secret: `secret-stop-${i}`, data: dataset(100 + i), backends: ['cpu'], reconnect: { delayMs: 300, maxDelayMs: 1_000 } });
+    c.on('error', () => undefined);
+    return c;
+  });
+  try {
+    await Promise.all(clients.map((c) => c.connect()));
+    await until('2 rounds', async () => ((await cluster.history()).rounds.length >= 2 ? true : undefined));
+    const paused = await cluster.leader();
+    const other = paused === 0 ? 1 : 0;
+    const pausedId = cluster.procs.get(paused)!.replicaId;
+    cluster.procs.get(paused)!.proc.kill('SIGSTOP');
+    // The other replica takes the lease (the paused one's expired) and commits rounds of its own with the clients
+    // connected to it (those of the paused replica are silent: they count as missing).
+    await until('the other replica leads', async () => {
+      const s = (await cluster.api<{ cluster: ClusterStatus }>('/v1/status', undefined, other)).cluster;
+      return s.isLeader ? true : undefined;
+    });
+    const atTakeover = (await cluster.api<{ rounds: Round[] }>('/v1/rounds', undefined, other)).rounds.length;
+    await until('a round by the new leader', async () => ((await cluster.api<{ rounds: Round[] }>('/v1/rounds', undefined, other)).rounds.length > atTakeover ? true : undefined));
+    cluster.procs.get(paused)!.proc.kill('SIGCONT');
+    // Resumed, the old leader learns it lost the lease; whatever it had in flight is refused (fenced) or stale.
+    await until('the resumed replica knows it does not lead', async () => {
+      const s = (await cluster.api<{ cluster: ClusterStatus }>('/v1/status', undefined, paused)).cluster;
+      return !s.isLeader && s.leader?.replicaId !== pausedId ? true : undefined;
+    });
+    const before = (await cluster.history()).rounds.length;
+    await until('rounds continue', async () => ((await cluster.history()).rounds.length > before ? true : undefined));
+    await cluster.verify();
+  } finally {
+    for (const c of clients) c.close();
+  }
+});
