@@ -145,6 +145,68 @@ interface ClusterStatus {
   replicas: { replicaId: string; clients: string[] }[];
 }
 
+/** Reads a server-sent event stream until `enough` says so (or 60 s pass); returns the events seen. */
+async function readEvents(url: string, enough: (seen: { event: string; data: unknown }[]) => boolean): Promise<{ event: string; data: unknown }[]> {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), 60_000);
+  const seen: { event: string; data: unknown }[] = [];
+  try {
+    const res = await fetch(url, { headers: { authorization: `Bearer ${TOKEN}` }, signal: ac.signal });
+    assert.equal(res.status, 200);
+    let buf = '';
+    for await (const chunk of res.body! as unknown as AsyncIterable<Uint8Array>) {
+      buf += Buffer.from(chunk).toString();
+      let at: number;
+      while ((at = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, at);
+        buf = buf.slice(at + 2);
+        const event = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (event && data) seen.push({ event, data: JSON.parse(data) });
+      }
+      if (enough(seen)) break;
+    }
+  } finally {
+    clearTimeout(timer);
+    ac.abort();
+  }
+  if (!enough(seen)) throw new Error(`the event stream ended with ${seen.map((e) => e.event).join(', ')}`);
+  return seen;
+}
+
+/** A TCP proxy to `target` that can be cut (every connection dropped, new ones refused) and restored: a replica's
+ *  PostgreSQL or Redis going away without touching the machine's servers, which other tests share. */
+async function cuttableProxy(target: number): Promise<{ port: number; cut(): void; restore(): void }> {
+  let open = true;
+  const live = new Set<Socket>();
+  const server = createServer((down) => {
+    if (!open) return down.destroy();
+    const up = connect(target, '127.0.0.1');
+    live.add(down).add(up);
+    down.pipe(up).pipe(down);
+    const drop = () => {
+      down.destroy();
+      up.destroy();
+      live.delete(down);
+      live.delete(up);
+    };
+    down.on('error', drop).on('close', drop);
+    up.on('error', drop).on('close', drop);
+  });
+  servers.push(server);
+  const port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as { port: number }).port)));
+  return {
+    port,
+    cut: () => {
+      open = false;
+      for (const s of live) s.destroy();
+    },
+    restore: () => {
+      open = true;
+    },
+  };
+}
+
 /** A cluster of replicas of the real service on one fresh schema and Redis prefix. */
 class Cluster {
   readonly schema = `cluster_e2e_${process.pid}_${randomBytes(4).toString('hex')}`;
@@ -158,21 +220,21 @@ class Cluster {
     schemas.push(this.schema);
   }
 
-  static async create(n: number, extra: Record<string, unknown>): Promise<Cluster> {
+  static async create(n: number, extra: Record<string, unknown>, via: { pg?: string; redis?: string } = {}): Promise<Cluster> {
     const ports: number[] = [];
     for (let i = 0; i < n; i++) ports.push(await freePort());
     const config = join(tmp.dir, `cluster-${randomBytes(3).toString('hex')}.json`);
     const c = new Cluster(ports, config);
     writeFileSync(config, JSON.stringify({ redisPrefix: c.schema, keepLastModels: 0, roundIntervalMs: 0, leaseTtlMs: 3_000, ...extra }));
-    for (let i = 0; i < n; i++) await c.start(i);
+    for (let i = 0; i < n; i++) await c.start(i, via);
     return c;
   }
 
   /** Starts (or restarts, as a new replica) the replica on ports[i]; resolves once it listens. */
-  async start(i: number): Promise<void> {
+  async start(i: number, via: { pg?: string; redis?: string } = {}): Promise<void> {
     const replicaId = `r${i}-g${this.generation++}`;
     const args = ['serve', '--config', this.config, '--port', String(this.ports[i]), '--data', join(tmp.dir, `${this.schema}-${replicaId}`)];
-    args.push('--store', `${PG_URL}?schema=${this.schema}`, '--redis', REDIS_URL, '--replica-id', replicaId, '--operator-token', TOKEN);
+    args.push('--store', `${via.pg ?? PG_URL}?schema=${this.schema}`, '--redis', via.redis ?? REDIS_URL, '--replica-id', replicaId, '--operator-token', TOKEN);
     args.push('--enrolment', 'open', '--model', 'mlp', '--input-shape', '16', '--classes', '4', '--seed', '5', '--log-level', 'warn');
     const proc = spawn(process.execPath, [CLI, ...args], { env: { ...process.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     running.add(proc);
@@ -295,6 +357,13 @@ test('3 replicas, 30 clients: rounds with every client, a FedEraser job calibrat
     });
     for (const r of full.slice(0, 5)) assert.deepEqual(new Set(r.participants.map((p) => replicaOf.get(p.clientId))).size, 3, `round ${r.round} took clients of all 3 replicas`);
 
+    // A replica that does not lead streams the whole federation on /v1/events: all 30 clients, and the leader's rounds.
+    const leaderNow = await cluster.leader();
+    const followerIndex = [...cluster.procs.keys()].find((i) => i !== leaderNow)!;
+    const events = await readEvents(`http://127.0.0.1:${cluster.ports[followerIndex]}/v1/events`, (seen) => seen.some((e) => e.event === 'round'));
+    const snapshot = events.find((e) => e.event === 'snapshot')!.data as { clients: { count: number } };
+    assert.equal(snapshot.clients.count, 30, 'a follower\'s event stream counts every replica\'s clients');
+
     // A FedEraser job, its leader SIGKILLed once it checkpointed a step: the next leader resumes it.
     const victim = 'dev-7';
     const job = await cluster.api<Job>('/v1/jobs', { method: 'POST', body: { clientIds: [victim], method: 'federaser' } });
@@ -380,4 +449,44 @@ test('a leader SIGSTOPped past its lease resumes and cannot commit: another lead
   } finally {
     for (const c of clients) c.close();
   }
+});
+
+test('a replica that loses Redis or PostgreSQL says why in /healthz (503 unavailable) and takes work again once it is back', async () => {
+  const pgUrl = new URL(PG_URL);
+  const redisUrl = new URL(REDIS_URL);
+  const pgProxy = await cuttableProxy(Number(pgUrl.port || 5432));
+  const redisProxy = await cuttableProxy(Number(redisUrl.port || 6379));
+  const viaPg = new URL(PG_URL);
+  viaPg.port = String(pgProxy.port);
+  const cluster = await Cluster.create(1, { clientsPerRound: 2, minClients: 1 }, { pg: viaPg.toString(), redis: `redis://127.0.0.1:${redisProxy.port}` });
+  const health = async () => {
+    const res = await fetch(`http://127.0.0.1:${cluster.ports[0]}/healthz`);
+    return { status: res.status, body: (await res.json()) as { status: string; reason?: string; message?: string } };
+  };
+  await until('healthy', async () => ((await health()).status === 200 ? true : undefined));
+  redisProxy.cut();
+  const noRedis = await until('unavailable: redis', async () => {
+    const h = await health();
+    return h.status === 503 && h.body.reason === 'redis' ? h.body : undefined;
+  }, 30_000);
+  assert.equal(noRedis.status, 'unavailable');
+  assert.match(noRedis.message ?? '', /Redis/);
+  redisProxy.restore();
+  await until('healthy again after Redis', async () => ((await health()).status === 200 ? true : undefined), 30_000);
+  pgProxy.cut();
+  const noPg = await until('unavailable: postgres', async () => {
+    const h = await health();
+    return h.status === 503 && h.body.reason === 'postgres' ? h.body : undefined;
+  }, 30_000);
+  assert.match(noPg.message ?? '', /PostgreSQL/);
+  pgProxy.restore();
+  let lastHealth: unknown = null;
+  await until('healthy again after PostgreSQL', async () => {
+    const h = await health();
+    lastHealth = h.body;
+    return h.status === 200 ? true : undefined;
+  }, 30_000).catch((e: Error) => {
+    throw new Error(`${e.message}; /healthz said ${JSON.stringify(lastHealth)}`);
+  });
+  await cluster.kill(0);
 });

@@ -355,6 +355,8 @@ interface StatusResponse {
   uptimeMs: number;
   /** Why training stopped; null while it trains (absent from coordinators before the stopping rule). */
   trainingStopped?: string | null;
+  /** A cluster's replicas (null or absent on one process). */
+  cluster?: { replicaId: string; leader: { replicaId: string; epoch: number } | null; replicas: { replicaId: string; url: string; clients: string[] }[] } | null;
 }
 type ClientRow = Omit<ClientRecord, 'secretHash'> & { connected: boolean; backend: string | null };
 interface IssuedCredential {
@@ -417,6 +419,12 @@ function formatStatus(s: StatusResponse): string {
     ['clients', `${s.connectedClients} connected`],
     ['jobs', jobCounts(s.jobs)],
     ['uptime', duration(s.uptimeMs)],
+    ...(s.cluster
+      ? ([
+          ['leader', s.cluster.leader ? `${s.cluster.leader.replicaId} (lease epoch ${s.cluster.leader.epoch})` : 'none (elections in progress)'],
+          ...s.cluster.replicas.map((r) => [`replica ${r.replicaId}`, `${r.url} · ${r.clients.length} clients${r.replicaId === s.cluster!.replicaId ? ' (answered this request)' : ''}`] as [string, string]),
+        ] as [string, string][])
+      : []),
   ]);
 }
 

@@ -531,6 +531,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
           await this.retainModels();
         } catch (e) {
           if (this.abort.signal.aborted) break;
+          // A term that ended (the lease lost, a commit fenced) is not a failure of this replica: another leads now.
+          if (this.cluster && (!this.cluster.isLeader || (e as Error).name === 'LeaseFencedError')) {
+            this.log.warn({ err: e }, 'the round ended with this replica\'s term as leader');
+            continue;
+          }
           const failure = this.roundFailed(e);
           // A quorum can fail fast (every selected client refused or left at once): without a pause this loop
           // would retry without ever yielding to the sockets and timers. Any other failure (a full disk, a store

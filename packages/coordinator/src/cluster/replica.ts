@@ -108,7 +108,7 @@ export class ClusterReplica extends EventEmitter<ReplicaEvents> {
     });
     this.lease.on('lost', (l) => {
       deps.log.warn({ epoch: l.epoch, reason: l.reason, message: l.message }, 'this replica stopped leading');
-      if (l.reason === 'connection') this.setPg(l.message);
+      if (l.reason === 'connection') this.setPg(`PostgreSQL: ${l.message}`);
       void this.presence.update({ leading: null });
       this.emit('lost', l);
     });
