@@ -490,3 +490,27 @@ test('a replica that loses Redis or PostgreSQL says why in /healthz (503 unavail
   });
   await cluster.kill(0);
 });
+
+test('lockouts hold for the whole federation: wrong secrets on one replica lock the client out of the others', async () => {
+  const cluster = await Cluster.create(2, { clientsPerRound: 2, minClients: 2, limits: { authMaxFailures: 3 } });
+  const at = (i: number) => `http://127.0.0.1:${cluster.ports[i]}`;
+  const attempt = async (url: string, secret: string): Promise<string[]> => {
+    const codes: string[] = [];
+    const c = new FederatedClient({ url, clientId: 'lock-me', secret, data: dataset(1), backends: ['cpu'], reconnect: { delayMs: 200, maxDelayMs: 200, attempts: 1 } });
+    c.on('error', () => undefined);
+    c.on('serverError', (e) => codes.push(e.code));
+    const connected = c.connect().then(
+      () => 'connected',
+      (e: unknown) => (e as { code?: string }).code ?? 'failed',
+    );
+    const outcome = await Promise.race([connected, until('an answer', () => (codes.length > 0 ? codes[0] : undefined), 30_000)]);
+    await c.close();
+    return outcome === 'connected' ? ['connected'] : [...codes, String(outcome)];
+  };
+  // Enrols on replica 0 (open enrolment: the first secret is the client's from then on).
+  assert.deepEqual(await attempt(at(0), 'the-right-secret'), ['connected']);
+  for (let k = 0; k < 3; k++) assert.ok((await attempt(at(0), `wrong-${k}`)).includes('UNAUTHENTICATED'), 'a wrong secret is refused');
+  // Replica 1 never saw a wrong secret, yet the client is locked there too: the lockout lives in Redis.
+  const there = await attempt(at(1), 'the-right-secret');
+  assert.ok(there.includes('RATE_LIMITED'), `locked out on the other replica too (got ${there.join(', ')})`);
+});

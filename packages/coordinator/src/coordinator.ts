@@ -22,7 +22,8 @@ import { assertClientId } from './transport/client-id.js';
 import { ClientRegistry } from './transport/client-registry.js';
 import { CredentialAuthenticator, lockoutKey } from './transport/authenticator.js';
 import { generateSecret, hashIssuedSecret } from './transport/credentials.js';
-import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type Clock } from './transport/rate-limit.js';
+import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type AttemptLimit, type Clock, type Lockout } from './transport/rate-limit.js';
+import { RedisAttemptLimit, RedisLockout } from './cluster/shared-limits.js';
 import type { ClientSession } from './transport/session.js';
 import { SocketServer, type Authenticator } from './transport/socket-server.js';
 import { DEFAULT_JOB_OFFLINE, UnlearningEngine, type ForgetJobInput, type JobOfflineSettings, type JobPausePoint, type PurgeRetry } from './unlearning/engine.js';
@@ -262,10 +263,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private readonly enrolment: 'open' | 'closed';
   private readonly tls: boolean;
   /** Wrong secrets per client id and address... */
-  private readonly authLockout: FailureLockout;
+  private readonly authLockout: Lockout;
   /** ...and per client id from anywhere. */
-  private readonly clientLockout: FailureLockout;
-  private readonly forgetLimit: SlidingWindowLimit;
+  private readonly clientLockout: Lockout;
+  /** In memory on one process; in Redis on a cluster, so that they hold for the whole federation. */
+  private readonly forgetLimit: AttemptLimit;
 
   private constructor(opts: CoordinatorOptions & { meta: FederationMeta }, current: ModelCache) {
     super();
@@ -344,9 +346,19 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.enrolment = opts.enrolment ?? 'closed';
     this.tls = opts.tls !== undefined;
     const lockout = { windowMs: limits.authFailureWindowMs, lockMs: limits.authLockoutMs, maxLockMs: limits.authMaxLockoutMs, clock };
-    this.authLockout = new FailureLockout({ ...lockout, maxFailures: limits.authMaxFailures });
-    this.clientLockout = new FailureLockout({ ...lockout, maxFailures: Math.max(limits.authMaxFailures, limits.authMaxFailuresPerClient) });
-    this.forgetLimit = new SlidingWindowLimit({ max: limits.forgetRequestsPerHour, windowMs: 3_600_000, clock });
+    const perClientFailures = Math.max(limits.authMaxFailures, limits.authMaxFailuresPerClient);
+    if (opts.cluster) {
+      // A cluster's lockouts and forget limit hold for the whole federation (a guesser cannot spread over replicas).
+      const { redis, keyPrefix } = opts.cluster;
+      const shared = { windowMs: limits.authFailureWindowMs, lockMs: limits.authLockoutMs, maxLockMs: limits.authMaxLockoutMs };
+      this.authLockout = new RedisLockout(redis, { ...shared, keyPrefix: `${keyPrefix}:limits:auth`, maxFailures: limits.authMaxFailures });
+      this.clientLockout = new RedisLockout(redis, { ...shared, keyPrefix: `${keyPrefix}:limits:client`, maxFailures: perClientFailures });
+      this.forgetLimit = new RedisAttemptLimit(redis, { keyPrefix: `${keyPrefix}:limits:forget`, max: limits.forgetRequestsPerHour, windowMs: 3_600_000 });
+    } else {
+      this.authLockout = new FailureLockout({ ...lockout, maxFailures: limits.authMaxFailures });
+      this.clientLockout = new FailureLockout({ ...lockout, maxFailures: perClientFailures });
+      this.forgetLimit = new SlidingWindowLimit({ max: limits.forgetRequestsPerHour, windowMs: 3_600_000, clock });
+    }
     if (this.enrolment === 'open') this.log.warn({}, "enrolment is 'open': any new client id is trusted on its first hello (development only)");
     if (opts.operatorAuth === 'none' && opts.operatorToken) throw new RangeError("operatorAuth 'none' and an operatorToken contradict each other");
     this.operatorToken = opts.operatorAuth === 'none' ? null : (opts.operatorToken ?? generateOperatorToken());
@@ -765,8 +777,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     const secret = generateSecret();
     const secretHash = hashIssuedSecret(secret);
     await this.store.upsertClient({ clientId, secretHash, seenAt: c.lastSeen, revoked: false });
-    this.authLockout.succeedAllWithPrefix(lockoutKey(clientId, ''));
-    this.clientLockout.succeed(clientId);
+    await this.authLockout.succeedAllWithPrefix(lockoutKey(clientId, ''));
+    await this.clientLockout.succeed(clientId);
     this.closeSession(clientId, 'credential rotated');
     this.log.info({ clientId }, 'client credential rotated');
     return { clientId, secret };
@@ -817,21 +829,29 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   private onForgetRequest(session: ClientSession, req: fedunlearn.v1.ForgetRequest): void {
     // A session can only ever name itself: the request carries no client id to forge.
-    if (!this.forgetLimit.take(session.clientId)) {
-      const wait = Math.ceil(this.forgetLimit.retryAfterMs(session.clientId) / 1000);
+    const took = this.forgetLimit.take(session.clientId);
+    const limited = async (): Promise<never> => {
+      const wait = Math.ceil((await this.forgetLimit.retryAfterMs(session.clientId)) / 1000);
+      throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many forget requests from this client; retry in ${wait} s`, req.requestId);
+    };
+    if (took === false) {
+      // The in-memory limit answers at once: refused synchronously, as the socket server reports it.
+      const wait = Math.ceil((this.forgetLimit.retryAfterMs(session.clientId) as number) / 1000);
       throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many forget requests from this client; retry in ${wait} s`, req.requestId);
     }
-    // The store answers asynchronously: refusals are sent from here, answered with the request's id, so that the
-    // client's pending request fails instead of waiting forever.
-    this.answerForgetRequest(session, req).catch((e: unknown) => {
-      const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
-      if (!(e instanceof ProtocolError)) this.log.error({ err: e, clientId: session.clientId }, 'forget request failed');
-      try {
-        session.channel.sendError(err.code, err.message, req.requestId);
-      } catch {
-        // The session is gone: nobody is waiting for the answer.
-      }
-    });
+    // The store (and a cluster's Redis limit) answer asynchronously: refusals are sent from here, answered with the
+    // request's id, so that the client's pending request fails instead of waiting forever.
+    Promise.resolve(took)
+      .then((ok) => (ok ? this.answerForgetRequest(session, req) : limited()))
+      .catch((e: unknown) => {
+        const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
+        if (!(e instanceof ProtocolError)) this.log.error({ err: e, clientId: session.clientId }, 'forget request failed');
+        try {
+          session.channel.sendError(err.code, err.message, req.requestId);
+        } catch {
+          // The session is gone: nobody is waiting for the answer.
+        }
+      });
   }
 
   private async answerForgetRequest(session: ClientSession, req: fedunlearn.v1.ForgetRequest): Promise<void> {
