@@ -326,7 +326,7 @@ class Cluster {
   }
 }
 
-test('3 replicas, 30 clients: rounds with every client, a FedEraser job calibrating on all replicas, the leader SIGKILLed mid-job and mid-round', async () => {
+test('3 replicas, 30 clients: rounds with every client, a FedEraser job calibrating on all replicas, the leader SIGKILLed mid-job and mid-round', async (t) => {
   const cluster = await Cluster.create(3, { clientsPerRound: 30, minClients: 20, roundDeadlineMs: 20_000, historyInterval: 1, waitForClientsMs: 10_000, batchSize: 10, jobWaitForClientsMs: 120_000 });
   const lb = await balancer(() => [...cluster.procs.keys()].map((i) => cluster.ports[i]!));
   const clients: FederatedClient[] = [];
@@ -356,6 +356,22 @@ test('3 replicas, 30 clients: rounds with every client, a FedEraser job calibrat
       return f.length >= 5 ? f : undefined;
     });
     for (const r of full.slice(0, 5)) assert.deepEqual(new Set(r.participants.map((p) => replicaOf.get(p.clientId))).size, 3, `round ${r.round} took clients of all 3 replicas`);
+
+    // Update bytes never cross Redis: what the replicas sent and received there (step messages, one partial of 8 bytes
+    // per parameter per replica, relayed events), per round, stays far below the 30 updates a round carries.
+    let busBytes = 0;
+    for (const i of cluster.procs.keys()) {
+      const text = await (await fetch(`http://127.0.0.1:${cluster.ports[i]}/metrics`)).text();
+      busBytes += Number(/^fedunlearn_cluster_bus_bytes (\S+)$/m.exec(text)?.[1] ?? NaN);
+    }
+    const roundsSoFar = (await cluster.history()).rounds.length;
+    const modelBytes = (16 * 128 + 128 + 128 * 64 + 64 + 64 * 4 + 4) * 4;
+    const perRound = busBytes / roundsSoFar;
+    t.diagnostic(`Redis bytes per round (sent + received, all replicas): ${Math.round(perRound)} = ${(perRound / modelBytes).toFixed(2)} x the model (${modelBytes} bytes); 30 updates = ${30 * modelBytes}`);
+    assert.ok(Number.isFinite(perRound) && perRound > 0, 'the replicas count their Redis bytes');
+    // Counted at both ends: 2 remote partials of 2x the model each, sent and received, are 8x the model; the ~20 updates
+    // of the other replicas' clients, had they crossed, would be 40x.
+    assert.ok(perRound < 20 * modelBytes, `per round ${perRound} bytes through Redis: O(replicas x model), not O(clients x model)`);
 
     // A replica that does not lead streams the whole federation on /v1/events: all 30 clients, and the leader's rounds.
     const leaderNow = await cluster.leader();

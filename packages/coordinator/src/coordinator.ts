@@ -288,6 +288,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       held: () => this.transport.held(),
       eventStreams: () => this.eventStreams.open,
       uploads: () => this.dispatcher.counters,
+      cluster: () => (this.cluster ? { leader: this.cluster.isLeader, busBytes: this.cluster.busBytes } : null),
     });
     const framing = opts.framing ?? DEFAULT_FRAMING;
     this.dispatcher = new TaskDispatcher(this.registry, this.metrics, {

@@ -99,7 +99,10 @@ export class ClusterReplica extends EventEmitter<ReplicaEvents> {
     });
     this.bus = new ClusterBus(deps.io, { replicaId: setup.replicaId });
     this.steps = new ClusterSteps({ ...deps, replicaId: setup.replicaId, presence: this.presence, onBusBytes: (n) => (this.busBytes += n) });
-    deps.io.on(RELAY, (e: RelayedEvent) => this.emit('relayed', e));
+    deps.io.on(RELAY, (e: RelayedEvent) => {
+      this.busBytes += JSON.stringify(e).length;
+      this.emit('relayed', e);
+    });
     this.lease.on('acquired', (a) => {
       this.setPg(null);
       deps.log.info({ epoch: a.epoch, replica: this.replicaId }, 'this replica leads the cluster');
