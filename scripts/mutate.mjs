@@ -65,9 +65,23 @@ const MODULES = [
     only: ['syncStaged', 'makeDurableSync', 'commitRound', 'commitUnlearning', 'commitWithBlobs', 'purgeClients'],
     tests: [
       'packages/coordinator/dist/history/durability.test.js',
+      'packages/coordinator/dist/history/sqlite-store.contract.test.js',
       'packages/coordinator/dist/history/sqlite-store.test.js',
-      'packages/coordinator/dist/history/sqlite-store.missing.test.js',
     ],
+  },
+  {
+    name: 'store-rules',
+    guarantee: 'bad input is refused with its code (the rules every history store enforces)',
+    file: 'packages/coordinator/dist/history/store-rules.js',
+    only: ['checkConfig', 'checkResume', 'checkRoundOrder', 'checkNewRoundId', 'checkParticipants', 'checkMissing', 'checkUnlearning', 'resolveLineage'],
+    tests: ['packages/coordinator/dist/history/sqlite-store.contract.test.js'],
+  },
+  {
+    name: 'fs-blob-store',
+    guarantee: 'history commits are atomic and durable; a purge leaves nothing',
+    file: 'packages/coordinator/dist/history/fs-blob-store.js',
+    only: ['put', 'makeDurable', 'get', 'delete', 'list', 'discard'],
+    tests: ['packages/coordinator/dist/history/fs-blob-store.contract.test.js', 'packages/coordinator/dist/history/durability.test.js'],
   },
   {
     name: 'blob-files',

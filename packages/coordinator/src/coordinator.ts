@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events';
-import { join } from 'node:path';
 import { DEFAULT_FRAMING, ErrorCode, fedunlearn, ProtocolError, type FlatWeights, type FramingLimits } from '@fedunlearn/protocol';
 import type { FastifyInstance } from 'fastify';
 import { nanoid } from 'nanoid';
@@ -16,6 +15,8 @@ import { CoordinatorMetrics } from './metrics.js';
 import { roundFailureReason, roundRetryDelayMs, type RoundFailureReason } from './round-failure.js';
 import { DEFAULT_GRANT_ABOVE_BYTES, DEFAULT_UPLOAD_TIMEOUT_MS, DEFAULT_UPLOAD_WINDOW_BYTES, TaskDispatcher, type UpdateBounds } from './rounds/dispatcher.js';
 import { modelsToPrune, type ModelRetentionPolicy } from './history/model-retention.js';
+import type { BlobStore } from './history/blob-store.js';
+import { FsBlobStore } from './history/fs-blob-store.js';
 import { NO_STOPPING, stopReason, type StoppingRule } from './rounds/stopping.js';
 import { RoundEngine, type FederationConfig, type ModelCache, type RoundOutcome } from './rounds/round-engine.js';
 import { assertClientId } from './transport/client-id.js';
@@ -30,7 +31,6 @@ import { DEFAULT_JOB_OFFLINE, UnlearningEngine, type ForgetJobInput, type JobOff
 import { modelSignature } from './model-signature.js';
 import { ClusterReplica, type ClusterProblem, type ClusterSetup, type ClusterStatus, type RelayedEvent } from './cluster/replica.js';
 import type { FederationClients } from './rounds/federation-clients.js';
-import { BlobJobScratch } from './unlearning/scratch.js';
 
 export const COORDINATOR_VERSION = '0.1.0';
 /** Pause of the round loop after a round that found no quorum. */
@@ -104,6 +104,9 @@ export interface CoordinatorOptions {
   store: HistoryStore;
   /** Where job scratch files live (normally the store's data directory). */
   dataDir: string;
+  /** Where forget jobs keep their checkpoints (each step's model, keys `jobs/<jobId>/...`); default files under
+   *  dataDir (dataDir/jobs). */
+  checkpoints?: BlobStore;
   /** The model a new federation starts from; ignored when the store already holds a federation. */
   model: ModelSpec;
   federation: FederationConfig;
@@ -304,14 +307,14 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       dispatcher: this.dispatcher,
       strategy,
       config: opts.federation,
-      scratchDir: join(opts.dataDir, 'jobs'),
+      // A cluster's jobs checkpoint in the shared store, so that the next leader resumes them.
+      checkpoints: opts.checkpoints ?? opts.cluster?.blobs ?? new FsBlobStore(opts.dataDir),
       eraseModels: (opts.modelsAfterForget ?? 'erase') === 'erase',
       offline: { ...DEFAULT_JOB_OFFLINE, ...opts.jobs },
       log: this.log,
       ...(opts.purgeRetry ? { purgeRetry: opts.purgeRetry } : {}),
       ...(opts.pauseJob ? { pause: opts.pauseJob } : {}),
       ...this.clusterReach(opts),
-      ...(opts.cluster?.blobs ? { checkpoints: new BlobJobScratch(opts.cluster.blobs) } : {}),
     });
     this.rounds = new RoundEngine({
       store: this.store,
@@ -531,8 +534,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
             continue;
           }
           // The cadence counts from round start to round start, so a long round is not followed by a long pause.
-          const wait = lastStart + this.roundIntervalMs - Date.now();
-          if (wait > 0) await sleep(wait, this.abort.signal);
+          // Again after each sleep: a timer may fire a millisecond early against Date.now().
+          for (let wait = lastStart + this.roundIntervalMs - Date.now(); wait > 0 && !this.abort.signal.aborted; wait = lastStart + this.roundIntervalMs - Date.now()) {
+            await sleep(wait, this.abort.signal);
+          }
           if (this.abort.signal.aborted) break;
           const startedAt = Date.now();
           lastStart = startedAt;
@@ -762,6 +767,24 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   /** Issues a credential for a new client; the secret is returned once and only its hash is kept. */
   async issueClient(clientId: string = nanoid()): Promise<{ clientId: string; secret: string }> {
+    return this.credentialChange(() => this.issueClientNow(clientId));
+  }
+
+  /**
+   * Runs credential changes (issue, rotate, revoke) one at a time: each reads a client's record and then writes it,
+   * and with an asynchronous store two changes of one client could otherwise interleave (two issues of one id would
+   * both pass the existence check, the second secret silently replacing the first). One process's queue: several
+   * coordinators on one store need the store's own exclusion.
+   */
+  private credentialChange<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.credentials.then(fn);
+    this.credentials = run.catch(() => undefined);
+    return run;
+  }
+
+  private credentials: Promise<unknown> = Promise.resolve();
+
+  private async issueClientNow(clientId: string): Promise<{ clientId: string; secret: string }> {
     assertClientId(clientId);
     if (await this.store.getClient(clientId)) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, `client ${clientId} already exists`);
     const secret = generateSecret();
@@ -773,7 +796,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /** Replaces a client's secret (the old one stops working at once, and a connected session is closed); also lifts a revocation. */
-  async rotateSecret(clientId: string): Promise<{ clientId: string; secret: string }> {
+  rotateSecret(clientId: string): Promise<{ clientId: string; secret: string }> {
+    return this.credentialChange(() => this.rotateSecretNow(clientId));
+  }
+
+  private async rotateSecretNow(clientId: string): Promise<{ clientId: string; secret: string }> {
     const c = await this.requireIssuable(clientId);
     const secret = generateSecret();
     const secretHash = hashIssuedSecret(secret);
@@ -786,7 +813,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /** Revokes a client's credential: its session is closed and later hellos are refused; its history stays. */
-  async revokeClient(clientId: string): Promise<void> {
+  revokeClient(clientId: string): Promise<void> {
+    return this.credentialChange(() => this.revokeClientNow(clientId));
+  }
+
+  private async revokeClientNow(clientId: string): Promise<void> {
     const c = await this.store.getClient(clientId);
     if (!c) throw new ProtocolError(ErrorCode.UNKNOWN_CLIENT, `unknown client ${clientId}`);
     await this.store.upsertClient({ clientId, seenAt: c.lastSeen, revoked: true });

@@ -30,6 +30,9 @@ export interface BlobStore {
   /** Removes unreferenced blobs found by garbage collection. An implementation may keep them aside for inspection
    *  (the filesystem one moves them to `quarantine/`) rather than destroy them. Resolves with the keys removed. */
   discard(keys: readonly string[]): Promise<string[]>;
+  /** Optional: removes what puts interrupted by a crash left under `prefix` (the filesystem one's temporary files,
+   *  never listed); resolves with how many. Stores whose put is atomic have nothing to remove and omit it. */
+  sweepInterrupted?(prefix: string): Promise<number>;
   /** Releases resources; later calls reject with BlobStoreClosedError. Idempotent. */
   close(): Promise<void>;
 }

@@ -58,7 +58,7 @@ test('files: temporary files of interrupted writes are never listed and are swep
     await blobs.put('updates/r1/a', Uint8Array.of(7));
     fs.writeFileSync(path.join(root, 'models', `v2${TEMP_MARK}deadbeef`), 'half-written');
     assert.deepEqual((await blobs.list('')).sort(), ['models/v1', 'updates/r1/a']);
-    assert.equal(await blobs.sweepTemporary(), 1);
+    assert.equal(await blobs.sweepInterrupted(), 1);
     assert.deepEqual(fs.readdirSync(path.join(root, 'models')), ['v1']);
     assert.deepEqual(await blobs.discard(['updates/r1/a']), ['updates/r1/a']);
     const kept = path.join(dir, 'quarantine', '2026-01-02T03-04-05-000Z', 'updates', 'r1', 'a');

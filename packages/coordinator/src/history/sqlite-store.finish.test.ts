@@ -215,27 +215,6 @@ test('with another process holding a read transaction, the purge is incomplete u
   }
 });
 
-test('job steps are appended one row each, replaced when redone, and read back in order', async () => {
-  const dir = tmpDir();
-  try {
-    const store = openSqliteHistory(dir);
-    await store.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'norms' } });
-    await runningJob(store);
-    await store.appendJobStep('job-1', { step: 0, data: { a: 0 } }, { steps: 1 });
-    await store.appendJobStep('job-1', { step: 1, data: { a: 1 } }, { steps: 2 });
-    await store.appendJobStep('job-1', { step: 1, data: { a: 'again' } }, { steps: 2 });
-    assert.deepEqual((await store.jobSteps('job-1')), [{ step: 0, data: { a: 0 } }, { step: 1, data: { a: 'again' } }]);
-    assert.deepEqual((await store.getJob('job-1'))!.checkpoint, { steps: 2 });
-    await assert.rejects(store.appendJobStep('nope', { step: 0, data: {} }, {}), /unknown job/);
-    await assert.rejects(store.appendJobStep('job-1', { step: -1, data: {} }, {}), /non-negative/);
-    await store.clearJobSteps('job-1');
-    assert.deepEqual((await store.jobSteps('job-1')), []);
-    await store.close();
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-});
-
 test("a running job's staged updates, recorded with its steps, survive a restart and are stored by its commit", async () => {
   const dir = tmpDir();
   try {

@@ -1,5 +1,4 @@
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { nanoid } from 'nanoid';
@@ -10,22 +9,20 @@ import {
   decodeBlob,
   encodeBlob,
   ensureDirSync,
-  fsyncPath,
   fsyncPathSync,
   kernelSync,
   readBlobHeader,
   TEMP_MARK,
   sha256Hex,
-  unlinkDurable,
   weightsSha256,
   writeFileDurableSync,
-  writeFileUnsynced,
   type BlobEncoding,
   type DiskSync,
 } from './blob-files.js';
 import type { Logger } from '../logger.js';
 import { behindMark, HistoryLossError, readHighWaterMark, writeHighWaterMark } from './high-water-mark.js';
 import { migrate } from './migrations.js';
+import { FsBlobStore } from './fs-blob-store.js';
 import { checkConfig, checkMissing, checkNewRoundId, checkParticipants, checkResume, checkRoundOrder, checkUnlearning, checkJobStep, parseTopology, resolveLineage, type CheckedParticipant } from './store-rules.js';
 import {
   HistoryError,
@@ -79,6 +76,10 @@ export interface SqliteHistoryOptions {
   log?: Pick<Logger, 'warn' | 'info'>;
   /** The fsyncs and the commit (default: the kernel's). A test passes a recorder that calls through to kernelSync. */
   disk?: DiskSync;
+  /** Where the blob bytes live (default: files under <dataDir>/blobs, with the same DiskSync). The store's
+   *  synchronous paths (a round's commit, garbage collection at open) still work on its files, so it is a
+   *  filesystem one. */
+  blobs?: FsBlobStore;
 }
 
 /** Where garbage collection moves blob files no committed row refers to, one folder per collection. */
@@ -392,6 +393,8 @@ class SqliteHistoryStore implements HistoryStore {
   private readonly db: Database.Database;
   private readonly dataDir: string;
   private readonly blobsDir: string;
+  private readonly blobs: FsBlobStore;
+  private readonly ownsBlobs: boolean;
   private readonly acceptHistoryLoss: boolean;
   private readonly log: Pick<Logger, 'warn' | 'info'> | null;
   private readonly now: () => number;
@@ -414,6 +417,8 @@ class SqliteHistoryStore implements HistoryStore {
     this.log = opts.log ?? null;
     this.blobsDir = path.join(dataDir, BLOBS_DIR);
     ensureDirSync(this.blobsDir, this.disk);
+    this.ownsBlobs = opts.blobs === undefined;
+    this.blobs = opts.blobs ?? new FsBlobStore(this.blobsDir, { disk: this.disk, quarantineDir: path.join(dataDir, QUARANTINE_DIR), ...(opts.now ? { now: opts.now } : {}) });
     this.now = opts.now ?? Date.now;
     this.pause = opts.pause;
     this.db = new Database(path.join(dataDir, DB_FILE));
@@ -459,7 +464,7 @@ class SqliteHistoryStore implements HistoryStore {
       }
       const head = this.headNow();
       const headRow = this.q.model.get(head.version)!;
-      if (!fs.existsSync(this.abs(headRow.blob))) throw new HistoryError(`the head model ${head.version} has no blob file (${headRow.blob})`);
+      if (!fs.existsSync(this.blobs.fileOf(headRow.blob))) throw new HistoryError(`the head model ${head.version} has no blob file (${headRow.blob})`);
       // From here on the mark describes this database (after an accepted loss, or for a directory that had none).
       this.recordHighWaterMark();
       return { meta, head, resumed: true };
@@ -532,7 +537,7 @@ class SqliteHistoryStore implements HistoryStore {
       // No fsync here: that would hold each answer of the round behind its own disk flush. Nothing refers to the
       // file until a commit, which first makes it durable (syncStaged, or makeDurableSync); a crash before leaves
       // an unreferenced file, which open() deletes.
-      await writeFileUnsynced(this.abs(entry.rel), encoded.bytes, this.disk);
+      await this.blobs.put(entry.rel, encoded.bytes);
     } catch (e) {
       if (this.stagedEntry(roundId, clientId) === entry) {
         if (previous) byClient.set(clientId, previous);
@@ -542,7 +547,7 @@ class SqliteHistoryStore implements HistoryStore {
     }
     if (this.stagedEntry(roundId, clientId) !== entry) {
       // Superseded, discarded or taken over by a commit while writing: this file belongs to no one.
-      fs.rmSync(this.abs(entry.rel), { force: true });
+      fs.rmSync(this.blobs.fileOf(entry.rel), { force: true });
       if (this.closed) throw new HistoryError(`the history store closed while the update of ${clientId} for round ${roundId} was being staged`);
       if (this.q.roundById.get(roundId)) {
         throw new HistoryError(`round ${roundId} committed while the update of ${clientId} was being staged; it was not included`);
@@ -550,7 +555,7 @@ class SqliteHistoryStore implements HistoryStore {
       return;
     }
     entry.done = true;
-    if (previous?.done) fs.rmSync(this.abs(previous.rel), { force: true });
+    if (previous?.done) fs.rmSync(this.blobs.fileOf(previous.rel), { force: true });
   }
 
   async syncStaged(roundId: string): Promise<void> {
@@ -558,8 +563,7 @@ class SqliteHistoryStore implements HistoryStore {
     const entries = [...(this.staged.get(roundId)?.values() ?? [])].filter((e) => e.done && !e.durable);
     if (entries.length === 0) return;
     // All at once: the kernel writes the files back together instead of one flush after another.
-    await Promise.all(entries.map((e) => fsyncPath(this.abs(e.rel), this.disk)));
-    for (const dir of new Set(entries.map((e) => path.dirname(this.abs(e.rel))))) await fsyncPath(dir, this.disk);
+    await this.blobs.makeDurable(entries.map((e) => e.rel));
     for (const e of entries) e.durable = true;
     await this.pause?.('history-write');
   }
@@ -568,8 +572,8 @@ class SqliteHistoryStore implements HistoryStore {
   private makeDurableSync(updates: { staged: StagedUpdate }[]): void {
     const pending = updates.map((u) => u.staged).filter((s) => !s.durable);
     if (pending.length === 0) return;
-    for (const s of pending) fsyncPathSync(this.abs(s.rel), this.disk);
-    for (const dir of new Set(pending.map((s) => path.dirname(this.abs(s.rel))))) fsyncPathSync(dir, this.disk);
+    for (const s of pending) fsyncPathSync(this.blobs.fileOf(s.rel), this.disk);
+    for (const dir of new Set(pending.map((s) => path.dirname(this.blobs.fileOf(s.rel))))) fsyncPathSync(dir, this.disk);
     for (const s of pending) s.durable = true;
   }
 
@@ -584,7 +588,7 @@ class SqliteHistoryStore implements HistoryStore {
       if (clientId !== undefined && c !== clientId) continue;
       this.dropStaged(roundId, c);
       // An unfinished staging removes its own file when it sees it is no longer current.
-      if (entry.done) fs.rmSync(this.abs(entry.rel), { force: true });
+      if (entry.done) fs.rmSync(this.blobs.fileOf(entry.rel), { force: true });
     }
   }
 
@@ -605,7 +609,7 @@ class SqliteHistoryStore implements HistoryStore {
     if (!byClient) return;
     this.staged.delete(roundId);
     for (const [clientId, entry] of byClient) {
-      if (!committed.has(clientId) && entry.done) fs.rmSync(this.abs(entry.rel), { force: true });
+      if (!committed.has(clientId) && entry.done) fs.rmSync(this.blobs.fileOf(entry.rel), { force: true });
     }
   }
 
@@ -674,8 +678,8 @@ class SqliteHistoryStore implements HistoryStore {
     await this.pause?.('job-purge');
     // After the commit: nothing refers to these files any more, so a crash before (or during) the unlinks leaves
     // garbage that the next open deletes; unlinking twice is harmless.
-    await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)], this.disk);
-    await unlinkDurable(purge!.modelFiles, this.disk);
+    await this.blobs.delete([...purge!.files, ...this.dropStagedOf(ids)]);
+    await this.blobs.delete(purge!.modelFiles);
     return { model: toModel(prepared.result.row), purged: { ...purged!, complete: this.checkpointWal() }, job: job! };
   }
 
@@ -802,7 +806,7 @@ class SqliteHistoryStore implements HistoryStore {
     createdAt: number,
   ): PlannedModel {
     const { planned, bytes } = this.encodeModel(layout, weights, m, createdAt);
-    writeFileDurableSync(this.abs(planned.row.blob), bytes, this.disk);
+    writeFileDurableSync(this.blobs.fileOf(planned.row.blob), bytes, this.disk);
     return planned;
   }
 
@@ -814,7 +818,7 @@ class SqliteHistoryStore implements HistoryStore {
     createdAt: number,
   ): Promise<PlannedModel> {
     const { planned, bytes } = this.encodeModel(layout, weights, m, createdAt);
-    await writeFileUnsynced(this.abs(planned.row.blob), bytes, this.disk);
+    await this.blobs.put(planned.row.blob, bytes);
     return planned;
   }
 
@@ -852,11 +856,9 @@ class SqliteHistoryStore implements HistoryStore {
     return { planned: { row }, bytes: encoded.bytes };
   }
 
-  /** Fsyncs planned model blobs, a bounded number at a time, then their directory. */
+  /** Makes planned model blobs durable, together (the blob store batches the flushes). */
   private async syncPlanned(planned: PlannedModel[]): Promise<void> {
-    const BATCH = 32;
-    for (let i = 0; i < planned.length; i += BATCH) await Promise.all(planned.slice(i, i + BATCH).map((p) => fsyncPath(this.abs(p.row.blob), this.disk)));
-    if (planned.length > 0) await fsyncPath(path.join(this.blobsDir, 'models'), this.disk);
+    await this.blobs.makeDurable(planned.map((p) => p.row.blob));
   }
 
   /** Runs the commit transaction; if it fails, the blobs written for it are removed (they would be garbage). */
@@ -902,7 +904,7 @@ class SqliteHistoryStore implements HistoryStore {
   }
 
   private unlinkPlanned(planned: PlannedModel[]): void {
-    for (const p of planned) fs.rmSync(this.abs(p.row.blob), { force: true });
+    for (const p of planned) fs.rmSync(this.blobs.fileOf(p.row.blob), { force: true });
   }
 
   // --- reads --------------------------------------------------------------------------------------------------
@@ -1005,11 +1007,14 @@ class SqliteHistoryStore implements HistoryStore {
   }
 
   private async readBlobFile(rel: string, what: string): Promise<Uint8Array> {
+    let bytes: Uint8Array | null;
     try {
-      return await fsp.readFile(this.abs(rel));
+      bytes = await this.blobs.get(rel);
     } catch (e) {
       throw new HistoryError(`${what}: cannot read its blob ${rel}: ${(e as Error).message}`);
     }
+    if (bytes === null) throw new HistoryError(`${what}: cannot read its blob ${rel}: the blob store holds nothing under it`);
+    return bytes;
   }
 
   private requireModel(version: string, ctx: string): void {
@@ -1031,8 +1036,8 @@ class SqliteHistoryStore implements HistoryStore {
       this.db.pragma('synchronous', { simple: true }) as number,
     );
     for (const id of ids) this.forgotten.add(id);
-    await unlinkDurable([...purge!.files, ...this.dropStagedOf(ids)], this.disk);
-    await unlinkDurable(purge!.modelFiles, this.disk);
+    await this.blobs.delete([...purge!.files, ...this.dropStagedOf(ids)]);
+    await this.blobs.delete(purge!.modelFiles);
     return { ...purge!.summary, complete: this.checkpointWal() };
   }
 
@@ -1069,20 +1074,20 @@ class SqliteHistoryStore implements HistoryStore {
       // Before the participant rows go: they are what says which rounds, hence which models, a client shaped.
       for (const m of this.modelsShapedBy(ids)) {
         this.q.eraseModel.run(now, m.version);
-        modelFiles.push(this.abs(m.blob));
+        modelFiles.push(m.blob);
         modelsErased.push(m.version);
         modelBytesDeleted += m.bytes;
       }
     }
     for (const id of ids) {
       for (const u of this.q.updatesOfClient.all(id)) {
-        files.push(this.abs(u.blob));
+        files.push(u.blob);
         bytesDeleted += u.bytes;
       }
       updatesDeleted += this.q.deleteUpdatesOfClient.run(id).changes;
       for (const u of this.q.jobStagedOfClient.all(id)) {
         // Also staged in memory (open() restores them): counted there, dropped and unlinked by dropStagedOf.
-        if (!this.stagedEntry(u.round_id, id)) files.push(this.abs(u.blob));
+        if (!this.stagedEntry(u.round_id, id)) files.push(u.blob);
       }
       this.q.deleteJobStagedOfClient.run(id);
       participantRowsDeleted += this.q.deleteParticipantsOfClient.run(id).changes;
@@ -1122,7 +1127,7 @@ class SqliteHistoryStore implements HistoryStore {
         if (!entry) continue;
         this.dropStaged(roundId, id);
         // An unfinished staging removes its own file when it sees it is no longer current.
-        if (entry.done) files.push(this.abs(entry.rel));
+        if (entry.done) files.push(entry.rel);
       }
     }
     return files;
@@ -1177,10 +1182,10 @@ class SqliteHistoryStore implements HistoryStore {
         if (!row) throw new HistoryError(`cannot prune unknown model version ${v}`);
         if (this.q.pruneModel.run(now, v).changes === 0) continue;
         pruned.push(v);
-        files.push(this.abs(row.blob));
+        files.push(row.blob);
       }
     })();
-    return { pruned, bytesDeleted: await unlinkDurable(files, this.disk) };
+    return { pruned, bytesDeleted: await this.blobs.delete(files) };
   }
 
   // --- jobs ---------------------------------------------------------------------------------------------------
@@ -1258,7 +1263,7 @@ class SqliteHistoryStore implements HistoryStore {
     })();
     for (const r of staged) this.dropStagedFiles(r.round_id, r.client_id);
     // Files of a previous run (not staged in this process) are unreferenced now; the next open would sweep them.
-    for (const r of staged) fs.rmSync(this.abs(r.blob), { force: true });
+    for (const r of staged) fs.rmSync(this.blobs.fileOf(r.blob), { force: true });
   }
 
   async getJob(jobId: string): Promise<JobRecord | null> {
@@ -1315,13 +1320,10 @@ class SqliteHistoryStore implements HistoryStore {
     // Staged files are left to the next open's garbage collection, like after a crash.
     this.staged.clear();
     this.db.close();
+    if (this.ownsBlobs) await this.blobs.close();
   }
 
   // --- internals ----------------------------------------------------------------------------------------------
-
-  private abs(rel: string): string {
-    return path.join(this.blobsDir, rel);
-  }
 
   private requireNotClosed(): void {
     if (this.closed) throw new HistoryError('the history store is closed');
@@ -1351,7 +1353,7 @@ class SqliteHistoryStore implements HistoryStore {
     let movedBytes = 0;
     let temporary = 0;
     const sweep = (relDir: string): boolean => {
-      const dir = this.abs(relDir);
+      const dir = this.blobs.fileOf(relDir);
       if (!fs.existsSync(dir)) return true;
       let changed = false;
       let remaining = 0;
@@ -1359,18 +1361,18 @@ class SqliteHistoryStore implements HistoryStore {
         const rel = relDir === '' ? ent.name : `${relDir}/${ent.name}`;
         if (ent.isDirectory()) {
           if (sweep(rel) && relDir === 'updates') {
-            fs.rmdirSync(this.abs(rel));
+            fs.rmdirSync(this.blobs.fileOf(rel));
             changed = true;
           } else remaining++;
         } else if (!referenced.has(rel)) {
           if (ent.name.includes(TEMP_MARK)) {
-            fs.rmSync(this.abs(rel), { force: true });
+            fs.rmSync(this.blobs.fileOf(rel), { force: true });
             temporary++;
           } else {
             const to = path.join(quarantine, rel);
             ensureDirSync(path.dirname(to), this.disk);
-            movedBytes += fs.statSync(this.abs(rel)).size;
-            fs.renameSync(this.abs(rel), to);
+            movedBytes += fs.statSync(this.blobs.fileOf(rel)).size;
+            fs.renameSync(this.blobs.fileOf(rel), to);
             moved.push(rel);
           }
           changed = true;

@@ -859,5 +859,26 @@ export function historyStoreContract(name: string, factory: StoreFactory): void 
         await fx.cleanup();
       }
     });
+
+    test('job steps are appended one row each, replaced when redone, and read back in order', async () => {
+      const fx = await factory();
+      try {
+        const store = await fx.store();
+        await store.open({ topologyJson, layout, initialWeights: new Float32Array(layout.totalSize), config: { historyInterval: 1, retention: 'norms' } });
+        await store.createJob({ jobId: 'job-1', kind: 'forget', state: 'running', clientIds: ['u'], requestedBy: 'operator', method: 'replay', params: {}, progress: { step: 0, total: 0 }, checkpoint: { steps: 1 }, report: null, error: null });
+        await store.appendJobStep('job-1', { step: 0, data: { a: 0 } }, { steps: 1 });
+        await store.appendJobStep('job-1', { step: 1, data: { a: 1 } }, { steps: 2 });
+        await store.appendJobStep('job-1', { step: 1, data: { a: 'again' } }, { steps: 2 });
+        assert.deepEqual(await store.jobSteps('job-1'), [{ step: 0, data: { a: 0 } }, { step: 1, data: { a: 'again' } }]);
+        assert.deepEqual((await store.getJob('job-1'))!.checkpoint, { steps: 2 });
+        await assert.rejects(store.appendJobStep('nope', { step: 0, data: {} }, {}), /unknown job/);
+        await assert.rejects(store.appendJobStep('job-1', { step: -1, data: {} }, {}), /non-negative/);
+        await store.clearJobSteps('job-1');
+        assert.deepEqual(await store.jobSteps('job-1'), []);
+        await store.close();
+      } finally {
+        await fx.cleanup();
+      }
+    });
   });
 }

@@ -70,6 +70,15 @@ export function challengeMessage(c: IssuedChallenge): fedunlearn.v1.IChallenge {
 export class CredentialAuthenticator implements Authenticator {
   constructor(private readonly deps: CredentialAuthenticatorDeps) {}
 
+  /** Enrolments, one at a time (see verify). One process's queue, like the coordinator's credential changes. */
+  private enrolling: Promise<unknown> = Promise.resolve();
+
+  private enrolOne(fn: () => Promise<void>): Promise<void> {
+    const run = this.enrolling.then(fn);
+    this.enrolling = run.catch(() => undefined);
+    return run;
+  }
+
   async plan(hello: fedunlearn.v1.Hello, address: string): Promise<ChallengePlan> {
     const id = hello.clientId;
     if (hello.secret) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'a protocol 2 hello must not carry the secret: it is proven with HelloProof, never sent');
@@ -114,12 +123,13 @@ export class CredentialAuthenticator implements Authenticator {
       throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'wrong credentials');
     }
     if (c.enrol) {
-      // Checked and written without an await in between would be atomic only on a synchronous store; the enrolment
-      // reads again after its write, so of two proofs racing to enrol the same id only the last writer is admitted.
-      if ((await this.deps.getClient(id))?.secretHash) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `client ${id} enrolled meanwhile; retry`);
       const secretHash = `scrypt$${Buffer.from(c.salt!).toString('hex')}$${Buffer.from(key).toString('hex')}`;
-      await this.deps.upsertClient({ clientId: id, secretHash, numExamples: hello.numExamples, seenAt: Date.now() });
-      if ((await this.deps.getClient(id))?.secretHash !== secretHash) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `client ${id} enrolled meanwhile; retry`);
+      // The check and the write run in the enrolment queue: with an asynchronous store two proofs enrolling one id
+      // could otherwise both find no credential, the second replacing the first's.
+      await this.enrolOne(async () => {
+        if ((await this.deps.getClient(id))?.secretHash) throw new ProtocolError(ErrorCode.UNAUTHENTICATED, `client ${id} enrolled meanwhile; retry`);
+        await this.deps.upsertClient({ clientId: id, secretHash, numExamples: hello.numExamples, seenAt: Date.now() });
+      });
     }
     await this.deps.authLockout.succeed(lockout);
     await this.deps.clientLockout.succeed(id);

@@ -18,7 +18,8 @@ import { METHOD_NAMES, resolveParams, type MethodContext, type MethodName, type 
 import { ServerReplay } from './replay.js';
 import { Retrain } from './retrain.js';
 import { DEFAULT_JOB_OFFLINE, type JobOfflineSettings, type JobWaiting } from './offline.js';
-import { JobScratch, type JobCheckpoints } from './scratch.js';
+import { JobScratch } from './scratch.js';
+import type { BlobStore } from '../history/blob-store.js';
 
 export * from './offline.js';
 
@@ -136,7 +137,7 @@ export interface EngineEvents {
  */
 export class UnlearningEngine extends EventEmitter<EngineEvents> {
   private readonly methods: Map<MethodName, UnlearningMethod>;
-  private readonly scratch: JobCheckpoints;
+  private readonly scratch: JobScratch;
   /** Steps persisted per running job (so a checkpoint appends only the new ones). */
   private readonly saved = new Map<string, number>();
   private purgeTimer: NodeJS.Timeout | null = null;
@@ -150,7 +151,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       dispatcher: TaskDispatcher;
       strategy: AggregationStrategy;
       config: FederationConfig;
-      scratchDir: string;
+      /** Where job checkpoints (each step's model) are kept, under `jobs/<jobId>/`. */
+      checkpoints: BlobStore;
       /** Erase the weights of the model versions the forgotten clients contributed to (CoordinatorOptions.modelsAfterForget). */
       eraseModels: boolean;
       /** Waiting for offline clients and what follows it (default DEFAULT_JOB_OFFLINE). */
@@ -163,8 +165,6 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       clients?: FederationClients;
       /** How a step reaches its clients (default: this process's dispatcher, federatedStep). */
       step?: StepRunner;
-      /** Where step models are checkpointed (default: files under scratchDir; a cluster: the shared blob store). */
-      checkpoints?: JobCheckpoints;
     },
   ) {
     super();
@@ -176,7 +176,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       ['retrain', new Retrain('retrain')],
       ['rollback', new Retrain('rollback')],
     ]);
-    this.scratch = deps.checkpoints ?? new JobScratch(deps.scratchDir);
+    this.scratch = new JobScratch(deps.checkpoints);
   }
 
   private get offline(): JobOfflineSettings {
@@ -300,9 +300,13 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
 
   /** Stops the background purge retry (the coordinator is stopping; a restart resumes it). */
   close(): void {
+    this.closed = true;
     if (this.purgeTimer) clearTimeout(this.purgeTimer);
     this.purgeTimer = null;
   }
+
+  /** Set by close: a retry whose store reads were in flight then does not schedule another. */
+  private closed = false;
 
   /** Done jobs whose report says the purge has not reached the disk yet. */
   async incompletePurges(): Promise<JobRecord[]> {
@@ -483,7 +487,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   }
 
   private schedulePurgeRetry(): void {
-    if (this.purgeTimer) return;
+    if (this.purgeTimer || this.closed) return;
     const every = (this.deps.purgeRetry ?? DEFAULT_PURGE_RETRY).everyMs;
     const tick = async () => {
       this.purgeTimer = null;
@@ -491,6 +495,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
         const waiting = await this.incompletePurges();
         if (waiting.length === 0) return;
         if (!(await this.deps.store.completePurge())) {
+          if (this.closed) return;
           this.purgeTimer = setTimeout(tick, every);
           this.purgeTimer.unref();
           return;
