@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { GOALS, numericLeaves } from './report.js';
 
 const CLI = fileURLToPath(new URL('./cli.js', import.meta.url));
-const MINE = ['aggregation', 'codec', 'ingest', 'history', 'training'];
+const MINE = ['aggregation', 'codec', 'ingest', 'history', 'historyPg', 'training'];
 
 /** Runs the real CLI in --quick mode; asserts on what it produces, never on how long it took. */
 test('bench --quick produces a finite figure for every key of its sections, in results.json and results.md', { timeout: 180_000 }, async () => {

@@ -22,12 +22,15 @@ const PG_URL = process.env.FEDUNLEARN_BENCH_PG_URL ?? 'postgres://postgres@127.0
  *   grows with the history (0.5 would be linear).
  */
 export async function run(opts: SectionOptions): Promise<SectionResult> {
-  const def = builtInDefinition('cnn', { inputShape: [28, 28, 1], numClasses: 10, seed: 1 });
+  // --quick: the MLP (109k values) instead of the CNN (1.66M), so that the smoke test stays short.
+  const def = opts.quick
+    ? builtInDefinition('mlp', { inputShape: [784], numClasses: 10, seed: 1 })
+    : builtInDefinition('cnn', { inputShape: [28, 28, 1], numClasses: 10, seed: 1 });
   const layout = def.initial.layout;
   const k = opts.quick ? 4 : 10;
   const repeats = opts.quick ? 3 : 9;
   const purgeRounds = opts.quick ? 2 : 8;
-  opts.log(`history-pg: MNIST CNN (${layout.totalSize} values), rounds of ${k} clients, PostgreSQL against SQLite; purge on ${purgeRounds} vs ${2 * purgeRounds} rounds`);
+  opts.log(`history-pg: MNIST ${opts.quick ? 'MLP' : 'CNN'} (${layout.totalSize} values), rounds of ${k} clients, PostgreSQL against SQLite; purge on ${purgeRounds} vs ${2 * purgeRounds} rounds`);
   const updates = Array.from({ length: k }, (_, i) => filled(layout.totalSize, 200 + i, 0.01));
   const norms = updates.map((u) => layerNorms(layout, u));
   const open = async (store: HistoryStore) =>

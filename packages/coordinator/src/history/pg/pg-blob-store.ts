@@ -128,7 +128,9 @@ export async function putBlob(q: Queryable, key: string, bytes: Uint8Array, now:
 /** The blob's bytes, or null. */
 export async function getBlob(q: Queryable, key: string): Promise<Uint8Array | null> {
   const { rows } = await q.query<{ bytes: Buffer }>('SELECT bytes FROM blobs WHERE part = $1 AND key = $2', [blobPart(key), key]);
-  return rows[0]?.bytes ?? null;
+  const b = rows[0]?.bytes;
+  // A plain Uint8Array over the same memory (no copy), as every BlobStore returns.
+  return b ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : null;
 }
 
 /** Whether the key holds a blob. */

@@ -43,7 +43,8 @@ export const PG_MIGRATIONS: readonly string[] = [
   CREATE TABLE purge_pending (
     seq     bigserial PRIMARY KEY,
     relname text NOT NULL,
-    since   bigint NOT NULL
+    since   bigint NOT NULL,
+    xid     xid8 NOT NULL                                   -- the purge's transaction: snapshots older keep its rows
   );
 
   CREATE TABLE models (

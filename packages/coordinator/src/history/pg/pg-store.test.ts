@@ -133,3 +133,33 @@ test('a store refuses calls after close, and a schema holding another federation
     await other.close();
   }
 });
+
+test('pruneModels keeps the records and deletes the blobs, refuses the head and unknown versions, and skips what is already gone', async () => {
+  const { stores } = await replicas(1);
+  const [a] = stores as [PgHistoryStore];
+  try {
+    for (let round = 1; round <= 3; round++) {
+      const head = await a.head();
+      await a.commitRound({ round, roundId: `r${round}`, modelBefore: head.version, weights: weights(round), participants: [participant('x', round)], metrics: {}, startedAt: round });
+    }
+    const models = await a.listModels();
+    const head = await a.head();
+    await assert.rejects(a.pruneModels([head.version]), /cannot be pruned/);
+    await assert.rejects(a.pruneModels(['no-such-version']), /unknown model version/);
+    const before = await a.stats();
+    const out = await a.pruneModels([models[1]!.version, models[2]!.version]);
+    assert.deepEqual(out.pruned, [models[1]!.version, models[2]!.version]);
+    assert.equal(out.bytesDeleted, 2 * (before.modelBytes / models.length));
+    assert.deepEqual(await a.pruneModels([models[1]!.version]), { pruned: [], bytesDeleted: 0 }, 'already pruned: skipped');
+    await assert.rejects(a.readModel(models[1]!.version), (e: Error) => e.name === 'ModelPrunedError');
+    assert.deepEqual(await a.readModel(models[0]!.version), weights(0));
+    assert.equal((await a.getModel(models[1]!.version))!.prunedAt !== null, true);
+    assert.equal((await a.listModels()).length, models.length, 'records kept');
+    assert.equal((await a.blobs.list('models/')).length, models.length - 2, 'blobs gone');
+    const after = await a.stats();
+    assert.equal(after.modelsPruned, 2);
+    assert.equal(after.modelBytes, before.modelBytes - out.bytesDeleted);
+  } finally {
+    await a.close();
+  }
+});

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { nanoid } from 'nanoid';
-import { layoutOf, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
+import { layoutOf, type WeightLayout } from '@fedunlearn/protocol';
 import { BlobFormatError, blobPayload, decodeBlob, encodeBlob, readBlobHeader, sha256Hex, weightsSha256, type BlobEncoding } from '../blob-files.js';
 import type { Logger } from '../../logger.js';
 import {
@@ -40,6 +40,25 @@ import {
   type CheckedParticipant as RuleParticipant,
   type CheckedUnlearning,
 } from '../store-rules.js';
+import {
+  layoutSpecs,
+  metaOf,
+  metricsFromJson,
+  metricsToJson,
+  normsFromBytes,
+  normsToBytes,
+  safeName,
+  toClient,
+  toJob,
+  toModel,
+  type ClientRow,
+  type FederationRow,
+  type JobRow,
+  type ModelRow,
+  type ParticipantRow,
+  type RoundRow,
+  type StagedRow,
+} from './pg-rows.js';
 import { createPool, parsePgUrl, ping, redact, withTransaction, type PgPoolOptions } from './pg-connection.js';
 import { migratePg } from './pg-migrations.js';
 
@@ -56,10 +75,10 @@ import { migratePg } from './pg-migrations.js';
  *
  * Purge: DELETE in the transaction, then `completePurge` runs VACUUM FULL on the blob partitions and tables that held
  * the forgotten clients' rows: it rewrites them (and their TOAST relations) into new files, so that the relation files
- * hold no byte of the deleted rows (a plain VACUUM leaves them in the pages). It does not wait on readers (lock_timeout) and reports incomplete while another session holds a
- * snapshot from before the purge (which keeps the deleted rows alive); a later call completes it. What stays the
- * operator's: the WAL segments (pg_wal, archives), base backups and replicas, which keep copies until they are
- * recycled or expire.
+ * hold no byte of the deleted rows (a plain VACUUM leaves them in the pages). It waits at most purgeLockTimeoutMs on
+ * readers and reports incomplete while another session holds a snapshot reaching back to the purge (which keeps the
+ * deleted rows alive); a later call completes it. What stays the operator's: the WAL segments (pg_wal, archives), base
+ * backups and replicas, which keep copies until they are recycled or expire.
  */
 
 export interface PgHistoryOptions {
@@ -74,7 +93,8 @@ export interface PgHistoryOptions {
    *  one coordinator per schema, as the embedded store; replicas sharing a schema set it above the longest round,
    *  so that a replica starting does not drop the stagings of a round in flight on another. */
   stagingGraceMs?: number;
-  /** How long completePurge waits for a table lock before it reports the purge incomplete (ms, default 2,000). */
+  /** How long completePurge waits for older snapshots to end, and then for each table lock, before it reports the
+   *  purge incomplete (ms, default 2,000). */
   purgeLockTimeoutMs?: number;
   /**
    * A cluster's fencing (cluster/leader-lease.ts `fence`): run first inside every transaction that only the leader may
@@ -106,80 +126,12 @@ export async function openPgHistory(url: string, opts: PgHistoryOptions = {}): P
 const PURGED_TABLES = ['updates', 'staged_updates', 'participants', 'rounds', 'clients'] as const;
 const RELNAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
-interface ModelRow {
-  version: string;
-  parent: string | null;
-  cause: ModelCause;
-  round: number;
-  job_id: string | null;
-  lineage: string;
-  sha256: string;
-  blob: string;
-  bytes: number;
-  created_at: number;
-  erased_at: number | null;
-  pruned_at: number | null;
-}
-interface FederationRow {
-  topology_json: string;
-  layout_json: string;
-  history_interval: number;
-  retention: HistoryConfig['retention'];
-  created_at: number;
-  head: string;
-}
-interface RoundRow {
-  round_id: string;
-  lineage: string;
-  round: number;
-  model_before: string | null;
-  model_after: string | null;
-  updates_stored: boolean;
-  metrics_json: string;
-  missing_json: string;
-  started_at: number;
-  closed_at: number;
-}
-interface ParticipantRow {
-  round_id: string;
-  client_id: string;
-  num_examples: number;
-  norms: Buffer;
-  metrics_json: string | null;
-  sensitivity: number | null;
-  has_update: boolean;
-}
-interface StagedRow {
-  round_id: string;
-  client_id: string;
-  encoding: BlobEncoding;
-  blob: string;
-  bytes: number;
-  blob_sha256: string;
-}
-interface JobRow {
-  job_id: string;
-  kind: string;
-  state: JobRecord['state'];
-  client_ids_json: string;
-  requested_by: string;
-  method: string;
-  params_json: string;
-  progress_json: string;
-  checkpoint_json: string | null;
-  report_json: string | null;
-  error: string | null;
-  created_at: number;
-  updated_at: number;
-}
-interface ClientRow {
-  client_id: string;
-  secret_hash: string | null;
-  num_examples: number;
-  first_seen: number;
-  last_seen: number;
-  forgotten: boolean;
-  revoked: boolean;
+/** A staging being written by this process. */
+interface InFlight {
+  /** False once a later staging of the same client, or a discard, replaced it. */
+  current: boolean;
+  /** The outcome (committed or not) of a commit of its round that started while it was in flight. */
+  commit: Promise<boolean> | null;
 }
 
 type RoundInput = {
@@ -206,6 +158,8 @@ export class PgHistoryStore implements HistoryStore {
   private readonly fence: (tx: pg.PoolClient) => Promise<void>;
   private fed: FederationMeta | null = null;
   private closed = false;
+  /** roundId -> clientId -> this process's staging of it still being written (what a commit must leave out). */
+  private readonly inFlight = new Map<string, Map<string, InFlight>>();
 
   constructor(
     private readonly pool: pg.Pool,
@@ -279,10 +233,38 @@ export class PgHistoryStore implements HistoryStore {
   async stageUpdate(roundId: string, clientId: string, update: Float32Array): Promise<void> {
     const meta = this.requireOpen();
     if (meta.config.retention === 'norms') return;
+    // Registered before the first await: a commit of the round called after this call began leaves it out.
+    const entry: InFlight = { current: true, commit: null };
+    let byClient = this.inFlight.get(roundId);
+    if (!byClient) this.inFlight.set(roundId, (byClient = new Map()));
+    const previous = byClient.get(clientId);
+    if (previous) previous.current = false;
+    byClient.set(clientId, entry);
+    let key: string;
+    try {
+      key = await this.writeStaging(meta.layout, meta.config.retention, roundId, clientId, update);
+    } finally {
+      if (byClient.get(clientId) === entry) {
+        byClient.delete(clientId);
+        if (byClient.size === 0 && this.inFlight.get(roundId) === byClient) this.inFlight.delete(roundId);
+      }
+    }
+    // A commit of the round that started while this staging was in flight left it out (as the embedded store does):
+    // once that commit landed, the staging belongs to no one. So does one a later staging or a discard replaced.
+    const committedMeanwhile = entry.commit !== null && (await entry.commit);
+    if (committedMeanwhile || (await this.roundExists(this.pool, roundId))) {
+      await this.dropStagedRows(this.pool, 'blob = $1', [key]);
+      throw new HistoryError(`round ${roundId} committed while the update of ${clientId} was being staged; it was not included`);
+    }
+    if (!entry.current) await this.dropStagedRows(this.pool, 'blob = $1', [key]);
+  }
+
+  /** Writes one staging (blob and row, replacing the client's previous staging of the round); returns its key. */
+  private async writeStaging(layout: WeightLayout, encoding: BlobEncoding, roundId: string, clientId: string, update: Float32Array): Promise<string> {
     if (await this.roundExists(this.pool, roundId)) throw new HistoryError(`round ${roundId} is already committed; its updates can no longer change`);
     let encoded;
     try {
-      encoded = encodeBlob(meta.layout, update, meta.config.retention);
+      encoded = encodeBlob(layout, update, encoding);
     } catch (e) {
       throw new HistoryError(`update of ${clientId} for round ${roundId}: ${(e as Error).message}`);
     }
@@ -291,12 +273,10 @@ export class PgHistoryStore implements HistoryStore {
     const key = `updates/${safeName(roundId)}/${safeName(clientId)}/${nanoid(10)}`;
     const now = this.now();
     await withTransaction(this.pool, async (tx) => {
+      // Stagings of one client for one round take turns (staging again replaces: delete, then insert).
+      await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`fedunlearn.stage.${this.schema}.${JSON.stringify([roundId, clientId])}`]);
       await putBlob(tx, key, encoded.bytes, now);
-      // Staging again replaces: the previous staging's blob goes with its row.
-      const prev = await tx.query<{ blob: string }>(
-        'DELETE FROM staged_updates WHERE round_id = $1 AND client_id = $2 RETURNING blob',
-        [roundId, clientId],
-      );
+      const prev = await tx.query<{ blob: string }>('DELETE FROM staged_updates WHERE round_id = $1 AND client_id = $2 RETURNING blob', [roundId, clientId]);
       await tx.query(
         `INSERT INTO staged_updates (round_id, client_id, encoding, blob, bytes, blob_sha256, job_id, staged_at)
          VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)`,
@@ -304,11 +284,23 @@ export class PgHistoryStore implements HistoryStore {
       );
       await deleteBlobs(tx, prev.rows.map((r) => r.blob));
     });
-    // A round that committed while this staging was written did not include it: it belongs to no one.
-    if (await this.roundExists(this.pool, roundId)) {
-      await this.dropStagedRows(this.pool, 'blob = $1', [key]);
-      throw new HistoryError(`round ${roundId} committed while the update of ${clientId} was being staged; it was not included`);
+    return key;
+  }
+
+  /**
+   * For a commit of `roundId` about to start: the clients whose staging of it is still in flight in this process
+   * (left out of the commit), and `settle`, which tells those stagings whether the commit landed.
+   */
+  private claimInFlight(roundId: string): { excluded: ReadonlySet<string>; settle(committed: boolean): void } {
+    const byClient = this.inFlight.get(roundId);
+    let settle: (committed: boolean) => void = () => {};
+    const outcome = new Promise<boolean>((resolve) => (settle = resolve));
+    const excluded = new Set<string>();
+    for (const [clientId, entry] of byClient ?? []) {
+      entry.commit = outcome;
+      excluded.add(clientId);
     }
+    return { excluded, settle };
   }
 
   async syncStaged(roundId: string): Promise<void> {
@@ -320,6 +312,8 @@ export class PgHistoryStore implements HistoryStore {
 
   async discardStaged(roundId: string, clientId?: string): Promise<void> {
     this.requireNotClosed();
+    // A staging still in flight removes its own row once it sees it is no longer current.
+    for (const [c, entry] of this.inFlight.get(roundId) ?? []) if (clientId === undefined || c === clientId) entry.current = false;
     if (clientId === undefined) await this.dropStagedRows(this.pool, 'round_id = $1', [roundId]);
     else await this.dropStagedRows(this.pool, 'round_id = $1 AND client_id = $2', [roundId, clientId]);
   }
@@ -347,7 +341,26 @@ export class PgHistoryStore implements HistoryStore {
     const participants = checkParticipants(input.participants, meta.layout.specs.length, `round ${input.round}`);
     const missing = checkMissing(input.missing ?? [], participants, `round ${input.round}`);
     const keep = keepsUpdatesUnder(meta.config, input.round);
-    const row = await withTransaction(this.pool, async (tx) => {
+    const inFlight = this.claimInFlight(input.roundId);
+    let committed = false;
+    try {
+      const row = await this.commitRoundRows(input, participants, missing, keep, inFlight.excluded);
+      committed = true;
+      return toModel(row);
+    } finally {
+      inFlight.settle(committed);
+    }
+  }
+
+  private async commitRoundRows(
+    input: Parameters<HistoryStore['commitRound']>[0],
+    participants: CheckedParticipant[],
+    missing: MissingClient[],
+    keep: boolean,
+    excluded: ReadonlySet<string>,
+  ): Promise<ModelRow> {
+    const meta = this.requireOpen();
+    return withTransaction(this.pool, async (tx) => {
       await this.fence(tx);
       const head = await this.lockHead(tx);
       checkRoundOrder(toModel(head), input);
@@ -359,11 +372,11 @@ export class PgHistoryStore implements HistoryStore {
         { ...input, missing, lineage: head.lineage, modelBefore: head.version, modelAfter: model.version, updatesStored: keep, closedAt },
         participants,
         keep,
+        excluded,
       );
       await tx.query('UPDATE federation SET head = $1 WHERE id = 1', [model.version]);
       return model;
     });
-    return toModel(row);
   }
 
   async commitUnlearning(input: CommitUnlearningInput): Promise<ModelVersion> {
@@ -431,7 +444,8 @@ export class PgHistoryStore implements HistoryStore {
     return created.get(result)!;
   }
 
-  private async insertRound(tx: pg.PoolClient, r: RoundInput, participants: CheckedParticipant[], keep: boolean): Promise<void> {
+  /** A round's rows; its stagings of listed participants (but `excluded`, still in flight) become its updates. */
+  private async insertRound(tx: pg.PoolClient, r: RoundInput, participants: CheckedParticipant[], keep: boolean, excluded: ReadonlySet<string> = new Set()): Promise<void> {
     await tx.query(
       `INSERT INTO rounds (round_id, lineage, round, model_before, model_after, updates_stored, metrics_json, missing_json, started_at, closed_at)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
@@ -455,14 +469,15 @@ export class PgHistoryStore implements HistoryStore {
       );
     }
     // The round's stagings: the listed participants' become its updates (when the policy keeps them), the rest go.
-    if (keep && participants.length > 0) {
+    const taken = participants.map((p) => p.clientId).filter((c) => !excluded.has(c));
+    if (keep && taken.length > 0) {
       await tx.query(
         `INSERT INTO updates (round_id, client_id, encoding, blob, bytes, blob_sha256)
          SELECT round_id, client_id, encoding, blob, bytes, blob_sha256 FROM staged_updates
          WHERE round_id = $1 AND client_id = ANY($2::text[])`,
-        [r.roundId, participants.map((p) => p.clientId)],
+        [r.roundId, taken],
       );
-      await tx.query('DELETE FROM staged_updates WHERE round_id = $1 AND client_id = ANY($2::text[])', [r.roundId, participants.map((p) => p.clientId)]);
+      await tx.query('DELETE FROM staged_updates WHERE round_id = $1 AND client_id = ANY($2::text[])', [r.roundId, taken]);
     }
     await this.dropStagedRows(tx, 'round_id = $1', [r.roundId]);
   }
@@ -570,7 +585,7 @@ export class PgHistoryStore implements HistoryStore {
     const row = rows[0];
     if (!row) return null;
     const data = await getBlob(this.pool, row.blob);
-    if (!data) throw new HistoryError(`update of ${clientId} in round ${roundId}: its blob ${row.blob} is missing`);
+    if (!data) throw new HistoryError(`update of ${clientId} in round ${roundId}: cannot read its blob ${row.blob}: it is missing`);
     if (sha256Hex(data) !== row.blob_sha256) throw new HistoryError(`update of ${clientId} in round ${roundId} is corrupted (sha256 mismatch in ${row.blob})`);
     try {
       return decodeBlob(meta.layout, data).values;
@@ -619,7 +634,7 @@ export class PgHistoryStore implements HistoryStore {
     if (row.erased_at !== null) throw new ModelErasedError(version, row.erased_at);
     if (row.pruned_at !== null) throw new ModelPrunedError(version, row.pruned_at);
     const bytes = await getBlob(this.pool, row.blob);
-    if (!bytes) throw new HistoryError(`model ${version}: its blob ${row.blob} is missing`);
+    if (!bytes) throw new HistoryError(`model ${version}: cannot read its blob ${row.blob}: it is missing`);
     let payload: Uint8Array;
     try {
       if (readBlobHeader(meta.layout, bytes).encoding !== 'fp32') throw new BlobFormatError('model blob is not fp32');
@@ -645,47 +660,60 @@ export class PgHistoryStore implements HistoryStore {
    * rows; the old files are truncated and unlinked): the blob partitions that held the forgotten clients' bytes and
    * the tables of their rows, so that no byte of a purged row is left in them. Other partitions are not touched, so
    * the cost follows the forgotten clients' share of the history, not its size. True when nothing is left to do.
-   * False, without waiting, when another session holds a lock on one of the tables (lock_timeout) or a snapshot from
-   * before the purge (it keeps the deleted rows alive, and VACUUM copies them): call again later.
+   * False, after at most purgeLockTimeoutMs, when another session holds a lock on one of the tables or a snapshot
+   * reaching back to the purge (it keeps the deleted rows alive, and VACUUM would copy them): call again later, from
+   * any replica (what is pending is a table, purge_pending).
    */
   async completePurge(): Promise<boolean> {
     this.requireNotClosed();
-    const pending = await this.pool.query<{ seq: number; relname: string }>('SELECT seq, relname FROM purge_pending ORDER BY seq');
+    const pending = await this.pool.query<{ seq: number; relname: string; xid: string }>('SELECT seq, relname, xid::text AS xid FROM purge_pending ORDER BY seq');
     if (pending.rows.length === 0) return true;
     const upTo = pending.rows[pending.rows.length - 1]!.seq;
     const rels = [...new Set(pending.rows.map((r) => r.relname))];
     for (const r of rels) if (!RELNAME.test(r)) throw new HistoryError(`purge_pending names ${JSON.stringify(r)}, not a table of this store`);
+    // The newest purge to finish: the vacuum drops its deleted rows only if no snapshot reaches back to its transaction.
+    const purgeXid = pending.rows.reduce((m, r) => (BigInt(r.xid) > m ? BigInt(r.xid) : m), 0n);
     const client = await this.pool.connect();
     try {
-      // Every transaction id below this one has ended or is running now: a session whose snapshot predates it may
-      // still see the purged rows.
-      const { rows } = await client.query<{ horizon: string }>('SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS horizon');
+      // A session (or a replication slot, or a prepared transaction) whose oldest snapshot reaches back to the purge
+      // makes VACUUM keep the deleted rows as "recently dead". Checked before the vacuum: no snapshot that old can
+      // start afterwards. Short transactions end within the wait; a backup or report holding one makes this false.
+      const deadline = Date.now() + this.purgeLockTimeoutMs;
+      while (await this.snapshotsReachBack(client, purgeXid)) {
+        if (Date.now() >= deadline) return false;
+        await new Promise((r) => setTimeout(r, 50));
+      }
       await client.query(`SET lock_timeout = ${Math.max(1, Math.floor(this.purgeLockTimeoutMs))}`);
       try {
         await client.query(`VACUUM (FULL) ${rels.join(', ')}`);
       } catch (e) {
-        if ((e as { code?: string }).code === '55P03') return false; // lock_not_available
+        if ((e as { code?: string }).code === '55P03') return false; // lock_not_available: a reader holds a table
         throw e;
       } finally {
         await client.query('RESET lock_timeout');
       }
-      // Snapshots older than the horizon, in this database's sessions or its replication slots, kept the rows.
-      const older = await client.query<{ n: number }>(
-        `SELECT (SELECT COUNT(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL
-                    AND age(backend_xmin) > age(($1::bigint % 4294967296)::text::xid))
-              + (SELECT COUNT(*) FROM pg_replication_slots
-                  WHERE (database IS NULL OR database = current_database()) AND xmin IS NOT NULL
-                    AND age(xmin) > age(($1::bigint % 4294967296)::text::xid)) AS n`,
-        [rows[0]!.horizon],
-      );
-      if (Number(older.rows[0]!.n) !== 0) return false;
       // Purges committed while this ran added rows after upTo: they are the next call's.
       await client.query('DELETE FROM purge_pending WHERE seq <= $1', [upTo]);
       return true;
     } finally {
       client.release();
     }
+  }
+
+  /** Whether any other session of this database, replication slot or prepared transaction may still see rows that
+   *  transaction `xid` deleted (its xmin or own xid is not after it). */
+  private async snapshotsReachBack(client: pg.PoolClient, xid: bigint): Promise<boolean> {
+    const { rows } = await client.query<{ n: number }>(
+      `WITH p AS (SELECT (($1::bigint % 4294967296)::text)::xid AS x)
+       SELECT (SELECT COUNT(*) FROM pg_stat_activity, p
+                WHERE datname = current_database() AND pid <> pg_backend_pid()
+                  AND ((backend_xmin IS NOT NULL AND age(backend_xmin) >= age(p.x)) OR (backend_xid IS NOT NULL AND age(backend_xid) >= age(p.x))))
+            + (SELECT COUNT(*) FROM pg_replication_slots, p
+                WHERE (database IS NULL OR database = current_database()) AND xmin IS NOT NULL AND age(xmin) >= age(p.x))
+            + (SELECT COUNT(*) FROM pg_prepared_xacts, p WHERE database = current_database() AND age(transaction) >= age(p.x)) AS n`,
+      [xid.toString()],
+    );
+    return Number(rows[0]!.n) > 0;
   }
 
   /** Deletes the clients' rows and blobs and tombstones them, in `tx`. */
@@ -720,7 +748,7 @@ export class PgHistoryStore implements HistoryStore {
     const parts = new Set([...upd.rows.map((r) => r.blob), ...staged.keys].map(blobPart));
     if (eraseModels && modelsErased.length > 0) parts.add(0);
     const rels = [...[...parts].sort((a, b) => a - b).map(blobPartition), ...PURGED_TABLES];
-    await tx.query('INSERT INTO purge_pending (relname, since) SELECT r, $2 FROM unnest($1::text[]) AS r', [rels, now]);
+    await tx.query('INSERT INTO purge_pending (relname, since, xid) SELECT r, $2, pg_current_xact_id() FROM unnest($1::text[]) AS r', [rels, now]);
     if (ids.length > 0) {
       await tx.query(
         `INSERT INTO clients (client_id, secret_hash, num_examples, first_seen, last_seen, forgotten, revoked)
@@ -1040,86 +1068,3 @@ function withSensitivity(checked: RuleParticipant[], input: ParticipantInput[], 
   });
 }
 
-function metaOf(row: FederationRow): FederationMeta {
-  return {
-    topologyJson: row.topology_json,
-    layout: layoutOf(JSON.parse(row.layout_json) as WeightSpec[]),
-    config: { historyInterval: row.history_interval, retention: row.retention },
-    createdAt: row.created_at,
-  };
-}
-
-function layoutSpecs(layout: WeightLayout): WeightSpec[] {
-  return layout.specs.map((s) => ({ name: s.name, shape: [...s.shape] }));
-}
-
-/** A blob-key-safe, collision-free rendering of an id (ids are nanoids in practice; anything else is hashed, and a
- *  hashed name has a '.', which no plain one has). */
-function safeName(id: string): string {
-  return /^[A-Za-z0-9_-]{1,64}$/.test(id) ? id : `h.${sha256Hex(Buffer.from(id, 'utf8')).slice(0, 40)}`;
-}
-
-/** JSON for metrics that keeps NaN and ±Infinity (a diverging round still commits, and reads back as it was). */
-function metricsToJson(m: Record<string, number>): string {
-  return JSON.stringify(m, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v));
-}
-function metricsFromJson(s: string): Record<string, number> {
-  return JSON.parse(s, (_k, v: unknown) => (v === 'NaN' || v === 'Infinity' || v === '-Infinity' ? Number(v) : v)) as Record<string, number>;
-}
-
-/** Norms as float64 little-endian: exact. */
-function normsToBytes(norms: Float64Array): Buffer {
-  const b = Buffer.alloc(norms.length * 8);
-  for (let i = 0; i < norms.length; i++) b.writeDoubleLE(norms[i]!, i * 8);
-  return b;
-}
-function normsFromBytes(b: Buffer): number[] {
-  const out: number[] = [];
-  for (let i = 0; i + 8 <= b.length; i += 8) out.push(b.readDoubleLE(i));
-  return out;
-}
-
-function toModel(r: ModelRow): ModelVersion {
-  return {
-    version: r.version,
-    parent: r.parent,
-    cause: r.cause,
-    round: r.round,
-    jobId: r.job_id,
-    lineage: r.lineage,
-    sha256: r.sha256,
-    createdAt: r.created_at,
-    erasedAt: r.erased_at ?? null,
-    prunedAt: r.pruned_at ?? null,
-  };
-}
-
-function toJob(r: JobRow): JobRecord {
-  return {
-    jobId: r.job_id,
-    kind: r.kind,
-    state: r.state,
-    clientIds: JSON.parse(r.client_ids_json) as string[],
-    requestedBy: r.requested_by,
-    method: r.method,
-    params: JSON.parse(r.params_json) as Record<string, unknown>,
-    progress: JSON.parse(r.progress_json) as JobRecord['progress'],
-    checkpoint: r.checkpoint_json === null ? null : (JSON.parse(r.checkpoint_json) as unknown),
-    report: r.report_json === null ? null : (JSON.parse(r.report_json) as unknown),
-    error: r.error,
-    createdAt: r.created_at,
-    updatedAt: r.updated_at,
-  };
-}
-
-function toClient(r: ClientRow): ClientRecord {
-  return {
-    clientId: r.client_id,
-    secretHash: r.secret_hash,
-    numExamples: r.num_examples,
-    firstSeen: r.first_seen,
-    lastSeen: r.last_seen,
-    forgotten: r.forgotten,
-    revoked: r.revoked,
-  };
-}

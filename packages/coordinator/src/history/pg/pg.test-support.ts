@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import pg from 'pg';
 import { redact } from './pg-connection.js';
 
@@ -43,4 +45,46 @@ export async function dropSchemas(names: readonly string[]): Promise<void> {
   } finally {
     await c.end();
   }
+}
+
+/**
+ * Paths of every relation file of `schema`'s tables, TOAST tables and indexes, after a CHECKPOINT (written pages reach
+ * the files only at a checkpoint or an eviction). Reading them needs the rights of the server's data directory: the
+ * tests run as root on the test machine.
+ */
+export async function relationFiles(schema: string): Promise<string[]> {
+  const c = await adminClient();
+  try {
+    await c.query('CHECKPOINT');
+    const dataDir = (await c.query<{ data_directory: string }>('SHOW data_directory')).rows[0]!.data_directory;
+    const { rows } = await c.query<{ p: string | null }>(
+      `SELECT pg_relation_filepath(c.oid) AS p FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1
+       UNION ALL
+       SELECT pg_relation_filepath(c.reltoastrelid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.reltoastrelid <> 0
+       UNION ALL
+       SELECT pg_relation_filepath(i.indexrelid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_index i ON i.indrelid = c.reltoastrelid WHERE n.nspname = $1 AND c.reltoastrelid <> 0`,
+      [schema],
+    );
+    const out: string[] = [];
+    for (const r of rows) {
+      if (!r.p) continue; // a partitioned parent has no storage of its own
+      const base = path.join(dataDir, r.p);
+      // The main fork and its 1 GB segments (base, base.1, ...).
+      for (let seg = 0; ; seg++) {
+        const f = seg === 0 ? base : `${base}.${seg}`;
+        if (!fs.existsSync(f)) break;
+        out.push(f);
+      }
+    }
+    return out;
+  } finally {
+    await c.end();
+  }
+}
+
+/** How many of these files contain `needle`. */
+export function filesWith(files: string[], needle: Uint8Array): number {
+  const b = Buffer.from(needle);
+  return files.filter((f) => fs.readFileSync(f).includes(b)).length;
 }
