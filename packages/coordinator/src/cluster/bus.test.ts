@@ -13,7 +13,11 @@ const BOUND = 15_000;
 /** One replica: an HTTP server on its own port, socket.io with the Redis adapter, its own Redis connection, the bus,
  *  and the sessions it holds (client id → socket). */
 async function replica(id: string, keyPrefix: string) {
-  const redis = createClient({ url: REDIS_URL });
+  // Named, so that a test can find this replica's connections (the adapter's duplicates keep the name) and kill them.
+  const redis = createClient({ url: REDIS_URL, name: `${keyPrefix}-${id}` });
+  // node-redis emits a lost connection as 'error' (and reconnects): without a listener it would throw.
+  const redisErrors: Error[] = [];
+  redis.on('error', (e: Error) => redisErrors.push(e));
   await redis.connect();
   const http = createServer();
   const io = new Server(http);
@@ -53,6 +57,7 @@ async function replica(id: string, keyPrefix: string) {
     url,
     held,
     redis,
+    redisErrors,
     close: async () => {
       await new Promise<void>((r) => io.close(() => r()));
       await redis.quit();
@@ -152,5 +157,46 @@ describe('ClusterBus over the real Redis with socket.io\'s Redis Streams adapter
 
   test('a kind has one handler per replica', () => {
     assert.throws(() => a.bus.handle('jobProgress', () => null), /already has a handler for jobProgress/);
+  });
+});
+
+describe('the bus after Redis drops every connection of both replicas', () => {
+  const keyPrefix = uniqueName('fu-bus-drop');
+
+  test('node-redis reconnects, the stream resumes where it was: a broadcast sent while the connections were down arrives, and requests work again', async () => {
+    const a = await replica('A', keyPrefix);
+    const b = await replica('B', keyPrefix);
+    const onB = await client(b.url, 'bob');
+    const admin = createClient({ url: REDIS_URL });
+    await admin.connect();
+    try {
+      await untilPeers([a.bus, b.bus], 2);
+      const list = String(await admin.sendCommand(['CLIENT', 'LIST']));
+      const ids = list
+        .split('\n')
+        .filter((l) => l.includes(` name=${keyPrefix}-`))
+        .map((l) => /(?:^|\s)id=(\d+)/.exec(l)![1]!);
+      // Each replica: its own client, the adapter's stream reader and its subscriber.
+      assert.ok(ids.length >= 6, `found ${ids.length} connections of the two replicas`);
+      const got = nextEvent<string>(onB as unknown as NodeJS.EventEmitter, 'notice', BOUND);
+      for (const id of ids) await admin.sendCommand(['CLIENT', 'KILL', 'ID', id]);
+      a.io.to('client:bob').emit('notice', 'sent while Redis was away');
+      assert.equal(await got, 'sent while Redis was away');
+      // Requests ride pub/sub (ephemeral): once resubscribed, they round-trip again.
+      const deadline = Date.now() + BOUND;
+      let reply = null;
+      while (!reply && Date.now() < deadline) {
+        reply = await a.bus.toHolder('jobProgress', { clientId: 'bob', requestId: 'after', status: new Uint8Array(1) });
+      }
+      assert.deepEqual(reply, { replica: 'B', reply: { delivered: true } });
+      assert.ok(a.redisErrors.length > 0, 'the kill was not seen');
+    } finally {
+      onB.close();
+      await a.close();
+      await b.close();
+      const keys = await admin.keys(`${keyPrefix}*`);
+      if (keys.length) await admin.del(keys);
+      await admin.quit();
+    }
   });
 });

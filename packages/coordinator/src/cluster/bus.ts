@@ -134,8 +134,9 @@ export interface RedisAdapterOptions {
 /**
  * Attaches socket.io's Redis Streams adapter to `io`: rooms, broadcasts, `disconnectSockets`, `fetchSockets` and
  * `serverSideEmit` then reach every replica. Streams rather than plain pub/sub because the adapter resumes the stream
- * after a Redis disconnection without losing packets. `redis` must be connected; the adapter duplicates it for its
- * blocking reads and subscriptions. The Redis keys it writes: the stream `${keyPrefix}:stream`; channels
+ * after a Redis disconnection without losing packets (bus.test.ts kills every connection and checks). `redis` must be
+ * connected and have an 'error' listener (node-redis reports a lost connection as 'error' while it reconnects, and
+ * throws without one); the adapter duplicates it for its blocking reads and subscriptions. The Redis keys it writes: the stream `${keyPrefix}:stream`; channels
  * `${keyPrefix}:*`.
  */
 export function attachRedisAdapter(io: Server, redis: AdapterRedisClient, opts: RedisAdapterOptions): void {

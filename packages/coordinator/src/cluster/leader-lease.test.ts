@@ -6,12 +6,13 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { LeaderLease, LeaseFencedError, fenceLease, type LeaseAcquired, type LeaseLost } from './leader-lease.js';
-import { migrateCluster } from './migrations.js';
+import { CLUSTER_MIGRATIONS, migrateCluster } from './migrations.js';
 import { connectPg, dropSchema, nextEvent, uniqueName } from './services.test-support.js';
 
-// Short leases keep the tests quick; every wait below is a bound on a hang, and the assertions are on the order of
-// events and on epochs, never on how long anything took.
-const TTL = 1_000;
+// Short leases keep the tests quick, yet long enough that a loaded machine's event-loop stalls (the whole suite runs
+// on 2 cores) do not end a term by themselves; every wait below is a bound on a hang, and the assertions are on the
+// order of events and on epochs, never on how long anything took.
+const TTL = 3_000;
 const BOUND = 15_000;
 
 interface Msg {
@@ -67,8 +68,19 @@ describe('LeaderLease on the real PostgreSQL', () => {
     await dropSchema(schema);
   });
 
-  test('migrations run once: a second run applies nothing', async () => {
+  test('migrations run once: a second run applies nothing; replicas migrating a new schema at once apply each once', async () => {
     assert.equal(await migrateCluster(db, schema), 0);
+    const fresh = uniqueName('fu_lease_mig');
+    const clients = await Promise.all([1, 2, 3].map(() => connectPg()));
+    try {
+      const applied = await Promise.all(clients.map((c) => migrateCluster(c, fresh)));
+      assert.equal(applied.reduce((a, b) => a + b, 0), CLUSTER_MIGRATIONS.length);
+      const { rows } = await db.query<{ n: string }>(`SELECT count(*) AS n FROM "${fresh}".cluster_migrations`);
+      assert.equal(Number(rows[0]!.n), CLUSTER_MIGRATIONS.length);
+    } finally {
+      await Promise.all(clients.map((c) => c.end()));
+      await dropSchema(fresh);
+    }
   });
 
   test('of two contenders one leads; when the leader dies (SIGKILL, no release) the other takes over with the next epoch', async () => {
@@ -106,6 +118,17 @@ describe('LeaderLease on the real PostgreSQL', () => {
     assert.equal((await takenByC).epoch, took.epoch + 1);
     assert.deepEqual(events, [`acquired ${took.epoch}`, `lost ${took.epoch} stopped`]);
     await c.stop();
+  });
+
+  test('four contenders starting at once on a fresh lease: exactly one leads, with epoch 1', async () => {
+    const name = 'race';
+    const all = ['r1', 'r2', 'r3', 'r4'].map((h) => lease(h, { name }));
+    await Promise.all(all.map((l) => l.start()));
+    const leaders = all.filter((l) => l.isLeader);
+    assert.equal(leaders.length, 1, `${leaders.length} leaders`);
+    assert.equal(leaders[0]!.epoch, 1);
+    assert.equal((await leaders[0]!.current(db))?.epoch, 1);
+    await Promise.all(all.map((l) => l.stop()));
   });
 
   test('a paused leader (SIGSTOP past its lease) that resumes cannot commit: its fence is refused', async () => {
@@ -213,6 +236,7 @@ describe('LeaderLease on the real PostgreSQL', () => {
   test('bad options are refused with a clear error', () => {
     const connect = () => connectPg();
     assert.throws(() => new LeaderLease({ schema: 'Bad-Name', holder: 'x', connect }), /schema name/);
+    assert.throws(() => new LeaderLease({ schema: 'pg_lease', holder: 'x', connect }), /not starting with a digit or pg_/);
     assert.throws(() => new LeaderLease({ schema, holder: 'x', ttlMs: 1000, renewEveryMs: 1000, connect }), /renewEveryMs/);
     assert.throws(() => new LeaderLease({ schema, holder: '', connect }), /holder/);
   });

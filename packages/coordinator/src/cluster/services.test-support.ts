@@ -5,8 +5,10 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 
-export const PG_URL = process.env.FEDUNLEARN_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
-export const REDIS_URL = process.env.FEDUNLEARN_TEST_REDIS ?? 'redis://127.0.0.1:6379';
+/** The servers (the machine's by default; the same variable as the PostgreSQL store's tests). Tests that need them
+ *  fail when they do not answer: CI starts both, and a skipped test would hide a part nobody tested. */
+export const PG_URL = process.env.FEDUNLEARN_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+export const REDIS_URL = process.env.FEDUNLEARN_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
 /** A name no other test run uses: `prefix` + pid + random hex (lower case, a valid schema name). */
 export function uniqueName(prefix: string): string {
@@ -15,8 +17,12 @@ export function uniqueName(prefix: string): string {
 
 /** A connected client of its own, named `applicationName` in pg_stat_activity. */
 export async function connectPg(applicationName = 'fedunlearn-test'): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: PG_URL, application_name: applicationName });
-  await c.connect();
+  const c = new pg.Client({ connectionString: PG_URL, application_name: applicationName, connectionTimeoutMillis: 5_000 });
+  try {
+    await c.connect();
+  } catch (e) {
+    throw new Error(`PostgreSQL does not answer at ${PG_URL} (${(e as Error).message}): the cluster tests need it (.ci/run starts it)`);
+  }
   return c;
 }
 

@@ -52,7 +52,7 @@ describe('shared limits on the real Redis: two limiter instances (two replicas, 
   });
 
   test('lockouts: failures on two replicas add up, the lock shows on both, and it doubles like the in-memory one', async () => {
-    const opts = { maxFailures: 3, windowMs: 60_000, lockMs: 2_000, maxLockMs: 8_000 };
+    const opts = { maxFailures: 3, windowMs: 60_000, lockMs: 10_000, maxLockMs: 40_000 };
     const a: Lockout = new RedisLockout(one, { keyPrefix: `${prefix}:auth`, ...opts });
     const b: Lockout = new RedisLockout(two, { keyPrefix: `${prefix}:auth`, ...opts });
     // The in-memory lockout on a clock that does not move: what the shared one must answer, failure by failure.
@@ -65,21 +65,21 @@ describe('shared limits on the real Redis: two limiter instances (two replicas, 
       if (i === 2) {
         const lockedA = await a.lockedFor('c1 10.0.0.1');
         const lockedB = await b.lockedFor('c1 10.0.0.1');
-        assert.ok(lockedA > 0 && lockedA <= 2_000 && lockedB > 0 && lockedB <= 2_000, `locked ${lockedA} / ${lockedB} ms`);
+        assert.ok(lockedA > 0 && lockedA <= 10_000 && lockedB > 0 && lockedB <= 10_000, `locked ${lockedA} / ${lockedB} ms`);
       }
     }
     // The in-memory one reports the time left of a running lock on every failure; the shared one too, from Redis,
     // which has moved on by a few ms: compare the lockouts (the failures that lock), and that no failure unlocks.
     const lockouts = (xs: number[]) => xs.filter((_, i) => i % 3 === 2);
     assert.deepEqual(lockouts(shared), lockouts(local));
-    assert.deepEqual(lockouts(shared), [2_000, 4_000, 8_000, 8_000]);
+    assert.deepEqual(lockouts(shared), [10_000, 20_000, 40_000, 40_000]);
     assert.ok(shared.every((ms, i) => i < 2 || ms > 0), `a failure after the first lockout must find the key locked: ${shared}`);
 
     await b.succeed('c1 10.0.0.1');
     assert.equal(await a.lockedFor('c1 10.0.0.1'), 0);
     // Success forgot the doubling too: the next lockout is the first again.
     for (let i = 0; i < 2; i++) assert.equal(await a.fail('c1 10.0.0.1'), 0);
-    assert.equal(await b.fail('c1 10.0.0.1'), 2_000);
+    assert.equal(await b.fail('c1 10.0.0.1'), 10_000);
   });
 
   test('succeedAllWithPrefix on one replica clears one client\'s lockouts at every address, and only those', async () => {
