@@ -20,8 +20,8 @@ import { tempDir } from './support.js';
  */
 
 const CLI = fileURLToPath(new URL('../../packages/coordinator/dist/cli.js', import.meta.url));
-const PG_URL = process.env.FEDUNLEARN_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
-const REDIS_URL = process.env.FEDUNLEARN_TEST_REDIS ?? 'redis://127.0.0.1:6379';
+const PG_URL = process.env.FEDUNLEARN_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const REDIS_URL = process.env.FEDUNLEARN_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const TOKEN = `cluster-e2e-${randomBytes(8).toString('hex')}`;
 const WAIT_MS = 240_000;
 
