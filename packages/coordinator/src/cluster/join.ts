@@ -48,15 +48,19 @@ export class RedisUnavailableError extends Error {
 export async function joinCluster(opts: JoinClusterOptions): Promise<JoinedCluster> {
   const loc = parsePgUrl(opts.store);
   const replicaId = opts.replicaId ?? `${hostname()}-${process.pid}-${nanoid(6)}`;
+  const ttlMs = opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
+  // A paused process's open transaction holds its row locks until the server ends it: at most one TTL, so a leader
+  // stopped inside a renewal or a fenced commit cannot hold off the takeover (the e2e SIGSTOP test found it did).
+  const idle = `-c idle_in_transaction_session_timeout=${ttlMs}`;
   const lease = new LeaderLease({
     connect: async () => {
-      const c = new pg.Client({ connectionString: loc.connectionString, application_name: `fedunlearn-lease-${replicaId}` });
+      const c = new pg.Client({ connectionString: loc.connectionString, application_name: `fedunlearn-lease-${replicaId}`, options: idle });
       await c.connect();
       return c;
     },
     schema: loc.schema,
     holder: replicaId,
-    ttlMs: opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS,
+    ttlMs,
   });
   const redis = createClient({ url: opts.redis, socket: { connectTimeout: 5_000, reconnectStrategy: (n) => Math.min(100 * 2 ** n, 2_000) } });
   // Errors after the start are the replica's health (/healthz), not a crash.
@@ -69,7 +73,12 @@ export async function joinCluster(opts: JoinClusterOptions): Promise<JoinedClust
   }
   let store: PgHistoryStore;
   try {
-    store = await openPgHistory(opts.store, { ...opts.storeOptions, fence: (tx) => lease.fence(tx), stagingGraceMs: CLUSTER_STAGING_GRACE_MS });
+    store = await openPgHistory(opts.store, {
+      ...opts.storeOptions,
+      pool: { ...opts.storeOptions?.pool, idleInTransactionTimeoutMs: ttlMs },
+      fence: (tx) => lease.fence(tx),
+      stagingGraceMs: CLUSTER_STAGING_GRACE_MS,
+    });
   } catch (e) {
     await redis.quit().catch(() => undefined);
     throw e;

@@ -256,9 +256,11 @@ function fromBytes(bytes: Uint8Array, layout: WeightLayout): Float32Array {
 /** The bytes a message carries (its binary fields plus its JSON), for the cluster's bus counters. */
 function byteSize(msg: object): number {
   let n = 0;
-  const json = JSON.stringify(msg, (_k, v: unknown) => {
-    if (v instanceof Uint8Array) {
-      n += v.byteLength;
+  // The holder's own value, not `v`: JSON.stringify hands the replacer a Buffer already turned into {type, data}.
+  const json = JSON.stringify(msg, function (this: Record<string, unknown>, k: string, v: unknown) {
+    const raw = this[k];
+    if (raw instanceof Uint8Array) {
+      n += raw.byteLength;
       return null;
     }
     return v;
