@@ -257,6 +257,11 @@ class Cluster {
     this.procs.set(i, { proc, replicaId, exited });
   }
 
+  /** Ends every replica of this cluster (the next test's get the machine's cores). */
+  async stopAll(): Promise<void> {
+    for (const i of [...this.procs.keys()]) await this.kill(i);
+  }
+
   async kill(i: number): Promise<void> {
     const p = this.procs.get(i)!;
     p.proc.kill('SIGKILL');
@@ -426,7 +431,8 @@ test('3 replicas, 30 clients: rounds with every client, a FedEraser job calibrat
     const status = await cluster.api<{ cluster: ClusterStatus }>('/v1/status');
     assert.ok(status.cluster.replicas.every((r) => !r.clients.includes(victim)), 'the forgotten client is connected nowhere');
   } finally {
-    for (const c of clients) c.close();
+    for (const c of clients) await c.close();
+    await cluster.stopAll();
   }
 });
 
@@ -463,7 +469,8 @@ test('a leader SIGSTOPped past its lease resumes and cannot commit: another lead
     await until('rounds continue', async () => ((await cluster.history()).rounds.length > before ? true : undefined));
     await cluster.verify();
   } finally {
-    for (const c of clients) c.close();
+    for (const c of clients) await c.close();
+    await cluster.stopAll();
   }
 });
 
@@ -529,4 +536,5 @@ test('lockouts hold for the whole federation: wrong secrets on one replica lock 
   // Replica 1 never saw a wrong secret, yet the client is locked there too: the lockout lives in Redis.
   const there = await attempt(at(1), 'the-right-secret');
   assert.ok(there.includes('RATE_LIMITED'), `locked out on the other replica too (got ${there.join(', ')})`);
+  await cluster.stopAll();
 });

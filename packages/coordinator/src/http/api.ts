@@ -181,7 +181,8 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
           jobs: countBy(jobs, (j) => j.state),
           uptimeMs: Date.now() - coord.startedAt,
           trainingStopped: coord.trainingStoppedBecause(),
-          cluster: await coord.clusterStatus(),
+          // Only on a cluster: a single coordinator's status is as it always was.
+          ...(coord.cluster ? { cluster: await coord.clusterStatus() } : {}),
         };
       });
 

@@ -255,8 +255,8 @@ export const schemas = {
           uptimeMs: int,
           trainingStopped: { type: ['string', 'null'], description: 'why the round loop stopped training (maxRounds, patienceRounds); null while it trains. Forget jobs still run.' },
           cluster: {
-            type: ['object', 'null'],
-            description: 'null on a single coordinator; on a cluster: this replica, the leader (lease epoch) and every live replica with its connected clients',
+            type: 'object',
+            description: 'absent on a single coordinator; on a cluster: this replica, the leader (lease epoch) and every live replica with its connected clients',
             properties: {
               replicaId: str,
               isLeader: bool,
