@@ -50,11 +50,14 @@ after(() => {
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Replicas that exited without being killed by a test (a crash): every wait fails at once when one did. */
+const crashes: string[] = [];
 
 async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = WAIT_MS, everyMs = 200): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown = null;
   for (;;) {
+    if (crashes.length > 0) throw new Error(`a replica crashed while waiting for ${what}: ${crashes.join('\n')}`);
     try {
       const v = await probe();
       if (v !== undefined) return v;
@@ -241,6 +244,9 @@ class Cluster {
     let stderr = '';
     proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
     const exited = new Promise<void>((resolve) => proc.on('exit', () => (running.delete(proc), resolve())));
+    proc.on('exit', (code, signal) => {
+      if (!this.killing.has(proc)) crashes.push(`replica ${replicaId} exited (${code ?? signal}); stderr:\n${stderr.slice(-3000)}`);
+    });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`replica ${replicaId}: no "listening" within 60 s; stderr:\n${stderr}`)), 60_000);
       createInterface({ input: proc.stdout! }).on('line', (line) => {
@@ -262,8 +268,11 @@ class Cluster {
     for (const i of [...this.procs.keys()]) await this.kill(i);
   }
 
+  private readonly killing = new Set<ChildProcess>();
+
   async kill(i: number): Promise<void> {
     const p = this.procs.get(i)!;
+    this.killing.add(p.proc);
     p.proc.kill('SIGKILL');
     await p.exited;
     this.procs.delete(i);
@@ -307,6 +316,7 @@ class Cluster {
 
   /** Every model whose weights are kept matches its sha256; each lineage's rounds are numbered once each, in order. */
   async verify(): Promise<{ head: string; models: Model[]; rounds: Round[] }> {
+    assert.deepEqual(crashes, [], 'no replica crashed');
     const h = await this.history();
     for (const m of h.models) {
       if (m.erasedAt !== null || m.prunedAt !== null) continue;

@@ -144,6 +144,13 @@ export async function withTransaction<T>(pool: pg.Pool, body: (tx: pg.PoolClient
   for (let attempt = 1; ; attempt++) {
     const client = await pool.connect();
     let broken = false;
+    // pg-pool listens for a client's errors only while it is idle: a connection that fails while checked out (the
+    // server ended a transaction left idle past idle_in_transaction_session_timeout, a restart) would otherwise be an
+    // unhandled 'error' event and end the process. The failed query rejects anyway; the client is not reused.
+    const onError = () => {
+      broken = true;
+    };
+    client.on('error', onError);
     try {
       await client.query(`BEGIN ISOLATION LEVEL ${(opts.isolation ?? 'read committed').toUpperCase()}`);
       const out = await body(client);
@@ -160,6 +167,7 @@ export async function withTransaction<T>(pool: pg.Pool, body: (tx: pg.PoolClient
       if (attempt < attempts && typeof code === 'string' && RETRYABLE.has(code)) continue;
       throw e;
     } finally {
+      client.off('error', onError);
       client.release(broken);
     }
   }

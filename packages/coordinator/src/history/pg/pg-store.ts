@@ -674,6 +674,12 @@ export class PgHistoryStore implements HistoryStore {
     // The newest purge to finish: the vacuum drops its deleted rows only if no snapshot reaches back to its transaction.
     const purgeXid = pending.rows.reduce((m, r) => (BigInt(r.xid) > m ? BigInt(r.xid) : m), 0n);
     const client = await this.pool.connect();
+    // A connection failing while checked out must not be an unhandled 'error' (pg-pool listens only while idle).
+    let broken = false;
+    const onError = () => {
+      broken = true;
+    };
+    client.on('error', onError);
     try {
       // A session (or a replication slot, or a prepared transaction) whose oldest snapshot reaches back to the purge
       // makes VACUUM keep the deleted rows as "recently dead". Checked before the vacuum: no snapshot that old can
@@ -696,7 +702,8 @@ export class PgHistoryStore implements HistoryStore {
       await client.query('DELETE FROM purge_pending WHERE seq <= $1', [upTo]);
       return true;
     } finally {
-      client.release();
+      client.off('error', onError);
+      client.release(broken);
     }
   }
 
