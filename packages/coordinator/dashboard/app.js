@@ -391,8 +391,24 @@ async function loadJobs() {
   renderJobs();
   renderReport();
 }
+/** A cluster's replicas (GET /v1/status `cluster`): each with its clients, the leader starred. Hidden on one process. */
+function renderReplicas(c) {
+  $('replicas-card').hidden = !c;
+  state.cluster = Boolean(c);
+  if (!c) return;
+  $('replicas').tBodies[0].replaceChildren(
+    ...c.replicas.map((r) => {
+      const leads = c.leader?.replicaId === r.replicaId;
+      return h('tr', { 'data-replica-id': r.replicaId, 'data-leader': String(leads) }, [
+        h('th', { class: 'mono' }, `${leads ? '★ ' : ''}${r.replicaId}`),
+        h('td', { class: 'num' }, `${r.clients.length} clients${leads ? ` · epoch ${c.leader.epoch}` : ''}`),
+      ]);
+    }),
+  );
+}
 async function loadStatus() {
   const s = await api('/v1/status');
+  renderReplicas(s.cluster ?? null);
   state.head = s.model;
   state.uptimeBase = { uptimeMs: s.uptimeMs, at: Date.now() };
   renderHead();
@@ -413,6 +429,7 @@ function debounce(fn, ms = 150) {
 const reloadModels = debounce(loadModels);
 const reloadStats = debounce(loadStats);
 const reloadRounds = debounce(loadRounds);
+const reloadStatus = debounce(loadStatus, 500);
 
 // ---------- the event stream ----------
 
@@ -424,6 +441,7 @@ const handlers = {
     loadAll().catch(onError);
   },
   round(r) {
+    if (state.cluster) reloadStatus();
     if (state.head && r.lineage !== state.head.lineage) return;
     state.rounds.set(r.round, r);
     renderRounds();

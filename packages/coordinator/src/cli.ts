@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import type { ServiceConfig, ServiceConfigInput } from './config.js';
 import type { Coordinator } from './coordinator.js';
-import type { ClientRecord, JobRecord, ModelVersion, RoundRecord } from './history/store.js';
+import type { ClientRecord, HistoryStore, JobRecord, ModelVersion, RoundRecord } from './history/store.js';
 import type { JobReport } from './unlearning/engine.js';
 import { METHOD_NAMES, type MethodParams } from './unlearning/method.js';
 import type { JobWaiting } from './unlearning/offline.js';
@@ -92,18 +92,46 @@ async function serve(flags: ServeFlags): Promise<void> {
     }
   }
   const pause = (await import('./test-hooks.js')).pauseFromEnv();
-  let store: ReturnType<typeof openSqliteHistory>;
-  try {
-    store = openSqliteHistory(options.dataDir, { acceptHistoryLoss: cfg.acceptHistoryLoss, log, ...(pause ? { pause } : {}) });
-  } catch (e) {
-    const said = describeDataDirError(options.dataDir, e);
-    throw new CliError(said ?? (e as Error).message);
+  let store: HistoryStore;
+  let cluster: Awaited<ReturnType<typeof import('./cluster/join.js').joinCluster>> | null = null;
+  if (cfg.store !== undefined && cfg.redis !== undefined) {
+    // A replica of a cluster: the shared PostgreSQL store (its leader-only commits fenced by the lease) and Redis.
+    const { joinCluster } = await import('./cluster/join.js');
+    try {
+      cluster = await joinCluster({
+        store: cfg.store,
+        redis: cfg.redis,
+        ...(cfg.redisPrefix ? { redisPrefix: cfg.redisPrefix } : {}),
+        ...(cfg.replicaId ? { replicaId: cfg.replicaId } : {}),
+        ...(cfg.leaseTtlMs ? { leaseTtlMs: cfg.leaseTtlMs } : {}),
+        storeOptions: { log, ...(pause ? { pause } : {}) },
+      });
+    } catch (e) {
+      throw new CliError((e as Error).message);
+    }
+    store = cluster.store;
+  } else {
+    try {
+      store = openSqliteHistory(options.dataDir, { acceptHistoryLoss: cfg.acceptHistoryLoss, log, ...(pause ? { pause } : {}) });
+    } catch (e) {
+      const said = describeDataDirError(options.dataDir, e);
+      throw new CliError(said ?? (e as Error).message);
+    }
   }
   let coordinator: Coordinator;
   try {
-    coordinator = await CoordinatorClass.create({ ...options, ...(operatorToken !== undefined ? { operatorToken } : {}), store, model, logger: log, ...(pause ? { pauseJob: pause } : {}) });
+    coordinator = await CoordinatorClass.create({
+      ...options,
+      ...(operatorToken !== undefined ? { operatorToken } : {}),
+      store,
+      model,
+      logger: log,
+      ...(pause ? { pauseJob: pause } : {}),
+      ...(cluster ? { cluster: cluster.cluster } : {}),
+    });
   } catch (e) {
     await store.close();
+    await cluster?.close();
     // Lost commits need the operator's decision (restore, or --accept-history-loss): a supervisor should not retry.
     if ((e as Error).name === 'HistoryLossError') throw new CliError((e as Error).message, 3);
     const said = describeDataDirError(options.dataDir, e);
@@ -119,6 +147,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     ({ url } = await coordinator.listen(cfg.port, cfg.host));
   } catch (e) {
     await coordinator.stop();
+    await cluster?.close();
     throw new CliError(`cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`);
   }
   if (tokenFile) {
@@ -135,7 +164,10 @@ async function serve(flags: ServeFlags): Promise<void> {
   process.stdout.write(`dashboard at ${url}/dashboard/, metrics at ${url}/metrics, OpenAPI document at ${url}${OPENAPI_PATH}\n`);
   log.info({ url, metrics: `${url}/metrics`, openapi: `${url}${OPENAPI_PATH}`, dataDir: options.dataDir, model: coordinator.model().version, ...summary(cfg) }, 'coordinator listening');
   coordinator.start();
-  stopOnSignals(() => coordinator.stop(), log);
+  stopOnSignals(async () => {
+    await coordinator.stop();
+    await cluster?.close();
+  }, log);
 }
 
 /** Loopback host names and addresses (what `serve --host` binds to); the API's own check is in http/request-guard.ts. */
@@ -323,6 +355,8 @@ interface StatusResponse {
   uptimeMs: number;
   /** Why training stopped; null while it trains (absent from coordinators before the stopping rule). */
   trainingStopped?: string | null;
+  /** A cluster's replicas (null or absent on one process). */
+  cluster?: { replicaId: string; leader: { replicaId: string; epoch: number } | null; replicas: { replicaId: string; url: string; clients: string[] }[] } | null;
 }
 type ClientRow = Omit<ClientRecord, 'secretHash'> & { connected: boolean; backend: string | null };
 interface IssuedCredential {
@@ -385,6 +419,12 @@ function formatStatus(s: StatusResponse): string {
     ['clients', `${s.connectedClients} connected`],
     ['jobs', jobCounts(s.jobs)],
     ['uptime', duration(s.uptimeMs)],
+    ...(s.cluster
+      ? ([
+          ['leader', s.cluster.leader ? `${s.cluster.leader.replicaId} (lease epoch ${s.cluster.leader.epoch})` : 'none (elections in progress)'],
+          ...s.cluster.replicas.map((r) => [`replica ${r.replicaId}`, `${r.url} · ${r.clients.length} clients${r.replicaId === s.cluster!.replicaId ? ' (answered this request)' : ''}`] as [string, string]),
+        ] as [string, string][])
+      : []),
   ]);
 }
 
@@ -603,6 +643,10 @@ function buildProgram(): Command {
     .option('--port <port>', 'HTTP port; 0 picks a free one (default 8080)', numberArg)
     .option('--host <host>', 'address to bind (default 127.0.0.1)')
     .option('--data <dir>', 'data directory: history database and blobs (default ./data)')
+    .option('--store <url>', 'join a cluster: the shared PostgreSQL store postgres://user@host:port/db?schema=NAME (needs --redis; --data then keeps only the operator token and job scratch)')
+    .option('--redis <url>', "a cluster's Redis, redis://host:port (needs --store)")
+    .option('--replica-id <id>', "this replica's id in its cluster (default <host>-<pid>-<random>)")
+    .option('--lease-ttl-ms <ms>', 'cluster: a dead leader is replaced within this time (default 10000)', numberArg)
     .option('--model <name>', 'built-in architecture: mlp|cnn (default mlp)')
     .option('--input-shape <shape>', 'shape of one example: 784 or 28,28,1 (default 784)')
     .option('--classes <n>', 'number of classes (default 10)', numberArg)

@@ -46,6 +46,17 @@ export const serviceConfigSchema = z
     host: z.string().min(1).default('127.0.0.1'),
     /** Data directory: the history database, blobs and job scratch files. */
     data: z.string().min(1).default('./data'),
+    /** A cluster (issue 14): the shared PostgreSQL store, postgres://user@host:port/db?schema=NAME; needs `redis`.
+     *  Without it the embedded store in `data` (one process). */
+    store: z.string().min(1).regex(/^postgres(ql)?:\/\//, 'a postgres:// or postgresql:// URL').optional(),
+    /** A cluster's Redis, redis://host:port (messages between replicas, presence); needs `store`. */
+    redis: z.string().min(1).regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL').optional(),
+    /** A cluster's Redis key prefix (default fedunlearn:<schema>). */
+    redisPrefix: z.string().min(1).optional(),
+    /** This replica's id (default <host>-<pid>-<random>). */
+    replicaId: z.string().min(1).regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, dot, dash and underscore').optional(),
+    /** The leader lease's time to live: a dead leader is replaced within it (default 10,000 ms). */
+    leaseTtlMs: z.number().int().min(1_000).optional(),
     model: z.enum(ARCHITECTURES).default('mlp'),
     inputShape: inputShape.default([784]),
     classes: z.number().int().min(2).default(10),
@@ -182,6 +193,12 @@ export const serviceConfigSchema = z
     }
     if (c.aggregation.strategy === 'clipped-fedavg' && c.aggregation.clipNorm === undefined) {
       ctx.addIssue({ code: 'custom', path: ['aggregation', 'clipNorm'], message: 'clipped-fedavg needs the norm updates are clipped to' });
+    }
+    if ((c.store === undefined) !== (c.redis === undefined)) {
+      ctx.addIssue({ code: 'custom', path: [c.store === undefined ? 'store' : 'redis'], message: 'a cluster needs both store (postgres://…) and redis (redis://…); give neither for one process on the embedded store' });
+    }
+    if (c.store !== undefined && (c.aggregation.strategy === 'median' || c.aggregation.strategy === 'trimmed-mean')) {
+      ctx.addIssue({ code: 'custom', path: ['aggregation', 'strategy'], message: `${c.aggregation.strategy} cannot run on several replicas (its partial aggregates do not merge): use fedavg or clipped-fedavg, or one process on the embedded store` });
     }
     if (c.model === 'cnn' && c.inputShape.length !== 3) {
       ctx.addIssue({ code: 'custom', path: ['inputShape'], message: `cnn needs an image shape height,width,channels, got ${c.inputShape.join(',')}` });

@@ -23,12 +23,15 @@ import { assertClientId } from './transport/client-id.js';
 import { ClientRegistry } from './transport/client-registry.js';
 import { CredentialAuthenticator, lockoutKey } from './transport/authenticator.js';
 import { generateSecret, hashIssuedSecret } from './transport/credentials.js';
-import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type Clock } from './transport/rate-limit.js';
+import { FailureLockout, KeyedTokenBucket, SlidingWindowLimit, type AttemptLimit, type Clock, type Lockout } from './transport/rate-limit.js';
+import { RedisAttemptLimit, RedisLockout } from './cluster/shared-limits.js';
 import type { ClientSession } from './transport/session.js';
 import { SocketServer, type Authenticator } from './transport/socket-server.js';
 import type { MethodName } from './unlearning/method.js';
 import { DEFAULT_JOB_OFFLINE, UnlearningEngine, type ForgetJobInput, type JobOfflineSettings, type JobPausePoint, type PurgeRetry } from './unlearning/engine.js';
 import { modelSignature } from './model-signature.js';
+import { ClusterReplica, type ClusterProblem, type ClusterSetup, type ClusterStatus, type RelayedEvent } from './cluster/replica.js';
+import type { FederationClients } from './rounds/federation-clients.js';
 
 export const COORDINATOR_VERSION = '0.1.0';
 /** Pause of the round loop after a round that found no quorum. */
@@ -178,6 +181,11 @@ export interface CoordinatorOptions {
   /** What one update may do to the aggregate: norm bounds and the example-count cap (rounds/dispatcher.ts
    *  UpdateBounds; defaults DEFAULT_UPDATE_BOUNDS). */
   updateBounds?: Partial<UpdateBounds>;
+  /**
+   * Joins a cluster of replicas (issue 14; the store must be the shared PostgreSQL one): rounds and forget jobs run
+   * only while this replica holds the lease, over the clients of every replica. Without it: one process, as always.
+   */
+  cluster?: ClusterSetup;
 }
 
 export interface CoordinatorEvents {
@@ -210,6 +218,8 @@ export interface RoundFailure {
 /** GET /healthz: ok, or degraded while rounds keep failing for a reason of the coordinator's own. */
 export type Health =
   | { ok: true; status: 'ok' }
+  /** A replica of a cluster that lost PostgreSQL or Redis: it takes no work (its clients are sent to the others). */
+  | { ok: false; status: 'unavailable'; reason: ClusterProblem['service']; message: string }
   | { ok: false; status: 'degraded'; reason: RoundFailureReason; message: string; consecutiveFailures: number; since: number; retryInMs: number };
 
 /**
@@ -233,6 +243,13 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   readonly startedAt = Date.now();
   /** The bearer token operator routes require; null when they were opened on purpose (operatorAuth 'none'). */
   readonly operatorToken: string | null;
+  /** This replica's membership of a cluster; null on a single coordinator. */
+  readonly cluster: ClusterReplica | null;
+  /** True while events relayed from the leader are re-emitted here (they are not relayed again nor counted). */
+  private relaying = false;
+  /** The lease epoch whose head the model cache holds (a new term re-reads the head another leader may have moved). */
+  private term: number | null = null;
+  private termAbort = new AbortController();
   private readonly hosts: HostPolicy;
   private readonly roundRetry: { baseMs: number; maxMs: number };
   /** The training loop's failed rounds since its last commit; null while rounds commit. */
@@ -252,10 +269,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private readonly enrolment: 'open' | 'closed';
   private readonly tls: boolean;
   /** Wrong secrets per client id and address... */
-  private readonly authLockout: FailureLockout;
+  private readonly authLockout: Lockout;
   /** ...and per client id from anywhere. */
-  private readonly clientLockout: FailureLockout;
-  private readonly forgetLimit: SlidingWindowLimit;
+  private readonly clientLockout: Lockout;
+  /** In memory on one process; in Redis on a cluster, so that they hold for the whole federation. */
+  private readonly forgetLimit: AttemptLimit;
 
   /** The method of the jobs clients ask for (CoordinatorOptions.clientForgetMethod). */
   private readonly clientForgetMethod: MethodName;
@@ -280,6 +298,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       held: () => this.transport.held(),
       eventStreams: () => this.eventStreams.open,
       uploads: () => this.dispatcher.counters,
+      cluster: () => (this.cluster ? { leader: this.cluster.isLeader, busBytes: this.cluster.busBytes } : null),
     });
     const framing = opts.framing ?? DEFAULT_FRAMING;
     this.dispatcher = new TaskDispatcher(this.registry, this.metrics, {
@@ -295,12 +314,14 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       dispatcher: this.dispatcher,
       strategy,
       config: opts.federation,
-      checkpoints: opts.checkpoints ?? new FsBlobStore(opts.dataDir),
+      // A cluster's jobs checkpoint in the shared store, so that the next leader resumes them.
+      checkpoints: opts.checkpoints ?? opts.cluster?.blobs ?? new FsBlobStore(opts.dataDir),
       eraseModels: (opts.modelsAfterForget ?? 'erase') === 'erase',
       offline: { ...DEFAULT_JOB_OFFLINE, ...opts.jobs },
       log: this.log,
       ...(opts.purgeRetry ? { purgeRetry: opts.purgeRetry } : {}),
       ...(opts.pauseJob ? { pause: opts.pauseJob } : {}),
+      ...this.clusterReach(opts),
     });
     this.rounds = new RoundEngine({
       store: this.store,
@@ -310,6 +331,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       config: opts.federation,
       log: this.log,
       ineligible: async () => new Set((await this.store.listClients()).filter((c) => c.forgotten).map((c) => c.clientId)),
+      ...this.clusterReach(opts),
     });
     this.unlearning.on('progress', (job) => {
       this.metrics.jobUpdated(job);
@@ -326,15 +348,28 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     });
     // A report that said `purge incomplete` now says complete: operators following jobs see it.
     this.unlearning.on('purged', (job) => this.emit('job', job));
-    this.on('round', (r) => this.metrics.roundCompleted(r.durationMs));
+    // Per replica: only the rounds this one ran (relayed ones are shown, not counted).
+    this.on('round', (r) => {
+      if (!this.relaying) this.metrics.roundCompleted(r.durationMs);
+    });
     const limits = { ...DEFAULT_LIMITS, ...opts.limits };
     const clock = opts.clock ?? Date.now;
     this.enrolment = opts.enrolment ?? 'closed';
     this.tls = opts.tls !== undefined;
     const lockout = { windowMs: limits.authFailureWindowMs, lockMs: limits.authLockoutMs, maxLockMs: limits.authMaxLockoutMs, clock };
-    this.authLockout = new FailureLockout({ ...lockout, maxFailures: limits.authMaxFailures });
-    this.clientLockout = new FailureLockout({ ...lockout, maxFailures: Math.max(limits.authMaxFailures, limits.authMaxFailuresPerClient) });
-    this.forgetLimit = new SlidingWindowLimit({ max: limits.forgetRequestsPerHour, windowMs: 3_600_000, clock });
+    const perClientFailures = Math.max(limits.authMaxFailures, limits.authMaxFailuresPerClient);
+    if (opts.cluster) {
+      // A cluster's lockouts and forget limit hold for the whole federation (a guesser cannot spread over replicas).
+      const { redis, keyPrefix } = opts.cluster;
+      const shared = { windowMs: limits.authFailureWindowMs, lockMs: limits.authLockoutMs, maxLockMs: limits.authMaxLockoutMs };
+      this.authLockout = new RedisLockout(redis, { ...shared, keyPrefix: `${keyPrefix}:limits:auth`, maxFailures: limits.authMaxFailures });
+      this.clientLockout = new RedisLockout(redis, { ...shared, keyPrefix: `${keyPrefix}:limits:client`, maxFailures: perClientFailures });
+      this.forgetLimit = new RedisAttemptLimit(redis, { keyPrefix: `${keyPrefix}:limits:forget`, max: limits.forgetRequestsPerHour, windowMs: 3_600_000 });
+    } else {
+      this.authLockout = new FailureLockout({ ...lockout, maxFailures: limits.authMaxFailures });
+      this.clientLockout = new FailureLockout({ ...lockout, maxFailures: perClientFailures });
+      this.forgetLimit = new SlidingWindowLimit({ max: limits.forgetRequestsPerHour, windowMs: 3_600_000, clock });
+    }
     if (this.enrolment === 'open') this.log.warn({}, "enrolment is 'open': any new client id is trusted on its first hello (development only)");
     if (opts.operatorAuth === 'none' && opts.operatorToken) throw new RangeError("operatorAuth 'none' and an operatorToken contradict each other");
     this.operatorToken = opts.operatorAuth === 'none' ? null : (opts.operatorToken ?? generateOperatorToken());
@@ -378,6 +413,65 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       },
       this.log,
     );
+    this.cluster = opts.cluster
+      ? new ClusterReplica(opts.cluster, { io: this.transport.io, registry: this.registry, store: this.store, dispatcher: this.dispatcher, strategy, log: this.log })
+      : null;
+    if (this.cluster) this.joinCluster(this.cluster);
+  }
+
+  /** Where rounds and jobs find clients and how they reach them: every replica of a cluster, or (nothing) this one. */
+  private clusterReach(opts: CoordinatorOptions): { clients?: FederationClients; step?: (a: Parameters<ClusterReplica['runStep']>[0]) => ReturnType<ClusterReplica['runStep']> } {
+    if (!opts.cluster) return {};
+    // The replica is made after the engines (it needs the socket.io server): reached lazily.
+    return {
+      clients: { connected: () => this.cluster!.presence.connected(), waitFor: (n, ms, signal, counts) => this.cluster!.presence.waitFor(n, ms, signal, counts) },
+      step: (a) => this.cluster!.runStep(a),
+    };
+  }
+
+  /** The leader relays what it does to every replica (dashboards, /v1/events, SDK job watchers); a term that ends stops
+   *  its round or job (a job stays running and the next leader resumes it from its last checkpoint). */
+  private joinCluster(cluster: ClusterReplica): void {
+    const relay = (kind: RelayedEvent['kind']) => (payload: unknown) => {
+      if (!this.relaying && cluster.isLeader) cluster.relay({ kind, payload });
+    };
+    this.on('round', relay('round'));
+    this.on('job', relay('job'));
+    this.on('jobProgress', relay('jobProgress'));
+    this.on('modelsPruned', relay('modelsPruned'));
+    this.on('trainingStopped', relay('trainingStopped'));
+    cluster.on('relayed', (e) => {
+      this.relaying = true;
+      try {
+        if (e.kind === 'job' || e.kind === 'jobProgress') this.notifyJob(e.payload as JobRecord);
+        (this.emit as (k: string, p: unknown) => boolean)(e.kind, e.payload);
+      } finally {
+        this.relaying = false;
+      }
+    });
+    cluster.bus.handle('disconnectClient', ({ clientId, reason }) => {
+      const session = this.registry.get(clientId);
+      if (!session) return null;
+      this.closeSession(clientId, reason);
+      return { disconnected: true };
+    });
+    cluster.on('lost', () => {
+      this.termAbort.abort();
+      this.termAbort = new AbortController();
+      this.term = null;
+    });
+    cluster.on('problem', (p) => {
+      if (!p) return;
+      // A replica without PostgreSQL or Redis cannot serve its clients' work: they reconnect (the SDK backs off and
+      // retries) and a load balancer sends them to the others.
+      this.log.error({ service: p.service, message: p.message }, 'this replica takes no work');
+      for (const s of this.registry.connected()) s.disconnect(`replica unavailable: ${p.message}`);
+    });
+  }
+
+  /** The replicas, the leader and each replica's connected clients (null on a single coordinator). */
+  async clusterStatus(): Promise<ClusterStatus | null> {
+    return this.cluster ? this.cluster.status() : null;
   }
 
   /** Opens (or creates) the federation in `store` and resumes from its last committed round. */
@@ -406,7 +500,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     }
     const addr = this.http.server.address();
     const p = typeof addr === 'object' && addr ? addr.port : port;
-    return { port: p, url: `${this.tls ? 'https' : 'http'}://${host}:${p}` };
+    const url = `${this.tls ? 'https' : 'http'}://${host}:${p}`;
+    // A replica joins (presence, lease) once its endpoint can take the clients the leader will send it tasks for.
+    await this.cluster?.start(url);
+    return { port: p, url };
   }
 
   /** The current global model (a copy). */
@@ -435,6 +532,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       let lastStart = -Infinity;
       while (!this.abort.signal.aborted) {
         try {
+          if (this.cluster && !(await this.leading())) continue;
           await this.runPendingJobs();
           if (this.abort.signal.aborted) break;
           if (await this.trainingDone()) {
@@ -450,7 +548,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
           if (this.abort.signal.aborted) break;
           const startedAt = Date.now();
           lastStart = startedAt;
-          const r = await this.exclusive(() => this.rounds.runRound(this.current, this.abort.signal, startedAt));
+          const r = await this.exclusive(() => this.rounds.runRound(this.current, this.workSignal(), startedAt));
           this.failing = null;
           this.ownFailures = 0;
           this.lastOwnFailure = null;
@@ -458,6 +556,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
           await this.retainModels();
         } catch (e) {
           if (this.abort.signal.aborted) break;
+          // A term that ended (the lease lost, a commit fenced) is not a failure of this replica: another leads now.
+          if (this.cluster && (!this.cluster.isLeader || (e as Error).name === 'LeaseFencedError')) {
+            this.log.warn({ err: e }, 'the round ended with this replica\'s term as leader');
+            continue;
+          }
           const failure = this.roundFailed(e);
           // A quorum can fail fast (every selected client refused or left at once): without a pause this loop
           // would retry without ever yielding to the sockets and timers. Any other failure (a full disk, a store
@@ -469,8 +572,50 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     })();
   }
 
+  /** The signal work runs under: the coordinator's, and on a cluster also the leader's term. */
+  private workSignal(): AbortSignal {
+    return this.cluster ? AbortSignal.any([this.abort.signal, this.termAbort.signal]) : this.abort.signal;
+  }
+
+  /**
+   * A cluster's round loop runs only on the leader: waits (a second at most) while this replica does not lead, and at
+   * the start of each term reads the head, which other leaders may have moved. True when it leads now.
+   */
+  private async leading(): Promise<boolean> {
+    const cluster = this.cluster!;
+    if (!cluster.isLeader || cluster.problem()) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(t);
+          cluster.off('acquired', done);
+          this.abort.signal.removeEventListener('abort', done);
+          resolve();
+        };
+        const t = setTimeout(done, 1_000);
+        cluster.on('acquired', done);
+        this.abort.signal.addEventListener('abort', done);
+      });
+      return false;
+    }
+    const epoch = cluster.lease.epoch;
+    if (epoch !== this.term) {
+      await this.exclusive(async () => {
+        const head = await this.store.head();
+        if (head.version !== this.current.version) {
+          this.current.weights = { layout: this.current.weights.layout, values: await this.store.readModel(head.version) };
+          this.current.version = head.version;
+        }
+      });
+      this.term = epoch;
+      this.log.info({ epoch, head: this.current.version }, 'leading: rounds and forget jobs run here');
+    }
+    return true;
+  }
+
   /** ok, or degraded (with the last failure) while rounds of the training loop keep failing other than for quorum. */
   health(): Health {
+    const p = this.cluster?.problem();
+    if (p) return { ok: false, status: 'unavailable', reason: p.service, message: p.message };
     const f = this.lastOwnFailure;
     if (this.ownFailures === 0 || !f) return { ok: true, status: 'ok' };
     return { ok: false, status: 'degraded', reason: f.reason, message: f.message, consecutiveFailures: this.ownFailures, since: f.since, retryInMs: f.retryInMs };
@@ -571,7 +716,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       if (this.abort.signal.aborted) break;
       // No silent wait here: each replay step waits (bounded, shown in the job's progress) for its own clients, so a
       // job resumed before the fleet has reconnected neither replays with nobody nor waits without saying so.
-      done.push(await this.exclusive(() => this.unlearning.run(job, this.current, this.abort.signal)));
+      if (this.cluster && !this.cluster.isLeader) break;
+      done.push(await this.exclusive(() => this.unlearning.run(job, this.current, this.workSignal())));
     }
     return done;
   }
@@ -613,6 +759,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.emit('stopping');
     await this.loop?.catch(() => undefined);
     await this.work.catch(() => undefined);
+    await this.cluster?.stop();
     for (const s of this.registry.connected()) s.disconnect('coordinator stopping');
     await this.transport.close();
     await this.http.close();
@@ -665,8 +812,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     const secret = generateSecret();
     const secretHash = hashIssuedSecret(secret);
     await this.store.upsertClient({ clientId, secretHash, seenAt: c.lastSeen, revoked: false });
-    this.authLockout.succeedAllWithPrefix(lockoutKey(clientId, ''));
-    this.clientLockout.succeed(clientId);
+    await this.authLockout.succeedAllWithPrefix(lockoutKey(clientId, ''));
+    await this.clientLockout.succeed(clientId);
     this.closeSession(clientId, 'credential rotated');
     this.log.info({ clientId }, 'client credential rotated');
     return { clientId, secret };
@@ -694,7 +841,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   private closeSession(clientId: string, reason: string): void {
     const s = this.registry.get(clientId);
-    if (!s) return;
+    if (!s) {
+      // On a cluster the client may be connected to another replica: the one holding it closes it.
+      this.cluster?.bus.toHolder('disconnectClient', { clientId, reason }).catch((e: unknown) => this.log.warn({ err: e, clientId }, 'could not close the session on its replica'));
+      return;
+    }
     try {
       s.channel.sendError(ErrorCode.PERMISSION_DENIED, reason);
     } finally {
@@ -717,21 +868,29 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   private onForgetRequest(session: ClientSession, req: fedunlearn.v1.ForgetRequest): void {
     // A session can only ever name itself: the request carries no client id to forge.
-    if (!this.forgetLimit.take(session.clientId)) {
-      const wait = Math.ceil(this.forgetLimit.retryAfterMs(session.clientId) / 1000);
+    const took = this.forgetLimit.take(session.clientId);
+    const limited = async (): Promise<never> => {
+      const wait = Math.ceil((await this.forgetLimit.retryAfterMs(session.clientId)) / 1000);
+      throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many forget requests from this client; retry in ${wait} s`, req.requestId);
+    };
+    if (took === false) {
+      // The in-memory limit answers at once: refused synchronously, as the socket server reports it.
+      const wait = Math.ceil((this.forgetLimit.retryAfterMs(session.clientId) as number) / 1000);
       throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many forget requests from this client; retry in ${wait} s`, req.requestId);
     }
-    // The store answers asynchronously: refusals are sent from here, answered with the request's id, so that the
-    // client's pending request fails instead of waiting forever.
-    this.answerForgetRequest(session, req).catch((e: unknown) => {
-      const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
-      if (!(e instanceof ProtocolError)) this.log.error({ err: e, clientId: session.clientId }, 'forget request failed');
-      try {
-        session.channel.sendError(err.code, err.message, req.requestId);
-      } catch {
-        // The session is gone: nobody is waiting for the answer.
-      }
-    });
+    // The store (and a cluster's Redis limit) answer asynchronously: refusals are sent from here, answered with the
+    // request's id, so that the client's pending request fails instead of waiting forever.
+    Promise.resolve(took)
+      .then((ok) => (ok ? this.answerForgetRequest(session, req) : limited()))
+      .catch((e: unknown) => {
+        const err = e instanceof ProtocolError ? e : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
+        if (!(e instanceof ProtocolError)) this.log.error({ err: e, clientId: session.clientId }, 'forget request failed');
+        try {
+          session.channel.sendError(err.code, err.message, req.requestId);
+        } catch {
+          // The session is gone: nobody is waiting for the answer.
+        }
+      });
   }
 
   private async answerForgetRequest(session: ClientSession, req: fedunlearn.v1.ForgetRequest): Promise<void> {

@@ -26,6 +26,9 @@ export interface MetricsSources {
   held?(): { openConnections: number; handshaking: number; partialStreams: number; partialStreamBytes: number };
   /** Event streams (GET /v1/events) open now on the operator API; optional. */
   eventStreams?(): number;
+  /** A cluster replica: whether it leads, and the bytes of step and event messages it sent and received through
+   *  Redis since it started; optional (absent on one process). */
+  cluster?(): { leader: boolean; busBytes: number } | null;
   /** The dispatcher's upload flow control: update bytes held now and at most, grants. */
   uploads(): { heldUpdateBytes: number; peakHeldUpdateBytes: number; grantedUploadBytes: number; uploadsWaiting: number; uploadGrants: number };
 }
@@ -112,6 +115,24 @@ export class CoordinatorMetrics implements DispatchObserver {
       registers,
       collect() {
         this.set(sources.connectedClients());
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}cluster_leader`,
+      help: 'A cluster replica: 1 while it holds the leader lease, 0 otherwise (absent on one process).',
+      registers,
+      collect() {
+        const c = sources.cluster?.();
+        if (c) this.set(c.leader ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}cluster_bus_bytes`,
+      help: 'A cluster replica: bytes of step messages, partial aggregates and relayed events it sent and received through Redis since it started (update bytes never travel there).',
+      registers,
+      collect() {
+        const c = sources.cluster?.();
+        if (c) this.set(c.busBytes);
       },
     });
     new Gauge({

@@ -176,10 +176,13 @@ export function buildHttpApi(coord: Coordinator, opts: HttpApiOptions): FastifyI
         const jobs = await coord.store.listJobs();
         return {
           model: head,
-          connectedClients: coord.registry.size,
+          // On a cluster: the whole federation's (every replica's presence); this replica's are in cluster.replicas.
+          connectedClients: coord.cluster ? (await coord.cluster.presence.connected()).length : coord.registry.size,
           jobs: countBy(jobs, (j) => j.state),
           uptimeMs: Date.now() - coord.startedAt,
           trainingStopped: coord.trainingStoppedBecause(),
+          // Only on a cluster: a single coordinator's status is as it always was.
+          ...(coord.cluster ? { cluster: await coord.clusterStatus() } : {}),
         };
       });
 

@@ -137,7 +137,8 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
         .catch((e: unknown) => app.log.warn({ err: e, event }, 'an event stream could not read its data'));
     };
     const clients = async () => {
-      const ids = coord.registry.connected().map((s) => s.clientId).sort();
+      // On a cluster: every replica's clients (presence), the whole federation.
+      const ids = (coord.cluster ? await coord.cluster.presence.connected() : coord.registry.connected().map((s) => s.clientId)).sort();
       // A forgotten client may still be connected; it takes no part in training any more.
       const forgotten = await Promise.all(ids.map((id) => coord.isForgotten(id)));
       return { count: ids.length, ids, forgotten: ids.filter((_, i) => forgotten[i]) };
@@ -146,6 +147,8 @@ export async function dashboardPlugin(app: FastifyInstance, opts: DashboardOptio
     const onRound = (r: RoundOutcome) => {
       send('round', roundSummary(r));
       send('model', head);
+      // Other replicas' clients come and go unheard here: a cluster's list is refreshed with every round.
+      if (coord.cluster) send('clients', clients);
     };
     const onJob = (job: JobRecord) => {
       send('job', jobEvent(job));

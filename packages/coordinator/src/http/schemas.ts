@@ -165,8 +165,8 @@ const health = {
   required: ['ok', 'status'],
   properties: {
     ok: bool,
-    status: { type: 'string', enum: ['ok', 'degraded'] },
-    reason: { type: 'string', description: 'why the last round attempt failed (the reason label of fedunlearn_rounds_failed_total): disk_full, store, invalid_model, internal' },
+    status: { type: 'string', enum: ['ok', 'degraded', 'unavailable'] },
+    reason: { type: 'string', description: 'degraded: why the last round attempt failed (the reason label of fedunlearn_rounds_failed_total): disk_full, store, invalid_model, internal; unavailable (a replica of a cluster that takes no work): postgres or redis' },
     message: str,
     consecutiveFailures: { type: 'integer', description: 'failed round attempts since the last commit' },
     since: { type: 'integer', description: 'unix ms of the first of them' },
@@ -254,6 +254,19 @@ export const schemas = {
           jobs: numberMap,
           uptimeMs: int,
           trainingStopped: { type: ['string', 'null'], description: 'why the round loop stopped training (maxRounds, patienceRounds); null while it trains. Forget jobs still run.' },
+          cluster: {
+            type: 'object',
+            description: 'absent on a single coordinator; on a cluster: this replica, the leader (lease epoch) and every live replica with its connected clients',
+            properties: {
+              replicaId: str,
+              isLeader: bool,
+              leader: { type: ['object', 'null'], properties: { replicaId: str, epoch: int } },
+              replicas: {
+                type: 'array',
+                items: { type: 'object', properties: { replicaId: str, url: str, startedAt: int, leading: { type: ['integer', 'null'] }, clients: { type: 'array', items: str } } },
+              },
+            },
+          },
         },
       }),
     },

@@ -1,5 +1,6 @@
 import { layerNorms, type FlatWeights } from '@fedunlearn/protocol';
-import type { AggregationStrategy } from '../aggregation/strategy.js';
+import type { Aggregation, AggregationStrategy } from '../aggregation/strategy.js';
+import { calibrateUpdate } from '../unlearning/calibration.js';
 import type { HistoryStore, ParticipantInput } from '../history/store.js';
 import { TaskKind, type Answer, type HyperParameters, type Missing, type TaskDispatcher } from './dispatcher.js';
 import { boundsSensitivity, withSensitivities } from './sensitivity.js';
@@ -67,21 +68,44 @@ export interface StepArgs {
   kind?: TaskKind;
   /** When set, each accepted update is durably staged under this round id before the step returns. */
   stageAs?: { store: HistoryStore; roundId: string };
-  /** Rewrites each answer's delta before it is aggregated and staged (FedEraser's calibration). */
+  /** Rewrites each answer's delta before it is aggregated and staged (a closure: runs only where the step runs). */
   transform?(answer: Answer & { delta: Float32Array }): Float32Array;
+  /**
+   * FedEraser's calibration (unlearning/calibration.ts): each answer's delta is rescaled, per layer, to the stored norms
+   * of its client. Data, not a closure, so that a replica of a cluster can calibrate its own clients' answers.
+   */
+  calibrateTo?: ReadonlyMap<string, ArrayLike<number>>;
   signal?: AbortSignal;
 }
+
+/** What a step's own clients gave before it is applied: the open aggregation and the participants' records. */
+export interface FoldedStep {
+  agg: Aggregation;
+  participants: ParticipantInput[];
+  missing: Missing[];
+  cost: WorkCost;
+  timing: StepTiming;
+}
+
+/** How a step reaches its clients: one process's dispatcher (federatedStep), or every replica of a cluster. */
+export type StepRunner = (args: StepArgs) => Promise<StepResult>;
 
 /**
  * One federated step: the clients train from `model`, their deltas are folded into a streaming aggregation as they
  * arrive, and the new model is the aggregate applied to `model`. Used by training rounds and by unlearning alike.
  */
 export async function federatedStep(dispatcher: TaskDispatcher, strategy: AggregationStrategy, args: StepArgs): Promise<StepResult> {
+  return finishStep(await foldStep(dispatcher, strategy, args), args.model.values, boundsSensitivity(strategy.name));
+}
+
+/**
+ * The clients' half of a step: tasks sent, answers validated, calibrated, staged (durable when it returns) and
+ * folded; not applied. A replica of a cluster sends the aggregation's partial to the leader, which merges and applies.
+ */
+export async function foldStep(dispatcher: TaskDispatcher, strategy: AggregationStrategy, args: StepArgs): Promise<FoldedStep> {
   const layout = args.model.layout;
   const agg = strategy.begin(layout);
   const participants: ParticipantInput[] = [];
-  const sums: Record<string, number> = {};
-  let samples = 0;
   // Staging runs beside the arrival of the next answers instead of before them: every staging is awaited before the
   // step returns, so the updates are still durable before the round can commit.
   const staging = new Set<Promise<void>>();
@@ -108,7 +132,12 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
         const t0 = performance.now();
         const stagedBefore = stageMs;
         let staged: Promise<void> | undefined;
-        const delta = args.transform ? args.transform(a as Answer & { delta: Float32Array }) : a.delta;
+        let delta = args.transform ? args.transform(a as Answer & { delta: Float32Array }) : a.delta;
+        if (args.calibrateTo) {
+          const norms = args.calibrateTo.get(a.clientId);
+          if (!norms) throw new Error(`no stored norms to calibrate ${a.clientId}'s update to`);
+          calibrateUpdate(layout, delta, norms, delta);
+        }
         if (args.stageAs) {
           if (stagingError) throw stagingError;
           const s0 = performance.now();
@@ -148,9 +177,27 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
     await args.stageAs?.store.discardStaged(args.stageAs.roundId).catch(() => undefined);
     throw stagingError;
   }
+  return {
+    agg,
+    participants,
+    missing: res.missing,
+    cost: { clientSampleEpochs: 0, bytesOut: res.bytesOut, bytesIn: res.bytesIn, tasks: args.clientIds.length },
+    timing: { sendMs: res.sendMs, decodeMs: res.decodeMs, aggregateMs, stageMs },
+  };
+}
+
+/**
+ * Applies a folded step (its aggregation possibly merged with other replicas' partials, its participants theirs too)
+ * to `base`: the new model, the participants in id order and their example-weighted metrics; with `sensitivity`
+ * (the strategy is a weighted mean: `boundsSensitivity`), each participant's SIFU removal sensitivity.
+ */
+export function finishStep(folded: FoldedStep, base: Float32Array, sensitivity: boolean): StepResult {
+  const { agg, participants } = folded;
   // Answers arrive in whatever order the clients finish: the record, and every float sum over it, follow the
   // clients' ids instead, so the same run gives the same round record and the same metrics.
   participants.sort((a, b) => (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0));
+  const sums: Record<string, number> = {};
+  let samples = 0;
   for (const p of participants) {
     for (const [k, v] of Object.entries(p.metrics ?? {})) sums[k] = (sums[k] ?? 0) + v * p.numExamples;
     samples += p.metrics?.samples ?? 0;
@@ -160,15 +207,15 @@ export async function federatedStep(dispatcher: TaskDispatcher, strategy: Aggreg
     for (const [k, v] of Object.entries(sums)) if (k !== 'samples' && k !== 'steps') metrics[k] = v / agg.totalExamples;
   }
   const applyStart = performance.now();
-  const weights = agg.count > 0 ? agg.apply(args.model.values) : null;
-  aggregateMs += performance.now() - applyStart;
+  const weights = agg.count > 0 ? agg.apply(base) : null;
+  const aggregateMs = folded.timing.aggregateMs + performance.now() - applyStart;
   return {
     weights,
     // SIFU's per-client removal sensitivity, from the norms already kept and the step just applied (rounds/sensitivity.ts).
-    participants: weights && boundsSensitivity(strategy.name) ? withSensitivities(participants, args.model.values, weights) : participants,
-    missing: res.missing,
+    participants: weights && sensitivity ? withSensitivities(participants, base, weights) : participants,
+    missing: folded.missing,
     metrics,
-    cost: { clientSampleEpochs: samples, bytesOut: res.bytesOut, bytesIn: res.bytesIn, tasks: args.clientIds.length },
-    timing: { sendMs: res.sendMs, decodeMs: res.decodeMs, aggregateMs, stageMs },
+    cost: { ...folded.cost, clientSampleEpochs: samples },
+    timing: { ...folded.timing, aggregateMs },
   };
 }

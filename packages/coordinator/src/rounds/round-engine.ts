@@ -5,7 +5,8 @@ import type { HistoryStore, ModelVersion } from '../history/store.js';
 import type { Logger } from '../logger.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
 import type { HyperParameters, Missing, TaskDispatcher } from './dispatcher.js';
-import { federatedStep, type StepTiming, type WorkCost } from './federated-step.js';
+import { federatedStep, type StepRunner, type StepTiming, type WorkCost } from './federated-step.js';
+import { localClients, type FederationClients } from './federation-clients.js';
 import { roundSelectionKey, selectClients } from './selection.js';
 
 export interface FederationConfig {
@@ -80,8 +81,18 @@ export class RoundEngine {
       /** Clients that may not take part (the forgotten ones). Read once per attempt: rounds and forget jobs never
        *  overlap (the coordinator's work lock), so no tombstone appears while a round runs. */
       ineligible(): Promise<ReadonlySet<string>>;
+      /** Where the candidates are connected (default: this process's registry). */
+      clients?: FederationClients;
+      /** How a step reaches the selected clients (default: this process's dispatcher, federatedStep). */
+      step?: StepRunner;
     },
-  ) {}
+  ) {
+    this.clients = deps.clients ?? localClients(deps.registry);
+    this.step = deps.step ?? ((args) => federatedStep(deps.dispatcher, deps.strategy, args));
+  }
+
+  private readonly clients: FederationClients;
+  private readonly step: StepRunner;
 
   /** Positions never change once a lineage exists: read once per lineage, not per round. */
   private readonly positions = new Map<string, number>();
@@ -98,7 +109,7 @@ export class RoundEngine {
   /** `startedAt` (Unix ms, default now): when the round began, as recorded; the round loop passes the start its
    *  cadence (roundIntervalMs) counts from, so that the recorded spacing is the one it kept. */
   async runRound(current: ModelCache, signal?: AbortSignal, startedAt?: number): Promise<RoundOutcome> {
-    const { store, registry, dispatcher, strategy, config, log } = this.deps;
+    const { store, strategy, config, log } = this.deps;
     const head = await store.head();
     if (head.version !== current.version) throw new Error(`model cache ${current.version} is not the head ${head.version}`);
     const round = head.round + 1;
@@ -111,8 +122,8 @@ export class RoundEngine {
       if (signal?.aborted) throw new Error('round aborted');
       // Only clients that may take part count: forgotten ones still connected must not end the wait at once.
       const ineligible = await this.deps.ineligible();
-      await registry.waitFor(config.minClients, config.waitForClientsMs, signal, (id) => !ineligible.has(id));
-      const candidates = registry.connected().map((s) => s.clientId).filter((id) => !ineligible.has(id));
+      await this.clients.waitFor(config.minClients, config.waitForClientsMs, signal, (id) => !ineligible.has(id));
+      const candidates = (await this.clients.connected()).filter((id) => !ineligible.has(id));
       if (candidates.length < config.minClients) {
         log.warn({ round, connected: candidates.length, needed: config.minClients }, 'not enough clients for a round');
         lastAnswered = 0;
@@ -123,7 +134,7 @@ export class RoundEngine {
       const selected = selectClients(candidates, config.clientsPerRound, config.seed, key);
       const roundId = newId();
       log.info({ round, roundId, attempt, selected: selected.length }, 'round started');
-      const step = await federatedStep(dispatcher, strategy, {
+      const step = await this.step({
         clientIds: selected,
         model: current.weights,
         modelVersion: current.version,

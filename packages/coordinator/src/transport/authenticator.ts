@@ -2,7 +2,7 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { ErrorCode, fedunlearn, helloProof, HELLO_KEY_BYTES, KeyDerivation, ProtocolError, SCRYPT_DEFAULTS } from '@fedunlearn/protocol';
 import type { ClientRecord } from '../history/store.js';
 import { storedKey } from './credentials.js';
-import type { FailureLockout } from './rate-limit.js';
+import type { Lockout } from './rate-limit.js';
 
 /** How a client must answer its Challenge, decided from its Hello before any proof is asked for. */
 export interface ChallengePlan {
@@ -36,9 +36,9 @@ export interface CredentialAuthenticatorDeps {
   isForgotten(id: string): Promise<boolean>;
   enrolment: 'open' | 'closed';
   /** Wrong proofs per client id and address... */
-  authLockout: FailureLockout;
+  authLockout: Lockout;
   /** ...and per client id from anywhere. */
-  clientLockout: FailureLockout;
+  clientLockout: Lockout;
 }
 
 /** A client id and a remote address, as one lockout key (client ids cannot contain a space: transport/client-id.ts). */
@@ -83,7 +83,7 @@ export class CredentialAuthenticator implements Authenticator {
     const id = hello.clientId;
     if (hello.secret) throw new ProtocolError(ErrorCode.INVALID_ARGUMENT, 'a protocol 2 hello must not carry the secret: it is proven with HelloProof, never sent');
     if (await this.deps.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
-    this.assertNotLocked(id, address);
+    await this.assertNotLocked(id, address);
     const known = await this.deps.getClient(id);
     if (known?.revoked) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `the credential of client ${id} was revoked`);
     if (known?.secretHash) {
@@ -103,7 +103,7 @@ export class CredentialAuthenticator implements Authenticator {
     const id = hello.clientId;
     const lockout = lockoutKey(id, address);
     // A lockout reached by other connections while this one computed its proof applies to it too.
-    this.assertNotLocked(id, address);
+    await this.assertNotLocked(id, address);
     // So does a forget job that ended meanwhile: a tombstone never takes a credential again (open enrolment included).
     if (await this.deps.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
     let key: Uint8Array;
@@ -118,8 +118,8 @@ export class CredentialAuthenticator implements Authenticator {
     }
     const expected = helloProof(key, c.nonce, c.sessionId, id);
     if (proof.proof.byteLength !== expected.byteLength || !timingSafeEqual(proof.proof, expected)) {
-      this.deps.authLockout.fail(lockout);
-      this.deps.clientLockout.fail(id);
+      await this.deps.authLockout.fail(lockout);
+      await this.deps.clientLockout.fail(id);
       throw new ProtocolError(ErrorCode.UNAUTHENTICATED, 'wrong credentials');
     }
     if (c.enrol) {
@@ -131,16 +131,17 @@ export class CredentialAuthenticator implements Authenticator {
         await this.deps.upsertClient({ clientId: id, secretHash, numExamples: hello.numExamples, seenAt: Date.now() });
       });
     }
-    this.deps.authLockout.succeed(lockout);
-    this.deps.clientLockout.succeed(id);
+    await this.deps.authLockout.succeed(lockout);
+    await this.deps.clientLockout.succeed(id);
     await this.deps.upsertClient({ clientId: id, numExamples: hello.numExamples, seenAt: Date.now() });
     // With an asynchronous store a forget job may have ended between the check above and here: its tombstone, read
     // again after the last write, keeps a forgotten client out (its job's end closes only sessions already joined).
     if (await this.deps.isForgotten(id)) throw new ProtocolError(ErrorCode.PERMISSION_DENIED, `client ${id} was forgotten at its request`);
   }
 
-  private assertNotLocked(id: string, address: string): void {
-    const locked = Math.max(this.deps.authLockout.lockedFor(lockoutKey(id, address)), this.deps.clientLockout.lockedFor(id));
+  private async assertNotLocked(id: string, address: string): Promise<void> {
+    // The in-memory lockouts answer at once; a cluster's (Redis, shared by every replica) asynchronously.
+    const locked = Math.max(await this.deps.authLockout.lockedFor(lockoutKey(id, address)), await this.deps.clientLockout.lockedFor(id));
     if (locked > 0) throw new ProtocolError(ErrorCode.RATE_LIMITED, `too many failed authentications for client ${id}; retry in ${Math.ceil(locked / 1000)} s`);
   }
 }

@@ -5,7 +5,11 @@ import type { AggregationStrategy } from '../aggregation/strategy.js';
 import { onSchedule, type FederationMeta, type HistoryStore, type JobRecord, type ModelVersion, type ParticipantInput, type PurgeSummary, type RoundRecord, type UnlearningRoundInput } from '../history/store.js';
 import type { Logger } from '../logger.js';
 import { TaskKind, type Missing, type TaskDispatcher } from '../rounds/dispatcher.js';
-import { addCost, federatedStep, zeroCost, type WorkCost } from '../rounds/federated-step.js';
+import { addCost, federatedStep, zeroCost, type StepRunner, type WorkCost } from '../rounds/federated-step.js';
+import { localClients, type FederationClients } from '../rounds/federation-clients.js';
+
+/** How often a job waiting for offline clients looks at where clients are connected (other replicas' presence). */
+const CLIENT_POLL_MS = 1_000;
 import type { FederationConfig, ModelCache } from '../rounds/round-engine.js';
 import { roundSelectionKey, selectClients } from '../rounds/selection.js';
 import type { ClientRegistry } from '../transport/client-registry.js';
@@ -158,6 +162,8 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
   /** Steps persisted per running job (so a checkpoint appends only the new ones). */
   private readonly saved = new Map<string, number>();
   private purgeTimer: NodeJS.Timeout | null = null;
+  private readonly clients: FederationClients;
+  private readonly step: StepRunner;
 
   constructor(
     private readonly deps: {
@@ -176,9 +182,15 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       purgeRetry?: PurgeRetry;
       /** Test hook: resolves when the job may go on (the crash tests never resolve it and kill the process). */
       pause?: (point: JobPausePoint) => Promise<void>;
+      /** Where clients are connected (default: this process's registry; a cluster: every replica). */
+      clients?: FederationClients;
+      /** How a step reaches its clients (default: this process's dispatcher, federatedStep). */
+      step?: StepRunner;
     },
   ) {
     super();
+    this.clients = deps.clients ?? localClients(deps.registry);
+    this.step = deps.step ?? ((args) => federatedStep(deps.dispatcher, deps.strategy, args));
     this.methods = new Map<MethodName, UnlearningMethod>([
       ['federaser', new FedEraser()],
       ['replay', new ServerReplay()],
@@ -617,7 +629,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
           );
         }
         const roundId = newId();
-        const res = await federatedStep(dispatcher, strategy, {
+        const res = await this.step({
           clientIds: completeServerSide ? args.clientIds.filter((id) => online.connected.has(id)) : args.clientIds,
           model: args.model,
           modelVersion: `${job.jobId}/${args.round}`,
@@ -629,6 +641,7 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
           jobId: job.jobId,
           kind: args.kind ?? TaskKind.TRAIN,
           ...(args.transform ? { transform: args.transform } : {}),
+          ...(args.calibrateTo ? { calibrateTo: args.calibrateTo } : {}),
           stageAs: { store, roundId },
           signal,
         });
@@ -668,9 +681,12 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     show: (w: JobWaiting) => void,
   ): Promise<{ connected: Set<string>; waited: boolean }> {
     const { registry, config } = this.deps;
-    const connectedNow = () => new Set(clientIds.filter((id) => registry.get(id) !== undefined));
+    const connectedNow = async () => {
+      const here = new Set(await this.clients.connected());
+      return new Set(clientIds.filter((id) => here.has(id)));
+    };
     const needed = Math.min(config.minClients, clientIds.length);
-    let connected = connectedNow();
+    let connected = await connectedNow();
     if (connected.size >= needed || wait.spentMs >= this.offline.waitMs || clientIds.length === 0) return { connected, waited: false };
     const since = Date.now();
     const until = since + (this.offline.waitMs - wait.spentMs);
@@ -681,31 +697,36 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
     };
     show(describe());
     await new Promise<void>((resolve) => {
+      let finished = false;
       const done = () => {
+        if (finished) return;
+        finished = true;
         clearTimeout(timer);
-        registry.off('joined', joined);
-        registry.off('left', left);
+        clearInterval(poll);
+        registry.off('joined', changed);
+        registry.off('left', changed);
         signal.removeEventListener('abort', done);
         resolve();
       };
-      const joined = (s: { clientId: string }) => {
-        if (!wanted.has(s.clientId)) return;
-        connected = connectedNow();
+      // Sessions of this process are heard at once; those of other replicas (a cluster's presence) by polling.
+      const recheck = async () => {
+        const before = connected.size;
+        connected = await connectedNow().catch(() => connected);
+        if (finished) return;
         if (connected.size >= needed) return done();
-        show(describe());
+        if (connected.size !== before) show(describe());
       };
-      const left = (s: { clientId: string }) => {
-        if (!wanted.has(s.clientId)) return;
-        connected = connectedNow();
-        show(describe());
+      const changed = (s: { clientId: string }) => {
+        if (wanted.has(s.clientId)) void recheck();
       };
       const timer = setTimeout(done, until - since);
-      registry.on('joined', joined);
-      registry.on('left', left);
+      const poll = setInterval(() => void recheck(), CLIENT_POLL_MS);
+      registry.on('joined', changed);
+      registry.on('left', changed);
       signal.addEventListener('abort', done);
     });
     wait.spentMs += Date.now() - since;
-    return { connected: connectedNow(), waited: true };
+    return { connected: await connectedNow(), waited: true };
   }
 
   /**
@@ -771,14 +792,14 @@ export class UnlearningEngine extends EventEmitter<EngineEvents> {
       const r = await store.updateJob(job.jobId, { progress: { step: i, total: n, message: `tuning round ${i + 1} of ${n}` } });
       setRecord(r);
       this.emit('progress', r);
-      const candidates = registry.connected().map((s) => s.clientId).filter((id) => !forgotten.has(id));
+      const candidates = (await this.clients.connected()).filter((id) => !forgotten.has(id));
       // A tuning round is round done.length + 1 of the lineage this job creates (at position lineageCount(), jobs run
       // one at a time): selected like any round, never keyed on the random job id, so a rerun selects the same clients.
       const key = roundSelectionKey(await store.lineageCount(), done.length + 1, 1);
       const selected = selectClients(candidates, config.clientsPerRound, config.seed, key);
       const roundId = newId();
       const startedAt = Date.now();
-      const res = await federatedStep(dispatcher, strategy, {
+      const res = await this.step({
         clientIds: selected,
         model: { layout: meta.layout, values: model },
         modelVersion: `${job.jobId}/tune/${i + 1}`,

@@ -1,6 +1,5 @@
 import { TaskKind } from '../rounds/dispatcher.js';
 import { addCost, zeroCost } from '../rounds/federated-step.js';
-import { calibrateUpdate } from './calibration.js';
 import { applyStoredUpdates, replayStart } from './replay.js';
 import { DEFAULT_CALIBRATION_RATIO, remaining, type MethodContext, type MethodParams, type MethodResult, type ReplayedRound, type UnlearningMethod } from './method.js';
 
@@ -56,10 +55,7 @@ export class FedEraser implements UnlearningMethod {
         hyper: { ...ctx.hyper, localEpochs: ratio * ctx.hyper.localEpochs },
         seed: ctx.seed * 7919 + src.round,
         source: src,
-        transform: (a) => {
-          calibrateUpdate(ctx.layout, a.delta, norms.get(a.clientId)!, a.delta);
-          return a.delta;
-        },
+        calibrateTo: norms,
       });
       cost = addCost(cost, res.cost);
       if (!res.weights) notes.push(`stored round ${src.round}: no client answered; the step was skipped`);

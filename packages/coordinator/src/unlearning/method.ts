@@ -162,7 +162,7 @@ export interface MethodContext {
   connected(clientIds: readonly string[]): string[];
   /** A federated step over the live fleet (TRAIN or CALIBRATE); accepted updates are staged under a fresh round id. */
   step(
-    args: Pick<StepArgs, 'clientIds' | 'model' | 'round' | 'kind' | 'transform'> & {
+    args: Pick<StepArgs, 'clientIds' | 'model' | 'round' | 'kind' | 'transform' | 'calibrateTo'> & {
       hyper?: HyperParameters;
       seed: number;
       /** The stored round this step recomputes: under the offline policy 'server-side', a calibration step completes

@@ -74,6 +74,12 @@ export interface PgPoolOptions {
   max?: number;
   /** Milliseconds to wait for a connection before the call fails with a clear error (default 10,000). */
   connectTimeoutMs?: number;
+  /**
+   * The server ends a session whose transaction sits idle longer than this (idle_in_transaction_session_timeout; 0,
+   * the default: never). A cluster sets it to the lease TTL: a leader paused (SIGSTOP) inside a commit transaction
+   * would otherwise hold the lease row's lock, and so the takeover, for as long as it stays paused.
+   */
+  idleInTransactionTimeoutMs?: number;
 }
 
 /**
@@ -87,7 +93,7 @@ export function createPool(loc: PgLocation, opts: PgPoolOptions = {}): pg.Pool {
     max: opts.max ?? 4,
     connectionTimeoutMillis: opts.connectTimeoutMs ?? 10_000,
     // Startup options: every connection, including those the pool opens after a server restart, gets them.
-    options: `-c search_path=${loc.schema} -c synchronous_commit=on`,
+    options: `-c search_path=${loc.schema} -c synchronous_commit=on${opts.idleInTransactionTimeoutMs ? ` -c idle_in_transaction_session_timeout=${Math.ceil(opts.idleInTransactionTimeoutMs)}` : ''}`,
     // bigint columns hold unix milliseconds and byte counts (below 2^53): numbers, not the strings pg gives by default.
     types: { getTypeParser: ((oid: number, format?: 'text' | 'binary') => (oid === INT8_OID ? parseInt8 : pg.types.getTypeParser(oid, format as 'text'))) as typeof pg.types.getTypeParser },
   });
@@ -138,6 +144,13 @@ export async function withTransaction<T>(pool: pg.Pool, body: (tx: pg.PoolClient
   for (let attempt = 1; ; attempt++) {
     const client = await pool.connect();
     let broken = false;
+    // pg-pool listens for a client's errors only while it is idle: a connection that fails while checked out (the
+    // server ended a transaction left idle past idle_in_transaction_session_timeout, a restart) would otherwise be an
+    // unhandled 'error' event and end the process. The failed query rejects anyway; the client is not reused.
+    const onError = () => {
+      broken = true;
+    };
+    client.on('error', onError);
     try {
       await client.query(`BEGIN ISOLATION LEVEL ${(opts.isolation ?? 'read committed').toUpperCase()}`);
       const out = await body(client);
@@ -154,6 +167,7 @@ export async function withTransaction<T>(pool: pg.Pool, body: (tx: pg.PoolClient
       if (attempt < attempts && typeof code === 'string' && RETRYABLE.has(code)) continue;
       throw e;
     } finally {
+      client.off('error', onError);
       client.release(broken);
     }
   }

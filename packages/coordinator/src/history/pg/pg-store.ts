@@ -96,6 +96,12 @@ export interface PgHistoryOptions {
   /** How long completePurge waits for older snapshots to end, and then for each table lock, before it reports the
    *  purge incomplete (ms, default 2,000). */
   purgeLockTimeoutMs?: number;
+  /**
+   * A cluster's fencing (cluster/leader-lease.ts `fence`): run first inside every transaction that only the leader may
+   * commit (a round, an unlearning commit or end, a job step, a pruning); it throws to refuse a deposed leader's
+   * commit, which then rolls back.
+   */
+  fence?: (tx: pg.PoolClient) => Promise<void>;
 }
 
 /**
@@ -149,6 +155,7 @@ export class PgHistoryStore implements HistoryStore {
   private readonly log: Pick<Logger, 'warn' | 'info'> | null;
   private readonly stagingGraceMs: number;
   private readonly purgeLockTimeoutMs: number;
+  private readonly fence: (tx: pg.PoolClient) => Promise<void>;
   private fed: FederationMeta | null = null;
   private closed = false;
   /** roundId -> clientId -> this process's staging of it still being written (what a commit must leave out). */
@@ -166,6 +173,7 @@ export class PgHistoryStore implements HistoryStore {
     this.log = opts.log ?? null;
     this.stagingGraceMs = opts.stagingGraceMs ?? 0;
     this.purgeLockTimeoutMs = opts.purgeLockTimeoutMs ?? 2_000;
+    this.fence = opts.fence ?? (async () => undefined);
     this.blobs = new PgBlobStore(pool, false, this.now);
   }
 
@@ -353,6 +361,7 @@ export class PgHistoryStore implements HistoryStore {
   ): Promise<ModelRow> {
     const meta = this.requireOpen();
     return withTransaction(this.pool, async (tx) => {
+      await this.fence(tx);
       const head = await this.lockHead(tx);
       checkRoundOrder(toModel(head), input);
       await this.checkNewRoundId(tx, input.roundId);
@@ -373,7 +382,10 @@ export class PgHistoryStore implements HistoryStore {
   async commitUnlearning(input: CommitUnlearningInput): Promise<ModelVersion> {
     const meta = this.requireOpen();
     const checked = await this.checkUnlearning(input, meta.layout);
-    const row = await withTransaction(this.pool, async (tx) => this.insertUnlearning(tx, input, checked));
+    const row = await withTransaction(this.pool, async (tx) => {
+      await this.fence(tx);
+      return this.insertUnlearning(tx, input, checked);
+    });
     return toModel(row);
   }
 
@@ -385,6 +397,7 @@ export class PgHistoryStore implements HistoryStore {
     // One transaction: the new head, the purge and tombstones, and the job's end. A crash leaves all of it or none,
     // so a restarted coordinator either resumes the job (nothing of it committed) or finds it done (all of it).
     const out = await withTransaction(this.pool, async (tx) => {
+      await this.fence(tx);
       const row = await this.insertUnlearning(tx, input, checked);
       const summary = await this.purgeRows(tx, ids, input.purge.eraseModels, this.now());
       const purged: PurgeSummary = { ...summary, complete: false };
@@ -661,6 +674,12 @@ export class PgHistoryStore implements HistoryStore {
     // The newest purge to finish: the vacuum drops its deleted rows only if no snapshot reaches back to its transaction.
     const purgeXid = pending.rows.reduce((m, r) => (BigInt(r.xid) > m ? BigInt(r.xid) : m), 0n);
     const client = await this.pool.connect();
+    // A connection failing while checked out must not be an unhandled 'error' (pg-pool listens only while idle).
+    let broken = false;
+    const onError = () => {
+      broken = true;
+    };
+    client.on('error', onError);
     try {
       // A session (or a replication slot, or a prepared transaction) whose oldest snapshot reaches back to the purge
       // makes VACUUM keep the deleted rows as "recently dead". Checked before the vacuum: no snapshot that old can
@@ -683,7 +702,8 @@ export class PgHistoryStore implements HistoryStore {
       await client.query('DELETE FROM purge_pending WHERE seq <= $1', [upTo]);
       return true;
     } finally {
-      client.release();
+      client.off('error', onError);
+      client.release(broken);
     }
   }
 
@@ -800,6 +820,7 @@ export class PgHistoryStore implements HistoryStore {
   async pruneModels(versions: string[]): Promise<{ pruned: string[]; bytesDeleted: number }> {
     this.requireNotClosed();
     return withTransaction(this.pool, async (tx) => {
+      await this.fence(tx);
       const head = (await tx.query<{ head: string }>('SELECT head FROM federation WHERE id = 1 FOR UPDATE')).rows[0]?.head;
       if (head !== undefined && versions.includes(head)) throw new HistoryError(`the head model ${head} cannot be pruned`);
       const now = this.now();
@@ -874,6 +895,7 @@ export class PgHistoryStore implements HistoryStore {
     if (!(await this.jobRow(this.pool, jobId))) throw new HistoryError(`unknown job ${jobId}`);
     if (roundId !== undefined) await this.syncStaged(roundId);
     await withTransaction(this.pool, async (tx) => {
+      await this.fence(tx);
       const r = await tx.query('UPDATE jobs SET checkpoint_json = $1, updated_at = $2 WHERE job_id = $3', [JSON.stringify(checkpoint), this.now(), jobId]);
       if (!r.rowCount) throw new HistoryError(`unknown job ${jobId}`);
       await tx.query(
