@@ -184,7 +184,7 @@ test('serve, look with the operator commands, SIGTERM, and resume from the same 
     assert.deepEqual(JSON.parse(jobsJson.stdout), { jobs: [] });
 
     assert.equal(models.code, 0, models.stderr);
-    assert.match(models.stdout, new RegExp(`^\\*\\s+${version}\\s+init\\s+0\\s`, 'm'));
+    assert.match(models.stdout, new RegExp(`^\\*\\s+${version}\\s+init\\s+0\\s.*\\skept$`, 'm'));
 
     // Stopped with a client still connected: the session is closed, not waited for.
     assert.deepEqual(await stop(first), { code: 0, signal: null });

@@ -470,8 +470,10 @@ function formatRounds(rounds: RoundRecord[]): string {
 function formatModels(head: string, models: ModelVersion[]): string {
   if (models.length === 0) return 'no models\n';
   return table(
-    ['', 'VERSION', 'CAUSE', 'ROUND', 'JOB', 'LINEAGE', 'CREATED'],
-    models.map((m) => [m.version === head ? '*' : '', m.version, m.cause, String(m.round), m.jobId ?? '-', m.lineage, time(m.createdAt)]),
+    ['', 'VERSION', 'CAUSE', 'ROUND', 'JOB', 'LINEAGE', 'CREATED', 'WEIGHTS'],
+    // WEIGHTS: whether the version's weights can still be read (erased: a forgotten client shaped it; pruned: the
+    // model retention policy dropped them; the record stays either way).
+    models.map((m) => [m.version === head ? '*' : '', m.version, m.cause, String(m.round), m.jobId ?? '-', m.lineage, time(m.createdAt), m.erasedAt !== null ? 'erased' : m.prunedAt !== null ? 'pruned' : 'kept']),
   );
 }
 

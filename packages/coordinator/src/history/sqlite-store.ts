@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { newId } from '../ids.js';
-import { layoutOf, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
+import { layoutOf, type WeightLayout } from '@fedunlearn/protocol';
 import {
   BlobFormatError,
   blobPayload,
@@ -47,6 +47,7 @@ import {
   type MissingClient,
   type RoundRecord,
 } from './store.js';
+import { layoutSpecs, metaOf, metricsFromJson, metricsToJson, normsFromBytes, normsToBytes, toJob, toModel, type FederationRow, type JobRow, type ModelRow } from './rows.js';
 
 /**
  * The embedded history store: SQLite (WAL, synchronous=FULL) for metadata, one file per blob under <dataDir>/blobs.
@@ -96,28 +97,6 @@ export function openSqliteHistory(dataDir: string, opts: SqliteHistoryOptions = 
 }
 
 
-interface ModelRow {
-  version: string;
-  parent: string | null;
-  cause: ModelCause;
-  round: number;
-  job_id: string | null;
-  lineage: string;
-  sha256: string;
-  blob: string;
-  bytes: number;
-  created_at: number;
-  erased_at: number | null;
-  pruned_at: number | null;
-}
-interface FederationRow {
-  topology_json: string;
-  layout_json: string;
-  history_interval: number;
-  retention: HistoryConfig['retention'];
-  created_at: number;
-  head: string;
-}
 interface RoundRow {
   round_id: string;
   lineage: string;
@@ -146,21 +125,6 @@ interface UpdateRow {
   blob: string;
   bytes: number;
   blob_sha256: string;
-}
-interface JobRow {
-  job_id: string;
-  kind: string;
-  state: JobRecord['state'];
-  client_ids_json: string;
-  requested_by: string;
-  method: string;
-  params_json: string;
-  progress_json: string;
-  checkpoint_json: string | null;
-  report_json: string | null;
-  error: string | null;
-  created_at: number;
-  updated_at: number;
 }
 interface ClientRow {
   client_id: string;
@@ -316,38 +280,7 @@ function prepareStatements(db: Database.Database) {
 
 // --- row <-> record -------------------------------------------------------------------------------------------
 
-function toModel(r: ModelRow): ModelVersion {
-  return {
-    version: r.version,
-    parent: r.parent,
-    cause: r.cause,
-    round: r.round,
-    jobId: r.job_id,
-    lineage: r.lineage,
-    sha256: r.sha256,
-    createdAt: r.created_at,
-    erasedAt: r.erased_at ?? null,
-    prunedAt: r.pruned_at ?? null,
-  };
-}
 
-function toJob(r: JobRow): JobRecord {
-  return {
-    jobId: r.job_id,
-    kind: r.kind,
-    state: r.state,
-    clientIds: JSON.parse(r.client_ids_json) as string[],
-    requestedBy: r.requested_by,
-    method: r.method,
-    params: JSON.parse(r.params_json) as Record<string, unknown>,
-    progress: JSON.parse(r.progress_json) as JobRecord['progress'],
-    checkpoint: r.checkpoint_json === null ? null : (JSON.parse(r.checkpoint_json) as unknown),
-    report: r.report_json === null ? null : (JSON.parse(r.report_json) as unknown),
-    error: r.error,
-    createdAt: r.created_at,
-    updatedAt: r.updated_at,
-  };
-}
 
 function toClient(r: ClientRow): ClientRecord {
   return {
@@ -361,34 +294,13 @@ function toClient(r: ClientRow): ClientRecord {
   };
 }
 
-/** JSON for metrics that keeps NaN and ±Infinity (a diverging round still commits, and reads back as it was). */
-function metricsToJson(m: Record<string, number>): string {
-  return JSON.stringify(m, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v));
-}
-function metricsFromJson(s: string): Record<string, number> {
-  return JSON.parse(s, (_k, v: unknown) => (v === 'NaN' || v === 'Infinity' || v === '-Infinity' ? Number(v) : v)) as Record<string, number>;
-}
 
-/** Norms as float64 little-endian: exact, and a tenth of their JSON size. */
-function normsToBlob(norms: Float64Array): Buffer {
-  const b = Buffer.alloc(norms.length * 8);
-  for (let i = 0; i < norms.length; i++) b.writeDoubleLE(norms[i]!, i * 8);
-  return b;
-}
-function normsFromBlob(b: Buffer): number[] {
-  const out: number[] = [];
-  for (let i = 0; i + 8 <= b.length; i += 8) out.push(b.readDoubleLE(i));
-  return out;
-}
 
 /** A file-name-safe, collision-free rendering of an id (ids are nanoids in practice; anything else is hashed). */
 function safeName(id: string): string {
   return /^[A-Za-z0-9_-]{1,64}$/.test(id) ? id : `~${sha256Hex(Buffer.from(id, 'utf8')).slice(0, 40)}`;
 }
 
-function layoutSpecs(layout: WeightLayout): WeightSpec[] {
-  return layout.specs.map((s) => ({ name: s.name, shape: [...s.shape] }));
-}
 
 class SqliteHistoryStore implements HistoryStore {
   private readonly db: Database.Database;
@@ -774,7 +686,7 @@ class SqliteHistoryStore implements HistoryStore {
         client_id: p.clientId,
         ord,
         num_examples: p.numExamples,
-        norms: normsToBlob(p.norms),
+        norms: normsToBytes(p.norms),
         metrics_json: p.metrics === undefined ? null : metricsToJson(p.metrics),
         sensitivity: p.sensitivity ?? null,
       }),
@@ -924,7 +836,7 @@ class SqliteHistoryStore implements HistoryStore {
     for (const p of this.q.participantsOfLineage.all(lineage, from, to)) {
       let list = byRound.get(p.round_id);
       if (!list) byRound.set(p.round_id, (list = []));
-      const participant: Participant = { clientId: p.client_id, numExamples: p.num_examples, norms: normsFromBlob(p.norms), hasUpdate: p.has_update !== 0 };
+      const participant: Participant = { clientId: p.client_id, numExamples: p.num_examples, norms: normsFromBytes(p.norms), hasUpdate: p.has_update !== 0 };
       if (p.metrics_json !== null) participant.metrics = metricsFromJson(p.metrics_json);
       if (p.sensitivity !== null) participant.sensitivity = p.sensitivity;
       list.push(participant);
@@ -1400,12 +1312,4 @@ class SqliteHistoryStore implements HistoryStore {
 
 const littleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
-function metaOf(row: FederationRow): FederationMeta {
-  return {
-    topologyJson: row.topology_json,
-    layout: layoutOf(JSON.parse(row.layout_json) as WeightSpec[]),
-    config: { historyInterval: row.history_interval, retention: row.retention },
-    createdAt: row.created_at,
-  };
-}
 
