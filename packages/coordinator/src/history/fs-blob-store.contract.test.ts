@@ -68,3 +68,67 @@ test('files: temporary files of interrupted writes are never listed and are swep
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+/** A fresh FsBlobStore under a temporary directory, removed after the test. */
+function freshFiles(t: { after(fn: () => unknown): void }, opts: ConstructorParameters<typeof FsBlobStore>[1] = {}): { blobs: FsBlobStore; root: string; dir: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-blobs-'));
+  const root = path.join(dir, 'blobs');
+  const blobs = new FsBlobStore(root, opts);
+  t.after(async () => {
+    await blobs.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { blobs, root, dir };
+}
+
+test('files: makeDurable flushes more keys than one batch holds, each file once, then their directory once', async (t) => {
+  const rec = recorder();
+  const { blobs, root } = freshFiles(t, { disk: rec.disk });
+  // 70 keys: two full batches of 32 and a partial one.
+  const keys = Array.from({ length: 70 }, (_, i) => `updates/r1/c${String(i).padStart(2, '0')}`);
+  for (const k of keys) await blobs.put(k, Uint8Array.of(1));
+  rec.flushed.length = 0;
+  await blobs.makeDurable(keys);
+  const r1 = path.join(root, 'updates', 'r1');
+  // The files of a batch are flushed side by side (in any order), the directory after all of them.
+  assert.deepEqual(rec.flushed.slice(0, -1).sort(), keys.map((k) => path.join(root, ...k.split('/'))));
+  assert.equal(rec.flushed.at(-1), r1);
+});
+
+test('files: an fsync that fails with EIO rejects makeDurable with that error (not as a missing blob) and leaves the key pending', async (t) => {
+  const rec = recorder();
+  let fail = true;
+  const disk: DiskSync = {
+    ...rec.disk,
+    fsync: async (h, file) => {
+      if (fail) throw Object.assign(new Error(`EIO: i/o error, fsync '${file}'`), { code: 'EIO' });
+      return rec.disk.fsync(h, file);
+    },
+  };
+  const { blobs, root } = freshFiles(t, { disk });
+  await blobs.put('models/v1', Uint8Array.of(1));
+  await assert.rejects(blobs.makeDurable(['models/v1']), (e: NodeJS.ErrnoException) => e.code === 'EIO' && e.name === 'Error');
+  fail = false;
+  rec.flushed.length = 0;
+  await blobs.makeDurable(['models/v1']);
+  assert.deepEqual(rec.flushed, [path.join(root, 'models', 'v1'), path.join(root, 'models')], 'flushed on the retry: it was never marked durable');
+});
+
+test('files: a put that cannot be renamed into place rejects and leaves no temporary file; a read error other than absence is thrown, not read as null', async (t) => {
+  const { blobs, root } = freshFiles(t);
+  // 'models/v1' is a directory here (it holds models/v1/x): a file cannot replace it.
+  await blobs.put('models/v1/x', Uint8Array.of(1));
+  await assert.rejects(blobs.put('models/v1', Uint8Array.of(2)), (e: NodeJS.ErrnoException) => e.code === 'EISDIR');
+  assert.deepEqual(fs.readdirSync(path.join(root, 'models')), ['v1'], 'no temporary file is left beside it');
+  assert.deepEqual(await blobs.get('models/v1/x'), Uint8Array.of(1));
+  await assert.rejects(blobs.get('models/v1'), (e: NodeJS.ErrnoException) => e.code === 'EISDIR');
+});
+
+test('files: without a quarantine folder, discard deletes the blobs', async (t) => {
+  const { blobs, root, dir } = freshFiles(t);
+  await blobs.put('updates/r1/a', Uint8Array.of(1));
+  await blobs.put('updates/r1/b', Uint8Array.of(2));
+  assert.deepEqual(await blobs.discard(['updates/r1/a']), ['updates/r1/a']);
+  assert.deepEqual(fs.readdirSync(path.join(root, 'updates', 'r1')), ['b']);
+  assert.deepEqual(fs.readdirSync(dir), ['blobs'], 'nothing was set aside');
+});

@@ -406,3 +406,155 @@ test("finishUnlearning's report sees the purge as not yet complete, and the job-
   assert.equal(out.job.state, 'done');
   assert.deepEqual(points, ['job-purge']);
 });
+
+/** A fresh directory and store, removed after the test. */
+async function freshStore(t: TestContext): Promise<{ store: HistoryStore; dir: string }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-store-checks-'));
+  const store = await openSqliteHistory(dir, {});
+  t.after(async () => {
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { store, dir };
+}
+
+/** Asserts that `run` is refused with a HistoryError whose whole message is `message`. */
+async function refusedWith(run: () => unknown, message: string): Promise<void> {
+  await assert.rejects(async () => run(), (e: unknown) => {
+    assert.ok(e instanceof HistoryError, `a HistoryError, not ${String(e)}`);
+    assert.equal(e.message, message);
+    return true;
+  });
+}
+
+test('open refuses a history config that is not a positive integer interval and a known retention, and creates no federation', async (t) => {
+  const { store } = await freshStore(t);
+  const init = (config: HistoryConfig) => ({ topologyJson, layout, initialWeights: weights(0), config });
+  for (const historyInterval of [0, -1, 1.5, Number.NaN]) {
+    await refusedWith(() => store.open(init({ historyInterval, retention: 'fp32' })), `historyInterval must be a positive integer, got ${historyInterval}`);
+  }
+  await refusedWith(() => store.open(init({ historyInterval: 1, retention: 'fp64' as HistoryConfig['retention'] })), 'unknown retention fp64');
+  await refusedWith(() => store.open({ ...init(FP32), topologyJson: '{"name":' }), 'topologyJson is not valid JSON');
+  // Nothing was recorded: the same store then opens a new federation. The smallest valid interval and every
+  // retention are accepted.
+  assert.equal((await store.open(init({ historyInterval: 1, retention: 'fp32' }))).resumed, false);
+  for (const retention of ['fp16', 'int8', 'norms'] as const) {
+    const { store: s } = await freshStore(t);
+    assert.equal((await s.open(init({ historyInterval: 1, retention }))).resumed, false, retention);
+  }
+});
+
+test('reopening refuses another layout, interval or retention, naming what is stored and what was given', async (t) => {
+  const { store, dir } = await freshStore(t);
+  const config: HistoryConfig = { historyInterval: 2, retention: 'fp16' };
+  await store.open({ topologyJson, layout, initialWeights: weights(0), config });
+  await store.close();
+  const attempt = async (init: { layout?: typeof layout; config?: HistoryConfig; topologyJson?: string }) => {
+    const s = await openSqliteHistory(dir, {});
+    try {
+      await s.open({ topologyJson, layout, initialWeights: weights(0), config, ...init });
+    } finally {
+      await s.close();
+    }
+  };
+  // Same number of layers, another shape; and same shapes, another layer name.
+  const wider = layoutOf([
+    { name: 'dense/kernel', shape: [3, 3] },
+    { name: 'dense/bias', shape: [3] },
+  ]);
+  await refusedWith(() => attempt({ layout: wider }), 'this data directory holds a federation whose model layout differs (2 layers, 8 values stored, 2 layers, 12 values given)');
+  const renamed = layoutOf([
+    { name: 'dense/kernel', shape: [3, 2] },
+    { name: 'out/bias', shape: [2] },
+  ]);
+  await refusedWith(() => attempt({ layout: renamed }), 'this data directory holds a federation whose model layout differs (2 layers, 8 values stored, 2 layers, 8 values given)');
+  const schedule = (given: string) =>
+    `this federation keeps history with historyInterval 2 / retention fp16; ${given} was given (the schedule cannot change mid-history)`;
+  await refusedWith(() => attempt({ config: { historyInterval: 3, retention: 'fp16' } }), schedule('3 / fp16'));
+  await refusedWith(() => attempt({ config: { historyInterval: 2, retention: 'int8' } }), schedule('2 / int8'));
+  await refusedWith(() => attempt({ topologyJson: '{"name":"tiny","layers":["dense","conv"]}' }), 'this data directory holds a federation with a different topology; use another data directory');
+  const s = await openSqliteHistory(dir, {});
+  t.after(() => s.close());
+  assert.equal((await s.open({ topologyJson, layout, initialWeights: weights(0), config })).resumed, true, 'the same federation still resumes');
+});
+
+/** Round 3 on top of the fixture's head, with `extra` replacing fields. */
+function round3(f: Fixture, extra: Record<string, unknown> = {}) {
+  return { round: 3, roundId: 'r3', modelBefore: f.v[2]!, weights: weights(3), participants: [participant('a')], metrics: {}, startedAt: 3, ...extra } as Parameters<HistoryStore['commitRound']>[0];
+}
+
+test('commitRound refuses a stale model, a repeated round, an empty or committed round id, with what it expected', async (t) => {
+  const f = await fixture(t);
+  await refused(f, () => f.store.commitRound(round3(f, { modelBefore: f.v[1]! })), new RegExp(`^round 3 started from model ${f.v[1]}, but the head is ${f.v[2]}$`));
+  await refused(f, () => f.store.commitRound(round3(f, { round: 2 })), /^round 2 is out of order: lineage \S+ has completed 2 rounds, the next is 3$/);
+  await refused(f, () => f.store.commitRound(round3(f, { roundId: '' })), /^a round needs a non-empty roundId$/);
+  await refused(f, () => f.store.commitRound(round3(f, { roundId: 'r1' })), /^round id r1 is already committed$/);
+});
+
+test("commitRound refuses a participant's example count, norms or sensitivity by value, and keeps valid edge values", async (t) => {
+  const f = await fixture(t);
+  const a = participant('a');
+  for (const numExamples of [-1, 1.5, Number.NaN]) {
+    await refused(f, () => f.store.commitRound(round3(f, { participants: [{ ...a, numExamples }] })), new RegExp(`^round 3: client a has numExamples ${numExamples}$`));
+  }
+  await refused(f, () => f.store.commitRound(round3(f, { participants: [{ ...a, norms: [1] }] })), /^round 3: client a has 1 norms for 2 layers$/);
+  await refused(f, () => f.store.commitRound(round3(f, { participants: [{ ...a, norms: [1, 2, 3] }] })), /^round 3: client a has 3 norms for 2 layers$/);
+  for (const bad of [-0.5, Number.NaN, Number.POSITIVE_INFINITY]) {
+    await refused(f, () => f.store.commitRound(round3(f, { participants: [{ ...a, norms: [1, bad] }] })), /^round 3: client a has a negative or non-finite norm$/);
+  }
+  for (const sensitivity of [-1, Number.NaN, Number.POSITIVE_INFINITY]) {
+    await refused(f, () => f.store.commitRound(round3(f, { participants: [{ ...a, sensitivity }] })), new RegExp(`^round 3: client a has sensitivity ${sensitivity} \\(a finite number >= 0\\)$`));
+  }
+  // The bounds themselves are accepted: no examples, zero norms, sensitivity 0 and the largest finite one; the
+  // participant's metrics are kept.
+  await f.store.commitRound(
+    round3(f, {
+      participants: [
+        { clientId: 'a', numExamples: 0, norms: [0, 0], sensitivity: 0, metrics: { loss: 0.25 } },
+        { clientId: 'b', numExamples: 4, norms: [1, 2], sensitivity: Number.MAX_VALUE },
+      ],
+    }),
+  );
+  const r = (await f.store.getRound(3))!;
+  const [pa, pb] = ['a', 'b'].map((c) => r.participants.find((p) => p.clientId === c)!);
+  assert.deepEqual([pa!.numExamples, Array.from(pa!.norms), pa!.sensitivity, pa!.metrics], [0, [0, 0], 0, { loss: 0.25 }]);
+  assert.deepEqual([pb!.numExamples, Array.from(pb!.norms), pb!.sensitivity], [4, [1, 2], Number.MAX_VALUE]);
+});
+
+test("commitRound refuses a missing list's unnamed client and unknown reason by value, and keeps a detail as text", async (t) => {
+  const f = await fixture(t);
+  await refused(f, () => f.store.commitRound(round3(f, { missing: [{ clientId: '', reason: 'offline' }] })), /^round 3: a missing client has no id$/);
+  await refused(f, () => f.store.commitRound(round3(f, { missing: [{ clientId: 'b', reason: 'asleep' }] })), /^round 3: missing client b has unknown reason 'asleep'$/);
+  await refused(
+    f,
+    () => f.store.commitRound(round3(f, { missing: [{ clientId: 'b', reason: 'offline' }, { clientId: 'b', reason: 'deadline' }] })),
+    /^round 3: client b is missing twice$/,
+  );
+  const reasons = ['offline', 'disconnected', 'deadline', 'rejected', 'failed'] as const;
+  const missing = reasons.map((reason, i) => (i === 0 ? { clientId: `m${i}`, reason, detail: 42 as unknown as string } : { clientId: `m${i}`, reason }));
+  await f.store.commitRound(round3(f, { missing }));
+  assert.deepEqual((await f.store.getRound(3))!.missing, [{ clientId: 'm0', reason: 'offline', detail: '42' }, ...missing.slice(1)]);
+});
+
+test('a round id or missing client id that is not a string is refused as missing, by commitRound and commitUnlearning alike', async (t) => {
+  const f = await fixture(t);
+  const none = undefined as unknown as string;
+  await refused(f, () => f.store.commitRound(round3(f, { roundId: none })), /^a round needs a non-empty roundId$/);
+  await refused(f, () => f.store.commitRound(round3(f, { missing: [{ clientId: none, reason: 'offline' }] })), /^round 3: a missing client has no id$/);
+  // Refused before the store looks the id up (a lookup of undefined would fail with a driver error, not this one).
+  await refused(f, () => f.store.commitUnlearning(job([replayed(1, { roundId: none })])), /^a round needs a non-empty roundId$/);
+  await refused(f, () => f.store.commitUnlearning(job([replayed(1, { roundId: '' })])), /^a round needs a non-empty roundId$/);
+});
+
+test('commitUnlearning refuses an already committed round id before it writes or flushes anything', async (t) => {
+  const fsyncs: string[] = [];
+  const disk: DiskSync = {
+    fsyncSync: (fd, file) => (fsyncs.push(file), kernelSync.fsyncSync(fd, file)),
+    fsync: async (handle, file) => (fsyncs.push(file), kernelSync.fsync(handle, file)),
+    commit: kernelSync.commit,
+  };
+  const f = await fixture(t, { store: { disk } });
+  fsyncs.length = 0;
+  await refused(f, () => f.store.commitUnlearning(job([replayed(1, { roundId: 'r2' }), replayed(2)])), /^round id r2 is already committed$/);
+  assert.deepEqual(fsyncs, [], 'the refusal came before the model blobs were planned');
+});
