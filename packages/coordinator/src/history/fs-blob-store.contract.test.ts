@@ -132,3 +132,22 @@ test('files: without a quarantine folder, discard deletes the blobs', async (t) 
   assert.deepEqual(fs.readdirSync(path.join(root, 'updates', 'r1')), ['b']);
   assert.deepEqual(fs.readdirSync(dir), ['blobs'], 'nothing was set aside');
 });
+
+test('files: a folder that cannot be read is an error for list, not an empty folder (garbage collection and purges must not see "no blobs")', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedunlearn-blobs-'));
+  try {
+    const root = path.join(dir, 'blobs');
+    const blobs = new FsBlobStore(root);
+    await blobs.put('updates/r1/a', new Uint8Array([1, 2, 3]));
+    assert.deepEqual(await blobs.list('updates/'), ['updates/r1/a']);
+    // A damaged data directory, reproducible without a fault seam even as root: `models` is a symlink to itself, so
+    // reading it fails with ELOOP (root reads past permissions, so EACCES cannot stand in).
+    fs.symlinkSync('models', path.join(root, 'models'));
+    await assert.rejects(blobs.list('models/'), (e: NodeJS.ErrnoException) => e.code === 'ELOOP');
+    // Absent is still empty: a prefix nobody wrote to lists nothing.
+    assert.deepEqual(await blobs.list('jobs/'), []);
+    await blobs.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
