@@ -31,7 +31,9 @@ if (files.length === 0) {
   process.exit(1);
 }
 console.log(`run-tests: ${files.length} test files`);
-const res = spawnSync(process.execPath, ['--test', '--test-reporter=spec', ...files.map((f) => relative(root, f))], {
+// --test-force-exit: a file whose test failed while a coordinator or a socket was still open (the failure skipped its
+// clean-up) ends when its tests have, instead of keeping the whole run waiting on the open handles.
+const res = spawnSync(process.execPath, ['--test', '--test-force-exit', '--test-reporter=spec', ...files.map((f) => relative(root, f))], {
   cwd: root,
   stdio: 'inherit',
   env: { ...process.env, FEDUNLEARN_LOG_LEVEL: process.env.FEDUNLEARN_LOG_LEVEL ?? 'silent' },
