@@ -166,11 +166,15 @@ export async function run(opts: SectionOptions): Promise<SectionResult> {
       busBytesPerModel: Math.round((busPerRound3 / modelBytes) * 100) / 100,
       busBytesPerModel1: Math.round((median(one.map((a) => a.busBytesPerRound)) / modelBytes) * 100) / 100,
       arms,
+      /** Each pair's ratio, in run order: how far the machine's load moved the figure. */
+      pairRatios: ratios.map((r) => Math.round(r * 1000) / 1000),
       notes:
-        `${availableParallelism()} cores for ${REPLICAS} replicas, the fleet's worker threads (which train every client) and the balancer: ` +
-        'the replicas add no cores, only processes competing for the same two, so the round time cannot fall much and may rise ' +
-        '(merging partials over Redis, two more event loops). What 3 replicas buy on one machine is a per-replica share of ' +
-        'decoding and staging; the speedup needs one machine (or core set) per replica.',
+        `${availableParallelism()} cores shared by ${REPLICAS} replicas, the fleet's worker threads (which train every client) and the balancer. ` +
+        'One replica handles every hello, update decode, validation and staging write on one event loop, one after another; ' +
+        'three split that work over three event loops, which the OS can run on both cores while the fleet threads wait, so ' +
+        'the round can get shorter, but never near 1/3: the replicas add no cores, the local training of all clients ' +
+        '(the same in both arms) competes for the same two, and the leader waits for the partials over Redis. ' +
+        'A speedup that scales with replicas needs a machine (or a core set) per replica.',
     };
   } finally {
     await fleet.stop();
