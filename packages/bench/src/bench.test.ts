@@ -8,10 +8,10 @@ import { fileURLToPath } from 'node:url';
 import { GOALS, numericLeaves } from './report.js';
 
 const CLI = fileURLToPath(new URL('./cli.js', import.meta.url));
-const MINE = ['aggregation', 'codec', 'ingest', 'history', 'historyPg', 'training'];
+const MINE = ['aggregation', 'codec', 'ingest', 'history', 'historyPg', 'training', 'cluster'];
 
 /** Runs the real CLI in --quick mode; asserts on what it produces, never on how long it took. */
-test('bench --quick produces a finite figure for every key of its sections, in results.json and results.md', { timeout: 180_000 }, async () => {
+test('bench --quick produces a finite figure for every key of its sections, in results.json and results.md', { timeout: 300_000 }, async () => {
   const out = mkdtempSync(join(tmpdir(), 'fedunlearn-bench-smoke-'));
   try {
     const child = spawn(process.execPath, [CLI, '--quick', '--out', out, '--only', MINE.join(',')], {
@@ -66,6 +66,17 @@ test('bench --quick produces a finite figure for every key of its sections, in r
     // FLOPs per example from the architectures: MLP 784-128-64-10 and the FedEraser CNN (72.4 MFLOP).
     assert.equal(training.mlp!.flopsPerExample, 2 * (2 * (784 * 128) + 3 * (128 * 64 + 64 * 10)));
     assert.equal(training.cnn!.flopsPerExample, 2 * (2 * 28 * 28 * 25 * 32 + 3 * (14 * 14 * 25 * 32 * 64 + 3136 * 512 + 512 * 10)));
+    // Cluster: the arms really moved the clients (all on one replica, then spread over three), and the Redis traffic
+    // per round is O(replicas x model): 2 remote partials, counted sent and received, are ~8x the model; the updates of
+    // the ~67 clients on the two followers, had they crossed Redis, would be over 100x.
+    const cluster = doc.cluster as { clients: number; arms: { replicas: number; spread: number[] }[]; busBytesPerModel: number; roundTimeRatio3to1: number };
+    for (const a of cluster.arms) {
+      assert.equal(a.spread.reduce((x, y) => x + y, 0), cluster.clients, `every client is connected in the ${a.replicas}-replica arm`);
+      assert.equal(a.spread.filter((x) => x > 0).length, a.replicas, `the ${a.replicas}-replica arm: ${JSON.stringify(a.spread)}`);
+    }
+    assert.deepEqual(cluster.arms.map((a) => a.replicas), [1, 3], 'arms alternate 1, 3');
+    assert.ok(cluster.busBytesPerModel > 0 && cluster.busBytesPerModel < 20, `cluster.busBytesPerModel ${cluster.busBytesPerModel}`);
+    assert.ok(cluster.roundTimeRatio3to1 > 0);
     const md = readFileSync(join(out, 'results.md'), 'utf8');
     assert.match(md, /\| aggregation\.ratioToFloor \| [0-9.]+ \| >= 0\.8 \| (yes|no) \|/);
   } finally {

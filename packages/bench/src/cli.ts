@@ -7,6 +7,7 @@ import { Command } from 'commander';
 import { markdownTable, rowsOf } from './report.js';
 import type { SectionRun } from './section.js';
 import { run as aggregation } from './sections/aggregation.js';
+import { run as cluster } from './sections/cluster.js';
 import { run as codec } from './sections/codec.js';
 import { run as fleet } from './sections/fleet.js';
 import { run as history } from './sections/history.js';
@@ -16,7 +17,7 @@ import { run as jobs } from './sections/jobs.js';
 import { run as training } from './sections/training.js';
 import { run as unlearning } from './sections/unlearning.js';
 
-const SECTIONS: Readonly<Record<string, SectionRun>> = { aggregation, codec, ingest, history, historyPg, training, fleet, unlearning, jobs };
+const SECTIONS: Readonly<Record<string, SectionRun>> = { aggregation, codec, ingest, history, historyPg, training, fleet, cluster, unlearning, jobs };
 
 /** bench/ at the repository root, from this file's place (packages/bench/dist/cli.js), whatever the cwd: where the
  *  committed results of a full run live. */
