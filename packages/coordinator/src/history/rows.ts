@@ -1,5 +1,7 @@
 import { layoutOf, type WeightLayout, type WeightSpec } from '@fedunlearn/protocol';
-import type { FederationMeta, HistoryConfig, JobRecord, ModelCause, ModelVersion } from './store.js';
+import { encodeBlob, weightsSha256 } from './blob-files.js';
+import { newId } from '../ids.js';
+import { HistoryError, type FederationMeta, type HistoryConfig, type JobRecord, type ModelCause, type ModelVersion } from './store.js';
 
 /**
  * What both history stores keep alike (sqlite-store.ts, pg/pg-store.ts): the federation, model and job rows, their
@@ -112,4 +114,42 @@ export function normsFromBytes(b: Buffer): number[] {
   const out: number[] = [];
   for (let i = 0; i + 8 <= b.length; i += 8) out.push(b.readDoubleLE(i));
   return out;
+}
+
+/**
+ * A new model version's row and its blob bytes (fp32, with the blob header): the weights are checked against the
+ * layout (HistoryError otherwise), the version is a fresh id, and `blobKey` names where this store keeps the bytes.
+ */
+export function modelRowOf(
+  layout: WeightLayout,
+  weights: Float32Array,
+  m: { parent: string | null; cause: ModelCause; round: number; jobId: string | null; lineage: string },
+  createdAt: number,
+  blobKey: (version: string) => string,
+): { row: ModelRow; bytes: Uint8Array } {
+  if (!(weights instanceof Float32Array) || weights.length !== layout.totalSize) {
+    throw new HistoryError(`model weights hold ${weights.length} values, the layout ${layout.totalSize}`);
+  }
+  let encoded;
+  try {
+    encoded = encodeBlob(layout, weights, 'fp32');
+  } catch (e) {
+    throw new HistoryError(`model weights: ${(e as Error).message}`);
+  }
+  const version = newId();
+  const row: ModelRow = {
+    version,
+    parent: m.parent,
+    cause: m.cause,
+    round: m.round,
+    job_id: m.jobId,
+    lineage: m.lineage,
+    sha256: weightsSha256(weights),
+    blob: blobKey(version),
+    bytes: encoded.bytes.byteLength,
+    created_at: createdAt,
+    erased_at: null,
+    pruned_at: null,
+  };
+  return { row, bytes: encoded.bytes };
 }

@@ -14,7 +14,6 @@ import {
   readBlobHeader,
   TEMP_MARK,
   sha256Hex,
-  weightsSha256,
   writeFileDurableSync,
   type BlobEncoding,
   type DiskSync,
@@ -47,7 +46,7 @@ import {
   type MissingClient,
   type RoundRecord,
 } from './store.js';
-import { layoutSpecs, metaOf, metricsFromJson, metricsToJson, normsFromBytes, normsToBytes, toJob, toModel, type FederationRow, type JobRow, type ModelRow } from './rows.js';
+import { layoutSpecs, metaOf, modelRowOf, metricsFromJson, metricsToJson, normsFromBytes, normsToBytes, toJob, toModel, type FederationRow, type JobRow, type ModelRow } from './rows.js';
 
 /**
  * The embedded history store: SQLite (WAL, synchronous=FULL) for metadata, one file per blob under <dataDir>/blobs.
@@ -743,31 +742,8 @@ class SqliteHistoryStore implements HistoryStore {
     m: { parent: string | null; cause: ModelCause; round: number; jobId: string | null; lineage: string },
     createdAt: number,
   ): { planned: PlannedModel; bytes: Uint8Array } {
-    if (!(weights instanceof Float32Array) || weights.length !== layout.totalSize) {
-      throw new HistoryError(`model weights hold ${weights.length} values, the layout ${layout.totalSize}`);
-    }
-    let encoded;
-    try {
-      encoded = encodeBlob(layout, weights, 'fp32');
-    } catch (e) {
-      throw new HistoryError(`model weights: ${(e as Error).message}`);
-    }
-    const version = newId();
-    const row: ModelRow = {
-      version,
-      parent: m.parent,
-      cause: m.cause,
-      round: m.round,
-      job_id: m.jobId,
-      lineage: m.lineage,
-      sha256: weightsSha256(weights),
-      blob: `models/${version}.bin`,
-      bytes: encoded.bytes.byteLength,
-      created_at: createdAt,
-      erased_at: null,
-      pruned_at: null,
-    };
-    return { planned: { row }, bytes: encoded.bytes };
+    const { row, bytes } = modelRowOf(layout, weights, m, createdAt, (version) => `models/${version}.bin`);
+    return { planned: { row }, bytes };
   }
 
   /** Makes planned model blobs durable, together (the blob store batches the flushes). */

@@ -1,6 +1,6 @@
 import { sha256Hex, type BlobEncoding } from '../blob-files.js';
 import type { ClientRecord } from '../store.js';
-export { layoutSpecs, metaOf, metricsFromJson, metricsToJson, normsFromBytes, normsToBytes, toJob, toModel, type FederationRow, type JobRow, type ModelRow } from '../rows.js';
+export { layoutSpecs, metaOf, modelRowOf, metricsFromJson, metricsToJson, normsFromBytes, normsToBytes, toJob, toModel, type FederationRow, type JobRow, type ModelRow } from '../rows.js';
 
 /**
  * The PostgreSQL history store's rows (as `pg` returns them: bigint columns as numbers, see pg-connection.ts) and

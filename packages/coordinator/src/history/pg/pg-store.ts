@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { newId } from '../../ids.js';
 import { layoutOf, type WeightLayout } from '@fedunlearn/protocol';
-import { BlobFormatError, blobPayload, decodeBlob, encodeBlob, readBlobHeader, sha256Hex, weightsSha256, type BlobEncoding } from '../blob-files.js';
+import { BlobFormatError, blobPayload, decodeBlob, encodeBlob, readBlobHeader, sha256Hex, type BlobEncoding } from '../blob-files.js';
 import type { Logger } from '../../logger.js';
 import {
   HistoryError,
@@ -47,6 +47,7 @@ import {
   metricsToJson,
   normsFromBytes,
   normsToBytes,
+  modelRowOf,
   safeName,
   toClient,
   toJob,
@@ -490,31 +491,8 @@ export class PgHistoryStore implements HistoryStore {
     m: { parent: string | null; cause: ModelCause; round: number; jobId: string | null; lineage: string },
     createdAt: number,
   ): Promise<ModelRow> {
-    if (!(weights instanceof Float32Array) || weights.length !== layout.totalSize) {
-      throw new HistoryError(`model weights hold ${weights.length} values, the layout ${layout.totalSize}`);
-    }
-    let encoded;
-    try {
-      encoded = encodeBlob(layout, weights, 'fp32');
-    } catch (e) {
-      throw new HistoryError(`model weights: ${(e as Error).message}`);
-    }
-    const version = newId();
-    const row: ModelRow = {
-      version,
-      parent: m.parent,
-      cause: m.cause,
-      round: m.round,
-      job_id: m.jobId,
-      lineage: m.lineage,
-      sha256: weightsSha256(weights),
-      blob: `models/${safeName(version)}`,
-      bytes: encoded.bytes.byteLength,
-      created_at: createdAt,
-      erased_at: null,
-      pruned_at: null,
-    };
-    await putBlob(tx, row.blob, encoded.bytes, createdAt);
+    const { row, bytes } = modelRowOf(layout, weights, m, createdAt, (version) => `models/${safeName(version)}`);
+    await putBlob(tx, row.blob, bytes, createdAt);
     await tx.query(
       `INSERT INTO models (version, parent, cause, round, job_id, lineage, sha256, blob, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
       [row.version, row.parent, row.cause, row.round, row.job_id, row.lineage, row.sha256, row.blob, row.bytes, row.created_at],
